@@ -1,0 +1,299 @@
+"""Streaming per-unit statistics over a dataset, in memory bounded by the number of units.
+
+``UnitMoments`` keeps, per unit of one site: the mean and SD of its activity over every element (all
+examples, and all spatial positions of a feature map), the class-conditional means of its per-example
+activity (feature maps averaged over space first), the largest absolute activity (dead units) and the
+range. ``UnitHistogram`` counts per-example activity in bins jointly with the label, for mutual
+information. Both have update / compute / merge / reset, so shards of a dataset can be reduced apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesion._batches import Data, batches, check_labels
+from lesion._util import eval_mode, model_device
+from lesion.errors import DataError, LesionError
+from lesion.lesioning import hooks
+from lesion.sites import Site
+
+
+def per_example(h: torch.Tensor, dim: int) -> torch.Tensor:
+    """(batch, units): each unit's activity per example, feature maps averaged over space."""
+    h = h.movedim(dim, 1)
+    return h.reshape(h.shape[0], h.shape[1], -1).mean(2)
+
+
+class UnitMoments:
+    """Streaming moments of one site's units (Chan et al.'s parallel update, in float64)."""
+
+    def __init__(self, width: int, n_classes: int):
+        self.width, self.n_classes = width, n_classes
+        self.reset()
+
+    def reset(self) -> None:
+        u, c = self.width, self.n_classes
+        self.n_examples = 0
+        self.n_elements = 0
+        self.mean = torch.zeros(u, dtype=torch.float64)
+        self.m2 = torch.zeros(u, dtype=torch.float64)
+        self.class_sum = torch.zeros(c, u, dtype=torch.float64)
+        self.class_count = torch.zeros(c, dtype=torch.float64)
+        self.max_abs = torch.zeros(u, dtype=torch.float64)
+        self.lo = torch.full((u,), np.inf, dtype=torch.float64)
+        self.hi = torch.full((u,), -np.inf, dtype=torch.float64)
+
+    def update(self, h: torch.Tensor, y: torch.Tensor, dim: int) -> None:
+        """Add a batch: activations ``h`` with units on ``dim``, labels ``y`` (batch,)."""
+        h = h.detach().movedim(dim, 1).double().cpu()
+        flat = h.transpose(0, 1).reshape(self.width, -1)  # (units, batch * positions)
+        n_b = flat.shape[1]
+        mean_b = flat.mean(1)
+        m2_b = ((flat - mean_b[:, None]) ** 2).sum(1)
+        n = self.n_elements
+        delta = mean_b - self.mean
+        total = n + n_b
+        self.mean += delta * (n_b / total)
+        self.m2 += m2_b + delta**2 * (n * n_b / total)
+        self.n_elements = total
+        self.max_abs = torch.maximum(self.max_abs, flat.abs().amax(1))
+        act = per_example(h, 1)  # (batch, units)
+        self.lo = torch.minimum(self.lo, act.amin(0))
+        self.hi = torch.maximum(self.hi, act.amax(0))
+        y = y.cpu()
+        self.class_sum.index_add_(0, y, act)
+        self.class_count += torch.bincount(y, minlength=self.n_classes).double()
+        self.n_examples += act.shape[0]
+
+    def merge(self, other: UnitMoments) -> UnitMoments:
+        """Fold another accumulator (e.g. another shard of the data) into this one."""
+        n, m = self.n_elements, other.n_elements
+        if m:
+            total = n + m
+            delta = other.mean - self.mean
+            self.mean += delta * (m / total)
+            self.m2 += other.m2 + delta**2 * (n * m / total)
+            self.n_elements = total
+        self.class_sum += other.class_sum
+        self.class_count += other.class_count
+        self.max_abs = torch.maximum(self.max_abs, other.max_abs)
+        self.lo = torch.minimum(self.lo, other.lo)
+        self.hi = torch.maximum(self.hi, other.hi)
+        self.n_examples += other.n_examples
+        return self
+
+    @property
+    def sd(self) -> torch.Tensor:
+        return (self.m2 / max(self.n_elements, 1)).sqrt()
+
+    @property
+    def class_means(self) -> torch.Tensor:
+        """(classes, units); NaN for a class with no examples."""
+        return self.class_sum / self.class_count[:, None]
+
+
+class UnitHistogram:
+    """Joint counts (units, bins, classes) of per-example activity and label, for mutual information."""
+
+    def __init__(self, edges: torch.Tensor, n_classes: int):
+        self.edges = edges.double()  # (units, bins + 1), increasing per unit
+        self.n_classes = n_classes
+        self.reset()
+
+    def reset(self) -> None:
+        u, b = self.edges.shape[0], self.edges.shape[1] - 1
+        self.counts = torch.zeros(u, b, self.n_classes, dtype=torch.float64)
+
+    def update(self, act: torch.Tensor, y: torch.Tensor) -> None:
+        """Add per-example activity ``act`` (batch, units) with labels ``y``."""
+        u, b = self.counts.shape[:2]
+        inner = self.edges[:, 1:-1].contiguous()  # (units, bins - 1)
+        bins = torch.searchsorted(inner, act.double().T.contiguous(), right=True)  # (units, batch)
+        flat = (torch.arange(u)[:, None] * b + bins) * self.n_classes + y.cpu()[None, :]
+        self.counts.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.float64))
+
+    def merge(self, other: UnitHistogram) -> UnitHistogram:
+        if not torch.equal(self.edges, other.edges):
+            raise LesionError("cannot merge histograms with different bin edges")
+        self.counts += other.counts
+        return self
+
+
+def bin_edges(sample: torch.Tensor, lo, hi, bins: int, binning: str) -> torch.Tensor:
+    """(units, bins + 1) edges: quantiles of ``sample`` (examples, units) or equal-width over [lo, hi]."""
+    if binning == "quantile":
+        q = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+        return torch.quantile(sample.double(), q, dim=0).T.contiguous()
+    if binning == "uniform":
+        t = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+        return (lo[:, None] + (hi - lo)[:, None] * t[None, :]).contiguous()
+    raise LesionError(f"unknown binning {binning!r}; expected 'quantile' or 'uniform'")
+
+
+@dataclass
+class SiteStats:
+    """What ``collect_stats`` learned about one site's units."""
+
+    site: Site
+    moments: UnitMoments
+    histogram: UnitHistogram | None
+
+    @property
+    def unit_dim(self) -> int:
+        return self.site.unit_dim
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.moments.mean.float()
+
+    @property
+    def sd(self) -> torch.Tensor:
+        return self.moments.sd.float()
+
+    @property
+    def class_means(self) -> torch.Tensor:
+        return self.moments.class_means
+
+    @property
+    def dead(self) -> torch.Tensor:
+        """Units never active on the data (largest |activity| exactly 0)."""
+        return self.moments.max_abs == 0
+
+
+class Stats(Mapping[str, SiteStats]):
+    """Per-site statistics, indexed by layer name."""
+
+    def __init__(self, per_site: dict[str, SiteStats], n_classes: int):
+        self._d = per_site
+        self.n_classes = n_classes
+
+    def __getitem__(self, k: str) -> SiteStats:
+        return self._d[k]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+class _Reservoir:
+    """A uniform sample of at most ``size`` examples' activity and labels (priority sampling)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.g = torch.Generator().manual_seed(seed)
+        self.keys = torch.empty(0)
+        self.rows: dict[str, torch.Tensor] = {}
+        self.y = torch.empty(0, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, acts: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        keys = torch.cat([self.keys, torch.rand(len(y), generator=self.g)])
+        self.y = torch.cat([self.y, y.cpu()])
+        for k, a in acts.items():
+            self.rows[k] = torch.cat([self.rows.get(k, a[:0].cpu()), a.cpu()])
+        self.seen += len(y)
+        if len(keys) > self.size:
+            keep = torch.topk(keys, self.size).indices.sort().values
+            keys, self.y = keys[keep], self.y[keep]
+            self.rows = {k: v[keep] for k, v in self.rows.items()}
+        self.keys = keys
+
+    @property
+    def complete(self) -> bool:
+        return self.seen == len(self.y)
+
+
+def collect_stats(
+    model: nn.Module,
+    data: Data,
+    sites: Sequence[Site],
+    *,
+    bins: int = 10,
+    binning: str = "quantile",
+    histograms: bool = True,
+    sample_size: int = 10_000,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> Stats:
+    """Stream ``data`` through ``model`` (eval mode) and gather per-unit statistics at ``sites``.
+
+    Quantile bin edges come from a seeded uniform sample of at most ``sample_size`` examples (exact when
+    the data is no larger); the joint histograms are then counted over all the data. Memory is bounded by
+    units x (classes + bins x classes + sample_size), whatever the dataset size.
+    """
+    if binning not in ("quantile", "uniform"):
+        raise LesionError(f"unknown binning {binning!r}; expected 'quantile' or 'uniform'")
+    if bins < 2:
+        raise LesionError(f"bins must be at least 2, got {bins}")
+    moments: dict[str, UnitMoments] = {}
+    sample = _Reservoir(sample_size, seed)
+    n_classes = 0
+    for acts, y, logits in _stream(model, data, sites, batch_size):
+        n_classes = n_classes or logits.shape[1]
+        for s in sites:
+            moments.setdefault(s.name, UnitMoments(s.width, n_classes)).update(acts[s.name], y, s.unit_dim)
+        if histograms:
+            sample.add({s.name: per_example(acts[s.name], s.unit_dim) for s in sites}, y)
+    hists: dict[str, UnitHistogram | None] = dict.fromkeys(moments)
+    if histograms:
+        for s in sites:
+            m = moments[s.name]
+            edges = bin_edges(sample.rows[s.name], m.lo, m.hi, bins, binning)
+            hists[s.name] = UnitHistogram(edges, n_classes)
+        if sample.complete:
+            for s in sites:
+                hists[s.name].update(sample.rows[s.name], sample.y)
+        else:
+            for acts, y, _ in _stream(model, data, sites, batch_size):
+                for s in sites:
+                    hists[s.name].update(per_example(acts[s.name], s.unit_dim), y)
+    per_site = {s.name: SiteStats(s, moments[s.name], hists[s.name]) for s in sites}
+    return Stats(per_site, n_classes)
+
+
+def _stream(model, data, sites, batch_size):
+    """Yield (activations by site, labels, logits) per batch, checking labels and finiteness."""
+    device = model_device(model)
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(name):
+        def edit(h):
+            captured[name] = h.detach()
+            return h
+
+        return edit
+
+    with torch.no_grad(), eval_mode(model), hooks(model, {s.name: grab(s.name) for s in sites}):
+        for k, (x, y) in enumerate(batches(data, batch_size=batch_size)):
+            logits = forward(model, x.to(device), k)
+            check_labels(y, logits.shape[1], k)
+            for name, h in captured.items():
+                if not torch.isfinite(h).all():
+                    raise DataError(
+                        f"batch {k}: site {name!r} produced NaN or infinite activations; expected finite "
+                        "values (check the inputs and the model's weights)"
+                    )
+            yield dict(captured), y, logits
+
+
+def forward(model: nn.Module, x: torch.Tensor, k: int = 0) -> torch.Tensor:
+    """Run ``model`` on one batch; a failure from a wrongly shaped input becomes a DataError."""
+    try:
+        logits = model(x)
+    except RuntimeError as exc:
+        raise DataError(f"batch {k}: the model failed on inputs of shape {tuple(x.shape)}: {exc}") from exc
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise DataError(
+            f"the model returned {getattr(logits, 'shape', type(logits).__name__)}; expected logits "
+            "(batch, classes)"
+        )
+    if not torch.isfinite(logits).all():
+        raise DataError(f"batch {k}: the model produced NaN or infinite outputs; expected finite logits")
+    return logits
