@@ -129,7 +129,9 @@ def unit_order(
     A sequence of units is taken as the order itself.
     """
     if not isinstance(order, str):
-        given = parse_units(list(order)).units()
+        given = [u for item in order for u in parse_units(item).units()]
+        if len(set(given)) != len(given):
+            raise LesionError("order names a unit more than once; expected each unit at most once")
         missing = set(given) - set(candidates)
         if missing:
             raise LesionError(f"order names units that are not candidates: {sorted(map(str, missing))[:5]}")
