@@ -152,8 +152,8 @@ def test_cumulative_curves_equal_one_forward_per_step(kind, seed):
 def test_default_candidates_are_last_three_conv_sites():
     from lesion.sites import default_candidates
 
-    net = nn.Sequential(*[m for i in range(4) for m in (nn.Conv2d(1 if i == 0 else 2, 2, 3, padding=1), nn.ReLU())],
-                        nn.Flatten(), nn.Linear(2 * 25, 8), nn.ReLU(), nn.Linear(8, 3))  # fmt: skip
+    convs = [m for i in range(4) for m in (nn.Conv2d(1 if i == 0 else 2, 2, 3, padding=1), nn.ReLU())]
+    net = nn.Sequential(*convs, nn.Flatten(), nn.Linear(2 * 25, 8), nn.ReLU(), nn.Linear(8, 3))
     sites = lesion.find_sites(net, torch.zeros(1, 1, 5, 5))
     assert [s.name for s in sites] == ["1", "3", "5", "7", "10"]
     assert [s.name for s in default_candidates(sites)] == ["3", "5", "7"]
@@ -162,7 +162,7 @@ def test_default_candidates_are_last_three_conv_sites():
 
 
 def test_weight_norm_order_uses_incoming_weights():
-    model, x, y = make("mlp", 1)
+    model, _x, _y = make("mlp", 1)
     from lesion.analyses import unit_order
     from lesion.units import Unit
 
@@ -178,7 +178,7 @@ def test_noise_curves_are_seeded_and_grow_with_scale():
     b = lesion.noise_curves(model, (x, y), scales=[0.0, 0.1, 10.0], repeats=3, seed=5)
     pd_equal = a.equals(b)
     assert pd_equal
-    loss0, acc0, _ = ref_eval(model, x, y)
+    loss0, _acc0, _ = ref_eval(model, x, y)
     assert a[a.scale == 0.0]["loss"].to_numpy() == pytest.approx(loss0, abs=1e-5)
     by_scale = a.groupby("scale")["loss"].mean()
     assert by_scale[10.0] > by_scale[0.1] > by_scale[0.0] - 1e-6

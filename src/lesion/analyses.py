@@ -107,7 +107,9 @@ def _table(units: list[Unit], stats: Stats, intact: Evaluation, rows: list[Evalu
 def per_class_drops(units: pd.DataFrame) -> pd.DataFrame:
     """The unit x class accuracy-change table in long form: ``layer, unit, class, delta_accuracy``."""
     cls = [c for c in units.columns if c.startswith("delta_accuracy_class_")]
-    long = units[["layer", "unit", *cls]].melt(["layer", "unit"], var_name="class", value_name="delta_accuracy")
+    long = units[["layer", "unit", *cls]].melt(
+        ["layer", "unit"], var_name="class", value_name="delta_accuracy"
+    )
     long["class"] = long["class"].str.removeprefix("delta_accuracy_class_").astype("int64")
     return long
 

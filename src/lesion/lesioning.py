@@ -7,6 +7,7 @@ inner hooks run after outer ones on the same module.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from torch import nn
 from lesion import interventions as iv
 from lesion.errors import LesionError, SiteError
 from lesion.sites import _LAST_DIM, Site
-from lesion.units import ALL, UnitSpec, parse_units, unknown_layer
+from lesion.units import ALL, UnitSpec, parse_units
 
 if TYPE_CHECKING:
     from lesion.stats import Stats
@@ -31,7 +32,11 @@ def hooks(model: nn.Module, edits: Mapping[str, Edit | Sequence[Edit]]) -> Itera
     named = dict(model.named_modules())
     for name in edits:
         if name not in named or not name:
-            raise unknown_layer(name, [n for n in named if n], [])
+            names = [n for n in named if n]
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            listed = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+            raise SiteError(f"unknown layer {name!r}{hint}; expected a name from named_modules(): {listed}")
     handles = []
     try:
         for name, edit in edits.items():

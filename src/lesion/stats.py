@@ -240,7 +240,7 @@ def collect_stats(
         for s in sites:
             moments.setdefault(s.name, UnitMoments(s.width, n_classes)).update(acts[s.name], y, s.unit_dim)
         if histograms:
-            sample.add({s.name: per_example(acts[s.name], s.unit_dim) for s in sites}, y)
+            sample.add({s.name: per_example(acts[s.name].double(), s.unit_dim) for s in sites}, y)
     hists: dict[str, UnitHistogram | None] = dict.fromkeys(moments)
     if histograms:
         for s in sites:
@@ -253,7 +253,7 @@ def collect_stats(
         else:
             for acts, y, _ in _stream(model, data, sites, batch_size):
                 for s in sites:
-                    hists[s.name].update(per_example(acts[s.name], s.unit_dim), y)
+                    hists[s.name].update(per_example(acts[s.name].double(), s.unit_dim), y)
     per_site = {s.name: SiteStats(s, moments[s.name], hists[s.name]) for s in sites}
     return Stats(per_site, n_classes)
 
