@@ -50,6 +50,7 @@ def unit_table(
     binning: str = "quantile",
     batch_size: int = 1000,
     progress: bool = False,
+    engine: bool = True,
 ) -> pd.DataFrame:
     """One row per unit, measured on held-out ``data``.
 
@@ -64,14 +65,15 @@ def unit_table(
     sites = list(sites) if sites is not None else sites_for(model, data)
     chosen = parse_units(units if units is not None else [f"{s.name}:*" for s in sites], sites)
     stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size)
-    ev = Evaluator(model, data, sites, batch_size=batch_size)
+    ev = Evaluator(model, data, sites, batch_size=batch_size, engine=engine)
     ref = reference or stats
     means = {layer: ref[layer].mean for layer in chosen} if value == "mean" else None
-    lesion_rows = []
-    for u in progress_bar(chosen.units(), "single-unit ablations", progress):
-        edits = ev.clamp_edits({u.layer: [u.index]}, value, means)
-        lesion_rows.append(ev.run(edits))
-    return _table(chosen.units(), stats, ev.intact, lesion_rows)
+    todo = chosen.units()
+    with progress_bar(None, "single-unit ablations", progress, total=len(todo)) as bar:
+        lesion_rows = ev.single_units(todo, value, means, bar=bar)
+    table = _table(todo, stats, ev.intact, lesion_rows)
+    table.attrs["engine_fallbacks"] = dict(ev.fallbacks)
+    return table
 
 
 def _table(units: list[Unit], stats: Stats, intact: Evaluation, rows: list[Evaluation]) -> pd.DataFrame:
@@ -194,6 +196,7 @@ def ablation_curves(
     value: float | str = 0.0,
     batch_size: int = 1000,
     progress: bool = False,
+    engine: bool = True,
 ) -> pd.DataFrame:
     """Cumulative ablation curves: delete candidate units one after another, keeping earlier ones deleted.
 
@@ -208,7 +211,7 @@ def ablation_curves(
         parse_units([f"{c}:*" for c in candidates], sites)  # raises the unknown-layer error
     pool = parse_units([f"{s.name}:*" for s in cand_sites], sites).units()
     counts = _counts(len(pool), fractions)
-    ev = Evaluator(model, data, sites, batch_size=batch_size)
+    ev = Evaluator(model, data, cand_sites, batch_size=batch_size, engine=engine)
     means = None
     if value == "mean":
         ref = collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
@@ -219,12 +222,13 @@ def ablation_curves(
     for o, r in jobs:
         seq = unit_order(o, pool, units=units, model=model, seed=seed, repeat=r)
         name = o if isinstance(o, str) else "custom"
-        for k in counts:
-            res = ev.intact if k == 0 else ev.run(ev.clamp_edits(_group(seq[:k]), value, means))
-            rows.append((name, r, k, k / len(pool), res.accuracy, res.loss))
-            bar.update(1)
+        for k, (acc, loss) in zip(counts, ev.cumulative(seq, counts, value, means), strict=True):
+            rows.append((name, r, k, k / len(pool), acc, loss))
+        bar.update(len(counts))
     bar.close()
-    return pd.DataFrame(rows, columns=["order", "repeat", "n_ablated", "fraction", "accuracy", "loss"])
+    curves = pd.DataFrame(rows, columns=["order", "repeat", "n_ablated", "fraction", "accuracy", "loss"])
+    curves.attrs["engine_fallbacks"] = dict(ev.fallbacks)
+    return curves
 
 
 def _counts(n: int, fractions: Sequence[float] | None) -> list[int]:
@@ -234,13 +238,6 @@ def _counts(n: int, fractions: Sequence[float] | None) -> list[int]:
     if f.size == 0 or (f < 0).any() or (f > 1).any():
         raise LesionError(f"fractions must lie in [0, 1], got {list(fractions)}")
     return sorted({round(x * n) for x in f})
-
-
-def _group(seq: list[Unit]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for u in seq:
-        out.setdefault(u.layer, []).append(u.index)
-    return out
 
 
 def curve_auc(curves: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from lesion._util import eval_mode, model_device
 from lesion.lesioning import Edit, hooks
 from lesion.sites import Site
 from lesion.stats import forward
+from lesion.units import Unit
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,30 @@ class Evaluation:
 
 
 class Evaluator:
-    """Evaluate ``model`` on fixed ``data`` under any number of lesions, one forward pass per lesion."""
+    """Evaluate ``model`` on fixed ``data`` under any number of lesions.
 
-    def __init__(self, model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int = 1000):
+    ``run`` is the reference: one full forward pass per lesion, with hooks. ``single_units`` and
+    ``cumulative`` use the fast engine (``lesion.engine``) where the model allows it and it agrees
+    with the reference on a check, and fall back to ``run`` otherwise (``engine=False`` forces that).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Data,
+        sites: Sequence[Site],
+        *,
+        batch_size: int = 1000,
+        engine: bool = True,
+    ):
         self.model = model
         self.sites = {s.name: s for s in sites}
         self.batches = materialise(data, model_device(model), batch_size=batch_size)
         self.n = sum(len(y) for _, y in self.batches)
         self.intact = self.run(None)
+        self.use_engine = engine
+        self._engine = None
+        self.fallbacks: dict[str, str] = {}  # why the engine was not used, by layer or sweep
 
     @property
     def n_classes(self) -> int:
@@ -84,6 +101,98 @@ class Evaluator:
                 edits[layer] = lambda h, i=list(idx), v=value, d=site.unit_dim: iv.clamp(h, i, v, d)
         return edits
 
+    # ------------------------------------------------------------------------------------- sweeps
+    def engine(self):
+        """The fast engine for this model and data, or None where it cannot be used."""
+        if self.use_engine and self._engine is None and "*" not in self.fallbacks:
+            from lesion.engine import Engine, Unsupported
+
+            try:
+                self._engine = Engine(self.model, self.batches, list(self.sites.values()))
+            except Unsupported as exc:
+                self.fallbacks["*"] = str(exc)
+        return self._engine
+
+    def single_units(
+        self, units: Sequence[Unit], value: float | str, means=None, *, bar=None
+    ) -> list[Evaluation]:
+        """Evaluate each unit deleted alone (clamped to ``value`` or its mean)."""
+        results: dict[Unit, Evaluation] = {}
+        for layer, idx in _by_layer(units).items():
+            done = self._engine_single(layer, idx, value, means, bar)
+            if done is None:
+                done = []
+                for i in idx:
+                    done.append(self.run(self.clamp_edits({layer: [i]}, value, means)))
+                    if bar is not None:
+                        bar.update(1)
+            results.update({Unit(layer, i): r for i, r in zip(idx, done, strict=True)})
+        return [results[u] for u in units]
+
+    def _engine_single(self, layer, idx, value, means, bar) -> list[Evaluation] | None:
+        from lesion.engine import Unsupported
+
+        eng = self.engine()
+        if eng is None or layer in self.fallbacks:
+            return None
+        fill = self._fill(layer, value, means)
+        out: list[Evaluation] = []
+        block = 256
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                for i in range(0, len(idx), block):
+                    loss, conf = eng.single_units(layer, idx[i : i + block], fill, self.n_classes)
+                    out += [_summarise(lo, c, self.n) for lo, c in zip(loss, conf, strict=True)]
+                    if i == 0:
+                        self._check_single(layer, idx[:2], out[:2], value, means)
+                    if bar is not None:
+                        bar.update(len(idx[i : i + block]))
+        except (Unsupported, _Mismatch) as exc:
+            self.fallbacks[layer] = str(exc)
+            return None
+        return out
+
+    def _check_single(self, layer, idx, fast, value, means) -> None:
+        for i, f in zip(idx, fast, strict=False):
+            _agree(self.run(self.clamp_edits({layer: [i]}, value, means)), f.loss, f.accuracy, self.n)
+
+    def cumulative(
+        self, seq: Sequence[Unit], counts: Sequence[int], value: float | str, means=None
+    ) -> list[tuple[float, float]]:
+        """(accuracy, loss) after deleting the first k units of ``seq``, for each k in ``counts``."""
+        from lesion.engine import Unsupported
+
+        eng = self.engine()
+        key = "cumulative"
+        if eng is not None and key not in self.fallbacks:
+            layers = {u.layer for u in seq}
+            fills = None if value == 0 else {n: self._fill(n, value, means) for n in layers}
+            try:
+                with torch.no_grad(), eval_mode(self.model):
+                    loss, correct = eng.cumulative(
+                        [(u.layer, u.index) for u in seq], counts, fills, self.n_classes
+                    )
+                out = [(c / self.n, lo / self.n) for c, lo in zip(correct, loss, strict=True)]
+                if not getattr(self, "_cumulative_checked", False):
+                    for k, (acc, lo) in list(zip(counts, out, strict=True))[-2:]:
+                        ref = self._naive_cumulative(seq, k, value, means)
+                        _agree(ref, lo, acc, self.n)
+                    self._cumulative_checked = True
+                return out
+            except (Unsupported, _Mismatch) as exc:
+                self.fallbacks[key] = str(exc)
+        return [(r.accuracy, r.loss) for r in (self._naive_cumulative(seq, k, value, means) for k in counts)]
+
+    def _naive_cumulative(self, seq, k, value, means) -> Evaluation:
+        return self.intact if k == 0 else self.run(self.clamp_edits(_by_layer(seq[:k]), value, means))
+
+    def _fill(self, layer: str, value, means) -> torch.Tensor | None:
+        if means is not None:
+            return torch.as_tensor(means[layer], dtype=torch.float32)
+        if value == 0:
+            return None
+        return torch.full((self.sites[layer].width,), float(value))
+
 
 def _summarise(loss: float, conf: np.ndarray, n: int) -> Evaluation:
     totals = conf.sum(1)
@@ -101,3 +210,26 @@ def evaluate(
     """
     ev = Evaluator(model, data, [], batch_size=batch_size)
     return ev.run(edits) if edits else ev.intact
+
+
+class _Mismatch(Exception):
+    """The engine disagreed with the reference on a check."""
+
+
+def _agree(ref: Evaluation, loss: float, accuracy: float, n: int) -> None:
+    tol_examples = max(1, n // 1000)  # float rounding may flip a near-tie prediction
+    if (
+        abs(ref.loss - loss) > 1e-4 * max(1.0, abs(ref.loss))
+        or abs(ref.accuracy - accuracy) * n > tol_examples
+    ):
+        raise _Mismatch(
+            f"engine gave loss {loss:.6g}, accuracy {accuracy:.6g}; "
+            f"reference {ref.loss:.6g}, {ref.accuracy:.6g}"
+        )
+
+
+def _by_layer(units: Sequence[Unit]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for u in units:
+        out.setdefault(u.layer, []).append(u.index)
+    return out

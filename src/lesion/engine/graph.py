@@ -1,0 +1,188 @@
+"""A traced model as a graph that can be run from any node onward, on cached inputs.
+
+``Plan`` traces a model with ``torch.fx`` once. For a lesion at a site it knows which nodes are
+downstream (must be recomputed) and which earlier values they read (the frontier, cached once per batch
+of examples), so the layers before a lesion run once however many lesions follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.node import map_arg
+
+# modules that are the identity in eval mode: a lesion's effect passes through them unchanged
+PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+class Unsupported(Exception):
+    """The fast engine cannot handle this model or site; callers fall back to the reference path."""
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A linear layer that reads a site's output directly: deleting unit j subtracts its contribution."""
+
+    node: fx.Node
+    module: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+
+    def contribution(self, delta: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Change of the consumer's output caused by units ``units`` changing by ``-delta``.
+
+        ``delta``: (batch, k, ...) the removed part of each unit's activity, ``units``: (k,) indices.
+        Returns (k, batch, ...out): the contribution of each unit alone, no bias.
+        """
+        w = self.module.weight
+        if isinstance(self.module, nn.Linear):  # delta (batch, k)
+            return delta.T[:, :, None] * w[:, units].T[:, None, :]  # (k, batch, out)
+        m = self.module
+        k = len(units)
+        wk = w[:, units].transpose(0, 1).reshape(k * w.shape[0], 1, *w.shape[2:])  # (k*out, 1, ...)
+        conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+        out = conv[delta.ndim - 2](delta, wk, None, m.stride, m.padding, m.dilation, groups=k)
+        return out.reshape(out.shape[0], k, w.shape[0], *out.shape[2:]).transpose(0, 1)
+
+
+class Plan:
+    """The traced graph of a model with the site nodes, consumers and dependency sets it needs."""
+
+    def __init__(self, model: nn.Module, site_names: Iterable[str]):
+        try:
+            self.gm = fx.symbolic_trace(model)
+        except Exception as exc:  # dynamic control flow, unsupported ops, ...
+            raise Unsupported(f"model cannot be traced with torch.fx: {exc}") from exc
+        self.nodes = list(self.gm.graph.nodes)
+        self.pos = {n: i for i, n in enumerate(self.nodes)}
+        self.modules = dict(self.gm.named_modules())
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise Unsupported(f"model takes {len(placeholders)} inputs; the engine handles one")
+        self.input = placeholders[0]
+        self.output = next(n for n in self.nodes if n.op == "output")
+        self.site = {}
+        for name in site_names:
+            found = [n for n in self.nodes if n.op == "call_module" and n.target == name]
+            if len(found) != 1:
+                raise Unsupported(f"site {name!r} appears {len(found)} times in the traced graph")
+            self.site[name] = found[0]
+        self._down: dict[fx.Node, list[fx.Node]] = {}
+        self.batched = set(self.downstream(self.input)) | {self.input}
+
+    def downstream(self, node: fx.Node) -> list[fx.Node]:
+        """Every node that depends on ``node`` (not itself), in execution order."""
+        if node not in self._down:
+            seen: set[fx.Node] = set()
+            stack = list(node.users)
+            while stack:
+                n = stack.pop()
+                if n not in seen:
+                    seen.add(n)
+                    stack.extend(n.users)
+            self._down[node] = sorted(seen, key=self.pos.__getitem__)
+        return self._down[node]
+
+    def frontier(self, starts: Iterable[fx.Node]) -> list[fx.Node]:
+        """Values read by the nodes downstream of ``starts`` that are not themselves recomputed."""
+        starts = set(starts)
+        down = set().union(*(self.downstream(s) for s in starts))
+        need = set()
+        for n in down:
+            for a in n.all_input_nodes:
+                if a not in down and a not in starts:
+                    need.add(a)
+        return sorted(need | starts, key=self.pos.__getitem__)
+
+    def consumer(self, site: str, flat: bool) -> Consumer | None:
+        """The Linear/Conv that alone reads the site's output (through eval-mode identities), if any.
+
+        ``flat``: the site's output is (batch, units), so a Linear consumer reads the units directly.
+        """
+        node = self.site[site]
+        while len(node.users) == 1:
+            (user,) = node.users
+            if user.op != "call_module" or len(user.all_input_nodes) != 1:
+                return None
+            mod = self.modules[user.target]
+            if isinstance(mod, PASS_THROUGH):
+                node = user
+                continue
+            if isinstance(mod, nn.Linear) and flat:
+                return Consumer(user, mod)
+            if (
+                isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+                and not flat
+                and mod.groups == 1
+                and mod.padding_mode == "zeros"
+                and not isinstance(mod.padding, str)
+            ):
+                return Consumer(user, mod)
+            return None
+        return None
+
+    def run(
+        self,
+        env: dict[fx.Node, object],
+        nodes: Iterable[fx.Node],
+        edits: dict[fx.Node, Callable] | None = None,
+        raw: dict[fx.Node, torch.Tensor] | None = None,
+    ) -> None:
+        """Evaluate ``nodes`` in order into ``env``, reading inputs from ``env``.
+
+        ``edits`` maps a node to a function applied to its output (a lesion at a site); the unedited
+        output goes to ``raw`` when given.
+        """
+        edits = edits or {}
+        for n in nodes:
+            if n.op == "output":
+                env[n] = map_arg(n.args[0], env.__getitem__)
+                continue
+            value = self._eval(n, env)
+            if n in edits:
+                if raw is not None:
+                    raw[n] = value
+                value = edits[n](value)
+            env[n] = value
+
+    def _eval(self, n: fx.Node, env):
+        args = map_arg(n.args, env.__getitem__)
+        kwargs = map_arg(n.kwargs, env.__getitem__)
+        if n.op == "call_module":
+            return self.modules[n.target](*args, **kwargs)
+        if n.op == "call_function":
+            return n.target(*args, **kwargs)
+        if n.op == "call_method":
+            return getattr(args[0], n.target)(*args[1:], **kwargs)
+        if n.op == "get_attr":
+            obj = self.gm
+            for part in n.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        raise Unsupported(f"cannot evaluate node {n.name} of kind {n.op}")
+
+    def prefix(self, x: torch.Tensor, keep: Iterable[fx.Node], edits=None, raw=None) -> dict:
+        """Run the graph on ``x`` far enough to know every node in ``keep``; return those values."""
+        keep = set(keep)
+        last = max(self.pos[n] for n in keep)
+        env: dict[fx.Node, object] = {self.input: x}
+        nodes = self.nodes[1 : last + 1] if self.nodes[0] is self.input else self.nodes[: last + 1]
+        last_use = _last_use(nodes, self.pos)
+        for n in nodes:
+            if n is self.input:
+                continue
+            self.run(env, [n], edits, raw)
+            for a in n.all_input_nodes:  # free what no later prefix node or caller needs
+                if a not in keep and last_use.get(a, -1) <= self.pos[n] and a is not self.input:
+                    env.pop(a, None)
+        return {n: env[n] for n in keep if n in env} | ({self.input: x} if self.input in keep else {})
+
+
+def _last_use(nodes, pos) -> dict:
+    out: dict = {}
+    for n in nodes:
+        for a in n.all_input_nodes:
+            out[a] = max(out.get(a, -1), pos[n])
+    return out
