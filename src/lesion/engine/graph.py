@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.node import map_arg
 
@@ -30,21 +31,27 @@ class Consumer:
     node: fx.Node
     module: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 
-    def contribution(self, delta: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-        """Change of the consumer's output caused by units ``units`` changing by ``-delta``.
+    def lesioned(self, z: torch.Tensor, delta: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """The consumer's output with each unit of ``units`` alone changed by ``-delta``.
 
-        ``delta``: (batch, k, ...) the removed part of each unit's activity, ``units``: (k,) indices.
-        Returns (k, batch, ...out): the contribution of each unit alone, no bias.
+        ``z``: intact output (batch, out, ...); ``delta``: (batch, k, ...) the part of each unit's
+        activity that the lesion removes; ``units``: (k,) indices. Returns (k * batch, out, ...),
+        lesion-major, contiguous: the output under each of the k lesions.
         """
         w = self.module.weight
-        if isinstance(self.module, nn.Linear):  # delta (batch, k)
-            return delta.T[:, :, None] * w[:, units].T[:, None, :]  # (k, batch, out)
+        k, batch = len(units), z.shape[0]
+        if isinstance(self.module, nn.Linear):  # z (batch, out), delta (batch, k): one fused kernel
+            wk = w[:, units].T.unsqueeze(1)  # (k, 1, out)
+            zk = z.unsqueeze(0).expand(k, *z.shape)
+            return torch.baddbmm(zk, delta.T.unsqueeze(2), wk, alpha=-1).flatten(0, 1)
         m = self.module
-        k = len(units)
         wk = w[:, units].transpose(0, 1).reshape(k * w.shape[0], 1, *w.shape[2:])  # (k*out, 1, ...)
-        conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
-        out = conv[delta.ndim - 2](delta, wk, None, m.stride, m.padding, m.dilation, groups=k)
-        return out.reshape(out.shape[0], k, w.shape[0], *out.shape[2:]).transpose(0, 1)
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[delta.ndim - 2]
+        c = conv(delta, wk, None, m.stride, m.padding, m.dilation, groups=k)  # (batch, k*out, ...)
+        c = c.reshape(batch, k, *z.shape[1:]).transpose(0, 1)  # (k, batch, out, ...)
+        out = torch.empty((k, *z.shape), dtype=z.dtype, device=z.device)
+        torch.sub(z.unsqueeze(0), c, out=out)
+        return out.flatten(0, 1)
 
 
 class Plan:

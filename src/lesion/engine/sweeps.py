@@ -34,12 +34,16 @@ class Engine:
         chunks: Sequence[tuple[torch.Tensor, torch.Tensor]],
         sites: Sequence[Site],
         *,
-        budget_bytes: int = 256 << 20,
+        chunk_size: int = 1024,
+        budget_bytes: int = 8 << 20,
     ):
         self.model = model
         self.sites = {s.name: s for s in sites}
         self.plan = Plan(model, self.sites)
-        self.chunks = list(chunks)
+        x = torch.cat([c[0] for c in chunks])
+        y = torch.cat([c[1] for c in chunks])
+        # small chunks keep the expanded temporaries in cache (large ones are slow to allocate)
+        self.chunks = [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(y), chunk_size)]
         self.budget = budget_bytes
         self.consumers = {s.name: self.plan.consumer(s.name, flat=not s.spatial) for s in sites}
 
@@ -66,7 +70,7 @@ class Engine:
             if not isinstance(h, torch.Tensor):
                 raise Unsupported(f"site {layer!r} did not produce a tensor in the traced graph")
             per_lesion = vals[start][0].numel() if isinstance(vals[start], torch.Tensor) else 1
-            k_max = max(1, self.budget // max(1, 4 * 4 * len(y) * per_lesion))
+            k_max = max(1, min(64, self.budget // max(1, 4 * len(y) * per_lesion)))
             for i in range(0, len(units_t), k_max):
                 js = units_t[i : i + k_max]
                 value = self._lesioned_start(h, vals, site, cons, start, js, fill)
@@ -83,8 +87,7 @@ class Engine:
         if cons is not None:
             shape = [1, k] + [1] * (h.ndim - 2)
             delta = h[:, js] - fills.reshape(shape)  # (batch, k, ...): what each unit adds now
-            z = vals[start]
-            return (z.unsqueeze(0) - cons.contribution(delta, js.to(h.device))).flatten(0, 1)
+            return cons.lesioned(vals[start], delta, js.to(h.device))
         dim = site.unit_dim
         hk = h.unsqueeze(0).repeat(k, *[1] * h.ndim)  # (k, batch, ...)
         hm = hk.movedim(dim + 1, 2)  # (k, batch, units, ...) view
@@ -168,7 +171,8 @@ class _CurveState:
         def edit(h):
             shape = [1] * h.ndim
             shape[dim] = -1
-            return h * self.keep[node].reshape(shape) + self.fill[node].reshape(shape)
+            out = h * self.keep[node].reshape(shape)
+            return out if self.fills is None else out + self.fill[node].reshape(shape)
 
         return edit
 
@@ -183,7 +187,7 @@ class _CurveState:
             if dim != 1:
                 delta = delta.movedim(dim, 1)
             idx = torch.tensor([unit], device=h.device)
-            env[cons.node] = env[cons.node] - cons.contribution(delta, idx)[0]
+            env[cons.node] = cons.lesioned(env[cons.node], delta, idx)
             self.stale.update(self.plan.downstream(cons.node))
         else:
             self.stale.add(node)
