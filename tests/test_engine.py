@@ -1,0 +1,115 @@
+"""The fast engine: where it applies its shortcuts, where it falls back, and that it stays exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lesion
+from lesion.engine import Engine, Plan, Unsupported
+from lesion.evaluation import Evaluator
+from lesion.units import Unit
+from tests.test_reference import make
+
+
+def consumers(model, x):
+    sites = lesion.find_sites(model, x[:2])
+    eng = Engine(model, [(x, torch.zeros(len(x), dtype=torch.long))], sites)
+    return {k: (v.node.target if v else None) for k, v in eng.consumers.items()}
+
+
+def test_consumers_found_through_eval_identities():
+    mlp = nn.Sequential(
+        nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)
+    )
+    assert consumers(mlp.eval(), torch.randn(3, 4)) == {"1": "3", "4": "5"}
+    conv = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 25, 3),
+    )  # fmt: skip
+    # a conv reads relu "2" directly; "4" is read through Flatten, so no shortcut there
+    assert consumers(conv.eval(), torch.randn(2, 1, 7, 7)) == {"2": "3", "4": None}
+
+
+def test_residual_site_with_two_readers_has_no_shortcut():
+    model, x, _ = make("residual", 0)
+    assert consumers(model, x) == {"act0": None, "act1": "b2", "act2": None}  # act2 feeds the add
+
+
+def all_units(sites):
+    return [Unit(s.name, i) for s in sites for i in range(s.width)]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv", "residual"])
+@pytest.mark.parametrize("value", [0.0, 0.7, "mean"])
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 1000), chunk=st.sampled_from([7, 64, 1024]))
+def test_engine_equals_reference(kind, value, seed, chunk):
+    model, x, y = make(kind, seed, n=50)
+    sites = lesion.find_sites(model, x[:2])
+    ev = Evaluator(model, (x, y), sites, batch_size=chunk)
+    means = None
+    if value == "mean":
+        st_ = lesion.collect_stats(model, (x, y), sites, histograms=False)
+        means = {s.name: st_[s.name].mean for s in sites}
+    units = all_units(sites)
+    fast = ev.single_units(units, value, means)
+    assert ev.fallbacks == {}
+    for u, f in zip(units, fast, strict=True):
+        ref = ev.run(ev.clamp_edits({u.layer: [u.index]}, value, means))
+        assert f.loss == pytest.approx(ref.loss, abs=1e-5)
+        np.testing.assert_array_equal(f.confusion, ref.confusion)
+    seq = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
+    counts = [0, 1, 2, len(seq) // 2, len(seq)]
+    for k, (acc, loss) in zip(counts, ev.cumulative(seq, counts, value, means), strict=True):
+        ref = ev._naive_cumulative(seq, k, value, means)
+        assert (acc, loss) == pytest.approx((ref.accuracy, ref.loss), abs=1e-5)
+    assert ev.fallbacks == {}
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.out = nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.act(self.fc(x))
+        if h.sum() > 0:  # control flow on data: cannot be traced
+            h = h * 2
+        return self.out(h)
+
+
+class FixedBatch(nn.Module):
+    """Reads the batch size before the site and reshapes with it after: expansion would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.out = nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x):
+        b = x.shape[0]
+        h = self.act(self.fc(x)).view(b, 2, 3)
+        return self.out(h.reshape(b, 6))
+
+
+@pytest.mark.parametrize("model_cls", [DataDependent, FixedBatch])
+def test_fallback_keeps_results_exact(model_cls):
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    table = lesion.unit_table(model, (x, y))
+    assert table.attrs["engine_fallbacks"]  # the engine said why it stepped aside
+    slow = lesion.unit_table(model, (x, y), engine=False)
+    np.testing.assert_allclose(table["delta_loss"], slow["delta_loss"], atol=1e-6)
+    curves = lesion.ablation_curves(model, (x, y), repeats=2)
+    slow_curves = lesion.ablation_curves(model, (x, y), repeats=2, engine=False)
+    np.testing.assert_allclose(curves["loss"], slow_curves["loss"], atol=1e-6)
+
+
+def test_untraceable_model_is_reported():
+    with pytest.raises(Unsupported, match="cannot be traced"):
+        Plan(DataDependent(), ["act"])
