@@ -23,7 +23,7 @@ def mnist() -> Dataset:
 
 
 def test_known_names():
-    assert DATASETS == ("digits", "mnist5k")
+    assert DATASETS == ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 
 
 def test_digits_shapes_and_dtypes(digits):
@@ -81,10 +81,10 @@ def test_cached_instance_is_shared(digits):
 
 
 def test_unknown_name_lists_known_and_closest():
-    with pytest.raises(DataError, match=r"unknown dataset 'mnist'; closest: mnist5k; known datasets: "):
-        load_dataset("mnist")
-    with pytest.raises(DataError, match="digits, mnist5k"):
-        load_dataset("cifar10")
+    with pytest.raises(DataError, match=r"unknown dataset 'mnist6k'; closest: mnist5k; known datasets: "):
+        load_dataset("mnist6k")
+    with pytest.raises(DataError, match="digits, mnist5k, mnist, fashion-mnist, cifar10, cifar100, folder"):
+        load_dataset("svhn")
 
 
 @pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.1, True, "0.2"])

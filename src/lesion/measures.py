@@ -18,7 +18,7 @@ def selectivity_index(class_means: torch.Tensor | np.ndarray) -> tuple[np.ndarra
 
     >>> si, pref = selectivity_index(np.array([[1.0, 0.5], [0.0, 0.5]]))
     >>> si.tolist(), pref.tolist()
-    [[1.0, 0.0], [0, 0]]
+    ([1.0, 0.0], [0, 0])
     """
     m = np.asarray(class_means, dtype=np.float64)  # (classes, units)
     m = m[~np.isnan(m).any(axis=1)]  # classes absent from the data carry no information

@@ -1,4 +1,5 @@
-"""Datasets held in memory as normalised tensors, and deterministic loaders over them.
+"""Datasets held in memory as normalised tensors, deterministic loaders over them, readers of the
+official file formats, and a verified downloader.
 
 >>> from lesion.data import load_dataset, make_loader
 >>> d = load_dataset("digits", seed=0)
@@ -7,7 +8,22 @@
 ((32, 1, 8, 8), torch.int64)
 """
 
-from lesion.data._builtin import DATASETS, load_dataset
+from lesion.data._builtin import DATASETS, load_dataset, load_image_folder
 from lesion.data._dataset import Dataset, make_loader
+from lesion.data._download import download, fetch
+from lesion.data._folder import read_image_folder
+from lesion.data._formats import read_cifar_binary, read_cifar_python, read_idx
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "make_loader"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "download",
+    "fetch",
+    "load_dataset",
+    "load_image_folder",
+    "make_loader",
+    "read_cifar_binary",
+    "read_cifar_python",
+    "read_idx",
+    "read_image_folder",
+]

