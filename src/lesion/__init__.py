@@ -6,21 +6,28 @@
 ['1 (3)']
 """
 
-from lesion.analyses import (
-    ablation_curves,
-    curve_auc,
-    noise_curves,
-    per_class_drops,
-    selectivity_vs_importance,
-    unit_table,
-)
-from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
-from lesion.evaluation import Evaluation, evaluate
-from lesion.lesioning import ablate, ablate_directions, add_noise, hooks
-from lesion.measures import auc, correlate, mutual_information, selectivity_index
-from lesion.sites import Site, find_sites
-from lesion.stats import collect_stats
-from lesion.units import Unit, UnitSet, parse_units
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lesion.analyses import (
+        ablation_curves,
+        curve_auc,
+        noise_curves,
+        per_class_drops,
+        selectivity_vs_importance,
+        unit_table,
+    )
+    from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
+    from lesion.evaluation import Evaluation, evaluate
+    from lesion.lesioning import ablate, ablate_directions, add_noise, hooks
+    from lesion.measures import auc, correlate, mutual_information, selectivity_index
+    from lesion.sites import Site, find_sites
+    from lesion.stats import collect_stats
+    from lesion.units import Unit, UnitSet, parse_units
 
 __version__ = "0.1.0"
 
@@ -53,3 +60,36 @@ __all__ = [
     "selectivity_vs_importance",
     "unit_table",
 ]
+
+# Public name -> submodule that defines it. Imported on first access (PEP 562), so that light entry
+# points such as ``lesion --help`` do not pay for torch.
+_SOURCES = {
+    "lesion.analyses": (
+        "ablation_curves", "curve_auc", "noise_curves", "per_class_drops", "selectivity_vs_importance",
+        "unit_table",
+    ),
+    "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
+    "lesion.evaluation": ("Evaluation", "evaluate"),
+    "lesion.lesioning": ("ablate", "ablate_directions", "add_noise", "hooks"),
+    "lesion.measures": ("auc", "correlate", "mutual_information", "selectivity_index"),
+    "lesion.sites": ("Site", "find_sites"),
+    "lesion.stats": ("collect_stats",),
+    "lesion.units": ("Unit", "UnitSet", "parse_units"),
+}  # fmt: skip
+_LOCATION = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _LOCATION.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"lesion.{name}") is not None:
+        value = importlib.import_module(f"lesion.{name}")  # a submodule, as ``import lesion`` once gave
+    else:
+        raise AttributeError(f"module 'lesion' has no attribute {name!r}")
+    globals()[name] = value  # cache: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
