@@ -187,7 +187,7 @@ class _CurveState:
             if dim != 1:
                 delta = delta.movedim(dim, 1)
             idx = torch.tensor([unit], device=h.device)
-            env[cons.node] = cons.lesioned(env[cons.node], delta, idx)
+            env[cons.node] = cons.lesioned(env[cons.node], delta, idx, inplace=True)
             self.stale.update(self.plan.downstream(cons.node))
         else:
             self.stale.add(node)
