@@ -35,6 +35,9 @@ DATA_SEED = 0  # the train/test split of every dataset; a model's metadata recor
 
 def main() -> None:
     """Entry point of the ``lesion`` script."""
+    from lesion._alloc import tune_allocator
+
+    tune_allocator()
     app()
 
 
