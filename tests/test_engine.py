@@ -113,3 +113,15 @@ def test_fallback_keeps_results_exact(model_cls):
 def test_untraceable_model_is_reported():
     with pytest.raises(Unsupported, match="cannot be traced"):
         Plan(DataDependent(), ["act"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    model, x, y = make("conv", 5, n=80)
+    cpu = lesion.unit_table(model, (x, y))
+    gpu = lesion.unit_table(model.cuda(), (x.cuda(), y.cuda()))
+    np.testing.assert_allclose(gpu["delta_loss"], cpu["delta_loss"], atol=1e-4)
+    np.testing.assert_allclose(gpu["selectivity"], cpu["selectivity"], atol=1e-5)
+    curves_cpu = lesion.ablation_curves(model.cpu(), (x, y), repeats=2)
+    curves_gpu = lesion.ablation_curves(model.cuda(), (x.cuda(), y.cuda()), repeats=2)
+    np.testing.assert_allclose(curves_gpu["loss"], curves_cpu["loss"], atol=1e-4)
