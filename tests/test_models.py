@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import lesion
 from lesion.errors import LesionError, ModelFileError
-from lesion.models import ARCHITECTURES, build_model, load_model, mlp, save_model
+from lesion.models import ARCHITECTURES, build_model, convnet, load_model, mlp, resnet, save_model
 
 ARCH = {"kind": "mlp", "input_shape": [1, 8, 8], "widths": [16, 12], "n_classes": 10, "batchnorm": True}
 
@@ -92,7 +93,10 @@ def test_build_model_matches_mlp():
 @pytest.mark.parametrize(
     ("arch", "match"),
     [
-        ({"kind": "convnet"}, "unknown architecture kind 'convnet'; known kinds: mlp"),
+        (
+            {"kind": "transformer"},
+            "unknown architecture kind 'transformer'; known kinds: convnet, mlp, resnet",
+        ),
         ({"widths": [3]}, "unknown architecture kind None"),
         ([1, 2], "expected a dict"),
         ({"kind": "mlp", "widths": [3], "n_classes": 2}, "lacks input_shape"),
@@ -240,9 +244,171 @@ def test_weights_that_do_not_fit_the_saved_arch(tmp_path, trained):
         load_model(path)
     meta["arch"] = json.dumps({"kind": "transformer"})
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, path, metadata=meta)
-    with pytest.raises(ModelFileError, match="known kinds: mlp"):
+    with pytest.raises(ModelFileError, match="known kinds: convnet, mlp, resnet"):
         load_model(path)
     meta["arch"] = "{oops"
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, path, metadata=meta)
     with pytest.raises(ModelFileError, match="unreadable arch"):
         load_model(path)
+
+
+# ------------------------------------------------------------------------------- convnet and resnet
+
+CONV_ARCH = {"kind": "convnet", "input_shape": [1, 12, 12], "n_classes": 10, "width_mult": 0.0625}
+RES_ARCH = {"kind": "resnet", "input_shape": [3, 8, 8], "n_classes": 5, "width": 4, "blocks": [1, 2]}
+
+
+def relu_names(model: torch.nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.ReLU)]
+
+
+def test_convnet_module_names_and_shapes():
+    net = convnet((3, 32, 32), 10, width_mult=0.25, dropout=0.5)
+    names = [f"{kind}{i}" for i in range(1, 12) for kind in ("conv", "bn", "relu")]
+    assert children(net) == [*names, "pool", "flatten", "fc", "relu_fc", "drop_fc", "out"]
+    convs = [getattr(net, f"conv{i}") for i in range(1, 12)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 32, 64, 64, 64, 128, 128, 128]
+    assert [c.stride[0] for c in convs] == [1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None for c in convs)
+    assert net.fc.in_features == 128 and net.fc.out_features == 256 and net.out.in_features == 256
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    full = convnet((3, 32, 32), 10)
+    assert [getattr(full, f"conv{i}").out_channels for i in range(1, 12)] == [
+        64, 64, 128, 128, 128, 256, 256, 256, 512, 512, 512
+    ]  # fmt: skip
+
+
+def test_convnet_without_batchnorm_and_tiny_width():
+    net = convnet((1, 8, 8), 3, width_mult=0.001, batchnorm=False)
+    assert not any(n.startswith("bn") for n in children(net)) and "drop_fc" not in children(net)
+    assert all(getattr(net, f"conv{i}").out_channels == 1 for i in range(1, 12))  # at least 1
+    assert net.conv1.bias is not None
+    assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_convnet_sites():
+    net = convnet((1, 12, 12), 10, width_mult=0.0625, seed=0)
+    x = torch.randn(4, 1, 12, 12)
+    sites = lesion.find_sites(net, x[:2])
+    assert [s.name for s in sites] == [f"relu{i}" for i in range(1, 12)] + ["relu_fc"]
+    assert [s.width for s in sites][-4:] == [32, 32, 32, 256]
+    assert all(s.unit_dim == 1 for s in sites) and sites[-1].shape == (256,)
+
+
+def test_resnet_module_names_and_sites():
+    net = resnet((3, 16, 16), 10, width=4, seed=0)  # 3 stages x 2 blocks
+    blocks = [f"layer{s}.{b}" for s in (1, 2, 3) for b in (0, 1)]
+    assert relu_names(net) == ["stem.relu", *[f"{b}.relu{i}" for b in blocks for i in (1, 2)]]
+    assert children(net) == ["stem", "layer1", "layer2", "layer3", "pool", "flatten", "fc"]
+    assert [getattr(net, f"layer{s}")[0].conv2.out_channels for s in (1, 2, 3)] == [4, 8, 16]
+    assert [getattr(net, f"layer{s}")[0].conv1.stride[0] for s in (1, 2, 3)] == [1, 2, 2]
+    assert isinstance(net.layer1[0].shortcut, torch.nn.Identity)
+    assert [n for n, _ in net.layer2[0].shortcut.named_children()] == ["conv", "bn"]
+    sites = lesion.find_sites(net, torch.randn(2, 3, 16, 16))  # refuses modules used twice
+    assert [s.name for s in sites] == relu_names(net)
+    assert sites[-1].width == 16 and sites[-1].shape == (16, 4, 4)
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_resnet_options():
+    net = resnet((1, 8, 8), 3, width=2, blocks=(1,), batchnorm=False, dropout=0.2)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert children(net) == ["stem", "layer1", "pool", "flatten", "drop", "fc"]
+    assert net(torch.zeros(3, 1, 8, 8)).shape == (3, 3)
+    assert relu_names(net) == ["stem.relu", "layer1.0.relu1", "layer1.0.relu2"]
+
+
+@pytest.mark.parametrize(
+    ("builder", "kwargs"),
+    [
+        (convnet, {"input_shape": (8, 8)}),
+        (convnet, {"input_shape": (1, 0, 8)}),
+        (convnet, {"width_mult": 0}),
+        (convnet, {"width_mult": True}),
+        (convnet, {"dropout": 1.0}),
+        (convnet, {"batchnorm": "yes"}),
+        (convnet, {"n_classes": 0}),
+        (convnet, {"seed": -1}),
+        (resnet, {"width": 0}),
+        (resnet, {"blocks": []}),
+        (resnet, {"blocks": [2, 0]}),
+        (resnet, {"blocks": 2}),
+        (resnet, {"dropout": -0.1}),
+    ],
+)
+def test_conv_builders_reject_bad_arguments(builder, kwargs):
+    with pytest.raises(LesionError):
+        builder(**({"input_shape": (1, 8, 8), "n_classes": 3} | kwargs))
+
+
+@pytest.mark.parametrize("arch", [CONV_ARCH, RES_ARCH])
+def test_conv_archs_are_seeded_and_built_from_dicts(arch):
+    state = torch.get_rng_state()
+    a, b = build_model(arch, seed=4), build_model(arch, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert same_state(a, b) and not same_state(a, build_model(arch, seed=5))
+    builder = ARCHITECTURES[arch["kind"]]
+    kwargs = {k: v for k, v in arch.items() if k != "kind"}
+    assert same_state(a, builder(**kwargs, seed=4))
+    assert {"mlp", "convnet", "resnet"} <= set(ARCHITECTURES)
+
+
+def _trained(arch: dict) -> torch.nn.Module:
+    """The model with batch-norm running statistics moved off their initial values."""
+    model = build_model(arch, seed=1).train()
+    shape = [8, *arch["input_shape"]]
+    model(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "arch", [ARCH, CONV_ARCH, RES_ARCH, {**RES_ARCH, "batchnorm": False, "dropout": 0.1}]
+)
+def test_every_arch_round_trips(tmp_path, arch):
+    model = _trained(arch)
+    path = tmp_path / "m.safetensors"
+    save_model(model, path, arch=arch, metadata={"k": 1})
+    loaded, info = load_model(path)
+    assert info == {"arch": arch, "metadata": {"k": 1}}  # no "extra" key when none were saved
+    assert same_state(loaded, model) and not loaded.training
+    x = torch.randn([5, *arch["input_shape"]])
+    assert torch.equal(loaded(x), model(x))
+    assert [n for n, _ in loaded.named_modules()] == [n for n, _ in model.named_modules()]
+
+
+def test_extra_tensors_round_trip(tmp_path, trained):
+    path = tmp_path / "m.safetensors"
+    y = torch.randint(10, (50,))
+    view = torch.arange(20.0)[::2]  # not contiguous
+    save_model(trained, path, arch=ARCH, extra={"train_labels": y, "odd": view, "w": trained.fc1.weight})
+    with safe_open(path, framework="pt") as f:
+        assert {"__extra__.train_labels", "__extra__.odd", "__extra__.w"} <= set(f.keys())
+    loaded, info = load_model(path)
+    assert same_state(loaded, trained)  # extras are not weights: strict loading still passes
+    assert set(info["extra"]) == {"train_labels", "odd", "w"}
+    assert torch.equal(info["extra"]["train_labels"], y) and info["extra"]["train_labels"].dtype == y.dtype
+    assert torch.equal(info["extra"]["odd"], view) and torch.equal(info["extra"]["w"], trained.fc1.weight)
+
+
+def test_extras_do_not_hide_missing_weights(tmp_path, trained):
+    state = {k: v.contiguous() for k, v in trained.state_dict().items()}
+    state["__extra__.fc1.bias"] = state.pop("fc1.bias")  # a weight smuggled in as an extra
+    meta = {"format": "lesion-model", "version": "1", "arch": json.dumps(ARCH)}
+    save_file(state, tmp_path / "m.safetensors", metadata=meta)
+    with pytest.raises(ModelFileError, match=r"missing \['fc1.bias'\]"):
+        load_model(tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ([torch.zeros(2)], "expected a dict of name -> tensor"),
+        ({"": torch.zeros(2)}, "non-empty string"),
+        ({3: torch.zeros(2)}, "non-empty string"),
+        ({"y": [1, 2]}, r"extra\['y'\] is a list; expected a tensor"),
+    ],
+)
+def test_bad_extras(tmp_path, trained, extra, match):
+    with pytest.raises(LesionError, match=match):
+        save_model(trained, tmp_path / "m.safetensors", arch=ARCH, extra=extra)
+    assert os.listdir(tmp_path) == []

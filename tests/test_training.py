@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lesion.corruption import corrupt_labels
 from lesion.data import Dataset, load_dataset
 from lesion.errors import DataError, LesionError
-from lesion.models import mlp
-from lesion.training import _batch_bounds, evaluate, seed_everything, train
+from lesion.models import build_model, load_model, mlp
+from lesion.training import _batch_bounds, evaluate, lr_at, seed_everything, train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,7 +38,7 @@ def test_history_table(digits):
     model = small(digits)
     history = train(model, digits, epochs=3, lr=1e-2)
     assert list(history.columns) == [
-        "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"
+        "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"
     ]  # fmt: skip
     assert history["epoch"].tolist() == [1, 2, 3] and history["epoch"].dtype == "int64"
     assert history["train_loss"].is_monotonic_decreasing
@@ -116,6 +120,19 @@ def test_progress_bar_goes_to_stderr(digits, capsys):
         ({"optimizer": "rmsprop"}, "expected one of adam, sgd"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"seed": -3}, "seed"),
+        ({"schedule": "linear"}, "expected one of constant, cosine, step"),
+        ({"schedule": "step", "step_size": 0}, "step_size"),
+        ({"gamma": 0}, "gamma"),
+        ({"until_train_acc": 1.5}, "until_train_acc"),
+        ({"until_train_acc": 0.9, "epochs": 3}, "not both"),
+        ({"until_train_acc": 0.9, "max_epochs": 0}, "max_epochs"),
+        ({"max_epochs": 3}, "max_epochs caps until_train_acc"),
+        ({"select_reg": float("nan")}, "select_reg"),
+        ({"select_reg": 1.0, "select_sites": ["relu9"]}, "unknown layer 'relu9'"),
+        ({"checkpoints": [1]}, "checkpoints need directory= .* or callback="),
+        ({"checkpoints": [-1], "callback": print}, "checkpoint epoch -1"),
+        ({"checkpoints": "1,2", "callback": print}, "expected a list of epochs"),
+        ({"directory": "somewhere"}, "needs arch="),
     ],
 )
 def test_bad_arguments(digits, kwargs, match):
@@ -147,3 +164,126 @@ def test_seed_everything_is_reproducible():
     a = torch.rand(3)
     seed_everything(11)
     assert torch.equal(a, torch.rand(3))
+
+
+# ------------------------------------------------------------------ schedules, stopping, checkpoints
+
+
+def test_lr_schedules():
+    assert [lr_at(e, 0.1, "constant", 5) for e in (1, 5)] == [0.1, 0.1]
+    assert lr_at(1, 0.2, "cosine", 10) == 0.2
+    assert lr_at(6, 0.2, "cosine", 10) == pytest.approx(0.1)
+    assert lr_at(3, 1.0, "step", 9, step_size=2, gamma=0.5) == 0.5
+    assert [lr_at(e, 1.0, "step", 9) for e in (3, 4, 7)] == [1.0, pytest.approx(0.1), pytest.approx(0.01)]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_lr_column_follows_the_schedule(digits, schedule):
+    history = train(small(digits), digits, epochs=4, lr=0.01, schedule=schedule, step_size=1, gamma=0.5)
+    assert history["lr"].tolist() == [
+        lr_at(e, 0.01, schedule, 4, step_size=1, gamma=0.5) for e in range(1, 5)
+    ]
+
+
+def test_until_train_acc_stops_as_soon_as_reached(digits):
+    history = train(small(digits), digits, until_train_acc=0.95, max_epochs=50, lr=1e-2)
+    acc = history["train_accuracy"].tolist()
+    assert acc[-1] >= 0.95 and all(a < 0.95 for a in acc[:-1]) and len(acc) < 50
+    capped = train(small(digits), digits, until_train_acc=1.0, max_epochs=2, lr=1e-4)
+    assert capped["epoch"].tolist() == [1, 2] and capped["train_accuracy"].iloc[-1] < 1.0
+
+
+def test_checkpoints_to_a_directory(digits, tmp_path):
+    arch = {"kind": "mlp", "input_shape": list(digits.input_shape), "widths": [32], "n_classes": 10}
+    labels = corrupt_labels(digits.y_train, 0.5, seed=0)
+    model = build_model(arch, seed=0)
+    history = train(model, digits, epochs=5, lr=1e-2, train_labels=labels, checkpoints=[0, 1, 2, 4, 8],
+                    directory=tmp_path, arch=arch)  # fmt: skip
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [
+        "epoch_0000.safetensors", "epoch_0001.safetensors", "epoch_0002.safetensors",
+        "epoch_0004.safetensors", "history.csv", "model.safetensors",
+    ]  # fmt: skip
+    fresh = build_model(arch, seed=0)
+    first, info = load_model(tmp_path / "epoch_0000.safetensors")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), fresh.state_dict().values(), strict=True)
+    )
+    assert info["metadata"]["epoch"] == 0 and info["metadata"]["history"] == []
+    four, info = load_model(tmp_path / "epoch_0004.safetensors")
+    assert info["metadata"]["epoch"] == 4 and len(info["metadata"]["history"]) == 4
+    assert torch.equal(info["extra"]["train_labels"], labels)
+    assert evaluate(four, digits.x_test, digits.y_test) == tuple(
+        history.iloc[3][["test_loss", "test_accuracy"]]
+    )
+    final, info = load_model(tmp_path / "model.safetensors")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(final.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    meta = info["metadata"]
+    assert (
+        meta["lr"] == 1e-2 and meta["seed"] == 0 and meta["dataset"] == "digits" and meta["epochs_run"] == 5
+    )
+    assert torch.equal(info["extra"]["train_labels"], labels)
+    written = pd.read_csv(tmp_path / "history.csv")
+    assert list(written.columns) == list(history.columns)
+    pd.testing.assert_frame_equal(written, history, check_exact=False, rtol=1e-12)
+
+
+def test_callback_at_fractional_and_whole_epochs(digits):
+    seen = []
+
+    def record(epoch, model):
+        seen.append((epoch, model.training))
+
+    train(small(digits), digits, epochs=3, batch_size=100, checkpoints=[0.5, 1, 2.25, 7], callback=record)
+    assert seen == [(0.5, False), (1, False), (2.25, False)]  # eval mode; epoch 7 never comes
+    seen.clear()
+    train(small(digits), digits, epochs=2, callback=record)  # no checkpoints: after every epoch
+    assert [e for e, _ in seen] == [1, 2]
+
+
+def test_fractional_checkpoint_file_name(digits, tmp_path):
+    arch = {"kind": "mlp", "input_shape": list(digits.input_shape), "widths": [32], "n_classes": 10}
+    train(build_model(arch, seed=0), digits, epochs=1, checkpoints=[0.5], directory=tmp_path, arch=arch)
+    assert (tmp_path / "epoch_0000.5.safetensors").exists()
+
+
+def test_tiny_convnet_is_bit_identical_for_the_same_seed(digits):
+    arch = {
+        "kind": "convnet",
+        "input_shape": [1, 8, 8],
+        "n_classes": 10,
+        "width_mult": 0.0625,
+        "dropout": 0.2,
+    }
+    sub = digits.with_train_labels(digits.y_train)
+    runs = []
+    for _ in range(2):
+        model = build_model(arch, seed=3)
+        history = train(model, sub, epochs=1, batch_size=256, lr=1e-2, seed=2, select_reg=-0.5)
+        runs.append((model.state_dict(), history.drop(columns="seconds")))
+    (sa, ha), (sb, hb) = runs
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and ha.equals(hb)
+    assert math.isfinite(ha["train_loss"].iloc[0])
+
+
+def test_select_reg_sites_are_restored(digits):
+    model = small(digits)
+    train(model, digits, epochs=1, select_reg=1.0, select_sites=["relu1"])
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_device_argument_accepts_torch_devices(digits):
+    model = small(digits)
+    train(model, digits, epochs=1, device=torch.device("cpu"))
+    assert model.fc1.weight.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda(digits):
+    model = small(digits, batchnorm=True, dropout=0.1)
+    history = train(model, digits, epochs=2, device="cuda", select_reg=-0.1)
+    assert model.fc1.weight.is_cuda and history["test_accuracy"].iloc[-1] > 0.5

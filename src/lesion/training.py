@@ -3,14 +3,22 @@
 Randomness: the batch order comes from a local ``torch.Generator`` seeded with ``seed``; the loop
 itself (dropout masks) runs inside ``torch.random.fork_rng`` seeded with ``seed``, so results repeat
 and the caller's global RNG state is the same afterwards as before.
+
+Options: Adam or SGD with momentum 0.9; a per-epoch learning-rate schedule (``lr_at``); a fixed number
+of epochs or training until the train accuracy reaches a target; checkpoints at chosen (even
+fractional) epochs, to a directory or a callback; and the class-selectivity regulariser of Leavitt &
+Morcos (2020), ``loss = CE - select_reg * mean SI`` per mini-batch (``batch_selectivity``).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,9 +30,14 @@ from lesion._progress import progress_bar
 from lesion._util import eval_mode, model_device
 from lesion.data import Dataset
 from lesion.errors import DataError, LesionError
+from lesion.lesioning import hooks
+from lesion.sites import find_sites
 
-COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"]
+COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"]
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+DEFAULT_EPOCHS, DEFAULT_MAX_EPOCHS = 5, 1000
+Callback = Callable[[float, nn.Module], Any]
 
 
 def seed_everything(seed: int) -> None:
@@ -43,55 +56,153 @@ def _forked_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def lr_at(
+    epoch: int, lr: float, schedule: str, total: int, *, step_size: int | None = None, gamma: float = 0.1
+) -> float:
+    """The learning rate during ``epoch`` (1-based) of ``total`` planned epochs.
+
+    "constant": ``lr``. "cosine": ``lr * (1 + cos(pi * (epoch - 1) / total)) / 2``, from ``lr`` down
+    towards 0. "step": ``lr * gamma ** ((epoch - 1) // step_size)``, ``step_size`` defaulting to a
+    third of ``total`` (at least 1). With ``until_train_acc`` the planned total is ``max_epochs``.
+
+    >>> [lr_at(e, 1.0, "step", 6, gamma=0.5) for e in range(1, 7)]
+    [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    >>> [round(lr_at(e, 1.0, "cosine", 4), 3) for e in range(1, 5)]
+    [1.0, 0.854, 0.5, 0.146]
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * (1 + math.cos(math.pi * (epoch - 1) / max(total, 1))) / 2
+    if schedule == "step":
+        size = step_size if step_size is not None else max(1, total // 3)
+        return lr * gamma ** ((epoch - 1) // size)
+    raise LesionError(f"schedule={schedule!r}; expected one of {', '.join(SCHEDULES)}")
+
+
+def batch_selectivity(
+    acts: Sequence[torch.Tensor], y: torch.Tensor, n_classes: int, *, eps: float = 1e-7
+) -> torch.Tensor:
+    """Differentiable mean class selectivity of one mini-batch, the quantity Leavitt & Morcos regularise.
+
+    ``acts``: per site, activity (batch, units, ...) with units on dim 1 (feature maps are averaged over
+    space first). Per unit, class means over the batch; SI = (mu_max - mu_rest) / (mu_max + mu_rest +
+    eps), mu_rest the mean of the other present classes' means (classes absent from the batch are left
+    out). Returns the mean over sites of each site's mean SI over units; 0 with fewer than two classes.
+    Written with masks, not data-dependent shapes, so it works under ``torch.func.vmap``.
+
+    >>> h = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # unit 0 fires only for class 0, unit 1 always
+    >>> round(float(batch_selectivity([h], torch.tensor([0, 1]), 2)), 6)
+    0.5
+    """
+    onehot = (y[:, None] == torch.arange(n_classes, device=y.device)).to(acts[0].dtype)  # (batch, classes)
+    counts = onehot.sum(0)  # (classes,)
+    present = (counts > 0)[:, None]  # (classes, 1)
+    n_present = present.sum()
+    per_site = []
+    for h in acts:
+        a = h.flatten(2).mean(2) if h.ndim > 2 else h  # (batch, units)
+        means = (onehot.T @ a) / counts.clamp(min=1)[:, None]  # (classes, units)
+        mu_max = torch.where(present, means, -math.inf).amax(0)  # (units,)
+        rest = (torch.where(present, means, 0.0).sum(0) - mu_max) / (n_present - 1).clamp(min=1)
+        per_site.append(((mu_max - rest) / (mu_max + rest + eps)).mean())
+    return torch.where(n_present >= 2, torch.stack(per_site).mean(), 0.0)
+
+
 def train(
     model: nn.Module,
     data: Dataset,
     *,
-    epochs: int = 5,
+    epochs: int | None = None,
     lr: float = 1e-3,
     batch_size: int = 128,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    schedule: str = "constant",
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    until_train_acc: float | None = None,
+    max_epochs: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
     train_labels: torch.Tensor | None = None,
+    select_reg: float = 0.0,
+    select_sites: Sequence[str] | None = None,
+    checkpoints: Sequence[float] | None = None,
+    directory: str | Path | None = None,
+    arch: dict[str, Any] | None = None,
+    callback: Callback | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` in place with cross-entropy on ``data``; returns one row per epoch.
 
     Columns: epoch (1-based), train_loss, train_accuracy (a full pass in eval mode after the epoch, on
-    the labels trained on), test_loss, test_accuracy, seconds (wall time of the epoch, evaluation
-    included). ``train_labels`` replaces ``data.y_train`` (e.g. corrupted labels). ``optimizer`` is
-    "adam" or "sgd" (momentum 0.9). The model is moved to ``device`` and left in eval mode.
+    the labels trained on), test_loss, test_accuracy, lr (of the epoch), seconds (wall time of the
+    epoch, evaluation included). ``train_labels`` replaces ``data.y_train`` (e.g. corrupted labels).
+    ``optimizer`` is "adam" or "sgd" (momentum 0.9); ``schedule``, ``step_size``, ``gamma``: see
+    ``lr_at``. Train ``epochs`` epochs (default 5), or with ``until_train_acc`` until the train accuracy
+    after an epoch reaches it, at most ``max_epochs`` (default 1000). The model is moved to ``device``
+    and left in eval mode.
+
+    ``select_reg`` = alpha adds ``-alpha * batch_selectivity`` of the post-ReLU sites (``find_sites``,
+    or the modules named in ``select_sites``) to each mini-batch's loss: alpha < 0 lowers selectivity,
+    alpha > 0 raises it.
+
+    ``checkpoints``: epochs (0 = before training; fractions such as 1.5 = mid-epoch) at which
+    ``callback(epoch, model)`` is called (model in eval mode; without ``checkpoints``: after every
+    epoch) and, with ``directory``, the model saved as ``epoch_0004.safetensors``. With ``directory``
+    the final model is saved as ``model.safetensors`` and the table as ``history.csv`` (rewritten each
+    epoch); each file holds ``arch`` (required then), the training options as metadata and the train
+    labels as the extra tensor ``train_labels``.
     """
-    _check_args(epochs, lr, batch_size, optimizer, weight_decay, seed)
+    opts = _options(locals())
     device = torch.device(device)
-    y_train = data.y_train if train_labels is None else data.with_train_labels(train_labels).y_train
-    x_train, y_train = data.x_train.to(device), y_train.to(device)
+    data = data if train_labels is None else data.with_train_labels(train_labels)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     model.to(device)
-    opt = _optimizer(model, optimizer, lr, weight_decay)
+    opt = _optimizer(model.parameters(), optimizer, lr, weight_decay)
     generator = torch.Generator().manual_seed(seed)  # batch order, independent of the global RNG
     bounds = _batch_bounds(len(y_train), batch_size)
-    rows = []
-    with _forked_rng(seed, device), progress_bar(None, "train", progress, total=epochs * len(bounds)) as bar:
-        for epoch in range(1, epochs + 1):
+    saver = _Saver(opts, data, directory, arch, callback, checkpoints, len(bounds))
+    reg = Regulariser(model, x_train[:2], select_reg, select_sites, data.n_classes)
+    rows: list[tuple] = []
+    total = opts["planned_epochs"]
+    with _forked_rng(seed, device), progress_bar(None, "train", progress, total=total * len(bounds)) as bar:
+        saver.at_step(0, model, rows)
+        for epoch in range(1, total + 1):
             start = time.perf_counter()
+            rate = _set_lr(opt, lr_at(epoch, lr, schedule, total, step_size=step_size, gamma=gamma))
             model.train()
             order = torch.randperm(len(y_train), generator=generator).to(device)
-            for lo, hi in bounds:
-                idx = order[lo:hi]
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])  # (batch, classes) logits
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            with reg.capture(model):
+                for step, (lo, hi) in enumerate(bounds, start=1):
+                    idx = order[lo:hi]
+                    loss = F.cross_entropy(model(x_train[idx]), y_train[idx])  # (batch, classes) logits
+                    if reg:
+                        loss = loss + reg.penalty(y_train[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    bar.update()
+                    if progress:  # .item() waits for the device: only when someone watches
+                        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                    if step < len(bounds):
+                        saver.at_step((epoch - 1) * len(bounds) + step, model, rows)
             train_loss, train_acc = evaluate(model, x_train, y_train)
             test_loss, test_acc = evaluate(model, x_test, y_test)
-            rows.append((epoch, train_loss, train_acc, test_loss, test_acc, time.perf_counter() - start))
+            seconds = time.perf_counter() - start
+            rows.append((epoch, train_loss, train_acc, test_loss, test_acc, rate, seconds))
             bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}")
+            saver.at_step(epoch * len(bounds), model, rows)
+            if until_train_acc is not None and train_acc >= until_train_acc:
+                break
     model.eval()
+    saver.finish(model, rows)
+    return history_frame(rows)
+
+
+def history_frame(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS).astype({"epoch": "int64"})
 
 
@@ -125,25 +236,182 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(lo, starts[i + 1] if i + 1 < len(starts) else n) for i, lo in enumerate(starts)]
 
 
-def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _optimizer(params, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+class Regulariser:
+    """The selectivity term ``-alpha * batch_selectivity`` of the activity that forward hooks capture
+    at the regularised sites while ``capture`` is active. False (and no hooks) when alpha is 0.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, alpha: float, names, n_classes: int):
+        self.alpha, self.n_classes = alpha, n_classes
+        self.sites: dict[str, int] = {}  # site name -> unit dim
+        self.captured: dict[str, torch.Tensor] = {}
+        if alpha != 0:
+            found = find_sites(model, example, _names(names))
+            if not found:
+                raise LesionError("select_reg needs sites with units; the model has no activation modules")
+            self.sites = {s.name: s.unit_dim for s in found}
+
+    def __bool__(self) -> bool:
+        return bool(self.sites)
+
+    def capture(self, model: nn.Module):
+        """Hooks on ``model``'s sites for the duration of a ``with`` block (none when inert)."""
+        return hooks(model, {s: self._grab(s) for s in self.sites}) if self.sites else nullcontext()
+
+    def penalty(self, y: torch.Tensor) -> torch.Tensor:
+        """The term for the batch just run forward, with labels ``y``; releases the captured activity."""
+        acts = [self.captured.pop(s).movedim(dim, 1) for s, dim in self.sites.items()]
+        return -self.alpha * batch_selectivity(acts, y, self.n_classes)
+
+    def _grab(self, name: str):
+        def edit(h: torch.Tensor) -> torch.Tensor:
+            self.captured[name] = h
+            return h
+
+        return edit
+
+
+class _Saver:
+    """Checkpoints (callback and/or files) at chosen steps, and the final model and history files."""
+
+    def __init__(self, opts, data, directory, arch, callback, checkpoints, steps_per_epoch):
+        self.opts, self.callback, self.arch = opts, callback, arch
+        self.labels = data.y_train
+        self.directory = None if directory is None else Path(directory)
+        if self.directory is not None:
+            if not isinstance(arch, dict):
+                raise LesionError(
+                    f"directory={str(directory)!r} needs arch=, the dict that rebuilds the model"
+                )
+            self.directory.mkdir(parents=True, exist_ok=True)
+        if checkpoints is None:  # the callback alone: after every epoch
+            n = opts["planned_epochs"]
+            points = list(range(1, n + 1)) if callback is not None else []
+        else:
+            points = _check_checkpoints(checkpoints)
+            if callback is None and directory is None:
+                raise LesionError("checkpoints need directory= (to save models) or callback= (to be called)")
+        self.at = {round(e * steps_per_epoch): e for e in sorted(points, reverse=True)}
+
+    def wants(self, step: int) -> bool:
+        return step in self.at
+
+    def at_step(self, step: int, model: nn.Module, rows: list[tuple]) -> None:
+        epoch = self.at.get(step)
+        if epoch is None:
+            return
+        with eval_mode(model):
+            if self.callback is not None:
+                self.callback(epoch, model)
+            if self.directory is not None:
+                path = self.directory / f"{checkpoint_name(epoch)}.safetensors"
+                self._save(model, path, rows, epoch=epoch)
+                self._write_history(rows)
+
+    def finish(self, model: nn.Module, rows: list[tuple]) -> None:
+        if self.directory is not None:
+            self._save(model, self.directory / "model.safetensors", rows, epoch=len(rows))
+            self._write_history(rows)
+
+    def _save(self, model, path, rows, *, epoch) -> None:
+        from lesion.models import save_model  # models imports nothing from here; keep the edge one-way
+
+        meta = dict(self.opts, epoch=epoch, epochs_run=len(rows))
+        meta["history"] = history_frame(rows).to_dict(orient="records")
+        save_model(model, path, arch=self.arch, metadata=meta, extra={"train_labels": self.labels})
+
+    def _write_history(self, rows) -> None:
+        path = self.directory / "history.csv"
+        tmp = path.with_name(f".{path.name}.tmp")
+        history_frame(rows).to_csv(tmp, index=False)
+        tmp.replace(path)
+
+
+def checkpoint_name(epoch: float) -> str:
+    """``epoch_0004`` for whole epochs, ``epoch_0001.5`` for fractions.
+
+    >>> checkpoint_name(4), checkpoint_name(1.25)
+    ('epoch_0004', 'epoch_0001.25')
+    """
+    return f"epoch_{int(epoch):04d}" if float(epoch).is_integer() else f"epoch_{epoch:09.4f}".rstrip("0")
+
+
+def _check_checkpoints(checkpoints) -> list[float]:
+    if isinstance(checkpoints, str) or not isinstance(checkpoints, Sequence):
+        raise LesionError(f"checkpoints={checkpoints!r}; expected a list of epochs, e.g. [1, 2, 4, 8]")
+    out = []
+    for e in checkpoints:
+        if isinstance(e, bool) or not isinstance(e, int | float) or not (math.isfinite(e) and e >= 0):
+            raise LesionError(f"checkpoint epoch {e!r}; expected a non-negative number (0 = before training)")
+        out.append(int(e) if float(e).is_integer() else float(e))
+    return sorted(set(out))
+
+
+def _options(args: dict[str, Any]) -> dict[str, Any]:
+    """Check ``train``'s arguments; returns the JSON-able training options recorded with saved models."""
+    epochs, until, max_epochs = args["epochs"], args["until_train_acc"], args["max_epochs"]
+    _check_args(DEFAULT_EPOCHS if epochs is None else epochs, args["lr"], args["batch_size"],
+                args["optimizer"], args["weight_decay"], args["seed"])  # fmt: skip
+    if args["schedule"] not in SCHEDULES:
+        raise LesionError(f"schedule={args['schedule']!r}; expected one of {', '.join(SCHEDULES)}")
+    if args["step_size"] is not None and not (_is_int(args["step_size"]) and args["step_size"] > 0):
+        raise LesionError(f"step_size={args['step_size']!r}; expected a positive int or None")
+    if not _is_number(args["gamma"]) or not args["gamma"] > 0:
+        raise LesionError(f"gamma={args['gamma']!r}; expected a positive number")
+    if not _is_number(args["select_reg"]) or not math.isfinite(args["select_reg"]):
+        raise LesionError(f"select_reg={args['select_reg']!r}; expected a finite number")
+    if until is None:
+        if max_epochs is not None:
+            raise LesionError("max_epochs caps until_train_acc; without it give epochs=")
+        planned = DEFAULT_EPOCHS if epochs is None else epochs
+    else:
+        if not _is_number(until) or not 0 < until <= 1:
+            raise LesionError(f"until_train_acc={until!r}; expected an accuracy in (0, 1]")
+        if epochs is not None:
+            raise LesionError("give epochs= or until_train_acc= (capped by max_epochs=), not both")
+        planned = DEFAULT_MAX_EPOCHS if max_epochs is None else max_epochs
+        if not _is_int(planned) or planned < 1:
+            raise LesionError(f"max_epochs={max_epochs!r}; expected a positive int")
+    keys = ("lr", "batch_size", "optimizer", "weight_decay", "schedule", "step_size", "gamma",
+            "until_train_acc", "seed", "select_reg")  # fmt: skip
+    opts = {k: args[k] for k in keys} | {"planned_epochs": planned, "dataset": args["data"].name}
+    return opts | {"device": str(args["device"]), "select_sites": _names(args["select_sites"])}
+
+
+def _names(names) -> list[str] | None:
+    return None if names is None else [names] if isinstance(names, str) else list(names)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _check_args(epochs, lr, batch_size, optimizer, weight_decay, seed) -> None:
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not is_int(epochs) or epochs < 0:
+    if not _is_int(epochs) or epochs < 0:
         raise LesionError(f"epochs={epochs!r}; expected a non-negative int")
-    if not is_int(batch_size) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise LesionError(f"batch_size={batch_size!r}; expected a positive int")
-    if not isinstance(lr, int | float) or isinstance(lr, bool) or not lr > 0:
+    if not _is_number(lr) or not lr > 0:
         raise LesionError(f"lr={lr!r}; expected a positive number")
-    if not isinstance(weight_decay, int | float) or isinstance(weight_decay, bool) or weight_decay < 0:
+    if not _is_number(weight_decay) or weight_decay < 0:
         raise LesionError(f"weight_decay={weight_decay!r}; expected a non-negative number")
     if optimizer not in OPTIMIZERS:
         raise LesionError(f"optimizer={optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if not is_int(seed) or seed < 0:
+    if not _is_int(seed) or seed < 0:
         raise LesionError(f"seed={seed!r}; expected a non-negative int")

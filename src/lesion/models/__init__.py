@@ -8,6 +8,18 @@
 """
 
 from lesion.models._arch import ARCHITECTURES, build_model, mlp
-from lesion.models._file import load_model, save_model
+from lesion.models._conv import BasicBlock, ResNet, convnet, resnet
+from lesion.models._file import EXTRA_PREFIX, load_model, save_model
 
-__all__ = ["ARCHITECTURES", "build_model", "load_model", "mlp", "save_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "EXTRA_PREFIX",
+    "BasicBlock",
+    "ResNet",
+    "build_model",
+    "convnet",
+    "load_model",
+    "mlp",
+    "resnet",
+    "save_model",
+]

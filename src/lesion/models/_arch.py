@@ -8,10 +8,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from lesion.errors import LesionError, ModelFileError
+from lesion.errors import ModelFileError
+from lesion.models._common import check_switches, positive_ints, seeded_init
+from lesion.models._conv import convnet, resnet
 
 
 def mlp(
@@ -34,14 +35,11 @@ def mlp(
     ['flatten', 'fc1', 'bn1', 'relu1', 'out']
     """
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
-    _positive_ints("input_shape", shape, allow_empty=False)
+    positive_ints("input_shape", shape, allow_empty=False)
     widths = list(widths) if isinstance(widths, Sequence) and not isinstance(widths, str) else widths
-    _positive_ints("widths", widths, allow_empty=True)
-    _positive_ints("n_classes", [n_classes], allow_empty=False, scalar=True)
-    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
-        raise LesionError(f"dropout={dropout!r}; expected a probability in [0, 1)")
-    if not isinstance(batchnorm, bool):
-        raise LesionError(f"batchnorm={batchnorm!r}; expected True or False")
+    positive_ints("widths", widths, allow_empty=True)
+    positive_ints("n_classes", [n_classes], allow_empty=False, scalar=True)
+    check_switches(dropout, batchnorm)
 
     def build() -> nn.Sequential:
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
@@ -60,33 +58,15 @@ def mlp(
     return seeded_init(build, seed)
 
 
-def seeded_init(build: Callable[[], nn.Module], seed: int | None) -> nn.Module:
-    """Run ``build`` with the global RNG seeded by ``seed`` inside ``fork_rng`` (None: unseeded)."""
-    if seed is None:
-        return build()
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise LesionError(f"seed={seed!r}; expected a non-negative int or None")
-    with torch.random.fork_rng(devices=[]):  # weights are drawn on the CPU
-        torch.manual_seed(seed)
-        return build()
-
-
-def _positive_ints(what: str, values, *, allow_empty: bool, scalar: bool = False) -> None:
-    ok = isinstance(values, list | tuple) and (allow_empty or len(values) > 0)
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-    if not ok:
-        shown = values[0] if scalar else values
-        kind = "a positive int" if scalar else "a sequence of positive ints"
-        raise LesionError(f"{what}={shown!r}; expected {kind}")
-
-
-# kind -> builder taking the arch's other keys as keyword arguments; later: "convnet", "resnet".
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": mlp}
+# kind -> builder taking the arch's other keys as keyword arguments (and ``seed``).
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"convnet": convnet, "mlp": mlp, "resnet": resnet}
 
 
 def build_model(arch: dict[str, Any], *, seed: int | None = None) -> nn.Module:
     """Build the model an ``arch`` dict describes, e.g. ``{"kind": "mlp", "input_shape": [1, 28, 28],
-    "widths": [512, 512], "n_classes": 10}``; ``seed`` as in ``mlp``.
+    "widths": [512, 512], "n_classes": 10}`` or ``{"kind": "convnet", "input_shape": [3, 32, 32],
+    "n_classes": 10, "width_mult": 0.5}``; the keys are the builder's arguments (see ``ARCHITECTURES``);
+    ``seed`` as in ``mlp``.
 
     Raises ModelFileError for an unknown kind or missing/unexpected keys, LesionError for bad values.
     """

@@ -1,5 +1,8 @@
 """The model file: one safetensors file of the state_dict plus the arch and metadata as JSON strings.
 
+Extra tensors that belong with the model (e.g. the possibly corrupted labels it was trained on) are
+stored beside the weights under the reserved prefix ``__extra__.``; they are not part of the model.
+
 Nothing is ever unpickled: a pickled ``torch.save`` file is recognised and refused, because loading a
 pickle runs whatever code it names.
 """
@@ -22,14 +25,21 @@ from lesion.models._arch import build_model
 
 FORMAT, VERSION = "lesion-model", "1"
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
+EXTRA_PREFIX = "__extra__."  # tensor names under it are extras, not weights
 
 
 def save_model(
-    model: nn.Module, path: str | Path, *, arch: dict[str, Any], metadata: dict[str, Any] | None = None
+    model: nn.Module,
+    path: str | Path,
+    *,
+    arch: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write ``model``'s state_dict to one safetensors file at ``path``, with ``arch`` (how to rebuild
-    it, see ``build_model``) and JSON-able ``metadata``. The write is atomic: readers never see half a
-    file. Raises ModelFileError when the state_dict does not fit ``arch``.
+    it, see ``build_model``), JSON-able ``metadata`` and ``extra`` tensors by name (e.g.
+    ``{"train_labels": y}``; ``load_model`` returns them in ``info["extra"]``). The write is atomic:
+    readers never see half a file. Raises ModelFileError when the state_dict does not fit ``arch``.
     """
     path = Path(path)
     try:
@@ -45,6 +55,7 @@ def save_model(
         seen.add(t.untyped_storage().data_ptr())
         tensors[name] = t
     _check_fits({k: tuple(v.shape) for k, v in tensors.items()}, arch, f"cannot save to {path}")
+    tensors |= _extras(extra)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -57,24 +68,47 @@ def save_model(
 
 def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model saved at ``path``; returns it in eval mode on ``map_location`` and
-    ``{"arch": ..., "metadata": ...}``. Raises ModelFileError for a missing, corrupt, foreign or
-    pickled file, or weights that do not fit the saved arch.
+    ``{"arch": ..., "metadata": ...}``, plus ``"extra"`` (name -> CPU tensor) when the file holds
+    extra tensors. Raises ModelFileError for a missing, corrupt, foreign or pickled file, or weights
+    that do not fit the saved arch.
     """
     path = Path(path)
     header = _read_header(path)
     arch, metadata = _lesion_metadata(header.get("__metadata__"), path)
-    shapes = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__"}
+    shapes = {
+        k: tuple(v.get("shape", ()))
+        for k, v in header.items()
+        if k != "__metadata__" and not k.startswith(EXTRA_PREFIX)
+    }
     _check_fits(shapes, arch, str(path))  # before reading any weights
     try:
         state = load_file(path, device="cpu")
     except Exception as e:  # safetensors raises its own error types for malformed files
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
+    extra = {k[len(EXTRA_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(EXTRA_PREFIX)}
     try:  # seeded, so the throwaway initial weights leave the caller's global RNG alone
         model = build_model(arch, seed=0)
     except LesionError as e:
         raise ModelFileError(f"{path}: the saved arch cannot be built: {e}") from None
     model.load_state_dict(state, strict=True)
-    return model.to(map_location).eval(), {"arch": arch, "metadata": metadata}
+    info = {"arch": arch, "metadata": metadata} | ({"extra": extra} if extra else {})
+    return model.to(map_location).eval(), info
+
+
+def _extras(extra: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """``extra`` as safetensors entries under ``EXTRA_PREFIX``, contiguous, on the CPU, unaliased."""
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise LesionError(f"extra is a {type(extra).__name__}; expected a dict of name -> tensor")
+    out = {}
+    for name, t in extra.items():
+        if not isinstance(name, str) or not name:
+            raise LesionError(f"extra tensor name {name!r}; expected a non-empty string")
+        if not isinstance(t, torch.Tensor):
+            raise LesionError(f"extra[{name!r}] is a {type(t).__name__}; expected a tensor")
+        out[EXTRA_PREFIX + name] = t.detach().to("cpu").contiguous().clone()
+    return out
 
 
 def _read_header(path: Path) -> dict[str, Any]:
