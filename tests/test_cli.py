@@ -131,7 +131,7 @@ def test_missing_and_pickled_model_files_are_clear_errors(tmp_path):
 
 
 def test_bad_flags_are_clear_errors(model_file, tmp_path):
-    user_error(invoke("train", "--arch", "resnet"), "unknown arch 'resnet'", "mlp")
+    user_error(invoke("train", "--arch", "vgg"), "unknown arch 'vgg'", "mlp, convnet, resnet")
     user_error(invoke("train", "--widths", "16,x"), "--widths")
     user_error(invoke("analyze", model_file, "--out", tmp_path, "--fractions", "one"), "--fractions")
     wrong_data = invoke("analyze", model_file, "--out", tmp_path, "--dataset", "mnist5k")

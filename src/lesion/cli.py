@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-ARCHS = ("mlp",)
+ARCHS = ("mlp", "convnet", "resnet")
 RANKED_ORDERS = ("selectivity_high", "selectivity_low", "importance_high")
 EXIT_USER_ERROR = 2
 DATA_SEED = 0  # the train/test split of every dataset; a model's metadata records the one it used
@@ -102,26 +102,54 @@ def layers(
 @_command
 def train(
     arch: Annotated[str, typer.Option(help=f"Architecture; one of: {', '.join(ARCHS)}.")] = "mlp",
-    widths: Annotated[str, typer.Option(help="Hidden layer widths, comma separated.")] = "512,512",
-    dataset: Annotated[str, typer.Option(help="Dataset name (digits, mnist5k).")] = "mnist5k",
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 5,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the weights and the batch order.")] = 0,
+    widths: Annotated[str, typer.Option(help="MLP hidden layer widths, comma separated.")] = "512,512",
+    width_mult: Annotated[float, typer.Option(help="Convnet channel multiplier (64..512 x w).")] = 1.0,
+    resnet_width: Annotated[int, typer.Option(min=1, help="ResNet channels of the first stage.")] = 16,
+    dataset: Annotated[
+        str, typer.Option(help="Dataset name (digits, mnist5k, fashion-mnist, ...).")
+    ] = "mnist5k",
+    root: Annotated[
+        Path | None, typer.Option(help="Directory holding the dataset files (mnist, cifar10, ...).")
+    ] = None,
+    corrupt: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of training labels to corrupt.")
+    ] = 0.0,
+    corrupt_mode: Annotated[str, typer.Option(help="shuffle (among themselves) or random.")] = "shuffle",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs (default 5).")] = None,
+    until_train_acc: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Train until this training accuracy instead.")
+    ] = None,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Cap for --until-train-acc.")] = 1000,
+    checkpoints: Annotated[
+        str | None, typer.Option(help="Epochs to save checkpoints at, e.g. 1,2,4,8 (0 = untrained).")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the weights, the batch order, corruption.")] = 0,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="adam, or sgd (momentum 0.9).")] = "adam",
+    schedule: Annotated[
+        str, typer.Option(help="Learning-rate schedule: constant, cosine or step.")
+    ] = "constant",
     batch_size: Annotated[int, typer.Option(min=1, help="Mini-batch size.")] = 128,
     dropout: Annotated[float, typer.Option(help="Dropout after each hidden layer, in [0, 1).")] = 0.0,
     batchnorm: Annotated[bool, typer.Option(help="Batch norm before each ReLU.")] = False,
+    select_reg: Annotated[
+        float, typer.Option(help="Selectivity regulariser alpha: loss - alpha * mean selectivity.")
+    ] = 0.0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     out: Annotated[Path, typer.Option(help="Where to write the model file.")] = Path("model.safetensors"),
 ) -> None:
-    """Train a network and save it, with its training history, as one safetensors file."""
+    """Train a network and save it, with its training history and labels, as one safetensors file."""
     config = TrainConfig(
-        arch=arch, widths=_widths(widths), dataset=dataset, epochs=epochs, seed=seed, lr=lr,
-        optimizer=optimizer, batch_size=batch_size, dropout=dropout, batchnorm=batchnorm,
+        arch=arch, widths=_widths(widths), width_mult=width_mult, resnet_width=resnet_width,
+        dataset=dataset, root=str(root) if root else None, corrupt=corrupt, corrupt_mode=corrupt_mode,
+        epochs=epochs, until_train_acc=until_train_acc, max_epochs=max_epochs,
+        checkpoints=_checkpoints(checkpoints), seed=seed, lr=lr, optimizer=optimizer, schedule=schedule,
+        batch_size=batch_size, dropout=dropout, batchnorm=batchnorm, select_reg=select_reg, device=device,
     )  # fmt: skip
     meta = _train_model(config, out)
     _out().print(
-        f"saved [bold]{out}[/]: train accuracy {meta['train_accuracy']:.4f}, "
-        f"test accuracy {meta['test_accuracy']:.4f}"
+        f"saved [bold]{out}[/] after {len(meta['history'])} epochs: train accuracy "
+        f"{meta['train_accuracy']:.4f}, test accuracy {meta['test_accuracy']:.4f}"
     )
 
 
@@ -170,14 +198,25 @@ class TrainConfig:
 
     arch: str = "mlp"
     widths: tuple[int, ...] = (512, 512)
+    width_mult: float = 1.0
+    resnet_width: int = 16
     dataset: str = "mnist5k"
-    epochs: int = 5
+    root: str | None = None
+    corrupt: float = 0.0
+    corrupt_mode: str = "shuffle"
+    epochs: int | None = None
+    until_train_acc: float | None = None
+    max_epochs: int = 1000
+    checkpoints: tuple[float, ...] | None = None
     seed: int = 0
     lr: float = 1e-3
     optimizer: str = "adam"
+    schedule: str = "constant"
     batch_size: int = 128
     dropout: float = 0.0
     batchnorm: bool = False
+    select_reg: float = 0.0
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -234,25 +273,55 @@ def _train_model(config: TrainConfig, out: Path) -> dict:
     """Build, train and save a model (history also as CSV beside it); returns the file's metadata."""
     if config.arch not in ARCHS:
         raise LesionError(f"unknown arch {config.arch!r}; known archs: {', '.join(ARCHS)}")
+    from lesion.corruption import corrupt_labels
     from lesion.data import load_dataset
-    from lesion.models import mlp, save_model
+    from lesion.models import build_model, save_model
     from lesion.training import train
 
-    data = load_dataset(config.dataset, seed=DATA_SEED)
-    arch = {"kind": config.arch, "input_shape": list(data.input_shape), "widths": list(config.widths)}
-    arch |= {"n_classes": data.n_classes, "dropout": float(config.dropout), "batchnorm": config.batchnorm}
-    net = mlp(data.input_shape, config.widths, data.n_classes, dropout=arch["dropout"],
-              batchnorm=config.batchnorm, seed=config.seed)  # fmt: skip
-    hparams = {k: getattr(config, k) for k in ("epochs", "lr", "batch_size", "optimizer", "seed")}
-    history = train(net, data, progress=True, **hparams)
+    data = load_dataset(config.dataset, root=config.root, seed=DATA_SEED)
+    arch = {"kind": config.arch, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
+    arch |= {"dropout": float(config.dropout), "batchnorm": config.batchnorm}
+    arch |= {
+        "mlp": {"widths": list(config.widths)},
+        "convnet": {"width_mult": float(config.width_mult)},
+        "resnet": {"width": int(config.resnet_width)},
+    }[config.arch]
+    net = build_model(arch, seed=config.seed)
+    labels = corrupt_labels(
+        data.y_train, config.corrupt, mode=config.corrupt_mode, n_classes=data.n_classes, seed=config.seed
+    )
+    hparams = {k: getattr(config, k) for k in ("lr", "batch_size", "optimizer", "schedule", "seed")}
+    stop = {"epochs": config.epochs} if config.until_train_acc is None else {
+        "until_train_acc": config.until_train_acc, "max_epochs": config.max_epochs,
+        **({"epochs": config.epochs} if config.epochs else {}),
+    }  # fmt: skip
+    ckpt = {}
+    if config.checkpoints:
+        ckpt = {"checkpoints": config.checkpoints, "directory": out.parent / f"{out.stem}.checkpoints"}
+    history = train(
+        net, data, progress=True, train_labels=labels, select_reg=config.select_reg, device=config.device,
+        arch=arch, **stop, **ckpt, **hparams,
+    )  # fmt: skip
     final = history.iloc[-1]  # measured in eval mode after the last epoch
-    meta = {"dataset": config.dataset, "data_seed": DATA_SEED, **hparams}
+    meta = {"dataset": config.dataset, "data_seed": DATA_SEED, **asdict(config)}
     meta |= {"history": json.loads(history.to_json(orient="records"))}
     meta |= {k: float(final[k]) for k in ("train_accuracy", "train_loss", "test_accuracy", "test_loss")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(net, out, arch=arch, metadata=meta)
+    save_model(net.cpu(), out, arch=arch, metadata=meta, extra={"train_labels": labels})
     _atomic(out.with_name(f"{out.stem}.history.csv"), lambda p: history.to_csv(p, index=False))
     return meta
+
+
+def _checkpoints(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise LesionError(f"--checkpoints {text!r}: expected epochs like 1,2,4,8") from None
+    if any(v < 0 for v in values):
+        raise LesionError(f"--checkpoints {text!r}: epochs must be 0 or more")
+    return values
 
 
 # ----------------------------------------------------------------------------------------- analysis
@@ -318,7 +387,8 @@ def _dataset_for(info: dict, dataset: str | None):
     name = dataset or meta.get("dataset")
     if not name:
         raise DataError("the model file records no dataset; pass --dataset (e.g. --dataset mnist5k)")
-    data = load_dataset(name, seed=int(meta.get("data_seed", DATA_SEED)))
+    root = meta.get("root") if name == meta.get("dataset") else None
+    data = load_dataset(name, root=root, seed=int(meta.get("data_seed", DATA_SEED)))
     labels = (info.get("extra") or {}).get("train_labels")  # e.g. corrupted labels it was trained on
     return data if labels is None or name != meta.get("dataset") else data.with_train_labels(labels)
 
