@@ -125,3 +125,16 @@ def test_cuda_matches_cpu():
     curves_cpu = lesion.ablation_curves(model.cpu(), (x, y), repeats=2)
     curves_gpu = lesion.ablation_curves(model.cuda(), (x.cuda(), y.cuda()), repeats=2)
     np.testing.assert_allclose(curves_gpu["loss"], curves_cpu["loss"], atol=1e-4)
+
+
+def test_bf16_is_close_and_reports_its_deviation():
+    model, x, y = make("mlp", 9, n=200)
+    sites = lesion.find_sites(model, x[:2])
+    units = all_units(sites)
+    fp32 = Evaluator(model, (x, y), sites).single_units(units, 0.0)
+    ev = Evaluator(model, (x, y), sites, precision="bf16")
+    bf16 = ev.single_units(units, 0.0)
+    assert ev.fallbacks == {} and 0 < ev.deviation["loss"] < 0.05
+    np.testing.assert_allclose([b.loss for b in bf16], [f.loss for f in fp32], atol=0.05)
+    with pytest.raises(lesion.LesionError, match="unknown precision 'fp8'"):
+        Evaluator(model, (x, y), sites, precision="fp8")

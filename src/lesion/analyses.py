@@ -51,6 +51,7 @@ def unit_table(
     batch_size: int = 1000,
     progress: bool = False,
     engine: bool = True,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """One row per unit, measured on held-out ``data``.
 
@@ -60,12 +61,14 @@ def unit_table(
     ``delta_*`` are lesioned minus intact, so a harmful deletion has positive ``delta_loss`` and negative
     ``delta_accuracy``. ``value`` is the ablation constant or ``"mean"`` (means of ``reference``, by
     default of ``data``). Dead units have NaN selectivity and preferred class -1. ``df.attrs`` holds the
-    intact ``loss``, ``accuracy`` and ``per_class_accuracy``.
+    intact ``loss``, ``accuracy`` and ``per_class_accuracy``, and ``engine_fallbacks`` (why the fast engine
+    stepped aside, if it did). ``precision="bf16"`` runs the engine in bfloat16 (``engine_deviation``
+    records its largest loss difference to fp32 on the checks).
     """
     sites = list(sites) if sites is not None else sites_for(model, data)
     chosen = parse_units(units if units is not None else [f"{s.name}:*" for s in sites], sites)
     stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size)
-    ev = Evaluator(model, data, sites, batch_size=batch_size, engine=engine)
+    ev = Evaluator(model, data, sites, batch_size=batch_size, engine=engine, precision=precision)
     ref = reference or stats
     means = {layer: ref[layer].mean for layer in chosen} if value == "mean" else None
     todo = chosen.units()
@@ -73,6 +76,7 @@ def unit_table(
         lesion_rows = ev.single_units(todo, value, means, bar=bar)
     table = _table(todo, stats, ev.intact, lesion_rows)
     table.attrs["engine_fallbacks"] = dict(ev.fallbacks)
+    table.attrs["engine_deviation"] = dict(ev.deviation)
     return table
 
 
@@ -197,6 +201,7 @@ def ablation_curves(
     batch_size: int = 1000,
     progress: bool = False,
     engine: bool = True,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Cumulative ablation curves: delete candidate units one after another, keeping earlier ones deleted.
 
@@ -211,7 +216,7 @@ def ablation_curves(
         parse_units([f"{c}:*" for c in candidates], sites)  # raises the unknown-layer error
     pool = parse_units([f"{s.name}:*" for s in cand_sites], sites).units()
     counts = _counts(len(pool), fractions)
-    ev = Evaluator(model, data, cand_sites, batch_size=batch_size, engine=engine)
+    ev = Evaluator(model, data, cand_sites, batch_size=batch_size, engine=engine, precision=precision)
     means = None
     if value == "mean":
         ref = collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
@@ -228,6 +233,7 @@ def ablation_curves(
     bar.close()
     curves = pd.DataFrame(rows, columns=["order", "repeat", "n_ablated", "fraction", "accuracy", "loss"])
     curves.attrs["engine_fallbacks"] = dict(ev.fallbacks)
+    curves.attrs["engine_deviation"] = dict(ev.deviation)
     return curves
 
 

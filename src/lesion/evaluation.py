@@ -18,6 +18,7 @@ from torch import nn
 from lesion import interventions as iv
 from lesion._batches import Data, check_labels, materialise
 from lesion._util import eval_mode, model_device
+from lesion.errors import LesionError
 from lesion.lesioning import Edit, hooks
 from lesion.sites import Site
 from lesion.stats import forward
@@ -51,6 +52,7 @@ class Evaluator:
         *,
         batch_size: int = 1000,
         engine: bool = True,
+        precision: str = "fp32",
     ):
         self.model = model
         self.sites = {s.name: s for s in sites}
@@ -58,6 +60,10 @@ class Evaluator:
         self.n = sum(len(y) for _, y in self.batches)
         self.intact = self.run(None)
         self.use_engine = engine
+        if precision not in ("fp32", "bf16"):
+            raise LesionError(f"unknown precision {precision!r}; expected 'fp32' or 'bf16'")
+        self.precision = precision
+        self.deviation: dict[str, float] = {}  # bf16 only: largest |loss - fp32 loss| seen in checks
         self._engine = None
         self.fallbacks: dict[str, str] = {}  # why the engine was not used, by layer or sweep
 
@@ -139,7 +145,7 @@ class Evaluator:
         out: list[Evaluation] = []
         block = 256
         try:
-            with torch.no_grad(), eval_mode(self.model):
+            with torch.no_grad(), eval_mode(self.model), self._autocast():
                 for i in range(0, len(idx), block):
                     loss, conf = eng.single_units(layer, idx[i : i + block], fill, self.n_classes)
                     out += [_summarise(lo, c, self.n) for lo, c in zip(loss, conf, strict=True)]
@@ -154,7 +160,7 @@ class Evaluator:
 
     def _check_single(self, layer, idx, fast, value, means) -> None:
         for i, f in zip(idx, fast, strict=False):
-            _agree(self.run(self.clamp_edits({layer: [i]}, value, means)), f.loss, f.accuracy, self.n)
+            self._agree(self.run(self.clamp_edits({layer: [i]}, value, means)), f.loss, f.accuracy)
 
     def cumulative(
         self, seq: Sequence[Unit], counts: Sequence[int], value: float | str, means=None
@@ -168,7 +174,7 @@ class Evaluator:
             layers = {u.layer for u in seq}
             fills = None if value == 0 else {n: self._fill(n, value, means) for n in layers}
             try:
-                with torch.no_grad(), eval_mode(self.model):
+                with torch.no_grad(), eval_mode(self.model), self._autocast():
                     loss, correct = eng.cumulative(
                         [(u.layer, u.index) for u in seq], counts, fills, self.n_classes
                     )
@@ -176,12 +182,25 @@ class Evaluator:
                 if not getattr(self, "_cumulative_checked", False):
                     for k, (acc, lo) in list(zip(counts, out, strict=True))[-2:]:
                         ref = self._naive_cumulative(seq, k, value, means)
-                        _agree(ref, lo, acc, self.n)
+                        self._agree(ref, lo, acc)
                     self._cumulative_checked = True
                 return out
             except (Unsupported, _Mismatch) as exc:
                 self.fallbacks[key] = str(exc)
         return [(r.accuracy, r.loss) for r in (self._naive_cumulative(seq, k, value, means) for k in counts)]
+
+    def _autocast(self):
+        """bf16 autocast for the engine's work when asked for (AMX on CPUs, tensor cores on GPUs)."""
+        device = model_device(self.model).type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _agree(self, ref: Evaluation, loss: float, accuracy: float) -> None:
+        """Check a fast result against the reference; in bf16 record the deviation instead."""
+        if self.precision == "bf16":
+            worst = max(self.deviation.get("loss", 0.0), abs(ref.loss - loss))
+            self.deviation["loss"] = worst
+            return
+        _agree(ref, loss, accuracy, self.n)
 
     def _naive_cumulative(self, seq, k, value, means) -> Evaluation:
         return self.intact if k == 0 else self.run(self.clamp_edits(_by_layer(seq[:k]), value, means))

@@ -41,7 +41,8 @@ class Consumer:
         lesion-major, contiguous: the output under each of the k lesions. ``inplace`` (k = 1 only)
         updates ``z`` itself, saving an allocation per step of a cumulative sweep.
         """
-        w = self.module.weight
+        w = self.module.weight.to(z.dtype)  # bf16 under autocast
+        delta = delta.to(z.dtype)
         k, batch = len(units), z.shape[0]
         if isinstance(self.module, nn.Linear) and k == 1:  # z - delta w_j^T: a BLAS rank-1 update
             d, wj = delta[:, 0].contiguous(), w[:, units[0]].contiguous()  # strided vectors are 10x slower
