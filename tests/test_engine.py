@@ -138,3 +138,14 @@ def test_bf16_is_close_and_reports_its_deviation():
     np.testing.assert_allclose([b.loss for b in bf16], [f.loss for f in fp32], atol=0.05)
     with pytest.raises(lesion.LesionError, match="unknown precision 'fp8'"):
         Evaluator(model, (x, y), sites, precision="fp8")
+
+
+def test_streamed_loader_and_one_shot_iterator_give_the_same_table():
+    model, x, y = make("conv", 4, n=90)
+    base = lesion.unit_table(model, (x, y))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True)
+    streamed = lesion.unit_table(model, loader)
+    one_shot = lesion.unit_table(model, iter([(x[:50], y[:50]), (x[50:], y[50:])]))
+    for other in (streamed, one_shot):
+        np.testing.assert_allclose(other["delta_loss"], base["delta_loss"], atol=1e-5)
+        np.testing.assert_allclose(other["selectivity"], base["selectivity"], atol=1e-6)

@@ -42,9 +42,9 @@ def batches(data: Data, *, batch_size: int = 1000) -> Iterator[tuple[torch.Tenso
         raise DataError("the data holds no examples; expected at least one (inputs, labels) batch")
 
 
-def materialise(data: Data, device: torch.device, *, batch_size: int = 1000) -> list[tuple]:
-    """All batches, validated and moved to ``device`` once, for analyses that pass over data many times."""
-    return [(x.to(device), y.to(device)) for x, y in batches(data, batch_size=batch_size)]
+def reusable(data: Data) -> Data:
+    """Data that can be passed over more than once: a one-shot iterator is read into a list."""
+    return list(data) if isinstance(data, Iterator) else data
 
 
 def check_labels(y: torch.Tensor, n_classes: int, k: int | None = None) -> None:

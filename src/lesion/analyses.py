@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from lesion._batches import Data, batches
+from lesion._batches import Data, batches, reusable
 from lesion._progress import progress_bar
 from lesion.errors import LesionError
 from lesion.evaluation import Evaluation, Evaluator
@@ -65,6 +65,7 @@ def unit_table(
     stepped aside, if it did). ``precision="bf16"`` runs the engine in bfloat16 (``engine_deviation``
     records its largest loss difference to fp32 on the checks).
     """
+    data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     chosen = parse_units(units if units is not None else [f"{s.name}:*" for s in sites], sites)
     stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size)
@@ -210,6 +211,7 @@ def ablation_curves(
     and loss are measured against the labels ``data`` yields. Columns: ``order, repeat, n_ablated,
     fraction, accuracy, loss``. Random orders get ``repeats`` seeded repeats; ranked orders one.
     """
+    data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     cand_sites = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
     if candidates and len(cand_sites) != len(set(candidates)):
@@ -281,6 +283,7 @@ def noise_curves(
     Noise SD per unit = scale x the unit's SD over ``reference`` (default: ``data``), per feature map over
     all positions for conv sites. Columns: ``scale, repeat, accuracy, loss``.
     """
+    data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     cand = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
     ref = reference or collect_stats(model, data, cand, histograms=False, batch_size=batch_size)

@@ -7,7 +7,7 @@ lesion; it is the reference that faster engines are checked against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesion import interventions as iv
-from lesion._batches import Data, check_labels, materialise
+from lesion._batches import Data, batches, check_labels, reusable
 from lesion._util import eval_mode, model_device
-from lesion.errors import LesionError
+from lesion.errors import DataError, LesionError
 from lesion.lesioning import Edit, hooks
 from lesion.sites import Site
 from lesion.stats import forward
@@ -56,8 +56,11 @@ class Evaluator:
     ):
         self.model = model
         self.sites = {s.name: s for s in sites}
-        self.batches = materialise(data, model_device(model), batch_size=batch_size)
-        self.n = sum(len(y) for _, y in self.batches)
+        self.device = model_device(model)
+        self.batch_size = batch_size
+        # re-iterable data (tensors, DataLoaders, lists) streams on every pass; one-shot iterators are kept
+        self.data = reusable(data)
+        self.n = 0
         self.intact = self.run(None)
         self.use_engine = engine
         if precision not in ("fp32", "bf16"):
@@ -75,7 +78,9 @@ class Evaluator:
         """Evaluate with the given output edits applied (None: intact)."""
         loss, conf = 0.0, None
         with torch.no_grad(), eval_mode(self.model), hooks(self.model, edits or {}):
-            for k, (x, y) in enumerate(self.batches):
+            n = 0
+            for k, (x, y) in enumerate(self.batches()):
+                n += len(y)
                 logits = forward(self.model, x, k)
                 c = logits.shape[1]
                 check_labels(y, c, k)
@@ -83,7 +88,17 @@ class Evaluator:
                 pairs = y * c + logits.argmax(1)
                 counts = torch.bincount(pairs, minlength=c * c).reshape(c, c).cpu()
                 conf = counts if conf is None else conf + counts
-        return _summarise(loss, conf.numpy(), self.n)
+        if self.n and n != self.n:
+            raise DataError(
+                f"the data yielded {n} examples on this pass and {self.n} before; expected the same"
+            )
+        self.n = n
+        return _summarise(loss, conf.numpy(), n)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The data's validated batches, on the model's device, streamed anew on every call."""
+        for x, y in batches(self.data, batch_size=self.batch_size):
+            yield x.to(self.device), y.to(self.device)
 
     def zero(self, selection: Mapping[str, Sequence[int] | np.ndarray]) -> Evaluation:
         """Evaluate with the units of ``selection`` (layer -> indices) zero-ablated."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion._batches import Data, batches, check_labels
+from lesion._batches import Data, batches, check_labels, reusable
 from lesion._util import eval_mode, model_device
 from lesion.errors import DataError, LesionError
 from lesion.lesioning import hooks
@@ -228,6 +228,7 @@ def collect_stats(
     the data is no larger); the joint histograms are then counted over all the data. Memory is bounded by
     units x (classes + bins x classes + sample_size), whatever the dataset size.
     """
+    data = reusable(data)
     if binning not in ("quantile", "uniform"):
         raise LesionError(f"unknown binning {binning!r}; expected 'quantile' or 'uniform'")
     if bins < 2:

@@ -13,7 +13,7 @@ real data before a sweep is trusted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +26,12 @@ from lesion.sites import Site
 
 
 class Engine:
-    """Fast evaluation of many lesions of ``model`` over fixed example chunks."""
+    """Fast evaluation of many lesions of ``model`` over data streamed from ``chunks()``."""
 
     def __init__(
         self,
         model: nn.Module,
-        chunks: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
         sites: Sequence[Site],
         *,
         chunk_size: int = 1024,
@@ -40,12 +40,17 @@ class Engine:
         self.model = model
         self.sites = {s.name: s for s in sites}
         self.plan = Plan(model, self.sites)
-        x = torch.cat([c[0] for c in chunks])
-        y = torch.cat([c[1] for c in chunks])
-        # small chunks keep the expanded temporaries in cache (large ones are slow to allocate)
-        self.chunks = [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(y), chunk_size)]
+        self._batches = chunks
+        self.chunk_size = chunk_size
         self.budget = budget_bytes
         self.consumers = {s.name: self.plan.consumer(s.name, flat=not s.spatial) for s in sites}
+
+    @property
+    def chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Stream the data in small chunks: expanded temporaries stay in cache and memory stays bounded."""
+        for x, y in self._batches():
+            for i in range(0, len(y), self.chunk_size):
+                yield x[i : i + self.chunk_size], y[i : i + self.chunk_size]
 
     # ---------------------------------------------------------------------------- single units
     def single_units(
