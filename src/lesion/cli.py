@@ -192,6 +192,26 @@ def demo(
     _out().print(f"demo finished in {time.perf_counter() - start:.1f} s")
 
 
+@_command
+def bench(
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+    quick: Annotated[bool, typer.Option(help="Shrink every workload (well under a minute).")] = False,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per method; the median is reported.")] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads for every method.")] = 2,
+    only: Annotated[str | None, typer.Option(help="Comma separated workloads, e.g. W1,W3.")] = None,
+) -> None:
+    """Time lesion against Captum and a hook loop on the same workloads, after checking they agree."""
+    from lesion import bench as lesion_bench
+
+    names = None if only is None else only.split(",")
+    results = lesion_bench.run(quick=quick, repeats=repeats, threads=threads, only=names, progress=True)
+    if out is not None:
+        lesion_bench.save(results, out)
+    _out().print(lesion_bench.table(results))
+    if out is not None:
+        _out().print(f"results written to {out}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What ``lesion train`` builds and how it trains it."""

@@ -1,0 +1,99 @@
+"""``lesion bench``: it runs, writes its JSON, and every method it times agreed with lesion first.
+
+No timing assertions here: speed is what the benchmark measures, never what a test asserts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from lesion import bench
+from lesion.cli import app
+from lesion.models import mlp
+from lesion.sites import find_sites
+
+runner = CliRunner()
+WORKLOAD_KEYS = {"seconds", "floor_seconds", "ratios", "max_abs_diff", "n_examples", "notes", "flops"}
+
+
+def test_quick_bench_writes_json_and_every_method_agrees(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "W1" in result.output and "hook_loop" in result.output
+    r = json.loads(out.read_text())
+    assert {"cpu", "cores", "torch", "threads", "date", "captum"} <= set(r["machine"])
+    assert r["machine"]["threads"] == 1 and r["gemm"]["gflops"] > 0
+    assert list(r["workloads"]) == ["W1", "W2", "W3", "W4"]
+    captum = r["machine"]["captum"] is not None
+    for name, peers in (("W1", ["hook_loop", "captum"]), ("W2", ["hook_loop"]), ("W3", ["captum"])):
+        w = r["workloads"][name]
+        assert set(w) >= WORKLOAD_KEYS, name
+        assert w["seconds"]["lesion"] > 0 and w["floor_seconds"]["lesion"] > 0
+        assert w["engine_fallbacks"] == {}, name  # the engine, not the reference path, was timed
+        checked = [p for p in peers if p != "captum" or captum]
+        assert sorted(w["max_abs_diff"]) == sorted(checked), name
+        for diff in w["max_abs_diff"].values():
+            assert diff["accuracy"] <= 1e-3 and diff["loss"] <= 1e-5
+        for p in checked:
+            assert w["seconds"][p] > 0 and f"{p}/lesion" in w["ratios"]
+    assert r["workloads"]["W2"]["extrapolated"] is True
+    assert 0 < r["workloads"]["W2"]["extrapolation"]["hook_loop"]["measured_fraction"] < 1
+    assert r["workloads"]["W4"]["peak_mb"] > 0 and r["workloads"]["W4"]["peak_reset"] in (True, False)
+
+
+def test_without_captum_its_columns_are_skipped_and_said_so(monkeypatch):
+    tiny = dataclasses.replace(bench.QUICK, examples=200, units=4, conv_examples=20, conv_channels=2)
+    monkeypatch.setattr(bench, "QUICK", tiny)
+    monkeypatch.setattr(bench, "_captum_version", lambda: None)
+    r = bench.run(quick=True, repeats=1, threads=1, only=["w3", "W1"])
+    assert list(r["workloads"]) == ["W1", "W3"]
+    for w in r["workloads"].values():
+        assert w["captum"] == bench._captum_missing() and w["seconds"]["captum"] is None
+        assert "captum" not in w["max_abs_diff"]
+    console = Console(file=io.StringIO(), width=200)
+    console.print(bench.table(r))
+    assert "skipped: no captum" in console.file.getvalue()
+
+
+def test_unknown_workload_is_a_user_error():
+    result = runner.invoke(app, ["bench", "--quick", "--only", "W1,W9"])
+    assert result.exit_code == 2
+    assert "W9" in result.output and "W1, W2, W3, W4" in result.output
+
+
+def test_a_method_that_disagrees_is_refused():
+    ref = np.array([[0.9, 0.8], [0.3, 0.5]])  # accuracy, loss of two lesions
+    diff = bench._agree("m", ref, ref + np.array([[0.001], [1e-6]]), n=1000)  # one example flipped
+    assert diff == pytest.approx({"accuracy": 0.001, "loss": 1e-6})
+    with pytest.raises(bench.Mismatch, match="accuracy differs"):
+        bench._agree("m", ref, ref + np.array([[0.002], [0.0]]), n=1000)  # two examples in 1,000 flipped
+    with pytest.raises(bench.Mismatch):
+        bench._agree("m", ref, ref + np.array([[0.0], [1e-3]]), n=1000)
+
+
+def test_flops_of_the_mlp_counted_by_hand():
+    model = mlp((1, 28, 28), [512, 512], 10, seed=0).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    costs = bench.site_costs(model, find_sites(model, torch.zeros(2, 1, 28, 28)), x)
+    full = 2 * (784 * 512 + 512 * 512 + 512 * 10)
+    assert costs["relu1"] == bench._SiteCost(
+        full=full, prefix=2 * (784 * 512 + 512 * 512), per_lesion=2 * 512 + 2 * 512 * 10,
+        later=2 * (512 * 512 + 512 * 10),
+    )  # fmt: skip  # rank-1 update of fc2's output, then the output layer
+    assert costs["relu2"] == bench._SiteCost(full, full, 2 * 10, 2 * 512 * 10)  # rank-1 update of out
+    flops = bench.single_flops(costs, [("relu1", 0), ("relu2", 0), ("relu2", 1)], n=10)
+    assert flops["hook_loop"] == 3 * 10 * full
+    assert flops["captum"] == (3 + 2 * 2) * 10 * full
+    assert flops["lesion"] == 5 * 10 * full + 10 * (costs["relu1"].prefix + full) + 10 * (
+        costs["relu1"].per_lesion + 2 * costs["relu2"].per_lesion
+    )
