@@ -68,6 +68,7 @@ class Evaluator:
         self.precision = precision
         self.deviation: dict[str, float] = {}  # bf16 only: largest |loss - fp32 loss| seen in checks
         self._engine = None
+        self._cumulative_checked = False
         self.fallbacks: dict[str, str] = {}  # why the engine was not used, by layer or sweep
 
     @property
@@ -99,10 +100,6 @@ class Evaluator:
         """The data's validated batches, on the model's device, streamed anew on every call."""
         for x, y in batches(self.data, batch_size=self.batch_size):
             yield x.to(self.device), y.to(self.device)
-
-    def zero(self, selection: Mapping[str, Sequence[int] | np.ndarray]) -> Evaluation:
-        """Evaluate with the units of ``selection`` (layer -> indices) zero-ablated."""
-        return self.run(self.clamp_edits(selection, 0.0))
 
     def clamp_edits(self, selection, value, means=None) -> dict[str, Edit]:
         """Edits that clamp the units of ``selection`` to ``value`` (or to their ``means`` per layer)."""
@@ -194,7 +191,7 @@ class Evaluator:
                         [(u.layer, u.index) for u in seq], counts, fills, self.n_classes
                     )
                 out = [(c / self.n, lo / self.n) for c, lo in zip(correct, loss, strict=True)]
-                if not getattr(self, "_cumulative_checked", False):
+                if not self._cumulative_checked:
                     for k, (acc, lo) in list(zip(counts, out, strict=True))[-2:]:
                         ref = self._naive_cumulative(seq, k, value, means)
                         self._agree(ref, lo, acc)

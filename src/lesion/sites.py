@@ -72,13 +72,6 @@ def find_sites(
     return sorted(sites, key=lambda s: s.order)
 
 
-def get_site(sites: Sequence[Site], name: str) -> Site:
-    for s in sites:
-        if s.name == name:
-            return s
-    raise unknown_layer(name, [s.name for s in sites], sites)
-
-
 def default_candidates(sites: Sequence[Site]) -> list[Site]:
     """The paper's candidate units: all sites of an MLP; the last three conv sites of a convnet."""
     spatial = [s for s in sites if s.spatial]
