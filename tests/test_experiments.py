@@ -62,7 +62,7 @@ def test_finished_jobs_are_not_redone(tmp_path):
         first = Job("count", {"i": 1})
         second = Job("count", {"i": 2}, {"a": first})
         store = Store(tmp_path)
-        done = run([second, first], store)
+        done = run([second, first], store).paths
         assert calls == [1, 2] and (done[second.key] / "value.txt").read_text() == "3"
         run([second], Store(tmp_path))
         assert calls == [1, 2]

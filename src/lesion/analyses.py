@@ -52,6 +52,7 @@ def unit_table(
     progress: bool = False,
     engine: bool = True,
     precision: str = "fp32",
+    importance: bool = True,
 ) -> pd.DataFrame:
     """One row per unit, measured on held-out ``data``.
 
@@ -63,7 +64,8 @@ def unit_table(
     default of ``data``). Dead units have NaN selectivity and preferred class -1. ``df.attrs`` holds the
     intact ``loss``, ``accuracy`` and ``per_class_accuracy``, and ``engine_fallbacks`` (why the fast engine
     stepped aside, if it did). ``precision="bf16"`` runs the engine in bfloat16 (``engine_deviation``
-    records its largest loss difference to fp32 on the checks).
+    records its largest loss difference to fp32 on the checks). ``importance=False`` skips the
+    single-unit ablations (statistics only, one or two passes): loss, accuracy and ``delta_*`` are NaN.
     """
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
@@ -73,8 +75,13 @@ def unit_table(
     ref = reference or stats
     means = {layer: ref[layer].mean for layer in chosen} if value == "mean" else None
     todo = chosen.units()
-    with progress_bar(None, "single-unit ablations", progress, total=len(todo)) as bar:
-        lesion_rows = ev.single_units(todo, value, means, bar=bar)
+    if not importance:
+        nan = np.full(ev.intact.per_class_accuracy.shape, np.nan)
+        skipped = Evaluation(n=0, loss=np.nan, accuracy=np.nan, per_class_accuracy=nan, confusion=nan)
+        lesion_rows = [skipped] * len(todo)
+    else:
+        with progress_bar(None, "single-unit ablations", progress, total=len(todo)) as bar:
+            lesion_rows = ev.single_units(todo, value, means, bar=bar)
     table = _table(todo, stats, ev.intact, lesion_rows)
     table.attrs["engine_fallbacks"] = dict(ev.fallbacks)
     table.attrs["engine_deviation"] = dict(ev.deviation)

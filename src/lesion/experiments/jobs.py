@@ -1,7 +1,13 @@
-"""The job kinds experiments are made of: train a model, and measure it (units, curves, noise)."""
+"""The job kinds experiments are made of: train a model, and measure it.
+
+Every kind writes tables as Parquet into its output directory. Measuring jobs read the model from their
+``model`` input (optionally one of its training checkpoints) and the dataset named in that training
+job's parameters, so a measurement is fully determined by its own parameters and its inputs' keys.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +18,7 @@ import pandas as pd
 from lesion.experiments.runner import kind
 
 
-def _write_table(df: pd.DataFrame, path: Path) -> None:
+def write_table(df: pd.DataFrame, path: Path) -> None:
     df = df.copy()
     df.attrs = {}
     df.to_parquet(path, index=False)
@@ -20,13 +26,16 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
 
 @kind("train")
 def train_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
-    """Train ``params["arch"]`` on ``params["dataset"]`` (labels corrupted as asked) and save it."""
+    """Train ``params["arch"]`` on ``params["dataset"]`` (labels corrupted as asked) and save it.
+
+    With ``params["train"]["checkpoints"]`` the model is also saved at those epochs under
+    ``out/checkpoints/``; ``history.parquet`` has one row per epoch.
+    """
     from lesion.corruption import corrupt_labels
-    from lesion.data import load_dataset
     from lesion.models import build_model, save_model
     from lesion.training import train
 
-    data = load_dataset(params["dataset"], root=params.get("root"), seed=params.get("data_seed", 0))
+    data = _dataset(params)
     arch = {**params["arch"], "input_shape": list(data.input_shape), "n_classes": data.n_classes}
     seed = int(params.get("seed", 0))
     model = build_model(arch, seed=seed)
@@ -34,31 +43,46 @@ def train_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
         data.y_train, float(params.get("corrupt", 0.0)), mode=params.get("corrupt_mode", "shuffle"),
         n_classes=data.n_classes, seed=seed,
     )  # fmt: skip
-    history = train(model, data, train_labels=labels, seed=seed, **params.get("train", {}))
+    options = dict(params.get("train", {}))
+    if options.get("checkpoints"):
+        options |= {"directory": out / "checkpoints", "arch": arch}
+    history = train(model, data, train_labels=labels, seed=seed, **options)
     save_model(model, out / "model.safetensors", arch=arch, metadata={"job": dict(params)},
                extra={"train_labels": labels})  # fmt: skip
-    _write_table(history, out / "history.parquet")
+    (out / "checkpoints" / "model.safetensors").unlink(missing_ok=True)  # the final model is out/
+    (out / "checkpoints" / "history.csv").unlink(missing_ok=True)
+    write_table(history, out / "history.parquet")
 
 
-def _model_and_data(params, inputs):
+def _dataset(train_params: Mapping[str, Any]):
     from lesion.data import load_dataset
+
+    p = train_params
+    return load_dataset(p["dataset"], root=p.get("root"), seed=p.get("data_seed", 0))
+
+
+def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
+    """The model of ``inputs["model"]`` (or its ``params["checkpoint"]``) and the (x, y) of
+    ``params["split"]``: "train" pairs the training inputs with the labels the model was trained on."""
     from lesion.models import load_model
 
-    model, info = load_model(inputs["model"] / "model.safetensors")
-    job = info["metadata"]["job"]
-    data = load_dataset(job["dataset"], root=job.get("root"), seed=job.get("data_seed", 0))
-    labels = info["extra"]["train_labels"]
-    split = params.get("split", "train")
-    xy = (data.x_train, labels) if split == "train" else (data.x_test, data.y_test)
-    return model, xy
+    folder = inputs["model"]
+    trained = json.loads((folder / "job.json").read_text())["params"]
+    ckpt = params.get("checkpoint")
+    path = folder / "model.safetensors" if ckpt is None else folder / "checkpoints" / f"{ckpt}.safetensors"
+    model, info = load_model(path)
+    data = _dataset(trained)
+    if params.get("split", "train") == "train":
+        return model, (data.x_train, info["extra"]["train_labels"])
+    return model, (data.x_test, data.y_test)
 
 
 @kind("curves")
 def curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
-    """Cumulative ablation curves of the model in ``inputs["model"]`` (train labels it was trained on)."""
+    """Cumulative ablation curves (on the labels the model was trained on, unless ``split="test"``)."""
     import lesion
 
-    model, xy = _model_and_data(params, inputs)
+    model, xy = model_and_data(params, inputs)
     n = params.get("fractions")
     fractions = None if n is None else np.linspace(0, 1, int(n))
     units = pd.read_parquet(inputs["units"] / "units.parquet") if "units" in inputs else None
@@ -67,26 +91,55 @@ def curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path)
         seed=int(params.get("seed", 0)), fractions=fractions, units=units,
         candidates=params.get("candidates"),
     )  # fmt: skip
-    _write_table(curves, out / "curves.parquet")
+    write_table(curves, out / "curves.parquet")
 
 
 @kind("units")
 def units_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
-    """The unit table of the model in ``inputs["model"]`` on held-out data."""
+    """The unit table on held-out data (``importance=False``: selectivity and information only)."""
     import lesion
 
-    model, xy = _model_and_data({"split": params.get("split", "test")}, inputs)
-    _write_table(lesion.unit_table(model, xy), out / "units.parquet")
+    model, xy = model_and_data({"split": "test", **params}, inputs)
+    table = lesion.unit_table(model, xy, importance=bool(params.get("importance", True)))
+    write_table(table, out / "units.parquet")
 
 
 @kind("noise")
 def noise_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
-    """Noise curves of the model in ``inputs["model"]`` on the training data it was trained on."""
+    """Noise curves on the training data the model was trained on."""
     import lesion
 
-    model, xy = _model_and_data(params, inputs)
+    model, xy = model_and_data(params, inputs)
     scales = params.get("scales")
     kwargs = {"scales": [float(s) for s in scales]} if scales else {}
     noise = lesion.noise_curves(model, xy, repeats=int(params.get("repeats", 5)),
-                                seed=int(params.get("seed", 0)), **kwargs)  # fmt: skip
-    _write_table(noise, out / "noise.parquet")
+                                seed=int(params.get("seed", 0)), candidates=params.get("candidates"),
+                                **kwargs)  # fmt: skip
+    write_table(noise, out / "noise.parquet")
+
+
+@kind("rotation")
+def rotation_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
+    """The random-rotation control: deletion curves and class information, units vs random directions."""
+    import lesion
+
+    model, train_xy = model_and_data({"split": "train"}, inputs)
+    _, test_xy = model_and_data({"split": "test"}, inputs)
+    seed = int(params.get("seed", 0))
+    curves = lesion.direction_curves(model, train_xy, fractions=np.linspace(0, 1, int(params["fractions"])),
+                                     repeats=int(params.get("repeats", 5)), seed=seed)  # fmt: skip
+    write_table(curves, out / "curves.parquet")
+    write_table(lesion.direction_information(model, test_xy, seed=seed), out / "information.parquet")
+
+
+@kind("evaluate")
+def evaluate_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
+    """Loss and accuracy of the model (or checkpoint) on its train labels and on the test data."""
+    import lesion
+
+    rows = []
+    for split in ("train", "test"):
+        model, xy = model_and_data({**params, "split": split}, inputs)
+        res = lesion.evaluate(model, xy)
+        rows.append({"split": split, "loss": res.loss, "accuracy": res.accuracy, "n": res.n})
+    write_table(pd.DataFrame(rows), out / "metrics.parquet")

@@ -52,10 +52,26 @@ class Store:
 
     def commit(self, key: str, spec: Mapping[str, Any], write) -> Path:
         """Run ``write(tmpdir)`` to produce the outputs, then publish them as ``jobs/<key>`` atomically."""
-        tmp = self.jobs / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp = self.begin(key)
         try:
             write(tmp)
+        except BaseException:
+            self.abort(tmp)
+            raise
+        return self.publish(key, spec, tmp)
+
+    def begin(self, key: str) -> Path:
+        """A fresh private directory for ``key``'s outputs; nothing reads it until ``publish``."""
+        tmp = self.jobs / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        return tmp
+
+    def abort(self, tmp: Path) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, key: str, spec: Mapping[str, Any], tmp: Path) -> Path:
+        """Write ``job.json`` last, flush everything, and rename ``tmp`` to ``jobs/<key>`` in one step."""
+        try:
             _write_json(tmp / "job.json", {"key": key, **spec})
             _fsync_dir(tmp)
             final = self.jobs / key
@@ -66,7 +82,7 @@ class Store:
             _fsync_dir(self.jobs)
             return final
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.abort(tmp)
             raise
 
 

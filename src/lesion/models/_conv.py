@@ -23,6 +23,8 @@ def convnet(
     width_mult: float = 1.0,
     batchnorm: bool = True,
     dropout: float = 0.0,
+    channels: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
     seed: int | None = None,
 ) -> nn.Sequential:
     """The paper's CIFAR-10 convnet: 11 3x3 convs (channels 64,64,128,128,128,256,256,256,512,512,512
@@ -33,7 +35,9 @@ def convnet(
     ``relu_fc``, ``drop_fc`` (with ``dropout > 0``), ``out``. The paper flattens the last feature maps
     straight into the fc layer; here ``pool`` first averages each map over space (adaptive average
     pool to 1x1), so the net takes any image size and fc has one input per map of ``conv11``. Convs
-    have no bias when batch-normed; conv weights are He-normal. ``seed`` as in ``mlp``.
+    have no bias when batch-normed; conv weights are He-normal. ``seed`` as in ``mlp``. ``channels`` and
+    ``strides`` (same length) replace the paper's layer list, e.g. for a small, fast variant; sites are
+    then ``relu1`` .. ``relu{len(channels)}``.
 
     >>> net = convnet((1, 28, 28), 10, width_mult=0.125, seed=0)
     >>> [n for n, _ in net.named_children()][:4], tuple(net(torch.zeros(2, 1, 28, 28)).shape)
@@ -44,11 +48,12 @@ def convnet(
     if isinstance(width_mult, bool) or not isinstance(width_mult, int | float) or not width_mult > 0:
         raise LesionError(f"width_mult={width_mult!r}; expected a positive number")
     check_switches(dropout, batchnorm)
-    channels = [max(1, round(c * width_mult)) for c in CONVNET_CHANNELS]
+    base, strides = _layer_list(channels, strides)
+    channels = [max(1, round(c * width_mult)) for c in base]
 
     def build() -> nn.Sequential:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        for i, (c_out, stride) in enumerate(zip(channels, CONVNET_STRIDES, strict=True), start=1):
+        for i, (c_out, stride) in enumerate(zip(channels, strides, strict=True), start=1):
             layers[f"conv{i}"] = nn.Conv2d(c_in if i == 1 else channels[i - 2], c_out, 3, stride, 1,
                                            bias=not batchnorm)  # fmt: skip
             if batchnorm:
@@ -64,6 +69,18 @@ def convnet(
         return kaiming_init(nn.Sequential(layers))
 
     return seeded_init(build, seed)
+
+
+def _layer_list(channels, strides) -> tuple[list[int], list[int]]:
+    if channels is None and strides is None:
+        return list(CONVNET_CHANNELS), list(CONVNET_STRIDES)
+    if channels is None or strides is None:
+        raise LesionError("give both channels and strides (one entry per conv layer), or neither")
+    positive_ints("channels", channels, allow_empty=False)
+    positive_ints("strides", strides, allow_empty=False)
+    if len(channels) != len(strides):
+        raise LesionError(f"channels has {len(channels)} entries, strides {len(strides)}; expected equal")
+    return list(channels), list(strides)
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,176 @@
+"""What a figure of ``lesion reproduce`` is: the jobs it needs and the analysis of their outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lesion.experiments.profiles import Profile
+from lesion.experiments.runner import Job
+from lesion.measures import auc, correlate
+
+Outputs = Mapping[str, Path]  # job name -> its finished directory
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A figure's result: tidy tables (drawn and saved) and claims (see ``claim``)."""
+
+    tables: dict[str, pd.DataFrame]
+    claims: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One experiment: ``jobs(profile)`` names the work, ``analyse(profile, outputs)`` reads it back."""
+
+    id: str
+    title: str
+    source: str  # where in the literature: "Morcos et al. 2018, Fig. 1"
+    jobs: Callable[[Profile], dict[str, Job]]
+    analyse: Callable[[Profile, Outputs], Outcome]
+
+
+def claim(id: str, claim: str, paper: str, measured: str, statistic: dict[str, Any], holds: bool) -> dict:
+    """One row of claims.json: what the paper says, what we measured, the numbers, and whether it holds."""
+    stat = {k: _plain(v) for k, v in statistic.items()}
+    return {
+        "id": id,
+        "claim": claim,
+        "paper": paper,
+        "measured": measured,
+        "statistic": stat,
+        "holds": bool(holds),
+    }
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+# ---- job builders: the same parameters give the same job, so figures share trained networks
+
+
+def train(
+    p: Profile,
+    widths: Sequence[int] | None = None,
+    *,
+    corrupt: float = 0.0,
+    seed: int = 0,
+    arch: dict | None = None,
+    dataset: str | None = None,
+    until: bool = True,
+    **options,
+) -> Job:
+    """A training job; by default an MLP of ``widths`` trained to the profile's train-accuracy target."""
+    arch = arch if arch is not None else {"kind": "mlp", "widths": list(widths or p.widths)}
+    opts = {"lr": p.lr, "batch_size": p.batch_size}
+    if until:
+        opts |= {"until_train_acc": p.until_train_acc, "max_epochs": p.max_epochs}
+    opts |= options
+    params = {
+        "arch": arch,
+        "dataset": dataset or p.dataset,
+        "corrupt": float(corrupt),
+        "seed": int(seed),
+        "train": opts,
+    }
+    if p.root:
+        params["root"] = p.root
+    return Job("train", params)
+
+
+def conv_train(p: Profile, *, batchnorm: bool, seed: int) -> Job:
+    arch = {"kind": "convnet", "batchnorm": batchnorm, **p.conv}
+    return train(p, arch=arch, dataset=p.conv_dataset, seed=seed, until=False, epochs=p.conv_epochs)
+
+
+def curves(
+    p: Profile,
+    model: Job,
+    *,
+    orders: Sequence[str] = ("random",),
+    units: Job | None = None,
+    conv: bool = False,
+    **params,
+) -> Job:
+    base = {
+        "orders": list(orders),
+        "repeats": p.conv_repeats if conv else p.repeats,
+        "fractions": p.conv_fractions if conv else p.fractions,
+        "seed": 0,
+    }
+    deps = {"model": model} | ({"units": units} if units is not None else {})
+    return Job("curves", base | params, deps)
+
+
+def units(model: Job, *, importance: bool = True) -> Job:
+    return Job("units", {"importance": importance}, {"model": model})
+
+
+# ---- reading outputs back
+
+
+def read(outputs: Outputs, name: str, file: str) -> pd.DataFrame:
+    return pd.read_parquet(outputs[name] / file)
+
+
+def gather(outputs: Outputs, names: Mapping[str, Mapping[str, Any]], file: str) -> pd.DataFrame:
+    """Concatenate ``file`` of each job in ``names`` ({job name: columns to add}), columns first."""
+    frames = []
+    for name, cols in names.items():
+        df = read(outputs, name, file)
+        for k, v in reversed(list(cols.items())):
+            df.insert(0, k, v)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def final_metrics(outputs: Outputs, name: str) -> dict[str, float]:
+    """The last epoch of a training job's history: train/test loss and accuracy, epochs run."""
+    h = read(outputs, name, "history.parquet")
+    last = h.iloc[-1]
+    return {
+        "epochs": int(last["epoch"]),
+        "train_accuracy": float(last["train_accuracy"]),
+        "test_accuracy": float(last["test_accuracy"]),
+        "test_loss": float(last["test_loss"]),
+    }
+
+
+def aucs(curves: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """AUC over fraction ablated of every curve, grouped by ``keys`` (which should include repeat)."""
+    rows = [(*k, auc(g["fraction"], g["accuracy"])) for k, g in curves.groupby(list(keys), sort=True)]
+    return pd.DataFrame(rows, columns=[*keys, "auc"])
+
+
+def accuracy_at(curves: pd.DataFrame, fraction: float, keys: Sequence[str]) -> pd.Series:
+    """Mean accuracy at the measured fraction nearest ``fraction``, per ``keys``."""
+    fr = curves["fraction"].unique()
+    near = fr[np.argmin(np.abs(fr - fraction))]
+    return curves[curves["fraction"] == near].groupby(list(keys))["accuracy"].mean()
+
+
+def hold_fraction(curve: pd.DataFrame, chance: float) -> float:
+    """The first fraction ablated at which mean accuracy falls below halfway from intact to ``chance``."""
+    m = curve.groupby("fraction")["accuracy"].mean().sort_index()
+    level = chance + 0.5 * (m.iloc[0] - chance)
+    below = m[m < level]
+    return float(below.index[0]) if len(below) else 1.0
+
+
+def corr(x, y) -> dict[str, float]:
+    return correlate(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"

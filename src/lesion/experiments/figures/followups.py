@@ -1,0 +1,245 @@
+"""The follow-up papers: per-class drops, information-ordered ablation, selectivity regulariser, rotation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lesion.analyses import per_class_drops
+from lesion.experiments.figures.common import (
+    Figure,
+    Job,
+    Outcome,
+    Outputs,
+    aucs,
+    claim,
+    corr,
+    curves,
+    final_metrics,
+    fmt,
+    read,
+    train,
+    units,
+)
+from lesion.experiments.figures.units import f7_nets
+from lesion.experiments.profiles import Profile
+
+# ---- Zhou et al. 2018: one unit barely moves overall accuracy but can wreck one class
+
+
+def zhou_jobs(p: Profile) -> dict[str, Job]:
+    return {"units": units(f7_nets(p)["convnet"])}
+
+
+def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
+    t = read(out, "units", "units.parquet")
+    t = t[~t.dead].reset_index(drop=True)
+    drops = per_class_drops(t)
+    worst = drops.groupby(["layer", "unit"], sort=False)["delta_accuracy"].min().to_numpy()
+    t["max_class_drop"] = -worst
+    t["preferred_class_drop"] = [
+        -t.at[i, f"delta_accuracy_class_{c}"] for i, c in enumerate(t.preferred_class)
+    ]
+    overall = float(np.median(-t.delta_accuracy))
+    per_class = float(np.median(t.max_class_drop))
+    stat = corr(t.selectivity, t.preferred_class_drop)
+    ratio = per_class / overall if overall > 0 else float("inf")
+    holds = ratio >= 3 and stat["spearman_rho"] > 0 and stat["spearman_p"] < 0.05
+    measured = (
+        f"median over {len(t)} units: overall accuracy drop {fmt(overall, 4)}, largest single-class drop "
+        f"{fmt(per_class, 4)} ({ratio:.1f}x); Spearman rho (selectivity, drop on the preferred class) = "
+        f"{fmt(stat['spearman_rho'], 2)} (p = {stat['spearman_p']:.2g})"
+    )
+    c = claim(
+        "zhou-class-drops",
+        "Deleting one unit barely changes overall accuracy but can hurt one class much "
+        "more, and selectivity predicts the drop on the unit's preferred class (criterion: median largest "
+        "class drop >= 3x median overall drop; Spearman rho > 0, p < 0.05)",
+        "Zhou et al. 2018 (Places/ImageNet CNNs): single-unit ablation changes overall accuracy little but "
+        "some classes a lot; class selectivity correlates with the per-class drop",
+        measured,
+        {
+            "median_overall_drop": overall,
+            "median_max_class_drop": per_class,
+            "ratio": ratio,
+            "spearman_rho": stat["spearman_rho"],
+            "spearman_p": stat["spearman_p"],
+            "n": stat["n"],
+        },
+        holds,
+    )
+    return Outcome({"units": t, "class_drops": drops}, [c])
+
+
+ZHOU = Figure(
+    "zhou-class-drops", "Per-unit x per-class accuracy drops", "Zhou et al. 2018", zhou_jobs, zhou_analyse
+)
+
+
+# ---- Amjad et al. 2018: information-ordered cumulative ablation against the random baseline
+
+ORDERS = ("random", "mutual_info_high", "mutual_info_low", "selectivity_high", "selectivity_low")
+
+
+def amjad_jobs(p: Profile) -> dict[str, Job]:
+    net = train(p, corrupt=0.0, seed=p.seeds[0])
+    return {"curves": curves(p, net, orders=ORDERS, units=units(net, importance=False))}
+
+
+def amjad_analyse(p: Profile, out: Outputs) -> Outcome:
+    table = read(out, "curves", "curves.parquet")
+    a = aucs(table, ["order", "repeat"]).groupby("order")["auc"].agg(["mean", "std"])
+    rand, hi, lo = (
+        a.loc["random", "mean"],
+        a.loc["mutual_info_high", "mean"],
+        a.loc["mutual_info_low", "mean"],
+    )
+    holds = hi < rand < lo
+    measured = "AUC " + ", ".join(
+        f"{o.replace('_', ' ')} first {fmt(a.loc[o, 'mean'])}"
+        if o != "random"
+        else f"random {fmt(rand)} ± {fmt(a.loc[o, 'std'])}"
+        for o in ORDERS
+    )
+    c = claim(
+        "amjad-info-order",
+        "Deleting the units with the most mutual information with the label first hurts "
+        "more than a random order, the least informative first hurts less (criterion: AUC(MI high first) < "
+        "AUC(random) < AUC(MI low first))",
+        "Amjad et al. 2018: cumulative ablation ordered by entropy, mutual information or "
+        "selectivity departs "
+        "from random ablation; information measures identify important units only in part",
+        measured,
+        {o: a.loc[o, "mean"] for o in ORDERS} | {"random_sd": a.loc["random", "std"]},
+        holds,
+    )
+    return Outcome({"curves": table}, [c])
+
+
+AMJAD = Figure(
+    "amjad-info-order",
+    "Information-ordered ablation vs random",
+    "Amjad et al. 2018",
+    amjad_jobs,
+    amjad_analyse,
+)
+
+
+# ---- Leavitt & Morcos 2020: a selectivity regulariser
+
+
+def _reg_nets(p: Profile) -> dict[tuple[float, int], Job]:
+    return {
+        (a, s): train(p, p.small_widths, seed=s, until=False, epochs=p.alpha_epochs, select_reg=a)
+        for a in p.alphas
+        for s in p.seeds
+    }
+
+
+def leavitt_jobs(p: Profile) -> dict[str, Job]:
+    nets = _reg_nets(p)
+    return {f"units/a{a:g}/s{s}": units(n, importance=False) for (a, s), n in nets.items()} | {
+        f"train/a{a:g}/s{s}": n for (a, s), n in nets.items()
+    }
+
+
+def leavitt_analyse(p: Profile, out: Outputs) -> Outcome:
+    rows = []
+    for a, s in _reg_nets(p):
+        u = read(out, f"units/a{a:g}/s{s}", "units.parquet")
+        rows.append(
+            {
+                "alpha": a,
+                "seed": s,
+                "mean_selectivity": u.selectivity.mean(),
+                "dead": int(u.dead.sum()),
+                **final_metrics(out, f"train/a{a:g}/s{s}"),
+            }
+        )
+    nets = pd.DataFrame(rows)
+    by = nets.groupby("alpha")[["mean_selectivity", "test_accuracy"]].mean()
+    lo, zero, hi = by.index.min(), 0.0 if 0.0 in by.index else by.index[len(by) // 2], by.index.max()
+    stat = corr(nets.alpha, nets.mean_selectivity)
+    acc = by.test_accuracy
+    holds = stat["spearman_rho"] > 0.8 and acc[lo] >= acc[zero] - 0.01 and acc[hi] < acc[zero]
+    measured = (
+        "mean selectivity "
+        + ", ".join(f"{fmt(v, 2)} (alpha {k:g})" for k, v in by.mean_selectivity.items())
+        + "; test accuracy "
+        + ", ".join(f"{fmt(v, 3)} (alpha {k:g})" for k, v in acc.items())
+    )
+    c = claim(
+        "leavitt-selectivity-reg",
+        "A selectivity regulariser moves selectivity as asked; lowering it does not "
+        "hurt test accuracy, raising it does (criterion: Spearman rho(alpha, mean SI) > 0.8, accuracy at the "
+        "lowest alpha >= accuracy at alpha 0 - 0.01, accuracy at the highest alpha < accuracy at alpha 0)",
+        "Leavitt & Morcos 2020: reducing class selectivity has little effect on or even improves test "
+        "accuracy; increasing it impairs accuracy",
+        measured,
+        {
+            "spearman_rho_alpha_si": stat["spearman_rho"],
+            "accuracy_by_alpha": {f"{k:g}": v for k, v in acc.items()},
+            "selectivity_by_alpha": {f"{k:g}": v for k, v in by.mean_selectivity.items()},
+        },
+        holds,
+    )
+    return Outcome({"nets": nets}, [c])
+
+
+LEAVITT = Figure(
+    "leavitt-selectivity-reg",
+    "Selectivity regulariser sweep",
+    "Leavitt & Morcos 2020",
+    leavitt_jobs,
+    leavitt_analyse,
+)
+
+
+# ---- Bau et al. 2017: the random-rotation control
+
+
+def rotation_jobs(p: Profile) -> dict[str, Job]:
+    net = train(p, corrupt=0.0, seed=p.seeds[0])
+    return {
+        "rotation": Job(
+            "rotation", {"repeats": p.rotation_repeats, "fractions": p.fractions, "seed": 0}, {"model": net}
+        )
+    }
+
+
+def rotation_analyse(p: Profile, out: Outputs) -> Outcome:
+    table = read(out, "rotation", "curves.parquet")
+    info = read(out, "rotation", "information.parquet")
+    a = aucs(table, ["basis", "repeat"]).groupby("basis")["auc"].mean()
+    med = info.groupby("basis")["mutual_info"].median()
+    top = info.groupby("basis")["mutual_info"].quantile(0.9)
+    holds = med["units"] > med["random"]
+    measured = (
+        f"median mutual information with the label {fmt(med['units'])} bits for units vs "
+        f"{fmt(med['random'])} "
+        f"for random directions (90th percentile {fmt(top['units'])} vs {fmt(top['random'])}); deletion AUC "
+        f"{fmt(a['units'])} (units) vs {fmt(a['random'])} (random directions)"
+    )
+    c = claim(
+        "bau-rotation",
+        "Units are a privileged basis for interpretation: randomly rotating the basis lowers "
+        "how much single directions say about the class (criterion: median mutual information of units > "
+        "of random directions); deletion AUC is reported for both bases",
+        "Bau et al. 2017: interpretability (unit-concept alignment) falls under random rotations "
+        "of a layer's "
+        "basis; Morcos et al. 2018: random directions are about as important as units",
+        measured,
+        {
+            "median_mi_units": med["units"],
+            "median_mi_random": med["random"],
+            "auc_units": a["units"],
+            "auc_random": a["random"],
+        },
+        holds,
+    )
+    return Outcome({"curves": table, "information": info}, [c])
+
+
+ROTATION = Figure(
+    "bau-rotation", "Random-rotation control", "Bau et al. 2017", rotation_jobs, rotation_analyse
+)

@@ -1,0 +1,142 @@
+"""Profiles: how big each experiment of ``lesion reproduce`` is (data, widths, seeds, repeats, epochs).
+
+A profile changes sizes, never the science: every figure runs the same specs in every profile. ``quick``
+fits in ten minutes on a 2-core CPU (the embedded mnist5k, MLPs, small convnets for the batch-norm
+figures); ``paper`` uses the paper's widths and repeats on Fashion-MNIST; ``tiny`` is a smoke test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from lesion.errors import LesionError
+
+CORRUPTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of every experiment; see the module docstring. All fields are JSON-able."""
+
+    name: str
+    dataset: str = "mnist5k"  # MLP studies (F1-F5a, F7, follow-ups)
+    conv_dataset: str = "mnist5k"  # batch-norm studies (F5b, F6, F7-conv, Zhou)
+    root: str | None = None  # where dataset files live, for datasets that are not embedded
+    widths: tuple[int, ...] = (512, 512)  # F1, F2, Amjad, rotation (the generalisation study)
+    small_widths: tuple[int, ...] = (128, 128)  # F7, selectivity regulariser (the selectivity study)
+    sweep_widths: tuple[int, ...] = (256, 256)  # F3 ensemble, F4c sweep
+    long_widths: tuple[int, ...] = (512, 512)  # F4a/b over training, F5a dropout (paper: 2048)
+    corruptions: tuple[float, ...] = CORRUPTIONS
+    seeds: tuple[int, ...] = (0, 1)
+    lr: float = 1e-3
+    batch_size: int = 128
+    until_train_acc: float = 0.99  # the paper trains every net, corrupted ones too, to ~100% train acc
+    max_epochs: int = 100
+    repeats: int = 5  # random ablation orders per network (paper: 10)
+    fractions: int = 21  # points per ablation curve
+    noise_repeats: int = 2
+    noise_scales: int = 11  # log-spaced 10^-1.5 .. 10^1
+    ensemble: int = 12  # F3: clean-label networks differing only in seed
+    extremes: int = 3  # F3: best and worst k generalisers compared
+    ensemble_epochs: int = 10
+    checkpoints: tuple[float, ...] = (0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    long_epochs: int = 32  # F4a/b: train on past the test-loss minimum
+    sweep_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    sweep_batch_sizes: tuple[int, ...] = (32, 512)
+    sweep_seeds: tuple[int, ...] = (0, 1)
+    sweep_epochs: int = 8
+    dropouts: tuple[float, ...] = (0.1, 0.2, 0.3)
+    dropout_until: float = 0.95  # dropout slows memorisation; train acc target for random-label nets
+    dropout_max_epochs: int = 150
+    conv: dict[str, Any] = field(default_factory=lambda: {"channels": [16, 16, 32, 32, 32, 64],
+                                                         "strides": [1, 2, 1, 2, 1, 1]})  # fmt: skip
+    conv_seeds: tuple[int, ...] = (0,)
+    conv_epochs: int = 10
+    conv_fractions: int = 11
+    conv_repeats: int = 3
+    alphas: tuple[float, ...] = (-10.0, -1.0, 0.0, 1.0, 10.0)  # Leavitt & Morcos regulariser strengths
+    alpha_epochs: int = 10
+    rotation_repeats: int = 3
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Profile("quick")
+
+PAPER = Profile(
+    "paper",
+    dataset="fashion-mnist",
+    conv_dataset="fashion-mnist",
+    long_widths=(2048, 2048),
+    seeds=(0, 1, 2),
+    max_epochs=640,
+    repeats=10,
+    fractions=51,
+    noise_repeats=5,
+    ensemble=50,
+    extremes=5,
+    ensemble_epochs=30,
+    checkpoints=(0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    long_epochs=64,
+    sweep_lrs=(1e-4, 3e-4, 1e-3, 3e-3),
+    sweep_batch_sizes=(32, 128, 512),
+    sweep_seeds=(0, 1),
+    sweep_epochs=30,
+    dropout_until=0.99,
+    dropout_max_epochs=640,
+    conv={},  # the paper's 11-layer convnet, full width
+    conv_seeds=(0, 1),
+    conv_epochs=40,
+    conv_fractions=26,
+    conv_repeats=10,
+    alpha_epochs=30,
+    rotation_repeats=10,
+)
+
+TINY = replace(
+    QUICK,
+    name="tiny",
+    dataset="digits",
+    conv_dataset="digits",
+    widths=(24,),
+    small_widths=(16,),
+    sweep_widths=(16,),
+    long_widths=(24,),
+    corruptions=(0.0, 0.5, 1.0),
+    seeds=(0,),
+    until_train_acc=0.9,
+    max_epochs=20,
+    repeats=2,
+    fractions=5,
+    noise_repeats=1,
+    noise_scales=3,
+    ensemble=4,
+    extremes=1,
+    ensemble_epochs=2,
+    checkpoints=(0.5, 1, 2),
+    long_epochs=2,
+    sweep_lrs=(1e-3, 3e-3),
+    sweep_batch_sizes=(64,),
+    sweep_seeds=(0,),
+    sweep_epochs=2,
+    dropouts=(0.2,),
+    dropout_until=0.5,
+    dropout_max_epochs=3,
+    conv={"channels": [4, 8], "strides": [1, 2]},
+    conv_epochs=1,
+    conv_fractions=3,
+    conv_repeats=1,
+    alphas=(-1.0, 0.0, 1.0),
+    alpha_epochs=1,
+    rotation_repeats=1,
+)
+
+PROFILES = {p.name: p for p in (QUICK, PAPER, TINY)}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise LesionError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,212 @@
+"""``lesion reproduce``: the paper's figures and the follow-ups' measurements, as one resumable run.
+
+The figures (``lesion.experiments.figures``) name their jobs; the runner computes what the run directory
+does not hold yet; then every figure's tables, plot and claims are rebuilt from the finished jobs, and the
+run directory gets ``manifest.json``, ``models/``, ``tables/``, ``figures/``, ``claims.json``,
+``report.html`` and ``report.md``. Everything but ``jobs/`` is derived and rewritten atomically each time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lesion.errors import LesionError
+from lesion.experiments import Job, Store, run, write_json_atomic
+from lesion.experiments.figures import FIGURES, Figure
+from lesion.experiments.profiles import Profile, get_profile
+from lesion.report import DRAW, Section, write_html, write_markdown
+
+
+def select(only: Sequence[str] | str | None) -> list[Figure]:
+    """The figures named in ``only`` (ids such as ``F1``, ``F4b``, ``zhou-class-drops``), or all."""
+    if only is None:
+        return list(FIGURES)
+    names = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
+    alias = {"F4b": "F4a", "F7-conv": "F7"}
+    known = {f.id: f for f in FIGURES}
+    bad = [n for n in names if alias.get(n, n) not in known]
+    if bad or not names:
+        raise LesionError(
+            f"unknown figure {', '.join(bad) or '(none)'}; expected some of {', '.join([*known, *alias])}"
+        )
+    return [known[i] for i in dict.fromkeys(alias.get(n, n) for n in names)]
+
+
+def reproduce(
+    profile: str | Profile = "quick",
+    *,
+    only: Sequence[str] | str | None = None,
+    out: str | Path | None = None,
+    workers: int = 1,
+    threads: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) a reproduction into ``out`` (default ``runs/<profile>``); returns the manifest."""
+    start = time.perf_counter()
+    p = get_profile(profile) if isinstance(profile, str) else profile
+    figures = select(only)
+    out = Path(out) if out is not None else Path("runs") / p.name
+    store = Store(out)
+    named = {f.id: f.jobs(p) for f in figures}
+    jobs = [j for js in named.values() for j in js.values()]
+    done = run(jobs, store, progress=progress, workers=workers, threads=threads)
+    sections, claims, tables = [], [], {}
+    for f in figures:
+        outcome = f.analyse(p, {name: store.path(j.key) for name, j in named[f.id].items()})
+        for name, df in outcome.tables.items():
+            tables[f"{f.id}_{name}"] = df
+        png = DRAW[f.id](outcome.tables, _staging(out, "figures") / f.id)[0]
+        sections.append(Section(f.id, f.title, f.source, png, outcome.claims))
+        claims += outcome.claims
+    _publish_dir(out, "tables", lambda d: [_parquet(df, d / f"{k}.parquet") for k, df in tables.items()])
+    _publish_staged(out, "figures")
+    sections = [Section(s.id, s.title, s.source, out / "figures" / s.png.name, s.claims) for s in sections]
+    models = _link_models(out, store, jobs)
+    manifest = _manifest(p, figures, named, store, done, start, workers, threads, models)
+    write_json_atomic(out / "claims.json", claims)
+    _atomic_text(out / "report.html", lambda path: write_html(path, sections, manifest))
+    _atomic_text(out / "report.md", lambda path: write_markdown(path, sections, manifest))
+    manifest["timing"]["wall_seconds"] = round(time.perf_counter() - start, 2)
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def _parquet(df: pd.DataFrame, path: Path) -> None:
+    df = df.copy()
+    df.attrs = {}
+    df.to_parquet(path, index=False)
+
+
+def _staging(out: Path, name: str) -> Path:
+    d = out / f".{name}.staging"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _publish_dir(out: Path, name: str, write) -> None:
+    shutil.rmtree(out / f".{name}.staging", ignore_errors=True)
+    write(_staging(out, name))
+    _publish_staged(out, name)
+
+
+def _publish_staged(out: Path, name: str) -> None:
+    """Swap ``.name.staging`` in for ``name``: readers see the old directory or the new one, never half."""
+    new, final = out / f".{name}.staging", out / name
+    old = out / f".{name}.old-{uuid.uuid4().hex[:6]}"
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _atomic_text(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _link_models(out: Path, store: Store, jobs: list[Job]) -> dict[str, str]:
+    """``models/<readable name>.safetensors``: hard links to every trained model of the run."""
+    from lesion.experiments.runner import plan
+
+    def write(d: Path) -> None:
+        for j in plan(jobs):
+            if j.kind == "train":
+                src, dst = store.path(j.key) / "model.safetensors", d / f"{_model_name(j)}.safetensors"
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+                names[dst.name] = j.key
+
+    names: dict[str, str] = {}
+    _publish_dir(out, "models", write)
+    return names
+
+
+def _model_name(job: Job) -> str:
+    p = job.params
+    arch = p["arch"]
+    shape = "x".join(map(str, arch.get("widths", arch.get("channels", [])))) or "paper"
+    extra = "".join(f"_{k}{v:g}" for k, v in (("dropout", arch.get("dropout", 0)),) if v)
+    extra += "" if arch.get("batchnorm", arch["kind"] != "convnet") else "_nobn"
+    extra += f"_alpha{p['train']['select_reg']:g}" if p["train"].get("select_reg") else ""
+    return (
+        f"{arch['kind']}{shape}_{p['dataset']}_corrupt{p['corrupt']:g}{extra}_seed{p['seed']}_{job.key[:8]}"
+    )
+
+
+def _manifest(p, figures, named, store, done, start, workers, threads, models) -> dict[str, Any]:
+    figs_of: dict[str, list[str]] = {}
+    for fid, js in named.items():
+        for j in js.values():
+            for dep in _closure(j):
+                figs_of.setdefault(dep.key, [])
+                if fid not in figs_of[dep.key]:
+                    figs_of[dep.key].append(fid)
+    computed = set(done.computed)
+    timing = [
+        {
+            "key": k,
+            "kind": store.spec(k)["kind"],
+            "seconds": store.spec(k).get("seconds", 0.0),
+            "computed_now": k in computed,
+            "figures": figs_of.get(k, []),
+        }
+        for k in done.paths
+    ]
+    return {
+        "profile": p.as_dict(),
+        "figures": [f.id for f in figures],
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "workers": workers,
+        "threads": threads,
+        "seeds": {
+            "networks": list(p.seeds),
+            "ensemble": [100 + i for i in range(p.ensemble)],
+            "sweep": list(p.sweep_seeds),
+            "conv": list(p.conv_seeds),
+            "orders": 0,
+        },
+        "jobs": {"total": len(done.paths), "computed": len(done.computed), "reused": len(done.reused)},
+        "models": models,
+        "timing": {
+            "wall_seconds": round(time.perf_counter() - start, 2),
+            "job_seconds_total": round(sum(t["seconds"] for t in timing), 2),
+            "jobs": timing,
+        },
+    }
+
+
+def _closure(job: Job) -> list[Job]:
+    out = [job]
+    for d in job.deps.values():
+        out += _closure(d)
+    return out
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("lesion", "torch", "numpy", "pandas", "scipy", "matplotlib", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
