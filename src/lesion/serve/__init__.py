@@ -1,0 +1,17 @@
+"""The lesion explorer: delete units of a trained network in the browser and watch it cope.
+
+``lesion serve MODEL --dataset D`` runs it; from Python::
+
+    explorer = Explorer(model, (x_test, y_test), classes=data.classes)
+    with running(create_app(explorer)) as url:  # a background server on 127.0.0.1
+        ...
+
+The page is plain HTML, JS and SVG (no build step) under ``static/``; the JSON API is documented by
+the server at ``/docs``. Needs the ``serve`` extra (fastapi, uvicorn).
+"""
+
+from lesion.serve._http import bind, is_loopback, running, server, url_of
+from lesion.serve.app import create_app
+from lesion.serve.explorer import Explorer, compact
+
+__all__ = ["Explorer", "bind", "compact", "create_app", "is_loopback", "running", "server", "url_of"]

@@ -1,0 +1,281 @@
+"""The state behind ``lesion serve``: one model, its held-out data, and what was measured on them once.
+
+``Explorer`` measures everything a page needs when it is built (the unit table, cumulative curves, each
+unit's class means and top-activating examples) and then answers one question per click: accuracy,
+loss, per-class accuracy and confusion matrix under a lesion. Every lesion is applied with forward hooks
+on the one shared model under a lock, so concurrent requests never see each other's hooks, and the
+model is never changed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesion._util import eval_mode, model_device
+from lesion.analyses import ablation_curves, unit_table
+from lesion.errors import DataError, UnitError
+from lesion.evaluation import Evaluation, Evaluator
+from lesion.lesioning import ablate, hooks
+from lesion.sites import Site, default_candidates, find_sites
+from lesion.stats import per_example
+from lesion.units import UnitSet, parse_units
+
+CURVE_ORDERS = ("random", "selectivity_high", "importance_high")
+UNIT_COLUMNS = (
+    "layer", "unit", "selectivity", "preferred_class", "mutual_info", "mean_activity", "sd_activity",
+    "dead", "loss", "accuracy", "delta_loss", "delta_accuracy",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Per site: class-conditional mean activity and the examples that drive each unit most."""
+
+    class_means: np.ndarray  # (classes, units); feature maps averaged over space first
+    top_index: np.ndarray  # (k, units): example indices, strongest first
+    top_value: np.ndarray  # (k, units): their per-example activity
+
+
+class Explorer:
+    """A model and held-out data ``(x, y)``, measured once, ready to evaluate any lesion on demand.
+
+    ``sites`` defaults to every activation (``lesion.find_sites``); the cumulative curves run over the
+    paper's candidates (all sites of an MLP, the last three conv sites of a convnet).
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    >>> x, y = torch.randn(30, 4), torch.arange(30) % 3
+    >>> ex = Explorer(net, (x, y), curve_repeats=1, curve_points=3)
+    >>> units, result = ex.evaluate(["1:0-2"])
+    >>> units.to_strings(), result.n
+    (['1:0', '1:1', '1:2'], 30)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: tuple[torch.Tensor, torch.Tensor],
+        *,
+        classes: Sequence[str] | None = None,
+        sites: Sequence[Site] | None = None,
+        name: str = "model",
+        dataset: str = "data",
+        batch_size: int = 1000,
+        curve_repeats: int = 5,
+        curve_points: int = 41,
+        top_k: int = 12,
+        cache_size: int = 512,
+        progress: bool = False,
+    ):
+        self.model, self.name, self.dataset = model, name, dataset
+        self.x, self.y = _pair(data)
+        self.sites = list(sites) if sites is not None else find_sites(model, self.x[:2])
+        if not self.sites:
+            raise DataError("the model has no sites (activation layers with units) to lesion")
+        self.candidates = default_candidates(self.sites)
+        self._lock = threading.Lock()  # one lesion's hooks on the shared model at a time
+        self._evaluator = Evaluator(model, (self.x, self.y), self.sites, batch_size=batch_size)
+        self.intact: Evaluation = self._evaluator.intact
+        self.classes = _class_names(classes, self.n_classes)
+        xy = (self.x, self.y)
+        self.units = unit_table(model, xy, sites=self.sites, batch_size=batch_size, progress=progress)
+        self.curves = ablation_curves(
+            model, xy, sites=self.sites, orders=CURVE_ORDERS, repeats=curve_repeats, units=self.units,
+            fractions=np.linspace(0.0, 1.0, curve_points), batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+        self.activity = _activity(model, self.x, self.y, self.sites, self.n_classes, top_k, batch_size)
+        self._rows = self.units.set_index(["layer", "unit"])
+        self._cache: OrderedDict[tuple[str, ...], Evaluation] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+        self._lo, self._hi = _display_range(self.x)
+
+    @property
+    def n_classes(self) -> int:
+        return self.intact.confusion.shape[0]
+
+    def selection(self, units: Sequence[str]) -> UnitSet:
+        """Parse and validate unit addresses against the sites; raises UnitError or SiteError."""
+        widths = {s.name: s.width for s in self.sites}
+        for text in units:
+            _check_bounds(str(text), widths)  # before parsing: "fc1:0-999999999" must not expand
+        return parse_units(list(units), self.sites)
+
+    def evaluate(self, units: Sequence[str]) -> tuple[UnitSet, Evaluation]:
+        """The validated lesion and the model's loss, accuracy, per-class accuracy and confusion under it."""
+        selection = self.selection(units)
+        key = tuple(selection.to_strings())
+        if not key:
+            return selection, self.intact
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return selection, self._cache[key]
+        with self._lock, ablate(self.model, selection, sites=self.sites):
+            result = self._evaluator.run(None)
+        with self._cache_lock:
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return selection, result
+
+    def unit(self, address: str) -> dict:
+        """Everything measured about one unit: its table row, per-class drops, class means, top examples."""
+        chosen = self.selection([address]).units()
+        if len(chosen) != 1:
+            raise UnitError(f"expected one unit like 'layer:17', got {address!r}")
+        unit = chosen[0]
+        row = self._rows.loc[(unit.layer, unit.index)]
+        act = self.activity[unit.layer]
+        top = [
+            {"index": int(i), "label": int(self.y[i]), "activity": float(v)}
+            for i, v in zip(act.top_index[:, unit.index], act.top_value[:, unit.index], strict=True)
+        ]
+        drops = [row[f"delta_accuracy_class_{c}"] for c in range(self.n_classes)]
+        return {
+            "layer": unit.layer, "unit": unit.index, "address": str(unit),
+            **{k: row[k] for k in UNIT_COLUMNS[2:]},
+            "per_class_delta_accuracy": drops,
+            "class_means": act.class_means[:, unit.index].tolist(),
+            "top_examples": top,
+        }  # fmt: skip
+
+    def unit_rows(self) -> list[dict]:
+        """One dict per unit with the columns of ``UNIT_COLUMNS`` (per-class drops left out)."""
+        return self.units[list(UNIT_COLUMNS)].to_dict("records")
+
+    def curve_summary(self) -> list[dict]:
+        """Per order: units deleted and accuracy (mean and SD over repeats) at each measured count."""
+        out = []
+        for order, g in self.curves.groupby("order", sort=False):
+            stats = g.groupby("n_ablated")["accuracy"].agg(["mean", "std", "count"]).reset_index()
+            out.append({
+                "order": str(order),
+                "repeats": int(stats["count"].max()),
+                "n_ablated": stats["n_ablated"].astype(int).tolist(),
+                "accuracy": stats["mean"].tolist(),
+                "accuracy_sd": stats["std"].fillna(0.0).tolist(),
+            })  # fmt: skip
+        return out
+
+    def image_png(self, index: int) -> bytes:
+        """Held-out example ``index`` as a PNG at its own resolution (contrast fixed over the dataset)."""
+        from PIL import Image
+
+        if not 0 <= index < len(self.y):
+            raise UnitError(f"example index {index} out of range: expected 0..{len(self.y) - 1}")
+        img = self.x[index].float()
+        if img.ndim == 1:  # flat vectors: show as one row
+            img = img[None, None]
+        elif img.ndim == 2:
+            img = img[None]
+        img = ((img - self._lo) / (self._hi - self._lo)).clamp(0, 1).mul(255).round().byte()
+        arr = img[:3].permute(1, 2, 0).numpy() if img.shape[0] >= 3 else img[0].numpy()
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def compact(selection: UnitSet) -> list[str]:
+    """Unit addresses with runs folded into ranges, one string per layer: ``['fc1:0-9,17', 'fc2:5']``.
+
+    >>> compact(parse_units(["fc1:0-3", "fc1:7", "fc2:5"]))
+    ['fc1:0-3,7', 'fc2:5']
+    """
+    out = []
+    for layer, idx in selection.items():
+        idx = sorted(idx or ())
+        runs: list[list[int]] = []
+        for i in idx:
+            if runs and i == runs[-1][1] + 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+        if parts:
+            out.append(f"{layer}:{','.join(parts)}")
+    return out
+
+
+def _pair(data) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise DataError(f"data is a {type(data).__name__}; expected an (inputs, labels) pair of tensors")
+    x, y = (torch.as_tensor(v) for v in data)
+    if y.ndim != 1 or x.ndim < 2 or len(x) != len(y) or len(y) == 0:
+        raise DataError(
+            f"inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)}; expected inputs "
+            "(n, ...) and labels (n,) of the same length, n >= 1"
+        )
+    return x, y.long()
+
+
+def _class_names(classes: Sequence[str] | None, n: int) -> tuple[str, ...]:
+    if classes is None or len(classes) != n:
+        return tuple(str(c) for c in range(n))
+    return tuple(str(c) for c in classes)
+
+
+def _check_bounds(text: str, widths: dict[str, int]) -> None:
+    layer, colon, sel = text.strip().rpartition(":")
+    width = widths.get(layer)
+    if not colon or width is None:
+        return  # parse_units names the unknown layer or the malformed address
+    for number in re.findall(r"\d+", sel):
+        if len(number) > 12 or int(number) >= width:
+            raise UnitError(
+                f"unit index {number} out of range for layer {layer!r}: expected 0..{width - 1} "
+                f"({width} units)"
+            )
+
+
+def _activity(model, x, y, sites, n_classes: int, k: int, batch_size: int) -> dict[str, Activity]:
+    """Class means and top-k examples of every unit, in one pass with read-only hooks."""
+    k = min(k, len(y))
+    sums = {s.name: torch.zeros(n_classes, s.width, dtype=torch.float64) for s in sites}
+    empty = {s.name: torch.zeros(0, s.width) for s in sites}
+    best = {n: (e, e.long()) for n, e in empty.items()}  # (values, example indices), each (<= k, units)
+    start = [0]
+
+    def make_edit(site: Site):
+        def edit(h: torch.Tensor) -> torch.Tensor:
+            act = per_example(h.detach(), site.unit_dim).float().cpu()  # (batch, units)
+            yb = y[start[0] : start[0] + len(act)]
+            sums[site.name].index_add_(0, yb, act.double())
+            idx = torch.arange(start[0], start[0] + len(act))[:, None].expand_as(act)
+            vals, where = best[site.name]
+            vals, where = torch.cat([vals, act]), torch.cat([where, idx])
+            top = vals.topk(min(k, len(vals)), dim=0)
+            best[site.name] = (top.values, where.gather(0, top.indices))
+            return h
+
+        return edit
+
+    device = model_device(model)
+    with torch.no_grad(), eval_mode(model), hooks(model, {s.name: make_edit(s) for s in sites}):
+        for i in range(0, len(y), batch_size):
+            start[0] = i
+            model(x[i : i + batch_size].to(device))
+    counts = torch.bincount(y, minlength=n_classes).double().clamp(min=1)[:, None]
+    return {
+        s.name: Activity((sums[s.name] / counts).numpy(), best[s.name][1].numpy(), best[s.name][0].numpy())
+        for s in sites
+    }
+
+
+def _display_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (low, high) over the whole dataset, so thumbnails share one contrast."""
+    if x.ndim != 4:
+        lo, hi = x.min().reshape(1, 1, 1), x.max().reshape(1, 1, 1)
+    else:
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).float()
+        lo, hi = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
+    return lo, torch.where(hi > lo, hi, lo + 1)
