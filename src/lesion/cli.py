@@ -212,6 +212,75 @@ def bench(
         _out().print(f"results written to {out}")
 
 
+@_command
+def serve(
+    model: ModelArg,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset whose held-out split to use (default: the model's).")
+    ] = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; not 127.0.0.1 exposes the model to the network.")
+    ] = "127.0.0.1",
+    examples: Annotated[
+        int | None, typer.Option(min=1, help="Use a seeded sample of this many held-out examples.")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Comma separated layers to show (default: every activation).")
+    ] = None,
+) -> None:
+    """Explore a model in the browser: delete units with a click, watch accuracy and confusion change."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise LesionError("lesion serve needs fastapi and uvicorn: pip install 'lesion[serve]'") from None
+    from lesion.serve import bind, create_app, is_loopback, server, url_of
+
+    sock = bind(host, port)  # before the measurements: a taken port fails at once
+    if not is_loopback(host):
+        _err().print(
+            f"warning: listening on {host}: anyone who can reach this machine can use the explorer and see "
+            "the model and its data (there is no authentication); the default --host 127.0.0.1 is local only",
+            style="yellow", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    try:
+        app = create_app(_serve_explorer(model, dataset, examples, _names(layers)))
+        url = url_of(sock)
+        _out().print(f"lesion explorer: {url}  (API: {url}/docs; Ctrl+C stops it)", soft_wrap=True)
+        server(app).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _serve_explorer(model: Path, dataset: str | None, examples: int | None, layers: tuple[str, ...] | None):
+    """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
+    import torch
+
+    from lesion.serve import Explorer
+    from lesion.sites import find_sites
+
+    net, info = _load_model(model)
+    data = _dataset_for(info, dataset)
+    if list(data.input_shape) != _input_shape(info, model):
+        raise DataError(
+            f"dataset {data.name!r} has inputs of shape {tuple(data.input_shape)} but the model expects "
+            f"{tuple(_input_shape(info, model))}; pass the --dataset the model was trained on"
+        )
+    x, y = data.x_test, data.y_test
+    if examples is not None and examples < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(DATA_SEED))[:examples]
+        x, y = x[keep.sort().values], y[keep.sort().values]
+    sites = find_sites(net, x[:2], list(layers) if layers else None)
+    _err().print(
+        f"measuring {sum(s.width for s in sites)} units of {model.name} on {len(y)} held-out examples of "
+        f"{data.name}", highlight=False,
+    )  # fmt: skip
+    return Explorer(
+        net, (x, y), classes=data.classes, sites=sites, name=model.name, dataset=data.name, progress=True
+    )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What ``lesion train`` builds and how it trains it."""
