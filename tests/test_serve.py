@@ -258,6 +258,16 @@ def test_50_concurrent_lesions_equal_sequential_evaluation(setup):
 # ------------------------------------------------------------------------------------------ command line
 
 
+def test_the_listening_socket_is_tcp_so_responses_are_not_delayed():
+    from lesion.serve import bind
+
+    sock = bind("127.0.0.1", 0)  # asyncio sets TCP_NODELAY only where proto says TCP: else +40 ms a request
+    with sock, socket.create_connection(sock.getsockname()):
+        conn, _ = sock.accept()
+        with conn:
+            assert sock.proto == conn.proto == socket.IPPROTO_TCP
+
+
 def test_loopback_detection():
     assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "::1", "localhost")))
     assert not any(map(is_loopback, ("0.0.0.0", "::", "192.168.1.4", "example.org")))
