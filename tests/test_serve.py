@@ -164,6 +164,39 @@ def test_the_page_and_the_openapi_docs_are_served(client):
     assert docs.status_code == 200 and "/static/api.js" in docs.text
 
 
+def test_conv_channels_are_units_and_colour_images_are_served():
+    from PIL import Image
+
+    from lesion.serve import Explorer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 5)
+    )  # fmt: skip
+    x, y = torch.randn(40, 3, 6, 6), torch.arange(40) % 5
+    explorer = Explorer(net, (x, y), curve_repeats=1, curve_points=3, top_k=3)
+    with running(create_app(explorer)) as url, httpx.Client(base_url=url) as c:
+        rows = c.get("/api/units").json()
+        assert [(r["layer"], r["unit"]) for r in rows] == [("1", i) for i in range(4)]
+        info = c.get("/api/model").json()
+        assert info["sites"][0]["spatial"] and info["sites"][0]["shape"] == [4, 6, 6]
+        assert info["classes"] == ["0", "1", "2", "3", "4"]
+        top = c.get("/api/units/1:2").json()["top_examples"]
+        with torch.no_grad():
+            act = net[:2](x)[:, 2].mean((1, 2))  # a channel's activity: its map averaged over space
+        assert [t["index"] for t in top] == act.argsort(descending=True)[:3].tolist()
+        png = Image.open(io.BytesIO(c.get("/api/images/7").content))
+        assert png.mode == "RGB" and png.size == (6, 6)
+        want = python_api_of(net, (x, y), ["1:0-1"])
+        got = post(c, {"units": ["1:0-1"]}).json()
+        assert (got["accuracy"], got["loss"]) == (want.accuracy, want.loss)
+
+
+def python_api_of(model, xy, units):
+    with lesion.ablate(model, units):
+        return lesion.evaluate(model, xy)
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 
@@ -202,6 +235,16 @@ def test_malformed_bodies_get_clear_4xx(client, body, status, fragment):
     assert r.status_code == status and fragment in r.json()["error"], r.text
     assert '{"units": [' in r.json()["error"]  # says what was expected
     assert_serving(client)
+
+
+def test_requests_for_other_hosts_are_refused(setup, client):
+    r = client.get("/api/units", headers={"host": "attacker.example"})  # DNS rebinding
+    assert r.status_code == 400 and "host 'attacker.example' is not served here" in r.json()["error"]
+    port = client.base_url.port
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert client.get("/api/model", headers={"host": host}).status_code == 200, host
+    with running(create_app(setup[2], hosts=None)) as url, httpx.Client(base_url=url) as c:
+        assert c.get("/api/model", headers={"host": "explorer.lab.example"}).status_code == 200
 
 
 def test_a_body_not_sent_as_json_is_415(client):
@@ -322,6 +365,9 @@ def test_lesion_serve_refuses_a_taken_port_and_warns_off_loopback(model_file, mo
 
         def run(self, sockets):
             assert self.app.state.explorer.intact.n == 50
+            served.append(self.app)
+
+    served = []
 
     monkeypatch.setattr(lesion.serve, "server", NoServer)
     r = CliRunner().invoke(
@@ -329,4 +375,6 @@ def test_lesion_serve_refuses_a_taken_port_and_warns_off_loopback(model_file, mo
     )
     assert r.exit_code == 0, r.output
     assert "warning: listening on 0.0.0.0" in r.stderr and "no authentication" in r.stderr
-    assert r.stdout.startswith("lesion explorer: http://0.0.0.0:")
+    assert r.stdout.startswith("lesion explorer: http://0.0.0.0:") and len(served) == 1
+    (host_check,) = [m for m in served[0].user_middleware if m.cls.__name__ == "HostCheck"]
+    assert host_check.kwargs["allowed"] is None  # off loopback, any Host is answered

@@ -235,7 +235,7 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError:
         raise LesionError("lesion serve needs fastapi and uvicorn: pip install 'lesion[serve]'") from None
-    from lesion.serve import bind, create_app, is_loopback, server, url_of
+    from lesion.serve import LOCAL_HOSTS, bind, create_app, is_loopback, server, url_of
 
     sock = bind(host, port)  # before the measurements: a taken port fails at once
     if not is_loopback(host):
@@ -245,7 +245,8 @@ def serve(
             style="yellow", markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
     try:
-        app = create_app(_serve_explorer(model, dataset, examples, _names(layers)))
+        hosts = (*LOCAL_HOSTS, host) if is_loopback(host) else None  # local: refuse DNS rebinding
+        app = create_app(_serve_explorer(model, dataset, examples, _names(layers)), hosts=hosts)
         url = url_of(sock)
         _out().print(f"lesion explorer: {url}  (API: {url}/docs; Ctrl+C stops it)", soft_wrap=True)
         server(app).run(sockets=[sock])

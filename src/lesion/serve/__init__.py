@@ -10,8 +10,10 @@ The page is plain HTML, JS and SVG (no build step) under ``static/``; the JSON A
 the server at ``/docs``. Needs the ``serve`` extra (fastapi, uvicorn).
 """
 
-from lesion.serve._http import bind, is_loopback, running, server, url_of
+from lesion.serve._http import LOCAL_HOSTS, bind, is_loopback, running, server, url_of
 from lesion.serve.app import create_app
 from lesion.serve.explorer import Explorer, compact
 
-__all__ = ["Explorer", "bind", "compact", "create_app", "is_loopback", "running", "server", "url_of"]
+__all__ = [
+    "LOCAL_HOSTS", "Explorer", "bind", "compact", "create_app", "is_loopback", "running", "server", "url_of",
+]  # fmt: skip

@@ -10,7 +10,7 @@ import ipaddress
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,6 +62,43 @@ class BodyLimit:
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class HostCheck:
+    """Refuse requests whose Host header names another machine (400).
+
+    A page elsewhere could point its own domain at 127.0.0.1 (DNS rebinding) and read a local server;
+    its requests still carry that domain as Host, so a loopback server answers only to local names.
+    ``allowed=None`` accepts any Host (a server bound to a public interface).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str] | None = LOCAL_HOSTS):
+        self.app = app
+        self.allowed = None if allowed is None else {h.lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.allowed is not None:
+            host = _host_name(dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1"))
+            if host not in self.allowed:
+                hint = "open the explorer as http://127.0.0.1:<port> or http://localhost:<port>"
+                await send_error(send, 400, f"host {host!r} is not served here; {hint}")
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header, without its port.
+
+    >>> _host_name("[::1]:8000"), _host_name("LocalHost:80"), _host_name("example.org")
+    ('::1', 'localhost', 'example.org')
+    """
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def _content_length(scope: Scope) -> int | None:
     for key, value in scope.get("headers", ()):
         if key == b"content-length":
@@ -86,11 +123,15 @@ async def _drain(receive: Receive) -> tuple[int, bool]:
 
 
 async def _reject(send: Send, size: str, limit: int) -> None:
-    message = f"request body of {size} is too large; expected at most {limit:,} bytes"
+    await send_error(send, 413, f"request body of {size} is too large; expected at most {limit:,} bytes")
+
+
+async def send_error(send: Send, status: int, message: str) -> None:
+    """Answer ``{"error": message}`` with ``status`` and close the connection."""
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -7,6 +7,7 @@ renders ``/openapi.json`` without any network access.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from lesion.errors import LesionError
-from lesion.serve._http import MAX_BODY, BodyLimit, install_error_handlers
+from lesion.serve._http import LOCAL_HOSTS, MAX_BODY, BodyLimit, HostCheck, install_error_handlers
 from lesion.serve.explorer import Explorer, compact
 
 STATIC = Path(__file__).parent / "static"
@@ -204,8 +205,14 @@ def image(index: Annotated[int, PathParam(ge=0)], ex: Ex) -> Response:
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
-def create_app(explorer: Explorer, *, max_body: int = MAX_BODY) -> FastAPI:
-    """The explorer app for ``explorer``: the page at ``/``, the API under ``/api``, docs at ``/docs``."""
+def create_app(
+    explorer: Explorer, *, max_body: int = MAX_BODY, hosts: Sequence[str] | None = LOCAL_HOSTS
+) -> FastAPI:
+    """The explorer app for ``explorer``: the page at ``/``, the API under ``/api``, docs at ``/docs``.
+
+    ``hosts``: the Host names it answers to (default: this machine's own names, which defeats DNS
+    rebinding); ``None`` answers any, for a server bound to a public interface.
+    """
     import lesion
 
     app = FastAPI(
@@ -214,6 +221,7 @@ def create_app(explorer: Explorer, *, max_body: int = MAX_BODY) -> FastAPI:
     )  # fmt: skip
     app.state.explorer = explorer
     app.add_middleware(BodyLimit, max_bytes=max_body)
+    app.add_middleware(HostCheck, allowed=hosts)  # added last: runs first
     install_error_handlers(app)
     app.include_router(router)
     for path, page in (("/", "index.html"), ("/docs", "api.html")):

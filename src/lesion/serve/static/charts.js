@@ -31,16 +31,20 @@ export function legend(svg, scale, classes) {
     return;
   }
   const steps = 40;
-  const w = width - 60;
+  const pad = 46;
+  const w = width - 2 * pad;
   for (let i = 0; i < steps; i++) {
     const t = i / (steps - 1);
     const fill = scale.kind === "sequential" ? viridis(t) : diverging(2 * t - 1);
-    el("rect", { x: 30 + (i * w) / steps, y: 3, width: w / steps + 0.5, height: 11, fill }, svg);
+    el("rect", { x: pad + (i * w) / steps, y: 3, width: w / steps + 0.5, height: 11, fill }, svg);
   }
-  label(svg, 26, 12, fmt(scale.lo, scale.kind === "sequential" ? 0 : 3), { "text-anchor": "end" });
-  label(svg, 34 + w, 12, fmt(scale.hi, scale.kind === "sequential" ? 0 : 3));
-  label(svg, 30 + w / 2, 27, scale.label, { "text-anchor": "middle" });
+  const end = (v) => (scale.kind === "sequential" ? v.toFixed(0) : signedShort(v));
+  label(svg, pad - 4, 12, end(scale.lo), { "text-anchor": "end" });
+  label(svg, pad + w + 4, 12, end(scale.hi));
+  label(svg, pad + w / 2, 27, scale.label, { "text-anchor": "middle" });
 }
+
+const signedShort = (v) => (v > 0 ? "+" : v < 0 ? "−" : "") + Math.abs(v).toPrecision(2);
 
 // Vertical bars per class: the intact model's in grey behind, the lesioned model's in front.
 export function perClass(svg, classes, lesioned, intact, onHover) {
@@ -112,7 +116,7 @@ export function confusion(svg, classes, lesioned, intact, mode, onHover) {
 const signed = (v) => (v > 0 ? `+${v}` : v === 0 ? "" : String(v));
 
 const CURVE_STYLE = {
-  random: { colour: "#2563eb", name: "random order" },
+  random: { colour: "#2563eb", name: "random" },
   selectivity_high: { colour: "#9333ea", name: "most selective first", dash: "5 3" },
   importance_high: { colour: "#dc2626", name: "most important first", dash: "2 2" },
 };
@@ -121,7 +125,7 @@ const CURVE_STYLE = {
 export function curve(svg, data, current) {
   const height = 190;
   const width = sized(svg, height);
-  const m = { l: 34, r: 10, t: 10, b: 28 };
+  const m = { l: 34, r: 10, t: 26, b: 28 };
   const n = data.n_candidates;
   const x = (k) => m.l + ((width - m.l - m.r) * k) / n;
   const y = (v) => m.t + (height - m.t - m.b) * (1 - v);
@@ -144,7 +148,7 @@ export function curve(svg, data, current) {
     el("polyline", { points: pts, fill: "none", stroke: s.colour, "stroke-width": 1.6,
       "stroke-dasharray": s.dash || "none" }, svg);
   }
-  drawCurveLegend(svg, data, m.l + 8, height - m.b - 8 - 13 * (data.curves.length - 1));
+  drawCurveLegend(svg, data, width);
   if (current) {
     const cx = x(Math.min(n, current.n));
     el("line", { x1: cx, x2: cx, y1: m.t, y2: height - m.b, stroke: "#f97316", "stroke-dasharray": "3 3" }, svg);
@@ -155,14 +159,21 @@ export function curve(svg, data, current) {
   }
 }
 
-function drawCurveLegend(svg, data, x, y) {
-  data.curves.forEach((c, i) => {
+// One row above the plot, so that it never hides a curve.
+function drawCurveLegend(svg, data, width) {
+  let x = 4;
+  const items = [];
+  for (const c of data.curves) {
     const s = CURVE_STYLE[c.order] || { colour: "#6b7280", name: c.order };
-    const yy = y + i * 13;
-    el("line", { x1: x, x2: x + 18, y1: yy, y2: yy, stroke: s.colour, "stroke-width": 2,
-      "stroke-dasharray": s.dash || "none" }, svg);
-    label(svg, x + 22, yy + 3, c.order === "random" ? `${s.name} (mean ± SD, ${c.repeats})` : s.name);
-  });
+    const g = el("g", {}, svg);
+    el("line", { x1: x, x2: x + 16, y1: 9, y2: 9, stroke: s.colour, "stroke-width": 2,
+      "stroke-dasharray": s.dash || "none" }, g);
+    const t = label(g, x + 20, 12, c.order === "random" ? `${s.name} (± SD, ${c.repeats})` : s.name);
+    x += 20 + t.getComputedTextLength() + 12;
+    items.push(g);
+  }
+  const spare = width - x;  // centre the row
+  if (spare > 0) for (const g of items) g.setAttribute("transform", `translate(${spare / 2},0)`);
 }
 
 // Horizontal bars per class for a unit: values may be negative (drops) or positive (activity).

@@ -62,8 +62,8 @@ export function unitScale(mode, units, nClasses) {
   if (mode === "importance") {
     const span = Math.max(1e-9, quantile(units.map((u) => Math.abs(u.delta_loss)), 0.98));
     return {
-      colour: (u) => diverging(u.delta_loss / span),
-      kind: "diverging", lo: -span, hi: span, label: "Δ loss when deleted alone",
+      colour: (u) => (u.dead ? DEAD : diverging(u.delta_loss / span)),
+      kind: "diverging", lo: -span, hi: span, label: "Δ loss when deleted alone (grey: dead unit)",
     };
   }
   return {

@@ -4,7 +4,7 @@ import { diverging, inkFor } from "./colour.js";
 const NS = "http://www.w3.org/2000/svg";
 const TOP = 46;       // room for the column titles
 const BOTTOM = 14;
-const GAP = 54;       // between columns: the "flow" bands
+const MAX_GAP = 54;   // between columns: the "flow" bands
 const IO_W = 64;      // input and output columns
 const MAX_CELL = 26;
 const MAX_LABELLED = 6000;  // draw preferred-class labels up to this many units
@@ -20,7 +20,8 @@ export function el(name, attrs = {}, parent = null) {
 export function layout(sites, width, height) {
   const avail = height - TOP - BOTTOM;
   const widest = Math.max(...sites.map((s) => s.width));
-  const fixed = 2 * IO_W + (sites.length + 1) * GAP;
+  const gap = Math.max(14, Math.min(MAX_GAP, (width * 0.3) / (sites.length + 1)));
+  const fixed = 2 * IO_W + (sites.length + 1) * gap;
   let best = null;
   for (let rows = 1; rows <= widest; rows++) {
     const cell = Math.min(MAX_CELL, avail / rows);
@@ -29,17 +30,19 @@ export function layout(sites, width, height) {
     best = { rows, cell, cols, total };
     if (total <= width || cell < 3) break;
   }
-  let x = IO_W + GAP;
+  let x = IO_W + gap;
   const columns = sites.map((s, i) => {
     const cols = best.cols[i];
     const rows = Math.ceil(s.width / cols);
     const w = cols * best.cell;
     const h = rows * best.cell;
     const col = { site: s, x, y: TOP + (avail - h) / 2, w, h, cols };
-    x += w + GAP;
+    x += w + gap;
     return col;
   });
-  return { cell: best.cell, columns, width: Math.max(width, x + IO_W), height, outX: x };
+  columns.forEach((c, i) => { c.slot = (columns[i + 1]?.x ?? x) - c.x; });  // room for its title
+  const pitch = Math.min(...columns.map((c) => c.slot));
+  return { cell: best.cell, columns, width: Math.max(width, x + IO_W), height, outX: x, pitch };
 }
 
 export class NetworkView {
@@ -104,10 +107,14 @@ export class NetworkView {
     el("rect", { x: 8, y: mid - 40, width: IO_W - 16, height: 80, rx: 6, class: "io" }, svg);
     this.text(IO_W / 2, mid - 8, "input", "io-label");
     if (inShape) this.text(IO_W / 2, mid + 8, inShape, "io-label");
+    const compact = L.pitch < 130;  // narrow columns: short titles that do not run into each other
     for (const c of L.columns) {
-      this.text(c.x + c.w / 2, 16, c.site.name, "col-title");
-      const kind = c.site.spatial ? "channels" : "units";
-      this.text(c.x + c.w / 2, 32, `${c.site.width} ${kind} · ${c.site.module_type}`, "col-sub");
+      const s = c.site;
+      const kind = s.spatial ? "channels" : "units";
+      const title = this.text(c.x + c.w / 2, 16, s.name, "col-title");
+      if (compact) title.style.fontSize = `${Math.min(13, Math.max(7, c.slot / (s.name.length * 0.7)))}px`;
+      this.text(c.x + c.w / 2, 32, compact ? String(s.width) : `${s.width} ${kind} · ${s.module_type}`, "col-sub");
+      el("title", {}, title).textContent = `${s.name}: ${s.width} ${kind} (${s.module_type}), output ${s.shape.join("×")}`;
     }
     const n = model.classes.length;
     this.outputs = [];
