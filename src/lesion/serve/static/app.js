@@ -1,6 +1,7 @@
 // The explorer page: state, the JSON API, the URL (the lesion is shareable), and wiring.
 import { unitScale } from "./colour.js";
 import * as charts from "./charts.js";
+import { signedSmart as signed } from "./charts.js";
 import { NetworkView } from "./network.js";
 import { renderUnit } from "./unit.js";
 
@@ -14,7 +15,6 @@ let network = null;
 
 export const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const fmt = (v, d = 4) => (v === null || v === undefined ? "–" : v.toFixed(d));
-const signed = (v, d = 4) => (v > 0 ? "+" : v < 0 ? "−" : "±") + Math.abs(v).toFixed(d);
 
 async function api(path, options) {
   const response = await fetch(path, options);

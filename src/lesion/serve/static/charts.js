@@ -4,6 +4,15 @@ import { el } from "./network.js";
 
 const fmt = (v, d = 3) => (v === null || v === undefined || Number.isNaN(v) ? "–" : v.toFixed(d));
 
+// d decimals, or two significant digits where d decimals would show a non-zero value as 0.
+export function smart(v, d = 3) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (v === 0 || Math.abs(v) >= 10 ** -d) return v.toFixed(d);
+  return v.toPrecision(2);
+}
+
+export const signedSmart = (v, d = 4) => (v === null ? "–" : (v > 0 ? "+" : v < 0 ? "−" : "±") + smart(Math.abs(v), d));
+
 function sized(svg, height) {
   svg.replaceChildren();
   const width = svg.getBoundingClientRect().width || 400;
@@ -195,7 +204,7 @@ export function classBars(svg, classes, values, { highlight = -1, signedScale = 
       height: row - 4, fill }, svg);
     if (n <= 20) {
       label(svg, left - 4, 3 + i * row + row / 2 + 3, classes[i].slice(0, 9), { "text-anchor": "end" });
-      label(svg, width - 2, 3 + i * row + row / 2 + 3, fmt(values[i], format),
+      label(svg, width - 2, 3 + i * row + row / 2 + 3, smart(values[i], format),
         { "text-anchor": "end", fill: "#6b7280" });
     }
   });

@@ -1,8 +1,5 @@
 // The selected unit: its measures, per-class charts and the held-out images it responds to most.
-import { classBars } from "./charts.js";
-
-const fmt = (v, d = 3) => (v === null || v === undefined ? "–" : v.toFixed(d));
-const signed = (v, d = 4) => (v === null ? "–" : (v > 0 ? "+" : v < 0 ? "−" : "±") + Math.abs(v).toFixed(d));
+import { classBars, signedSmart as signed, smart as fmt } from "./charts.js";
 
 function node(tag, attrs = {}, text = null) {
   const n = document.createElement(tag);
