@@ -275,7 +275,7 @@ def _serve_explorer(model: Path, dataset: str | None, examples: int | None, laye
     sites = find_sites(net, x[:2], list(layers) if layers else None)
     _err().print(
         f"measuring {sum(s.width for s in sites)} units of {model.name} on {len(y)} held-out examples of "
-        f"{data.name}", highlight=False,
+        f"{data.name}" + (" (--examples 2000 would be quicker)" if len(y) > 2000 else ""), highlight=False,
     )  # fmt: skip
     return Explorer(
         net, (x, y), classes=data.classes, sites=sites, name=model.name, dataset=data.name, progress=True
