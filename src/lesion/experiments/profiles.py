@@ -26,7 +26,7 @@ class Profile:
     widths: tuple[int, ...] = (512, 512)  # F1, F2, Amjad, rotation (the generalisation study)
     small_widths: tuple[int, ...] = (128, 128)  # F7, selectivity regulariser (the selectivity study)
     sweep_widths: tuple[int, ...] = (256, 256)  # F3 ensemble, F4c sweep
-    long_widths: tuple[int, ...] = (512, 512)  # F4a/b over training, F5a dropout (paper: 2048)
+    long_widths: tuple[int, ...] = (256, 256)  # F4a/b over training, F5a dropout (paper: 2048)
     corruptions: tuple[float, ...] = CORRUPTIONS
     seeds: tuple[int, ...] = (0, 1)
     lr: float = 1e-3
@@ -52,7 +52,7 @@ class Profile:
     conv: dict[str, Any] = field(default_factory=lambda: {"channels": [16, 16, 32, 32, 32, 64],
                                                          "strides": [1, 2, 1, 2, 1, 1]})  # fmt: skip
     conv_seeds: tuple[int, ...] = (0,)
-    conv_epochs: int = 10
+    conv_epochs: int = 6
     conv_fractions: int = 11
     conv_repeats: int = 3
     alphas: tuple[float, ...] = (-10.0, -1.0, 0.0, 1.0, 10.0)  # Leavitt & Morcos regulariser strengths

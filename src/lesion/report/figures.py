@@ -75,9 +75,9 @@ def draw_f1(t: Tables, stem: Path) -> list[Path]:
     _curve_axes(ax, "Cumulative ablation, random order (train accuracy on the trained labels)")
     ax.legend(fontsize=8, frameon=False)
     per_net = t["auc"].groupby(["corrupt", "seed"], as_index=False)["auc"].mean()
-    ax2.scatter(per_net.corrupt, per_net.auc, color="0.3", s=18, label="one network (mean over orders)")
     m = per_net.groupby("corrupt")["auc"].mean()
-    ax2.plot(m.index, m.to_numpy(), "o-", color="C3", label="mean")
+    ax2.plot(m.index, m.to_numpy(), "-", color="C3", lw=1.5, label="mean over networks")
+    ax2.scatter(per_net.corrupt, per_net.auc, color="0.15", s=16, zorder=3, label="one network (mean over orders)")
     ax2.set(
         xlabel="Fraction of training labels shuffled",
         ylabel="Area under the ablation curve",
@@ -286,21 +286,29 @@ def draw_zhou(t: Tables, stem: Path) -> list[Path]:
 
 
 def draw_amjad(t: Tables, stem: Path) -> list[Path]:
-    fig, (ax,) = _fig(1, 7.5)
     cur = t["curves"]
-    band(ax, cur[cur.order == "random"], "fraction", "accuracy", color="black", label="random (mean ± SD)")
+    layers = list(dict.fromkeys(cur.layer))
+    fig, axes = _fig(len(layers), 5.5)
     styles = {
         "mutual_info_high": ("C3", "-"),
         "mutual_info_low": ("C3", "--"),
         "selectivity_high": ("C0", "-"),
         "selectivity_low": ("C0", "--"),
     }
-    for order, (col, ls) in styles.items():
-        c = cur[cur.order == order].sort_values("fraction")
-        ax.plot(c.fraction, c.accuracy, color=col, ls=ls, lw=1.6, label=order.replace("_", " ") + " first")
-    _chance(ax)
-    _curve_axes(ax, "Information-ordered cumulative ablation")
-    ax.legend(fontsize=8, frameon=False)
+    for ax, layer in zip(axes, layers, strict=True):
+        sub = cur[cur.layer == layer]
+        band(
+            ax, sub[sub.order == "random"], "fraction", "accuracy", color="black", label="random (mean ± SD)"
+        )
+        for order, (col, ls) in styles.items():
+            c = sub[sub.order == order].sort_values("fraction")
+            ax.plot(
+                c.fraction, c.accuracy, color=col, ls=ls, lw=1.6, label=order.replace("_", " ") + " first"
+            )
+        _chance(ax)
+        _curve_axes(ax, f"Ordered ablation within {layer}")
+        ax.set_xlabel(f"Fraction of {layer}'s units ablated")
+    axes[0].legend(fontsize=8, frameon=False)
     return _save(fig, stem)
 
 

@@ -17,6 +17,7 @@ from lesion.experiments.figures.common import (
     curves,
     final_metrics,
     fmt,
+    gather,
     read,
     train,
     units,
@@ -44,10 +45,11 @@ def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
     per_class = float(np.median(t.max_class_drop))
     stat = corr(t.selectivity, t.preferred_class_drop)
     ratio = per_class / overall if overall > 0 else float("inf")
+    times = f"{ratio:.1f}x" if np.isfinite(ratio) else "overall drop 0"
     holds = ratio >= 3 and stat["spearman_rho"] > 0 and stat["spearman_p"] < 0.05
     measured = (
         f"median over {len(t)} units: overall accuracy drop {fmt(overall, 4)}, largest single-class drop "
-        f"{fmt(per_class, 4)} ({ratio:.1f}x); Spearman rho (selectivity, drop on the preferred class) = "
+        f"{fmt(per_class, 4)} ({times}); Spearman rho (selectivity, drop on the preferred class) = "
         f"{fmt(stat['spearman_rho'], 2)} (p = {stat['spearman_p']:.2g})"
     )
     c = claim(
@@ -81,37 +83,44 @@ ZHOU = Figure(
 ORDERS = ("random", "mutual_info_high", "mutual_info_low", "selectivity_high", "selectivity_low")
 
 
+def _mlp_layers(widths) -> list[str]:
+    return [f"relu{i}" for i in range(1, len(widths) + 1)]
+
+
 def amjad_jobs(p: Profile) -> dict[str, Job]:
+    """Per layer, as Amjad et al. analyse it: orders within one layer are not confounded by which layer
+    a ranking happens to empty first."""
     net = train(p, corrupt=0.0, seed=p.seeds[0])
-    return {"curves": curves(p, net, orders=ORDERS, units=units(net, importance=False))}
+    ranks = units(net, importance=False)
+    return {
+        layer: curves(p, net, orders=ORDERS, units=ranks, candidates=[layer])
+        for layer in _mlp_layers(p.widths)
+    }
 
 
 def amjad_analyse(p: Profile, out: Outputs) -> Outcome:
-    table = read(out, "curves", "curves.parquet")
-    a = aucs(table, ["order", "repeat"]).groupby("order")["auc"].agg(["mean", "std"])
-    rand, hi, lo = (
-        a.loc["random", "mean"],
-        a.loc["mutual_info_high", "mean"],
-        a.loc["mutual_info_low", "mean"],
-    )
-    holds = hi < rand < lo
-    measured = "AUC " + ", ".join(
-        f"{o.replace('_', ' ')} first {fmt(a.loc[o, 'mean'])}"
-        if o != "random"
-        else f"random {fmt(rand)} ± {fmt(a.loc[o, 'std'])}"
-        for o in ORDERS
-    )
+    layers = _mlp_layers(p.widths)
+    table = gather(out, {layer: {"layer": layer} for layer in layers}, "curves.parquet")
+    a = aucs(table, ["layer", "order", "repeat"]).groupby(["layer", "order"])["auc"].agg(["mean", "std"])
+    ok, parts = True, []
+    for layer in layers:
+        m = a.loc[layer, "mean"]
+        ok = ok and m["mutual_info_high"] < m["random"] < m["mutual_info_low"]
+        parts.append(
+            f"{layer}: random {fmt(m['random'])} ± {fmt(a.loc[(layer, 'random'), 'std'])}, "
+            + ", ".join(f"{o.replace('_', ' ')} first {fmt(m[o])}" for o in ORDERS[1:])
+        )
     c = claim(
         "amjad-info-order",
-        "Deleting the units with the most mutual information with the label first hurts "
-        "more than a random order, the least informative first hurts less (criterion: AUC(MI high first) < "
-        "AUC(random) < AUC(MI low first))",
+        "Within a layer, deleting the units with the most mutual information with the label first hurts more "
+        "than a random order, the least informative first hurts less (criterion, in every layer: AUC(MI high "
+        "first) < AUC(random) < AUC(MI low first))",
         "Amjad et al. 2018: cumulative ablation ordered by entropy, mutual information or "
         "selectivity departs "
         "from random ablation; information measures identify important units only in part",
-        measured,
-        {o: a.loc[o, "mean"] for o in ORDERS} | {"random_sd": a.loc["random", "std"]},
-        holds,
+        "AUC per layer: " + "; ".join(parts),
+        {f"{layer}/{o}": a.loc[(layer, o), "mean"] for layer in layers for o in ORDERS},
+        ok,
     )
     return Outcome({"curves": table}, [c])
 
