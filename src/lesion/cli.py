@@ -193,6 +193,46 @@ def demo(
 
 
 @_command
+def reproduce(
+    profile: Annotated[
+        str, typer.Option(help="quick (mnist5k, ~10 min on 2 cores), paper (the paper's sizes), or tiny.")
+    ] = "quick",
+    only: Annotated[
+        str | None, typer.Option(help="Comma separated figures, e.g. F1,F7 (default: all, follow-ups too).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<profile>).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Jobs run at once, in worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads per job.")] = 1,
+) -> None:
+    """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
+
+    Re-running with the same --out resumes: finished work is read back, never redone.
+    """
+    from lesion.reproduce import reproduce as run_reproduce
+
+    start = time.perf_counter()
+    manifest = run_reproduce(profile, only=only, out=out, workers=workers, threads=threads, progress=True)
+    folder = out if out is not None else Path("runs") / manifest["profile"]["name"]
+    claims = json.loads((folder / "claims.json").read_text())
+    _out().print(_claims_table(claims))
+    jobs = manifest["jobs"]
+    _out().print(
+        f"{sum(c['holds'] for c in claims)} of {len(claims)} claims hold; {jobs['computed']} jobs computed, "
+        f"{jobs['reused']} reused; {time.perf_counter() - start:.0f} s. Report: {folder / 'report.html'}",
+        soft_wrap=True,
+    )
+
+
+def _claims_table(claims: list[dict]):
+    from rich.table import Table
+
+    table = Table("id", "holds", "measured", show_lines=False)
+    for c in claims:
+        table.add_row(c["id"], "[green]yes[/]" if c["holds"] else "[red]no[/]", c["measured"])
+    return table
+
+
+@_command
 def bench(
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
     quick: Annotated[bool, typer.Option(help="Shrink every workload (well under a minute).")] = False,
