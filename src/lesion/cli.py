@@ -203,15 +203,26 @@ def reproduce(
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<profile>).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Jobs run at once, in worker processes.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="torch threads per job.")] = 1,
+    dataset: Annotated[str | None, typer.Option(help="Dataset of the MLP studies (e.g. mnist).")] = None,
+    conv_dataset: Annotated[
+        str | None, typer.Option(help="Dataset of the convnet studies (e.g. cifar10).")
+    ] = None,
+    root: Annotated[Path | None, typer.Option(help="Folder holding the dataset files.")] = None,
 ) -> None:
     """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
 
     Re-running with the same --out resumes: finished work is read back, never redone.
     """
+    from dataclasses import replace
+
+    from lesion.experiments.profiles import get_profile
     from lesion.reproduce import reproduce as run_reproduce
 
     start = time.perf_counter()
-    manifest = run_reproduce(profile, only=only, out=out, workers=workers, threads=threads, progress=True)
+    chosen = get_profile(profile)
+    given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
+    chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
+    manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True)
     folder = out if out is not None else Path("runs") / manifest["profile"]["name"]
     claims = json.loads((folder / "claims.json").read_text())
     _out().print(_claims_table(claims))

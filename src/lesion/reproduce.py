@@ -56,6 +56,7 @@ def reproduce(
     start = time.perf_counter()
     p = get_profile(profile) if isinstance(profile, str) else profile
     figures = select(only)
+    _check_data(p)
     out = Path(out) if out is not None else Path("runs") / p.name
     store = Store(out)
     named = {f.id: f.jobs(p) for f in figures}
@@ -80,6 +81,14 @@ def reproduce(
     manifest["timing"]["wall_seconds"] = round(time.perf_counter() - start, 2)
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+def _check_data(p: Profile) -> None:
+    """Load the profile's datasets once up front: a missing file fails now, not in a worker later."""
+    from lesion.data import load_dataset
+
+    for name in dict.fromkeys((p.dataset, p.conv_dataset)):
+        load_dataset(name, root=p.root)
 
 
 def _parquet(df: pd.DataFrame, path: Path) -> None:

@@ -77,7 +77,9 @@ def draw_f1(t: Tables, stem: Path) -> list[Path]:
     per_net = t["auc"].groupby(["corrupt", "seed"], as_index=False)["auc"].mean()
     m = per_net.groupby("corrupt")["auc"].mean()
     ax2.plot(m.index, m.to_numpy(), "-", color="C3", lw=1.5, label="mean over networks")
-    ax2.scatter(per_net.corrupt, per_net.auc, color="0.15", s=16, zorder=3, label="one network (mean over orders)")
+    ax2.scatter(
+        per_net.corrupt, per_net.auc, color="0.15", s=16, zorder=3, label="one network (mean over orders)"
+    )
     ax2.set(
         xlabel="Fraction of training labels shuffled",
         ylabel="Area under the ablation curve",
@@ -129,8 +131,10 @@ def draw_f3(t: Tables, stem: Path) -> list[Path]:
     _chance(ax)
     _curve_axes(ax, "Best vs worst generalisers (mean ± SD over nets and orders)")
     ax.legend(fontsize=8, frameon=False)
-    colors = nets.group.map({"best": "C0", "worst": "C3"}).fillna("0.6")
-    ax2.scatter(nets.test_accuracy, nets.auc, c=colors, s=22)
+    for group, col in (("best", "C0"), ("middle", "0.6"), ("worst", "C3")):
+        sub = nets[nets.group == group]
+        ax2.scatter(sub.test_accuracy, sub.auc, color=col, s=24, label=f"{group} ({len(sub)})")
+    ax2.legend(fontsize=8, frameon=False)
     ax2.set(xlabel="Test accuracy", ylabel="Area under the ablation curve", title="Each network")
     return _save(fig, stem)
 
@@ -272,14 +276,16 @@ def draw_zhou(t: Tables, stem: Path) -> list[Path]:
     ax.grid(False)
     fig.colorbar(im, ax=ax, label="Drop in class accuracy")
     a = t["units"]
+    last = [layer for layer in dict.fromkeys(a.layer) if layer != "relu_fc"][-1]
+    rest, top = a[a.layer != last], a[a.layer == last]
     ax2.scatter(
-        a.selectivity, a.preferred_class_drop, s=9, alpha=0.6, lw=0, color="C0", label="preferred class"
+        rest.selectivity, rest.preferred_class_drop, s=8, alpha=0.5, lw=0, color="0.65", label="other layers"
     )
-    ax2.scatter(a.selectivity, -a.delta_accuracy, s=9, alpha=0.6, lw=0, color="C3", label="all classes")
+    ax2.scatter(top.selectivity, top.preferred_class_drop, s=14, alpha=0.8, lw=0, color="C3", label=last)
     ax2.set(
         xlabel="Class selectivity index",
-        ylabel="Accuracy drop when deleted alone",
-        title="Selectivity vs drop",
+        ylabel="Accuracy drop on the unit's preferred class",
+        title="Selectivity vs drop on the preferred class",
     )
     ax2.legend(fontsize=8, frameon=False, markerscale=2)
     return _save(fig, stem)

@@ -43,20 +43,29 @@ def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
     ]
     overall = float(np.median(-t.delta_accuracy))
     per_class = float(np.median(t.max_class_drop))
-    stat = corr(t.selectivity, t.preferred_class_drop)
+    # Zhou et al. correlate within one layer, the last conv layer; other layers are listed for context
+    layers = {
+        layer: corr(g.selectivity, g.preferred_class_drop) for layer, g in t.groupby("layer", sort=False)
+    }
+    last = [layer for layer in layers if layer != "relu_fc"][-1]
+    stat = layers[last]
     ratio = per_class / overall if overall > 0 else float("inf")
     times = f"{ratio:.1f}x" if np.isfinite(ratio) else "overall drop 0"
     holds = ratio >= 3 and stat["spearman_rho"] > 0 and stat["spearman_p"] < 0.05
     measured = (
-        f"median over {len(t)} units: overall accuracy drop {fmt(overall, 4)}, largest single-class drop "
-        f"{fmt(per_class, 4)} ({times}); Spearman rho (selectivity, drop on the preferred class) = "
-        f"{fmt(stat['spearman_rho'], 2)} (p = {stat['spearman_p']:.2g})"
+        f"median over {len(t)} live units: overall accuracy drop {fmt(overall, 4)}, largest "
+        "single-class drop "
+        f"{fmt(per_class, 4)} ({times}); Spearman rho (selectivity, drop on the preferred class) in the last "
+        f"conv layer {last} = {fmt(stat['spearman_rho'], 2)} (p = {stat['spearman_p']:.2g}, n = "
+        f"{stat['n']}); "
+        "other layers: "
+        + ", ".join(f"{k} {fmt(v['spearman_rho'], 2)}" for k, v in layers.items() if k != last)
     )
     c = claim(
         "zhou-class-drops",
         "Deleting one unit barely changes overall accuracy but can hurt one class much "
         "more, and selectivity predicts the drop on the unit's preferred class (criterion: median largest "
-        "class drop >= 3x median overall drop; Spearman rho > 0, p < 0.05)",
+        "class drop >= 3x median overall drop; in the last conv layer Spearman rho > 0, p < 0.05)",
         "Zhou et al. 2018 (Places/ImageNet CNNs): single-unit ablation changes overall accuracy little but "
         "some classes a lot; class selectivity correlates with the per-class drop",
         measured,
@@ -67,6 +76,8 @@ def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
             "spearman_rho": stat["spearman_rho"],
             "spearman_p": stat["spearman_p"],
             "n": stat["n"],
+            "layer": last,
+            "spearman_rho_by_layer": {k: v["spearman_rho"] for k, v in layers.items()},
         },
         holds,
     )
