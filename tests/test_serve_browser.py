@@ -109,6 +109,15 @@ def test_click_a_unit_then_reset(setup, page):
     assert page.inner_text("#lesion-count").startswith("1 unit deleted")
     assert f"u={unit}" in page.url
 
+    page.click(f"[data-id='{unit}']")  # a second click restores it
+    assert shown(page, "")[1] == intact.accuracy
+    assert "deleted" not in page.get_attribute(f"[data-id='{unit}']", "class")
+    other = "relu2:1" if unit == "relu2:0" else "relu2:0"
+    page.click(f"[data-id='{unit}']")
+    page.click(f"[data-id='{other}']")
+    both = python_accuracy(model, data, [unit, other])
+    assert shown(page, " ".join(compact(explorer.selection([unit, other]))))[1] == both.accuracy
+
     page.click("#reset")
     text, value, _ = shown(page, "")
     assert text == f"{intact.accuracy:.4f}" and value == intact.accuracy
