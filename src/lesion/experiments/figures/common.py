@@ -174,3 +174,8 @@ def corr(x, y) -> dict[str, float]:
 
 def fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def pval(p: float) -> str:
+    """A p-value in two significant digits (``3.4e-06``), never rounded to a bare 0."""
+    return "n/a" if p is None or not np.isfinite(p) else f"{p:.2g}"

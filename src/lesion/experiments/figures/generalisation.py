@@ -19,6 +19,7 @@ from lesion.experiments.figures.common import (
     final_metrics,
     fmt,
     gather,
+    pval,
     read,
     train,
 )
@@ -168,7 +169,7 @@ def f3_analyse(p: Profile, out: Outputs) -> Outcome:
         f"best {k} (test error {fmt(1 - best.test_accuracy.mean())}): AUC {fmt(best.auc.mean())}; worst "
         f"{k} (test error {fmt(1 - worst.test_accuracy.mean())}): AUC {fmt(worst.auc.mean())}; Pearson r "
         f"(test accuracy, AUC) over {len(nets)} nets = {fmt(stat['pearson_r'], 2)} "
-        f"(p = {fmt(stat['pearson_p'], 3)})"
+        f"(p = {pval(stat['pearson_p'])})"
     )
     c = claim(
         "F3",
@@ -270,7 +271,7 @@ def f4_analyse(p: Profile, out: Outputs) -> Outcome:
         "Pearson r < 0, p < 0.05)",
         "CIFAR-10: r = -0.728",
         f"Pearson r (AUC, test loss) over {stat['n']} checkpoints = {fmt(stat['pearson_r'], 3)} "
-        f"(p = {fmt(stat['pearson_p'], 3)})",
+        f"(p = {pval(stat['pearson_p'])})",
         {k: stat[k] for k in ("pearson_r", "pearson_p", "spearman_rho", "n")},
         stat["pearson_r"] < 0 and stat["pearson_p"] < 0.05,
     )
@@ -324,7 +325,7 @@ def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
         "96 CIFAR-10 settings x 2 seeds: r = 0.914",
         f"Pearson r (AUC, test accuracy) over {stat['n']} nets ({len(p.sweep_lrs)} learning rates x "
         f"{len(p.sweep_batch_sizes)} batch sizes x {len(p.sweep_seeds)} seeds) = {fmt(stat['pearson_r'], 3)} "
-        f"(p = {fmt(stat['pearson_p'], 3)}); Spearman rho = {fmt(stat['spearman_rho'], 2)}",
+        f"(p = {pval(stat['pearson_p'])}); Spearman rho = {fmt(stat['spearman_rho'], 2)}",
         {k: stat[k] for k in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "n")},
         stat["pearson_r"] > 0 and stat["pearson_p"] < 0.05,
     )

@@ -20,6 +20,7 @@ from lesion.experiments.figures.common import (
     fmt,
     gather,
     hold_fraction,
+    pval,
     read,
     train,
     units,
@@ -232,7 +233,7 @@ def f7_analyse(p: Profile, out: Outputs) -> Outcome:
                 "pooled r: MNIST 0.095, CIFAR-10 -0.428, ImageNet -0.012; first layer about -0.7, "
                 "deeper layers ~0",
                 f"pooled Pearson r (selectivity, loss change when deleted) = {fmt(r, 3)} (p = "
-                f"{fmt(pooled['pearson_p'], 3)},"
+                f"{pval(pooled['pearson_p'])},"
                 f" n = {pooled['n']}); per layer: {per_layer}",
                 {
                     "pearson_r": r,
