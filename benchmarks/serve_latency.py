@@ -42,6 +42,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="dataset (default: the model's)")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--max-units", type=int, default=50, help="largest lesion drawn")
+    p.add_argument("--threads", type=int, default=None, help="passed to lesion serve --threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the result as JSON here")
     return p.parse_args()
@@ -57,6 +58,7 @@ def train(path: Path) -> Path:
 def measure(model: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "lesion.cli", "serve", str(model), "--port", "0"]
     cmd += ["--dataset", args.dataset] if args.dataset else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as server:
         try:
             url = server.stdout.readline().split()[2]
@@ -89,6 +91,7 @@ def loop(url: str, args: argparse.Namespace) -> dict:
         "median_ms": round(statistics.median(ms), 2), "p10_ms": round(ms[len(ms) // 10], 2),
         "p90_ms": round(ms[len(ms) * 9 // 10], 2), "mean_ms": round(statistics.fmean(ms), 2),
         "load_average_1min": {"before": load_before, "after": load_after}, "cpus": os.cpu_count(),
+        "threads": args.threads or "torch default",
     }  # fmt: skip
 
 

@@ -279,6 +279,9 @@ def serve(
     layers: Annotated[
         str | None, typer.Option(help="Comma separated layers to show (default: every activation).")
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default torch's; 1 is steadier on a busy CPU).")
+    ] = None,
 ) -> None:
     """Explore a model in the browser: delete units with a click, watch accuracy and confusion change."""
     try:
@@ -289,6 +292,10 @@ def serve(
     from lesion.serve import LOCAL_HOSTS, bind, create_app, is_loopback, server, url_of
 
     sock = bind(host, port)  # before the measurements: a taken port fails at once
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if not is_loopback(host):
         _err().print(
             f"warning: listening on {host}: anyone who can reach this machine can use the explorer and see "
