@@ -118,3 +118,31 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
     for name, df in expected.items():
         pd.testing.assert_frame_equal(got[name].drop(columns="seconds", errors="ignore"),
                                       df.drop(columns="seconds", errors="ignore"))  # fmt: skip
+
+
+def _fails_in_worker(params, inputs, out):
+    (out / "half.txt").write_text("partial")
+    if params["fail"]:
+        raise ValueError("bad params in a worker")
+    (out / "ok.txt").write_text("done")
+
+
+def test_worker_failure_is_raised_and_leaves_nothing_half_written(tmp_path):
+    KINDS["fails_in_worker"] = _fails_in_worker
+    try:
+        store = Store(tmp_path)
+        good, bad = Job("fails_in_worker", {"fail": False}), Job("fails_in_worker", {"fail": True})
+        with pytest.raises(ValueError, match="bad params in a worker"):
+            run([good, bad], store, workers=2)
+        assert not store.done(bad.key)
+        assert not list((tmp_path / "jobs").glob(".tmp-*"))
+        assert [p.name for p in (tmp_path / "jobs").iterdir()] in ([], [good.key])
+    finally:
+        KINDS.pop("fails_in_worker")
+
+
+def test_workers_and_threads_are_checked(tmp_path):
+    with pytest.raises(LesionError, match="workers=0; expected a positive int"):
+        run([], Store(tmp_path), workers=0)
+    with pytest.raises(LesionError, match=r"threads=1\.5; expected a positive int"):
+        run([], Store(tmp_path), threads=1.5)

@@ -145,12 +145,14 @@ def _in_pool(store: Store, todo: list[Job], workers: int, threads: int, bar) -> 
                     raise LesionError("jobs wait on inputs that no job produces")  # unreachable after plan
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    job, tmp = running.pop(fut)
-                    _publish(store, job, tmp, fut.result())
+                    job, tmp = running[fut]
+                    seconds = fut.result()  # a job's exception is raised here, its tmp still in `running`
+                    del running[fut]
+                    _publish(store, job, tmp, seconds)
                     bar.update()
         except BaseException:
-            for fut, (_, tmp) in running.items():
-                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)  # let running jobs stop writing first
+            for _, tmp in running.values():
                 store.abort(tmp)
             raise
 
