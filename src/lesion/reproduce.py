@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from lesion._progress import progress_bar
 from lesion.errors import LesionError
 from lesion.experiments import Job, Store, run, write_json_atomic
 from lesion.experiments.figures import FIGURES, Figure
@@ -63,7 +64,7 @@ def reproduce(
     jobs = [j for js in named.values() for j in js.values()]
     done = run(jobs, store, progress=progress, workers=workers, threads=threads)
     sections, claims, tables = [], [], {}
-    for f in figures:
+    for f in progress_bar(figures, "figures", progress):
         outcome = f.analyse(p, {name: store.path(j.key) for name, j in named[f.id].items()})
         for name, df in outcome.tables.items():
             tables[f"{f.id}_{name}"] = df
