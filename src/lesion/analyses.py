@@ -201,7 +201,7 @@ def ablation_curves(
     sites: Sequence[Site] | None = None,
     candidates: Sequence[str] | None = None,
     orders: Sequence[str | Sequence] = ("random",),
-    repeats: int = 10,
+    repeats: int | Sequence[int] = 10,
     seed: int = 0,
     fractions: Sequence[float] | None = None,
     units: pd.DataFrame | None = None,
@@ -216,8 +216,11 @@ def ablation_curves(
     Candidates: every unit of the ``candidates`` layers (default: all sites of an MLP, the last three conv
     sites of a convnet). ``fractions`` picks where to measure (default: at every unit count). Accuracy
     and loss are measured against the labels ``data`` yields. Columns: ``order, repeat, n_ablated,
-    fraction, accuracy, loss``. Random orders get ``repeats`` seeded repeats; ranked orders one.
+    fraction, accuracy, loss``. Random orders get ``repeats`` seeded repeats (an int n: repeats 0..n-1;
+    a list: exactly those repeats, so a large set can be split across workers: repeat r's order is drawn
+    from (seed, r) alone); ranked orders one, numbered 0.
     """
+    ids = _repeat_ids(repeats)
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     cand_sites = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
@@ -230,7 +233,7 @@ def ablation_curves(
     if value == "mean":
         ref = collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
         means = {s.name: ref[s.name].mean for s in cand_sites}
-    jobs = [(o, r) for o in orders for r in range(repeats if isinstance(o, str) and o == "random" else 1)]
+    jobs = [(o, r) for o in orders for r in (ids if isinstance(o, str) and o == "random" else [0])]
     rows = []
     bar = progress_bar(None, "ablation curves", progress, total=len(jobs) * len(counts))
     for o, r in jobs:
@@ -244,6 +247,18 @@ def ablation_curves(
     curves.attrs["engine_fallbacks"] = dict(ev.fallbacks)
     curves.attrs["engine_deviation"] = dict(ev.deviation)
     return curves
+
+
+def _repeat_ids(repeats: int | Sequence[int]) -> list[int]:
+    if isinstance(repeats, int | np.integer) and not isinstance(repeats, bool):
+        if repeats < 0:
+            raise LesionError(f"repeats={repeats}; expected a count >= 0 or a list of repeat numbers")
+        return list(range(int(repeats)))
+    listed = isinstance(repeats, Sequence | np.ndarray) and not isinstance(repeats, str)
+    ids = [int(r) for r in repeats if float(r).is_integer()] if listed else None
+    if ids is None or len(ids) != len(repeats) or min(ids, default=0) < 0 or len(set(ids)) != len(ids):
+        raise LesionError(f"repeats={repeats!r}; expected a count or a list of distinct repeat numbers >= 0")
+    return ids
 
 
 def _counts(n: int, fractions: Sequence[float] | None) -> list[int]:

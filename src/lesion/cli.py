@@ -208,10 +208,17 @@ def reproduce(
         str | None, typer.Option(help="Dataset of the convnet studies (e.g. cifar10).")
     ] = None,
     root: Annotated[Path | None, typer.Option(help="Folder holding the dataset files.")] = None,
+    backend: Annotated[
+        str, typer.Option(help="local (worker processes on this machine) or ray (tasks on a Ray cluster).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local Ray instance)."),
+    ] = None,
 ) -> None:
     """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
 
-    Re-running with the same --out resumes: finished work is read back, never redone.
+    Re-running with the same --out resumes: finished work is read back, never redone, on any backend.
     """
     from dataclasses import replace
 
@@ -222,7 +229,8 @@ def reproduce(
     chosen = get_profile(profile)
     given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
     chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
-    manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True)
+    manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True,
+                             backend=backend, address=address)  # fmt: skip
     folder = out if out is not None else Path("runs") / manifest["profile"]["name"]
     claims = json.loads((folder / "claims.json").read_text())
     _out().print(_claims_table(claims))

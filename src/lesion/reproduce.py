@@ -24,6 +24,7 @@ import pandas as pd
 from lesion._progress import progress_bar
 from lesion.errors import LesionError
 from lesion.experiments import Job, Store, run, write_json_atomic
+from lesion.experiments.backends import get_backend
 from lesion.experiments.figures import FIGURES, Figure
 from lesion.experiments.profiles import Profile, get_profile
 from lesion.report import DRAW, Section, write_html, write_markdown
@@ -52,17 +53,24 @@ def reproduce(
     workers: int = 1,
     threads: int = 1,
     progress: bool = False,
+    backend: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a reproduction into ``out`` (default ``runs/<profile>``); returns the manifest."""
+    """Run (or resume) a reproduction into ``out`` (default ``runs/<profile>``); returns the manifest.
+
+    ``backend="ray"`` runs the jobs as tasks on the Ray cluster at ``address`` (default: a local Ray
+    instance with ``workers * threads`` CPUs); the tables are the same on every backend.
+    """
     start = time.perf_counter()
     p = get_profile(profile) if isinstance(profile, str) else profile
     figures = select(only)
+    chosen = get_backend(backend, workers=workers, address=address)  # a bad name fails before any work
     _check_data(p)
     out = Path(out) if out is not None else Path("runs") / p.name
     store = Store(out)
     named = {f.id: f.jobs(p) for f in figures}
     jobs = [j for js in named.values() for j in js.values()]
-    done = run(jobs, store, progress=progress, workers=workers, threads=threads)
+    done = run(jobs, store, progress=progress, workers=workers, threads=threads, backend=chosen)
     sections, claims, tables = [], [], {}
     for f in progress_bar(figures, "figures", progress):
         outcome = f.analyse(p, {name: store.path(j.key) for name, j in named[f.id].items()})
@@ -188,6 +196,7 @@ def _manifest(p, figures, named, store, done, start, workers, threads, models) -
         },
         "workers": workers,
         "threads": threads,
+        "backend": done.backend,
         "seeds": {
             "networks": list(p.seeds),
             "ensemble": [100 + i for i in range(p.ensemble)],

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lesion.experiments.runner import kind
+from lesion.units import parse_units
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
@@ -86,8 +87,10 @@ def curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path)
     n = params.get("fractions")
     fractions = None if n is None else np.linspace(0, 1, int(n))
     units = pd.read_parquet(inputs["units"] / "units.parquet") if "units" in inputs else None
+    repeats = params.get("repeats", 10)  # a count, or the repeat numbers of one shard
     curves = lesion.ablation_curves(
-        model, xy, orders=params.get("orders", ["random"]), repeats=int(params.get("repeats", 10)),
+        model, xy, orders=params.get("orders", ["random"]),
+        repeats=[int(r) for r in repeats] if isinstance(repeats, list) else int(repeats),
         seed=int(params.get("seed", 0)), fractions=fractions, units=units,
         candidates=params.get("candidates"),
     )  # fmt: skip
@@ -96,12 +99,34 @@ def curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path)
 
 @kind("units")
 def units_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
-    """The unit table on held-out data (``importance=False``: selectivity and information only)."""
+    """The unit table on held-out data (``importance=False``: selectivity and information only).
+
+    ``params["shard"] = [i, n]`` measures only the i-th of n contiguous ranges of the model's units
+    (``lesion.experiments.shards``); every row is the same as in the whole table.
+    """
     import lesion
+    from lesion.experiments.shards import shard_slice
 
     model, xy = model_and_data({"split": "test", **params}, inputs)
-    table = lesion.unit_table(model, xy, importance=bool(params.get("importance", True)))
-    write_table(table, out / "units.parquet")
+    importance = bool(params.get("importance", True))
+    if "shard" not in params:
+        write_table(lesion.unit_table(model, xy, importance=importance), out / "units.parquet")
+        return
+    sites = lesion.analyses.sites_for(model, xy)
+    every = parse_units([f"{s.name}:*" for s in sites], sites).units()
+    mine = every[shard_slice(len(every), *map(int, params["shard"]))]
+    # an empty shard (more shards than units) still writes the table's columns
+    table = lesion.unit_table(model, xy, sites=sites, units=mine or every[:1], importance=importance)
+    write_table(table if mine else table.iloc[:0], out / "units.parquet")
+
+
+@kind("merge")
+def merge_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
+    """Concatenate each of ``params["files"]`` over the inputs in name order (the shards of a sweep)."""
+    for file in params["files"]:
+        frames = [pd.read_parquet(inputs[name] / file) for name in sorted(inputs)]
+        rows = [f for f in frames if len(f)] or frames[:1]  # empty shards add nothing (nor dtype changes)
+        write_table(pd.concat(rows, ignore_index=True), out / file)
 
 
 @kind("noise")

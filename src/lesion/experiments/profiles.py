@@ -58,6 +58,10 @@ class Profile:
     alphas: tuple[float, ...] = (-10.0, -1.0, 0.0, 1.0, 10.0)  # Leavitt & Morcos regulariser strengths
     alpha_epochs: int = 10
     rotation_repeats: int = 3
+    # parallel work (lesion.experiments.shards): a single-unit sweep is split into unit_shards jobs, a
+    # set of ablation curves into jobs of at most curves_per_shard curves; results do not depend on these
+    unit_shards: int = 2
+    curves_per_shard: int = 3
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +97,8 @@ PAPER = Profile(
     conv_repeats=10,
     alpha_epochs=30,
     rotation_repeats=10,
+    unit_shards=8,
+    curves_per_shard=2,
 )
 
 TINY = replace(
@@ -131,6 +137,7 @@ TINY = replace(
     alphas=(-1.0, 0.0, 1.0),
     alpha_epochs=1,
     rotation_repeats=1,
+    curves_per_shard=1,
 )
 
 PROFILES = {p.name: p for p in (QUICK, PAPER, TINY)}

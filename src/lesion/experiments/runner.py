@@ -1,28 +1,32 @@
-"""Jobs and the local runner: train models and measure them, each job once, resumable.
+"""Jobs and the runner: train models and measure them, each job once, resumable, on any backend.
 
 A ``Job`` is a kind (a registered function), JSON-able parameters and the jobs it reads. ``run`` executes
 jobs in dependency order and skips every job whose content address is already finished in the store, so
-re-running an interrupted run finishes it without redoing work. With ``workers > 1`` independent jobs
-run at once in worker processes; the driver alone publishes their outputs into the store.
+re-running an interrupted run finishes it without redoing work. Independent jobs run at once on a
+backend (``lesion.experiments.backends``: local worker processes, or a Ray cluster); the driver alone
+publishes their outputs into the store.
 
-Every job runs with a fixed number of torch threads (``threads``, default 1), in the driver or in a
-worker alike, so a table does not depend on how many workers computed it.
+Every job runs with a fixed number of torch threads (``threads``, default 1), in the driver, a worker
+process or a Ray task alike, so a table does not depend on how many workers, or which machines,
+computed it.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lesion._progress import progress_bar
 from lesion.errors import LesionError
 from lesion.experiments.store import Store, job_key
+
+if TYPE_CHECKING:
+    from lesion.experiments.backends import Backend, Session
 
 JobFn = Callable[[Mapping[str, Any], Mapping[str, Path], Path], None]
 KINDS: dict[str, JobFn] = {}
@@ -60,11 +64,12 @@ class Job:
 
 @dataclass
 class RunReport:
-    """What ``run`` did: ``{key: finished directory}`` for every job, and which keys it computed now."""
+    """What ``run`` did: ``{key: finished directory}`` for every job, which keys it computed now, where."""
 
     paths: dict[str, Path]
     computed: list[str]
     reused: list[str]
+    backend: dict[str, Any] = field(default_factory=dict)  # where the jobs ran (``Session.describe``)
 
 
 def plan(jobs: Iterable[Job]) -> list[Job]:
@@ -89,82 +94,85 @@ def plan(jobs: Iterable[Job]) -> list[Job]:
 
 
 def run(
-    jobs: Iterable[Job], store: Store, *, progress: bool = False, workers: int = 1, threads: int = 1
+    jobs: Iterable[Job],
+    store: Store,
+    *,
+    progress: bool = False,
+    workers: int = 1,
+    threads: int = 1,
+    backend: str | Backend = "local",
+    address: str | None = None,
 ) -> RunReport:
-    """Run what is not finished yet, ``workers`` jobs at a time, each with ``threads`` torch threads."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise LesionError(f"workers={workers!r}; expected a positive int")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise LesionError(f"threads={threads!r}; expected a positive int")
+    """Run what is not finished yet, each job with ``threads`` torch threads.
+
+    ``backend="local"`` runs ``workers`` jobs at a time in worker processes (in this process when 1);
+    ``backend="ray"`` sends jobs to the Ray cluster at ``address`` (default: a new local Ray instance
+    with ``workers * threads`` CPUs) as tasks that request ``threads`` CPUs each. Either way the driver
+    alone writes the run directory, publishing each job atomically as it returns.
+    """
+    from lesion.experiments.backends import get_backend
+
+    _check_count("workers", workers)
+    _check_count("threads", threads)
     order = plan(jobs)
     for job in order:
         if job.kind not in KINDS:
             raise LesionError(f"unknown job kind {job.kind!r}; known: {', '.join(sorted(KINDS))}")
     todo = [j for j in order if not store.done(j.key)]
-    with progress_bar(None, "jobs", progress, total=len(todo)) as bar:
-        if workers == 1 or len(todo) <= 1:
-            for job in todo:
-                _publish(store, job, *_in_process(store, job, threads))
-                bar.update()
-        else:
-            _in_pool(store, todo, workers, threads, bar)
+    chosen = get_backend(backend, workers=workers, address=address)
+    with progress_bar(None, "jobs", progress, total=len(todo)) as bar, chosen.session(len(todo)) as session:
+        _drive(store, todo, session, threads, bar)
+        described = session.describe()
     done = {j.key for j in todo}
     return RunReport(
         paths={j.key: store.path(j.key) for j in order},
         computed=[j.key for j in todo],
         reused=[j.key for j in order if j.key not in done],
+        backend=described,
     )
 
 
-def _in_process(store: Store, job: Job, threads: int) -> tuple[Path, float]:
-    tmp = store.begin(job.key)
-    try:
-        seconds = execute(KINDS[job.kind], job.params, _inputs(store, job), tmp, threads)
-    except BaseException:
-        store.abort(tmp)
-        raise
-    return tmp, seconds
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LesionError(f"{name}={value!r}; expected a positive int")
 
 
-def _in_pool(store: Store, todo: list[Job], workers: int, threads: int, bar) -> None:
+def _drive(store: Store, todo: list[Job], session: Session, threads: int, bar) -> None:
     """Submit every job whose inputs are finished; publish each as it returns, in the driver."""
     waiting = list(todo)
-    running: dict[Future, tuple[Job, Path]] = {}
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        try:
-            while waiting or running:
-                for job in [j for j in waiting if all(store.done(d.key) for d in j.deps.values())]:
-                    if len(running) >= workers:
-                        break
-                    waiting.remove(job)
-                    tmp = store.begin(job.key)
-                    fut = pool.submit(execute, KINDS[job.kind], job.params, _inputs(store, job), tmp, threads)
-                    running[fut] = (job, tmp)
-                if not running:
-                    raise LesionError("jobs wait on inputs that no job produces")  # unreachable after plan
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    job, tmp = running[fut]
-                    seconds = fut.result()  # a job's exception is raised here, its tmp still in `running`
-                    del running[fut]
-                    _publish(store, job, tmp, seconds)
-                    bar.update()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # let running jobs stop writing first
-            for _, tmp in running.values():
-                store.abort(tmp)
-            raise
-
-
-def _worker_init() -> None:
-    from lesion._alloc import tune_allocator
-
-    tune_allocator()
-
-
-def _publish(store: Store, job: Job, tmp: Path, seconds: float) -> None:
-    store.publish(job.key, job.spec() | {"seconds": round(seconds, 3)}, tmp)
+    readers = Counter(d.key for j in todo for d in j.deps.values())  # pending jobs reading each output
+    running: dict[Any, tuple[Job, Path]] = {}
+    try:
+        while waiting or running:
+            for job in [j for j in waiting if all(store.done(d.key) for d in j.deps.values())]:
+                if len(running) >= session.capacity:
+                    break
+                waiting.remove(job)
+                tmp = store.begin(job.key)
+                try:
+                    running[session.submit(job, _inputs(store, job), tmp, threads)] = (job, tmp)
+                except BaseException:
+                    store.abort(tmp)
+                    raise
+                for dep in job.deps.values():
+                    readers[dep.key] -= 1
+                    if not readers[dep.key]:
+                        session.release(dep.key)
+            if not running:
+                raise LesionError("jobs wait on inputs that no job produces")  # unreachable after plan
+            for handle in session.wait(list(running)):
+                job, tmp = running[handle]
+                seconds = session.result(handle, tmp)  # a job's exception is raised here, tmp in `running`
+                del running[handle]
+                store.publish(job.key, job.spec() | {"seconds": round(seconds, 3)}, tmp)
+                if not readers[job.key]:
+                    session.release(job.key)
+                bar.update()
+    except BaseException:
+        session.stop()  # running jobs stop writing before their temporary directories go
+        for _, tmp in running.values():
+            store.abort(tmp)
+        raise
 
 
 def _inputs(store: Store, job: Job) -> dict[str, Path]:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from lesion.experiments.profiles import Profile
 from lesion.experiments.runner import Job
+from lesion.experiments.shards import sharded_curves, sharded_units
 from lesion.measures import auc, correlate
 
 Outputs = Mapping[str, Path]  # job name -> its finished directory
@@ -109,12 +110,13 @@ def curves(
         "fractions": p.conv_fractions if conv else p.fractions,
         "seed": 0,
     }
-    deps = {"model": model} | ({"units": units} if units is not None else {})
-    return Job("curves", base | params, deps)
+    deps = {"units": units} if units is not None else {}
+    return sharded_curves(model, base | params, deps, per_shard=p.curves_per_shard)
 
 
-def units(model: Job, *, importance: bool = True) -> Job:
-    return Job("units", {"importance": importance}, {"model": model})
+def units(p: Profile, model: Job, *, importance: bool = True) -> Job:
+    """The unit table; with importance (one evaluation per unit), in ``p.unit_shards`` shards."""
+    return sharded_units(model, {"importance": importance}, shards=p.unit_shards if importance else 1)
 
 
 # ---- reading outputs back

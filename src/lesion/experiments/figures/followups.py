@@ -29,7 +29,7 @@ from lesion.experiments.profiles import Profile
 
 
 def zhou_jobs(p: Profile) -> dict[str, Job]:
-    return {"units": units(f7_nets(p)["convnet"])}
+    return {"units": units(p, f7_nets(p)["convnet"])}
 
 
 def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
@@ -102,7 +102,7 @@ def amjad_jobs(p: Profile) -> dict[str, Job]:
     """Per layer, as Amjad et al. analyse it: orders within one layer are not confounded by which layer
     a ranking happens to empty first."""
     net = train(p, corrupt=0.0, seed=p.seeds[0])
-    ranks = units(net, importance=False)
+    ranks = units(p, net, importance=False)
     return {
         layer: curves(p, net, orders=ORDERS, units=ranks, candidates=[layer])
         for layer in _mlp_layers(p.widths)
@@ -158,7 +158,7 @@ def _reg_nets(p: Profile) -> dict[tuple[float, int], Job]:
 
 def leavitt_jobs(p: Profile) -> dict[str, Job]:
     nets = _reg_nets(p)
-    return {f"units/a{a:g}/s{s}": units(n, importance=False) for (a, s), n in nets.items()} | {
+    return {f"units/a{a:g}/s{s}": units(p, n, importance=False) for (a, s), n in nets.items()} | {
         f"train/a{a:g}/s{s}": n for (a, s), n in nets.items()
     }
 

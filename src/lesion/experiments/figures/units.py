@@ -154,7 +154,7 @@ F5B = Figure("F5b", "Batch norm and robustness", "Morcos et al. 2018, Fig. 5b", 
 
 
 def f6_jobs(p: Profile) -> dict[str, Job]:
-    return {f"{_bn(bn)}/seed{s}": units(n, importance=False) for (bn, s), n in _conv_nets(p).items()}
+    return {f"{_bn(bn)}/seed{s}": units(p, n, importance=False) for (bn, s), n in _conv_nets(p).items()}
 
 
 def f6_analyse(p: Profile, out: Outputs) -> Outcome:
@@ -208,7 +208,7 @@ def f7_nets(p: Profile) -> dict[str, Job]:
 
 
 def f7_jobs(p: Profile) -> dict[str, Job]:
-    return {name: units(net) for name, net in f7_nets(p).items()}
+    return {name: units(p, net) for name, net in f7_nets(p).items()}
 
 
 def f7_analyse(p: Profile, out: Outputs) -> Outcome:

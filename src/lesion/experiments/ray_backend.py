@@ -1,0 +1,165 @@
+"""The Ray backend: every job is a Ray task; its output files travel back to the driver as bytes.
+
+Built for a cluster whose machines share no filesystem with the driver: a task receives its inputs (the
+finished directories of the jobs it reads) as file bytes through Ray's object store, materialises them in
+a private temporary directory on its worker, runs the job there with ``runner.execute`` (the same
+function and torch threads as the local backend), and returns the bytes of its outputs. The driver writes
+them into the job's private directory and publishes it atomically, so the run directory lives on the
+driver's machine alone. An output a later job reads stays in the object store (Ray moves it to the node
+that needs it) until no pending job reads it. Datasets are loaded by name on the worker.
+
+Each task requests ``threads`` CPUs (and ``gpus`` GPUs, for job kinds that use one). A task whose worker
+process or node dies is retried up to ``retries`` times (Ray's ``max_retries``); an exception raised by
+the job itself is a result, not a fault, and is raised in the driver without a retry. Ray is imported
+only here, and only when a session opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lesion.errors import LesionError
+from lesion.experiments.runner import KINDS, Job, execute
+
+Bundle = dict[str, bytes]  # a directory: relative POSIX path -> file contents
+
+
+class RayBackend:
+    """Jobs as Ray tasks on the cluster at ``address`` (``"host:port"``, or ``"auto"``).
+
+    Without an address: the Ray instance this process has already started or joined, else a new local
+    instance with ``cpus`` CPUs, shut down when the run ends. Each task asks for ``threads`` CPUs and
+    ``gpus`` GPUs and is retried ``retries`` times if its worker dies.
+    """
+
+    def __init__(self, address: str | None = None, *, cpus: int | None = None, gpus: float = 0.0,
+                 retries: int = 3):  # fmt: skip
+        if retries < 0 or gpus < 0:
+            raise LesionError(f"retries={retries}, gpus={gpus}; expected both >= 0")
+        self.address, self.cpus, self.gpus, self.retries = address, cpus, float(gpus), int(retries)
+
+    @contextmanager
+    def session(self, jobs: int) -> Iterator[_RaySession]:
+        ray = _import_ray()
+        owned = not ray.is_initialized()
+        if owned:
+            options: dict[str, Any] = {"address": self.address, "logging_level": logging.WARNING}
+            if self.address is None:
+                options |= {"num_cpus": self.cpus, "include_dashboard": False}
+            ray.init(**options)
+        try:
+            yield _RaySession(ray, self)
+        finally:
+            if owned:
+                ray.shutdown()
+
+
+class _RaySession:
+    capacity = sys.maxsize  # submit every ready job; the cluster's resources bound what runs at once
+
+    def __init__(self, ray, backend: RayBackend):
+        self.ray, self.backend = ray, backend
+        self.task = ray.remote(_task)
+        self.outputs: dict[str, Any] = {}  # job key -> ref to its files, while a pending job reads them
+        self.seconds: dict[Any, Any] = {}  # files ref -> ref to the job's wall time
+        self.threads = 0
+
+    def submit(self, job: Job, inputs: Mapping[str, Path], out: Path, threads: int):
+        self.threads = threads
+        refs = [self._bundle(dep.key, inputs[name]) for name, dep in job.deps.items()]
+        files, seconds = self.task.options(
+            num_cpus=threads, num_gpus=self.backend.gpus, max_retries=self.backend.retries,
+            retry_exceptions=False, num_returns=2, name=f"lesion.{job.kind}.{job.key[:8]}",
+        ).remote(KINDS[job.kind], dict(job.params), list(job.deps), threads, *refs)  # fmt: skip
+        self.outputs[job.key] = files
+        self.seconds[files] = seconds
+        return files
+
+    def _bundle(self, key: str, folder: Path):
+        """The ref to a finished job's files: its task's result, or (finished before) put once."""
+        if key not in self.outputs:
+            self.outputs[key] = self.ray.put(read_bundle(folder))
+        return self.outputs[key]
+
+    def wait(self, handles: list) -> list:
+        self.ray.wait(handles, num_returns=1)
+        ready, _ = self.ray.wait(handles, num_returns=len(handles), timeout=0)
+        done = set(ready)
+        return [h for h in handles if h in done]
+
+    def result(self, handle, out: Path) -> float:
+        files = self.ray.get(handle)  # a job's exception (or a worker that died every retry) raises here
+        write_bundle(files, out)
+        return float(self.ray.get(self.seconds.pop(handle)))
+
+    def release(self, key: str) -> None:
+        self.outputs.pop(key, None)
+
+    def stop(self) -> None:
+        for ref in self.seconds:
+            with contextlib.suppress(Exception):  # finished or already gone: nothing to stop
+                self.ray.cancel(ref, force=True)
+
+    def describe(self) -> dict[str, Any]:
+        resources = self.ray.cluster_resources()
+        return {
+            "name": "ray",
+            "address": self.backend.address or "local",
+            "nodes": sum(1 for n in self.ray.nodes() if n.get("Alive")),
+            "cluster_cpus": resources.get("CPU", 0.0),
+            "cluster_gpus": resources.get("GPU", 0.0),
+            "task": {
+                "num_cpus": self.threads,
+                "num_gpus": self.backend.gpus,
+                "max_retries": self.backend.retries,
+            },
+        }
+
+
+def _task(fn, params: Mapping[str, Any], names: list[str], threads: int, *bundles: Bundle):
+    """On a worker: materialise the inputs, run the job, return (its output files, its wall time)."""
+    from lesion._alloc import tune_allocator
+
+    tune_allocator()
+    with tempfile.TemporaryDirectory(prefix="lesion-task-") as tmp:
+        root = Path(tmp)
+        inputs = {n: write_bundle(b, root / "inputs" / n) for n, b in zip(names, bundles, strict=True)}
+        out = root / "out"
+        out.mkdir()
+        seconds = execute(fn, params, inputs, out, threads)
+        return read_bundle(out), seconds
+
+
+def read_bundle(folder: Path) -> Bundle:
+    """Every file under ``folder`` as ``{relative path: bytes}``."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def write_bundle(files: Bundle, folder: Path) -> Path:
+    """Write a bundle under ``folder``; paths that would leave it are refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        parts = PurePosixPath(rel).parts
+        if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+            raise LesionError(f"refusing to write {rel!r} outside {folder}")
+        path = folder.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return folder
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise LesionError("backend='ray' needs Ray: pip install 'lesion[ray]' (or 'ray>=2.9')") from None
+    return ray
