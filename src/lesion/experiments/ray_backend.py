@@ -74,10 +74,12 @@ class _RaySession:
     def submit(self, job: Job, inputs: Mapping[str, Path], out: Path, threads: int):
         self.threads = threads
         refs = [self._bundle(dep.key, inputs[name]) for name, dep in job.deps.items()]
+        # a task's result lacks the job.json the driver wrote when publishing it: send that along (small)
+        deps = [(name, (inputs[name] / "job.json").read_bytes()) for name in job.deps]
         files, seconds = self.task.options(
             num_cpus=threads, num_gpus=self.backend.gpus, max_retries=self.backend.retries,
             retry_exceptions=False, num_returns=2, name=f"lesion.{job.kind}.{job.key[:8]}",
-        ).remote(KINDS[job.kind], dict(job.params), list(job.deps), threads, *refs)  # fmt: skip
+        ).remote(KINDS[job.kind], dict(job.params), deps, threads, *refs)  # fmt: skip
         self.outputs[job.key] = files
         self.seconds[files] = seconds
         return files
@@ -123,14 +125,17 @@ class _RaySession:
         }
 
 
-def _task(fn, params: Mapping[str, Any], names: list[str], threads: int, *bundles: Bundle):
-    """On a worker: materialise the inputs, run the job, return (its output files, its wall time)."""
+def _task(fn, params: Mapping[str, Any], deps: list[tuple[str, bytes]], threads: int, *bundles: Bundle):
+    """On a worker: materialise the inputs (``deps``: each one's name and job.json, then its files), run
+    the job, return (its output files, its wall time)."""
     from lesion._alloc import tune_allocator
 
     tune_allocator()
     with tempfile.TemporaryDirectory(prefix="lesion-task-") as tmp:
         root = Path(tmp)
-        inputs = {n: write_bundle(b, root / "inputs" / n) for n, b in zip(names, bundles, strict=True)}
+        inputs = {}
+        for (name, spec), files in zip(deps, bundles, strict=True):
+            inputs[name] = write_bundle({**files, "job.json": spec}, root / "inputs" / name)
         out = root / "out"
         out.mkdir()
         seconds = execute(fn, params, inputs, out, threads)

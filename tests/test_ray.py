@@ -1,0 +1,148 @@
+"""The Ray backend against a real Ray head on 127.0.0.1: the tables equal the local backend's, a worker
+SIGKILLed mid-task is retried, and a driver SIGKILLed mid-run resumes without redoing finished jobs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("ray is not installed (pip install 'lesion[ray]')", allow_module_level=True)
+
+# Ray on Linux replaces 127.0.0.1 by the machine's reachable address and listens on every interface;
+# this switch of Ray's keeps the head, its workers and the driver on loopback. Ray reads it at import.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+from lesion.experiments import KINDS, Job, Store, run
+from lesion.experiments.jobs import units_job
+from lesion.experiments.shards import merge
+from lesion.reproduce import reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = Job("train", {
+    "arch": {"kind": "mlp", "widths": [12, 8]}, "dataset": "digits", "corrupt": 0.0, "seed": 0,
+    "train": {"epochs": 2, "lr": 3e-3},
+})  # fmt: skip
+
+
+def _ray(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head with 2 CPUs on 127.0.0.1 (a free port, a private temp dir); stopped afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="lesion-ray-", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}")  # fmt: skip
+        yield f"127.0.0.1:{port}"
+    finally:
+        _ray("stop", "--force", check=False)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    reproduce("tiny", out=out, workers=1)
+    return out
+
+
+def tables(out: Path) -> dict[str, pd.DataFrame]:
+    return {p.name: pd.read_parquet(p) for p in sorted((out / "tables").glob("*.parquet"))}
+
+
+def assert_same_tables(got: dict[str, pd.DataFrame], expected: dict[str, pd.DataFrame]) -> None:
+    assert got and got.keys() == expected.keys()
+    for name, df in expected.items():
+        pd.testing.assert_frame_equal(got[name], df, obj=name)
+
+
+def test_tiny_profile_on_ray_equals_local(head, local_tiny, tmp_path):
+    manifest = reproduce("tiny", out=tmp_path, backend="ray", address=head)
+    assert manifest["backend"]["name"] == "ray" and manifest["backend"]["address"] == head
+    assert manifest["backend"]["cluster_cpus"] == 2 and manifest["backend"]["task"]["num_cpus"] == 1
+    assert manifest["jobs"]["computed"] == manifest["jobs"]["total"]
+    assert any(j["kind"] == "merge" for j in manifest["timing"]["jobs"])  # shards ran, and were merged
+    assert_same_tables(tables(tmp_path), tables(local_tiny))
+
+
+def _killed_once(params, inputs, out):
+    """A units shard whose first attempt records its worker's PID and waits to be killed."""
+    pidfile = Path(params["pidfile"])
+    if not pidfile.exists():
+        pidfile.write_text(str(os.getpid()))
+        time.sleep(120)
+    pidfile.with_suffix(".retry").write_text(str(os.getpid()))
+    units_job({k: v for k, v in params.items() if k != "pidfile"}, inputs, out)
+
+
+def test_worker_killed_mid_task_is_retried(head, tmp_path):
+    pidfile = tmp_path / "worker.pid"
+    KINDS["units_killed_once"] = _killed_once
+    try:
+        parts = [Job("units", {"shard": [i, 3]}, {"model": MODEL}) for i in (0, 2)]
+        doomed = Job("units_killed_once", {"shard": [1, 3], "pidfile": str(pidfile)}, {"model": MODEL})
+        parts.insert(1, doomed)
+        sweep = merge(parts, "units.parquet")
+        whole = Job("units", {}, {"model": MODEL})
+        local = Store(tmp_path / "local")
+        run([whole], local)
+
+        def kill_when_started() -> None:
+            deadline = time.time() + 60
+            while not pidfile.exists() and time.time() < deadline:
+                time.sleep(0.05)
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_when_started)
+        killer.start()
+        store = Store(tmp_path / "ray")
+        run([sweep], store, backend="ray", address=head)
+        killer.join()
+        assert pidfile.with_suffix(".retry").read_text() != pidfile.read_text()  # a new worker ran it
+        got = pd.read_parquet(store.path(sweep.key) / "units.parquet")
+        pd.testing.assert_frame_equal(got, pd.read_parquet(local.path(whole.key) / "units.parquet"))
+    finally:
+        KINDS.pop("units_killed_once")
+
+
+def test_driver_killed_mid_run_resumes_on_ray(head, local_tiny, tmp_path):
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lesion.cli", "reproduce", "--profile", "tiny", "--only", "F1,F7",
+           "--out", str(killed), "--backend", "ray", "--address", head]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((killed / "jobs").glob("[!.]*"))) < 8:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in (killed / "jobs").glob("[!.]*")}
+    assert len(finished) >= 8, "the kill must land after some jobs finished"
+
+    resumed = reproduce("tiny", only="F1,F7", out=killed, backend="ray", address=head)
+    assert resumed["jobs"]["reused"] == len(finished) < resumed["jobs"]["total"], "the kill must land midway"
+    assert resumed["jobs"]["computed"] == resumed["jobs"]["total"] - len(finished)
+    for name, mtime in finished.items():  # finished work was not redone
+        assert (killed / "jobs" / name).stat().st_mtime_ns == mtime
+    assert not list((killed / "jobs").glob(".tmp-*"))
+    mine = tables(killed)
+    assert_same_tables(mine, {n: df for n, df in tables(local_tiny).items() if n in mine})
