@@ -64,7 +64,7 @@ def reproduce(
     start = time.perf_counter()
     p = get_profile(profile) if isinstance(profile, str) else profile
     figures = select(only)
-    chosen = get_backend(backend, workers=workers, address=address)  # a bad name fails before any work
+    chosen = get_backend(backend, workers=workers, threads=threads, address=address)  # fails before work
     _check_data(p)
     out = Path(out) if out is not None else Path("runs") / p.name
     store = Store(out)

@@ -45,8 +45,13 @@ class Backend(Protocol):
     def session(self, jobs: int) -> AbstractContextManager[Session]: ...
 
 
-def get_backend(backend: str | Backend, *, workers: int = 1, address: str | None = None) -> Backend:
-    """The backend named ``backend`` ("local" or "ray"), or ``backend`` itself if it is one."""
+def get_backend(
+    backend: str | Backend, *, workers: int = 1, threads: int = 1, address: str | None = None
+) -> Backend:
+    """The backend named ``backend`` ("local" or "ray"), or ``backend`` itself if it is one.
+
+    A new local Ray instance (``"ray"`` without ``address``) gets ``workers * threads`` CPUs.
+    """
     if not isinstance(backend, str):
         if address is not None:
             raise LesionError("address= goes with backend='ray'; a backend object carries its own address")
@@ -58,7 +63,7 @@ def get_backend(backend: str | Backend, *, workers: int = 1, address: str | None
     if backend == "ray":
         from lesion.experiments.ray_backend import RayBackend
 
-        return RayBackend(address=address, cpus=None if address else workers)
+        return RayBackend(address=address, cpus=None if address else workers * threads)
     raise LesionError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 

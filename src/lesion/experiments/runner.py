@@ -119,7 +119,7 @@ def run(
         if job.kind not in KINDS:
             raise LesionError(f"unknown job kind {job.kind!r}; known: {', '.join(sorted(KINDS))}")
     todo = [j for j in order if not store.done(j.key)]
-    chosen = get_backend(backend, workers=workers, address=address)
+    chosen = get_backend(backend, workers=workers, threads=threads, address=address)
     with progress_bar(None, "jobs", progress, total=len(todo)) as bar, chosen.session(len(todo)) as session:
         _drive(store, todo, session, threads, bar)
         described = session.describe()
