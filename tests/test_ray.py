@@ -124,6 +124,26 @@ def test_worker_killed_mid_task_is_retried(head, tmp_path):
         KINDS.pop("units_killed_once")
 
 
+def _fails(params, inputs, out):
+    (out / "half.txt").write_text("partial")
+    with open(params["calls"], "a") as f:
+        f.write("call\n")
+    raise ValueError("bad params in a Ray task")
+
+
+def test_job_error_is_raised_not_retried(head, tmp_path):
+    calls = tmp_path / "calls.txt"
+    KINDS["fails_on_ray"] = _fails
+    try:
+        store = Store(tmp_path / "run")
+        with pytest.raises(ValueError, match="bad params in a Ray task"):
+            run([Job("fails_on_ray", {"calls": str(calls)})], store, backend="ray", address=head)
+        assert calls.read_text() == "call\n"  # an application error is a result: no retry
+        assert list((tmp_path / "run" / "jobs").iterdir()) == []
+    finally:
+        KINDS.pop("fails_on_ray")
+
+
 def test_driver_killed_mid_run_resumes_on_ray(head, local_tiny, tmp_path):
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "lesion.cli", "reproduce", "--profile", "tiny", "--only", "F1,F7",
