@@ -2,11 +2,12 @@
 # Wall time of `lesion reproduce --profile PROFILE` on the local backend (2 worker processes) and on a
 # Ray head with 2 CPUs on 127.0.0.1 (tasks of 1 CPU), from empty run directories; checks the tables are
 # identical and prints the ratio and the load average before each run. Usage:
-#   bash benchmarks/ray_vs_local.sh [profile=quick] [workdir=a new temp dir]
+#   bash benchmarks/ray_vs_local.sh [profile=quick] [workdir=a new temp dir] [first=local|ray]
 set -euo pipefail
 profile="${1:-quick}"
 work="${2:-$(mktemp -d /tmp/lesion-ray-bench.XXXX)}"
 mkdir -p "$work"
+first="${3:-local}"  # run the other order too: other processes' load drifts between the two runs
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep Ray on loopback (Ray's own switch; see docs/scaling.md)
 port=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 raytmp=$(mktemp -d /tmp/lesion-ray.XXXX)
@@ -21,11 +22,15 @@ timed() {  # name, command...: prints "name seconds" after the command, and the 
   echo "$name: $(python -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
 }
 
-timed local lesion reproduce --profile "$profile" --out "$work/local" --workers 2 --threads 1
-python -m ray.scripts.scripts start --head --node-ip-address=127.0.0.1 --port="$port" --num-cpus=2 \
-  --include-dashboard=false --disable-usage-stats --temp-dir="$raytmp" >/dev/null
-timed ray lesion reproduce --profile "$profile" --out "$work/ray" --backend ray --address "127.0.0.1:$port" \
-  --threads 1
+run_local() { timed local lesion reproduce --profile "$profile" --out "$work/local" --workers 2 --threads 1; }
+run_ray() {
+  python -m ray.scripts.scripts start --head --node-ip-address=127.0.0.1 --port="$port" --num-cpus=2 \
+    --include-dashboard=false --disable-usage-stats --temp-dir="$raytmp" >/dev/null 2>&1
+  timed ray lesion reproduce --profile "$profile" --out "$work/ray" --backend ray \
+    --address "127.0.0.1:$port" --threads 1
+  python -m ray.scripts.scripts stop --force >/dev/null 2>&1
+}
+if [ "$first" = ray ]; then run_ray; run_local; else run_local; run_ray; fi
 python - "$work" <<'EOF'
 import json, sys
 from pathlib import Path
