@@ -118,6 +118,8 @@ def test_worker_killed_mid_task_is_retried(head, tmp_path):
         run([sweep], store, backend="ray", address=head)
         killer.join()
         assert pidfile.with_suffix(".retry").read_text() != pidfile.read_text()  # a new worker ran it
+        orphans = Path(tempfile.gettempdir()).glob(f"lesion-task-{pidfile.read_text()}-*")
+        assert not list(orphans), "the killed task's directory is swept by the next task"
         got = pd.read_parquet(store.path(sweep.key) / "units.parquet")
         pd.testing.assert_frame_equal(got, pd.read_parquet(local.path(whole.key) / "units.parquet"))
     finally:

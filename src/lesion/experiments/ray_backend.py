@@ -2,8 +2,9 @@
 
 Built for a cluster whose machines share no filesystem with the driver: a task receives its inputs (the
 finished directories of the jobs it reads) as file bytes through Ray's object store, materialises them in
-a private temporary directory on its worker, runs the job there with ``runner.execute`` (the same
-function and torch threads as the local backend), and returns the bytes of its outputs. The driver writes
+a private temporary directory on its worker (one that a killed worker leaves behind is removed by the
+next task on that node), runs the job there with ``runner.execute`` (the same function and torch threads
+as the local backend), and returns the bytes of its outputs. The driver writes
 them into the job's private directory and publishes it atomically, so the run directory lives on the
 driver's machine alone. An output a later job reads stays in the object store (Ray moves it to the node
 that needs it) until no pending job reads it. Datasets are loaded by name on the worker.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -131,7 +134,8 @@ def _task(fn, params: Mapping[str, Any], deps: list[tuple[str, bytes]], threads:
     from lesion._alloc import tune_allocator
 
     tune_allocator()
-    with tempfile.TemporaryDirectory(prefix="lesion-task-") as tmp:
+    _sweep_orphans()
+    with tempfile.TemporaryDirectory(prefix=f"lesion-task-{os.getpid()}-") as tmp:
         root = Path(tmp)
         inputs = {}
         for (name, spec), files in zip(deps, bundles, strict=True):
@@ -140,6 +144,24 @@ def _task(fn, params: Mapping[str, Any], deps: list[tuple[str, bytes]], threads:
         out.mkdir()
         seconds = execute(fn, params, inputs, out, threads)
         return read_bundle(out), seconds
+
+
+def _sweep_orphans() -> None:
+    """Remove task directories left by killed workers on this node (their PID no longer runs)."""
+    for d in Path(tempfile.gettempdir()).glob("lesion-task-*-*"):
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def read_bundle(folder: Path) -> Bundle:
