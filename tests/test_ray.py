@@ -3,6 +3,7 @@ SIGKILLed mid-task is retried, and a driver SIGKILLed mid-run resumes without re
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import shutil
@@ -168,3 +169,22 @@ def test_driver_killed_mid_run_resumes_on_ray(head, local_tiny, tmp_path):
     assert not list((killed / "jobs").glob(".tmp-*"))
     mine = tables(killed)
     assert_same_tables(mine, {n: df for n, df in tables(local_tiny).items() if n in mine})
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
+def test_a_private_local_instance_listens_on_loopback_only():
+    """Without an address lesion starts its own Ray; its servers must not listen beyond 127.0.0.1, even in
+    a process that never set Ray's loopback switch itself (this module sets it, so run a fresh one)."""
+    code = (
+        "import subprocess\n"
+        "from lesion.experiments.ray_backend import RayBackend\n"
+        "with RayBackend(cpus=1).session(1):\n"
+        "    out = subprocess.run(['ss', '-ltnp'], capture_output=True, text=True).stdout\n"
+        "lines = [l for l in out.splitlines() if 'gcs' in l or 'raylet' in l]\n"
+        "print(sorted({l.split()[3].rsplit(':', 1)[0] for l in lines}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    addresses = ast.literal_eval(res.stdout.strip().splitlines()[-1])
+    assert addresses and set(addresses) <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, addresses

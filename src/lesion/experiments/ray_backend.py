@@ -52,16 +52,46 @@ class RayBackend:
     def session(self, jobs: int) -> Iterator[_RaySession]:
         ray = _import_ray()
         owned = not ray.is_initialized()
-        if owned:
-            options: dict[str, Any] = {"address": self.address, "logging_level": logging.WARNING}
-            if self.address is None:
-                options |= {"num_cpus": self.cpus, "include_dashboard": False}
-            ray.init(**options)
-        try:
-            yield _RaySession(ray, self)
-        finally:
+        private = owned and self.address is None
+        with _loopback_only(private):
             if owned:
-                ray.shutdown()
+                options: dict[str, Any] = {"address": self.address, "logging_level": logging.WARNING}
+                if self.address is None:
+                    options |= {"num_cpus": self.cpus, "include_dashboard": False}
+                ray.init(**options)
+            try:
+                yield _RaySession(ray, self)
+            finally:
+                if owned:
+                    ray.shutdown()
+
+
+@contextmanager
+def _loopback_only(private: bool) -> Iterator[None]:
+    """Keep a private local Ray instance on 127.0.0.1.
+
+    On Linux Ray otherwise listens on every interface (checked with ``ss -ltn``: ``*`` without this,
+    ``127.0.0.1`` with it). Its own switch is an environment variable that the processes ``ray.init``
+    starts read, and that the driver reads once, at ``import ray``, into ``ray_constants``; both are set
+    only while an instance lesion starts itself lives, then restored.
+    """
+    if not private:
+        yield
+        return
+    from ray._private import ray_constants
+
+    name = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    before_env, before_const = os.environ.get(name), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[name] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+        if before_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before_env
 
 
 class _RaySession:
