@@ -25,6 +25,10 @@ if importlib.util.find_spec("ray") is None:
 # Ray on Linux replaces 127.0.0.1 by the machine's reachable address and listens on every interface;
 # this switch of Ray's keeps the head, its workers and the driver on loopback. Ray reads it at import.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Ray 2.60 turns token authentication on for every new local ray.init() and leaves ~/.ray/auth_token
+# behind; a head started later by `ray start` then picks that token up while this driver does not send
+# it. The test head is on loopback only: run it, and every driver here, without authentication.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 from lesion.experiments import KINDS, Job, Store, run
 from lesion.experiments.jobs import units_job
@@ -172,7 +176,7 @@ def test_driver_killed_mid_run_resumes_on_ray(head, local_tiny, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
-def test_a_private_local_instance_listens_on_loopback_only():
+def test_a_private_local_instance_listens_on_loopback_only(tmp_path):
     """Without an address lesion starts its own Ray; its servers must not listen beyond 127.0.0.1, even in
     a process that never set Ray's loopback switch itself (this module sets it, so run a fresh one)."""
     code = (
@@ -184,6 +188,7 @@ def test_a_private_local_instance_listens_on_loopback_only():
         "print(sorted({l.split()[3].rsplit(':', 1)[0] for l in lines}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["HOME"] = str(tmp_path)  # Ray may write ~/.ray/auth_token for a new local instance: not into ours
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     addresses = ast.literal_eval(res.stdout.strip().splitlines()[-1])
