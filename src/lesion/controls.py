@@ -20,7 +20,7 @@ from lesion import interventions as iv
 from lesion._batches import Data, batches, reusable
 from lesion._progress import progress_bar
 from lesion._util import eval_mode
-from lesion.analyses import sites_for
+from lesion.analyses import _seed, sites_for
 from lesion.evaluation import Evaluator
 from lesion.measures import mutual_information
 from lesion.sites import Site, default_candidates
@@ -142,10 +142,6 @@ def _joint(acts: np.ndarray, labels: np.ndarray, bins: int) -> np.ndarray:
         b = np.searchsorted(edges, acts[:, u], side="right")
         np.add.at(out[u], (b, labels), 1.0)
     return out
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 __all__ = ["direction_curves", "direction_information"]

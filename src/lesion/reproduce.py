@@ -19,13 +19,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from lesion._progress import progress_bar
 from lesion.errors import LesionError
 from lesion.experiments import Job, Store, run, write_json_atomic
 from lesion.experiments.backends import get_backend
 from lesion.experiments.figures import FIGURES, Figure
+from lesion.experiments.jobs import write_table
 from lesion.experiments.profiles import Profile, get_profile
 from lesion.report import DRAW, Section, write_html, write_markdown
 
@@ -79,7 +78,7 @@ def reproduce(
         png = DRAW[f.id](outcome.tables, _staging(out, "figures") / f.id)[0]
         sections.append(Section(f.id, f.title, f.source, png, outcome.claims))
         claims += outcome.claims
-    _publish_dir(out, "tables", lambda d: [_parquet(df, d / f"{k}.parquet") for k, df in tables.items()])
+    _publish_dir(out, "tables", lambda d: [write_table(df, d / f"{k}.parquet") for k, df in tables.items()])
     _publish_staged(out, "figures")
     sections = [Section(s.id, s.title, s.source, out / "figures" / s.png.name, s.claims) for s in sections]
     models = _link_models(out, store, jobs)
@@ -98,12 +97,6 @@ def _check_data(p: Profile) -> None:
 
     for name in dict.fromkeys((p.dataset, p.conv_dataset)):
         load_dataset(name, root=p.root)
-
-
-def _parquet(df: pd.DataFrame, path: Path) -> None:
-    df = df.copy()
-    df.attrs = {}
-    df.to_parquet(path, index=False)
 
 
 def _staging(out: Path, name: str) -> Path:
