@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from lesion import bench
 from lesion.cli import app
+from lesion.core.sites import find_sites
 from lesion.models import mlp
-from lesion.sites import find_sites
 
 runner = CliRunner()
 WORKLOAD_KEYS = {"seconds", "floor_seconds", "ratios", "max_abs_diff", "n_examples", "notes", "flops"}

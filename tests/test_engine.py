@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lesion
+from lesion.core.fast import cumulative, prefix
+from lesion.core.lesion import Lesion
+from lesion.core.replacements import as_replacement
+from lesion.core.sweep import Runner, evaluate_lesions
+from lesion.core.units import Unit
 from lesion.engine import Engine, Plan, Unsupported
-from lesion.evaluation import Evaluator
-from lesion.units import Unit
 from tests.test_reference import make
 
 
@@ -51,23 +54,22 @@ def all_units(sites):
 def test_engine_equals_reference(kind, value, seed, chunk):
     model, x, y = make(kind, seed, n=50)
     sites = lesion.find_sites(model, x[:2])
-    ev = Evaluator(model, (x, y), sites, batch_size=chunk)
-    means = None
-    if value == "mean":
-        st_ = lesion.collect_stats(model, (x, y), sites, histograms=False)
-        means = {s.name: st_[s.name].mean for s in sites}
+    ev = Runner(model, (x, y), sites, batch_size=chunk)
+    stats = lesion.collect_stats(model, (x, y), sites, histograms=False) if value == "mean" else None
     units = all_units(sites)
-    fast = ev.single_units(units, value, means)
+    replacement = as_replacement(value, stats)
+    lesions = ev.fit([Lesion([u], replacement) for u in units])
+    fast = evaluate_lesions(ev, lesions)
     assert ev.fallbacks == {}
-    for u, f in zip(units, fast, strict=True):
-        ref = ev.run(ev.clamp_edits({u.layer: [u.index]}, value, means))
-        assert f.loss == pytest.approx(ref.loss, abs=1e-5)
-        np.testing.assert_array_equal(f.confusion, ref.confusion)
-    seq = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
+    ref = ev.run(lesions)  # the slow path: one full pass per lesion, with hooks
+    np.testing.assert_allclose(fast["loss"], ref["loss"], atol=1e-5)
+    np.testing.assert_array_equal(fast["confusion"], ref["confusion"])
+    seq = [lesions[i] for i in np.random.default_rng(seed).permutation(len(units))]
     counts = [0, 1, 2, len(seq) // 2, len(seq)]
-    for k, (acc, loss) in zip(counts, ev.cumulative(seq, counts, value, means), strict=True):
-        ref = ev._naive_cumulative(seq, k, value, means)
-        assert (acc, loss) == pytest.approx((ref.accuracy, ref.loss), abs=1e-5)
+    got = cumulative(ev, seq, counts)
+    want = ev.run([prefix(seq, k) for k in counts])
+    np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-5)
+    np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=1e-5)
     assert ev.fallbacks == {}
 
 
@@ -131,13 +133,14 @@ def test_bf16_is_close_and_reports_its_deviation():
     model, x, y = make("mlp", 9, n=200)
     sites = lesion.find_sites(model, x[:2])
     units = all_units(sites)
-    fp32 = Evaluator(model, (x, y), sites).single_units(units, 0.0)
-    ev = Evaluator(model, (x, y), sites, precision="bf16")
-    bf16 = ev.single_units(units, 0.0)
+    runner = Runner(model, (x, y), sites)
+    fp32 = evaluate_lesions(runner, runner.fit([Lesion([u]) for u in units]))
+    ev = Runner(model, (x, y), sites, precision="bf16")
+    bf16 = evaluate_lesions(ev, ev.fit([Lesion([u]) for u in units]))
     assert ev.fallbacks == {} and 0 < ev.deviation["loss"] < 0.05
-    np.testing.assert_allclose([b.loss for b in bf16], [f.loss for f in fp32], atol=0.05)
+    np.testing.assert_allclose(bf16["loss"], fp32["loss"], atol=0.05)
     with pytest.raises(lesion.LesionError, match="unknown precision 'fp8'"):
-        Evaluator(model, (x, y), sites, precision="fp8")
+        Runner(model, (x, y), sites, precision="fp8")
 
 
 def test_streamed_loader_and_one_shot_iterator_give_the_same_table():

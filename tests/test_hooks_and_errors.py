@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lesion
-from lesion.units import Unit, parse_units
+from lesion.core.units import Unit, parse_units
 from tests.toys import ToyConv, ToyMLP, toy_data, toy_images
 
 
@@ -28,11 +28,11 @@ def weights_hash(model):
 def test_no_hook_survives_success_exception_or_nesting():
     model, (x, y) = ToyMLP(), toy_data()
     before, intact = weights_hash(model), model(x).detach()
-    with lesion.ablate(model, "act:1"):
-        assert n_hooks(model) == 1
+    with lesion.ablate(model, "act:1"):  # the site's hook and a root pre-hook that finds the site
+        assert n_hooks(model) == 2
         with lesion.ablate(model, "act:2"), lesion.ablate(model, "fc:0"):
-            assert n_hooks(model) == 3
-        assert n_hooks(model) == 1
+            assert n_hooks(model) == 6
+        assert n_hooks(model) == 2
     assert n_hooks(model) == 0
     with pytest.raises(RuntimeError, match="boom"), lesion.ablate(model, ["act:0-3", "out:1"]):
         raise RuntimeError("boom")
@@ -133,7 +133,10 @@ def test_reused_module_is_ambiguous():
     model = nn.Sequential(nn.Linear(2, 2), relu, nn.Linear(2, 2), relu)
     with pytest.raises(lesion.SiteError, match="runs 2 times per forward pass"):
         lesion.find_sites(model, torch.zeros(1, 2), layers=["1"])
-    assert lesion.find_sites(model, torch.zeros(1, 2)) == []  # left out of the defaults
+    with pytest.raises(lesion.SiteError, match="module '1' runs 2 times.*give each call its own module"):
+        lesion.find_sites(model, torch.zeros(1, 2))  # refused, never silently dropped
+    with pytest.raises(lesion.SiteError, match="runs 2 times"), lesion.ablate(model, "1:0"):
+        model(torch.zeros(1, 2))
 
 
 def test_bad_data_is_refused():

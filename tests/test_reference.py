@@ -144,7 +144,7 @@ def test_cumulative_curves_equal_one_forward_per_step(kind, seed):
     layers = [s.name for s in sites]
     curves = lesion.ablation_curves(model, (x, y), candidates=layers, orders=[order, "random"], repeats=2)
     assert curves.attrs["engine_fallbacks"] == {}
-    custom = curves[curves.order == "custom"]
+    custom = curves[curves.order == "custom_0"]
     assert len(custom) == len(pool) + 1
     for row in custom.itertuples():
         les: dict[str, list[int]] = {}
@@ -161,7 +161,7 @@ def test_cumulative_curves_equal_one_forward_per_step(kind, seed):
 
 
 def test_default_candidates_are_last_three_conv_sites():
-    from lesion.sites import default_candidates
+    from lesion.core.sites import default_candidates
 
     convs = [m for i in range(4) for m in (nn.Conv2d(1 if i == 0 else 2, 2, 3, padding=1), nn.ReLU())]
     net = nn.Sequential(*convs, nn.Flatten(), nn.Linear(2 * 25, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -175,7 +175,7 @@ def test_default_candidates_are_last_three_conv_sites():
 def test_weight_norm_order_uses_incoming_weights():
     model, _x, _y = make("mlp", 1)
     from lesion.analyses import unit_order
-    from lesion.units import Unit
+    from lesion.core.units import Unit
 
     pool = [Unit("relu1", i) for i in range(7)]
     got = unit_order("weight_norm_high", pool, model=model)

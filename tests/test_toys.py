@@ -88,7 +88,7 @@ def test_ranked_orders_follow_the_unit_table():
     model, data = ToyMLP(), toy_data()
     table = lesion.unit_table(model, data)
     from lesion.analyses import unit_order
-    from lesion.units import Unit
+    from lesion.core.units import Unit
 
     pool = [Unit("act", i) for i in range(5)]
     high = unit_order("selectivity_high", pool, units=table)

@@ -21,26 +21,60 @@ if TYPE_CHECKING:
         selectivity_vs_importance,
         unit_table,
     )
+    from lesion.core.batch import Batch
+    from lesion.core.lesion import Lesion, ablate, ablate_directions, add_noise, hooks
+    from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar
+    from lesion.core.optimal import Optimal
+    from lesion.core.replacements import (
+        Constant,
+        Directions,
+        Mean,
+        Noise,
+        Patch,
+        PositionalMean,
+        Replacement,
+        Resample,
+        Zero,
+    )
+    from lesion.core.sites import Site, find_sites
+    from lesion.core.sweep import sweep
+    from lesion.core.units import Unit, UnitSet, parse_units
     from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
     from lesion.evaluation import Evaluation, evaluate
-    from lesion.lesioning import ablate, ablate_directions, add_noise, hooks
     from lesion.measures import auc, correlate, mutual_information, selectivity_index
-    from lesion.sites import Site, find_sites
     from lesion.stats import collect_stats
-    from lesion.units import Unit, UnitSet, parse_units
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KL",
+    "MSE",
+    "Batch",
+    "Classification",
+    "Constant",
     "DataError",
+    "Directions",
     "Evaluation",
+    "Lesion",
     "LesionError",
+    "LogitDiff",
+    "Mean",
+    "Metric",
     "ModelFileError",
+    "NextTokenLoss",
+    "Noise",
+    "Optimal",
+    "Patch",
+    "PositionalMean",
+    "Replacement",
+    "Resample",
+    "Scalar",
     "Site",
     "SiteError",
     "Unit",
     "UnitError",
     "UnitSet",
+    "Zero",
     "ablate",
     "ablate_directions",
     "ablation_curves",
@@ -60,6 +94,7 @@ __all__ = [
     "per_class_drops",
     "selectivity_index",
     "selectivity_vs_importance",
+    "sweep",
     "unit_table",
 ]
 
@@ -73,11 +108,18 @@ _SOURCES = {
     "lesion.controls": ("direction_curves", "direction_information"),
     "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
     "lesion.evaluation": ("Evaluation", "evaluate"),
-    "lesion.lesioning": ("ablate", "ablate_directions", "add_noise", "hooks"),
+    "lesion.core.batch": ("Batch",),
+    "lesion.core.lesion": ("Lesion", "ablate", "ablate_directions", "add_noise", "hooks"),
+    "lesion.core.metric": ("KL", "MSE", "Classification", "LogitDiff", "Metric", "NextTokenLoss", "Scalar"),
+    "lesion.core.optimal": ("Optimal",),
+    "lesion.core.replacements": (
+        "Constant", "Directions", "Mean", "Noise", "Patch", "PositionalMean", "Replacement", "Resample", "Zero",
+    ),
+    "lesion.core.sites": ("Site", "find_sites"),
+    "lesion.core.sweep": ("sweep",),
     "lesion.measures": ("auc", "correlate", "mutual_information", "selectivity_index"),
-    "lesion.sites": ("Site", "find_sites"),
     "lesion.stats": ("collect_stats",),
-    "lesion.units": ("Unit", "UnitSet", "parse_units"),
+    "lesion.core.units": ("Unit", "UnitSet", "parse_units"),
 }  # fmt: skip
 _LOCATION = {name: module for module, names in _SOURCES.items() for name in names}
 

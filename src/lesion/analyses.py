@@ -9,21 +9,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from lesion._batches import Data, batches, reusable
 from lesion._progress import progress_bar
+from lesion.core.batch import Data, reusable
+from lesion.core.fast import cumulative
+from lesion.core.lesion import Lesion
+from lesion.core.metric import Classification, Metric, columns
+from lesion.core.replacements import Noise, as_replacement
+from lesion.core.sites import Site, default_candidates
+from lesion.core.sweep import Runner, evaluate_lesions, sites_for
+from lesion.core.units import Unit, UnitSpec, parse_units
 from lesion.errors import LesionError
-from lesion.evaluation import Evaluation, Evaluator
-from lesion.lesioning import add_noise
 from lesion.measures import auc, correlate, mutual_information, selectivity_index
-from lesion.sites import Site, default_candidates, find_sites
 from lesion.stats import Stats, collect_stats
-from lesion.units import Unit, UnitSpec, parse_units
 
 ORDERS = (
     "random", "selectivity_high", "selectivity_low", "importance_high", "importance_low",
@@ -32,20 +35,15 @@ ORDERS = (
 DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1.5, 1.0, 11))
 
 
-def sites_for(model: nn.Module, data: Data, layers: Sequence[str] | str | None = None) -> list[Site]:
-    """The sites of ``model``, found with a dry forward pass on the first examples of ``data``."""
-    x, _ = next(iter(batches(data, batch_size=2)))
-    return find_sites(model, x[:2], layers)
-
-
 def unit_table(
     model: nn.Module,
     data: Data,
     *,
     sites: Sequence[Site] | None = None,
     units: UnitSpec | None = None,
-    value: float | str = 0.0,
+    value=0.0,
     reference: Stats | None = None,
+    metric: Metric | None = None,
     bins: int = 10,
     binning: str = "quantile",
     batch_size: int = 1000,
@@ -57,38 +55,61 @@ def unit_table(
     """One row per unit, measured on held-out ``data``.
 
     Columns: ``layer, unit, selectivity, preferred_class, mutual_info, mean_activity, sd_activity,
-    dead, loss, accuracy, delta_loss, delta_accuracy`` and ``delta_accuracy_class_<c>`` for every class
-    (accuracy on class c with the unit deleted minus intact; ``per_class_drops`` makes it long).
-    ``delta_*`` are lesioned minus intact, so a harmful deletion has positive ``delta_loss`` and negative
-    ``delta_accuracy``. ``value`` is the ablation constant or ``"mean"`` (means of ``reference``, by
-    default of ``data``). Dead units have NaN selectivity and preferred class -1. ``df.attrs`` holds the
-    intact ``loss``, ``accuracy`` and ``per_class_accuracy``, and ``engine_fallbacks`` (why the fast engine
-    stepped aside, if it did). ``precision="bf16"`` runs the engine in bfloat16 (``engine_deviation``
-    records its largest loss difference to fp32 on the checks). ``importance=False`` skips the
-    single-unit ablations (statistics only, one or two passes): loss, accuracy and ``delta_*`` are NaN.
+    dead``, then the metric's values with the unit deleted alone and their change: for the default
+    ``Classification`` metric ``loss, accuracy, delta_loss, delta_accuracy`` and
+    ``delta_accuracy_class_<c>`` for every class (``per_class_drops`` makes it long). ``delta_*`` are
+    lesioned minus intact, so a harmful deletion has positive ``delta_loss`` and negative
+    ``delta_accuracy``. ``value`` is the replacement: a number, ``"mean"`` (means of ``reference``, by
+    default of ``data``) or any ``Replacement`` (``Resample()``, ``Optimal()``...). Dead units have NaN
+    selectivity and preferred class -1; selectivity and information need class labels and are left out
+    for other metrics. ``df.attrs`` holds the intact values and ``engine_fallbacks``. ``precision="bf16"``
+    runs the engine in bfloat16. ``importance=False`` skips the single-unit ablations (NaN columns).
     """
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     chosen = parse_units(units if units is not None else [f"{s.name}:*" for s in sites], sites)
-    stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size)
-    ev = Evaluator(model, data, sites, batch_size=batch_size, engine=engine, precision=precision)
-    ref = reference or stats
-    means = {layer: ref[layer].mean for layer in chosen} if value == "mean" else None
+    classify = metric is None or isinstance(metric, Classification)
+    stats = None
+    if classify:
+        stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size)
+    runner = Runner(
+        model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
+    )
     todo = chosen.units()
     if not importance:
-        nan = np.full(ev.intact.per_class_accuracy.shape, np.nan)
-        skipped = Evaluation(n=0, loss=np.nan, accuracy=np.nan, per_class_accuracy=nan, confusion=nan)
-        lesion_rows = [skipped] * len(todo)
+        values = {k: np.full((len(todo), *v.shape[1:]), np.nan) for k, v in runner.intact.items()}
     else:
+        replacement = as_replacement(value, reference or stats)
+        lesions = runner.fit([Lesion([u], replacement) for u in todo])
         with progress_bar(None, "single-unit ablations", progress, total=len(todo)) as bar:
-            lesion_rows = ev.single_units(todo, value, means, bar=bar)
-    table = _table(todo, stats, ev.intact, lesion_rows)
-    table.attrs["engine_fallbacks"] = dict(ev.fallbacks)
-    table.attrs["engine_deviation"] = dict(ev.deviation)
+            values = evaluate_lesions(runner, lesions, bar=bar)
+    table = _table(todo, stats, runner, values)
+    table.attrs["engine_fallbacks"] = dict(runner.fallbacks)
+    table.attrs["engine_deviation"] = dict(runner.deviation)
     return table
 
 
-def _table(units: list[Unit], stats: Stats, intact: Evaluation, rows: list[Evaluation]) -> pd.DataFrame:
+def _table(units: list[Unit], stats: Stats | None, runner: Runner, values: dict) -> pd.DataFrame:
+    df = pd.DataFrame({"layer": [u.layer for u in units], "unit": [u.index for u in units]})
+    if any(u.position is not None for u in units):
+        df["position"] = [u.position for u in units]
+    if stats is not None:
+        _unit_stats(df, units, stats)
+    cols = columns(values)
+    intact = columns(runner.intact)
+    per_class = [c for c in cols if c.startswith("accuracy_class_")]
+    for name in cols:
+        if name not in per_class:
+            df[name] = cols[name]
+    for name in cols:
+        df[f"delta_{name}"] = cols[name] - intact[name][0]
+    df.attrs.update({k: float(v[0]) for k, v in intact.items() if k not in per_class}, n=runner.n)
+    if per_class:
+        df.attrs["per_class_accuracy"] = [float(intact[c][0]) for c in per_class]
+    return df
+
+
+def _unit_stats(df: pd.DataFrame, units: list[Unit], stats: Stats) -> None:
     cols: dict[str, list] = {k: [] for k in ("selectivity", "preferred_class", "mutual_info")}
     cols |= {"mean_activity": [], "sd_activity": [], "dead": []}
     measured = {}
@@ -98,24 +119,12 @@ def _table(units: list[Unit], stats: Stats, intact: Evaluation, rows: list[Evalu
         mi = mutual_information(st.histogram.counts)
         measured[layer] = (si, pref, mi, st.mean.numpy(), st.sd.numpy(), st.dead.numpy())
     for u in units:
-        si, pref, mi, mean, sd, dead = measured[u.layer]
-        for key, arr in zip(cols, (si, pref, mi, mean, sd, dead), strict=True):
+        for key, arr in zip(cols, measured[u.layer], strict=True):
             cols[key].append(arr[u.index])
-    df = pd.DataFrame({"layer": [u.layer for u in units], "unit": [u.index for u in units]} | cols)
+    for key, v in cols.items():
+        df[key] = v
     df["preferred_class"] = df["preferred_class"].astype("int64")
     df["dead"] = df["dead"].astype(bool)
-    df["loss"] = [r.loss for r in rows]
-    df["accuracy"] = [r.accuracy for r in rows]
-    df["delta_loss"] = df["loss"] - intact.loss
-    df["delta_accuracy"] = df["accuracy"] - intact.accuracy
-    per_class = np.stack([r.per_class_accuracy for r in rows]) - intact.per_class_accuracy
-    for c in range(per_class.shape[1]):
-        df[f"delta_accuracy_class_{c}"] = per_class[:, c]
-    df.attrs.update(
-        loss=intact.loss, accuracy=intact.accuracy, n=intact.n,
-        per_class_accuracy=intact.per_class_accuracy.tolist(),
-    )  # fmt: skip
-    return df
 
 
 def per_class_drops(units: pd.DataFrame) -> pd.DataFrame:
@@ -200,12 +209,13 @@ def ablation_curves(
     *,
     sites: Sequence[Site] | None = None,
     candidates: Sequence[str] | None = None,
-    orders: Sequence[str | Sequence] = ("random",),
+    orders: Sequence[str | Sequence] | Mapping[str, Sequence] = ("random",),
     repeats: int | Sequence[int] = 10,
     seed: int = 0,
     fractions: Sequence[float] | None = None,
     units: pd.DataFrame | None = None,
-    value: float | str = 0.0,
+    value=0.0,
+    metric: Metric | None = None,
     batch_size: int = 1000,
     progress: bool = False,
     engine: bool = True,
@@ -214,11 +224,14 @@ def ablation_curves(
     """Cumulative ablation curves: delete candidate units one after another, keeping earlier ones deleted.
 
     Candidates: every unit of the ``candidates`` layers (default: all sites of an MLP, the last three conv
-    sites of a convnet). ``fractions`` picks where to measure (default: at every unit count). Accuracy
-    and loss are measured against the labels ``data`` yields. Columns: ``order, repeat, n_ablated,
-    fraction, accuracy, loss``. Random orders get ``repeats`` seeded repeats (an int n: repeats 0..n-1;
-    a list: exactly those repeats, so a large set can be split across workers: repeat r's order is drawn
-    from (seed, r) alone); ranked orders one, numbered 0.
+    sites of a convnet). ``orders`` are names (``random``, ``selectivity_high``...), explicit unit lists
+    (named ``custom_0``, ``custom_1``... in the order given) or a mapping ``{name: unit list}``.
+    ``fractions`` (of the candidates) picks where to measure (default: at every unit count); an explicit
+    order is measured only up to its own length. Columns: ``order, repeat, n_ablated, fraction`` and the
+    metric's values (``accuracy, loss`` against the labels ``data`` yields, by default). Random orders get
+    ``repeats`` seeded repeats (an int n: repeats 0..n-1; a list: exactly those repeats, so a large set
+    can be split across workers: repeat r's order is drawn from (seed, r) alone); others one, numbered 0.
+    ``value`` is the replacement (a number, ``"mean"`` or a constant ``Replacement``).
     """
     ids = _repeat_ids(repeats)
     data = reusable(data)
@@ -228,25 +241,62 @@ def ablation_curves(
         parse_units([f"{c}:*" for c in candidates], sites)  # raises the unknown-layer error
     pool = parse_units([f"{s.name}:*" for s in cand_sites], sites).units()
     counts = _counts(len(pool), fractions)
-    ev = Evaluator(model, data, cand_sites, batch_size=batch_size, engine=engine, precision=precision)
-    means = None
-    if value == "mean":
-        ref = collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
-        means = {s.name: ref[s.name].mean for s in cand_sites}
-    jobs = [(o, r) for o in orders for r in (ids if isinstance(o, str) and o == "random" else [0])]
+    runner = Runner(
+        model, data, cand_sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
+    )
+    ref = (
+        collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
+        if value == "mean"
+        else None
+    )
+    replacement = runner.fit([Lesion([u], as_replacement(value, ref)) for u in pool[:1]])[0].replacement
+    named = _named_orders(orders)
+    jobs = [(n, o, r) for n, o in named for r in (ids if isinstance(o, str) and o == "random" else [0])]
     rows = []
     bar = progress_bar(None, "ablation curves", progress, total=len(jobs) * len(counts))
-    for o, r in jobs:
+    for name, o, r in jobs:
         seq = unit_order(o, pool, units=units, model=model, seed=seed, repeat=r)
-        name = o if isinstance(o, str) else "custom"
-        for k, (acc, loss) in zip(counts, ev.cumulative(seq, counts, value, means), strict=True):
-            rows.append((name, r, k, k / len(pool), acc, loss))
+        mine = [k for k in counts if k <= len(seq)] if fractions is not None else list(range(len(seq) + 1))
+        values = cumulative(runner, [Lesion([u], replacement) for u in seq], mine)
+        scalars = _curve_columns(values)
+        for j, k in enumerate(mine):
+            rows.append({"order": name, "repeat": r, "n_ablated": k, "fraction": k / len(pool)}
+                        | {c: float(v[j]) for c, v in scalars.items()})  # fmt: skip
         bar.update(len(counts))
     bar.close()
-    curves = pd.DataFrame(rows, columns=["order", "repeat", "n_ablated", "fraction", "accuracy", "loss"])
-    curves.attrs["engine_fallbacks"] = dict(ev.fallbacks)
-    curves.attrs["engine_deviation"] = dict(ev.deviation)
+    curves = pd.DataFrame(
+        rows, columns=["order", "repeat", "n_ablated", "fraction", *_curve_columns(runner.intact)]
+    )
+    curves.attrs["engine_fallbacks"] = dict(runner.fallbacks)
+    curves.attrs["engine_deviation"] = dict(runner.deviation)
     return curves
+
+
+def _curve_columns(values: dict) -> dict:
+    """The scalar metric outputs of a curve; accuracy first for the paper's classification curves."""
+    scalars = {k: v for k, v in values.items() if v.ndim == 1}
+    first = [k for k in ("accuracy", "loss") if k in scalars]
+    return {k: scalars[k] for k in first + [k for k in scalars if k not in first]}
+
+
+def _named_orders(orders) -> list[tuple[str, str | Sequence]]:
+    """(name, order) pairs: names as given, explicit lists numbered ``custom_<i>``; names must differ."""
+    if isinstance(orders, Mapping):
+        out = [(str(k), v) for k, v in orders.items()]
+    else:
+        if isinstance(orders, str):
+            orders = [orders]
+        out, i = [], 0
+        for o in orders:
+            if isinstance(o, str):
+                out.append((o, o))
+            else:
+                out.append((f"custom_{i}", o))
+                i += 1
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise LesionError(f"orders {names} name the same order twice; expected each order once")
+    return out
 
 
 def _repeat_ids(repeats: int | Sequence[int]) -> list[int]:
@@ -309,17 +359,16 @@ def noise_curves(
     sites = list(sites) if sites is not None else sites_for(model, data)
     cand = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
     ref = reference or collect_stats(model, data, cand, histograms=False, batch_size=batch_size)
-    ev = Evaluator(model, data, sites, batch_size=batch_size)
-    rows = []
-    bar = progress_bar(None, "noise curves", progress, total=len(scales) * repeats)
-    for i, scale in enumerate(scales):
-        for r in range(repeats):
-            with add_noise(model, ref, float(scale), layers=[s.name for s in cand], scaling=scaling,
-                           seed=_seed(seed, i, r)):  # fmt: skip
-                res = ev.run(None)
-            rows.append((float(scale), r, res.accuracy, res.loss))
-            bar.update(1)
-    bar.close()
+    runner = Runner(model, data, sites, batch_size=batch_size)
+    names = [f"{s.name}:*" for s in cand]
+    lesions = [
+        Lesion(names, Noise(float(scale), scaling, _seed(seed, i, r), ref))
+        for i, scale in enumerate(scales) for r in range(repeats)
+    ]  # fmt: skip
+    with progress_bar(None, "noise curves", progress, total=len(lesions)) as bar:
+        values = runner.run(lesions, bar=bar)
+    rows = [(les.replacement.scale, k % repeats, float(values["accuracy"][k]), float(values["loss"][k]))
+            for k, les in enumerate(lesions)]  # fmt: skip
     return pd.DataFrame(rows, columns=["scale", "repeat", "accuracy", "loss"])
 
 

@@ -2,10 +2,10 @@
 
 Workloads (full sizes; ``quick=True`` shrinks each one):
 - W1: each of the 1,024 hidden units of a 784-512-512-10 MLP deleted alone, accuracy and loss on
-  10,000 examples: lesion (``Evaluator.single_units``, the engine) vs Captum's LayerFeatureAblation
+  10,000 examples: lesion (``a single-unit sweep``, the engine) vs Captum's LayerFeatureAblation
   (perturbations_per_eval 1, 4, 16) vs one forward pass per unit with a zeroing hook.
 - W2: cumulative curves, 10 random orders over all 1,024 units, every count (1,025 points per order):
-  lesion (``Evaluator.cumulative``) vs the hook loop (one forward pass per count).
+  lesion (``cumulative curves``) vs the hook loop (one forward pass per count).
 - W3: each channel of the last three conv layers of the paper's convnet (width 0.5, batch norm) deleted
   alone on 2,000 28x28 images: lesion vs Captum (a feature mask per channel).
 - W4: peak resident memory of W1 at 60,000 examples with lesion, in a child process.
@@ -46,11 +46,13 @@ from torch import nn
 
 from lesion._alloc import tune_allocator
 from lesion._progress import progress_bar
+from lesion.core.fast import cumulative
+from lesion.core.lesion import Lesion
+from lesion.core.sites import Site, default_candidates, find_sites
+from lesion.core.sweep import Runner, evaluate_lesions
+from lesion.core.units import Unit
 from lesion.data import load_dataset
 from lesion.errors import LesionError
-from lesion.evaluation import Evaluator
-from lesion.sites import Site, default_candidates, find_sites
-from lesion.units import Unit
 
 WORKLOADS = ("W1", "W2", "W3", "W4")
 PERTURBATIONS_PER_EVAL = (1, 4, 16)
@@ -236,12 +238,12 @@ class _Context:
 
 
 def lesion_single(model, x, y, sites: Sequence[Site], lesions: Lesions, batch: int, bar=None, info=None):
-    """lesion's answer: ``Evaluator.single_units`` (the engine, after its own check) -> (2, lesions)."""
-    ev = Evaluator(model, (x, y), sites, batch_size=batch)
-    rows = ev.single_units([Unit(layer, i) for layer, i in lesions], 0.0, bar=bar)
+    """lesion's answer: a sweep of single-unit lesions (the engine, after its own check) -> (2, lesions)."""
+    runner = Runner(model, (x, y), sites, batch_size=batch)
+    values = evaluate_lesions(runner, runner.fit([Lesion([Unit(layer, i)]) for layer, i in lesions]), bar=bar)
     if info is not None:
-        info.update(ev.fallbacks)
-    return np.array([[r.accuracy for r in rows], [r.loss for r in rows]])
+        info.update(runner.fallbacks)
+    return np.array([values["accuracy"], values["loss"]])
 
 
 def hook_single(model: nn.Module, batches, lesions: Lesions, bar=None) -> Scores:
@@ -339,15 +341,16 @@ def _split(x: torch.Tensor, y: torch.Tensor, batch: int) -> list[tuple[torch.Ten
 def lesion_curves(model, x, y, sites: Sequence[Site], orders: list[Lesions], batch: int, bar=None, info=None):
     """lesion's cumulative curves: (2, orders, counts), accuracy and loss after deleting the first c
     units of each order, for every c = 0..len(order)."""
-    ev = Evaluator(model, (x, y), sites, batch_size=batch)
+    runner = Runner(model, (x, y), sites, batch_size=batch)
     counts = list(range(len(orders[0]) + 1))
     out = np.zeros((2, len(orders), len(counts)))
     for o, order in enumerate(orders):
-        out[:, o] = np.array(ev.cumulative([Unit(layer, i) for layer, i in order], counts, 0.0)).T
+        values = cumulative(runner, [Lesion([Unit(layer, i)]) for layer, i in order], counts)
+        out[:, o] = np.array([values["accuracy"], values["loss"]])
         if bar is not None:
             bar.update(1)
     if info is not None:
-        info.update(ev.fallbacks)
+        info.update(runner.fallbacks)
     return out
 
 
@@ -481,7 +484,7 @@ def single_flops(costs: dict[str, _SiteCost], lesions: Lesions, n: int) -> dict[
         # per layer and batch one forward per feature, plus the layer's and the model's intact outputs
         "captum": (len(lesions) + 2 * len(per_site)) * n * full,
         "later_layers": sum(n * costs[s].prefix + k * n * costs[s].later for s, k in per_site.items()),
-        # Evaluator: one intact pass and 2 reference lesions per layer (its check), then the engine:
+        # Runner: one intact pass and 2 reference lesions per layer (its check), then the engine:
         # per site the prefix once, then per lesion the consumer update and the layers after it.
         "lesion": (1 + 2 * len(per_site)) * n * full
         + sum(n * costs[s].prefix + k * n * costs[s].per_lesion for s, k in per_site.items()),
@@ -495,7 +498,7 @@ def curve_flops(costs: dict[str, _SiteCost], orders: list[Lesions], n: int) -> d
     per_order = sum(k * costs[s].per_lesion for s, k in _count(orders[0]).items())
     return {
         "hook_loop": steps * n * full,  # one full forward per count
-        # Evaluator: one intact pass and its 2-point check; then per order one full pass, and per
+        # Runner: one intact pass and its 2-point check; then per order one full pass, and per
         # step one incremental update (the consumer's rank-1 update and the layers after it).
         "lesion": 3 * n * full + len(orders) * n * (full + per_order),
     }
@@ -803,7 +806,7 @@ _WORKLOADS: dict[str, Callable[[_Context], dict]] = {"W1": w1, "W2": w2, "W3": w
 _NOTES = {
     "W1": [
         "data: mnist5k's 5,000 digits tiled to n_examples; MLP trained (sizes.mlp_epochs) on 4,000 of them",
-        "lesion = Evaluator(...) + single_units: its intact pass and its own 2-unit check included",
+        "lesion = Runner(...) + single-unit sweep: its intact pass and its own 2-unit check included",
         "captum: LayerFeatureAblation per layer and batch; ppe 1 uses an aggregate (correct, loss) "
         "forward, ppe > 1 a per-example one; captum_best = the fastest ppe",
         "hook_loop: one full forward per unit, a plain forward hook zeroing the unit in place",
@@ -813,7 +816,7 @@ _NOTES = {
     ],
     "W2": [
         "same model and data as W1; orders: numpy default_rng(0) permutations of all hidden units",
-        "lesion = Evaluator(...) + cumulative per order (its 2-point check on the first order included)",
+        "lesion = Runner(...) + cumulative per order (its 2-point check on every order included)",
         "hook_loop: one full forward per count, hooks multiplying each layer by a 0/1 mask",
     ],
     "W3": [

@@ -85,7 +85,7 @@ def layers(
     import torch
     from rich.table import Table
 
-    from lesion.sites import find_sites
+    from lesion.core.sites import find_sites
 
     sites = find_sites(net, torch.zeros(1, *shape), "all" if all_ else None)
 
@@ -324,8 +324,8 @@ def _serve_explorer(model: Path, dataset: str | None, examples: int | None, laye
     """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
     import torch
 
+    from lesion.core.sites import find_sites
     from lesion.serve import Explorer
-    from lesion.sites import find_sites
 
     net, info = _load_model(model)
     data = _dataset_for(info, dataset)
@@ -551,7 +551,7 @@ def _dataset_for(info: dict, dataset: str | None):
 
 def _sites(net, data, layers: tuple[str, ...] | None):
     """(sites, candidate sites): every activation and the paper's candidates, or exactly ``layers``."""
-    from lesion.sites import default_candidates, find_sites
+    from lesion.core.sites import default_candidates, find_sites
 
     sites = find_sites(net, data.x_test[:2], list(layers) if layers else None)
     return sites, (sites if layers else default_candidates(sites))

@@ -9,7 +9,6 @@ under random rotations; Morcos et al. 2018 found random directions about as impo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -17,14 +16,15 @@ import torch
 from torch import nn
 
 from lesion import interventions as iv
-from lesion._batches import Data, batches, reusable
 from lesion._progress import progress_bar
-from lesion._util import eval_mode
-from lesion.analyses import _seed, sites_for
-from lesion.evaluation import Evaluator
+from lesion.analyses import _seed
+from lesion.core.batch import Data, reusable
+from lesion.core.capture import grab
+from lesion.core.lesion import Lesion
+from lesion.core.replacements import Directions
+from lesion.core.sites import Site, default_candidates
+from lesion.core.sweep import Runner, sites_for
 from lesion.measures import mutual_information
-from lesion.sites import Site, default_candidates
-from lesion.stats import forward
 
 
 def direction_curves(
@@ -47,7 +47,7 @@ def direction_curves(
     data = reusable(data)
     sites = sites_for(model, data)
     cand = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
-    ev = Evaluator(model, data, sites, batch_size=batch_size)
+    runner = Runner(model, data, sites, batch_size=batch_size)
     rows = []
     bar = progress_bar(None, "direction curves", progress, total=2 * repeats * len(fractions))
     for r in range(repeats):
@@ -55,9 +55,11 @@ def direction_curves(
         for basis in ("units", "random"):
             for f in fractions:
                 k = {s.name: round(float(f) * s.width) for s in cand}
-                edits = {s.name: _edit(s, *draws[s.name], k[s.name], basis) for s in cand if k[s.name]}
-                res = ev.run(edits) if edits else ev.intact
-                rows.append((basis, r, float(f), sum(k.values()), res.accuracy, res.loss))
+                together = [_lesion(s, *draws[s.name], k[s.name], basis) for s in cand if k[s.name]]
+                res = runner.run([together]) if together else runner.intact
+                rows.append(
+                    (basis, r, float(f), sum(k.values()), float(res["accuracy"][0]), float(res["loss"][0]))
+                )
                 bar.update()
     bar.close()
     return pd.DataFrame(rows, columns=["basis", "repeat", "fraction", "n_ablated", "accuracy", "loss"])
@@ -69,12 +71,10 @@ def _draw(width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return iv.random_directions(width, width, seed=seed), order
 
 
-def _edit(site: Site, rotation: torch.Tensor, order: torch.Tensor, k: int, basis: str):
+def _lesion(site: Site, rotation: torch.Tensor, order: torch.Tensor, k: int, basis: str) -> Lesion:
     if basis == "random":  # the first k columns of one rotation: nested as k grows
-        return partial(iv.remove_directions, q=rotation[:, :k], dim=site.unit_dim)
-    keep = torch.ones(site.width)
-    keep[order[:k]] = 0.0
-    return partial(iv.mask, keep=keep, dim=site.unit_dim)
+        return Lesion(f"{site.name}:*", Directions(rotation[:, :k]))
+    return Lesion({site.name: order[:k].tolist()})
 
 
 def direction_information(
@@ -112,24 +112,11 @@ def _activity(model, data, sites: list[Site], batch_size: int) -> tuple[dict[str
     """Per-example activity (examples, units) of each site, maps averaged over space, and the labels."""
     grabbed: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
     labels = []
-    mods = dict(model.named_modules())
-
-    def grab(site: Site):
-        def hook(_m, _i, out):
-            h = out.detach().movedim(site.unit_dim, -1)
-            grabbed[site.name].append(h.reshape(h.shape[0], -1, h.shape[-1]).mean(1).double().cpu())
-
-        return hook
-
-    handles = [mods[s.name].register_forward_hook(grab(s)) for s in sites]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            for k, (x, y) in enumerate(batches(data, batch_size=batch_size)):
-                forward(model, x, k)
-                labels.append(y.cpu())
-    finally:
-        for h in handles:
-            h.remove()
+    for acts, b in grab(model, data, sites, batch_size=batch_size):
+        for s in sites:
+            h = acts[s.name].movedim(s.unit_dim, -1)
+            grabbed[s.name].append(h.reshape(h.shape[0], -1, h.shape[-1]).mean(1).double().cpu())
+        labels.append(b.target.cpu())
     return {n: torch.cat(v).numpy() for n, v in grabbed.items()}, torch.cat(labels).numpy()
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion._batches import Data, batches, check_labels, reusable
 from lesion._util import eval_mode, model_device
+from lesion.core.batch import Data, batches, output_tensor, reusable
+from lesion.core.capture import site_value
+from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
-from lesion.lesioning import hooks
-from lesion.sites import Site
 
 
 def per_example(h: torch.Tensor, dim: int) -> torch.Tensor:
@@ -65,9 +65,10 @@ class UnitMoments:
         act = per_example(h, 1)  # (batch, units)
         self.lo = torch.minimum(self.lo, act.amin(0))
         self.hi = torch.maximum(self.hi, act.amax(0))
-        y = y.cpu()
-        self.class_sum.index_add_(0, y, act)
-        self.class_count += torch.bincount(y, minlength=self.n_classes).double()
+        if y is not None:
+            y = y.cpu()
+            self.class_sum.index_add_(0, y, act)
+            self.class_count += torch.bincount(y, minlength=self.n_classes).double()
         self.n_examples += act.shape[0]
 
     def merge(self, other: UnitMoments) -> UnitMoments:
@@ -221,10 +222,12 @@ def collect_stats(
     sample_size: int = 10_000,
     seed: int = 0,
     batch_size: int = 1000,
+    labels: bool = True,
 ) -> Stats:
     """Stream ``data`` through ``model`` (eval mode) and gather per-unit statistics at ``sites``.
 
-    Quantile bin edges come from a seeded uniform sample of at most ``sample_size`` examples (exact when
+    ``labels=False`` skips everything that needs class labels (class means, histograms): moments only,
+    for data of any kind (token sequences, regression targets). Quantile bin edges come from a seeded uniform sample of at most ``sample_size`` examples (exact when
     the data is no larger); the joint histograms are then counted over all the data. Memory is bounded by
     units x (classes + bins x classes + sample_size), whatever the dataset size.
     """
@@ -236,10 +239,13 @@ def collect_stats(
     moments: dict[str, UnitMoments] = {}
     sample = _Reservoir(sample_size, seed)
     n_classes = 0
-    for acts, y, logits in _stream(model, data, sites, batch_size):
-        n_classes = n_classes or logits.shape[1]
+    histograms = histograms and labels
+    for acts, y, logits in _stream(model, data, sites, batch_size, labels):
+        n_classes = n_classes or (logits.shape[-1] if labels else 0)
         for s in sites:
-            moments.setdefault(s.name, UnitMoments(s.width, n_classes)).update(acts[s.name], y, s.unit_dim)
+            moments.setdefault(s.name, UnitMoments(s.width * s.group, n_classes)).update(
+                acts[s.name], y, s.unit_dim
+            )
         if histograms:
             sample.add({s.name: per_example(acts[s.name].double(), s.unit_dim) for s in sites}, y)
     hists: dict[str, UnitHistogram | None] = dict.fromkeys(moments)
@@ -252,49 +258,72 @@ def collect_stats(
             for s in sites:
                 hists[s.name].update(sample.rows[s.name], sample.y)
         else:
-            for acts, y, _ in _stream(model, data, sites, batch_size):
+            for acts, y, _ in _stream(model, data, sites, batch_size, labels):
                 for s in sites:
                     hists[s.name].update(per_example(acts[s.name].double(), s.unit_dim), y)
     per_site = {s.name: SiteStats(s, moments[s.name], hists[s.name]) for s in sites}
     return Stats(per_site, n_classes)
 
 
-def _stream(model, data, sites, batch_size):
-    """Yield (activations by site, labels, logits) per batch, checking labels and finiteness."""
+def _stream(model, data, sites, batch_size, labels=True):
+    """Yield (activations by site, labels or None, outputs) per batch, checking labels and finiteness."""
     device = model_device(model)
+    named = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
 
-    def grab(name):
-        def edit(h):
-            captured[name] = h.detach()
-            return h
+    def grab(site):
+        def hook(_m, inputs, output):
+            captured[site.name] = site_value(site, inputs, output).detach()
 
-        return edit
+        return hook
 
-    with torch.no_grad(), eval_mode(model), hooks(model, {s.name: grab(s.name) for s in sites}):
-        for k, (x, y) in enumerate(batches(data, batch_size=batch_size)):
-            logits = forward(model, x.to(device), k)
-            check_labels(y, logits.shape[1], k)
-            for name, h in captured.items():
-                if not torch.isfinite(h).all():
-                    raise DataError(
-                        f"batch {k}: site {name!r} produced NaN or infinite activations; expected finite "
-                        "values (check the inputs and the model's weights)"
-                    )
-            yield dict(captured), y, logits
-
-
-def forward(model: nn.Module, x: torch.Tensor, k: int = 0) -> torch.Tensor:
-    """Run ``model`` on one batch; a failure from a wrongly shaped input becomes a DataError."""
+    handles = [named[s.name].register_forward_hook(grab(s)) for s in sites]
     try:
-        logits = model(x)
-    except RuntimeError as exc:
-        raise DataError(f"batch {k}: the model failed on inputs of shape {tuple(x.shape)}: {exc}") from exc
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        with torch.no_grad(), eval_mode(model):
+            for k, b in enumerate(batches(data, batch_size=batch_size)):
+                logits = forward(model, b.to(device), k, check=labels)
+                y = _labels(b, logits, k) if labels else None
+                for name, h in captured.items():
+                    if not torch.isfinite(h).all():
+                        raise DataError(
+                            f"batch {k}: site {name!r} produced NaN or infinite activations; expected finite "
+                            "values (check the inputs and the model's weights)"
+                        )
+                yield dict(captured), y, logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _labels(b, logits: torch.Tensor, k: int) -> torch.Tensor:
+    y = b.target
+    if y is None or y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
         raise DataError(
-            f"the model returned {getattr(logits, 'shape', type(logits).__name__)}; expected logits "
-            "(batch, classes)"
+            f"batch {k}: class statistics need integer labels (batch,); got "
+            f"{'none' if y is None else f'{y.dtype} of shape {tuple(y.shape)}'} (use labels=False)"
         )
-    if not torch.isfinite(logits).all():
+    c = logits.shape[-1]
+    if y.numel() and int(y.min()) < 0:
+        raise DataError(f"batch {k}: label {int(y.min())} is negative; expected class indices >= 0")
+    if y.numel() and int(y.max()) >= c:
+        bad = int(y.max())
+        raise DataError(
+            f"batch {k}: label {bad} is out of range; the model has {c} outputs, expected labels 0..{c - 1}"
+        )
+    return y.long().cpu()
+
+
+def forward(model: nn.Module, b, k: int = 0, *, check: bool = True) -> torch.Tensor:
+    """Run ``model`` on one batch; a failure from a wrongly shaped input becomes a DataError."""
+    from lesion.core.batch import as_batch
+
+    b = as_batch(b)
+    try:
+        out = output_tensor(b.run(model))
+    except (RuntimeError, TypeError) as exc:
+        raise DataError(f"batch {k}: the model failed on inputs of shape {b.shapes()}: {exc}") from exc
+    if check and out.ndim != 2:
+        raise DataError(f"the model returned {tuple(out.shape)}; expected logits (batch, classes)")
+    if not torch.isfinite(out).all():
         raise DataError(f"batch {k}: the model produced NaN or infinite outputs; expected finite logits")
-    return logits
+    return out

@@ -28,10 +28,10 @@ from torch import nn
 
 from lesion._progress import progress_bar
 from lesion._util import eval_mode, model_device
+from lesion.core.lesion import hooks
+from lesion.core.sites import find_sites
 from lesion.data import Dataset
 from lesion.errors import DataError, LesionError
-from lesion.lesioning import hooks
-from lesion.sites import find_sites
 
 COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"]
 OPTIMIZERS = ("adam", "sgd")

@@ -15,23 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
+from lesion.core.batch import Batch, output_tensor
+from lesion.core.metric import Metric
+from lesion.core.sites import Site
 from lesion.engine.graph import Consumer, Plan, Unsupported
-from lesion.sites import Site
 
 
 class Engine:
-    """Fast evaluation of many lesions of ``model`` over data streamed from ``chunks()``."""
+    """Fast evaluation of many lesions of ``model`` over batches streamed from ``chunks()``."""
 
     def __init__(
         self,
         model: nn.Module,
-        chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+        chunks: Callable[[], Iterable[Batch]],
         sites: Sequence[Site],
         *,
         chunk_size: int = 1024,
@@ -43,33 +43,54 @@ class Engine:
         self._batches = chunks
         self.chunk_size = chunk_size
         self.budget = budget_bytes
-        self.consumers = {s.name: self.plan.consumer(s.name, flat=not s.spatial) for s in sites}
+        self.consumers = {
+            s.name: self.plan.consumer(s.name, flat=len(s.shape) == 1) for s in sites if _plain(s)
+        }
 
     @property
-    def chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def chunks(self) -> Iterator[Batch]:
         """Stream the data in small chunks: expanded temporaries stay in cache and memory stays bounded."""
-        for x, y in self._batches():
-            for i in range(0, len(y), self.chunk_size):
-                yield x[i : i + self.chunk_size], y[i : i + self.chunk_size]
+        for b in self._batches():
+            try:
+                b.x  # noqa: B018 -- one tensor input, or the engine steps aside
+            except Exception as exc:
+                raise Unsupported("the engine handles models with one tensor input") from exc
+            for i in range(0, len(b), self.chunk_size):
+                yield b.slice(i, i + self.chunk_size)
+
+    def _intact(self, metric: Metric, x: torch.Tensor):
+        return output_tensor(self.model(x)) if metric.needs_intact else None
+
+    @staticmethod
+    def _update(metric: Metric, out, b: Batch, k: int, lesions: slice, intact) -> None:
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != k * len(b):
+            raise Unsupported("the model's output is not one tensor with a batch axis after expansion")
+        metric.update(out.reshape(k, len(b), *out.shape[1:]), b, lesions, intact=intact, fused=True)
+
+    def _site(self, layer: str) -> Site:
+        site = self.sites[layer]
+        if not _plain(site):
+            raise Unsupported(
+                f"site {layer!r} is a view or a sequence site; the engine handles units on axis 1"
+            )
+        return site
 
     # ---------------------------------------------------------------------------- single units
     def single_units(
-        self, layer: str, units: Sequence[int], fill: torch.Tensor | None, n_classes: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Loss sums (units,) and confusion matrices (units, C, C) with each unit alone clamped.
-
-        ``fill``: (width,) clamp values (None: zero).
-        """
-        site = self.sites[layer]
+        self, layer: str, units: Sequence[int], fill: torch.Tensor | None, metric: Metric, offset: int = 0
+    ) -> None:
+        """Update ``metric`` (lesions ``offset ..``) with each unit of ``units`` alone clamped to ``fill``
+        ((width,) values; None: zero)."""
+        site = self._site(layer)
         node = self.plan.site[layer]
         cons = self.consumers[layer]
         start = cons.node if cons else node
         front = self.plan.frontier([start])
         down = self.plan.downstream(start)
         units_t = torch.as_tensor(list(units), dtype=torch.long)
-        loss = np.zeros(len(units_t))
-        conf = np.zeros((len(units_t), n_classes, n_classes), dtype=np.int64)
-        for x, y in self.chunks:
+        for b in self.chunks:
+            x, y = b.x, b.ids
+            intact = self._intact(metric, x)
             vals = self.plan.prefix(x, set(front) | {node})
             h = vals[node]
             if not isinstance(h, torch.Tensor):
@@ -81,10 +102,8 @@ class Engine:
                 value = self._lesioned_start(h, vals, site, cons, start, js, fill)
                 env = self._expand(vals, front, start, value, len(js), len(y))
                 self.plan.run(env, down)
-                l_sum, c = _score(env[self.plan.output], y, len(js), n_classes)
-                loss[i : i + len(js)] += l_sum
-                conf[i : i + len(js)] += c
-        return loss, conf
+                out = _tensor_out(env[self.plan.output])
+                self._update(metric, out, b, len(js), slice(offset + i, offset + i + len(js)), intact)
 
     def _lesioned_start(self, h, vals, site, cons, start, js, fill) -> torch.Tensor:
         k = len(js)
@@ -120,10 +139,13 @@ class Engine:
         order: Sequence[tuple[str, int]],
         counts: Sequence[int],
         fills: dict[str, torch.Tensor] | None,
-        n_classes: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Loss sums and correct counts with the first ``k`` units of ``order`` deleted, per k in counts."""
+        metric: Metric,
+    ) -> None:
+        """Update ``metric`` (one lesion per entry of ``counts``) with the first k units of ``order``
+        deleted, for each k in ``counts``."""
         counts = sorted(counts)
+        for layer, _ in order:
+            self._site(layer)
         layers = sorted(
             {layer for layer, _ in order} | set(self.sites), key=lambda n: self.plan.pos[self.plan.site[n]]
         )
@@ -131,27 +153,22 @@ class Engine:
         first = min(self.plan.pos[n] for n in site_nodes)
         keep_nodes = set(self.plan.nodes[first:]) | set(self.plan.frontier(site_nodes))
         keep_nodes |= {a for n in site_nodes for a in n.all_input_nodes}  # to re-run a site itself
-        loss = np.zeros(len(counts))
-        correct = np.zeros(len(counts), dtype=np.int64)
-        for x, y in self.chunks:
+        for b in self.chunks:
+            x = b.x
+            intact = self._intact(metric, x)
             state = _CurveState(self, site_nodes, fills, x.device, h_dtype=x.dtype)
             env = self.plan.prefix(x, keep_nodes, state.edits, state.raw)
             env = {n: v for n, v in env.items()}
             j = 0
             if counts[0] == 0:
-                l_sum, c = _score(env[self.plan.output], y, 1, n_classes)
-                loss[0] += l_sum[0]
-                correct[0] += np.trace(c[0])
+                self._update(metric, _tensor_out(env[self.plan.output]), b, 1, slice(0, 1), intact)
                 j = 1
             for step, (layer, unit) in enumerate(order[: counts[-1]], start=1):
                 state.delete(env, layer, unit)
                 if j < len(counts) and counts[j] == step:
                     state.flush(env)
-                    l_sum, c = _score(env[self.plan.output], y, 1, n_classes)
-                    loss[j] += l_sum[0]
-                    correct[j] += np.trace(c[0])
+                    self._update(metric, _tensor_out(env[self.plan.output]), b, 1, slice(j, j + 1), intact)
                     j += 1
-        return loss, correct
 
 
 class _CurveState:
@@ -206,17 +223,12 @@ class _CurveState:
             self.stale.clear()
 
 
-def _score(logits, y: torch.Tensor, k: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-lesion summed cross-entropy (k,) and confusion (k, C, C) of logits (k * batch, C)."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != k * len(y):
-        raise Unsupported("the model's output is not (batch, classes) logits after expansion")
-    c = logits.shape[1]
-    yk = y.repeat(k)
-    ce = F.cross_entropy(logits.float(), yk, reduction="none").double().reshape(k, -1).sum(1)
-    pred = logits.argmax(1)
-    lesion_idx = torch.arange(k, device=y.device).repeat_interleave(len(y))
-    flat = (lesion_idx * c + yk) * c + pred
-    conf = torch.bincount(flat, minlength=k * c * c).reshape(k, c, c)
-    out = np.zeros((k, n_classes, n_classes), dtype=np.int64)
-    out[:, :c, :c] = conf.cpu().numpy()
-    return ce.cpu().numpy(), out
+def _plain(s: Site) -> bool:
+    return s.group == 1 and s.hook == "output" and s.unit_dim == 1
+
+
+def _tensor_out(out):
+    try:
+        return output_tensor(out)
+    except Exception as exc:
+        raise Unsupported(f"cannot read the traced graph's output: {exc}") from exc

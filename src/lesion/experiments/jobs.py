@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesion.core.units import parse_units
 from lesion.experiments.runner import kind
-from lesion.units import parse_units
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

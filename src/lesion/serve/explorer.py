@@ -22,12 +22,13 @@ from torch import nn
 
 from lesion._util import eval_mode, model_device
 from lesion.analyses import ablation_curves, unit_table
+from lesion.core.lesion import Lesion, hooks
+from lesion.core.sites import Site, default_candidates, find_sites
+from lesion.core.sweep import Runner
+from lesion.core.units import UnitSet, parse_units
 from lesion.errors import DataError, UnitError
-from lesion.evaluation import Evaluation, Evaluator
-from lesion.lesioning import ablate, hooks
-from lesion.sites import Site, default_candidates, find_sites
+from lesion.evaluation import Evaluation, as_evaluation
 from lesion.stats import per_example
-from lesion.units import UnitSet, parse_units
 
 CURVE_ORDERS = ("random", "selectivity_high", "importance_high")
 UNIT_COLUMNS = (
@@ -83,8 +84,8 @@ class Explorer:
             raise DataError("the model has no sites (activation layers with units) to lesion")
         self.candidates = default_candidates(self.sites)
         self._lock = threading.Lock()  # one lesion's hooks on the shared model at a time
-        self._evaluator = Evaluator(model, (self.x, self.y), self.sites, batch_size=batch_size)
-        self.intact: Evaluation = self._evaluator.intact
+        self._runner = Runner(model, (self.x, self.y), self.sites, batch_size=batch_size)
+        self.intact: Evaluation = as_evaluation(self._runner.intact)
         self.classes = _class_names(classes, self.n_classes)
         xy = (self.x, self.y)
         self.units = unit_table(model, xy, sites=self.sites, batch_size=batch_size, progress=progress)
@@ -120,8 +121,8 @@ class Explorer:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return selection, self._cache[key]
-        with self._lock, ablate(self.model, selection, sites=self.sites):
-            result = self._evaluator.run(None)
+        with self._lock:
+            result = as_evaluation(self._runner.run([Lesion(selection)]))
         with self._cache_lock:
             self._cache[key] = result
             while len(self._cache) > self._cache_size:

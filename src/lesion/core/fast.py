@@ -1,0 +1,125 @@
+"""Where the engine serves a sweep: single-unit lesions by layer, and cumulative orders.
+
+Each use is checked first against the slow path on this sweep's data (``CHECKS`` lesions per layer, the
+last ``CHECKS`` counts of every cumulative order); a disagreement or an unsupported model sends the work
+to the slow path and records why in ``runner.fallbacks``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from lesion._util import eval_mode
+from lesion.core.lesion import Lesion, replacement_key
+from lesion.core.sweep import CHECKS, Mismatch, Runner
+
+
+def engine_fill(runner: Runner, lesion: Lesion) -> tuple[str, int, torch.Tensor] | None:
+    """(layer, unit, fill) when ``lesion`` is one unit, at every position, with a per-unit constant."""
+    r = lesion.replacement
+    units = lesion.units
+    if not r.constant or units.positional or len(units) != 1:
+        return None
+    ((layer, idx),) = units.items()
+    if idx is None or len(idx) != 1:
+        return None
+    return layer, idx[0], r.fill(runner.sites[layer], lesion)
+
+
+def single_unit_groups(
+    runner: Runner, lesions: Sequence[Lesion], *, bar=None
+) -> Iterator[tuple[list[int], dict]]:
+    """Yield (lesion positions, metric values) for groups of single-unit lesions the engine evaluated."""
+    if runner.engine() is None:
+        return
+    groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
+    for i, les in enumerate(lesions):
+        got = engine_fill(runner, les)
+        if got is not None:
+            groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
+    for (layer, _), members in groups.items():
+        values = _engine_layer(runner, layer, members, [lesions[i] for i, _, _ in members], bar)
+        if values is not None:
+            yield [i for i, _, _ in members], values
+
+
+def _engine_layer(runner, layer, members, lesions, bar) -> dict | None:
+    from lesion.engine import Unsupported
+
+    if layer in runner.fallbacks:
+        return None
+    fill = members[0][2]
+    if not all(torch.equal(m[2], fill) for m in members[1:]):
+        fill = torch.stack([m[2] for m in members])  # per-lesion constants: one row each
+    units = [u for _, u, _ in members]
+    metric = runner.fresh(len(units))
+    block = 256
+    try:
+        with torch.no_grad(), eval_mode(runner.model), runner.autocast():
+            for i in range(0, len(units), block):
+                part = units[i : i + block]
+                f = fill if fill.ndim == 1 else _rows(fill[i : i + block], part)
+                runner.engine().single_units(layer, part, _or_none(f), metric, offset=i)
+                if bar is not None:
+                    bar.update(len(part))
+        values = metric.compute()
+        ref = runner.run(lesions[:CHECKS])
+        runner.agree(ref, {k: v[:CHECKS] for k, v in values.items()})
+    except (Unsupported, Mismatch) as exc:
+        runner.fallbacks[layer] = str(exc)
+        if bar is not None:
+            bar.update(-len(units))
+        return None
+    return values
+
+
+def _rows(fills: torch.Tensor, units: list[int]) -> torch.Tensor:
+    """A (width,) fill vector from per-lesion rows: lesion j's own constant at its own unit."""
+    out = fills[0].clone()
+    for j, u in enumerate(units):
+        out[u] = fills[j, u]
+    return out
+
+
+def _or_none(fill: torch.Tensor) -> torch.Tensor | None:
+    return None if not bool(fill.any()) else fill
+
+
+def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> dict[str, np.ndarray]:
+    """Metric values after deleting the first k units of ``seq`` (single-unit lesions), per k in counts.
+
+    ``seq`` holds one single-unit lesion per step with a shared replacement; the prefix of k steps is
+    ``Lesion(first k units, replacement)``.
+    """
+    from lesion.engine import Unsupported
+
+    eng = runner.engine()
+    fills = [engine_fill(runner, les) for les in seq]
+    key = "cumulative"
+    if eng is not None and key not in runner.fallbacks and all(f is not None for f in fills):
+        layers = {f[0] for f in fills}
+        by_layer = {n: next(f[2] for f in fills if f[0] == n) for n in layers}
+        zero = all(not bool(v.any()) for v in by_layer.values())
+        metric = runner.fresh(len(counts))
+        try:
+            with torch.no_grad(), eval_mode(runner.model), runner.autocast():
+                eng.cumulative([(f[0], f[1]) for f in fills], counts, None if zero else by_layer, metric)
+            values = metric.compute()
+            checks = list(range(len(counts)))[-CHECKS:]
+            ref = runner.run([prefix(seq, counts[j]) for j in checks])
+            runner.agree(ref, {k: v[checks] for k, v in values.items()})
+            return values
+        except (Unsupported, Mismatch) as exc:
+            runner.fallbacks[key] = str(exc)
+    return runner.run([prefix(seq, k) for k in counts])
+
+
+def prefix(seq: Sequence[Lesion], k: int) -> Lesion | None:
+    """One lesion deleting the first ``k`` units of ``seq`` together (None for k = 0: intact)."""
+    if k == 0:
+        return None
+    units = [u for les in seq[:k] for u in les.units.units()]
+    return Lesion(units, seq[0].replacement)

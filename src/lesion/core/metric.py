@@ -1,0 +1,289 @@
+"""What a lesion is measured by: streaming metrics with a leading lesion axis.
+
+A metric accumulates, for ``n`` lesions at once, sums over the examples it is shown:
+``reset(n)``; ``update(outputs, batch, lesions)`` with ``outputs`` (k, batch, ...) the model's outputs
+under the k lesions of the slice ``lesions``; ``compute()`` -> ``{name: array (n, ...)}``; ``merge``
+adds another accumulator's sums (another shard of the data). Scalar outputs (n,) become table columns
+(and ``delta_<name>`` against the intact model); (n, c) outputs become columns ``<name>_0..``.
+
+>>> import torch
+>>> m = MSE(); m.reset(1)
+>>> m.update(torch.tensor([[[1.0], [3.0]]]), Batch((torch.zeros(2, 1),), target=torch.zeros(2, 1)), slice(0, 1))
+>>> m.compute()["mse"].tolist()
+[5.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lesion.core.batch import Batch
+from lesion.errors import DataError, LesionError
+
+
+class MetricError(LesionError, ValueError):
+    """A metric that cannot score these outputs (wrong shape, NaN) or is missing what it needs."""
+
+
+class Metric:
+    """Base: subclasses keep float64 sums in ``self.sums`` (name -> array with a leading lesion axis)."""
+
+    needs_intact = False  # update() is also given the intact model's outputs
+
+    def reset(self, n: int) -> None:
+        self.n = n
+        self.sums: dict[str, np.ndarray] = {}
+
+    def _add(self, name: str, lesions: slice, values: np.ndarray) -> None:
+        if name not in self.sums:
+            self.sums[name] = np.zeros((self.n, *values.shape[1:]), dtype=values.dtype)
+        target = self.sums[name]
+        if values.shape[1:] != target.shape[1:]:  # e.g. more classes seen later: grow
+            grown = np.zeros((self.n, *np.maximum(values.shape[1:], target.shape[1:])), dtype=target.dtype)
+            grown[(slice(None), *(slice(0, s) for s in target.shape[1:]))] = target
+            self.sums[name] = target = grown
+        target[(lesions, *(slice(0, s) for s in values.shape[1:]))] += values
+
+    def merge(self, other: Metric) -> Metric:
+        """Fold another accumulator over the same lesions (another shard of the data) into this one."""
+        for name, v in other.sums.items():
+            self._add(name, slice(0, self.n), v)
+        return self
+
+    def update(self, outputs: torch.Tensor, batch: Batch, lesions: slice, intact=None, fused=False) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class Classification(Metric):
+    """Mean cross-entropy ``loss``, ``accuracy``, ``accuracy_class`` (n, C) and ``confusion`` (n, C, C)
+    against integer class targets; outputs are logits (..., classes) (extra axes: every position counts)."""
+
+    def __init__(self, n_classes: int | None = None):
+        self.n_classes = n_classes
+
+    def update(self, outputs, batch, lesions, intact=None, fused=False):
+        y = batch.target
+        if y is None:
+            raise DataError("classification needs targets; expected (inputs, labels) batches")
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise DataError(f"labels have dtype {y.dtype}; expected integer class indices")
+        k = outputs.shape[0]
+        if outputs.ndim < 3 or outputs.shape[1:-1] != y.shape:
+            raise DataError(
+                f"the model returned {tuple(outputs.shape[1:])} for labels of shape {tuple(y.shape)}; "
+                "expected logits (batch, classes)"
+            )
+        c = outputs.shape[-1]
+        if y.numel() and int(y.min()) < 0:
+            raise DataError(f"label {int(y.min())} is negative; expected class indices >= 0")
+        if y.numel() and int(y.max()) >= c:
+            bad = int(y.max())
+            raise DataError(
+                f"label {bad} is out of range; the model has {c} outputs, expected labels 0..{c - 1}"
+            )
+        if not torch.isfinite(outputs).all():
+            raise DataError("the model produced NaN or infinite outputs; expected finite logits")
+        logits = outputs.reshape(k, -1, c).float()
+        yk = y.reshape(-1).long()
+        if fused or k > 1:  # the engine's order: per-example losses, summed in float64
+            ce = F.cross_entropy(logits.flatten(0, 1), yk.repeat(k), reduction="none").double()
+            loss = ce.reshape(k, -1).sum(1).cpu().numpy()
+        else:  # the reference path: one batch sum in float32
+            loss = np.array([float(F.cross_entropy(logits[0], yk, reduction="sum"))])
+        width = max(c, self.n_classes or 0)
+        pred = logits.argmax(-1)  # (k, m)
+        lesion_idx = torch.arange(k, device=pred.device)[:, None]
+        flat = ((lesion_idx * width + yk[None]) * width + pred).reshape(-1)
+        conf = torch.bincount(flat, minlength=k * width * width).reshape(k, width, width).cpu().numpy()
+        self._add("loss", lesions, loss)
+        self._add("count", lesions, np.full(k, yk.numel(), dtype=np.int64))
+        self._add("confusion", lesions, conf.astype(np.int64))
+
+    def compute(self):
+        conf = self.sums["confusion"]
+        n = self.sums["count"].astype(np.float64)
+        totals = conf.sum(2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(totals > 0, np.diagonal(conf, axis1=1, axis2=2) / totals, np.nan)
+        accuracy = np.trace(conf, axis1=1, axis2=2) / n
+        return {
+            "loss": self.sums["loss"] / n,
+            "accuracy": accuracy,
+            "accuracy_class": per_class,
+            "confusion": conf,
+        }
+
+
+def _next_token(outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (k, m, V) at predicting positions, their target tokens (m,) and the valid mask (m,)."""
+    if "labels" in batch.fields:
+        tokens, ignore = batch.fields["labels"], batch.fields["labels"] == -100
+    else:
+        tokens = batch.kwargs.get("input_ids", batch.args[0] if batch.args else None)
+        if tokens is None:
+            raise DataError("next-token loss needs input_ids (or labels) in the batch")
+        ignore = torch.zeros_like(tokens, dtype=torch.bool)
+    if outputs.ndim != 4 or outputs.shape[1:3] != tokens.shape:
+        raise MetricError(
+            f"next-token loss expects logits (batch, seq, vocab) for tokens {tuple(tokens.shape)}; "
+            f"got {tuple(outputs.shape[1:])}"
+        )
+    valid = ~ignore[:, 1:]
+    if "attention_mask" in batch.fields:
+        mask = batch.fields["attention_mask"].bool()
+        valid = valid & mask[:, 1:] & mask[:, :-1]
+    logits = outputs[:, :, :-1].reshape(outputs.shape[0], -1, outputs.shape[-1])
+    return logits, tokens[:, 1:].reshape(-1), valid.reshape(-1)
+
+
+class NextTokenLoss(Metric):
+    """Causal language modelling: mean cross-entropy ``loss`` of each next token and top-1 ``accuracy``,
+    over valid positions (``attention_mask`` honoured; ``labels`` of -100 ignored, as in Hugging Face)."""
+
+    def update(self, outputs, batch, lesions, intact=None, fused=False):
+        logits, target, valid = _next_token(outputs, batch)
+        k = logits.shape[0]
+        sel = logits[:, valid].float()  # (k, m, V)
+        t = target[valid].long()
+        ce = F.cross_entropy(sel.flatten(0, 1), t.repeat(k), reduction="none").double().reshape(k, -1)
+        self._add("loss", lesions, ce.sum(1).cpu().numpy())
+        self._add("correct", lesions, (sel.argmax(-1) == t).sum(1).cpu().numpy().astype(np.float64))
+        self._add("count", lesions, np.full(k, int(valid.sum()), dtype=np.float64))
+
+    def compute(self):
+        n = self.sums["count"]
+        return {"loss": self.sums["loss"] / n, "accuracy": self.sums["correct"] / n}
+
+
+class KL(Metric):
+    """Mean KL divergence KL(intact || lesioned) of the output distributions (softmax over the last
+    axis), per example and position; with an attention mask only real positions count."""
+
+    needs_intact = True
+
+    def update(self, outputs, batch, lesions, intact=None, fused=False):
+        if intact is None:
+            raise MetricError("KL needs the intact model's outputs")
+        k = outputs.shape[0]
+        logp = F.log_softmax(outputs.float(), -1)
+        logq = F.log_softmax(intact.float(), -1)[None]
+        kl = (logq.exp() * (logq - logp)).sum(-1)  # (k, batch, ...)
+        mask = batch.fields.get("attention_mask")
+        if mask is not None and kl.ndim == 3 and mask.shape == kl.shape[1:]:
+            kl = kl * mask[None].to(kl.dtype)
+            count = float(mask.sum())
+        else:
+            count = kl[0].numel()
+        self._add("kl", lesions, kl.reshape(k, -1).double().sum(1).cpu().numpy())
+        self._add("count", lesions, np.full(k, count))
+
+    def compute(self):
+        return {"kl": self.sums["kl"] / self.sums["count"]}
+
+
+class LogitDiff(Metric):
+    """Mean logit difference ``logit[a] - logit[b]`` at the last position (the last real token when
+    the batch has an attention mask). ``a``/``b`` are token ids or names of per-example batch fields."""
+
+    def __init__(self, a: int | str, b: int | str):
+        self.a, self.b = a, b
+
+    def update(self, outputs, batch, lesions, intact=None, fused=False):
+        last = outputs
+        if outputs.ndim == 4:  # (k, batch, seq, vocab): pick each example's last real position
+            mask = batch.fields.get("attention_mask")
+            pos = (mask.sum(1) - 1).long() if mask is not None else torch.full((outputs.shape[1],), -1)
+            last = outputs[:, torch.arange(outputs.shape[1]), pos % outputs.shape[2]]
+        if last.ndim != 3:
+            raise MetricError(
+                f"LogitDiff expects logits (batch, [seq,] vocab); got {tuple(outputs.shape[1:])}"
+            )
+        diff = self._pick(last, self.a, batch) - self._pick(last, self.b, batch)  # (k, batch)
+        self._add("logit_diff", lesions, diff.double().sum(1).cpu().numpy())
+        self._add("count", lesions, np.full(diff.shape[0], diff.shape[1], dtype=np.float64))
+
+    @staticmethod
+    def _pick(last, token, batch) -> torch.Tensor:
+        if isinstance(token, str):
+            ids = batch.field(token).long().reshape(-1)
+            return last.gather(2, ids[None, :, None].expand(last.shape[0], -1, 1))[..., 0]
+        if not 0 <= int(token) < last.shape[-1]:
+            raise MetricError(f"token {token} is outside the vocabulary of {last.shape[-1]}")
+        return last[..., int(token)]
+
+    def compute(self):
+        return {"logit_diff": self.sums["logit_diff"] / self.sums["count"]}
+
+
+class MSE(Metric):
+    """Mean squared error against float targets of the output's shape (regression)."""
+
+    def update(self, outputs, batch, lesions, intact=None, fused=False):
+        y = batch.target
+        if y is None or not y.dtype.is_floating_point:
+            raise DataError(
+                "MSE needs float targets; expected (inputs, targets) with targets of the output's shape"
+            )
+        if outputs.shape[1:] != y.shape and outputs.shape[1:] != (*y.shape, 1):
+            raise MetricError(
+                f"MSE: outputs {tuple(outputs.shape[1:])} vs targets {tuple(y.shape)}; expected equal shapes"
+            )
+        err = (outputs.double() - y.double().reshape(outputs.shape[1:])[None]) ** 2
+        k = outputs.shape[0]
+        self._add("se", lesions, err.reshape(k, -1).sum(1).cpu().numpy())
+        self._add("count", lesions, np.full(k, float(err[0].numel())))
+
+    def compute(self):
+        return {"mse": self.sums["se"] / self.sums["count"]}
+
+
+class Scalar(Metric):
+    """Any per-example function ``fn(output, batch) -> values (batch,)``, averaged: the column ``name``.
+
+    >>> import torch
+    >>> m = Scalar(lambda out, batch: out[:, 0], name="first"); m.reset(1)
+    >>> m.update(torch.tensor([[[2.0], [4.0]]]), Batch((torch.zeros(2),), ids=torch.arange(2)), slice(0, 1))
+    >>> m.compute()["first"].tolist()
+    [3.0]
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor, Batch], torch.Tensor], name: str = "value"):
+        self.fn, self.name = fn, name
+
+    def update(self, outputs, batch, lesions, intact=None, fused=False):
+        b = outputs.shape[1]
+        vals = []
+        for out in outputs:
+            v = torch.as_tensor(self.fn(out, batch))
+            if v.shape != (b,):
+                raise MetricError(
+                    f"metric {self.name!r} returned shape {tuple(v.shape)}; expected one value per example ({b},)"
+                )
+            if not torch.isfinite(v).all():
+                raise MetricError(
+                    f"metric {self.name!r} returned NaN or infinite values; expected finite numbers"
+                )
+            vals.append(v.double().sum())
+        self._add(self.name, lesions, torch.stack(vals).cpu().numpy())
+        self._add("count", lesions, np.full(len(vals), float(b)))
+
+    def compute(self):
+        return {self.name: self.sums[self.name] / self.sums["count"]}
+
+
+def columns(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Table columns of computed metric values: (n,) as they are, (n, c) as ``name_0..``; others dropped."""
+    out = {}
+    for name, v in values.items():
+        if v.ndim == 1:
+            out[name] = v
+        elif v.ndim == 2:
+            out |= {f"{name}_{j}": v[:, j] for j in range(v.shape[1])}
+    return out

@@ -1,0 +1,213 @@
+"""Sites: the layers of a model that have units, found by one dry forward pass.
+
+A ``Site`` is the only place a unit axis is decided. By default every activation-function module is a
+site (post-nonlinearity, as the paper ablates); any module can be named. The rule: outputs of
+Linear-like layers (and of activations whose last parametrised predecessor is Linear-like) have their
+units on the last axis, so a (batch, seq, hidden) activation has ``hidden`` units at every position;
+conv-like outputs (batch, channels, ...) have them on axis 1, a unit being a whole feature map. A site
+may carry a view: ``group`` consecutive channels form one unit (an attention head is
+``group = head_dim`` channels of the input of the output projection, ``hook="input"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lesion._util import eval_mode
+from lesion.core.batch import Batch, as_batch
+from lesion.core.units import unknown_layer
+from lesion.errors import DataError, SiteError
+
+ACTIVATIONS = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
+)  # fmt: skip
+# activation classes of other libraries, by class name (Hugging Face transformers' activations.py)
+ACTIVATION_NAMES = frozenset({
+    "NewGELUActivation", "GELUActivation", "FastGELUActivation", "QuickGELUActivation",
+    "GELUTanh", "PytorchGELUTanh", "ClippedGELUActivation", "SiLUActivation", "MishActivation",
+    "ReLUSquaredActivation", "AccurateGELUActivation", "LaplaceActivation", "LinearActivation",
+})  # fmt: skip
+# True while find_sites runs its dry forward pass: lesion hooks step aside, so the pass sees the raw model
+DRY_RUN: ContextVar[bool] = ContextVar("lesion_dry_run", default=False)
+LAST_DIM = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.Embedding, nn.RMSNorm)
+_CHANNEL_DIM = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm)
+
+
+def _last_dim(m: nn.Module) -> bool:
+    """Linear-like: units on the last axis (Hugging Face's GPT-2 ``Conv1D`` and RMSNorms included)."""
+    name = type(m).__name__
+    return isinstance(m, LAST_DIM) or name == "Conv1D" or name.endswith(("RMSNorm", "LayerNorm"))
+
+
+def _parametrised(m: nn.Module) -> bool:
+    return _last_dim(m) or isinstance(m, _CHANNEL_DIM)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A layer with units: its module name, unit axis, width and per-example output shape."""
+
+    name: str
+    module_type: str
+    unit_dim: int  # axis of the units in the batched output, e.g. 1 for (batch, channels, h, w)
+    width: int  # number of units (channels // group)
+    shape: tuple[int, ...]  # output shape of one example (no batch dim)
+    order: int  # position in execution order of the dry forward pass
+    group: int = 1  # consecutive channels per unit (head_dim for an attention-head view)
+    hook: str = "output"  # "output": the module's output; "input": its first input (a head view)
+
+    @property
+    def spatial(self) -> bool:
+        """True for conv-like sites, whose units are whole feature maps."""
+        return len(self.shape) > 1 and self.unit_dim == 1
+
+    @property
+    def position_dim(self) -> int | None:
+        """The sequence axis of a (batch, positions, ..., units) site, or None where there is none."""
+        return 1 if len(self.shape) >= 2 and self.unit_dim == len(self.shape) else None
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.width})"
+
+
+def is_activation(module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATIONS) or type(module).__name__ in ACTIVATION_NAMES
+
+
+def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = None) -> list[Site]:
+    """List the sites of ``model`` in execution order.
+
+    ``layers=None`` takes every activation module (post-nonlinearity); ``"all"`` every module with a
+    tensor output; a list of names exactly those modules. ``example`` is one batch of input (a tensor, an
+    ``(inputs, targets)`` pair or a dict batch; one or two examples suffice); the model runs once on it
+    in eval mode, without gradients. A module that runs more than once per forward pass is refused.
+    """
+    records = _dry_run(model, example)
+    named = dict(model.named_modules())
+    if layers is None or layers == "all":
+        names = [
+            n for n, r in records.items()
+            if n and r["tensor"] and r["ndim"] >= 2 and (layers == "all" or is_activation(named[n]))
+        ]  # fmt: skip
+        if not names:
+            raise _no_sites(records, named)
+        for n in names:
+            if records[n]["calls"] != 1:
+                raise _reused(n, records[n]["calls"])
+    else:
+        names = [layers] if isinstance(layers, str) else list(layers)
+        _check_requested(names, records, named)
+    sites = [_make_site(n, records[n], named, records) for n in names]
+    return sorted(sites, key=lambda s: s.order)
+
+
+def default_candidates(sites: Sequence[Site]) -> list[Site]:
+    """The paper's candidate units: all sites of an MLP; the last three conv sites of a convnet."""
+    spatial = [s for s in sites if s.spatial]
+    return spatial[-3:] if spatial else list(sites)
+
+
+def _dry_run(model: nn.Module, example) -> dict[str, dict]:
+    batch = example if isinstance(example, Batch) else as_batch(example)
+    if len(batch) == 0:
+        raise DataError("example input must hold at least one example")
+    records: dict[str, dict] = {}
+    counter = [0]
+    handles = []
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            r = records.setdefault(name, {"calls": 0, "order": counter[0]})
+            r["calls"] += 1
+            r["tensor"] = isinstance(output, torch.Tensor)
+            r["type"] = type(output).__name__
+            r["shape"] = tuple(output.shape) if r["tensor"] else ()
+            r["ndim"] = output.ndim if r["tensor"] else 0
+            r["module"] = type(module).__name__
+            counter[0] += 1
+
+        return hook
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_hook(make_hook(name)))
+    token = DRY_RUN.set(True)
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad(), eval_mode(model):
+            batch.to(device).run(model)
+    except Exception as exc:
+        if isinstance(exc, SiteError | DataError):
+            raise
+        raise DataError(f"the model failed on an example batch of shape {batch.shapes()}: {exc}") from exc
+    finally:
+        DRY_RUN.reset(token)
+        for h in handles:
+            h.remove()
+    return records
+
+
+def _reused(name: str, calls: int) -> SiteError:
+    return SiteError(
+        f"module {name!r} runs {calls} times per forward pass, so its units are ambiguous; expected a module "
+        "used once: give each call its own module (e.g. one nn.ReLU() per use), or name other sites with "
+        "layers=[...]"
+    )
+
+
+def _no_sites(records, named) -> SiteError:
+    usable = [f"{n} ({r['module']}, {r['shape'][1:]})" for n, r in records.items()
+              if n and r["tensor"] and r["ndim"] >= 2 and r["calls"] == 1]  # fmt: skip
+    listed = ", ".join(usable[:20]) + (", ..." if len(usable) > 20 else "")
+    return SiteError(
+        "the model has no activation modules to use as sites (activations written as functions such as "
+        "F.relu are not modules); pass layers=[...] naming modules to lesion, or layers='all'. "
+        f"Modules with a tensor output: {listed or 'none'}"
+    )
+
+
+def _check_requested(names, records, named) -> None:
+    usable = [n for n, r in records.items() if n and r["tensor"] and r["calls"] == 1 and r["ndim"] >= 2]
+    for n in names:
+        if n not in named or not n:
+            widths = {u: _make_site(u, records[u], named, records).width for u in usable}
+            raise unknown_layer(n, widths)
+        r = records.get(n)
+        if r is None:
+            raise SiteError(f"layer {n!r} exists but did not run in the forward pass; expected a used module")
+        if not r["tensor"]:
+            raise SiteError(
+                f"site {n!r} outputs a {r['type']}, not a tensor; expected a module whose output is one "
+                "tensor (name a submodule instead)"
+            )
+        if r["calls"] != 1:
+            raise _reused(n, r["calls"])
+        if r["ndim"] < 2:
+            raise SiteError(f"site {n!r} outputs shape {r['shape']}; expected (batch, units, ...)")
+
+
+def _make_site(name: str, rec: dict, named: dict[str, nn.Module], records: dict) -> Site:
+    dim = _unit_dim(named[name], rec, named, records)
+    shape = rec["shape"]
+    return Site(name, rec["module"], dim, shape[dim], tuple(shape[1:]), rec["order"])
+
+
+def _unit_dim(module: nn.Module, rec: dict, named, records) -> int:
+    ndim = rec["ndim"]
+    if ndim == 2:
+        return 1
+    kind = module
+    if not _parametrised(module):
+        # an activation inherits the layout of the last parametrised layer that ran before it
+        before = [
+            (r["order"], n) for n, r in records.items()
+            if r["order"] < rec["order"] and n and _parametrised(named[n])
+        ]  # fmt: skip
+        kind = named[max(before)[1]] if before else module
+    return ndim - 1 if _last_dim(kind) else 1
