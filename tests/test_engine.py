@@ -11,7 +11,7 @@ from torch import nn
 
 import lesion
 from lesion.core.fast import cumulative, prefix
-from lesion.core.lesion import Lesion
+from lesion.core.lesions import Lesion
 from lesion.core.replacements import as_replacement
 from lesion.core.sweep import Runner, evaluate_lesions
 from lesion.core.units import Unit

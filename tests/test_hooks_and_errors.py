@@ -133,7 +133,7 @@ def test_reused_module_is_ambiguous():
     model = nn.Sequential(nn.Linear(2, 2), relu, nn.Linear(2, 2), relu)
     with pytest.raises(lesion.SiteError, match="runs 2 times per forward pass"):
         lesion.find_sites(model, torch.zeros(1, 2), layers=["1"])
-    with pytest.raises(lesion.SiteError, match="module '1' runs 2 times.*give each call its own module"):
+    with pytest.raises(lesion.SiteError, match=r"module '1' runs 2 times.*give each call its own module"):
         lesion.find_sites(model, torch.zeros(1, 2))  # refused, never silently dropped
     with pytest.raises(lesion.SiteError, match="runs 2 times"), lesion.ablate(model, "1:0"):
         model(torch.zeros(1, 2))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         unit_table,
     )
     from lesion.core.batch import Batch
-    from lesion.core.lesion import Lesion, ablate, ablate_directions, add_noise, hooks
+    from lesion.core.lesions import Lesion, ablate, ablate_directions, add_noise, hooks
     from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar
     from lesion.core.optimal import Optimal
     from lesion.core.replacements import (
@@ -109,11 +109,12 @@ _SOURCES = {
     "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
     "lesion.evaluation": ("Evaluation", "evaluate"),
     "lesion.core.batch": ("Batch",),
-    "lesion.core.lesion": ("Lesion", "ablate", "ablate_directions", "add_noise", "hooks"),
+    "lesion.core.lesions": ("Lesion", "ablate", "ablate_directions", "add_noise", "hooks"),
     "lesion.core.metric": ("KL", "MSE", "Classification", "LogitDiff", "Metric", "NextTokenLoss", "Scalar"),
     "lesion.core.optimal": ("Optimal",),
     "lesion.core.replacements": (
-        "Constant", "Directions", "Mean", "Noise", "Patch", "PositionalMean", "Replacement", "Resample", "Zero",
+        "Constant", "Directions", "Mean", "Noise", "Patch", "PositionalMean", "Replacement", "Resample",
+        "Zero",
     ),
     "lesion.core.sites": ("Site", "find_sites"),
     "lesion.core.sweep": ("sweep",),

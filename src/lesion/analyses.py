@@ -18,7 +18,7 @@ from torch import nn
 from lesion._progress import progress_bar
 from lesion.core.batch import Data, reusable
 from lesion.core.fast import cumulative
-from lesion.core.lesion import Lesion
+from lesion.core.lesions import Lesion
 from lesion.core.metric import Classification, Metric, columns
 from lesion.core.replacements import Noise, as_replacement
 from lesion.core.sites import Site, default_candidates

@@ -47,7 +47,7 @@ from torch import nn
 from lesion._alloc import tune_allocator
 from lesion._progress import progress_bar
 from lesion.core.fast import cumulative
-from lesion.core.lesion import Lesion
+from lesion.core.lesions import Lesion
 from lesion.core.sites import Site, default_candidates, find_sites
 from lesion.core.sweep import Runner, evaluate_lesions
 from lesion.core.units import Unit

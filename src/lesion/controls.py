@@ -20,7 +20,7 @@ from lesion._progress import progress_bar
 from lesion.analyses import _seed
 from lesion.core.batch import Data, reusable
 from lesion.core.capture import grab
-from lesion.core.lesion import Lesion
+from lesion.core.lesions import Lesion
 from lesion.core.replacements import Directions
 from lesion.core.sites import Site, default_candidates
 from lesion.core.sweep import Runner, sites_for

@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from lesion.core.batch import Data
-from lesion.core.lesion import Edit, hooks
+from lesion.core.lesions import Edit, hooks
 from lesion.core.metric import Classification
 from lesion.core.sweep import Runner
 

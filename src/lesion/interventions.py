@@ -1,7 +1,7 @@
 """Interventions: pure functions ``tensor -> tensor`` on a site's activations.
 
 Each takes the batched activations ``h`` and the unit axis ``dim`` and returns a new tensor; nothing is
-modified in place. Lesioning applies them with forward hooks (``lesion.core.lesion``).
+modified in place. Lesioning applies them with forward hooks (``lesion.core.lesions``).
 """
 
 from __future__ import annotations

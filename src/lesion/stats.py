@@ -227,7 +227,8 @@ def collect_stats(
     """Stream ``data`` through ``model`` (eval mode) and gather per-unit statistics at ``sites``.
 
     ``labels=False`` skips everything that needs class labels (class means, histograms): moments only,
-    for data of any kind (token sequences, regression targets). Quantile bin edges come from a seeded uniform sample of at most ``sample_size`` examples (exact when
+    for data of any kind (token sequences, regression targets). Quantile bin edges come from a seeded
+    uniform sample of at most ``sample_size`` examples (exact when
     the data is no larger); the joint histograms are then counted over all the data. Memory is bounded by
     units x (classes + bins x classes + sample_size), whatever the dataset size.
     """

@@ -28,7 +28,7 @@ from torch import nn
 
 from lesion._progress import progress_bar
 from lesion._util import eval_mode, model_device
-from lesion.core.lesion import hooks
+from lesion.core.lesions import hooks
 from lesion.core.sites import find_sites
 from lesion.data import Dataset
 from lesion.errors import DataError, LesionError

@@ -175,6 +175,8 @@ def output_tensor(out: Any) -> torch.Tensor:
 def _raw(data: Data, batch_size: int) -> Iterable:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size={batch_size!r}; expected a positive int")
+    if isinstance(data, Batch):
+        return (data.slice(i, i + batch_size) for i in range(0, len(data), batch_size))
     if _is_array(data) or (isinstance(data, tuple | list) and len(data) == 2 and _is_target(data[1])
                            and not _is_batch_list(data)):  # fmt: skip
         whole = as_batch(data)

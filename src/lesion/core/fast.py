@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lesion._util import eval_mode
-from lesion.core.lesion import Lesion, replacement_key
+from lesion.core.lesions import Lesion, replacement_key
 from lesion.core.sweep import CHECKS, Mismatch, Runner
 
 

@@ -8,7 +8,8 @@ adds another accumulator's sums (another shard of the data). Scalar outputs (n,)
 
 >>> import torch
 >>> m = MSE(); m.reset(1)
->>> m.update(torch.tensor([[[1.0], [3.0]]]), Batch((torch.zeros(2, 1),), target=torch.zeros(2, 1)), slice(0, 1))
+>>> b = Batch((torch.zeros(2, 1),), target=torch.zeros(2, 1))
+>>> m.update(torch.tensor([[[1.0], [3.0]]]), b, slice(0, 1))
 >>> m.compute()["mse"].tolist()
 [5.0]
 """
@@ -264,7 +265,8 @@ class Scalar(Metric):
             v = torch.as_tensor(self.fn(out, batch))
             if v.shape != (b,):
                 raise MetricError(
-                    f"metric {self.name!r} returned shape {tuple(v.shape)}; expected one value per example ({b},)"
+                    f"metric {self.name!r} returned shape {tuple(v.shape)}; expected one value per example "
+                    f"({b},)"
                 )
             if not torch.isfinite(v).all():
                 raise MetricError(

@@ -21,7 +21,7 @@ from torch import nn
 from lesion._progress import progress_bar
 from lesion._util import eval_mode, model_device
 from lesion.core.batch import Batch, Data, batches, first_batch, output_tensor, reusable
-from lesion.core.lesion import Applied, Lesion, apply, as_lesion, fit_lesions
+from lesion.core.lesions import Applied, Lesion, apply, as_lesion, fit_lesions
 from lesion.core.metric import Classification, Metric, columns
 from lesion.core.sites import Site, find_sites
 from lesion.errors import DataError, LesionError
@@ -248,6 +248,6 @@ def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -
     df = pd.DataFrame({"lesion": list(names), **cols})
     for name in cols:
         df[f"delta_{name}"] = df[name] - intact[name][0]
-    df.attrs.update(intact={k: float(v[0]) for k, v in intact.items()}, n=runner.n,
-                    engine_fallbacks=dict(runner.fallbacks), engine_deviation=dict(runner.deviation))  # fmt: skip
+    df.attrs.update(intact={k: float(v[0]) for k, v in intact.items()}, n=runner.n)
+    df.attrs.update(engine_fallbacks=dict(runner.fallbacks), engine_deviation=dict(runner.deviation))
     return df

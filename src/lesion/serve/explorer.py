@@ -22,7 +22,7 @@ from torch import nn
 
 from lesion._util import eval_mode, model_device
 from lesion.analyses import ablation_curves, unit_table
-from lesion.core.lesion import Lesion, hooks
+from lesion.core.lesions import Lesion, hooks
 from lesion.core.sites import Site, default_candidates, find_sites
 from lesion.core.sweep import Runner
 from lesion.core.units import UnitSet, parse_units

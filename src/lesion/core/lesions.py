@@ -250,11 +250,14 @@ def _site_hook(name: str, mine, state: Applied, model, reference):
         site = state.sites[name]
         for les, r in mine:
             units = les.units.resolve({site.name: site.width} | {n: s.width for n, s in state.sites.items()})
-            if r.needs_fit:  # a plain ablate block: fit once, on the reference data
+            if r.needs_fit:  # a plain ablate block: fit once, on the reference data, with the hooks aside
                 if id(r) not in fitted:
-                    fitted[id(r)] = fit_lesions(model, reference, state.sites, [les.with_replacement(r)])[
-                        0
-                    ].replacement
+                    state.resolving = True
+                    try:
+                        one = fit_lesions(model, reference, state.sites, [les.with_replacement(r)])
+                    finally:
+                        state.resolving = False
+                    fitted[id(r)] = one[0].replacement
                 r = fitted[id(r)]
             h = replace_units(h, site, units, r, state)
         return h
@@ -287,7 +290,8 @@ def replace_units(
         return h
     if h.ndim != len(site.shape) + 1 or h.shape[site.unit_dim] != site.width * site.group:
         raise SiteError(
-            f"site {site.name!r} gave shape {tuple(h.shape)}; expected (batch, {', '.join(map(str, site.shape))}) "
+            f"site {site.name!r} gave shape {tuple(h.shape)}; expected (batch, "
+            f"{', '.join(map(str, site.shape))}) "
             "as on the dry run"
         )
     idx = torch.as_tensor(idx_list, dtype=torch.long, device=h.device)
