@@ -352,3 +352,61 @@ def test_unit_parsing_is_ascii_and_bounded_before_allocation():
         lesion.parse_units("relu1:0-40000000000", {"relu1": 512})
     with pytest.raises(lesion.UnitError, match="out of range"):
         lesion.parse_units("relu1:0-1000000000")  # beyond the cap when no width is known
+
+
+# ----------------------------------------------------------------------------- the user's own data
+def test_own_data_from_arrays_npz_and_training(tmp_path):
+    from lesion.data import from_arrays, from_npz, load_dataset
+    from lesion.training import train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)) + 3.0
+    y = (x[:, 0] > 3).astype(np.int64)
+    d = from_arrays(x, y, seed=1)
+    assert d.input_shape == (4,) and len(d.y_test) == 12 and sorted(set(d.y_test.tolist())) == [0, 1]
+    assert d.x_train.mean(0).abs().max() < 1e-5  # standardised with the training split's statistics
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    same = load_dataset(str(tmp_path / "mine.npz"), seed=1)
+    assert torch.equal(same.x_test, d.x_test) and same.name == "mine"
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert len(train(model, d, epochs=2)) == 2
+    with pytest.raises(lesion.DataError, match="from_arrays"):
+        train(model, (torch.tensor(x), torch.tensor(y)))
+    with pytest.raises(lesion.DataError, match="expected arrays named x and y"):
+        np.savez(tmp_path / "bad.npz", inputs=x)
+        from_npz(tmp_path / "bad.npz")
+    with pytest.raises(lesion.DataError, match="one label per example"):
+        from_arrays(x, y[:5])
+
+
+class DictOut(nn.Module):
+    """A model called with keywords, returning a dict with logits (as Hugging Face models do)."""
+
+    def __init__(self, as_tuple=False):
+        super().__init__()
+        self.emb, self.act, self.head = nn.Embedding(6, 4), nn.GELU(), nn.Linear(4, 6)
+        self.as_tuple = as_tuple
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.head(self.act(self.emb(input_ids)))
+        return (logits, None) if self.as_tuple else {"logits": logits, "hidden": None}
+
+
+def test_dict_batches_and_dict_or_tuple_outputs_under_next_token_loss():
+    torch.manual_seed(3)
+    ids = torch.randint(0, 6, (5, 7))
+    mask = torch.ones(5, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    loader = torch.utils.data.DataLoader(
+        [{"input_ids": i, "attention_mask": m} for i, m in zip(ids, mask, strict=True)], batch_size=2
+    )
+    model = DictOut()
+    df = lesion.sweep(model, loader, ["act:1", "act:2@-1"], lesion.NextTokenLoss())
+    logits = model(ids)["logits"]
+    assert df.attrs["intact"]["loss"] == pytest.approx(one_shot_next_token(logits, ids, mask), abs=1e-5)
+    with lesion.ablate(model, "act:1"):  # units on the last axis: neuron 1 at every position
+        cut = model(ids)["logits"]
+    assert df.loss[0] == pytest.approx(one_shot_next_token(cut, ids, mask), abs=1e-5)
+    tup = lesion.sweep(DictOut(as_tuple=True), {"input_ids": ids, "attention_mask": mask}, ["act:1"],
+                       lesion.NextTokenLoss())  # fmt: skip
+    assert tup.attrs["intact"]["loss"] > 0

@@ -280,7 +280,7 @@ def _curve_columns(values: dict) -> dict:
 
 
 def _named_orders(orders) -> list[tuple[str, str | Sequence]]:
-    """(name, order) pairs: names as given, explicit lists numbered ``custom_<i>``; names must differ."""
+    """(name, order) pairs: names as given, explicit lists numbered ``custom_<i>``."""
     if isinstance(orders, Mapping):
         out = [(str(k), v) for k, v in orders.items()]
     else:
@@ -293,10 +293,7 @@ def _named_orders(orders) -> list[tuple[str, str | Sequence]]:
             else:
                 out.append((f"custom_{i}", o))
                 i += 1
-    names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        raise LesionError(f"orders {names} name the same order twice; expected each order once")
-    return out
+    return out  # a named order given twice is the same curve twice, as earlier versions gave it
 
 
 def _repeat_ids(repeats: int | Sequence[int]) -> list[int]:

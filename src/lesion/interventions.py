@@ -1,7 +1,8 @@
-"""Interventions: pure functions ``tensor -> tensor`` on a site's activations.
+"""Interventions on a whole site: pure functions ``tensor -> tensor`` on its activations.
 
 Each takes the batched activations ``h`` and the unit axis ``dim`` and returns a new tensor; nothing is
-modified in place. Lesioning applies them with forward hooks (``lesion.core.lesions``).
+modified in place. The ``Noise`` and ``Directions`` replacements (``lesion.core.replacements``) apply
+them; per-unit replacements are applied by ``lesion.core.lesions.replace_units``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lesion.errors import LesionError, UnitError
-
-
-def _index(h: torch.Tensor, units: Sequence[int] | torch.Tensor, dim: int) -> torch.Tensor:
-    idx = torch.as_tensor(units, dtype=torch.long, device=h.device).reshape(-1)
-    width = h.shape[dim]
-    if idx.numel() and (int(idx.max()) >= width or int(idx.min()) < 0):
-        bad = int(idx.max()) if int(idx.max()) >= width else int(idx.min())
-        raise UnitError(f"unit index {bad} out of range: expected 0..{width - 1} ({width} units)")
-    return idx
+from lesion.errors import LesionError
 
 
 def _along(values: torch.Tensor, h: torch.Tensor, dim: int) -> torch.Tensor:
@@ -27,33 +19,6 @@ def _along(values: torch.Tensor, h: torch.Tensor, dim: int) -> torch.Tensor:
     shape = [1] * h.ndim
     shape[dim] = -1
     return values.to(device=h.device, dtype=h.dtype).reshape(shape)
-
-
-def clamp(
-    h: torch.Tensor, units: Sequence[int] | torch.Tensor, value: float | torch.Tensor, dim: int = 1
-) -> torch.Tensor:
-    """Clamp ``units`` to ``value``: a scalar, or one value per listed unit (e.g. their means)."""
-    dim = dim % h.ndim
-    idx = _index(h, units, dim)
-    out = h.clone()
-    if isinstance(value, torch.Tensor) and value.numel() > 1:
-        if value.numel() != idx.numel():
-            raise LesionError(
-                f"got {value.numel()} clamp values for {idx.numel()} units; expected one per unit"
-            )
-        fill = _along(value, h, dim).expand(*[idx.numel() if d == dim else s for d, s in enumerate(h.shape)])
-        return out.index_copy_(dim, idx, fill.contiguous())
-    return out.index_fill_(dim, idx, float(value))
-
-
-def zero(h: torch.Tensor, units: Sequence[int] | torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Delete ``units``: clamp their activity to 0 (the paper's default ablation)."""
-    return clamp(h, units, 0.0, dim)
-
-
-def mask(h: torch.Tensor, keep: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Multiply by a 0/1 ``keep`` vector over units: the fast form of zero-ablation."""
-    return h * _along(keep, h, dim % h.ndim)
 
 
 def noise(

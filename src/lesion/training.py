@@ -155,6 +155,12 @@ def train(
     epoch); each file holds ``arch`` (required then), the training options as metadata and the train
     labels as the extra tensor ``train_labels``.
     """
+    if not isinstance(data, Dataset):
+        raise DataError(
+            f"train needs a lesion Dataset with a held-out split, got {type(data).__name__}; for arrays "
+            "use lesion.data.from_arrays(x, y) (a seeded stratified split, normalised) or "
+            "from_arrays(x, y, x_test=..., y_test=...)"
+        )
     opts = _options(locals())
     device = torch.device(device)
     data = data if train_labels is None else data.with_train_labels(train_labels)

@@ -8,6 +8,7 @@ official file formats, and a verified downloader.
 ((32, 1, 8, 8), torch.int64)
 """
 
+from lesion.data._arrays import from_arrays, from_npz
 from lesion.data._builtin import DATASETS, load_dataset, load_image_folder
 from lesion.data._dataset import Dataset, make_loader
 from lesion.data._download import download, fetch
@@ -19,6 +20,8 @@ __all__ = [
     "Dataset",
     "download",
     "fetch",
+    "from_arrays",
+    "from_npz",
     "load_dataset",
     "load_image_folder",
     "make_loader",

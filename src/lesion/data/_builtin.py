@@ -79,6 +79,10 @@ def load_dataset(
     >>> d.input_shape, d.n_classes, len(d.y_train), len(d.y_test)
     ((1, 8, 8), 10, 1437, 360)
     """
+    if isinstance(name, str | Path) and str(name).lower().endswith(".npz"):
+        from lesion.data._arrays import from_npz
+
+        return from_npz(name, seed=seed, test_fraction=test_fraction)
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in _READERS:
         close = difflib.get_close_matches(str(name).lower(), DATASETS, n=1, cutoff=0.4)
@@ -177,12 +181,13 @@ def _unit_range(x: np.ndarray) -> np.ndarray:
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of ``x`` (N, C, H, W)."""
-    flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)  # (C, N * H * W)
+    flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)  # (C, N * H * W); flat inputs: (D, N)
     return tuple(map(float, flat.mean(axis=1))), tuple(map(float, flat.std(axis=1)))
 
 
 def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(N, C, H, W) floats in [0, 1], which this modifies -> normalised float32 tensor."""
-    x -= np.asarray(mean, dtype=x.dtype).reshape(1, -1, 1, 1)
-    x /= np.asarray(std, dtype=x.dtype).reshape(1, -1, 1, 1)
+    """(N, C, ...) floats, which this modifies -> normalised float32 tensor (channels on axis 1)."""
+    shape = (1, -1, *[1] * (x.ndim - 2))
+    x -= np.asarray(mean, dtype=x.dtype).reshape(shape)
+    x /= np.where(np.asarray(std) > 0, np.asarray(std), 1.0).astype(x.dtype).reshape(shape)
     return torch.from_numpy(x.astype(np.float32, copy=False)).contiguous()

@@ -13,9 +13,9 @@ from lesion.errors import DataError
 
 @dataclass(frozen=True)
 class Dataset:
-    """A split image classification dataset held in memory, already normalised.
+    """A split classification dataset held in memory, already normalised.
 
-    Images are float32 ``(N, C, H, W)``, labels int64 ``(N,)`` in ``0..n_classes - 1``. ``load_dataset``
+    Inputs are float32 ``(N, C, H, W)`` images (or any ``(N, ...)`` from ``from_arrays``), labels int64 ``(N,)`` in ``0..n_classes - 1``. ``load_dataset``
     caches and shares instances, so treat the tensors as read-only: corrupt labels through
     ``with_train_labels`` (which returns a copy), never in place.
     """
@@ -37,7 +37,7 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one image, ``(C, H, W)``."""
+        """Shape of one input, e.g. ``(C, H, W)``."""
         return tuple(self.x_train.shape[1:])
 
     def with_train_labels(self, y: torch.Tensor) -> Dataset:
@@ -56,9 +56,10 @@ class Dataset:
 
 def _check_split(d: Dataset, split: str) -> None:
     x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
-    if x.dtype != torch.float32 or x.ndim != 4:
+    if x.dtype != torch.float32 or x.ndim < 2:
         raise DataError(
-            f"{d.name}: x_{split} is {x.dtype} of shape {tuple(x.shape)}; expected float32 (N, C, H, W)"
+            f"{d.name}: x_{split} is {x.dtype} of shape {tuple(x.shape)}; expected float32 (N, C, H, W) "
+            "or (N, ...)"
         )
     if y.dtype != torch.int64 or y.shape != (x.shape[0],):
         raise DataError(

@@ -1,0 +1,155 @@
+"""Side-by-side timings of lesion against its peers (``lesion bench``), following shared/PEERS.md.
+
+Workloads (full sizes; ``quick=True`` shrinks each one):
+- W1: each of the 1,024 hidden units of a 784-512-512-10 MLP deleted alone, accuracy and loss on
+  10,000 examples: lesion (``a single-unit sweep``, the engine) vs Captum's LayerFeatureAblation
+  (perturbations_per_eval 1, 4, 16) vs one forward pass per unit with a zeroing hook.
+- W2: cumulative curves, 10 random orders over all 1,024 units, every count (1,025 points per order):
+  lesion (``cumulative curves``) vs the hook loop (one forward pass per count).
+- W3: each channel of the last three conv layers of the paper's convnet (width 0.5, batch norm) deleted
+  alone on 2,000 28x28 images: lesion vs Captum (a feature mask per channel).
+- W4: peak resident memory of W1 at 60,000 examples with lesion, in a child process.
+
+Every method runs in this process on the same model, data and thread count. Its numbers are checked
+against lesion's on a few units first (that run is also its warm-up), then it is timed (median of
+``repeats`` runs), and its last timed run is checked against lesion's on everything. A method's floor is
+the arithmetic it must do (``_SiteCost``) divided by the GFLOP/s of a large GEMM timed in the same run.
+
+Data: mnist5k's 5,000 real digits (its seed-0 train split, then its test split) tiled to the size
+needed, so every run sees the same examples. The MLP is trained on the 4,000 training digits for 2
+epochs (1 in quick mode; seed 0); the convnet keeps its seed-0 random weights, with batch-norm
+statistics estimated on the W3 images (training it would cost minutes and does not change the work).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesion._alloc import tune_allocator
+from lesion.bench._common import (
+    FULL,
+    QUICK,
+    Mismatch,
+    Sizes,
+    _captum_version,
+    _Context,
+)
+from lesion.bench._common import (
+    _agree as _agree,  # for the tests
+)
+from lesion.bench._common import (
+    _captum_missing as _captum_missing,
+)
+from lesion.bench.floor import _SiteCost, single_flops, site_costs  # noqa: F401
+from lesion.bench.table import table
+from lesion.bench.w1 import w1
+from lesion.bench.w2 import w2
+from lesion.bench.w3 import w3
+from lesion.bench.w4 import memory_child, w4
+from lesion.errors import LesionError
+
+WORKLOADS = ("W1", "W2", "W3", "W4")
+
+
+def run(
+    *,
+    quick: bool = False,
+    repeats: int = 3,
+    threads: int = 2,
+    only: Sequence[str] | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run the chosen workloads (default: all) and return the results as a JSON-able dict.
+
+    Sets torch's thread count to ``threads`` for the run (restored afterwards) and tunes glibc malloc.
+    Raises LesionError for unknown workload names, Mismatch where a method disagrees with lesion.
+    """
+    chosen = _choose(only)
+    if repeats < 1 or threads < 1:
+        raise LesionError(f"repeats={repeats}, threads={threads}; expected positive ints")
+    tuned = tune_allocator()
+    load_start = os.getloadavg()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ctx = _Context(QUICK if quick else FULL, repeats, threads, progress)
+        workloads = {}
+        for name in chosen:
+            start = time.perf_counter()
+            workloads[name] = _WORKLOADS[name](ctx) | {"wall_seconds": time.perf_counter() - start}
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "machine": machine(threads, tuned, load_start),
+        "settings": {"quick": quick, "repeats": repeats, "threads": threads, "workloads": list(chosen)}
+        | {"sizes": asdict(ctx.sizes)},
+        "gemm": ctx.gemm,
+        "setup_seconds": ctx.setup_seconds,
+        "workloads": workloads,
+    }
+
+
+def save(results: dict, path: str | Path) -> None:
+    """Write ``results`` as indented JSON, through a temporary file beside ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def machine(threads: int, tuned: bool, load_start: tuple[float, ...]) -> dict:
+    """CPU, core count, library versions, date and load averages (a loaded machine times slowly)."""
+    cpu = platform.processor() or "unknown"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import lesion
+
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__, "numpy": np.__version__, "captum": _captum_version(),
+        "lesion": lesion.__version__, "python": platform.python_version(), "threads": threads,
+        "malloc_tuned": tuned, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "load_average_start": [round(v, 2) for v in load_start],
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
+    }  # fmt: skip
+
+
+def _choose(only: Sequence[str] | None) -> tuple[str, ...]:
+    if only is None:
+        return WORKLOADS
+    names = tuple(dict.fromkeys(n.strip().upper() for n in only if n.strip()))
+    bad = [n for n in names if n not in WORKLOADS]
+    if bad or not names:
+        raise LesionError(f"workloads {list(only)!r}; expected some of {', '.join(WORKLOADS)}")
+    return tuple(n for n in WORKLOADS if n in names)
+
+
+_WORKLOADS: dict[str, Callable[[_Context], dict]] = {"W1": w1, "W2": w2, "W3": w3, "W4": w4}
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "WORKLOADS",
+    "Mismatch",
+    "Sizes",
+    "memory_child",
+    "run",
+    "save",
+    "single_flops",
+    "site_costs",
+    "table",
+]  # fmt: skip

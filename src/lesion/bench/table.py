@@ -1,0 +1,49 @@
+"""The results as a rich table."""
+
+from __future__ import annotations
+
+# -------------------------------------------------------------------------------------------- table
+
+
+def table(results: dict):
+    """A rich Table: per workload and method the seconds, floor, ratio to lesion, max differences."""
+    from rich.table import Table
+
+    gemm, m = results["gemm"], results["machine"]
+    t = Table(
+        title=f"lesion bench: {m['cpu']}, {m['threads']} threads, GEMM {gemm['gflops']:.0f} GFLOP/s, load "
+        f"{m['load_average_start'][0]:.2f}->{m['load_average_end'][0]:.2f}",
+        caption="ratio: method seconds / lesion seconds; lesion row: lesion seconds / its arithmetic floor. "
+        "|Δ|: max abs difference from lesion's accuracy and loss. 'N% timed': the rest extrapolated.",
+    )
+    for col in ("", "method", "seconds", "floor s", "ratio", "|Δacc|", "|Δloss|", "note"):
+        left = col in ("", "method", "note")
+        t.add_column(col, justify="left" if left else "right", no_wrap=col != "note")
+    for name, w in results["workloads"].items():
+        if name == "W4":
+            note = f"peak +{w['peak_mb']:.0f} MB"
+            t.add_row(name, "lesion", _fmt(w["seconds"]), "", "", "", "", note)
+            continue
+        for method, sec in w["seconds"].items():
+            peer = method.removesuffix("_best")
+            diff = w["max_abs_diff"].get(peer, {})
+            ratio = w["ratios"]["lesion/floor"] if method == "lesion" else w["ratios"].get(f"{method}/lesion")
+            cells = [_fmt(sec), _fmt(w["floor_seconds"].get(peer)), _fmt(ratio, "x")]
+            cells += [_fmt(diff.get(k), sci=True) for k in ("accuracy", "loss")]
+            t.add_row(name, method, *cells, _row_note(w, method))
+    return t
+
+
+def _row_note(w: dict, method: str) -> str:
+    if method.startswith("captum") and not w["captum"].get("available"):
+        return "skipped: no captum"
+    if method == "captum_best":
+        return f"ppe={w['captum']['best_perturbations_per_eval']}"
+    ext = w.get("extrapolation", {}).get(method)
+    return f"{ext['measured_fraction']:.0%} timed" if ext else ""
+
+
+def _fmt(x: float | None, suffix: str = "", sci: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1e}" if sci else f"{x:.3g}{suffix}" if x < 100 else f"{x:.0f}{suffix}"
