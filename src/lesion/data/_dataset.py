@@ -15,7 +15,8 @@ from lesion.errors import DataError
 class Dataset:
     """A split classification dataset held in memory, already normalised.
 
-    Inputs are float32 ``(N, C, H, W)`` images (or any ``(N, ...)`` from ``from_arrays``), labels int64 ``(N,)`` in ``0..n_classes - 1``. ``load_dataset``
+    Inputs are float32 ``(N, C, H, W)`` images (or any ``(N, ...)`` from ``from_arrays``), labels int64
+    ``(N,)`` in ``0..n_classes - 1``. ``load_dataset``
     caches and shares instances, so treat the tensors as read-only: corrupt labels through
     ``with_train_labels`` (which returns a copy), never in place.
     """
