@@ -410,3 +410,21 @@ def test_dict_batches_and_dict_or_tuple_outputs_under_next_token_loss():
     tup = lesion.sweep(DictOut(as_tuple=True), {"input_ids": ids, "attention_mask": mask}, ["act:1"],
                        lesion.NextTokenLoss())  # fmt: skip
     assert tup.attrs["intact"]["loss"] > 0
+
+
+def test_output_forms():
+    from collections import OrderedDict
+
+    from lesion.core.batch import output_tensor
+
+    t = torch.ones(2, 3)
+
+    class ModelOutput(OrderedDict):  # the shape of Hugging Face's: a dict with attribute access
+        @property
+        def logits(self):
+            return self["logits"]
+
+    assert output_tensor(ModelOutput(loss=None, logits=t)) is t
+    assert output_tensor((t, None)) is t and output_tensor({"scores": t}) is t
+    with pytest.raises(lesion.DataError, match="expected a tensor, a tuple starting with one"):
+        output_tensor("text")
