@@ -3,6 +3,7 @@ checked against its layer's width (or lesion's cap) before anything is allocated
 
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 
 import numpy as np
@@ -19,7 +20,10 @@ def mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-@pytest.mark.parametrize("text", ["1:0-3_000_000_0", "1:1_0", "1:٣", "1:0-٣", "1:+3", "1: 3-", "1:0x3", "1:3.0"])
+BAD = ["1:0-3_000_000_0", "1:1_0", "1:٣", "1:0-٣", "1:+3", "1: 3-", "1:0x3", "1:3.0"]
+
+
+@pytest.mark.parametrize("text", BAD)
 def test_only_ascii_digits_are_indices(text):
     with pytest.raises(UnitError, match="expected ASCII digits"):
         parse_units(text)
@@ -27,10 +31,8 @@ def test_only_ascii_digits_are_indices(text):
 
 def peak_bytes(fn) -> int:
     tracemalloc.start()
-    try:
+    with contextlib.suppress(LesionError):
         fn()
-    except LesionError:
-        pass
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
