@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lesion._outputs import replace_into
 from lesion.errors import LesionError, ModelFileError
 from lesion.models._arch import build_model
 
@@ -60,7 +61,7 @@ def save_model(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
+        replace_into(Path(tmp), path)  # never over a device, FIFO or directory
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
