@@ -226,6 +226,9 @@ def reproduce(
         str | None,
         typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local Ray instance)."),
     ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Hash every finished job in --out, not only the reused ones.")
+    ] = False,
 ) -> None:
     """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
 
@@ -241,7 +244,7 @@ def reproduce(
     given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
     chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
     manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True,
-                             backend=backend, address=address)  # fmt: skip
+                             backend=backend, address=address, verify=verify)  # fmt: skip
     folder = out if out is not None else Path("runs") / manifest["profile"]["name"]
     claims = json.loads((folder / "claims.json").read_text())
     _out().print(_claims_table(claims))
