@@ -11,6 +11,7 @@ table does not depend on the backend.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
@@ -79,7 +80,9 @@ class LocalBackend:
             yield _InProcess()
             return
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
+        ) as pool:
             yield _Pool(pool, self.workers)
 
 
@@ -131,7 +134,9 @@ class _Pool(_Futures):
         return {"name": "local", "workers": self.capacity}
 
 
-def _worker_init() -> None:
+def _worker_init(driver: int) -> None:
     from lesion._alloc import tune_allocator
+    from lesion.experiments._orphans import die_with
 
+    die_with(driver)  # a SIGKILLed driver takes its workers along
     tune_allocator()
