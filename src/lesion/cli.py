@@ -229,6 +229,9 @@ def reproduce(
     verify: Annotated[
         bool, typer.Option("--verify", help="Hash every finished job in --out, not only the reused ones.")
     ] = False,
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the Ray cluster at --address.")
+    ] = 30.0,
 ) -> None:
     """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
 
@@ -244,7 +247,8 @@ def reproduce(
     given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
     chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
     manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True,
-                             backend=backend, address=address, verify=verify)  # fmt: skip
+                             backend=backend, address=address, verify=verify,
+                             connect_timeout=connect_timeout)  # fmt: skip
     folder = out if out is not None else Path("runs") / manifest["profile"]["name"]
     claims = json.loads((folder / "claims.json").read_text())
     _out().print(_claims_table(claims))

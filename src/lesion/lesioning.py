@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lesion import interventions as iv
+from lesion._once import once_per_forward
 from lesion.errors import LesionError, SiteError
 from lesion.sites import _LAST_DIM, Site
 from lesion.units import ALL, UnitSpec, parse_units
@@ -99,7 +100,7 @@ def ablate(
     if isinstance(value, str) and value != "mean":
         raise LesionError(f"unknown ablation value {value!r}; expected a number or 'mean'")
     edits = {layer: _clamp_edit(model, layer, idx, value, stats, sites) for layer, idx in selection.items()}
-    with hooks(model, edits):
+    with once_per_forward(model, edits if sites is None else ()), hooks(model, edits):
         yield model
 
 

@@ -65,6 +65,8 @@ def find_sites(
             if n and r["tensor"] and r["calls"] == 1 and r["ndim"] >= 2
             and (layers == "all" or isinstance(named[n], ACTIVATIONS))
         ]  # fmt: skip
+        if not names:
+            _refuse_reused(records, named, layers)
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
         _check_requested(names, records, named)
@@ -116,6 +118,19 @@ def _dry_run(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
         for h in handles:
             h.remove()
     return records
+
+
+def _refuse_reused(records: dict, named: dict, layers: str | None) -> None:
+    """No site was found: say so if it is because the candidates run more than once per pass."""
+    reused = [
+        f"{n!r} runs {r['calls']} times" for n, r in records.items()
+        if n and r["calls"] > 1 and (layers == "all" or isinstance(named[n], ACTIVATIONS))
+    ]  # fmt: skip
+    if reused:
+        raise SiteError(
+            f"the model has no usable sites: {', '.join(reused[:5])} per forward pass, so their units "
+            "are ambiguous; expected each use of an activation to be its own module"
+        )
 
 
 def _check_requested(names, records, named) -> None:

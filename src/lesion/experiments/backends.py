@@ -47,11 +47,17 @@ class Backend(Protocol):
 
 
 def get_backend(
-    backend: str | Backend, *, workers: int = 1, threads: int = 1, address: str | None = None
+    backend: str | Backend,
+    *,
+    workers: int = 1,
+    threads: int = 1,
+    address: str | None = None,
+    connect_timeout: float = 30.0,
 ) -> Backend:
     """The backend named ``backend`` ("local" or "ray"), or ``backend`` itself if it is one.
 
-    A new local Ray instance (``"ray"`` without ``address``) gets ``workers * threads`` CPUs.
+    A new local Ray instance (``"ray"`` without ``address``) gets ``workers * threads`` CPUs; a Ray
+    ``address`` that accepts no connection within ``connect_timeout`` seconds is a LesionError.
     """
     if not isinstance(backend, str):
         if address is not None:
@@ -64,7 +70,8 @@ def get_backend(
     if backend == "ray":
         from lesion.experiments.ray_backend import RayBackend
 
-        return RayBackend(address=address, cpus=None if address else workers * threads)
+        cpus = None if address else workers * threads
+        return RayBackend(address=address, cpus=cpus, connect_timeout=connect_timeout)
     raise LesionError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
