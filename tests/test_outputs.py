@@ -129,3 +129,16 @@ def test_an_interrupted_write_leaves_the_folder_old_or_marked_incomplete(model_f
     assert len(moved) == 2 and not (out / "manifest.json").exists()
     with pytest.raises(OutputError, match="is incomplete"):
         read_manifest(out)
+
+
+def test_reproduce_and_bench_check_out_before_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = invoke("reproduce", "--profile", "tiny", "--only", "F1", "--out", tmp_path / "file")
+    assert result.exit_code == 2 and "cannot use" in result.output and "as a run directory" in result.output
+    refused(invoke("bench", "--quick", "--only", "W1", "--out", "/dev/null"), "is a character device")
+    refused(invoke("bench", "--quick", "--only", "W1", "--out", tmp_path / "file"), "pass --force")
+
+
+def test_train_checks_its_checkpoint_folder_before_training(tmp_path):
+    (tmp_path / "m.checkpoints").write_text("a file where the checkpoints go")
+    refused(invoke(*TRAIN, "--checkpoints", "1", "--out", tmp_path / "m.safetensors"), "is not a directory")

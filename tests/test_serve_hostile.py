@@ -62,7 +62,8 @@ def test_deeply_nested_json_is_a_400_naming_what_was_expected(url):
 
 def test_memory_and_latency_stay_bounded_under_hostile_requests(url):
     """4 hostile clients x 12 rounds of every hostile body (and 2 MiB ones, and deep nesting) while a
-    well-behaved client asks for the model: RSS grows < 50 MB, every honest answer comes within 1 s."""
+    well-behaved client asks for the model and a lesion: RSS grows < 50 MB (server and clients together,
+    one process), every honest pair of answers comes within 1 s."""
     bodies = [json.dumps(b).encode() for b in HOSTILE] + [nested_body(), b"[" * (2 << 20)]
     with httpx.Client(base_url=url, timeout=30) as warm:
         for body in bodies:  # warm up allocator pools and caches once before measuring
@@ -83,6 +84,7 @@ def test_memory_and_latency_stay_bounded_under_hostile_requests(url):
             while not stop.is_set() and len(latencies) < 2000:
                 t = time.perf_counter()
                 assert c.get("/api/model").status_code == 200
+                assert c.post("/api/evaluate", json={"units": ["relu1:0-3"]}).status_code == 200
                 latencies.append(time.perf_counter() - t)
                 time.sleep(0.02)
 

@@ -276,9 +276,13 @@ def bench(
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per method; the median is reported.")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="torch threads for every method.")] = 2,
     only: Annotated[str | None, typer.Option(help="Comma separated workloads, e.g. W1,W3.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Time lesion against Captum and a hook loop on the same workloads, after checking they agree."""
     from lesion import bench as lesion_bench
+
+    if out is not None:
+        check_file_target(out, force=force)  # before the timings, not after
 
     names = None if only is None else only.split(",")
     results = lesion_bench.run(quick=quick, repeats=repeats, threads=threads, only=names, progress=True)
@@ -449,6 +453,8 @@ def _train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict
         raise LesionError(f"unknown arch {config.arch!r}; known archs: {', '.join(ARCHS)}")
     for target in (out, out.with_name(f"{out.stem}.history.csv")):  # before any work
         check_file_target(target, force=force)
+    if config.checkpoints:
+        check_dir_target(out.parent / f"{out.stem}.checkpoints", (), force=force)
     from lesion.corruption import corrupt_labels
     from lesion.data import load_dataset
     from lesion.models import build_model, save_model

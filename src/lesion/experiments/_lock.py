@@ -20,7 +20,12 @@ _GUARD = threading.Lock()
 
 def acquire(root: Path) -> str:
     """Lock ``root`` for this process (or count one more holder); returns the key for ``release``."""
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LesionError(
+            f"cannot use {root} as a run directory ({e.strerror or e}); expected a new or existing folder"
+        ) from None
     key = os.path.realpath(root)
     with _GUARD:
         if key in _HELD:
