@@ -139,3 +139,19 @@ def test_reproduce_recomputes_an_edited_model_and_verify_checks_the_rest(tmp_pat
     assert again["jobs"]["computed"] >= 1 and again["jobs"]["total"] == first["jobs"]["total"]
     assert json.loads((tmp_path / "claims.json").read_text()) == claims
     assert sorted((tmp_path / "models").glob("*.safetensors"))[0].read_bytes() != bytes(data)
+
+
+def test_reproduce_verify_hashes_jobs_outside_its_figures(tmp_path):
+    from lesion.reproduce import reproduce
+
+    reproduce("tiny", only="F1", out=tmp_path)
+    stray = tmp_path / "jobs" / "0123456789abcdef0123"  # a finished job of some other figure
+    stray.mkdir()
+    (stray / "x.txt").write_text("y")
+    record = {"x.txt": {"size": 1, "sha256": "0" * 64}}
+    (stray / "job.json").write_text(json.dumps({"key": stray.name, "kind": "value", "files": record}))
+    reproduce("tiny", only="F1", out=tmp_path)  # not in the plan: left alone
+    assert stray.is_dir()
+    with pytest.warns(RunDirWarning, match="x.txt does not match its recorded SHA-256"):
+        manifest = reproduce("tiny", only="F1", out=tmp_path, verify=True)
+    assert not stray.exists() and manifest["jobs"]["computed"] == 0
