@@ -99,3 +99,26 @@ def test_reproduce_with_an_unreachable_ray_address_is_a_user_error(tmp_path):
         "--address", "127.0.0.1:1", "--connect-timeout", "1",
     ])  # fmt: skip
     assert result.exit_code == 2 and "cannot reach the Ray cluster at 127.0.0.1:1 within 1 s" in result.output
+
+
+def test_the_reuse_guard_counts_each_threads_forward_passes_apart():
+    import threading
+
+    net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 3))
+    x = torch.randn(256, 4)
+    errors: list[BaseException] = []
+
+    def forward_many() -> None:
+        try:
+            for _ in range(200):
+                net(x)
+        except BaseException as e:  # collected for the assertion below
+            errors.append(e)
+
+    with lesion.ablate(net, "1:0"):
+        threads = [threading.Thread(target=forward_many) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors

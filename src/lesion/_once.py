@@ -7,6 +7,7 @@ makes ``ablate`` without sites refuse them on the first forward pass instead of 
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,27 +21,27 @@ from lesion.errors import SiteError
 def once_per_forward(model: nn.Module, layers: Iterable[str]) -> Iterator[None]:
     """Inside the block, a forward pass of ``model`` that calls any of ``layers`` twice raises SiteError.
 
-    Calls of a submodule outside a forward pass of ``model`` itself are not counted.
+    Calls of a submodule outside a forward pass of ``model`` itself are not counted, and each thread
+    counts its own forward passes.
     """
     named = dict(model.named_modules())
     watched = [n for n in dict.fromkeys(layers) if n in named and named[n] is not model]
-    calls: Counter[str] = Counter()
-    depth = [0]
+    state = threading.local()  # per thread: forward passes in other threads count on their own
 
     def enter(module, args) -> None:
-        if depth[0] == 0:
-            calls.clear()
-        depth[0] += 1
+        if getattr(state, "depth", 0) == 0:
+            state.calls = Counter()
+        state.depth = getattr(state, "depth", 0) + 1
 
     def leave(module, args, output) -> None:
-        depth[0] -= 1
+        state.depth -= 1
 
     def count(name: str):
         def hook(module, args) -> None:
-            if depth[0] == 0:
+            if getattr(state, "depth", 0) == 0:
                 return
-            calls[name] += 1
-            if calls[name] > 1:  # leave() still runs (always_call), so depth stays right
+            state.calls[name] += 1
+            if state.calls[name] > 1:  # leave() still runs (always_call), so depth stays right
                 raise SiteError(
                     f"module {name!r} runs more than once per forward pass, so its units are ambiguous; "
                     "expected a module used once (give each use its own module)"
