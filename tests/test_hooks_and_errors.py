@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import lesion
+from lesion.core.batch import LesionNote
 from lesion.core.units import Unit, parse_units
 from tests.toys import ToyConv, ToyMLP, toy_data, toy_images
 
@@ -134,7 +135,10 @@ def test_reused_module_is_ambiguous():
     with pytest.raises(lesion.SiteError, match="runs 2 times per forward pass"):
         lesion.find_sites(model, torch.zeros(1, 2), layers=["1"])
     with pytest.raises(lesion.SiteError, match=r"module '1' runs 2 times.*give each call its own module"):
-        lesion.find_sites(model, torch.zeros(1, 2))  # refused, never silently dropped
+        lesion.find_sites(model, torch.zeros(1, 2))  # refused, never silently an empty list
+    ok = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), relu, nn.Linear(2, 2), relu)
+    with pytest.warns(LesionNote, match="'3' run more than once"):
+        assert [s.name for s in lesion.find_sites(ok, torch.zeros(1, 2))] == ["1"]  # the others still count
     with pytest.raises(lesion.SiteError, match="runs 2 times"), lesion.ablate(model, "1:0"):
         model(torch.zeros(1, 2))
 

@@ -311,8 +311,12 @@ def _repeat_ids(repeats: int | Sequence[int]) -> list[int]:
 def _counts(n: int, fractions: Sequence[float] | None) -> list[int]:
     if fractions is None:
         return list(range(n + 1))
+    if isinstance(fractions, str) or np.ndim(fractions) != 1:
+        raise LesionError(
+            f"fractions={fractions!r}; expected a sequence of fractions in [0, 1], e.g. np.linspace(0, 1, 41)"
+        )
     f = np.asarray(fractions, dtype=np.float64)
-    if f.size == 0 or (f < 0).any() or (f > 1).any():
+    if f.size == 0 or not np.isfinite(f).all() or (f < 0).any() or (f > 1).any():
         raise LesionError(f"fractions must lie in [0, 1], got {list(fractions)}")
     return sorted({round(x * n) for x in f})
 

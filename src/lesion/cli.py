@@ -8,7 +8,6 @@ with ``error: <message>`` on stderr and exit code 2, without a traceback.
 import functools
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lesion._outputs import atomic_write, check_dir_target, check_file_target, write_folder
 from lesion.errors import DataError, LesionError, ModelFileError
 
 app = typer.Typer(
@@ -30,6 +30,10 @@ app = typer.Typer(
 ARCHS = ("mlp", "convnet", "resnet")
 RANKED_ORDERS = ("selectivity_high", "selectivity_low", "importance_high")
 EXIT_USER_ERROR = 2
+ANALYSIS_FILES = (  # what `lesion analyze` writes into --out
+    "units.parquet", "curves.parquet", "noise.parquet", "summary.json", "manifest.json",
+    *(f"{n}.{ext}" for n in ("curves", "noise", "selectivity_importance") for ext in ("png", "svg")),
+)  # fmt: skip
 DATA_SEED = 0  # the train/test split of every dataset; a model's metadata records the one it used
 
 
@@ -70,6 +74,9 @@ def _err():
 # ----------------------------------------------------------------------------------------- commands
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors) written by `lesion train`.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace existing output files (regular files only, never devices).")
+]
 
 
 @_command
@@ -137,6 +144,7 @@ def train(
     ] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     out: Annotated[Path, typer.Option(help="Where to write the model file.")] = Path("model.safetensors"),
+    force: ForceOpt = False,
 ) -> None:
     """Train a network and save it, with its training history and labels, as one safetensors file."""
     config = TrainConfig(
@@ -146,7 +154,7 @@ def train(
         checkpoints=_checkpoints(checkpoints), seed=seed, lr=lr, optimizer=optimizer, schedule=schedule,
         batch_size=batch_size, dropout=dropout, batchnorm=batchnorm, select_reg=select_reg, device=device,
     )  # fmt: skip
-    meta = _train_model(config, out)
+    meta = _train_model(config, out, force=force)
     _out().print(
         f"saved [bold]{out}[/] after {len(meta['history'])} epochs: train accuracy "
         f"{meta['train_accuracy']:.4f}, test accuracy {meta['test_accuracy']:.4f}"
@@ -169,26 +177,29 @@ def analyze(
     layers: Annotated[
         str | None, typer.Option(help="Comma separated layers to study (default: every activation).")
     ] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Selectivity and importance of every unit, ablation and noise curves, figures, summary."""
     config = AnalysisConfig(
         dataset=dataset, repeats=repeats, fractions=_fractions(fractions), noise_repeats=noise_repeats,
         seed=seed, layers=_names(layers),
     )  # fmt: skip
-    _print_summary(_analyze(model, out, config), out)
+    _print_summary(_analyze(model, out, config, force=force), out)
 
 
 @_command
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 5,
+    force: ForceOpt = False,
 ) -> None:
     """Train a 2x512 MLP on mnist5k (seed 0), then analyze it: the whole study in a few minutes."""
     start = time.perf_counter()
     model = out / "model.safetensors"
-    meta = _train_model(TrainConfig(epochs=epochs), model)
+    check_dir_target(out, ANALYSIS_FILES, force=force)  # before training: the analysis must fit too
+    meta = _train_model(TrainConfig(epochs=epochs), model, force=force)
     _err().print(f"trained {model}: test accuracy {meta['test_accuracy']:.4f}")
-    _print_summary(_analyze(model, out, AnalysisConfig(dataset="mnist5k")), out)
+    _print_summary(_analyze(model, out, AnalysisConfig(dataset="mnist5k"), force=force), out)
     _out().print(f"demo finished in {time.perf_counter() - start:.1f} s")
 
 
@@ -215,6 +226,12 @@ def reproduce(
         str | None,
         typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local Ray instance)."),
     ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Hash every finished job in --out, not only the reused ones.")
+    ] = False,
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the Ray cluster at --address.")
+    ] = 30.0,
 ) -> None:
     """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
 
@@ -230,7 +247,8 @@ def reproduce(
     given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
     chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
     manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True,
-                             backend=backend, address=address)  # fmt: skip
+                             backend=backend, address=address, verify=verify,
+                             connect_timeout=connect_timeout)  # fmt: skip
     folder = out if out is not None else Path("runs") / manifest["profile"]["name"]
     claims = json.loads((folder / "claims.json").read_text())
     _out().print(_claims_table(claims))
@@ -258,9 +276,13 @@ def bench(
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per method; the median is reported.")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="torch threads for every method.")] = 2,
     only: Annotated[str | None, typer.Option(help="Comma separated workloads, e.g. W1,W3.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Time lesion against Captum and a hook loop on the same workloads, after checking they agree."""
     from lesion import bench as lesion_bench
+
+    if out is not None:
+        check_file_target(out, force=force)  # before the timings, not after
 
     names = None if only is None else only.split(",")
     results = lesion_bench.run(quick=quick, repeats=repeats, threads=threads, only=names, progress=True)
@@ -425,10 +447,14 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 # ----------------------------------------------------------------------------------------- training
 
 
-def _train_model(config: TrainConfig, out: Path) -> dict:
+def _train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict:
     """Build, train and save a model (history also as CSV beside it); returns the file's metadata."""
     if config.arch not in ARCHS:
         raise LesionError(f"unknown arch {config.arch!r}; known archs: {', '.join(ARCHS)}")
+    for target in (out, out.with_name(f"{out.stem}.history.csv")):  # before any work
+        check_file_target(target, force=force)
+    if config.checkpoints:
+        check_dir_target(out.parent / f"{out.stem}.checkpoints", (), force=force)
     from lesion.corruption import corrupt_labels
     from lesion.data import load_dataset
     from lesion.models import build_model, save_model
@@ -483,8 +509,10 @@ def _checkpoints(text: str | None) -> tuple[float, ...] | None:
 # ----------------------------------------------------------------------------------------- analysis
 
 
-def _analyze(model: Path, out: Path, config: AnalysisConfig) -> dict:
-    """Run the study on one model and write its tables, figures and summary into ``out``."""
+def _analyze(model: Path, out: Path, config: AnalysisConfig, *, force: bool = False) -> dict:
+    """Run the study on one model and write its tables, figures and summary into ``out``, completely
+    or not at all (``manifest.json``, written last, lists every file with its SHA-256)."""
+    check_dir_target(out, ANALYSIS_FILES, force=force)  # before any work
     clock = _Clock()
     net, info = _load_model(model)
     data = _dataset_for(info, config.dataset)
@@ -497,11 +525,15 @@ def _analyze(model: Path, out: Path, config: AnalysisConfig) -> dict:
     clock.lap("load")
     units, curves, noise = _measure(net, data, sites, cand, config, clock)
     _stage(4, f"writing tables and figures to {out}")
-    _write_outputs(out, units, curves, noise, title=f"{model.name} on {data.name}")
-    clock.lap("outputs")
     summary = _summary(model, data, sites, cand, units, curves, config)
-    summary["seconds"] = clock.laps
-    _atomic(out / "summary.json", lambda p: p.write_text(json.dumps(_jsonable(summary), indent=2) + "\n"))
+
+    def write(folder: Path) -> None:
+        _write_outputs(folder, units, curves, noise, title=f"{model.name} on {data.name}")
+        clock.lap("outputs")
+        summary["seconds"] = clock.laps
+        (folder / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+
+    write_folder(out, write, kind="lesion analyze")
     return summary
 
 
@@ -560,9 +592,8 @@ def _sites(net, data, layers: tuple[str, ...] | None):
 def _write_outputs(out: Path, units, curves, noise, *, title: str) -> None:
     from lesion.plots import plot_curves, plot_noise, plot_selectivity_importance
 
-    out.mkdir(parents=True, exist_ok=True)
     for name, df in (("units", units), ("curves", curves), ("noise", noise)):
-        _atomic(out / f"{name}.parquet", lambda p, df=df: df.to_parquet(p, index=False))
+        df.to_parquet(out / f"{name}.parquet", index=False)
     ylabel = "Training accuracy (fraction correct)"
     plot_curves(curves, out / "curves.png", title=f"Cumulative ablation: {title}", ylabel=ylabel)
     plot_noise(noise, out / "noise.png", title=f"Per-unit Gaussian noise: {title}", ylabel=ylabel)
@@ -641,6 +672,8 @@ def _print_summary(s: dict, out: Path) -> None:
 
 
 def _load_model(path: Path):
+    if path.is_dir():
+        raise ModelFileError(f"{str(path)!r} is a directory; expected a model file written by `lesion train`")
     if not path.is_file():
         raise ModelFileError(
             f"model file {str(path)!r} does not exist; expected a file written by `lesion train`"
@@ -677,12 +710,7 @@ class _Clock:
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` through a temporary file beside it, so readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, write)
 
 
 def _jsonable(value: Any) -> Any:

@@ -54,19 +54,28 @@ def reproduce(
     progress: bool = False,
     backend: str = "local",
     address: str | None = None,
+    verify: bool = False,
+    connect_timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Run (or resume) a reproduction into ``out`` (default ``runs/<profile>``); returns the manifest.
 
+    Finished jobs are reused only after their files hash to what their job.json records; ``verify``
+    also hashes every other job in the run directory. A damaged job is recomputed with a warning.
+
     ``backend="ray"`` runs the jobs as tasks on the Ray cluster at ``address`` (default: a local Ray
-    instance with ``workers * threads`` CPUs); the tables are the same on every backend.
+    instance with ``workers * threads`` CPUs; an address that accepts no connection within
+    ``connect_timeout`` seconds is an error); the tables are the same on every backend.
     """
     start = time.perf_counter()
     p = get_profile(profile) if isinstance(profile, str) else profile
     figures = select(only)
-    chosen = get_backend(backend, workers=workers, threads=threads, address=address)  # fails before work
+    chosen = get_backend(backend, workers=workers, threads=threads, address=address,
+                         connect_timeout=connect_timeout)  # fmt: skip
     _check_data(p)
     out = Path(out) if out is not None else Path("runs") / p.name
-    store = Store(out)
+    store = Store(out)  # holds the run directory's lock until the run ends
+    if verify:
+        store.verify_all()
     named = {f.id: f.jobs(p) for f in figures}
     jobs = [j for js in named.values() for j in js.values()]
     done = run(jobs, store, progress=progress, workers=workers, threads=threads, backend=chosen)

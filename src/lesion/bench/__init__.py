@@ -101,11 +101,11 @@ def run(
 
 def save(results: dict, path: str | Path) -> None:
     """Write ``results`` as indented JSON, through a temporary file beside ``path``."""
+    from lesion._outputs import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n"))
 
 
 def machine(threads: int, tuned: bool, load_start: tuple[float, ...]) -> dict:

@@ -11,6 +11,7 @@ may carry a view: ``group`` consecutive channels form one unit (an attention hea
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from lesion._util import eval_mode
-from lesion.core.batch import Batch, as_batch
+from lesion.core.batch import Batch, LesionNote, as_batch
 from lesion.core.units import unknown_layer
 from lesion.errors import DataError, SiteError
 
@@ -87,7 +88,8 @@ def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = N
     ``layers=None`` takes every activation module (post-nonlinearity); ``"all"`` every module with a
     tensor output; a list of names exactly those modules. ``example`` is one batch of input (a tensor, an
     ``(inputs, targets)`` pair or a dict batch; one or two examples suffice); the model runs once on it
-    in eval mode, without gradients. A module that runs more than once per forward pass is refused.
+    in eval mode, without gradients. A module that runs more than once per forward pass is refused when
+    named, and left out of the defaults with a ``LesionNote`` (an error when nothing else is left).
     """
     records = _dry_run(model, example)
     named = dict(model.named_modules())
@@ -96,11 +98,19 @@ def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = N
             n for n, r in records.items()
             if n and r["tensor"] and r["ndim"] >= 2 and (layers == "all" or is_activation(named[n]))
         ]  # fmt: skip
+        reused = [n for n in names if records[n]["calls"] != 1]
+        names = [n for n in names if n not in reused]
+        if reused and not names:
+            raise _reused(reused[0], records[reused[0]]["calls"])
         if not names:
             raise _no_sites(records, named)
-        for n in names:
-            if records[n]["calls"] != 1:
-                raise _reused(n, records[n]["calls"])
+        if reused:  # e.g. torchvision's ResNet blocks call one ReLU twice: the rest stay usable
+            warnings.warn(
+                f"left out of the sites: {', '.join(repr(n) for n in reused[:5])} run more than once per "
+                "forward pass (give each call its own module to lesion it)",
+                LesionNote,
+                stacklevel=2,
+            )
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
         _check_requested(names, records, named)

@@ -19,8 +19,10 @@ from typing import Any, Union
 from lesion.errors import SiteError, UnitError
 
 ALL = None  # marker for "every unit of the layer", resolved against a site's width
-MAX_UNITS = 1 << 24  # most units one unparsed layer may name before its width is known
-_INT = re.compile(r"[0-9]+")  # ASCII digits only: int() would also take "1_000" and other scripts' digits
+MAX_UNITS = 1 << 20  # the most units a layer may have when its width is unknown (no sites given)
+_INT = re.compile(
+    r"[0-9]{1,15}"
+)  # ASCII digits only: int() would also take "1_000" and other scripts' digits
 _POS = re.compile(r"-?[0-9]+")
 
 
@@ -142,6 +144,12 @@ class UnitSet(Mapping[str, "tuple[int, ...] | None"]):
         return UnitSet(dict(sorted(out.items(), key=lambda kv: order[kv[0]])), self._pos)
 
 
+def _clip(text: str, n: int = 80) -> str:
+    """A user's text shortened for an error message, so a huge input is never echoed whole."""
+    text = str(text)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def as_widths(sites: Widths | Sequence[Any]) -> dict[str, int]:
     """``{layer: width}`` from a mapping or from objects with ``name`` and ``width`` (Sites)."""
     if isinstance(sites, Mapping):
@@ -204,10 +212,10 @@ def _pos_text(p: tuple[int, ...] | None) -> str:
 def unknown_layer(layer: str, sites: Widths | Sequence[Any]) -> SiteError:
     """The error for a layer name that is not a site, with the closest names and the valid sites."""
     widths = as_widths(sites)
-    close = difflib.get_close_matches(layer, list(widths), n=3, cutoff=0.4)
+    close = difflib.get_close_matches(layer[:200], list(widths), n=3, cutoff=0.4)
     hint = f"; closest: {', '.join(close)}" if close else ""
     valid = ", ".join(f"{n} ({w})" for n, w in widths.items()) or "none"
-    return SiteError(f"unknown layer {layer!r}{hint}; layers with units: {valid}")
+    return SiteError(f"unknown layer {_clip(layer)!r}{hint}; layers with units: {valid}")
 
 
 def _items(spec, widths) -> Iterator[tuple[str, tuple[int, ...] | None, tuple[int, ...] | None]]:
@@ -246,8 +254,17 @@ def _is_index(i) -> bool:
 
 def _indices(idx, layer: str, limit: int) -> tuple[int, ...]:
     """Indices from a list, range or integer array, checked one by one without building more than given."""
+    if getattr(idx, "ndim", 1) != 1:
+        raise UnitError(
+            f"unit indices for layer {_clip(layer)!r} have shape {tuple(idx.shape)}; expected a flat list of "
+            "indices"
+        )
+    if isinstance(idx, float | str | bytes):
+        raise UnitError(
+            f"unit indices for layer {_clip(layer)!r} are {idx!r}; expected an index, a list of indices, '*' or None"
+        )
     try:
-        values = list(idx.reshape(-1).tolist()) if hasattr(idx, "reshape") else idx
+        values = idx.tolist() if hasattr(idx, "tolist") else idx
         out = []
         for i in values:
             out.append(_check_int(i, layer))
@@ -257,18 +274,30 @@ def _indices(idx, layer: str, limit: int) -> tuple[int, ...]:
                 )
     except TypeError:
         raise UnitError(
-            f"unit indices for layer {layer!r} are a {type(idx).__name__}; expected integers"
+            f"unit indices for layer {_clip(layer)!r} are a {type(idx).__name__}; expected an index, a list of "
+            "indices, '*' or None"
         ) from None
     return tuple(sorted(set(out)))
 
 
 def _check_int(i, layer) -> int:
     if isinstance(i, bool) or not _is_index(i):
-        raise UnitError(f"unit index for layer {layer!r} must be an integer, got {i!r}")
+        raise UnitError(f"unit index for layer {_clip(layer)!r} must be an integer, got {_clip(repr(i))}")
     i = int(i)
     if i < 0:
         raise UnitError(f"unit index {i} for layer {layer!r} is negative; expected 0 or more")
     return i
+
+
+def _beyond(layer: str, i: int, limit: int) -> UnitError:
+    if limit == MAX_UNITS:
+        return UnitError(
+            f"unit index {i} for layer {_clip(layer)!r} is beyond lesion's limit of {MAX_UNITS:,} units per "
+            "layer; expected a smaller index (pass the model's sites to check indices against their widths)"
+        )
+    return UnitError(
+        f"unit index {i} out of range for layer {_clip(layer)!r}: expected 0..{limit - 1} ({limit} units)"
+    )
 
 
 def _limit(layer: str, widths: Widths | None) -> int:
@@ -284,7 +313,7 @@ def _split(text: str) -> tuple[str, str, tuple[int, ...] | None]:
     sel, at, where = sel.partition("@")
     if not colon or not layer or not sel.strip() or (at and not where.strip()):
         raise UnitError(
-            f"cannot parse unit address {text!r}; expected 'layer:17', 'layer:0-9', 'layer:*' or "
+            f"cannot parse unit address {_clip(text)!r}; expected 'layer:17', 'layer:0-9', 'layer:*' or "
             "'layer:17@-1' with layer a name from model.named_modules()"
         )
     return layer, sel.strip(), _parse_positions(where, text) if at else None
@@ -315,18 +344,22 @@ def _parse_indices(sel: str, text: str, limit: int, layer: str = "") -> tuple[in
     parts = []
     for part in sel.split(","):
         a, dash, b = part.strip().partition("-")
+        if any(len(v) > 15 and v.isdigit() for v in (a, b)):
+            raise UnitError(
+                f"unit index in {_clip(text)!r} has more than 15 digits; expected at most 15 digits"
+            )
         if not _INT.fullmatch(a) or (dash and not _INT.fullmatch(b)):
             raise UnitError(
-                f"cannot parse unit indices {sel!r} in {text!r}; expected e.g. 17, 0-9, 1,4,7 or * "
-                "(ASCII digits)"
+                f"cannot parse unit indices {_clip(sel)!r} in {_clip(text)!r}; expected ASCII digits, e.g. "
+                "17, 0-9, 1,4,7 or *"
             )
         lo, hi = int(a), int(b) if dash else int(a)
         if hi < lo:
-            raise UnitError(f"bad unit range {part.strip()!r} in {text!r}; expected 0 <= lo <= hi")
-        if hi >= limit:
             raise UnitError(
-                f"unit index {hi} out of range for layer {layer!r}: expected 0..{limit - 1} ({limit} units)"
+                f"bad unit range {_clip(part.strip())!r} in {_clip(text)!r}; expected 0 <= lo <= hi"
             )
+        if hi >= limit:
+            raise _beyond(layer, hi, limit)
         parts.append((lo, hi))
     merged: list[list[int]] = []
     for lo, hi in sorted(parts):  # overlapping ranges merged first: the set below is at most ``limit``

@@ -13,10 +13,11 @@ from lesion.data._builtin import DATASETS, load_dataset, load_image_folder
 from lesion.data._dataset import Dataset, make_loader
 from lesion.data._download import download, fetch
 from lesion.data._folder import read_image_folder
-from lesion.data._formats import read_cifar_binary, read_cifar_python, read_idx
+from lesion.data._formats import MAX_DATA_BYTES, read_cifar_binary, read_cifar_python, read_idx
 
 __all__ = [
     "DATASETS",
+    "MAX_DATA_BYTES",
     "Dataset",
     "download",
     "fetch",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,23 +78,40 @@ def _list_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
 
 def _mode(image_module, path: Path) -> str:
     """The image's mode, from its header alone."""
-    try:
-        with image_module.open(path) as img:
-            return img.mode
-    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise DataError(f"cannot read image {path}: {e}") from None
+    with _opened(image_module, path) as img:
+        return img.mode
 
 
 def _load(image_module, path: Path, mode: str, size: tuple[int, int] | None):
     """The decoded image in ``mode``, resized to ``size`` (width, height) when given."""
-    try:
-        with image_module.open(path) as img:
+    with _opened(image_module, path) as img:
+        try:
             img = img.convert(mode)  # decodes the pixels, so the file can be closed
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
     if size is not None and img.size != size:
         img = img.resize(size, image_module.Resampling.BILINEAR)
     return img
+
+
+@contextmanager
+def _opened(image_module, path: Path) -> Iterator:
+    """``Image.open(path)``, refusing an image whose header claims more than Pillow's
+    ``MAX_IMAGE_PIXELS`` (a decompression bomb) before any pixel is decoded."""
+    bomb = (image_module.DecompressionBombError, image_module.DecompressionBombWarning)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", image_module.DecompressionBombWarning)
+            img = image_module.open(path)
+    except bomb as e:
+        raise DataError(
+            f"image {path} is too large to decode safely ({e}); expected at most "
+            f"{image_module.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+        raise DataError(f"cannot read image {path}: {e}") from None
+    with img:
+        yield img
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -22,52 +26,94 @@ IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # uint8 with 3 dimensions / wit
 CIFAR_PIXELS = 3 * 32 * 32  # bytes per image: 1,024 red, then 1,024 green, then 1,024 blue
 CIFAR_LABELS = {"label": 10, "coarse": 20, "fine": 100}  # label kind -> number of classes
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_DATA_BYTES = 1 << 30  # largest dataset file, once inflated (CIFAR-100's train batch is 150 MB)
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The contents of ``path``, decompressed when it is gzip (told by its magic bytes, not its name)."""
+def read_bytes(path: str | Path, *, limit: int = MAX_DATA_BYTES) -> bytes:
+    """The contents of ``path``, decompressed when it is gzip (told by its magic bytes, not its name).
+
+    At most ``limit`` bytes are inflated: a small gzip that would inflate past it is refused while
+    inflating, not after.
+    """
     path = Path(path)
+    with _open(path) as f:
+        data = _read(f, path, limit + 1)
+    if len(data) > limit:
+        raise DataError(
+            f"{path}: more than {limit:,} bytes{' once decompressed' if _is_gzip(path) else ''}; "
+            f"expected a dataset file of at most {limit:,} bytes (lesion.data.MAX_DATA_BYTES)"
+        )
+    return data
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[BinaryIO]:
+    """A binary stream of ``path``'s contents, inflated lazily when it is gzip."""
     try:
-        raw = path.read_bytes()
+        f = gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")  # noqa: SIM115
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
+    with f:
+        yield f
+
+
+def _is_gzip(path: Path) -> bool:
     try:
-        return gzip.decompress(raw)
+        with open(path, "rb") as f:
+            return f.read(2) == _GZIP_MAGIC
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _read(f: BinaryIO, path: Path, n: int) -> bytes:
+    try:
+        return f.read(n)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated gzip data ({e}); expected a complete gzip file") from e
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, *, limit: int = MAX_DATA_BYTES) -> np.ndarray:
     """An IDX file of uint8 images ``(N, rows, cols)`` or labels ``(N,)``, gzipped or not.
 
     The header is the magic number (``0x00000803`` for images, ``0x00000801`` for labels) and one
-    big-endian uint32 per dimension; the payload must hold exactly the product of the dimensions.
+    big-endian uint32 per dimension; the payload must hold exactly the product of the dimensions,
+    which is checked against ``limit`` from the header, before the payload is read or inflated.
     """
     path = Path(path)
-    data = read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: {len(data)} bytes; expected an IDX file (at least a 4-byte magic number)")
-    magic = int.from_bytes(data[:4], "big")
-    if magic not in (IDX_IMAGES, IDX_LABELS):
-        raise DataError(
-            f"{path}: IDX magic number 0x{magic:08x}; expected 0x{IDX_IMAGES:08x} (uint8 images) "
-            f"or 0x{IDX_LABELS:08x} (uint8 labels)"
-        )
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: {len(data)} bytes; expected an IDX header of {header} bytes")
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims))
-    if len(data) - header != expected:
+    with _open(path) as f:
+        head = _read(f, path, 4)
+        if len(head) < 4:
+            n = len(head)
+            raise DataError(f"{path}: {n} bytes; expected an IDX file (at least a 4-byte magic number)")
+        magic = int.from_bytes(head, "big")
+        if magic not in (IDX_IMAGES, IDX_LABELS):
+            raise DataError(
+                f"{path}: IDX magic number 0x{magic:08x}; expected 0x{IDX_IMAGES:08x} (uint8 images) "
+                f"or 0x{IDX_LABELS:08x} (uint8 labels)"
+            )
+        ndim = magic & 0xFF
+        header = 4 + 4 * ndim
+        raw_dims = _read(f, path, 4 * ndim)
+        if len(raw_dims) < 4 * ndim:
+            raise DataError(f"{path}: {4 + len(raw_dims)} bytes; expected an IDX header of {header} bytes")
+        dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+        expected = math.prod(dims)  # a Python int: no overflow
         shape = "x".join(str(d) for d in dims)
+        if expected > limit:
+            raise DataError(
+                f"{path}: IDX header says {shape} = {expected:,} bytes of data; expected at most "
+                f"{limit:,} (lesion.data.MAX_DATA_BYTES); nothing was inflated"
+            )
+        data = _read(f, path, expected + 1)
+    if len(data) != expected:
+        held = f"{len(data):,}"
+        if len(data) > expected:  # only one byte too many was read: say how many there are, if cheap
+            held = f"at least {held}" if _is_gzip(path) else f"{path.stat().st_size - header:,}"
         raise DataError(
             f"{path}: IDX header says {shape} = {expected:,} bytes of data; "
-            f"the file holds {len(data) - header:,} bytes after the {header}-byte header"
+            f"the file holds {held} bytes after the {header}-byte header"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims).copy()
 
 
 def read_cifar_binary(path: str | Path, *, label: str = "label") -> tuple[np.ndarray, np.ndarray]:

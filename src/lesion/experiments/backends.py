@@ -11,6 +11,7 @@ table does not depend on the backend.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
@@ -46,11 +47,17 @@ class Backend(Protocol):
 
 
 def get_backend(
-    backend: str | Backend, *, workers: int = 1, threads: int = 1, address: str | None = None
+    backend: str | Backend,
+    *,
+    workers: int = 1,
+    threads: int = 1,
+    address: str | None = None,
+    connect_timeout: float = 30.0,
 ) -> Backend:
     """The backend named ``backend`` ("local" or "ray"), or ``backend`` itself if it is one.
 
-    A new local Ray instance (``"ray"`` without ``address``) gets ``workers * threads`` CPUs.
+    A new local Ray instance (``"ray"`` without ``address``) gets ``workers * threads`` CPUs; a Ray
+    ``address`` that accepts no connection within ``connect_timeout`` seconds is a LesionError.
     """
     if not isinstance(backend, str):
         if address is not None:
@@ -63,7 +70,8 @@ def get_backend(
     if backend == "ray":
         from lesion.experiments.ray_backend import RayBackend
 
-        return RayBackend(address=address, cpus=None if address else workers * threads)
+        cpus = None if address else workers * threads
+        return RayBackend(address=address, cpus=cpus, connect_timeout=connect_timeout)
     raise LesionError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
@@ -79,7 +87,9 @@ class LocalBackend:
             yield _InProcess()
             return
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
+        ) as pool:
             yield _Pool(pool, self.workers)
 
 
@@ -131,7 +141,9 @@ class _Pool(_Futures):
         return {"name": "local", "workers": self.capacity}
 
 
-def _worker_init() -> None:
+def _worker_init(driver: int) -> None:
     from lesion._alloc import tune_allocator
+    from lesion.experiments._orphans import die_with
 
+    die_with(driver)  # a SIGKILLed driver takes its workers along
     tune_allocator()

@@ -21,8 +21,10 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -32,6 +34,30 @@ from lesion.errors import LesionError
 from lesion.experiments.runner import KINDS, Job, execute
 
 Bundle = dict[str, bytes]  # a directory: relative POSIX path -> file contents
+CONNECT_TIMEOUT = 30.0  # seconds to reach a Ray cluster's address before giving up
+
+
+def wait_reachable(address: str, timeout: float) -> None:
+    """Return once ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP connection; a
+    LesionError if it does not within ``timeout`` seconds (a head still starting gets until then)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise LesionError(f"--address {address!r}; expected HOST:PORT of a Ray head, e.g. 127.0.0.1:6379")
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            socket.create_connection((host, int(port)), timeout=max(0.1, min(left, 5.0))).close()
+            return
+        except OSError as e:
+            reason = e.strerror or str(e) or type(e).__name__
+        if time.monotonic() + 0.25 >= deadline:
+            raise LesionError(
+                f"cannot reach the Ray cluster at {address} within {timeout:g} s ({reason}); expected a "
+                "running Ray head there (start one with `ray start --head`), or raise --connect-timeout"
+            )
+        time.sleep(0.25)
 
 
 class RayBackend:
@@ -43,13 +69,19 @@ class RayBackend:
     """
 
     def __init__(self, address: str | None = None, *, cpus: int | None = None, gpus: float = 0.0,
-                 retries: int = 3):  # fmt: skip
-        if retries < 0 or gpus < 0:
-            raise LesionError(f"retries={retries}, gpus={gpus}; expected both >= 0")
+                 retries: int = 3, connect_timeout: float = CONNECT_TIMEOUT):  # fmt: skip
+        if retries < 0 or gpus < 0 or not connect_timeout > 0:
+            raise LesionError(
+                f"retries={retries}, gpus={gpus}, connect_timeout={connect_timeout}; expected retries and "
+                "gpus >= 0 and connect_timeout > 0"
+            )
         self.address, self.cpus, self.gpus, self.retries = address, cpus, float(gpus), int(retries)
+        self.connect_timeout = float(connect_timeout)
 
     @contextmanager
     def session(self, jobs: int) -> Iterator[_RaySession]:
+        if self.address not in (None, "auto"):  # ray.init waits forever on an address nobody answers
+            wait_reachable(self.address, self.connect_timeout)
         ray = _import_ray()
         owned = not ray.is_initialized()
         private = owned and self.address is None

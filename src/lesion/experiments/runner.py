@@ -118,7 +118,7 @@ def run(
     for job in order:
         if job.kind not in KINDS:
             raise LesionError(f"unknown job kind {job.kind!r}; known: {', '.join(sorted(KINDS))}")
-    todo = [j for j in order if not store.done(j.key)]
+    todo = [j for j in order if not store.reuse(j.key)]  # reuse hashes a finished job's files first
     chosen = get_backend(backend, workers=workers, threads=threads, address=address)
     with progress_bar(None, "jobs", progress, total=len(todo)) as bar, chosen.session(len(todo)) as session:
         _drive(store, todo, session, threads, bar)

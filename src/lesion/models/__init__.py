@@ -7,13 +7,15 @@
 (2, 10)
 """
 
-from lesion.models._arch import ARCHITECTURES, build_model, mlp
+from lesion.models._arch import ARCHITECTURES, MAX_INPUT_ELEMENTS, MAX_PARAMETERS, build_model, mlp
 from lesion.models._conv import BasicBlock, ResNet, convnet, resnet
 from lesion.models._file import EXTRA_PREFIX, load_model, save_model
 
 __all__ = [
     "ARCHITECTURES",
     "EXTRA_PREFIX",
+    "MAX_INPUT_ELEMENTS",
+    "MAX_PARAMETERS",
     "BasicBlock",
     "ResNet",
     "build_model",

@@ -8,9 +8,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
-from lesion.errors import ModelFileError
+from lesion.errors import LesionError, ModelFileError
 from lesion.models._common import check_switches, positive_ints, seeded_init
 from lesion.models._conv import convnet, resnet
 
@@ -58,6 +59,9 @@ def mlp(
     return seeded_init(build, seed)
 
 
+MAX_INPUT_ELEMENTS = 1 << 24  # per example: 16.7 M values, e.g. 3 x 2048 x 2048
+MAX_PARAMETERS = 1 << 30  # 1.07 G parameters, 4.3 GB in float32
+
 # kind -> builder taking the arch's other keys as keyword arguments (and ``seed``).
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"convnet": convnet, "mlp": mlp, "resnet": resnet}
 
@@ -87,4 +91,29 @@ def build_model(arch: dict[str, Any], *, seed: int | None = None) -> nn.Module:
     if extra := sorted(given - allowed):
         raise ModelFileError(f"{kind} arch has unexpected keys {extra}; expected keys {sorted(allowed)}")
     kwargs = {k: v for k, v in arch.items() if k != "kind"}
+    check_size(kind, kwargs, builder)
     return builder(**kwargs, seed=seed)
+
+
+def check_size(kind: str, kwargs: dict[str, Any], builder: Callable[..., nn.Module]) -> None:
+    """Refuse an arch whose input or parameters exceed ``MAX_INPUT_ELEMENTS`` / ``MAX_PARAMETERS``,
+    counted on the meta device (no memory) before anything is allocated."""
+    shape = kwargs.get("input_shape")
+    dims = [shape] if isinstance(shape, int) else shape
+    if isinstance(dims, list | tuple) and all(isinstance(d, int) for d in dims):
+        n = math.prod(dims)
+        if n > MAX_INPUT_ELEMENTS:
+            raise LesionError(
+                f"input_shape={list(dims)} has {n:,} elements per example; expected at most "
+                f"{MAX_INPUT_ELEMENTS:,} (lesion.models.MAX_INPUT_ELEMENTS)"
+            )
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in builder(**kwargs, seed=None).parameters())
+    except (RuntimeError, OverflowError, MemoryError) as e:
+        raise LesionError(f"{kind} arch {kwargs!r} is too large to build: {e}") from None
+    if count > MAX_PARAMETERS:
+        raise LesionError(
+            f"{kind} arch has {count:,} parameters; expected at most {MAX_PARAMETERS:,} "
+            "(lesion.models.MAX_PARAMETERS); check its widths / width_mult"
+        )

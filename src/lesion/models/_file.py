@@ -10,6 +10,7 @@ pickle runs whatever code it names.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -20,11 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lesion._outputs import replace_into
 from lesion.errors import LesionError, ModelFileError
 from lesion.models._arch import build_model
 
 FORMAT, VERSION = "lesion-model", "1"
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+                "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}  # fmt: skip
 EXTRA_PREFIX = "__extra__."  # tensor names under it are extras, not weights
 
 
@@ -60,7 +64,7 @@ def save_model(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
+        replace_into(Path(tmp), path)  # never over a device, FIFO or directory
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -149,6 +153,8 @@ def _read_header(path: Path) -> dict[str, Any]:
         header = json.loads(b"{" + raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFileError(f"{path}: corrupt safetensors header ({e.__class__.__name__}: {e})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: corrupt safetensors header; JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{path}: corrupt safetensors header; expected a JSON object")
     _check_entries(header, size - 8 - n, path)
@@ -171,6 +177,13 @@ def _check_entries(header: dict[str, Any], data_size: int, path: Path) -> None:
                 f"{path}: tensor {name!r} needs bytes {offsets[0]}..{offsets[1]} but the file holds "
                 f"{data_size} bytes of data; the file is truncated or corrupt"
             )
+        itemsize = _DTYPE_BYTES.get(entry.get("dtype"))
+        need, span = math.prod(shape) * (itemsize or 0), offsets[1] - offsets[0]  # Python ints: no overflow
+        if itemsize is not None and span != need:
+            raise ModelFileError(
+                f"{path}: tensor {name!r} of shape {shape} ({entry['dtype']}) takes {need:,} bytes, "
+                f"but its data_offsets span {span:,}; the file is corrupt"
+            )
 
 
 def _lesion_metadata(meta: Any, path: Path) -> tuple[dict, dict]:
@@ -186,6 +199,8 @@ def _lesion_metadata(meta: Any, path: Path) -> tuple[dict, dict]:
         arch, metadata = json.loads(meta["arch"]), json.loads(meta.get("metadata", "{}"))
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ModelFileError(f"{path}: unreadable arch/metadata in the header ({e})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: arch/metadata in the header are JSON nested too deeply") from None
     if not isinstance(arch, dict) or not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: arch and metadata in the header must be JSON objects")
     return arch, metadata

@@ -6,6 +6,7 @@ status; none of them stops the server.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
@@ -21,8 +22,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lesion.errors import LesionError
+from lesion.serve._guard import BODY_TIMEOUT, GuardedH11
 
 MAX_BODY = 1 << 20  # 1 MiB: far more than any lesion needs ("fc1:0-511" names 512 units)
+_LARGE = 64 << 10  # bodies above 64 KiB are handled one at a time
 _DRAIN_CAP = 64 << 20  # read at most this much of an oversized body before answering
 
 
@@ -30,11 +33,14 @@ class BodyLimit:
     """Answer 413 to any request whose body exceeds ``max_bytes``, declared or streamed.
 
     The body is read before the app sees it, so an oversized upload never reaches a handler; what the
-    client already sent is drained (up to 64 MiB) so that it receives the 413 instead of a reset.
+    client already sent is drained (up to 64 MiB) so that it receives the 413 instead of a reset. A body
+    not complete within ``timeout`` seconds is answered 408; bodies over 64 KiB are handled one at a
+    time, so concurrent large requests cannot multiply the memory their parsing takes.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY, timeout: float = BODY_TIMEOUT):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+        self._large: asyncio.Semaphore | None = None  # one large body parsed at a time: bounded memory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,8 +52,14 @@ class BodyLimit:
             await _reject(send, f"{declared:,} bytes", self.max_bytes)
             return
         chunks, total, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                took = f"the request body took longer than {self.timeout:g} s"
+                await send_error(send, 408, f"{took}; expected the whole body at once")
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -59,7 +71,12 @@ class BodyLimit:
                 await _reject(send, size, self.max_bytes)
                 return
             chunks.append(chunk)
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        if total <= _LARGE:
+            await self.app(scope, _replay(b"".join(chunks), receive), send)
+            return
+        self._large = self._large or asyncio.Semaphore(1)
+        async with self._large:  # parsing costs ~20x a body's size; small requests never wait here
+            await self.app(scope, _replay(b"".join(chunks), receive), send)
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -162,7 +179,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = (  # fastapi's words for a body json.loads gave up on, e.g. nested too deeply
+                "the request body could not be parsed as JSON (malformed, or nested deeper than the "
+                'JSON reader allows); expected a JSON object like {"units": ["relu1:0", "relu2:5-9"]}'
+            )
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _describe(errors: Any, content_type: str | None) -> tuple[int, str]:
@@ -227,7 +250,9 @@ def server(app: ASGIApp, *, log_level: str = "warning"):
     """A uvicorn server for ``app`` (run it with ``.run(sockets=[sock])``)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, timeout_graceful_shutdown=2, http=GuardedH11
+    )
     return uvicorn.Server(config)
 
 

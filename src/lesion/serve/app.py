@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from lesion.errors import LesionError
+from lesion.serve._guard import BODY_TIMEOUT
 from lesion.serve._http import LOCAL_HOSTS, MAX_BODY, BodyLimit, HostCheck, install_error_handlers
 from lesion.serve.explorer import Explorer, compact
 
@@ -32,7 +33,7 @@ forward hooks that are removed after every evaluation: the model itself is never
 
 Errors are JSON `{"error": "..."}` with a 4xx status: 400 malformed JSON, 413 a body over 1 MiB,
 415 a body not sent as JSON, 404 an unknown unit or route, 422 an unknown or out-of-range unit or a
-request of the wrong shape."""
+request of the wrong shape, 408 a request whose headers (10 s) or body (30 s) arrive too slowly."""
 
 
 class Site(BaseModel):
@@ -206,12 +207,17 @@ def image(index: Annotated[int, PathParam(ge=0)], ex: Ex) -> Response:
 
 
 def create_app(
-    explorer: Explorer, *, max_body: int = MAX_BODY, hosts: Sequence[str] | None = LOCAL_HOSTS
+    explorer: Explorer,
+    *,
+    max_body: int = MAX_BODY,
+    hosts: Sequence[str] | None = LOCAL_HOSTS,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
     """The explorer app for ``explorer``: the page at ``/``, the API under ``/api``, docs at ``/docs``.
 
     ``hosts``: the Host names it answers to (default: this machine's own names, which defeats DNS
-    rebinding); ``None`` answers any, for a server bound to a public interface.
+    rebinding); ``None`` answers any, for a server bound to a public interface. A body not received
+    within ``body_timeout`` seconds is answered 408.
     """
     import lesion
 
@@ -220,7 +226,7 @@ def create_app(
         docs_url=None, redoc_url=None,
     )  # fmt: skip
     app.state.explorer = explorer
-    app.add_middleware(BodyLimit, max_bytes=max_body)
+    app.add_middleware(BodyLimit, max_bytes=max_body, timeout=body_timeout)
     app.add_middleware(HostCheck, allowed=hosts)  # added last: runs first
     install_error_handlers(app)
     app.include_router(router)
