@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import lesion
-from lesion.errors import LesionError, UnitError
 from lesion.core.units import MAX_UNITS, parse_units
+from lesion.errors import LesionError, UnitError
 
 
 def mlp() -> nn.Sequential:

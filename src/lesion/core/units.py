@@ -261,7 +261,8 @@ def _indices(idx, layer: str, limit: int) -> tuple[int, ...]:
         )
     if isinstance(idx, float | str | bytes):
         raise UnitError(
-            f"unit indices for layer {_clip(layer)!r} are {idx!r}; expected an index, a list of indices, '*' or None"
+            f"unit indices for layer {_clip(layer)!r} are {_clip(repr(idx))}; expected an index, a list of "
+            "indices, '*' or None"
         )
     try:
         values = idx.tolist() if hasattr(idx, "tolist") else idx
@@ -274,8 +275,8 @@ def _indices(idx, layer: str, limit: int) -> tuple[int, ...]:
                 )
     except TypeError:
         raise UnitError(
-            f"unit indices for layer {_clip(layer)!r} are a {type(idx).__name__}; expected an index, a list of "
-            "indices, '*' or None"
+            f"unit indices for layer {_clip(layer)!r} are a {type(idx).__name__}; expected an index, "
+            "a list of indices, '*' or None"
         ) from None
     return tuple(sorted(set(out)))
 
