@@ -347,7 +347,7 @@ def _parse_indices(sel: str, text: str, limit: int, layer: str = "") -> tuple[in
         a, dash, b = part.strip().partition("-")
         if any(len(v) > 15 and v.isdigit() for v in (a, b)):
             raise UnitError(
-                f"unit index in {_clip(text)!r} has more than 15 digits; expected at most 15 digits"
+                f"unit index in {_clip(text)!r} is out of range of any layer; expected at most 15 digits"
             )
         if not _INT.fullmatch(a) or (dash and not _INT.fullmatch(b)):
             raise UnitError(

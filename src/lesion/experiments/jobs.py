@@ -81,17 +81,16 @@ def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
 @kind("curves")
 def curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
     """Cumulative ablation curves (on the labels the model was trained on, unless ``split="test"``)."""
-    import lesion
+    from lesion import study
 
     model, xy = model_and_data(params, inputs)
     n = params.get("fractions")
-    fractions = None if n is None else np.linspace(0, 1, int(n))
     units = pd.read_parquet(inputs["units"] / "units.parquet") if "units" in inputs else None
     repeats = params.get("repeats", 10)  # a count, or the repeat numbers of one shard
-    curves = lesion.ablation_curves(
+    curves = study.curves(
         model, xy, orders=params.get("orders", ["random"]),
         repeats=[int(r) for r in repeats] if isinstance(repeats, list) else int(repeats),
-        seed=int(params.get("seed", 0)), fractions=fractions, units=units,
+        seed=int(params.get("seed", 0)), fractions=None if n is None else int(n), units=units,
         candidates=params.get("candidates"),
     )  # fmt: skip
     write_table(curves, out / "curves.parquet")
@@ -104,19 +103,20 @@ def units_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
     ``params["shard"] = [i, n]`` measures only the i-th of n contiguous ranges of the model's units
     (``lesion.experiments.shards``); every row is the same as in the whole table.
     """
-    import lesion
+    from lesion import study
+    from lesion.core.sweep import sites_for
     from lesion.experiments.shards import shard_slice
 
     model, xy = model_and_data({"split": "test", **params}, inputs)
     importance = bool(params.get("importance", True))
     if "shard" not in params:
-        write_table(lesion.unit_table(model, xy, importance=importance), out / "units.parquet")
+        write_table(study.units(model, xy, importance=importance), out / "units.parquet")
         return
-    sites = lesion.analyses.sites_for(model, xy)
+    sites = sites_for(model, xy)
     every = parse_units([f"{s.name}:*" for s in sites], sites).units()
     mine = every[shard_slice(len(every), *map(int, params["shard"]))]
     # an empty shard (more shards than units) still writes the table's columns
-    table = lesion.unit_table(model, xy, sites=sites, units=mine or every[:1], importance=importance)
+    table = study.units(model, xy, sites=sites, units=mine or every[:1], importance=importance)
     write_table(table if mine else table.iloc[:0], out / "units.parquet")
 
 
@@ -132,14 +132,11 @@ def merge_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
 @kind("noise")
 def noise_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
     """Noise curves on the training data the model was trained on."""
-    import lesion
+    from lesion import study
 
     model, xy = model_and_data(params, inputs)
-    scales = params.get("scales")
-    kwargs = {"scales": [float(s) for s in scales]} if scales else {}
-    noise = lesion.noise_curves(model, xy, repeats=int(params.get("repeats", 5)),
-                                seed=int(params.get("seed", 0)), candidates=params.get("candidates"),
-                                **kwargs)  # fmt: skip
+    noise = study.noise(model, xy, repeats=int(params.get("repeats", 5)), seed=int(params.get("seed", 0)),
+                        candidates=params.get("candidates"), scales=params.get("scales"))  # fmt: skip
     write_table(noise, out / "noise.parquet")
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lesion import study
 from lesion._util import eval_mode, model_device
-from lesion.analyses import ablation_curves, unit_table
 from lesion.core.lesions import Lesion, hooks
 from lesion.core.sites import Site, default_candidates, find_sites
 from lesion.core.sweep import Runner
@@ -87,10 +87,10 @@ class Explorer:
         self.intact: Evaluation = as_evaluation(self._runner.intact)
         self.classes = _class_names(classes, self.n_classes)
         xy = (self.x, self.y)
-        self.units = unit_table(model, xy, sites=self.sites, batch_size=batch_size, progress=progress)
-        self.curves = ablation_curves(
+        self.units = study.units(model, xy, sites=self.sites, batch_size=batch_size, progress=progress)
+        self.curves = study.curves(
             model, xy, sites=self.sites, orders=CURVE_ORDERS, repeats=curve_repeats, units=self.units,
-            fractions=np.linspace(0.0, 1.0, curve_points), batch_size=batch_size, progress=progress,
+            fractions=curve_points, batch_size=batch_size, progress=progress,
         )  # fmt: skip
         self.activity = _activity(model, self.x, self.y, self.sites, self.n_classes, top_k, batch_size)
         self._rows = self.units.set_index(["layer", "unit"])

@@ -1,0 +1,374 @@
+"""Analyze a model: the one pipeline behind ``lesion analyze``, ``lesion demo``, ``lesion serve`` and the
+experiment jobs.
+
+- ``units``, ``curves``, ``noise``: the three measurements of a study with the paper's conventions (unit
+  table on held-out data; cumulative curves and per-unit noise on the labels the model was trained on;
+  ``fractions`` as a count of evenly spaced points). The experiment jobs and the explorer call them too.
+- ``analyze``: all three on one model file, written with figures and a summary into a folder,
+  completely or not at all.
+- ``open_model`` / ``dataset_for``: a model file and the dataset (and training labels) it records.
+- ``train_model``: build, train and save a model described by a ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lesion._outputs import atomic_write, check_dir_target, check_file_target, write_folder
+from lesion.errors import DataError, LesionError, ModelFileError
+
+ARCHS = ("mlp", "convnet", "resnet")
+RANKED_ORDERS = ("selectivity_high", "selectivity_low", "importance_high")
+ANALYSIS_FILES = (  # what `analyze` writes into its folder
+    "units.parquet", "curves.parquet", "noise.parquet", "summary.json", "manifest.json",
+    *(f"{n}.{ext}" for n in ("curves", "noise", "selectivity_importance") for ext in ("png", "svg")),
+)  # fmt: skip
+DATA_SEED = 0  # the train/test split of every dataset; a model's metadata records the one it used
+Stage = Callable[[int, str], None]  # (step of 4, what happens now): progress reporting
+
+
+def _quiet(k: int, text: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``lesion train`` builds and how it trains it."""
+
+    arch: str = "mlp"
+    widths: tuple[int, ...] = (512, 512)
+    width_mult: float = 1.0
+    resnet_width: int = 16
+    dataset: str = "mnist5k"
+    root: str | None = None
+    corrupt: float = 0.0
+    corrupt_mode: str = "shuffle"
+    epochs: int | None = None
+    until_train_acc: float | None = None
+    max_epochs: int = 1000
+    checkpoints: tuple[float, ...] | None = None
+    seed: int = 0
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    batch_size: int = 128
+    dropout: float = 0.0
+    batchnorm: bool = False
+    select_reg: float = 0.0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What ``lesion analyze`` measures; ``fractions=None`` measures at every unit count."""
+
+    dataset: str | None = None
+    repeats: int = 10
+    fractions: int | None = 41
+    noise_repeats: int = 5
+    seed: int = 0
+    layers: tuple[str, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------- measurements
+
+
+def units(
+    model, test, *, sites=None, units=None, importance: bool = True, batch_size: int = 1000,
+    progress: bool = False,
+):  # fmt: skip
+    """The unit table on held-out ``test`` data (``importance=False``: statistics only)."""
+    from lesion.analyses import unit_table
+
+    return unit_table(model, test, sites=sites, units=units, importance=importance, batch_size=batch_size,
+                      progress=progress)  # fmt: skip
+
+
+def curves(
+    model, train, *, sites=None, candidates: Sequence[str] | None = None, orders=("random",), repeats=10,
+    seed: int = 0, fractions: int | None = None, units=None, batch_size: int = 1000, progress: bool = False,
+):  # fmt: skip
+    """Cumulative ablation curves on ``train`` (the labels trained on), at ``fractions`` evenly spaced
+    points (None: every unit count)."""
+    import numpy as np
+
+    from lesion.analyses import ablation_curves
+
+    grid = None if fractions is None else np.linspace(0.0, 1.0, int(fractions))
+    return ablation_curves(
+        model, train, sites=sites, candidates=candidates, orders=orders, repeats=repeats, seed=seed,
+        fractions=grid, units=units, batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+
+
+def noise(
+    model, train, *, sites=None, candidates: Sequence[str] | None = None, repeats: int = 5, seed: int = 0,
+    scales: Sequence[float] | None = None, progress: bool = False,
+):  # fmt: skip
+    """Per-unit noise curves on ``train``, noise SDs from the candidates' activity on ``train``."""
+    from lesion.analyses import noise_curves
+
+    kwargs = {"scales": [float(s) for s in scales]} if scales else {}
+    return noise_curves(model, train, sites=sites, candidates=candidates, repeats=repeats, seed=seed,
+                        progress=progress, **kwargs)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict:
+    """Build, train and save a model (history also as CSV beside it); returns the file's metadata."""
+    if config.arch not in ARCHS:
+        raise LesionError(f"unknown arch {config.arch!r}; known archs: {', '.join(ARCHS)}")
+    for target in (out, out.with_name(f"{out.stem}.history.csv")):  # before any work
+        check_file_target(target, force=force)
+    if config.checkpoints:
+        check_dir_target(out.parent / f"{out.stem}.checkpoints", (), force=force)
+    from lesion.corruption import corrupt_labels
+    from lesion.data import load_dataset
+    from lesion.models import build_model, save_model
+    from lesion.training import train
+
+    data = load_dataset(config.dataset, root=config.root, seed=DATA_SEED)
+    arch = {"kind": config.arch, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
+    arch |= {"dropout": float(config.dropout), "batchnorm": config.batchnorm}
+    arch |= {
+        "mlp": {"widths": list(config.widths)},
+        "convnet": {"width_mult": float(config.width_mult)},
+        "resnet": {"width": int(config.resnet_width)},
+    }[config.arch]
+    net = build_model(arch, seed=config.seed)
+    labels = corrupt_labels(
+        data.y_train, config.corrupt, mode=config.corrupt_mode, n_classes=data.n_classes, seed=config.seed
+    )
+    hparams = {k: getattr(config, k) for k in ("lr", "batch_size", "optimizer", "schedule", "seed")}
+    stop = {"epochs": config.epochs} if config.until_train_acc is None else {
+        "until_train_acc": config.until_train_acc, "max_epochs": config.max_epochs,
+        **({"epochs": config.epochs} if config.epochs else {}),
+    }  # fmt: skip
+    ckpt = {}
+    if config.checkpoints:
+        ckpt = {"checkpoints": config.checkpoints, "directory": out.parent / f"{out.stem}.checkpoints"}
+    history = train(
+        net, data, progress=True, train_labels=labels, select_reg=config.select_reg, device=config.device,
+        arch=arch, **stop, **ckpt, **hparams,
+    )  # fmt: skip
+    final = history.iloc[-1]  # measured in eval mode after the last epoch
+    meta = {"dataset": config.dataset, "data_seed": DATA_SEED, **asdict(config)}
+    meta |= {"history": json.loads(history.to_json(orient="records"))}
+    meta |= {k: float(final[k]) for k in ("train_accuracy", "train_loss", "test_accuracy", "test_loss")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(net.cpu(), out, arch=arch, metadata=meta, extra={"train_labels": labels})
+    atomic(out.with_name(f"{out.stem}.history.csv"), lambda p: history.to_csv(p, index=False))
+    return meta
+
+
+# ----------------------------------------------------------------------------------------- analysis
+
+
+def analyze(
+    model: Path, out: Path, config: AnalysisConfig, *, force: bool = False, stage: Stage = _quiet
+) -> dict:
+    """Run the study on one model and write its tables, figures and summary into ``out``, completely
+    or not at all (``manifest.json``, written last, lists every file with its SHA-256)."""
+    check_dir_target(out, ANALYSIS_FILES, force=force)  # before any work
+    clock = Clock()
+    net, info = open_model(model)
+    data = dataset_for(info, config.dataset, model)
+    sites, cand = _sites(net, data, config.layers)
+    clock.lap("load")
+    table, curve, noisy = measure(net, data, sites, cand, config, clock, stage)
+    stage(4, f"writing tables and figures to {out}")
+    summary = _summary(model, data, sites, cand, table, curve, config)
+
+    def write(folder: Path) -> None:
+        _write_outputs(folder, table, curve, noisy, title=f"{model.name} on {data.name}")
+        clock.lap("outputs")
+        summary["seconds"] = clock.laps
+        (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
+
+    write_folder(out, write, kind="lesion analyze")
+    return summary
+
+
+def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage: Stage = _quiet):
+    """Unit table on the test split; ablation and noise curves on the train split (labels trained on)."""
+    train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
+    names = [s.name for s in cand]
+    stage(1, f"single-unit ablations: {sum(s.width for s in sites)} units, {len(test[1])} test examples")
+    table = units(net, test, sites=sites, progress=True)
+    clock.lap("unit_table")
+    n = config.repeats
+    stage(2, f"cumulative ablation: {n} random + {len(RANKED_ORDERS)} ranked orders, train split")
+    curve = curves(net, train, sites=sites, candidates=names, orders=("random", *RANKED_ORDERS), repeats=n,
+                   seed=config.seed, fractions=config.fractions, units=table, progress=True)  # fmt: skip
+    clock.lap("ablation_curves")
+    stage(3, f"per-unit noise: {config.noise_repeats} draws per scale, train split")
+    noisy = noise(net, train, sites=sites, candidates=names, repeats=config.noise_repeats, seed=config.seed,
+                  progress=True)  # fmt: skip
+    clock.lap("noise_curves")
+    return table, curve, noisy
+
+
+def dataset_for(info: dict, dataset: str | None, path: Path | None = None):
+    """The dataset to analyse on, with the training labels the model file records, if any; its inputs
+    must have the shape the model file records."""
+    from lesion.data import load_dataset
+
+    meta = info.get("metadata") or {}
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise DataError("the model file records no dataset; pass --dataset (e.g. --dataset mnist5k)")
+    root = meta.get("root") if name == meta.get("dataset") else None
+    data = load_dataset(name, root=root, seed=int(meta.get("data_seed", DATA_SEED)))
+    labels = (info.get("extra") or {}).get("train_labels")  # e.g. corrupted labels it was trained on
+    if path is not None and list(data.input_shape) != input_shape(info, path):
+        raise DataError(
+            f"dataset {data.name!r} has inputs of shape {tuple(data.input_shape)} but the model expects "
+            f"{tuple(input_shape(info, path))}; pass the --dataset the model was trained on"
+        )
+    return data if labels is None or name != meta.get("dataset") else data.with_train_labels(labels)
+
+
+def _sites(net, data, layers: tuple[str, ...] | None):
+    """(sites, candidate sites): every activation and the paper's candidates, or exactly ``layers``."""
+    from lesion.core.sites import default_candidates, find_sites
+
+    sites = find_sites(net, data.x_test[:2], list(layers) if layers else None)
+    return sites, (sites if layers else default_candidates(sites))
+
+
+def _write_outputs(out: Path, units, curves, noise, *, title: str) -> None:
+    from lesion.plots import plot_curves, plot_noise, plot_selectivity_importance
+
+    for name, df in (("units", units), ("curves", curves), ("noise", noise)):
+        df.to_parquet(out / f"{name}.parquet", index=False)
+    ylabel = "Training accuracy (fraction correct)"
+    plot_curves(curves, out / "curves.png", title=f"Cumulative ablation: {title}", ylabel=ylabel)
+    plot_noise(noise, out / "noise.png", title=f"Per-unit Gaussian noise: {title}", ylabel=ylabel)
+    plot_selectivity_importance(units, out / "selectivity_importance.png")
+
+
+def _summary(model: Path, data, sites, cand, units, curves, config: AnalysisConfig) -> dict:
+    """The headline numbers of one analysis, JSON-ready."""
+    import lesion
+    from lesion.analyses import curve_auc, selectivity_vs_importance
+
+    intact = curves[curves["n_ablated"] == 0].iloc[0]
+    gone = curves[curves["n_ablated"] == curves["n_ablated"].max()].iloc[0]
+    return {
+        "model": str(model),
+        "dataset": data.name,
+        "n_train": len(data.y_train),
+        "n_test": len(data.y_test),
+        "sites": [s.name for s in sites],
+        "candidates": [s.name for s in cand],
+        "n_units": len(units),
+        "n_candidate_units": int(gone["n_ablated"]),
+        "n_dead": int(units["dead"].sum()),
+        "train_accuracy": float(intact["accuracy"]),
+        "train_loss": float(intact["loss"]),
+        "test_accuracy": float(units.attrs["accuracy"]),
+        "test_loss": float(units.attrs["loss"]),
+        "all_deleted_train_accuracy": float(gone["accuracy"]),
+        "all_deleted_train_loss": float(gone["loss"]),
+        "auc": _auc_summary(curve_auc(curves)),
+        "selectivity_vs_importance": selectivity_vs_importance(units).to_dict("records"),
+        "settings": {**asdict(config), "fractions": config.fractions or "all"},
+        "version": lesion.__version__,
+    }
+
+
+def _auc_summary(aucs) -> dict:
+    rand = aucs.loc[aucs["order"] == "random", "auc"]
+    out: dict[str, Any] = {
+        "random_mean": float(rand.mean()),
+        "random_sd": float(rand.std(ddof=1)) if len(rand) > 1 else 0.0,
+        "random_repeats": len(rand),
+    }
+    for row in aucs[aucs["order"] != "random"].itertuples():
+        out[str(row.order)] = float(row.auc)
+    return out
+
+
+def explorer(
+    model: Path, dataset: str | None, examples: int | None, layers: Sequence[str] | None, *, say=print
+):  # fmt: skip
+    """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
+    import torch
+
+    from lesion.core.sites import find_sites
+    from lesion.serve import Explorer
+
+    net, info = open_model(model)
+    data = dataset_for(info, dataset, model)
+    x, y = data.x_test, data.y_test
+    if examples is not None and examples < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(DATA_SEED))[:examples]
+        x, y = x[keep.sort().values], y[keep.sort().values]
+    sites = find_sites(net, x[:2], list(layers) if layers else None)
+    say(
+        f"measuring {sum(s.width for s in sites)} units of {model.name} on {len(y)} held-out examples of "
+        f"{data.name}" + (" (--examples 2000 would be quicker)" if len(y) > 2000 else "")
+    )
+    return Explorer(
+        net, (x, y), classes=data.classes, sites=sites, name=model.name, dataset=data.name, progress=True
+    )
+
+
+def open_model(path: Path):
+    """A model file written by ``lesion train`` (safetensors; never pickle) and its info."""
+    if path.is_dir():
+        raise ModelFileError(f"{str(path)!r} is a directory; expected a model file written by `lesion train`")
+    if not path.is_file():
+        raise ModelFileError(
+            f"model file {str(path)!r} does not exist; expected a file written by `lesion train`"
+        )
+    from lesion.models import load_model
+
+    return load_model(path)
+
+
+def input_shape(info: dict, path: Path) -> list[int]:
+    shape = (info.get("arch") or {}).get("input_shape")
+    if not shape:
+        raise ModelFileError(f"model file {str(path)!r} records no input_shape in its arch")
+    return [int(d) for d in shape]
+
+
+class Clock:
+    """Seconds spent per stage."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 3)
+        self._t = now
+
+
+def atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through a temporary file beside it, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python numbers, NaN and infinities to null."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
