@@ -13,7 +13,8 @@ import lesion
 from lesion.core.fast import cumulative, prefix
 from lesion.core.lesions import Lesion
 from lesion.core.replacements import as_replacement
-from lesion.core.sweep import Runner, evaluate_lesions
+from lesion.core.runner import Runner
+from lesion.core.sweep import evaluate_lesions
 from lesion.core.units import Unit
 from lesion.engine import Engine, Plan, Unsupported
 from tests.test_reference import make

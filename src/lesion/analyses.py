@@ -21,8 +21,9 @@ from lesion.core.fast import cumulative
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Classification, Metric, columns
 from lesion.core.replacements import Noise, as_replacement
+from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
-from lesion.core.sweep import Runner, evaluate_lesions, sites_for
+from lesion.core.sweep import evaluate_lesions, sites_for
 from lesion.core.units import Unit, UnitSpec, parse_units
 from lesion.errors import LesionError
 from lesion.measures import auc, correlate, mutual_information, selectivity_index

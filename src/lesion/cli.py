@@ -323,7 +323,7 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError:
         raise LesionError("lesion serve needs fastapi and uvicorn: pip install 'lesion[serve]'") from None
-    from lesion.serve import LOCAL_HOSTS, bind, create_app, is_loopback, server, url_of
+    from lesion.serve import LOCAL_HOSTS, bind, create_app, explorer_for, is_loopback, server, url_of
 
     sock = bind(host, port)  # before the measurements: a taken port fails at once
     if threads is not None:
@@ -338,7 +338,7 @@ def serve(
         )  # fmt: skip
     try:
         hosts = (*LOCAL_HOSTS, host) if is_loopback(host) else None  # local: refuse DNS rebinding
-        state = study.explorer(model, dataset, examples, T.names(layers), say=T.note)
+        state = explorer_for(model, dataset, examples, T.names(layers), say=T.note)
         app = create_app(state, hosts=hosts)
         url = url_of(sock)
         T.out().print(f"lesion explorer: {url}  (API: {url}/docs; Ctrl+C stops it)", soft_wrap=True)

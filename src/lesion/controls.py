@@ -22,8 +22,9 @@ from lesion.core.batch import Data, reusable
 from lesion.core.capture import grab
 from lesion.core.lesions import Lesion
 from lesion.core.replacements import Directions
+from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
-from lesion.core.sweep import Runner, sites_for
+from lesion.core.sweep import sites_for
 from lesion.measures import mutual_information
 
 

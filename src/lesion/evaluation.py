@@ -15,7 +15,7 @@ from torch import nn
 from lesion.core.batch import Data
 from lesion.core.lesions import Edit, hooks
 from lesion.core.metric import Classification
-from lesion.core.sweep import Runner
+from lesion.core.runner import Runner
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Analyze a model: the one pipeline behind ``lesion analyze``, ``lesion demo``, ``lesion serve`` and the
-experiment jobs.
+"""Analyze a model: the one pipeline behind ``lesion analyze``, ``lesion demo``, ``lesion serve`` (whose
+``lesion.serve.explorer_for`` measures with ``units`` and ``curves``) and the experiment jobs.
 
 - ``units``, ``curves``, ``noise``: the three measurements of a study with the paper's conventions (unit
   table on held-out data; cumulative curves and per-unit noise on the labels the model was trained on;
@@ -295,31 +295,6 @@ def _auc_summary(aucs) -> dict:
     for row in aucs[aucs["order"] != "random"].itertuples():
         out[str(row.order)] = float(row.auc)
     return out
-
-
-def explorer(
-    model: Path, dataset: str | None, examples: int | None, layers: Sequence[str] | None, *, say=print
-):  # fmt: skip
-    """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
-    import torch
-
-    from lesion.core.sites import find_sites
-    from lesion.serve import Explorer
-
-    net, info = open_model(model)
-    data = dataset_for(info, dataset, model)
-    x, y = data.x_test, data.y_test
-    if examples is not None and examples < len(y):
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(DATA_SEED))[:examples]
-        x, y = x[keep.sort().values], y[keep.sort().values]
-    sites = find_sites(net, x[:2], list(layers) if layers else None)
-    say(
-        f"measuring {sum(s.width for s in sites)} units of {model.name} on {len(y)} held-out examples of "
-        f"{data.name}" + (" (--examples 2000 would be quicker)" if len(y) > 2000 else "")
-    )
-    return Explorer(
-        net, (x, y), classes=data.classes, sites=sites, name=model.name, dataset=data.name, progress=True
-    )
 
 
 def open_model(path: Path):

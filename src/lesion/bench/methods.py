@@ -13,8 +13,9 @@ from torch import nn
 from lesion.bench.floor import Lesions, Scores
 from lesion.core.fast import cumulative
 from lesion.core.lesions import Lesion
+from lesion.core.runner import Runner
 from lesion.core.sites import Site
-from lesion.core.sweep import Runner, evaluate_lesions
+from lesion.core.sweep import evaluate_lesions
 from lesion.core.units import Unit
 
 

@@ -14,7 +14,7 @@ import torch
 
 from lesion._util import eval_mode
 from lesion.core.lesions import Lesion, replacement_key
-from lesion.core.sweep import CHECKS, Mismatch, Runner
+from lesion.core.runner import CHECKS, Mismatch, Runner
 
 
 def engine_fill(runner: Runner, lesion: Lesion) -> tuple[str, int, torch.Tensor] | None:

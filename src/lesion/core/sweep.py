@@ -10,175 +10,20 @@ is kept in ``df.attrs["engine_fallbacks"]``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from lesion._progress import progress_bar
-from lesion._util import eval_mode, model_device
-from lesion.core.batch import Batch, Data, batches, first_batch, output_tensor, reusable
-from lesion.core.lesions import Applied, Lesion, apply, as_lesion, fit_lesions
-from lesion.core.metric import Classification, Metric, columns
+from lesion.core.batch import Data, first_batch, reusable
+from lesion.core.fast import single_unit_groups
+from lesion.core.lesions import Lesion, as_lesion
+from lesion.core.metric import Metric, columns
+from lesion.core.runner import Runner
 from lesion.core.sites import Site, find_sites
-from lesion.errors import DataError, LesionError
-
-CHECKS = 2  # lesions per layer (and per cumulative order) re-run on the slow path before trusting the engine
-
-
-class Mismatch(Exception):
-    """The engine disagreed with the reference on a check."""
-
-
-class Runner:
-    """A model, fixed data and a metric: evaluates any lesions, on the engine where it is exact."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        data: Data,
-        sites: Sequence[Site],
-        *,
-        metric: Metric | None = None,
-        batch_size: int = 1000,
-        engine: bool = True,
-        precision: str = "fp32",
-    ):
-        if precision not in ("fp32", "bf16"):
-            raise LesionError(f"unknown precision {precision!r}; expected 'fp32' or 'bf16'")
-        self.model, self.metric = model, metric if metric is not None else Classification()
-        self.sites = {s.name: s for s in sites}
-        self.device = model_device(model)
-        self.batch_size, self.use_engine, self.precision = batch_size, engine, precision
-        self.data = reusable(data)  # re-iterable data streams on every pass; one-shot iterators are kept
-        self.n: int | None = None
-        self.intact = self.run([None])
-        self.intact_values = {k: v[0] for k, v in self.intact.items()}
-        self.deviation: dict[str, float] = {}  # bf16 only: largest |loss - fp32 loss| seen in checks
-        self.fallbacks: dict[str, str] = {}  # why the engine was not used, by layer or sweep
-        self._engine = None
-
-    def batches(self) -> Iterator[Batch]:
-        """The data's validated batches, on the model's device, streamed anew on every call."""
-        for b in batches(self.data, batch_size=self.batch_size):
-            yield b.to(self.device)
-
-    def fresh(self, n: int) -> Metric:
-        m = self.metric.__class__.__new__(self.metric.__class__)
-        m.__dict__.update({k: v for k, v in self.metric.__dict__.items() if k not in ("sums", "n")})
-        m.reset(n)
-        return m
-
-    def fit(self, lesions: Sequence[Lesion]) -> list[Lesion]:
-        """Resolve the lesions against the sites and fit their replacements on this data."""
-        resolved = [les.resolve(list(self.sites.values())) for les in lesions]
-        return fit_lesions(self.model, self.data, self.sites, resolved)
-
-    def run(self, lesions: Sequence[Lesion | Sequence[Lesion] | None], *, bar=None) -> dict[str, np.ndarray]:
-        """The slow path: each lesion (None: intact; a list: applied together) with hooks, one full pass."""
-        metric = self.fresh(len(lesions))
-        for i, les in enumerate(lesions):
-            for r, draw in enumerate(_draws(les)):
-                if r == 0:
-                    self._into(metric, draw, i)
-                else:
-                    metric.merge(self._one(draw, i, len(lesions)))
-            if bar is not None:
-                bar.update(1)
-        return metric.compute()  # merged draws add sums and counts alike: values average over draws
-
-    def _into(self, metric: Metric, lesion: Lesion | None, i: int) -> None:
-        state = Applied()
-        state.sites = dict(self.sites)
-        n = 0
-        together = [] if lesion is None else list(lesion) if isinstance(lesion, list | tuple) else [lesion]
-        with torch.no_grad(), eval_mode(self.model), apply(self.model, together, state):
-            for k, b in enumerate(self.batches()):
-                state.batch, state.batch_index = b, k
-                out = output_tensor(self._forward(b, k))
-                intact = None
-                if metric.needs_intact:
-                    with _paused(state):
-                        intact = output_tensor(self._forward(b, k))
-                metric.update(out[None], b, slice(i, i + 1), intact=intact)
-                n += len(b)
-        if self.n is not None and n != self.n:
-            raise DataError(
-                f"the data yielded {n} examples on this pass and {self.n} before; expected the same"
-            )
-        self.n = n
-
-    def _one(self, lesion, i, n) -> Metric:
-        m = self.fresh(n)
-        self._into(m, lesion, i)
-        return m
-
-    def _forward(self, b: Batch, k: int):
-        try:
-            return b.run(self.model)
-        except (RuntimeError, TypeError) as exc:
-            raise DataError(f"batch {k}: the model failed on inputs of shape {b.shapes()}: {exc}") from exc
-
-    # ------------------------------------------------------------------------------------------ engine
-    def engine(self):
-        """The fast engine for this model and data, or None where it cannot be used."""
-        if self.use_engine and self._engine is None and "*" not in self.fallbacks:
-            from lesion.engine import Engine, Unsupported
-
-            try:
-                self._engine = Engine(self.model, self.batches, list(self.sites.values()))
-            except Unsupported as exc:
-                self.fallbacks["*"] = str(exc)
-        return self._engine
-
-    def autocast(self):
-        """bf16 autocast for the engine's work when asked for (AMX on CPUs, tensor cores on GPUs)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-
-    def agree(self, ref: dict[str, np.ndarray], fast: dict[str, np.ndarray]) -> None:
-        """Check fast results against the reference; in bf16 record the deviation instead."""
-        if self.precision == "bf16":
-            d = max(
-                (float(np.nanmax(np.abs(ref[k] - fast[k]))) for k in ref if ref[k].ndim == 1), default=0.0
-            )
-            self.deviation["loss"] = max(self.deviation.get("loss", 0.0), d)
-            return
-        for key, want in ref.items():
-            got = fast[key]
-            if key == "accuracy" and self.n:
-                tol = max(1, self.n // 1000) / self.n  # float rounding may flip a near-tie prediction
-                ok = np.all(np.abs(want - got) <= tol + 1e-12)
-            elif key in ("confusion", "accuracy_class"):
-                continue  # follows accuracy; near-ties may move single predictions
-            else:
-                ok = np.allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.nanmax(np.abs(want)))),
-                                 equal_nan=True)  # fmt: skip
-            if not ok:
-                raise Mismatch(f"engine gave {key} {np.ravel(got)[:3]}; reference {np.ravel(want)[:3]}")
-
-
-def _draws(lesion: Lesion | None) -> list[Lesion | None]:
-    """A lesion once, or once per draw of a replacement with repeats (resample)."""
-    if lesion is None or isinstance(lesion, list | tuple) or getattr(lesion.replacement, "repeats", 1) <= 1:
-        return [lesion]
-    r = lesion.replacement
-    return [lesion.with_replacement(r.draw(k)) for k in range(r.repeats)]
-
-
-class _paused:
-    """Inside a lesioned pass: run the intact model (the hooks see ``state.resolving`` and step aside)."""
-
-    def __init__(self, state: Applied):
-        self.state = state
-
-    def __enter__(self):
-        self.state.resolving = True
-
-    def __exit__(self, *exc):
-        self.state.resolving = False
 
 
 def sites_for(model: nn.Module, data: Data, layers: Sequence[str] | str | None = None) -> list[Site]:
@@ -225,8 +70,6 @@ def sweep(
 
 def evaluate_lesions(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> dict[str, np.ndarray]:
     """Metric values (n, ...) of ``lesions``: single-unit constant lesions on the engine (checked)."""
-    from lesion.core.fast import single_unit_groups
-
     out: dict[int, dict[str, np.ndarray]] = {}
     for idxs, values in single_unit_groups(runner, lesions, bar=bar):
         for j, i in enumerate(idxs):

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lesion.data._assemble import assemble, check_split_args
 from lesion.data._dataset import Dataset
+from lesion.data._sources import Raw
 from lesion.errors import DataError
 
 MAX_NPZ_BYTES = 8 << 30  # uncompressed size of the arrays an .npz may hold
@@ -40,9 +42,7 @@ def from_arrays(
     are scaled to [0, 1]; with ``normalise`` every channel (axis 1: image channels, or features of flat
     (N, D) inputs) is standardised with the training split's mean and SD, so the test set leaks nothing.
     """
-    from lesion.data._builtin import Raw, _assemble, _check_split_args
-
-    _check_split_args(seed, test_fraction)
+    check_split_args(seed, test_fraction)
     xs, ys = _array(x, "x"), _labels(y, "y")
     if len(xs) != len(ys):
         raise DataError(f"x has {len(xs)} examples and y {len(ys)}; expected one label per example")
@@ -55,7 +55,7 @@ def from_arrays(
     if len(names) < n_classes:
         raise DataError(f"classes names {len(names)} classes; the labels go up to {n_classes - 1}")
     raw = Raw(xs, ys, xt, yt, names)
-    data = _assemble(name, raw, None if normalise else _identity(xs.shape[1]), seed, float(test_fraction))
+    data = assemble(name, raw, None if normalise else _identity(xs.shape[1]), seed, float(test_fraction))
     return data
 
 

@@ -12,10 +12,8 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-from sklearn.model_selection import train_test_split
-
+from lesion.data._arrays import from_npz
+from lesion.data._assemble import assemble, check_split_args
 from lesion.data._dataset import Dataset
 from lesion.data._folder import read_image_folder
 from lesion.data._sources import NORMS, Raw, read_cifar10, read_cifar100, read_idx_dataset
@@ -80,15 +78,13 @@ def load_dataset(
     ((1, 8, 8), 10, 1437, 360)
     """
     if isinstance(name, str | Path) and str(name).lower().endswith(".npz"):
-        from lesion.data._arrays import from_npz
-
         return from_npz(name, seed=seed, test_fraction=test_fraction)
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in _READERS:
         close = difflib.get_close_matches(str(name).lower(), DATASETS, n=1, cutoff=0.4)
         hint = f"; closest: {close[0]}" if close else ""
         raise DataError(f"unknown dataset {name!r}{hint}; known datasets: {', '.join(DATASETS)}")
-    _check_split_args(seed, test_fraction)
+    check_split_args(seed, test_fraction)
     if key in _OFFICIAL_SPLIT:  # one cache entry whatever the (unused) split arguments
         seed, test_fraction = 0, 0.2
     return _load(key, None if root is None else str(root), seed, float(test_fraction))
@@ -105,89 +101,14 @@ def load_image_folder(
     """A ``Dataset`` from ``root/<class name>/<images>`` (see ``read_image_folder`` for ``size`` and
     ``mode``), with a seeded stratified split and per-channel train statistics. Not cached;
     ``load_dataset("folder", root=...)`` is the cached form with the default size and mode."""
-    _check_split_args(seed, test_fraction)
+    check_split_args(seed, test_fraction)
     x, y, classes = read_image_folder(root, size=size, mode=mode)
     name = Path(root).resolve().name or "folder"
-    return _assemble(name, Raw(x, y, None, None, classes), None, seed, float(test_fraction))
+    return assemble(name, Raw(x, y, None, None, classes), None, seed, float(test_fraction))
 
 
 @functools.lru_cache(maxsize=16)
 def _load(name: str, root: str | None, seed: int, test_fraction: float) -> Dataset:
     raw = _READERS[name](root)
     norm = NORMS.get(_NORM_FROM.get(name, name))
-    return _assemble(name, raw, norm, seed, test_fraction)
-
-
-def _assemble(
-    name: str,
-    raw: Raw,
-    norm: tuple[tuple[float, ...], tuple[float, ...]] | None,
-    seed: int,
-    test_fraction: float,
-) -> Dataset:
-    """Split (when there is no official test set) and normalise ``raw`` into a ``Dataset``."""
-    x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
-    if x_test is None or y_test is None:
-        idx_train, idx_test = _split(name, y_train, seed, test_fraction)
-        x_train, x_test, y_train, y_test = (
-            x_train[idx_train],
-            x_train[idx_test],
-            y_train[idx_train],
-            y_train[idx_test],
-        )
-    x_train, x_test = _unit_range(x_train), _unit_range(x_test)
-    if norm is None:  # statistics of the training split only, so the test set leaks nothing
-        norm = _channel_stats(x_train)
-    return Dataset(
-        name=name,
-        x_train=_normalise(x_train, *norm),
-        y_train=torch.from_numpy(y_train.astype(np.int64)),
-        x_test=_normalise(x_test, *norm),
-        y_test=torch.from_numpy(y_test.astype(np.int64)),
-        classes=raw.classes,
-    )
-
-
-def _check_split_args(seed: int, test_fraction: float) -> None:
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float):
-        raise DataError(f"test_fraction={test_fraction!r}; expected a number strictly between 0 and 1")
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction={test_fraction!r}; expected a number strictly between 0 and 1")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise DataError(f"seed={seed!r}; expected an int in 0..2**32-1")
-
-
-def _split(name: str, y: np.ndarray, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a seeded train/test split that keeps every class's share in both parts."""
-    try:
-        return train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed)
-    except ValueError as e:  # too few examples of some class for a stratified split
-        counts = np.bincount(y)
-        raise DataError(
-            f"{name}: cannot split {len(y)} examples with test_fraction={test_fraction} keeping every "
-            f"class in both parts ({e}); the smallest class has {counts[counts > 0].min()}; "
-            "expected at least 2 per class and at least one per class in each part"
-        ) from None
-
-
-def _unit_range(x: np.ndarray) -> np.ndarray:
-    """Pixels in [0, 1] as a new float array: uint8 0..255 becomes float32, floats keep their dtype."""
-    if x.dtype == np.uint8:
-        out = x.astype(np.float32)
-        out /= 255.0
-        return out
-    return x.astype(np.float64 if x.dtype == np.float64 else np.float32)
-
-
-def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of ``x`` (N, C, H, W)."""
-    flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)  # (C, N * H * W); flat inputs: (D, N)
-    return tuple(map(float, flat.mean(axis=1))), tuple(map(float, flat.std(axis=1)))
-
-
-def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(N, C, ...) floats, which this modifies -> normalised float32 tensor (channels on axis 1)."""
-    shape = (1, -1, *[1] * (x.ndim - 2))
-    x -= np.asarray(mean, dtype=x.dtype).reshape(shape)
-    x /= np.where(np.asarray(std) > 0, np.asarray(std), 1.0).astype(x.dtype).reshape(shape)
-    return torch.from_numpy(x.astype(np.float32, copy=False)).contiguous()
+    return assemble(name, raw, norm, seed, test_fraction)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lesion.errors import LesionError
-from lesion.experiments.runner import KINDS, Job, execute
+from lesion.experiments.job import KINDS, Job, execute
 
 BACKENDS = ("local", "ray")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lesion.core.units import parse_units
-from lesion.experiments.runner import kind
+from lesion.experiments.job import kind
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

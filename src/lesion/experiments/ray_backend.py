@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lesion.errors import LesionError
-from lesion.experiments.runner import KINDS, Job, execute
+from lesion.experiments.job import KINDS, Job, execute
 
 Bundle = dict[str, bytes]  # a directory: relative POSIX path -> file contents
 CONNECT_TIMEOUT = 30.0  # seconds to reach a Ray cluster's address before giving up

@@ -13,53 +13,19 @@ computed it.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lesion._progress import progress_bar
 from lesion.errors import LesionError
-from lesion.experiments.store import Store, job_key
+from lesion.experiments.backends import Backend, Session, get_backend
+from lesion.experiments.job import KINDS, Job, JobFn, execute, kind
+from lesion.experiments.store import Store
 
-if TYPE_CHECKING:
-    from lesion.experiments.backends import Backend, Session
-
-JobFn = Callable[[Mapping[str, Any], Mapping[str, Path], Path], None]
-KINDS: dict[str, JobFn] = {}
-
-
-def kind(name: str) -> Callable[[JobFn], JobFn]:
-    """Register a job function ``fn(params, inputs: {dep name: finished dir}, out: dir)``."""
-
-    def register(fn: JobFn) -> JobFn:
-        KINDS[name] = fn
-        return fn
-
-    return register
-
-
-@dataclass(frozen=True, eq=False)
-class Job:
-    """One unit of work: ``kind`` applied to ``params`` and the outputs of ``deps``."""
-
-    kind: str
-    params: Mapping[str, Any]
-    deps: Mapping[str, Job] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return job_key(self.kind, dict(self.params), {n: d.key for n, d in self.deps.items()})
-
-    def spec(self) -> dict:
-        return {
-            "kind": self.kind,
-            "params": dict(self.params),
-            "deps": {n: d.key for n, d in self.deps.items()},
-        }
+__all__ = ["KINDS", "Job", "JobFn", "RunReport", "execute", "kind", "plan", "run"]
 
 
 @dataclass
@@ -110,7 +76,6 @@ def run(
     with ``workers * threads`` CPUs) as tasks that request ``threads`` CPUs each. Either way the driver
     alone writes the run directory, publishing each job atomically as it returns.
     """
-    from lesion.experiments.backends import get_backend
 
     _check_count("workers", workers)
     _check_count("threads", threads)
@@ -177,25 +142,3 @@ def _drive(store: Store, todo: list[Job], session: Session, threads: int, bar) -
 
 def _inputs(store: Store, job: Job) -> dict[str, Path]:
     return {n: store.path(d.key) for n, d in job.deps.items()}
-
-
-def execute(
-    fn: JobFn, params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, threads: int
-) -> float:
-    """Run one job function into ``out`` with ``threads`` torch threads; return its wall time."""
-    start = time.perf_counter()
-    with _torch_threads(threads):
-        fn(params, inputs, out)
-    return time.perf_counter() - start
-
-
-@contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

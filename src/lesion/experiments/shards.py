@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lesion.errors import LesionError
-from lesion.experiments.runner import Job
+from lesion.experiments.job import Job
 
 
 def sharded_units(model: Job, params: Mapping[str, Any], *, shards: int = 1) -> Job:

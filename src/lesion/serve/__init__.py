@@ -12,8 +12,9 @@ the server at ``/docs``. Needs the ``serve`` extra (fastapi, uvicorn).
 
 from lesion.serve._http import LOCAL_HOSTS, bind, is_loopback, running, server, url_of
 from lesion.serve.app import create_app
-from lesion.serve.explorer import Explorer, compact
+from lesion.serve.explorer import Explorer, compact, explorer_for
 
 __all__ = [
-    "LOCAL_HOSTS", "Explorer", "bind", "compact", "create_app", "is_loopback", "running", "server", "url_of",
+    "LOCAL_HOSTS", "Explorer", "bind", "compact", "create_app", "explorer_for", "is_loopback", "running",
+    "server", "url_of",
 ]  # fmt: skip

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ from torch import nn
 from lesion import study
 from lesion._util import eval_mode, model_device
 from lesion.core.lesions import Lesion, hooks
+from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates, find_sites
-from lesion.core.sweep import Runner
 from lesion.core.units import UnitSet, parse_units
 from lesion.errors import DataError, UnitError
 from lesion.evaluation import Evaluation, as_evaluation
@@ -266,3 +267,28 @@ def _display_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.transpose(0, 1).reshape(x.shape[1], -1).float()
         lo, hi = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
     return lo, torch.where(hi > lo, hi, lo + 1)
+
+
+def explorer_for(
+    model: Path, dataset: str | None, examples: int | None, layers: Sequence[str] | None, *, say=print
+):  # fmt: skip
+    """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
+    import torch
+
+    from lesion.core.sites import find_sites
+    from lesion.study import DATA_SEED, dataset_for, open_model
+
+    net, info = open_model(model)
+    data = dataset_for(info, dataset, model)
+    x, y = data.x_test, data.y_test
+    if examples is not None and examples < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(DATA_SEED))[:examples]
+        x, y = x[keep.sort().values], y[keep.sort().values]
+    sites = find_sites(net, x[:2], list(layers) if layers else None)
+    say(
+        f"measuring {sum(s.width for s in sites)} units of {model.name} on {len(y)} held-out examples of "
+        f"{data.name}" + (" (--examples 2000 would be quicker)" if len(y) > 2000 else "")
+    )
+    return Explorer(
+        net, (x, y), classes=data.classes, sites=sites, name=model.name, dataset=data.name, progress=True
+    )

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesion.experiments.job import Job
 from lesion.experiments.profiles import Profile
-from lesion.experiments.runner import Job
 from lesion.experiments.shards import sharded_curves, sharded_units
 from lesion.measures import auc, correlate
 
