@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 
+from lesion.bench import _common
 from lesion.bench._common import (
     PERTURBATIONS_PER_EVAL,
     _bench,
     _captum_missing,
-    _captum_version,
     _Context,
     _median,
     _summary,
@@ -44,11 +44,15 @@ def w1(ctx: _Context) -> dict:
     runs["hook_loop"], _, d_hook = _bench(ctx, "W1 hook loop", hook, lesions, check, ctx.repeats, n, ref)
     diffs, captum = {"hook_loop": d_hook}, _captum_missing()
     runs["captum"] = runs["captum_best"] = None
-    if _captum_version() is not None:
+    if _common._captum_version() is not None:
         shapes = {site.name: site.shape for site in sites}
         by_ppe, diffs["captum"], best = _captum_scan(ctx, model, batches, lesions, check, shapes, n, ref)
         runs["captum"], runs["captum_best"] = by_ppe[1], by_ppe[best]
-        captum = {"available": True, "version": _captum_version(), "best_perturbations_per_eval": best}
+        captum = {
+            "available": True,
+            "version": _common._captum_version(),
+            "best_perturbations_per_eval": best,
+        }
         captum["seconds_by_perturbations_per_eval"] = {str(k): _median(t) for k, t in by_ppe.items()}
     flops = single_flops(site_costs(model, sites, x[:1]), lesions, n)
     return {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 
+from lesion.bench import _common
 from lesion.bench._common import (
     _bench,
     _captum_missing,
-    _captum_version,
     _Context,
     _median,
     _summary,
@@ -42,7 +42,7 @@ def w3(ctx: _Context) -> dict:
     runs["lesion"], ref, _ = _bench(ctx, "W3 lesion", lesion_fn, lesions, check, ctx.repeats, n)
     out = {"captum": _captum_missing(), "max_abs_diff": {}, "extrapolated": False}
     runs["captum"], scale = None, {}
-    if _captum_version() is not None:
+    if _common._captum_version() is not None:
         timed = [k for k, (_, c) in enumerate(lesions) if c < s.captum_conv_channels]
         sub = [lesions[k] for k in timed]
         sub_check = [i for i, (_, c) in enumerate(sub) if c < s.check_units]
@@ -51,7 +51,8 @@ def w3(ctx: _Context) -> dict:
         ext = _captum_extrapolation(sites, per_layer, s.captum_conv_channels, len(batches))
         scale = {"captum": 1 / ext["measured_fraction"]}
         ext["measured_seconds"] = _median(runs["captum"])
-        out |= {"captum": {"available": True, "version": _captum_version(), "perturbations_per_eval": 1},
+        version = _common._captum_version()
+        out |= {"captum": {"available": True, "version": version, "perturbations_per_eval": 1},
                 "max_abs_diff": {"captum": d}, "extrapolated": ext["measured_fraction"] < 1,
                 "extrapolation": {"captum": ext}}  # fmt: skip
     flops = single_flops(site_costs(model, sites, x[:1]), lesions, n)
