@@ -428,3 +428,18 @@ def test_output_forms():
     assert output_tensor((t, None)) is t and output_tensor({"scores": t}) is t
     with pytest.raises(lesion.DataError, match="expected a tensor, a tuple starting with one"):
         output_tensor("text")
+
+
+@pytest.mark.parametrize("engine", [True, False])
+def test_kl_to_the_intact_model_in_a_sweep(engine):
+    model, x, y = mlp(8), torch.randn(25, 5), torch.arange(25) % 3
+    df = lesion.sweep(model, (x, y), ["1:0", "1:1-3"], lesion.KL(), engine=engine, batch_size=10)
+    assert df.attrs["intact"]["kl"] == pytest.approx(0.0, abs=1e-7)
+    p = F.log_softmax(model(x), -1).detach()
+    for i, units in enumerate(([0], [1, 2, 3])):
+        h = torch.relu(model[0](x)).detach()
+        h[:, units] = 0
+        q = F.log_softmax(model[2](h), -1).detach()
+        assert df.kl[i] == pytest.approx((p.exp() * (p - q)).sum(1).mean().item(), abs=1e-6)
+    if engine:
+        assert df.attrs["engine_fallbacks"] == {}  # single-unit lesions ran on the engine, checked

@@ -9,8 +9,10 @@ inner hooks run after outer ones on the same module. Unit axes come from ``Site`
 from __future__ import annotations
 
 import difflib
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +113,21 @@ def _output_hook(name: str, chain: list[Edit]):
     return hook
 
 
+# True in this thread (context) while lesion hooks must let the model run intact: fitting a replacement
+# inside a pass, or a sweep's intact reference pass (KL); other threads keep their lesions
+ASIDE: ContextVar[bool] = ContextVar("lesion_aside", default=False)
+
+
+@contextmanager
+def aside() -> Iterator[None]:
+    """Inside the block, in this thread only, applied lesions step aside (the model runs intact)."""
+    token = ASIDE.set(True)
+    try:
+        yield
+    finally:
+        ASIDE.reset(token)
+
+
 class Applied:
     """The live state of lesions applied to a model: the current batch, set by a sweep before each pass."""
 
@@ -118,7 +135,7 @@ class Applied:
         self.batch: Batch | None = None
         self.batch_index = 0
         self.sites: dict[str, Site] | None = None
-        self.resolving = False
+        self.lock = threading.Lock()  # one thread finds the sites; the others wait for them
 
 
 @contextmanager
@@ -225,12 +242,13 @@ def _resolver(model, layers, state: Applied):
     """A root pre-hook that finds the lesioned layers' sites on the first forward pass of a plain block."""
 
     def hook(_m, args, kwargs):
-        if state.resolving or DRY_RUN.get():
+        if ASIDE.get() or DRY_RUN.get():
             return None
-        if state.sites is None or any(n not in state.sites for n in layers):
-            example = Batch(tuple(args), dict(kwargs), ids=torch.arange(_size(args, kwargs)))
-            found = find_sites(model, example.slice(0, 2), layers)
-            state.sites = {**(state.sites or {}), **{s.name: s for s in found}}
+        with state.lock:
+            if state.sites is None or any(n not in state.sites for n in layers):
+                example = Batch(tuple(args), dict(kwargs), ids=torch.arange(_size(args, kwargs)))
+                found = find_sites(model, example.slice(0, 2), layers)
+                state.sites = {**(state.sites or {}), **{s.name: s for s in found}}
         return None
 
     return hook
@@ -252,18 +270,15 @@ def _site_hook(name: str, mine, state: Applied, model, reference):
             units = les.units.resolve({site.name: site.width} | {n: s.width for n, s in state.sites.items()})
             if r.needs_fit:  # a plain ablate block: fit once, on the reference data, with the hooks aside
                 if id(r) not in fitted:
-                    state.resolving = True
-                    try:
+                    with aside():
                         one = fit_lesions(model, reference, state.sites, [les.with_replacement(r)])
-                    finally:
-                        state.resolving = False
                     fitted[id(r)] = one[0].replacement
                 r = fitted[id(r)]
             h = replace_units(h, site, units, r, state)
         return h
 
     def out_hook(module, inputs, output):
-        if state.resolving or DRY_RUN.get():
+        if ASIDE.get() or DRY_RUN.get():
             return None
         if not isinstance(output, torch.Tensor):
             raise SiteError(
@@ -273,7 +288,7 @@ def _site_hook(name: str, mine, state: Applied, model, reference):
         return apply_all(output)
 
     def in_hook(module, inputs):
-        if state.resolving or DRY_RUN.get():
+        if ASIDE.get() or DRY_RUN.get():
             return None
         return (apply_all(inputs[0]), *inputs[1:])
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from lesion._util import eval_mode, model_device
 from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
-from lesion.core.lesions import Applied, Lesion, apply, fit_lesions
+from lesion.core.lesions import Applied, Lesion, apply, aside, fit_lesions
 from lesion.core.metric import Classification, Metric
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
@@ -94,7 +94,7 @@ class Runner:
                 out = output_tensor(self._forward(b, k))
                 intact = None
                 if metric.needs_intact:
-                    with _paused(state):
+                    with aside():
                         intact = output_tensor(self._forward(b, k))
                 metric.update(out[None], b, slice(i, i + 1), intact=intact)
                 n += len(b)
@@ -159,16 +159,3 @@ def _draws(lesion: Lesion | None) -> list[Lesion | None]:
         return [lesion]
     r = lesion.replacement
     return [lesion.with_replacement(r.draw(k)) for k in range(r.repeats)]
-
-
-class _paused:
-    """Inside a lesioned pass: run the intact model (the hooks see ``state.resolving`` and step aside)."""
-
-    def __init__(self, state: Applied):
-        self.state = state
-
-    def __enter__(self):
-        self.state.resolving = True
-
-    def __exit__(self, *exc):
-        self.state.resolving = False

@@ -11,6 +11,7 @@ may carry a view: ``group`` consecutive channels form one unit (an attention hea
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -132,8 +133,12 @@ def _dry_run(model: nn.Module, example) -> dict[str, dict]:
     counter = [0]
     handles = []
 
+    me = threading.get_ident()  # other threads may run the same model meanwhile: only this pass counts
+
     def make_hook(name):
         def hook(module, inputs, output):
+            if threading.get_ident() != me:
+                return
             r = records.setdefault(name, {"calls": 0, "order": counter[0]})
             r["calls"] += 1
             r["tensor"] = isinstance(output, torch.Tensor)
