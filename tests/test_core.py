@@ -5,6 +5,7 @@ Every expected number is computed on paper or by an independent implementation w
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -443,3 +444,24 @@ def test_kl_to_the_intact_model_in_a_sweep(engine):
         assert df.kl[i] == pytest.approx((p.exp() * (p - q)).sum(1).mean().item(), abs=1e-6)
     if engine:
         assert df.attrs["engine_fallbacks"] == {}  # single-unit lesions ran on the engine, checked
+
+
+def test_cli_reads_an_npz_dataset_and_list_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesion.cli import app
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 1, 4, 4)).astype(np.float32)
+    y = (x.reshape(80, -1)[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    model = tmp_path / "m.safetensors"
+    run = CliRunner().invoke
+    res = run(app, ["train", "--dataset", str(tmp_path / "mine.npz"), "--widths", "8,8", "--epochs", "2",
+                    "--out", str(model)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = run(app, ["analyze", str(model), "--out", str(tmp_path / "a"), "--repeats", "1", "--fractions", "3",
+                    "--noise-repeats", "1", "--layers", "relu1", "--layers", "relu2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["dataset"] == "mine" and summary["candidates"] == ["relu1", "relu2"]

@@ -59,12 +59,14 @@ def fractions(text: str) -> int | None:
     return n
 
 
-def names(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
+def names(given: list[str] | str | None, flag: str = "--layers") -> tuple[str, ...] | None:
+    """Names of a list option, each value repeated (``--layers a --layers b``) or comma separated."""
+    if given is None:
         return None
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    values = [given] if isinstance(given, str) else list(given)
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
     if not names:
-        raise LesionError(f"--layers {text!r}; expected layer names separated by commas")
+        raise LesionError(f"{flag} {','.join(values)!r}; expected names separated by commas")
     return names
 
 

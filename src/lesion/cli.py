@@ -186,7 +186,8 @@ def analyze(
     noise_repeats: Annotated[int, typer.Option(min=1, help="Noise draws per scale.")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random orders and the noise.")] = 0,
     layers: Annotated[
-        str | None, typer.Option(help="Comma separated layers to study (default: every activation).")
+        list[str] | None,
+        typer.Option(help="Layers to study, repeated or comma separated (default: every activation)."),
     ] = None,
     force: ForceOpt = False,
 ) -> None:
@@ -221,7 +222,8 @@ def reproduce(
         str, typer.Option(help="quick (mnist5k, ~10 min on 2 cores), paper (the paper's sizes), or tiny.")
     ] = "quick",
     only: Annotated[
-        str | None, typer.Option(help="Comma separated figures, e.g. F1,F7 (default: all, follow-ups too).")
+        list[str] | None,
+        typer.Option(help="Figures, repeated or comma separated: F1,F7 (default: all, follow-ups too)."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<profile>).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Jobs run at once, in worker processes.")] = 2,
@@ -259,8 +261,8 @@ def reproduce(
     chosen = get_profile(profile)
     given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
     chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
-    manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True,
-                             backend=backend.value, address=address, verify=verify,
+    manifest = run_reproduce(chosen, only=T.names(only, "--only"), out=out, workers=workers, threads=threads,
+                             progress=True, backend=backend.value, address=address, verify=verify,
                              connect_timeout=connect_timeout)  # fmt: skip
     folder = out if out is not None else Path("runs") / manifest["profile"]["name"]
     claims = json.loads((folder / "claims.json").read_text())
@@ -279,7 +281,9 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Shrink every workload (well under a minute).")] = False,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per method; the median is reported.")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="torch threads for every method.")] = 2,
-    only: Annotated[str | None, typer.Option(help="Comma separated workloads, e.g. W1,W3.")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Workloads, repeated or comma separated: W1,W3.")
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Time lesion against Captum and a hook loop on the same workloads, after checking they agree."""
@@ -288,7 +292,7 @@ def bench(
     if out is not None:
         check_file_target(out, force=force)  # before the timings, not after
 
-    names = None if only is None else only.split(",")
+    names = T.names(only, "--only")
     results = lesion_bench.run(quick=quick, repeats=repeats, threads=threads, only=names, progress=True)
     if out is not None:
         lesion_bench.save(results, out)
@@ -311,7 +315,8 @@ def serve(
         int | None, typer.Option(min=1, help="Use a seeded sample of this many held-out examples.")
     ] = None,
     layers: Annotated[
-        str | None, typer.Option(help="Comma separated layers to show (default: every activation).")
+        list[str] | None,
+        typer.Option(help="Layers to show, repeated or comma separated (default: every activation)."),
     ] = None,
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads (default torch's; 1 is steadier on a busy CPU).")
