@@ -195,7 +195,11 @@ def demo(
 @_command
 def reproduce(
     profile: Annotated[
-        str, typer.Option(help="quick (mnist5k, ~10 min on 2 cores), paper (the paper's sizes), or tiny.")
+        str,
+        typer.Option(
+            help="quick (mnist5k, ~10 min on 2 cores), standard (Fashion-MNIST 60k, ~1-2 h), paper (the "
+            "paper's sizes), or tiny."
+        ),
     ] = "quick",
     only: Annotated[
         str | None, typer.Option(help="Comma separated figures, e.g. F1,F7 (default: all, follow-ups too).")
@@ -215,6 +219,7 @@ def reproduce(
         str | None,
         typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local Ray instance)."),
     ] = None,
+    device: Annotated[str, typer.Option(help="Train and measure on cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
     """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
 
@@ -227,7 +232,8 @@ def reproduce(
 
     start = time.perf_counter()
     chosen = get_profile(profile)
-    given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
+    given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root),
+             "device": device}  # fmt: skip
     chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
     manifest = run_reproduce(chosen, only=only, out=out, workers=workers, threads=threads, progress=True,
                              backend=backend, address=address)  # fmt: skip
@@ -245,9 +251,11 @@ def reproduce(
 def _claims_table(claims: list[dict]):
     from rich.table import Table
 
-    table = Table("id", "holds", "measured", show_lines=False)
+    colour = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+    table = Table("id", "verdict", "statistic [95% interval]", "measured", show_lines=False)
     for c in claims:
-        table.add_row(c["id"], "[green]yes[/]" if c["holds"] else "[red]no[/]", c["measured"])
+        ci = "n/a" if c["ci_low"] is None else f"{c['estimate']:.3g} [{c['ci_low']:.3g}, {c['ci_high']:.3g}]"
+        table.add_row(c["id"], f"[{colour[c['verdict']]}]{c['verdict']}[/]", ci, c["measured"])
     return table
 
 

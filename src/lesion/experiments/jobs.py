@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesion.errors import LesionError
 from lesion.experiments.runner import kind
 from lesion.units import parse_units
 
@@ -59,7 +60,20 @@ def _dataset(train_params: Mapping[str, Any]):
     from lesion.data import load_dataset
 
     p = train_params
-    return load_dataset(p["dataset"], root=p.get("root"), seed=p.get("data_seed", 0))
+    data = load_dataset(p["dataset"], root=p.get("root"), seed=p.get("data_seed", 0))
+    return data if p.get("train_size") is None else subset(data, int(p["train_size"]))
+
+
+def subset(data, n: int):
+    """The first ``n`` training examples of a seeded shuffle (seed 0): the training-set-size study."""
+    import dataclasses
+
+    import torch
+
+    if not 0 < n <= len(data.y_train):
+        raise LesionError(f"train_size={n}; expected 1..{len(data.y_train)} for {data.name}")
+    keep = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n]
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 
 def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
@@ -72,6 +86,7 @@ def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
     ckpt = params.get("checkpoint")
     path = folder / "model.safetensors" if ckpt is None else folder / "checkpoints" / f"{ckpt}.safetensors"
     model, info = load_model(path)
+    model.to(trained.get("train", {}).get("device", "cpu"))  # measured where it was trained
     data = _dataset(trained)
     if params.get("split", "train") == "train":
         return model, (data.x_train, info["extra"]["train_labels"])

@@ -23,6 +23,7 @@ class Profile:
     dataset: str = "mnist5k"  # MLP studies (F1-F5a, F7, follow-ups)
     conv_dataset: str = "mnist5k"  # batch-norm studies (F5b, F6, F7-conv, Zhou)
     root: str | None = None  # where dataset files live, for datasets that are not embedded
+    device: str = "cpu"  # where every job trains and measures ("cuda", "cuda:1"); part of the job keys
     widths: tuple[int, ...] = (512, 512)  # F1, F2, Amjad, rotation (the generalisation study)
     small_widths: tuple[int, ...] = (128, 128)  # F7, selectivity regulariser (the selectivity study)
     sweep_widths: tuple[int, ...] = (256, 256)  # F3 ensemble, F4c sweep
@@ -42,6 +43,7 @@ class Profile:
     ensemble_epochs: int = 10
     checkpoints: tuple[float, ...] = (0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     long_epochs: int = 32  # F4a/b: train on past the test-loss minimum
+    sgd_lr: float = 0.01  # F4a with plain SGD (momentum 0.9), as the paper's replications trained
     sweep_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     sweep_batch_sizes: tuple[int, ...] = (32, 512)
     sweep_seeds: tuple[int, ...] = (0, 1)

@@ -2,7 +2,8 @@
 
 from lesion.experiments.figures.common import Figure, Outcome
 from lesion.experiments.figures.followups import AMJAD, LEAVITT, ROTATION, ZHOU
-from lesion.experiments.figures.generalisation import F1, F2, F3, F4, F4C
+from lesion.experiments.figures.generalisation import F1, F2, F3, F4C
+from lesion.experiments.figures.overtraining import F4
 from lesion.experiments.figures.units import F5A, F5B, F6, F7
 
 FIGURES: tuple[Figure, ...] = (F1, F2, F3, F4, F4C, F5A, F5B, F6, F7, ZHOU, AMJAD, LEAVITT, ROTATION)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesion.experiments.claims import Check, combine
 from lesion.experiments.profiles import Profile
 from lesion.experiments.runner import Job
 from lesion.experiments.shards import sharded_curves, sharded_units
@@ -37,16 +38,32 @@ class Figure:
     analyse: Callable[[Profile, Outputs], Outcome]
 
 
-def claim(id: str, claim: str, paper: str, measured: str, statistic: dict[str, Any], holds: bool) -> dict:
-    """One row of claims.json: what the paper says, what we measured, the numbers, and whether it holds."""
+def claim(
+    id: str, claim: str, paper: str, measured: str, statistic: dict[str, Any], tests: Sequence[Check]
+) -> dict:
+    """One row of claims.json: what the paper says, what we measured, the numbers, and the verdict.
+
+    The first of ``tests`` is the claim's headline statistic (``estimate``, ``ci_low``, ``ci_high``, ``n``);
+    ``verdict`` combines every test (``lesion.experiments.claims``); ``holds`` is ``verdict == "holds"``.
+    """
     stat = {k: _plain(v) for k, v in statistic.items()}
+    head = tests[0]
+    decided = combine([t.verdict for t in tests])
+    needs = [t.needed_n for t in tests if t.verdict == "inconclusive" and t.needed_n is not None]
     return {
         "id": id,
         "claim": claim,
         "paper": paper,
         "measured": measured,
         "statistic": stat,
-        "holds": bool(holds),
+        "estimate": _plain(head.estimate),
+        "ci_low": _plain(head.ci_low),
+        "ci_high": _plain(head.ci_high),
+        "n": head.n,
+        "verdict": decided,
+        "holds": decided == "holds",
+        "needed_n": max(needs) if decided == "inconclusive" and needs else None,
+        "tests": [t.as_dict() for t in tests],
     }
 
 
@@ -70,6 +87,7 @@ def train(
     arch: dict | None = None,
     dataset: str | None = None,
     until: bool = True,
+    train_size: int | None = None,
     **options,
 ) -> Job:
     """A training job; by default an MLP of ``widths`` trained to the profile's train-accuracy target."""
@@ -78,6 +96,8 @@ def train(
     if until:
         opts |= {"until_train_acc": p.until_train_acc, "max_epochs": p.max_epochs}
     opts |= options
+    if p.device != "cpu":  # a GPU run: different float rounding, so a different job
+        opts["device"] = p.device
     params = {
         "arch": arch,
         "dataset": dataset or p.dataset,
@@ -87,6 +107,8 @@ def train(
     }
     if p.root:
         params["root"] = p.root
+    if train_size is not None:
+        params["train_size"] = int(train_size)
     return Job("train", params)
 
 
@@ -168,6 +190,26 @@ def hold_fraction(curve: pd.DataFrame, chance: float) -> float:
     level = chance + 0.5 * (m.iloc[0] - chance)
     below = m[m < level]
     return float(below.index[0]) if len(below) else 1.0
+
+
+def by_net(df: pd.DataFrame, group: str | None, net: Sequence[str], value: str) -> dict:
+    """{group: [one network's ``value`` per repeat, ...]}, the input of ``claims.bootstrap``."""
+    parts = df.groupby(group, sort=True) if group else [("all", df)]
+    return {k: [g[value].to_numpy() for _, g in sub.groupby(list(net), sort=True)] for k, sub in parts}
+
+
+def spearman(x, y) -> float:
+    from scipy import stats as sps
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(sps.spearmanr(x, y).statistic)
+
+
+def interval(check) -> str:
+    """``0.12 [0.05, 0.19]``: a check's estimate and 95% interval, for the measured text."""
+    return f"{fmt(check.estimate)} [{fmt(check.ci_low)}, {fmt(check.ci_high)}]"
 
 
 def corr(x, y) -> dict[str, float]:
