@@ -147,7 +147,8 @@ def bootstrap(
 
     ``groups``: {group: [values of network 1 (one per repeat), values of network 2, ...]}. Each resample
     draws the networks of every group with replacement and, for each drawn network, its repeats with
-    replacement (a group with a single measurement gives no interval: NaN); ``stat`` receives {group: array of per-network means} (and, with ``attrs`` {group:
+    replacement (a group with a single measurement gives no interval: NaN); ``stat`` receives
+    {group: array of per-network means} (and, with ``attrs`` {group:
     one number per network}, those numbers of the drawn networks as a second argument) and returns one
     number. Returns the statistic on the data as measured and its 95% percentile interval.
 

@@ -60,6 +60,12 @@ class Profile:
     alphas: tuple[float, ...] = (-10.0, -1.0, 0.0, 1.0, 10.0)  # Leavitt & Morcos regulariser strengths
     alpha_epochs: int = 10
     rotation_repeats: int = 3
+    recovery_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)  # Meyes et al.: groups deleted
+    recovery_repeats: int = 3  # random groups per fraction
+    recovery_epochs: int = 2  # retraining epochs with the group held at 0
+    class_ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)  # Bau et al. 2020: units per class
+    class_repeats: int = 2  # random k-unit controls
+    size_study: tuple[int, ...] = (1000, 2000, 4000)  # training-set sizes of the size study
     # parallel work (lesion.experiments.shards): a single-unit sweep is split into unit_shards jobs, a
     # set of ablation curves into jobs of at most curves_per_shard curves; results do not depend on these
     unit_shards: int = 2
