@@ -88,9 +88,10 @@ def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
     model, info = load_model(path)
     model.to(trained.get("train", {}).get("device", "cpu"))  # measured where it was trained
     data = _dataset(trained)
+    n = params.get("examples")  # measure on the first n examples only (large training sets)
     if params.get("split", "train") == "train":
-        return model, (data.x_train, info["extra"]["train_labels"])
-    return model, (data.x_test, data.y_test)
+        return model, (data.x_train[:n], info["extra"]["train_labels"][:n])
+    return model, (data.x_test[:n], data.y_test[:n])
 
 
 @kind("curves")

@@ -93,7 +93,7 @@ def _power(t) -> str:
     if t["verdict"] != "inconclusive":
         return ""
     if t["ci_low"] is None:
-        return "; no interval: a group has a single measurement"
+        return "; no interval: too few measurements"
     if t.get("needed_n") is None:
         return "; the estimate sits on the criterion: no number of samples would decide it"
     return f"; about {t['needed_n']:,} {t['unit']} would decide it (80% power, same effect)"
@@ -175,7 +175,7 @@ def _claim_power(c) -> str:
     if c["verdict"] != "inconclusive":
         return ""
     if c["ci_low"] is None:
-        return " (no interval: a single measurement per group)"
+        return " (no interval: too few measurements)"
     if c.get("needed_n") is None:
         return " (no number of samples would decide it: the estimate sits on the criterion)"
     unit = next(t["unit"] for t in c["tests"] if t["verdict"] == "inconclusive")

@@ -114,7 +114,15 @@ def train(
 
 def conv_train(p: Profile, *, batchnorm: bool, seed: int) -> Job:
     arch = {"kind": "convnet", "batchnorm": batchnorm, **p.conv}
-    return train(p, arch=arch, dataset=p.conv_dataset, seed=seed, until=False, epochs=p.conv_epochs)
+    return train(
+        p,
+        arch=arch,
+        dataset=p.conv_dataset,
+        seed=seed,
+        until=False,
+        epochs=p.conv_epochs,
+        train_size=p.conv_train_size,
+    )
 
 
 def curves(
@@ -132,6 +140,8 @@ def curves(
         "fractions": p.conv_fractions if conv else p.fractions,
         "seed": 0,
     }
+    if p.curve_examples is not None:  # curves on the first n training examples (large training sets)
+        base["examples"] = p.curve_examples
     deps = {"units": units} if units is not None else {}
     return sharded_curves(model, base | params, deps, per_shard=p.curves_per_shard)
 
