@@ -29,7 +29,7 @@ Z = 1.959963984540054  # two-sided 95%
 Z_POWER = 0.8416212335729143  # 80% power
 BOOT = 1000  # bootstrap resamples
 SEED = 0  # every bootstrap of every claim draws from this seed: the same tables give the same intervals
-MAX_N = 100_000
+MAX_N = 10_000  # power estimates are capped here: beyond it, read 'more than 10,000'
 
 
 @dataclass(frozen=True)

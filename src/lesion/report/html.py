@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lesion.experiments.claims import MAX_N
+
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;
 padding:24px;color:#1d2330}
@@ -96,7 +98,7 @@ def _power(t) -> str:
         return "; no interval: too few measurements"
     if t.get("needed_n") is None:
         return "; the estimate sits on the criterion: no number of samples would decide it"
-    return f"; about {t['needed_n']:,} {t['unit']} would decide it (80% power, same effect)"
+    return f"; {_about(t['needed_n'])} {t['unit']} would decide it (80% power, same effect)"
 
 
 def _num(v) -> str:
@@ -179,7 +181,11 @@ def _claim_power(c) -> str:
     if c.get("needed_n") is None:
         return " (no number of samples would decide it: the estimate sits on the criterion)"
     unit = next(t["unit"] for t in c["tests"] if t["verdict"] == "inconclusive")
-    return f" (about {c['needed_n']:,} {unit} would decide it)"
+    return f" ({_about(c['needed_n'])} {unit} would decide it)"
+
+
+def _about(n: int) -> str:
+    return f"more than {MAX_N:,}" if n >= MAX_N else f"about {n:,}"
 
 
 def write_markdown(path: Path, sections: Sequence[Section], manifest: dict[str, Any]) -> None:
