@@ -114,9 +114,11 @@ def make_check(
     direction: str,
     n: int,
     unit: str,
-    method: str = "bootstrap",
+    method: str | None = None,
 ) -> Check:
+    """A ``Check`` with its verdict and, when inconclusive, its power estimate."""
     lo, hi = float(ci[0]), float(ci[1])
+    method = method or f"bootstrap over {unit} ({BOOT:,} resamples, seed {SEED})"
     v = verdict(lo, hi, criterion, direction)
     need = needed_n(estimate, (lo, hi), criterion, direction, n) if v == OPEN else None
     return Check(name, float(estimate), lo, hi, float(criterion), direction, int(n), unit, method, v, need)
