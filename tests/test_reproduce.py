@@ -172,3 +172,14 @@ def test_cli_reports_bad_profile(tmp_path):
     res = subprocess.run([sys.executable, "-m", "lesion.cli", "reproduce", "--profile", "huge", "--out",
                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert res.returncode == 2 and "error: unknown profile 'huge'" in res.stderr
+
+
+def test_cli_device_flag_reaches_the_profile(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cmd = [sys.executable, "-m", "lesion.cli", "reproduce", "--profile", "tiny", "--device", "cuda",
+           "--only", "F1", "--out", str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and "device='cuda' is not usable here" in res.stderr
