@@ -30,9 +30,9 @@ def recovery_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     import lesion
     from lesion.training import train
 
-    model, _ = model_and_data({"split": "train"}, inputs)
+    model, (_, labels) = model_and_data({"split": "train"}, inputs)
     trained = _trained(inputs)
-    data = _dataset(trained).with_train_labels(_train_labels(inputs))
+    data = _dataset(trained).with_train_labels(labels)
     test = (data.x_test, data.y_test)
     widths = _layer_units(model, test)
     pool = [f"{layer}:{i}" for layer, w in widths.items() for i in range(w)]
@@ -66,12 +66,6 @@ def _trained(inputs: Mapping[str, Path]) -> dict:
     import json
 
     return json.loads((inputs["model"] / "job.json").read_text())["params"]
-
-
-def _train_labels(inputs: Mapping[str, Path]):
-    from lesion.models import load_model
-
-    return load_model(inputs["model"] / "model.safetensors")[1]["extra"]["train_labels"]
 
 
 @kind("class_units")
