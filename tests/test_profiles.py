@@ -38,7 +38,10 @@ def test_standard_profile_plans_the_paper_scale():
     sizes = {j.params.get("train_size") for j in trains if j.params["dataset"] == "fashion-mnist"}
     assert {4000, 15000, None} <= sizes  # 60,000 is the whole training set, shared with F1
     f1 = [j for j in trains if j.params["arch"].get("widths") == [512, 512] and "train_size" not in j.params]
-    assert f1 and all(j.params["dataset"] == "fashion-mnist" for j in f1)
+    assert len(f1) == len(p.corruptions) * len(p.seeds)  # Figure 1's family: all 60,000 images
+    assert all(j.params["dataset"] == "fashion-mnist" for j in f1)
+    others = [j for j in trains if j.params["arch"]["kind"] == "mlp" and j not in f1]
+    assert sizes - {None} == {4000, 15000, 10000} and others
     convs = [j for j in trains if j.params["arch"]["kind"] == "convnet"]
     assert convs and all(j.params["train_size"] == 10_000 for j in convs)
     curves = [j for j in jobs if j.kind == "curves"]

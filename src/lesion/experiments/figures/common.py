@@ -88,9 +88,15 @@ def train(
     dataset: str | None = None,
     until: bool = True,
     train_size: int | None = None,
+    subset: bool = False,
     **options,
 ) -> Job:
-    """A training job; by default an MLP of ``widths`` trained to the profile's train-accuracy target."""
+    """A training job; by default an MLP of ``widths`` trained to the profile's train-accuracy target.
+
+    ``train_size``: train on that many training examples; ``subset``: on the profile's ``subset`` (the
+    studies that need not run at the full data scale of a large profile)."""
+    if subset and train_size is None:
+        train_size = p.subset
     arch = arch if arch is not None else {"kind": "mlp", "widths": list(widths or p.widths)}
     opts = {"lr": p.lr, "batch_size": p.batch_size}
     if until:

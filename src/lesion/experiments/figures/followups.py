@@ -197,7 +197,9 @@ AMJAD = Figure(
 
 def _reg_nets(p: Profile) -> dict[tuple[float, int], Job]:
     return {
-        (a, s): train(p, p.small_widths, seed=s, until=False, epochs=p.alpha_epochs, select_reg=a)
+        (a, s): train(
+            p, p.small_widths, seed=s, until=False, epochs=p.alpha_epochs, select_reg=a, subset=True
+        )
         for a in p.alphas
         for s in p.seeds
     }

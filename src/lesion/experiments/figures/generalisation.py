@@ -179,7 +179,7 @@ F2 = Figure("F2", "Per-unit noise vs label corruption", "Morcos et al. 2018, Fig
 
 def _ensemble(p: Profile) -> dict[int, Job]:
     return {
-        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=p.ensemble_epochs)
+        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=p.ensemble_epochs, subset=True)
         for s in range(p.ensemble)
     }
 
@@ -260,7 +260,7 @@ F3 = Figure(
 def _sweep(p: Profile) -> dict[str, Job]:
     return {
         f"lr{lr:g}/bs{bs}/seed{s}": train(
-            p, p.sweep_widths, seed=s, until=False, epochs=p.sweep_epochs, lr=lr, batch_size=bs
+            p, p.sweep_widths, seed=s, until=False, epochs=p.sweep_epochs, lr=lr, batch_size=bs, subset=True
         )
         for lr in p.sweep_lrs
         for bs in p.sweep_batch_sizes

@@ -34,7 +34,15 @@ OPTIMIZERS = ("adam", "sgd")
 
 def _long(p: Profile, optimizer: str = "adam") -> Job:
     opts = {"optimizer": "sgd", "lr": p.sgd_lr} if optimizer == "sgd" else {}
-    return train(p, p.long_widths, until=False, epochs=p.long_epochs, checkpoints=list(p.checkpoints), **opts)
+    return train(
+        p,
+        p.long_widths,
+        until=False,
+        epochs=p.long_epochs,
+        checkpoints=list(p.checkpoints),
+        subset=True,
+        **opts,
+    )
 
 
 def _ckpt(epoch: float) -> str:

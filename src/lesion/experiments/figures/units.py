@@ -47,9 +47,14 @@ def _dropout_nets(p: Profile) -> dict[tuple[float, float], Job]:
     nets = {}
     for d in p.dropouts:
         arch = {"kind": "mlp", "widths": list(p.long_widths), "dropout": d}
-        nets[(d, 0.0)] = train(p, arch=arch)
+        nets[(d, 0.0)] = train(p, arch=arch, subset=True)
         nets[(d, 1.0)] = train(
-            p, arch=arch, corrupt=1.0, until_train_acc=p.dropout_until, max_epochs=p.dropout_max_epochs
+            p,
+            arch=arch,
+            corrupt=1.0,
+            until_train_acc=p.dropout_until,
+            max_epochs=p.dropout_max_epochs,
+            subset=True,
         )
     return nets
 
@@ -298,7 +303,10 @@ F6 = Figure(
 
 
 def f7_nets(p: Profile) -> dict[str, Job]:
-    return {"mlp": train(p, p.small_widths), "convnet": conv_train(p, batchnorm=True, seed=p.conv_seeds[0])}
+    return {
+        "mlp": train(p, p.small_widths, subset=True),
+        "convnet": conv_train(p, batchnorm=True, seed=p.conv_seeds[0]),
+    }
 
 
 def f7_jobs(p: Profile) -> dict[str, Job]:
