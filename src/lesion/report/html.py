@@ -22,7 +22,7 @@ th{background:#f5f6f9}
 .ok{color:#0a7a3b;font-weight:600}.no{color:#b42318;font-weight:600}
 .badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600}
 .badge.ok{background:#dcf5e6}.badge.no{background:#fde2df}.open{color:#9a6700;font-weight:600}
-.badge.open{background:#fff1c2}.ci{white-space:nowrap;font-variant-numeric:tabular-nums}
+.badge.open{background:#fff1c2}.ci{white-space:nowrap;font-variant-numeric:tabular-nums}td:nth-child(5){min-width:150px}
 figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eceef2}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:14px;background:#f8f9fb;padding:10px 14px;margin:8px 0;
 border-radius:6px}.pair b{display:block;font-size:12px;text-transform:uppercase;color:#5a6270}
@@ -139,7 +139,7 @@ def _header(claims, m) -> str:
 def _claims_table(claims) -> str:
     rows = "".join(
         f"<tr><td><a href='#{_e(_section_of(c['id']))}'>{_e(c['id'])}</a></td><td>{_e(c['claim'])}</td>"
-        f"<td>{_e(c['paper'])}</td><td>{_e(c['measured'])}</td><td class='ci'>{_interval(c)}</td><td "
+        f"<td>{_e(c['paper'])}</td><td>{_e(c['measured'])}</td><td>{_interval_html(c)}</td><td "
         f"class='{_cls(c)}'>{_e(c['verdict'])}{_e(_claim_power(c))}"
         "</td></tr>"
         for c in claims
@@ -165,6 +165,14 @@ def _footer(m) -> str:
         f"job. Configuration, seeds and every job's time are in <code>manifest.json</code>; tables in "
         "<code>tables/</code>, one Parquet file per figure table.</p><table><thead><tr><th>slowest jobs</th>"
         f"<th>key</th><th>seconds</th><th>figures</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _interval_html(c) -> str:
+    t = c["tests"][0]
+    return (
+        f"<span class='ci'>{_num(t['estimate'])} [{_num(t['ci_low'])}, {_num(t['ci_high'])}]</span><br>"
+        f"n = {t['n']} {_e(t['unit'])}"
     )
 
 
