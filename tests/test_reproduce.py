@@ -162,6 +162,7 @@ def test_cuda_profile_trains_and_measures_on_the_gpu(tmp_path):
 
 def test_select_names_figures():
     assert [f.id for f in select("F4b,F7-conv,F1")] == ["F4a", "F7", "F1"]
+    assert [f.id for f in select("F4a-sgd,size-study")] == ["F4a", "size-study"]
     with pytest.raises(LesionError, match="unknown figure F9; expected some of F1"):
         select("F1,F9")
     with pytest.raises(LesionError, match="unknown profile 'huge'"):

@@ -34,7 +34,7 @@ def select(only: Sequence[str] | str | None) -> list[Figure]:
     if only is None:
         return list(FIGURES)
     names = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
-    alias = {"F4b": "F4a", "F7-conv": "F7"}
+    alias = {"F4b": "F4a", "F4a-sgd": "F4a", "F7-conv": "F7"}
     known = {f.id: f for f in FIGURES}
     bad = [n for n in names if alias.get(n, n) not in known]
     if bad or not names:

@@ -235,7 +235,7 @@ def write_markdown(path: Path, sections: Sequence[Section], manifest: dict[str, 
 
 
 def _section_of(claim_id: str) -> str:
-    return {"F4b": "F4a", "F7-conv": "F7"}.get(claim_id, claim_id)
+    return {"F4b": "F4a", "F4a-sgd": "F4a", "F7-conv": "F7"}.get(claim_id, claim_id)
 
 
 def _cls(c) -> str:
