@@ -31,6 +31,20 @@ def draw_size(t: Tables, stem: Path) -> list[Path]:
         m = per_net.groupby("train_size")["accuracy"].mean()
         ax2.plot(m.index, m.to_numpy(), "o-", color=col, label=what)
         ax2.scatter(per_net.train_size, per_net.accuracy, color=col, s=12, alpha=0.6)
+    if "nets" in t:
+        short = t["nets"][~t["nets"].memorised]
+        acc = at.groupby(["train_size", "corrupt", "seed"])["accuracy"].mean()
+        if len(short):
+            ys = [acc[(r.train_size, r.corrupt, r.seed)] for r in short.itertuples()]
+            ax2.scatter(
+                short.train_size,
+                ys,
+                marker="x",
+                color="black",
+                s=60,
+                zorder=4,
+                label="did not reach the training-accuracy target",
+            )
     ax2.set(
         xscale="log",
         ylim=(0, 1.02),
