@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,11 +16,15 @@ import pytest
 
 from lesion.errors import LesionError
 from lesion.experiments.figures import FIGURES
+from lesion.experiments.profiles import get_profile
 from lesion.reproduce import reproduce, select
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIM_IDS = ["F1", "F2", "F3", "F4a", "F4b", "F4c", "F5a", "F5b", "F6", "F7", "F7-conv", "zhou-class-drops",
-             "amjad-info-order", "leavitt-selectivity-reg", "bau-rotation"]  # fmt: skip
+CLAIM_IDS = ["F1", "F2", "F3", "F4a", "F4a-sgd", "F4b", "F4c", "F5a", "F5b", "F6", "F7", "F7-conv",
+             "size-study", "zhou-class-drops", "amjad-info-order", "leavitt-selectivity-reg", "bau-rotation",
+             "meyes-recovery", "bau-class-units"]  # fmt: skip
+KEYS = {"id", "claim", "paper", "measured", "statistic", "holds", "verdict", "estimate", "ci_low", "ci_high",
+        "n", "needed_n", "tests"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +49,14 @@ def test_run_directory_has_every_part(tiny_run):
     claims = json.loads((out / "claims.json").read_text())
     assert [c["id"] for c in claims] == CLAIM_IDS
     for c in claims:
-        assert set(c) == {"id", "claim", "paper", "measured", "statistic", "holds"}
+        assert set(c) == KEYS
         assert isinstance(c["holds"], bool) and c["measured"] and c["paper"]
+        assert c["verdict"] in ("holds", "does not hold", "inconclusive") and c["holds"] == (
+            c["verdict"] == "holds"
+        )
+        assert c["tests"] and c["n"] == c["tests"][0]["n"] > 0
+        if c["ci_low"] is not None:
+            assert c["ci_low"] <= c["estimate"] <= c["ci_high"]
     for f in FIGURES:
         assert (out / "figures" / f"{f.id}.png").stat().st_size > 10_000
         assert (out / "figures" / f"{f.id}.svg").read_text().lstrip().startswith("<?xml")
@@ -56,6 +67,9 @@ def test_run_directory_has_every_part(tiny_run):
     assert on_disk["profile"]["name"] == "tiny" and on_disk["versions"]["torch"]
     assert on_disk["jobs"]["computed"] == on_disk["jobs"]["total"] > 40
     assert all(j["seconds"] >= 0 and j["figures"] for j in on_disk["timing"]["jobs"])
+    assert {j["device"] for j in on_disk["timing"]["jobs"]} == {"cpu"}
+    load = on_disk["machine"]["load"]
+    assert len(load["start"]) == len(load["end"]) == 3
 
 
 def test_report_is_self_contained(tiny_run):
@@ -65,8 +79,13 @@ def test_report_is_self_contained(tiny_run):
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for cid in CLAIM_IDS:
         assert f">{cid}<" in page or f">{cid}: " in page
+    assert "95% interval" in page and "Machine load" in page
     md = (out / "report.md").read_text()
     assert md.count("](figures/") == len(FIGURES) and "| F1 |" in md
+    claims = json.loads((out / "claims.json").read_text())
+    for c in claims:  # every decided and open interval is printed
+        if c["ci_low"] is not None:
+            assert f"[{c['ci_low']:.3g}, {c['ci_high']:.3g}]" in page
 
 
 def test_rerun_reuses_everything(tiny_run, tmp_path):
@@ -110,8 +129,40 @@ def test_sigkill_midway_then_resume(tiny_run, tmp_path):
     assert_same_tables(tables(killed), tables(out))
 
 
+def test_decided_verdicts_survive_another_thread_count(tiny_run, tmp_path):
+    """Two torch threads per job round floats differently from one (different reduction order), as
+    another CPU does: a verdict may turn inconclusive, but none may flip between holds and does not hold."""
+    out, _ = tiny_run
+    reproduce("tiny", out=tmp_path, workers=1, threads=2)
+    one = {c["id"]: c for c in json.loads((out / "claims.json").read_text())}
+    two = {c["id"]: c for c in json.loads((tmp_path / "claims.json").read_text())}
+    assert one.keys() == two.keys()
+    decided = [k for k in one if "inconclusive" not in (one[k]["verdict"], two[k]["verdict"])]
+    assert decided, "some claims must be decided in both runs"
+    assert {k: one[k]["verdict"] for k in decided} == {k: two[k]["verdict"] for k in decided}
+
+
+def test_cuda_without_a_gpu_is_refused_up_front(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(LesionError, match="device='cuda' is not usable here"):
+        reproduce(replace(get_profile("tiny"), device="cuda"), out=tmp_path, only="F1")
+    assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").iterdir())
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+def test_cuda_profile_trains_and_measures_on_the_gpu(tmp_path):
+    manifest = reproduce(replace(get_profile("tiny"), device="cuda"), out=tmp_path, only="F1,meyes-recovery")
+    assert {j["device"] for j in manifest["timing"]["jobs"]} == {"cuda"}
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert [c["id"] for c in claims] == ["F1", "meyes-recovery"]
+
+
 def test_select_names_figures():
     assert [f.id for f in select("F4b,F7-conv,F1")] == ["F4a", "F7", "F1"]
+    assert [f.id for f in select("F4a-sgd,size-study")] == ["F4a", "size-study"]
     with pytest.raises(LesionError, match="unknown figure F9; expected some of F1"):
         select("F1,F9")
     with pytest.raises(LesionError, match="unknown profile 'huge'"):
@@ -122,3 +173,14 @@ def test_cli_reports_bad_profile(tmp_path):
     res = subprocess.run([sys.executable, "-m", "lesion.cli", "reproduce", "--profile", "huge", "--out",
                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert res.returncode == 2 and "error: unknown profile 'huge'" in res.stderr
+
+
+def test_cli_device_flag_reaches_the_profile(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cmd = [sys.executable, "-m", "lesion.cli", "reproduce", "--profile", "tiny", "--device", "cuda",
+           "--only", "F1", "--out", str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and "device='cuda' is not usable here" in res.stderr

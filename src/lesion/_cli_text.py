@@ -27,9 +27,11 @@ def err():
 def claims_table(claims: list[dict]):
     from rich.table import Table
 
-    table = Table("id", "holds", "measured", show_lines=False)
+    colour = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+    table = Table("id", "verdict", "statistic [95% interval]", "measured", show_lines=False)
     for c in claims:
-        table.add_row(c["id"], "[green]yes[/]" if c["holds"] else "[red]no[/]", c["measured"])
+        ci = "n/a" if c["ci_low"] is None else f"{c['estimate']:.3g} [{c['ci_low']:.3g}, {c['ci_high']:.3g}]"
+        table.add_row(c["id"], f"[{colour[c['verdict']]}]{c['verdict']}[/]", ci, c["measured"])
     return table
 
 

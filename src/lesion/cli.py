@@ -219,7 +219,11 @@ def demo(
 @_command
 def reproduce(
     profile: Annotated[
-        str, typer.Option(help="quick (mnist5k, ~10 min on 2 cores), paper (the paper's sizes), or tiny.")
+        str,
+        typer.Option(
+            help="quick (mnist5k, ~10 min on 2 cores), standard (Fashion-MNIST 60k, ~1-2 h), paper (the "
+            "paper's sizes), or tiny."
+        ),
     ] = "quick",
     only: Annotated[
         list[str] | None,
@@ -247,6 +251,7 @@ def reproduce(
     connect_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for the Ray cluster at --address.")
     ] = 30.0,
+    device: Annotated[str, typer.Option(help="Train and measure on cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
     """Reproduce the paper figure by figure: train, measure, draw, check each claim, write report.html.
 
@@ -259,7 +264,8 @@ def reproduce(
 
     start = time.perf_counter()
     chosen = get_profile(profile)
-    given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root)}
+    given = {"dataset": dataset, "conv_dataset": conv_dataset, "root": None if root is None else str(root),
+             "device": device}  # fmt: skip
     chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
     manifest = run_reproduce(chosen, only=T.names(only, "--only"), out=out, workers=workers, threads=threads,
                              progress=True, backend=backend.value, address=address, verify=verify,

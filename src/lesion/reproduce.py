@@ -34,7 +34,7 @@ def select(only: Sequence[str] | str | None) -> list[Figure]:
     if only is None:
         return list(FIGURES)
     names = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
-    alias = {"F4b": "F4a", "F7-conv": "F7"}
+    alias = {"F4b": "F4a", "F4a-sgd": "F4a", "F7-conv": "F7"}
     known = {f.id: f for f in FIGURES}
     bad = [n for n in names if alias.get(n, n) not in known]
     if bad or not names:
@@ -66,7 +66,7 @@ def reproduce(
     instance with ``workers * threads`` CPUs; an address that accepts no connection within
     ``connect_timeout`` seconds is an error); the tables are the same on every backend.
     """
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), _load()
     p = get_profile(profile) if isinstance(profile, str) else profile
     figures = select(only)
     chosen = get_backend(backend, workers=workers, threads=threads, address=address,
@@ -92,17 +92,38 @@ def reproduce(
     sections = [Section(s.id, s.title, s.source, out / "figures" / s.png.name, s.claims) for s in sections]
     models = _link_models(out, store, jobs)
     manifest = _manifest(p, figures, named, store, done, start, workers, threads, models)
+    manifest["machine"]["load"] = {"start": load_start, "end": _load()}
     write_json_atomic(out / "claims.json", claims)
     _atomic_text(out / "report.html", lambda path: write_html(path, sections, manifest))
     _atomic_text(out / "report.md", lambda path: write_markdown(path, sections, manifest))
     manifest["timing"]["wall_seconds"] = round(time.perf_counter() - start, 2)
+    manifest["machine"]["load"] = {"start": load_start, "end": _load()}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 
+def _load() -> list[float]:
+    """The machine's 1, 5 and 15-minute load averages (what else competed for the CPUs)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return []
+
+
 def _check_data(p: Profile) -> None:
-    """Load the profile's datasets once up front: a missing file fails now, not in a worker later."""
+    """Load the profile's datasets once up front: a missing file fails now, not in a worker later; the
+    same for a GPU that is not there."""
     from lesion.data import load_dataset
+
+    if p.device != "cpu":
+        import torch
+
+        try:
+            torch.empty(1, device=p.device)
+        except (RuntimeError, AssertionError) as e:
+            raise LesionError(
+                f"device={p.device!r} is not usable here ({e}); expected cpu or a visible GPU"
+            ) from e
 
     for name in dict.fromkeys((p.dataset, p.conv_dataset)):
         load_dataset(name, root=p.root)
@@ -176,11 +197,13 @@ def _manifest(p, figures, named, store, done, start, workers, threads, models) -
                 if fid not in figs_of[dep.key]:
                     figs_of[dep.key].append(fid)
     computed = set(done.computed)
+    devices: dict[str, str] = {}
     timing = [
         {
             "key": k,
             "kind": store.spec(k)["kind"],
             "seconds": store.spec(k).get("seconds", 0.0),
+            "device": _device(store, k, devices),
             "computed_now": k in computed,
             "figures": figs_of.get(k, []),
         }
@@ -214,6 +237,18 @@ def _manifest(p, figures, named, store, done, start, workers, threads, models) -
             "jobs": timing,
         },
     }
+
+
+def _device(store: Store, key: str, memo: dict[str, str]) -> str:
+    """Where a job ran: a training job's device; a measuring job's is that of the model it reads."""
+    if key not in memo:
+        spec = store.spec(key)
+        if spec["kind"] == "train":
+            memo[key] = spec["params"].get("train", {}).get("device", "cpu")
+        else:
+            found = [_device(store, d, memo) for d in spec.get("deps", {}).values()]
+            memo[key] = next((d for d in found if d != "cpu"), "cpu")
+    return memo[key]
 
 
 def _closure(job: Job) -> list[Job]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lesion.core.units import parse_units
+from lesion.errors import LesionError
 from lesion.experiments.job import kind
 
 
@@ -59,7 +60,20 @@ def _dataset(train_params: Mapping[str, Any]):
     from lesion.data import load_dataset
 
     p = train_params
-    return load_dataset(p["dataset"], root=p.get("root"), seed=p.get("data_seed", 0))
+    data = load_dataset(p["dataset"], root=p.get("root"), seed=p.get("data_seed", 0))
+    return data if p.get("train_size") is None else subset(data, int(p["train_size"]))
+
+
+def subset(data, n: int):
+    """The first ``n`` training examples of a seeded shuffle (seed 0): the training-set-size study."""
+    import dataclasses
+
+    import torch
+
+    if not 0 < n <= len(data.y_train):
+        raise LesionError(f"train_size={n}; expected 1..{len(data.y_train)} for {data.name}")
+    keep = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n]
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 
 def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
@@ -72,10 +86,12 @@ def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
     ckpt = params.get("checkpoint")
     path = folder / "model.safetensors" if ckpt is None else folder / "checkpoints" / f"{ckpt}.safetensors"
     model, info = load_model(path)
+    model.to(trained.get("train", {}).get("device", "cpu"))  # measured where it was trained
     data = _dataset(trained)
+    n = params.get("examples")  # measure on the first n examples only (large training sets)
     if params.get("split", "train") == "train":
-        return model, (data.x_train, info["extra"]["train_labels"])
-    return model, (data.x_test, data.y_test)
+        return model, (data.x_train[:n], info["extra"]["train_labels"][:n])
+    return model, (data.x_test[:n], data.y_test[:n])
 
 
 @kind("curves")

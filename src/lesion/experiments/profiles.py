@@ -2,7 +2,9 @@
 
 A profile changes sizes, never the science: every figure runs the same specs in every profile. ``quick``
 fits in ten minutes on a 2-core CPU (the embedded mnist5k, MLPs, small convnets for the batch-norm
-figures); ``paper`` uses the paper's widths and repeats on Fashion-MNIST; ``tiny`` is a smoke test.
+figures); ``standard`` runs the MLP studies on Fashion-MNIST's 60,000 training images in about 1-2 hours
+on 2 cores (see its comment for what was shrunk); ``paper`` uses the paper's widths and repeats on
+Fashion-MNIST; ``tiny`` is a smoke test.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class Profile:
     dataset: str = "mnist5k"  # MLP studies (F1-F5a, F7, follow-ups)
     conv_dataset: str = "mnist5k"  # batch-norm studies (F5b, F6, F7-conv, Zhou)
     root: str | None = None  # where dataset files live, for datasets that are not embedded
+    subset: int | None = None  # training examples of the nets outside F1's family (F3-F5a, F7, regulariser)
+    curve_examples: int | None = None  # ablation curves on the first n training examples (None: all)
+    conv_train_size: int | None = None  # convnets on a subset of the conv training set (None: all)
+    device: str = "cpu"  # where every job trains and measures ("cuda", "cuda:1"); part of the job keys
     widths: tuple[int, ...] = (512, 512)  # F1, F2, Amjad, rotation (the generalisation study)
     small_widths: tuple[int, ...] = (128, 128)  # F7, selectivity regulariser (the selectivity study)
     sweep_widths: tuple[int, ...] = (256, 256)  # F3 ensemble, F4c sweep
@@ -42,6 +48,7 @@ class Profile:
     ensemble_epochs: int = 10
     checkpoints: tuple[float, ...] = (0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     long_epochs: int = 32  # F4a/b: train on past the test-loss minimum
+    sgd_lr: float = 0.01  # F4a with plain SGD (momentum 0.9), as the paper's replications trained
     sweep_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     sweep_batch_sizes: tuple[int, ...] = (32, 512)
     sweep_seeds: tuple[int, ...] = (0, 1)
@@ -58,6 +65,12 @@ class Profile:
     alphas: tuple[float, ...] = (-10.0, -1.0, 0.0, 1.0, 10.0)  # Leavitt & Morcos regulariser strengths
     alpha_epochs: int = 10
     rotation_repeats: int = 3
+    recovery_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)  # Meyes et al.: groups deleted
+    recovery_repeats: int = 3  # random groups per fraction
+    recovery_epochs: int = 2  # retraining epochs with the group held at 0
+    class_ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)  # Bau et al. 2020: units per class
+    class_repeats: int = 2  # random k-unit controls
+    size_study: tuple[int, ...] = (1000, 2000, 4000)  # training-set sizes of the size study
     # parallel work (lesion.experiments.shards): a single-unit sweep is split into unit_shards jobs, a
     # set of ablation curves into jobs of at most curves_per_shard curves; results do not depend on these
     unit_shards: int = 2
@@ -140,7 +153,33 @@ TINY = replace(
     curves_per_shard=1,
 )
 
-PROFILES = {p.name: p for p in (QUICK, PAPER, TINY)}
+# The paper's data scale where 2 CPU cores allow it in about an hour and a half (an estimate: see the
+# README): Figure 1's family (F1, F2, the size study at 4,000 / 15,000 / 60,000 images, and the follow-ups
+# that reuse its clean net) trains 2x512 MLPs, as the paper did, on all 60,000 Fashion-MNIST training
+# images. Shrunk to fit: 3 corruption levels instead of 6; every other network (F3's 24-net ensemble, F4
+# with Adam and SGD, the F4c sweep, F5a, F7, the regulariser) trains on 10,000 of the images, F4a/F5a at
+# 2x1024 instead of 2x2048; ablation curves are read on 10,000 training images; random-label dropout nets
+# train to 0.9 (at most 60 epochs); convnets (16-64 channels) on 10,000 images.
+STANDARD = replace(
+    QUICK,
+    name="standard",
+    dataset="fashion-mnist",
+    conv_dataset="fashion-mnist",
+    corruptions=(0.0, 0.5, 1.0),
+    long_widths=(1024, 1024),
+    max_epochs=300,
+    ensemble=24,
+    extremes=6,
+    dropout_until=0.9,
+    dropout_max_epochs=60,
+    subset=10_000,
+    curve_examples=10_000,
+    conv_train_size=10_000,
+    size_study=(4_000, 15_000, 60_000),
+    curves_per_shard=5,
+)
+
+PROFILES = {p.name: p for p in (QUICK, STANDARD, PAPER, TINY)}
 
 
 def get_profile(name: str) -> Profile:

@@ -141,26 +141,34 @@ def draw_f3(t: Tables, stem: Path) -> list[Path]:
 
 def draw_f4a(t: Tables, stem: Path) -> list[Path]:
     fig, (ax, ax3) = _fig(2)
+    ax2 = ax.twinx()
     ep = t["checkpoints"]
-    ax.errorbar(ep.epoch, ep.auc, yerr=ep.auc_sd, fmt="o-", color="C0", ms=4, capsize=2, label="ablation AUC")
+    for k, (opt, sub) in enumerate(ep.groupby("optimizer", sort=True)):
+        sub = sub.reset_index(drop=True)
+        col, name = f"C{2 * k}", "Adam" if opt == "adam" else "SGD"
+        top = sub.auc.max()
+        ax.errorbar(
+            sub.epoch,
+            sub.auc_normalised,
+            yerr=sub.auc_sd / top,
+            fmt="o-",
+            color=col,
+            ms=4,
+            capsize=2,
+            label=f"{name}: ablation AUC / its max",
+        )
+        ax2.plot(sub.epoch, sub.test_loss, "s--", color=col, ms=3, alpha=0.7, label=f"{name}: test loss")
+        ax.axvline(sub.epoch[sub.test_loss.idxmin()], color=col, lw=0.8, ls=":")
+        ax3.scatter(sub.test_loss, sub.auc_normalised, color=col, s=26, label=name)
     ax.set(
         xscale="log",
-        xlabel="Epoch (log axis)",
-        ylabel="Area under the ablation curve",
-        title="Over training: ablation AUC and test loss",
+        xlabel="Epoch (log axis; dotted: test-loss minimum)",
+        ylabel="Ablation AUC, normalised by its maximum",
+        title="Over training: AUC and test loss",
     )
-    ax2 = ax.twinx()
-    ax2.plot(ep.epoch, ep.test_loss, "s--", color="C3", ms=4, label="test loss")
-    ax2.set_ylabel("Test loss (cross-entropy, nats)", color="C3")
-    ax.axvline(ep.epoch[ep.auc.idxmax()], color="C0", lw=0.8, ls=":")
-    ax.axvline(ep.epoch[ep.test_loss.idxmin()], color="C3", lw=0.8, ls=":")
-    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=8)
-    ax3.scatter(ep.test_loss, ep.auc, c=np.log(ep.epoch), cmap="viridis", s=26)
-    ax3.set(
-        xlabel="Test loss (nats)",
-        ylabel="Area under the ablation curve",
-        title="Checkpoints (colour: later = yellow)",
-    )
+    ax2.set_ylabel("Test loss (cross-entropy, nats), dashed")
+    fig.legend(loc="outside lower center", ncols=4, frameon=False, fontsize=8)
+    ax3.set(xlabel="Test loss (nats)", ylabel="Ablation AUC / its max", title="Checkpoints")
     return _save(fig, stem)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesion.experiments.claims import Check, combine
 from lesion.experiments.job import Job
 from lesion.experiments.profiles import Profile
 from lesion.experiments.shards import sharded_curves, sharded_units
@@ -37,16 +38,32 @@ class Figure:
     analyse: Callable[[Profile, Outputs], Outcome]
 
 
-def claim(id: str, claim: str, paper: str, measured: str, statistic: dict[str, Any], holds: bool) -> dict:
-    """One row of claims.json: what the paper says, what we measured, the numbers, and whether it holds."""
+def claim(
+    id: str, claim: str, paper: str, measured: str, statistic: dict[str, Any], tests: Sequence[Check]
+) -> dict:
+    """One row of claims.json: what the paper says, what we measured, the numbers, and the verdict.
+
+    The first of ``tests`` is the claim's headline statistic (``estimate``, ``ci_low``, ``ci_high``, ``n``);
+    ``verdict`` combines every test (``lesion.experiments.claims``); ``holds`` is ``verdict == "holds"``.
+    """
     stat = {k: _plain(v) for k, v in statistic.items()}
+    head = tests[0]
+    decided = combine([t.verdict for t in tests])
+    needs = [t.needed_n for t in tests if t.verdict == "inconclusive" and t.needed_n is not None]
     return {
         "id": id,
         "claim": claim,
         "paper": paper,
         "measured": measured,
         "statistic": stat,
-        "holds": bool(holds),
+        "estimate": _plain(head.estimate),
+        "ci_low": _plain(head.ci_low),
+        "ci_high": _plain(head.ci_high),
+        "n": head.n,
+        "verdict": decided,
+        "holds": decided == "holds",
+        "needed_n": max(needs) if decided == "inconclusive" and needs else None,
+        "tests": [t.as_dict() for t in tests],
     }
 
 
@@ -70,14 +87,23 @@ def train(
     arch: dict | None = None,
     dataset: str | None = None,
     until: bool = True,
+    train_size: int | None = None,
+    subset: bool = False,
     **options,
 ) -> Job:
-    """A training job; by default an MLP of ``widths`` trained to the profile's train-accuracy target."""
+    """A training job; by default an MLP of ``widths`` trained to the profile's train-accuracy target.
+
+    ``train_size``: train on that many training examples; ``subset``: on the profile's ``subset`` (the
+    studies that need not run at the full data scale of a large profile)."""
+    if subset and train_size is None:
+        train_size = p.subset
     arch = arch if arch is not None else {"kind": "mlp", "widths": list(widths or p.widths)}
     opts = {"lr": p.lr, "batch_size": p.batch_size}
     if until:
         opts |= {"until_train_acc": p.until_train_acc, "max_epochs": p.max_epochs}
     opts |= options
+    if p.device != "cpu":  # a GPU run: different float rounding, so a different job
+        opts["device"] = p.device
     params = {
         "arch": arch,
         "dataset": dataset or p.dataset,
@@ -87,12 +113,22 @@ def train(
     }
     if p.root:
         params["root"] = p.root
+    if train_size is not None:
+        params["train_size"] = int(train_size)
     return Job("train", params)
 
 
 def conv_train(p: Profile, *, batchnorm: bool, seed: int) -> Job:
     arch = {"kind": "convnet", "batchnorm": batchnorm, **p.conv}
-    return train(p, arch=arch, dataset=p.conv_dataset, seed=seed, until=False, epochs=p.conv_epochs)
+    return train(
+        p,
+        arch=arch,
+        dataset=p.conv_dataset,
+        seed=seed,
+        until=False,
+        epochs=p.conv_epochs,
+        train_size=p.conv_train_size,
+    )
 
 
 def curves(
@@ -110,6 +146,8 @@ def curves(
         "fractions": p.conv_fractions if conv else p.fractions,
         "seed": 0,
     }
+    if p.curve_examples is not None:  # curves on the first n training examples (large training sets)
+        base["examples"] = p.curve_examples
     deps = {"units": units} if units is not None else {}
     return sharded_curves(model, base | params, deps, per_shard=p.curves_per_shard)
 
@@ -168,6 +206,26 @@ def hold_fraction(curve: pd.DataFrame, chance: float) -> float:
     level = chance + 0.5 * (m.iloc[0] - chance)
     below = m[m < level]
     return float(below.index[0]) if len(below) else 1.0
+
+
+def by_net(df: pd.DataFrame, group: str | None, net: Sequence[str], value: str) -> dict:
+    """{group: [one network's ``value`` per repeat, ...]}, the input of ``claims.bootstrap``."""
+    parts = df.groupby(group, sort=True) if group else [("all", df)]
+    return {k: [g[value].to_numpy() for _, g in sub.groupby(list(net), sort=True)] for k, sub in parts}
+
+
+def spearman(x, y) -> float:
+    from scipy import stats as sps
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(sps.spearmanr(x, y).statistic)
+
+
+def interval(check) -> str:
+    """``0.12 [0.05, 0.19]``: a check's estimate and 95% interval, for the measured text."""
+    return f"{fmt(check.estimate)} [{fmt(check.ci_low)}, {fmt(check.ci_high)}]"
 
 
 def corr(x, y) -> dict[str, float]:

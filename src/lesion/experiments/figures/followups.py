@@ -6,6 +6,13 @@ import numpy as np
 import pandas as pd
 
 from lesion.analyses import per_class_drops
+from lesion.experiments.claims import (
+    bootstrap,
+    bootstrap_medians,
+    bootstrap_rows,
+    correlation_check,
+    make_check,
+)
 from lesion.experiments.figures.common import (
     Figure,
     Job,
@@ -18,7 +25,9 @@ from lesion.experiments.figures.common import (
     final_metrics,
     fmt,
     gather,
+    interval,
     read,
+    spearman,
     train,
     units,
 )
@@ -51,12 +60,32 @@ def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
     stat = layers[last]
     ratio = per_class / overall if overall > 0 else float("inf")
     times = f"{ratio:.1f}x" if np.isfinite(ratio) else "overall drop 0"
-    holds = ratio >= 3 and stat["spearman_rho"] > 0 and stat["spearman_p"] < 0.05
+    rho = correlation_check(
+        f"Spearman rho (selectivity, preferred-class drop) in {last}",
+        stat["spearman_rho"],
+        stat["n"],
+        criterion=0.0,
+        direction=">",
+        unit="units",
+        spearman=True,
+    )
+    est, ci = bootstrap_medians(
+        {"class": t.max_class_drop, "all": -t.delta_accuracy}, lambda m: m["class"] - 3 * m["all"]
+    )
+    spread = make_check(
+        "median largest class drop minus 3x median overall drop",
+        est,
+        ci,
+        criterion=0.0,
+        direction=">",
+        n=len(t),
+        unit="units",
+    )
     measured = (
         f"median over {len(t)} live units: overall accuracy drop {fmt(overall, 4)}, largest "
         "single-class drop "
         f"{fmt(per_class, 4)} ({times}); Spearman rho (selectivity, drop on the preferred class) in the last "
-        f"conv layer {last} = {fmt(stat['spearman_rho'], 2)} (p = {stat['spearman_p']:.2g}, n = "
+        f"conv layer {last} = {interval(rho)} (p = {stat['spearman_p']:.2g}, n = "
         f"{stat['n']}); "
         "other layers: "
         + ", ".join(f"{k} {fmt(v['spearman_rho'], 2)}" for k, v in layers.items() if k != last)
@@ -64,8 +93,9 @@ def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
     c = claim(
         "zhou-class-drops",
         "Deleting one unit barely changes overall accuracy but can hurt one class much "
-        "more, and selectivity predicts the drop on the unit's preferred class (criterion: median largest "
-        "class drop >= 3x median overall drop; in the last conv layer Spearman rho > 0, p < 0.05)",
+        "more, and selectivity predicts the drop on the unit's preferred class (criterion: in the last conv "
+        "layer Spearman rho > 0, its 95% interval above 0; median largest class drop > 3x median overall "
+        "drop)",
         "Zhou et al. 2018 (Places/ImageNet CNNs): single-unit ablation changes overall accuracy little but "
         "some classes a lot; class selectivity correlates with the per-class drop",
         measured,
@@ -79,7 +109,7 @@ def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
             "layer": last,
             "spearman_rho_by_layer": {k: v["spearman_rho"] for k, v in layers.items()},
         },
-        holds,
+        [rho, spread],
     )
     return Outcome({"units": t, "class_drops": drops}, [c])
 
@@ -112,11 +142,28 @@ def amjad_jobs(p: Profile) -> dict[str, Job]:
 def amjad_analyse(p: Profile, out: Outputs) -> Outcome:
     layers = _mlp_layers(p.widths)
     table = gather(out, {layer: {"layer": layer} for layer in layers}, "curves.parquet")
-    a = aucs(table, ["layer", "order", "repeat"]).groupby(["layer", "order"])["auc"].agg(["mean", "std"])
-    ok, parts = True, []
+    per_curve = aucs(table, ["layer", "order", "repeat"])
+    a = per_curve.groupby(["layer", "order"])["auc"].agg(["mean", "std"])
+    checks, parts = [], []
     for layer in layers:
         m = a.loc[layer, "mean"]
-        ok = ok and m["mutual_info_high"] < m["random"] < m["mutual_info_low"]
+        rand = per_curve[(per_curve.layer == layer) & (per_curve.order == "random")]["auc"].to_numpy()
+        for order, sign, what in (
+            ("mutual_info_high", 1, "random minus MI-high-first"),
+            ("mutual_info_low", -1, "MI-low-first minus random"),
+        ):
+            est, ci = bootstrap_rows({"r": rand}, lambda mm, v=m[order], s=sign: s * (mm["r"] - v))
+            checks.append(
+                make_check(
+                    f"{layer}: AUC {what}",
+                    est,
+                    ci,
+                    criterion=0.0,
+                    direction=">",
+                    n=len(rand),
+                    unit="random orders",
+                )
+            )
         parts.append(
             f"{layer}: random {fmt(m['random'])} ± {fmt(a.loc[(layer, 'random'), 'std'])}, "
             + ", ".join(f"{o.replace('_', ' ')} first {fmt(m[o])}" for o in ORDERS[1:])
@@ -131,7 +178,7 @@ def amjad_analyse(p: Profile, out: Outputs) -> Outcome:
         "from random ablation; information measures identify important units only in part",
         "AUC per layer: " + "; ".join(parts),
         {f"{layer}/{o}": a.loc[(layer, o), "mean"] for layer in layers for o in ORDERS},
-        ok,
+        checks,
     )
     return Outcome({"curves": table}, [c])
 
@@ -150,7 +197,9 @@ AMJAD = Figure(
 
 def _reg_nets(p: Profile) -> dict[tuple[float, int], Job]:
     return {
-        (a, s): train(p, p.small_widths, seed=s, until=False, epochs=p.alpha_epochs, select_reg=a)
+        (a, s): train(
+            p, p.small_widths, seed=s, until=False, epochs=p.alpha_epochs, select_reg=a, subset=True
+        )
         for a in p.alphas
         for s in p.seeds
     }
@@ -181,12 +230,14 @@ def leavitt_analyse(p: Profile, out: Outputs) -> Outcome:
     lo, zero, hi = by.index.min(), 0.0 if 0.0 in by.index else by.index[len(by) // 2], by.index.max()
     stat = corr(nets.alpha, nets.mean_selectivity)
     acc = by.test_accuracy
-    holds = stat["spearman_rho"] > 0.8 and acc[lo] >= acc[zero] - 0.01 and acc[hi] < acc[zero]
+    checks = _leavitt_checks(nets, lo, zero, hi)
     measured = (
         "mean selectivity "
         + ", ".join(f"{fmt(v, 2)} (alpha {k:g})" for k, v in by.mean_selectivity.items())
         + "; test accuracy "
         + ", ".join(f"{fmt(v, 3)} (alpha {k:g})" for k, v in acc.items())
+        + f"; Spearman rho (alpha, selectivity) {interval(checks[0])}; accuracy change at alpha {lo:g} "
+        f"{interval(checks[1])}, at alpha {hi:g} {interval(checks[2])}"
     )
     c = claim(
         "leavitt-selectivity-reg",
@@ -201,9 +252,60 @@ def leavitt_analyse(p: Profile, out: Outputs) -> Outcome:
             "accuracy_by_alpha": {f"{k:g}": v for k, v in acc.items()},
             "selectivity_by_alpha": {f"{k:g}": v for k, v in by.mean_selectivity.items()},
         },
-        holds,
+        checks,
     )
     return Outcome({"nets": nets}, [c])
+
+
+def _leavitt_checks(nets: pd.DataFrame, lo: float, zero: float, hi: float) -> list:
+    """Bootstrap over the networks (seeds) of each alpha."""
+    alphas = sorted(nets.alpha.unique())
+    si = {a: [[v] for v in nets[nets.alpha == a].mean_selectivity] for a in alphas}
+    acc = {a: [[v] for v in nets[nets.alpha == a].test_accuracy] for a in (lo, zero, hi)}
+    n = len(nets)
+
+    def rho(m) -> float:
+        return spearman(
+            np.concatenate([[a] * len(m[a]) for a in alphas]), np.concatenate([m[a] for a in alphas])
+        )
+
+    est, ci = bootstrap(si, rho)
+    out = [
+        make_check(
+            "Spearman rho (alpha, mean selectivity)",
+            est,
+            ci,
+            criterion=0.8,
+            direction=">",
+            n=n,
+            unit="networks",
+        )
+    ]
+    est, ci = bootstrap(acc, lambda m: m[lo].mean() - m[zero].mean())
+    out.append(
+        make_check(
+            f"test accuracy at alpha {lo:g} minus at {zero:g}",
+            est,
+            ci,
+            criterion=-0.01,
+            direction=">",
+            n=n,
+            unit="networks",
+        )
+    )
+    est, ci = bootstrap(acc, lambda m: m[hi].mean() - m[zero].mean())
+    out.append(
+        make_check(
+            f"test accuracy at alpha {hi:g} minus at {zero:g}",
+            est,
+            ci,
+            criterion=0.0,
+            direction="<",
+            n=n,
+            unit="networks",
+        )
+    )
+    return out
 
 
 LEAVITT = Figure(
@@ -233,11 +335,24 @@ def rotation_analyse(p: Profile, out: Outputs) -> Outcome:
     a = aucs(table, ["basis", "repeat"]).groupby("basis")["auc"].mean()
     med = info.groupby("basis")["mutual_info"].median()
     top = info.groupby("basis")["mutual_info"].quantile(0.9)
-    holds = med["units"] > med["random"]
+    est, ci = bootstrap_medians(
+        {b: info[info.basis == b].mutual_info for b in ("units", "random")},
+        lambda m: m["units"] - m["random"],
+    )
+    check = make_check(
+        "median mutual information, units minus random directions",
+        est,
+        ci,
+        criterion=0.0,
+        direction=">",
+        n=len(info),
+        unit="directions",
+    )
     measured = (
         f"median mutual information with the label {fmt(med['units'])} bits for units vs "
         f"{fmt(med['random'])} "
-        f"for random directions (90th percentile {fmt(top['units'])} vs {fmt(top['random'])}); deletion AUC "
+        f"for random directions (difference {interval(check)}; 90th percentile {fmt(top['units'])} vs "
+        f"{fmt(top['random'])}); deletion AUC "
         f"{fmt(a['units'])} (units) vs {fmt(a['random'])} (random directions)"
     )
     c = claim(
@@ -255,7 +370,7 @@ def rotation_analyse(p: Profile, out: Outputs) -> Outcome:
             "auc_units": a["units"],
             "auc_random": a["random"],
         },
-        holds,
+        [check],
     )
     return Outcome({"curves": table, "information": info}, [c])
 

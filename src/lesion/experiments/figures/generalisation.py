@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lesion.analyses import DEFAULT_SCALES
+from lesion.experiments.claims import bootstrap, correlation_check, make_check
 from lesion.experiments.figures.common import (
     Figure,
     Job,
@@ -13,14 +14,17 @@ from lesion.experiments.figures.common import (
     Outputs,
     accuracy_at,
     aucs,
+    by_net,
     claim,
     corr,
     curves,
     final_metrics,
     fmt,
     gather,
+    interval,
     pval,
     read,
+    spearman,
     train,
 )
 from lesion.experiments.profiles import Profile
@@ -50,16 +54,16 @@ def f1_analyse(p: Profile, out: Outputs) -> Outcome:
     by_c = per_net.groupby("corrupt")["auc"].mean()
     lo, hi = by_c.index.min(), by_c.index.max()
     at = accuracy_at(table, 0.39, ["corrupt"])  # the paper reads its MNIST curves at 400 of 1024 units
-    holds = stat["spearman_rho"] <= -0.8 and by_c[lo] > by_c[hi]
+    checks = corruption_checks(by_net(per_curve, "corrupt", ["seed"], "auc"), "AUC")
     measured = (
-        f"AUC {fmt(by_c[lo])} at {lo:.0%} corrupted vs {fmt(by_c[hi])} at {hi:.0%}; Spearman rho "
-        f"(corruption, AUC) = {fmt(stat['spearman_rho'], 2)} over {stat['n']} nets; accuracy at 39% "
-        "ablated: " + ", ".join(f"{fmt(v, 2)} ({c:.0%})" for c, v in at.items())
+        f"AUC {fmt(by_c[lo])} at {lo:.0%} corrupted vs {fmt(by_c[hi])} at {hi:.0%} (difference "
+        f"{interval(checks[1])}); Spearman rho (corruption, AUC) = {interval(checks[0])} over {stat['n']} "
+        "nets; accuracy at 39% ablated: " + ", ".join(f"{fmt(v, 2)} ({c:.0%})" for c, v in at.items())
     )
     c = claim(
         "F1",
         "More corrupted labels, so more memorisation: accuracy falls sooner under cumulative "
-        "ablation (criterion: Spearman rho of corruption vs AUC <= -0.8 and AUC(0%) > AUC(100%))",
+        "ablation (criterion: Spearman rho of corruption vs AUC < -0.8 and AUC(0%) > AUC(100%))",
         "MNIST 2x512, at 400 of 1024 units ablated: accuracy ~0.97 (0% corrupted), ~0.70 (20%), ~0.30 (100%)",
         measured,
         {
@@ -70,7 +74,7 @@ def f1_analyse(p: Profile, out: Outputs) -> Outcome:
             "auc_corrupted": by_c[hi],
             "auc_by_corruption": {f"{k:g}": v for k, v in by_c.items()},
         },
-        holds,
+        checks,
     )
     return Outcome({"curves": table, "auc": per_curve}, [c])
 
@@ -78,6 +82,35 @@ def f1_analyse(p: Profile, out: Outputs) -> Outcome:
 F1 = Figure(
     "F1", "Cumulative ablation vs label corruption", "Morcos et al. 2018, Fig. 1", f1_jobs, f1_analyse
 )
+
+
+def corruption_checks(groups: dict, what: str) -> list:
+    """Spearman rho (corruption, per-net ``what``) <= -0.8 and clean minus fully corrupted > 0, each with
+    a bootstrap interval over networks (within each corruption level) and their repeats."""
+    levels = sorted(groups)
+    lo, hi = levels[0], levels[-1]
+    n = sum(len(v) for v in groups.values())
+
+    def rho(m) -> float:
+        return spearman(
+            np.concatenate([[c] * len(m[c]) for c in levels]), np.concatenate([m[c] for c in levels])
+        )
+
+    est, ci = bootstrap(groups, rho)
+    a = make_check(
+        f"Spearman rho (corruption, {what})", est, ci, criterion=-0.8, direction="<", n=n, unit="networks"
+    )
+    est, ci = bootstrap({lo: groups[lo], hi: groups[hi]}, lambda m: m[lo].mean() - m[hi].mean())
+    b = make_check(
+        f"{what} at {lo:.0%} minus at {hi:.0%} corrupted",
+        est,
+        ci,
+        criterion=0.0,
+        direction=">",
+        n=len(groups[lo]) + len(groups[hi]),
+        unit="networks",
+    )
+    return [a, b]
 
 
 # ---- F2: per-unit noise against label corruption
@@ -111,16 +144,18 @@ def f2_analyse(p: Profile, out: Outputs) -> Outcome:
     one = scales[np.argmin(np.abs(np.log10(scales)))]
     at1 = table[table["scale"] == one].groupby("corrupt")["accuracy"].mean()
     lo, hi = at1.index.min(), at1.index.max()
-    holds = stat["spearman_rho"] <= -0.8 and at1[lo] > at1[hi]
+    checks = corruption_checks(by_net(rob, "corrupt", ["seed"], "robustness"), "noise robustness")
     measured = (
         f"accuracy at noise scale {one:.2g}: {fmt(at1[lo], 2)} ({lo:.0%} corrupted) vs {fmt(at1[hi], 2)} "
         f"({hi:.0%}); Spearman rho (corruption, mean accuracy over log scale) = "
-        f"{fmt(stat['spearman_rho'], 2)} over {stat['n']} nets"
+        f"{interval(checks[0])} over {stat['n']} nets; robustness clean minus fully corrupted "
+        f"{interval(checks[1])}"
     )
     c = claim(
         "F2",
         "Per-unit Gaussian noise tells the same story: memorising nets are less robust "
-        "(criterion: Spearman rho <= -0.8 and clean more accurate than fully corrupted at scale ~1)",
+        "(criterion: Spearman rho of corruption vs robustness < -0.8 and clean more robust than fully "
+        "corrupted)",
         "MNIST at noise scale 1.0: accuracy ~0.7 (0% corrupted) vs ~0.35 (100%)",
         measured,
         {
@@ -131,7 +166,7 @@ def f2_analyse(p: Profile, out: Outputs) -> Outcome:
             "accuracy_clean": at1[lo],
             "accuracy_corrupted": at1[hi],
         },
-        holds,
+        checks,
     )
     return Outcome({"noise": table.drop(columns="log10_scale"), "robustness": rob}, [c])
 
@@ -144,7 +179,7 @@ F2 = Figure("F2", "Per-unit noise vs label corruption", "Morcos et al. 2018, Fig
 
 def _ensemble(p: Profile) -> dict[int, Job]:
     return {
-        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=p.ensemble_epochs)
+        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=p.ensemble_epochs, subset=True)
         for s in range(p.ensemble)
     }
 
@@ -164,10 +199,28 @@ def f3_analyse(p: Profile, out: Outputs) -> Outcome:
     nets["group"] = ["best"] * k + ["middle"] * (len(nets) - 2 * k) + ["worst"] * k
     best, worst = nets[nets.group == "best"], nets[nets.group == "worst"]
     stat = corr(nets["test_accuracy"], nets["auc"])
-    holds = best["auc"].mean() > worst["auc"].mean()
+    per_curve = aucs(table, ["net", "repeat"])
+    groups = by_net(per_curve, None, ["net"], "auc")
+    accuracy = nets.set_index("net").test_accuracy.sort_index().to_numpy()
+
+    def gap(m, acc) -> float:
+        ranked = m["all"][np.argsort(-acc["all"], kind="stable")]
+        return ranked[:k].mean() - ranked[-k:].mean()
+
+    est, ci = bootstrap(groups, gap, attrs={"all": accuracy})
+    check = make_check(
+        f"mean AUC of the best {k} minus the worst {k}",
+        est,
+        ci,
+        criterion=0.0,
+        direction=">",
+        n=len(nets),
+        unit="networks",
+    )
     measured = (
         f"best {k} (test error {fmt(1 - best.test_accuracy.mean())}): AUC {fmt(best.auc.mean())}; worst "
-        f"{k} (test error {fmt(1 - worst.test_accuracy.mean())}): AUC {fmt(worst.auc.mean())}; Pearson r "
+        f"{k} (test error {fmt(1 - worst.test_accuracy.mean())}): AUC {fmt(worst.auc.mean())}; difference "
+        f"{interval(check)}; Pearson r "
         f"(test accuracy, AUC) over {len(nets)} nets = {fmt(stat['pearson_r'], 2)} "
         f"(p = {pval(stat['pearson_p'])})"
     )
@@ -187,7 +240,7 @@ def f3_analyse(p: Profile, out: Outputs) -> Outcome:
             "pearson_p": stat["pearson_p"],
             "n": len(nets),
         },
-        holds,
+        [check],
     )
     return Outcome({"curves": table.merge(nets[["net", "group"]], on="net"), "nets": nets}, [c])
 
@@ -201,93 +254,13 @@ F3 = Figure(
 )
 
 
-# ---- F4a/F4b: AUC and test loss over training (early stopping without a validation set)
-
-
-def _long(p: Profile) -> Job:
-    return train(p, p.long_widths, until=False, epochs=p.long_epochs, checkpoints=list(p.checkpoints))
-
-
-def _ckpt(epoch: float) -> str:
-    from lesion.training import checkpoint_name
-
-    return checkpoint_name(epoch)
-
-
-def f4_jobs(p: Profile) -> dict[str, Job]:
-    net = _long(p)
-    jobs = {}
-    for e in p.checkpoints:
-        jobs[f"curves/{e:g}"] = curves(p, net, checkpoint=_ckpt(e))
-        jobs[f"metrics/{e:g}"] = Job("evaluate", {"checkpoint": _ckpt(e)}, {"model": net})
-    return jobs
-
-
-def f4_analyse(p: Profile, out: Outputs) -> Outcome:
-    table = gather(out, {f"curves/{e:g}": {"epoch": float(e)} for e in p.checkpoints}, "curves.parquet")
-    per_curve = aucs(table, ["epoch", "repeat"])
-    rows = []
-    for e in p.checkpoints:
-        m = read(out, f"metrics/{e:g}", "metrics.parquet").set_index("split")
-        a = per_curve[per_curve.epoch == e]["auc"]
-        rows.append(
-            {
-                "epoch": float(e),
-                "auc": a.mean(),
-                "auc_sd": a.std(ddof=1),
-                "test_loss": m.loss["test"],
-                "test_accuracy": m.accuracy["test"],
-                "train_accuracy": m.accuracy["train"],
-            }
-        )
-    ep = pd.DataFrame(rows)
-    i_auc, i_loss = int(ep["auc"].idxmax()), int(ep["test_loss"].idxmin())
-    e_auc, e_loss = ep.epoch[i_auc], ep.epoch[i_loss]
-    near = abs(i_auc - i_loss) <= 1
-    # "falls": the last checkpoint's AUC is below the peak by more than the SD over random orders at the peak
-    falls = ep["auc"].iloc[-1] < ep["auc"][i_auc] - ep["auc_sd"][i_auc]
-    a = claim(
-        "F4a",
-        "Over training, the ablation AUC peaks near the test-loss minimum (criterion: within one "
-        "checkpoint) and falls afterwards as the net overfits (criterion: the last checkpoint's AUC is more "
-        "than one SD over random orders below the peak)",
-        "MNIST: AUC maximal at about epoch 1.5, near the minimum of the test loss",
-        f"AUC peaks at epoch {e_auc:g} (AUC {fmt(ep.auc[i_auc])}); test loss is lowest at epoch {e_loss:g} "
-        f"({fmt(ep.test_loss[i_loss])}); AUC at the last checkpoint (epoch {ep.epoch.iloc[-1]:g}) "
-        f"{fmt(ep.auc.iloc[-1])} (SD over orders at the peak {fmt(ep.auc_sd[i_auc])})",
-        {
-            "epoch_max_auc": e_auc,
-            "epoch_min_test_loss": e_loss,
-            "checkpoints_apart": abs(i_auc - i_loss),
-            "auc_max": ep.auc[i_auc],
-            "auc_last": ep.auc.iloc[-1],
-        },
-        near and falls,
-    )
-    stat = corr(ep["auc"], ep["test_loss"])
-    b = claim(
-        "F4b",
-        "Across training checkpoints, higher ablation AUC goes with lower test loss (criterion: "
-        "Pearson r < 0, p < 0.05)",
-        "CIFAR-10: r = -0.728",
-        f"Pearson r (AUC, test loss) over {stat['n']} checkpoints = {fmt(stat['pearson_r'], 3)} "
-        f"(p = {pval(stat['pearson_p'])})",
-        {k: stat[k] for k in ("pearson_r", "pearson_p", "spearman_rho", "n")},
-        stat["pearson_r"] < 0 and stat["pearson_p"] < 0.05,
-    )
-    return Outcome({"curves": table, "checkpoints": ep}, [a, b])
-
-
-F4 = Figure("F4a", "AUC and test loss over training", "Morcos et al. 2018, Fig. 4a-b", f4_jobs, f4_analyse)
-
-
 # ---- F4c: a hyperparameter sweep, AUC against test accuracy
 
 
 def _sweep(p: Profile) -> dict[str, Job]:
     return {
         f"lr{lr:g}/bs{bs}/seed{s}": train(
-            p, p.sweep_widths, seed=s, until=False, epochs=p.sweep_epochs, lr=lr, batch_size=bs
+            p, p.sweep_widths, seed=s, until=False, epochs=p.sweep_epochs, lr=lr, batch_size=bs, subset=True
         )
         for lr in p.sweep_lrs
         for bs in p.sweep_batch_sizes
@@ -320,14 +293,23 @@ def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
     stat = corr(nets["auc"], nets["test_accuracy"])
     c = claim(
         "F4c",
-        "Across hyperparameter settings, ablation AUC predicts test accuracy (criterion: Pearson r > 0, "
-        "p < 0.05)",
+        "Across hyperparameter settings, ablation AUC predicts test accuracy (criterion: Pearson r > 0: "
+        "its 95% interval above 0)",
         "96 CIFAR-10 settings x 2 seeds: r = 0.914",
         f"Pearson r (AUC, test accuracy) over {stat['n']} nets ({len(p.sweep_lrs)} learning rates x "
         f"{len(p.sweep_batch_sizes)} batch sizes x {len(p.sweep_seeds)} seeds) = {fmt(stat['pearson_r'], 3)} "
         f"(p = {pval(stat['pearson_p'])}); Spearman rho = {fmt(stat['spearman_rho'], 2)}",
         {k: stat[k] for k in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "n")},
-        stat["pearson_r"] > 0 and stat["pearson_p"] < 0.05,
+        [
+            correlation_check(
+                "Pearson r (AUC, test accuracy)",
+                stat["pearson_r"],
+                stat["n"],
+                criterion=0.0,
+                direction=">",
+                unit="networks",
+            )
+        ],
     )
     return Outcome({"nets": nets}, [c])
 

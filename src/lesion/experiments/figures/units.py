@@ -6,6 +6,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from lesion.experiments.claims import (
+    bootstrap,
+    bootstrap_medians,
+    bootstrap_rows,
+    correlation_check,
+    fisher_ci,
+    make_check,
+)
 from lesion.experiments.figures.common import (
     Figure,
     Job,
@@ -13,6 +21,7 @@ from lesion.experiments.figures.common import (
     Outputs,
     accuracy_at,
     aucs,
+    by_net,
     claim,
     conv_train,
     corr,
@@ -20,6 +29,7 @@ from lesion.experiments.figures.common import (
     fmt,
     gather,
     hold_fraction,
+    interval,
     pval,
     read,
     train,
@@ -37,9 +47,14 @@ def _dropout_nets(p: Profile) -> dict[tuple[float, float], Job]:
     nets = {}
     for d in p.dropouts:
         arch = {"kind": "mlp", "widths": list(p.long_widths), "dropout": d}
-        nets[(d, 0.0)] = train(p, arch=arch)
+        nets[(d, 0.0)] = train(p, arch=arch, subset=True)
         nets[(d, 1.0)] = train(
-            p, arch=arch, corrupt=1.0, until_train_acc=p.dropout_until, max_epochs=p.dropout_max_epochs
+            p,
+            arch=arch,
+            corrupt=1.0,
+            until_train_acc=p.dropout_until,
+            max_epochs=p.dropout_max_epochs,
+            subset=True,
         )
     return nets
 
@@ -72,19 +87,24 @@ def f5a_analyse(p: Profile, out: Outputs) -> Outcome:
     holds_t = pd.DataFrame(rows)
     rand = holds_t[holds_t.corrupt == 1.0].set_index("dropout")["hold_fraction"]
     clean = holds_t[holds_t.corrupt == 0.0].set_index("dropout")["hold_fraction"]
-    rising = len(rand) < 2 or corr(rand.index, rand.to_numpy())["spearman_rho"] > 0
-    ok = rising and bool((rand < clean).all())
+    checks = _dropout_checks(p, table, keys)
     measured = (
         "fraction ablated where accuracy falls halfway to chance: random labels "
         + ", ".join(f"{rand[d]:.2f} (dropout {d:g})" for d in rand.index)
         + "; clean labels "
         + ", ".join(f"{clean[d]:.2f} (dropout {d:g})" for d in clean.index)
+        + f"; smallest clean minus random gap {interval(checks[0])}"
+        + (
+            f"; random-label rise from lowest to highest dropout {interval(checks[1])}"
+            if len(checks) > 1
+            else ""
+        )
     )
     c = claim(
         "F5a",
         "Dropout protects memorising (random-label) nets only up to about the dropout fraction; clean "
-        "nets hold far longer (criterion: the random-label hold point rises with dropout and stays below "
-        "the clean net's)",
+        "nets hold far longer (criterion: the random-label hold point rises from the lowest to the highest "
+        "dropout and stays below the clean net's at every dropout)",
         "2x2048 MNIST MLPs, dropout 0.1/0.2/0.3: random-label nets hold until ~500/900/1300 of 4096 units "
         "(0.12/0.22/0.32); clean nets until ~2500 (0.61)",
         measured,
@@ -92,9 +112,55 @@ def f5a_analyse(p: Profile, out: Outputs) -> Outcome:
             "hold_random": {f"{d:g}": v for d, v in rand.items()},
             "hold_clean": {f"{d:g}": v for d, v in clean.items()},
         },
-        ok,
+        checks,
     )
     return Outcome({"curves": table, "hold": holds_t}, [c])
+
+
+def _dropout_checks(p: Profile, table: pd.DataFrame, keys) -> list:
+    """Bootstrap over random orders: each net's hold point recomputed from resampled curves."""
+    arrays = {}
+    for d, c in keys:
+        sub = table[(table.dropout == d) & (table.corrupt == c)]
+        arrays[(d, c)] = sub.pivot_table(index="repeat", columns="fraction", values="accuracy").to_numpy()
+    fractions = np.sort(table.fraction.unique())
+    n = min(len(a) for a in arrays.values())
+
+    def hold(m, key) -> float:
+        curve = m[key]
+        below = np.nonzero(curve < CHANCE + 0.5 * (curve[0] - CHANCE))[0]
+        return float(fractions[below[0]]) if len(below) else 1.0
+
+    def gap(m) -> float:
+        return min(hold(m, (d, 0.0)) - hold(m, (d, 1.0)) for d in p.dropouts)
+
+    est, ci = bootstrap_rows(arrays, gap)
+    out = [
+        make_check(
+            "smallest hold point of clean minus random-label nets",
+            est,
+            ci,
+            criterion=0.0,
+            direction=">",
+            n=n,
+            unit="random orders per network",
+        )
+    ]
+    if len(p.dropouts) > 1:
+        lo, hi = min(p.dropouts), max(p.dropouts)
+        est, ci = bootstrap_rows(arrays, lambda m: hold(m, (hi, 1.0)) - hold(m, (lo, 1.0)))
+        out.append(
+            make_check(
+                f"random-label hold point at dropout {hi:g} minus at {lo:g}",
+                est,
+                ci,
+                criterion=0.0,
+                direction=">",
+                n=n,
+                unit="random orders per network",
+            )
+        )
+    return out
 
 
 F5A = Figure("F5a", "Dropout and memorisation", "Morcos et al. 2018, Fig. 5a", f5a_jobs, f5a_analyse)
@@ -121,12 +187,26 @@ def f5b_jobs(p: Profile) -> dict[str, Job]:
 def f5b_analyse(p: Profile, out: Outputs) -> Outcome:
     names = {f"{_bn(bn)}/seed{s}": {"batchnorm": bn, "seed": s} for bn, s in _conv_nets(p)}
     table = gather(out, names, "curves.parquet")
-    a = aucs(table, ["batchnorm", "seed", "repeat"]).groupby("batchnorm")["auc"].mean()
+    per_curve = aucs(table, ["batchnorm", "seed", "repeat"])
+    a = per_curve.groupby("batchnorm")["auc"].mean()
+    est, ci = bootstrap(
+        by_net(per_curve, "batchnorm", ["seed"], "auc"), lambda m: m[True].mean() - m[False].mean()
+    )
+    check = make_check(
+        "AUC with minus without batch norm",
+        est,
+        ci,
+        criterion=0.0,
+        direction=">",
+        n=int(per_curve.groupby("batchnorm").size().min()),
+        unit="random orders",
+    )
     at = accuracy_at(table, 800 / 1536, ["batchnorm"])
     intact = accuracy_at(table, 0.0, ["batchnorm"])
     n = int(table.loc[table.fraction > 0, "n_ablated"].div(table.fraction).median())
     measured = (
-        f"AUC {fmt(a[True])} with batch norm vs {fmt(a[False])} without; accuracy at 52% of the "
+        f"AUC {fmt(a[True])} with batch norm vs {fmt(a[False])} without (difference {interval(check)}); "
+        "accuracy at 52% of the "
         f"{n} candidate maps ablated: {fmt(at[True], 2)} vs {fmt(at[False], 2)} (intact "
         f"{fmt(intact[True], 2)}"
         f" vs {fmt(intact[False], 2)})"
@@ -142,7 +222,7 @@ def f5b_analyse(p: Profile, out: Outputs) -> Outcome:
             "accuracy_at_52pct_bn": at[True],
             "accuracy_at_52pct_no_bn": at[False],
         },
-        a[True] > a[False],
+        [check],
     )
     return Outcome({"curves": table}, [c])
 
@@ -165,17 +245,36 @@ def f6_analyse(p: Profile, out: Outputs) -> Outcome:
     med = live.groupby("batchnorm")[["selectivity", "mutual_info"]].median()
     si_p = sps.mannwhitneyu(live[live.batchnorm].selectivity, live[~live.batchnorm].selectivity).pvalue
     mi_p = sps.mannwhitneyu(live[live.batchnorm].mutual_info, live[~live.batchnorm].mutual_info).pvalue
-    holds = med.selectivity[True] < med.selectivity[False] and med.mutual_info[True] > med.mutual_info[False]
+    checks = []
+    for col, what, direction in (
+        ("selectivity", "selectivity", "<"),
+        ("mutual_info", "mutual information", ">"),
+    ):
+        est, ci = bootstrap_medians(
+            {bn: live[live.batchnorm == bn][col] for bn in (True, False)}, lambda m: m[True] - m[False]
+        )
+        checks.append(
+            make_check(
+                f"median {what} with minus without batch norm",
+                est,
+                ci,
+                criterion=0.0,
+                direction=direction,
+                n=len(live),
+                unit="feature maps",
+            )
+        )
     measured = (
         f"median selectivity {fmt(med.selectivity[True])} with BN vs {fmt(med.selectivity[False])} without "
         f"(Mann-Whitney p = {si_p:.2g}); median mutual information {fmt(med.mutual_info[True])} vs "
         f"{fmt(med.mutual_info[False])} bits (p = {mi_p:.2g}); {len(live)} live feature maps of "
-        f"{len(conv_layers)} conv layers"
+        f"{len(conv_layers)} conv layers; differences {interval(checks[0])} (selectivity), "
+        f"{interval(checks[1])} (information)"
     )
     c = claim(
         "F6",
         "Batch norm lowers class selectivity and raises mutual information with the label (criterion: "
-        "both medians move that way)",
+        "both medians move that way, bootstrap over feature maps)",
         "with BN, selectivity peaks near 0.1; without BN, mass at 0.6-1.0 and a spike at 1.0",
         measured,
         {
@@ -186,7 +285,7 @@ def f6_analyse(p: Profile, out: Outputs) -> Outcome:
             "selectivity_p": si_p,
             "mi_p": mi_p,
         },
-        holds,
+        checks,
     )
     return Outcome({"units": table}, [c])
 
@@ -204,7 +303,10 @@ F6 = Figure(
 
 
 def f7_nets(p: Profile) -> dict[str, Job]:
-    return {"mlp": train(p, p.small_widths), "convnet": conv_train(p, batchnorm=True, seed=p.conv_seeds[0])}
+    return {
+        "mlp": train(p, p.small_widths, subset=True),
+        "convnet": conv_train(p, batchnorm=True, seed=p.conv_seeds[0]),
+    }
 
 
 def f7_jobs(p: Profile) -> dict[str, Job]:
@@ -229,10 +331,12 @@ def f7_analyse(p: Profile, out: Outputs) -> Outcome:
                 "F7" if net == "mlp" else "F7-conv",
                 f"Class selectivity is a poor predictor of a unit's importance ({label}; criterion: "
                 "|pooled Pearson r| "
-                "< 0.5, selectivity explains < 25% of the variance of the loss change)",
+                "< 0.5, its whole 95% interval inside (-0.5, 0.5): selectivity explains < 25% of the "
+                "variance of the loss change)",
                 "pooled r: MNIST 0.095, CIFAR-10 -0.428, ImageNet -0.012; first layer about -0.7, "
                 "deeper layers ~0",
-                f"pooled Pearson r (selectivity, loss change when deleted) = {fmt(r, 3)} (p = "
+                f"pooled Pearson r (selectivity, loss change when deleted) = {fmt(r, 3)} "
+                f"[{', '.join(fmt(v) for v in fisher_ci(r, pooled['n']))}] (p = "
                 f"{pval(pooled['pearson_p'])},"
                 f" n = {pooled['n']}); per layer: {per_layer}",
                 {
@@ -242,7 +346,16 @@ def f7_analyse(p: Profile, out: Outputs) -> Outcome:
                     "n": pooled["n"],
                     "per_layer": {k: v["pearson_r"] for k, v in layers.items()},
                 },
-                np.isfinite(r) and abs(r) < 0.5,
+                [
+                    correlation_check(
+                        "pooled Pearson r (selectivity, loss change)",
+                        r,
+                        pooled["n"],
+                        criterion=0.5,
+                        direction="within",
+                        unit="units",
+                    )
+                ],
             )
         )
     return Outcome({"units": table, "correlations": pd.DataFrame(corrs)}, claims)
