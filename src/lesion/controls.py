@@ -113,7 +113,7 @@ def _activity(model, data, sites: list[Site], batch_size: int) -> tuple[dict[str
     """Per-example activity (examples, units) of each site, maps averaged over space, and the labels."""
     grabbed: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
     labels = []
-    for acts, b in grab(model, data, sites, batch_size=batch_size):
+    for acts, b, _ in grab(model, data, sites, batch_size=batch_size):
         for s in sites:
             h = acts[s.name].movedim(s.unit_dim, -1)
             grabbed[s.name].append(h.reshape(h.shape[0], -1, h.shape[-1]).mean(1).double().cpu())

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion._util import eval_mode, model_device
-from lesion.core.batch import Data, batches, output_tensor, reusable
-from lesion.core.capture import site_value
+from lesion.core.batch import Data, output_tensor, reusable
+from lesion.core.capture import grab
+from lesion.core.metric import check_labels
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
 
@@ -268,32 +268,16 @@ def collect_stats(
 
 def _stream(model, data, sites, batch_size, labels=True):
     """Yield (activations by site, labels or None, outputs) per batch, checking labels and finiteness."""
-    device = model_device(model)
-    named = dict(model.named_modules())
-    captured: dict[str, torch.Tensor] = {}
-
-    def grab(site):
-        def hook(_m, inputs, output):
-            captured[site.name] = site_value(site, inputs, output).detach()
-
-        return hook
-
-    handles = [named[s.name].register_forward_hook(grab(s)) for s in sites]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            for k, b in enumerate(batches(data, batch_size=batch_size)):
-                logits = forward(model, b.to(device), k, check=labels)
-                y = _labels(b, logits, k) if labels else None
-                for name, h in captured.items():
-                    if not torch.isfinite(h).all():
-                        raise DataError(
-                            f"batch {k}: site {name!r} produced NaN or infinite activations; expected finite "
-                            "values (check the inputs and the model's weights)"
-                        )
-                yield dict(captured), y, logits
-    finally:
-        for h in handles:
-            h.remove()
+    check = lambda b, k: forward(model, b, k, check=labels)  # noqa: E731
+    for k, (acts, b, logits) in enumerate(grab(model, data, sites, batch_size=batch_size, run=check)):
+        y = _labels(b, logits, k) if labels else None
+        for name, h in acts.items():
+            if not torch.isfinite(h).all():
+                raise DataError(
+                    f"batch {k}: site {name!r} produced NaN or infinite activations; expected finite "
+                    "values (check the inputs and the model's weights)"
+                )
+        yield acts, y, logits
 
 
 def _labels(b, logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -303,14 +287,7 @@ def _labels(b, logits: torch.Tensor, k: int) -> torch.Tensor:
             f"batch {k}: class statistics need integer labels (batch,); got "
             f"{'none' if y is None else f'{y.dtype} of shape {tuple(y.shape)}'} (use labels=False)"
         )
-    c = logits.shape[-1]
-    if y.numel() and int(y.min()) < 0:
-        raise DataError(f"batch {k}: label {int(y.min())} is negative; expected class indices >= 0")
-    if y.numel() and int(y.max()) >= c:
-        bad = int(y.max())
-        raise DataError(
-            f"batch {k}: label {bad} is out of range; the model has {c} outputs, expected labels 0..{c - 1}"
-        )
+    check_labels(y, logits.shape[-1], f"batch {k}: ")
     return y.long().cpu()
 
 

@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lesion._json import jsonable
 from lesion._outputs import atomic_write, check_dir_target, check_file_target, write_folder
 from lesion.errors import DataError, LesionError, ModelFileError
 
@@ -334,16 +334,3 @@ def atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` through a temporary file beside it, so readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON: numpy scalars to Python numbers, NaN and infinities to null."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -20,8 +20,9 @@ def site_value(site: Site, inputs, output) -> torch.Tensor:
     return inputs[0] if site.hook == "input" else output
 
 
-def grab(model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int = 1000):
-    """Yield ``({site: activity (batch, ...)}, batch)`` for every batch, in eval mode, without gradients."""
+def grab(model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int = 1000, run=None):
+    """Yield ``({site: activity (batch, ...)}, batch, output)`` for every batch, in eval mode, without
+    gradients. ``run(batch, k)`` replaces the plain forward pass (e.g. one that checks its output)."""
     named = dict(model.named_modules())
     got: dict[str, torch.Tensor] = {}
 
@@ -35,10 +36,11 @@ def grab(model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int
     device = model_device(model)
     try:
         with torch.no_grad(), eval_mode(model):
-            for b in batches(data, batch_size=batch_size):
+            for k, b in enumerate(batches(data, batch_size=batch_size)):
                 got.clear()
-                b.to(device).run(model)
-                yield dict(got), b
+                b = b.to(device)
+                out = run(b, k) if run is not None else b.run(model)
+                yield dict(got), b, out
     finally:
         for h in handles:
             h.remove()
@@ -48,7 +50,7 @@ def activations(model: nn.Module, data: Data, sites: Sequence[Site]) -> dict[str
     """Every example's activity at each site, concatenated in data order (on the CPU)."""
     parts: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
     size = 0
-    for acts, _ in grab(model, data, sites):
+    for acts, _, _ in grab(model, data, sites):
         for name, a in acts.items():
             size += a.numel() * a.element_size()
             parts[name].append(a.cpu())
@@ -66,7 +68,7 @@ def positional_means(model: nn.Module, data: Data, sites: Sequence[Site]) -> dic
     """(positions, channels) mean activity per sequence position, over examples (float64 sums)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}
-    for acts, _ in grab(model, data, sites):
+    for acts, _, _ in grab(model, data, sites):
         for s in sites:
             a = acts[s.name].movedim(s.unit_dim, -1).double().cpu()  # (batch, t, ..., channels)
             a = a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1]).sum((0, 2))  # (t, channels)

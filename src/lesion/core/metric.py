@@ -30,6 +30,17 @@ class MetricError(LesionError, ValueError):
     """A metric that cannot score these outputs (wrong shape, NaN) or is missing what it needs."""
 
 
+def check_labels(y: torch.Tensor, n_classes: int, where: str = "") -> None:
+    """Class indices must lie in 0..n_classes - 1; ``where`` (e.g. ``"batch 3: "``) prefixes the error."""
+    if y.numel() and int(y.min()) < 0:
+        raise DataError(f"{where}label {int(y.min())} is negative; expected class indices >= 0")
+    if y.numel() and int(y.max()) >= n_classes:
+        raise DataError(
+            f"{where}label {int(y.max())} is out of range; the model has {n_classes} outputs, expected "
+            f"labels 0..{n_classes - 1}"
+        )
+
+
 class Metric:
     """Base: subclasses keep float64 sums in ``self.sums`` (name -> array with a leading lesion axis)."""
 
@@ -82,13 +93,7 @@ class Classification(Metric):
                 "expected logits (batch, classes)"
             )
         c = outputs.shape[-1]
-        if y.numel() and int(y.min()) < 0:
-            raise DataError(f"label {int(y.min())} is negative; expected class indices >= 0")
-        if y.numel() and int(y.max()) >= c:
-            bad = int(y.max())
-            raise DataError(
-                f"label {bad} is out of range; the model has {c} outputs, expected labels 0..{c - 1}"
-            )
+        check_labels(y, c)
         if not torch.isfinite(outputs).all():
             raise DataError("the model produced NaN or infinite outputs; expected finite logits")
         logits = outputs.reshape(k, -1, c).float()

@@ -6,10 +6,9 @@ renders ``/openapi.json`` without any network access.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi import Path as PathParam
@@ -18,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from lesion._json import jsonable
 from lesion.errors import LesionError
 from lesion.serve._guard import BODY_TIMEOUT
 from lesion.serve._http import LOCAL_HOSTS, MAX_BODY, BodyLimit, HostCheck, install_error_handlers
@@ -152,7 +152,7 @@ def model_info(ex: Ex) -> dict:
 @router.get("/units", response_model=list[UnitRow], summary="Every unit: selectivity, importance")
 def units(ex: Ex) -> list[dict]:
     """One object per unit, in site order, measured once on the held-out data when the server started."""
-    return _clean(ex.unit_rows())
+    return jsonable(ex.unit_rows())
 
 
 @router.get(
@@ -163,7 +163,7 @@ def unit_detail(unit: UnitPath, ex: Ex) -> dict:
     """Selectivity, mutual information, importance, per-class drops, class means and the held-out
     examples that drive the unit most."""
     try:
-        return _clean(ex.unit(unit))
+        return jsonable(ex.unit(unit))
     except LesionError as exc:
         raise HTTPException(404, str(exc)) from None
 
@@ -244,21 +244,8 @@ def _page(name: str):
 
 
 def _scores(result) -> dict:
-    return _clean({
+    return jsonable({
         "n": result.n, "accuracy": result.accuracy, "correct": int(result.confusion.trace()),
         "loss": result.loss, "per_class_accuracy": result.per_class_accuracy.tolist(),
         "confusion": result.confusion.astype(int).tolist(),
     })  # fmt: skip
-
-
-def _clean(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python numbers, NaN and infinities to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
