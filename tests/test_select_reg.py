@@ -9,7 +9,8 @@ import torch
 import lesion
 from lesion.data import Dataset, load_dataset
 from lesion.models import mlp
-from lesion.training import batch_selectivity, train
+from lesion.selectivity_reg import batch_selectivity
+from lesion.training import train
 
 
 @pytest.fixture(scope="module")
