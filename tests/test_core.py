@@ -465,3 +465,12 @@ def test_cli_reads_an_npz_dataset_and_list_options(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["dataset"] == "mine" and summary["candidates"] == ["relu1", "relu2"]
+
+
+def test_an_npz_larger_than_the_data_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    from lesion.data import _arrays, from_npz
+
+    np.savez(tmp_path / "big.npz", x=np.zeros((100, 4)), y=np.zeros(100, dtype=np.int64))
+    monkeypatch.setattr(_arrays, "MAX_DATA_BYTES", 1000)  # the real limit is 1 GiB
+    with pytest.raises(lesion.DataError, match="at most 1000 are read"):
+        from_npz(tmp_path / "big.npz")

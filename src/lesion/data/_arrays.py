@@ -18,10 +18,9 @@ import torch
 
 from lesion.data._assemble import assemble, check_split_args
 from lesion.data._dataset import Dataset
+from lesion.data._formats import MAX_DATA_BYTES
 from lesion.data._sources import Raw
 from lesion.errors import DataError
-
-MAX_NPZ_BYTES = 8 << 30  # uncompressed size of the arrays an .npz may hold
 
 
 def from_arrays(
@@ -68,8 +67,8 @@ def from_npz(path: str | Path, **kwargs) -> Dataset:
     try:
         with zipfile.ZipFile(path) as z:
             size = sum(i.file_size for i in z.infolist())
-        if size > MAX_NPZ_BYTES:
-            raise DataError(f"{path.name}: its arrays take {size} bytes; at most {MAX_NPZ_BYTES} are read")
+        if size > MAX_DATA_BYTES:  # the members' sizes from the zip directory, before inflating any
+            raise DataError(f"{path.name}: its arrays take {size} bytes; at most {MAX_DATA_BYTES} are read")
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
