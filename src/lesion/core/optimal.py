@@ -41,9 +41,7 @@ class Optimal(Replacement):
     constants: dict | None = field(default=None, repr=False, compare=False)
     constant = True
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.constants is None
+    fitted_field = "constants"
 
     def fit(self, model, data, sites, lesions) -> Optimal:
         if self.constants is not None:

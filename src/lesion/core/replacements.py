@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -51,8 +51,12 @@ class Context:
 class Replacement:
     """Base class: override ``values`` (or ``edit`` for whole-site transforms); ``fit`` if data is needed."""
 
-    needs_fit = False
+    fitted_field: ClassVar[str | None] = None  # the field ``fit`` fills; None: nothing to fit
     constant = False  # one value per unit, the same for every example: the fast engine can use it
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.fitted_field is not None and getattr(self, self.fitted_field) is None
 
     def fit(self, model, data, sites: Mapping[str, Site], lesions) -> Replacement:
         """A copy ready to use, with whatever it needs measured on ``data`` at ``sites``."""
@@ -112,9 +116,7 @@ class Mean(Replacement):
     means: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     constant = True
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.means is None
+    fitted_field = "means"
 
     def fit(self, model, data, sites, lesions):
         if self.means is not None:
@@ -155,9 +157,7 @@ class PositionalMean(Replacement):
     reference: Any = None
     means: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.means is None
+    fitted_field = "means"
 
     def fit(self, model, data, sites, lesions):
         if self.means is not None:
@@ -200,9 +200,7 @@ class Resample(Replacement):
     reference: Any = None
     cache: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.cache is None
+    fitted_field = "cache"
 
     def fit(self, model, data, sites, lesions):
         if self.cache is not None:
@@ -232,9 +230,7 @@ class Patch(Replacement):
     source: Any = None
     cache: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.cache is None
+    fitted_field = "cache"
 
     def fit(self, model, data, sites, lesions):
         if self.source is None:
@@ -279,9 +275,7 @@ class Noise(Replacement):
     stats: Any = None
     generator: torch.Generator | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.stats is None
+    fitted_field = "stats"
 
     def fit(self, model, data, sites, lesions):
         if self.stats is not None:

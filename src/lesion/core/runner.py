@@ -6,6 +6,7 @@ The fast engine (``lesion.core.fast``) is checked against this path before it is
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -60,8 +61,7 @@ class Runner:
             yield b.to(self.device)
 
     def fresh(self, n: int) -> Metric:
-        m = self.metric.__class__.__new__(self.metric.__class__)
-        m.__dict__.update({k: v for k, v in self.metric.__dict__.items() if k not in ("sums", "n")})
+        m = copy.copy(self.metric)  # the metric's settings; reset gives it its own sums
         m.reset(n)
         return m
 
