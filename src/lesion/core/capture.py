@@ -17,7 +17,7 @@ MAX_CACHE_BYTES = 4 << 30  # activations kept for resample/patch: refuse rather 
 
 def site_value(site: Site, inputs, output) -> torch.Tensor:
     """The tensor a site reads: the module's output, or its first input for an input (head) view."""
-    return inputs[0] if site.hook == "input" else output
+    return site.view(inputs[0] if site.hook == "input" else output)
 
 
 def grab(model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int = 1000, run=None):
@@ -32,7 +32,7 @@ def grab(model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int
 
         return fn
 
-    handles = [named[s.name].register_forward_hook(hook(s)) for s in sites]
+    handles = [named[s.target].register_forward_hook(hook(s)) for s in sites]
     device = model_device(model)
     try:
         with torch.no_grad(), eval_mode(model):

@@ -216,30 +216,37 @@ def apply(
             widths = state.sites or {}
             raise unknown_layer(name, {n: s.width for n, s in widths.items()} if widths else [])
     opened = [(les, les.replacement.open()) for les in lesions]
-    handles = []
-    try:
-        if state.sites is None or any(n not in state.sites for n in layers):
-            handles.append(model.register_forward_pre_hook(_resolver(model, layers, state), with_kwargs=True))
+    handles: list = []
+
+    def install() -> None:  # once the sites are known: each site's own module, output or input
         for name in layers:
+            site = state.sites[name]
             mine = [(les, r) for les, r in opened if name in les.units]
             hook = _site_hook(name, mine, state, model, reference)
-            kind = (
-                "input"
-                if state.sites and state.sites.get(name) and state.sites[name].hook == "input"
-                else "output"
-            )
-            if kind == "input":
-                handles.append(named[name].register_forward_pre_hook(hook))
+            if site.target not in named:
+                raise SiteError(f"site {name!r} reads module {site.target!r}, which the model lacks")
+            module = named[site.target]
+            if site.hook == "input":
+                handles.append(module.register_forward_pre_hook(hook))
             else:
-                handles.append(named[name].register_forward_hook(hook))
+                handles.append(module.register_forward_hook(hook))
+
+    try:
+        if state.sites is None or any(n not in state.sites for n in layers):
+            handles.append(
+                model.register_forward_pre_hook(_resolver(model, layers, state, install), with_kwargs=True)
+            )
+        else:
+            install()
         yield state
     finally:
         for h in handles:
             h.remove()
 
 
-def _resolver(model, layers, state: Applied):
-    """A root pre-hook that finds the lesioned layers' sites on the first forward pass of a plain block."""
+def _resolver(model, layers, state: Applied, install):
+    """A root pre-hook that finds the lesioned layers' sites on the first forward pass of a plain block,
+    then hooks them (before any of the model's modules runs, so this very pass is lesioned)."""
 
     def hook(_m, args, kwargs):
         if ASIDE.get() or DRY_RUN.get():
@@ -249,6 +256,7 @@ def _resolver(model, layers, state: Applied):
                 example = Batch(tuple(args), dict(kwargs), ids=torch.arange(_size(args, kwargs)))
                 found = find_sites(model, example.slice(0, 2), layers)
                 state.sites = {**(state.sites or {}), **{s.name: s for s in found}}
+                install()
         return None
 
     return hook
@@ -292,8 +300,7 @@ def _site_hook(name: str, mine, state: Applied, model, reference):
             return None
         return (apply_all(inputs[0]), *inputs[1:])
 
-    site = state.sites.get(name) if state.sites else None
-    return in_hook if site is not None and site.hook == "input" else out_hook
+    return in_hook if state.sites[name].hook == "input" else out_hook
 
 
 def replace_units(
@@ -303,6 +310,7 @@ def replace_units(
     idx_list = units.get(site.name)
     if not idx_list:
         return h
+    raw, h = h, site.view(h)
     if h.ndim != len(site.shape) + 1 or h.shape[site.unit_dim] != site.width * site.group:
         raise SiteError(
             f"site {site.name!r} gave shape {tuple(h.shape)}; expected (batch, "
@@ -314,7 +322,7 @@ def replace_units(
     if r.edit is not None:
         if units.positions(site.name) is not None:
             raise LesionError(f"{type(r).__name__} acts on whole sites; it cannot be limited to positions")
-        return r.edit(h, site, idx, ctx)
+        return site.unview(r.edit(h, site, idx, ctx), raw)
     u = h.movedim(site.unit_dim, -1).unflatten(-1, (site.width, site.group))  # (batch, ..., width, group)
     cur = u.index_select(-2, idx)  # (batch, ..., k, group)
     new = torch.broadcast_to(r.values(cur, ctx).to(device=cur.device, dtype=cur.dtype), cur.shape)
@@ -322,7 +330,7 @@ def replace_units(
     if pos is not None:
         new = torch.where(_position_mask(site, pos, cur), new, cur)
     out = u.index_copy(-2, idx, new.contiguous())
-    return out.flatten(-2).movedim(-1, site.unit_dim)
+    return site.unview(out.flatten(-2).movedim(-1, site.unit_dim), raw)
 
 
 def _position_mask(site: Site, pos: tuple[int, ...], cur: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,7 @@ class Optimal(Replacement):
             raise LesionError(
                 f"Optimal() was not fitted for units {list(key[1])[:5]} of {key[0]!r}; fit it first"
             )
-        return self.constants[key].reshape(-1, 1).to(device=cur.device, dtype=cur.dtype)
+        return self.constants[key].reshape(-1, ctx.site.group).to(device=cur.device, dtype=cur.dtype)
 
     def fill(self, site, lesion=None):
         idx = tuple(lesion.units[site.name]) if lesion is not None else None
@@ -108,10 +108,12 @@ def _fit_layer(opt: Optimal, model, site, sets: list[tuple[int, ...]], batch: Ba
     means = collect_stats(model, batch, [site], histograms=False, labels=False)[site.name].mean
     per_copy = max(1, sum(a.numel() for a in (*batch.args, *batch.kwargs.values()) if torch.is_tensor(a)))
     block = max(1, min(64, (16 << 20) // per_copy))
+    g = site.group  # a head view: each unit owns g channels, each with its own constant
     out = {}
     for i in range(0, len(sets), block):
         part = sets[i : i + block]
-        for idx, c in zip(part, _fit_block(opt, model, site, part, batch, means), strict=True):
+        channels = [tuple(u * g + j for u in s for j in range(g)) for s in part]
+        for idx, c in zip(part, _fit_block(opt, model, site, channels, batch, means), strict=True):
             out[(site.name, idx)] = c
     return out
 
@@ -124,7 +126,8 @@ def _fit_block(opt, model, site, sets, batch: Batch, means) -> list[torch.Tensor
     loss_fn = opt.loss or _default_loss
 
     def losses(c: torch.Tensor) -> torch.Tensor:  # (k, m) constants -> (k,) mean losses
-        def hook(_mod, _inp, h):
+        def edit(raw):
+            h = site.view(raw)
             u = h.movedim(site.unit_dim, -1).unflatten(0, (k, -1))  # (k, batch, ..., channels)
             mask = torch.zeros(k, u.shape[-1], dtype=torch.bool, device=h.device)
             mask[torch.arange(k)[:, None], index] = True
@@ -132,9 +135,13 @@ def _fit_block(opt, model, site, sets, batch: Batch, means) -> list[torch.Tensor
             vals = vals.scatter(1, index.to(h.device), c.to(h.dtype))
             shape = (k, *[1] * (u.ndim - 2), u.shape[-1])
             u = torch.where(mask.reshape(shape), vals.reshape(shape), u)
-            return u.flatten(0, 1).movedim(-1, site.unit_dim)
+            return site.unview(u.flatten(0, 1).movedim(-1, site.unit_dim), raw)
 
-        handle = dict(model.named_modules())[site.name].register_forward_hook(hook)
+        module = dict(model.named_modules())[site.target]
+        if site.hook == "input":
+            handle = module.register_forward_pre_hook(lambda _m, inp: (edit(inp[0]), *inp[1:]))
+        else:
+            handle = module.register_forward_hook(lambda _m, _inp, h: edit(h))
         try:
             out = output_tensor(big.run(model))
         finally:

@@ -64,6 +64,26 @@ class Site:
     order: int  # position in execution order of the dry forward pass
     group: int = 1  # consecutive channels per unit (head_dim for an attention-head view)
     hook: str = "output"  # "output": the module's output; "input": its first input (a head view)
+    module: str = ""  # the module hooked, where it differs from ``name`` (a head view: the projection)
+    flat: int = 0  # trailing axes folded into the unit axis (a (batch, t, heads, head_dim) head view: 1)
+
+    @property
+    def target(self) -> str:
+        """The name of the module whose output (or input) holds this site's units."""
+        return self.module or self.name
+
+    @property
+    def heads(self) -> bool:
+        """True for an attention-head view: each unit is one head's slice of the attention output."""
+        return self.group > 1 and bool(self.module)
+
+    def view(self, h: torch.Tensor) -> torch.Tensor:
+        """The hooked tensor as this site sees it: trailing axes of a head view folded into the units."""
+        return h.flatten(self.unit_dim, self.unit_dim + self.flat) if self.flat else h
+
+    def unview(self, h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Undo ``view``: ``h`` back in the hooked tensor's own shape ``like``."""
+        return h.reshape(like.shape) if self.flat else h
 
     @property
     def spatial(self) -> bool:
@@ -94,6 +114,7 @@ def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = N
     """
     records = _dry_run(model, example)
     named = dict(model.named_modules())
+    heads = head_views(model, records)
     if layers is None or layers == "all":
         names = [
             n for n, r in records.items()
@@ -101,9 +122,9 @@ def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = N
         ]  # fmt: skip
         reused = [n for n in names if records[n]["calls"] != 1]
         names = [n for n in names if n not in reused]
-        if reused and not names:
+        if reused and not names and not heads:
             raise _reused(reused[0], records[reused[0]]["calls"])
-        if not names:
+        if not names and not heads:
             raise _no_sites(records, named)
         if reused:  # e.g. torchvision's ResNet blocks call one ReLU twice: the rest stay usable
             warnings.warn(
@@ -112,11 +133,94 @@ def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = N
                 LesionNote,
                 stacklevel=2,
             )
+        sites = [_make_site(n, records[n], named, records) for n in names] + list(heads.values())
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
-        _check_requested(names, records, named)
-    sites = [_make_site(n, records[n], named, records) for n in names]
+        _check_requested([n for n in names if n not in heads], records, named)
+        sites = [heads[n] if n in heads else _make_site(n, records[n], named, records) for n in names]
     return sorted(sites, key=lambda s: s.order)
+
+
+HEAD_COUNT = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "d_head")
+PROJECTIONS = ("c_proj", "o_proj", "out_proj", "dense", "proj", "wo")  # attention output projections
+
+
+def head_views(model: nn.Module, records: dict[str, dict]) -> dict[str, Site]:
+    """The attention-head views of ``model``, by attention module name.
+
+    An attention module is one that declares its head size (``head_dim``, ``attention_head_size``, ...)
+    and has an output projection that ran once: a Linear-like child named ``c_proj`` (GPT-2),
+    ``o_proj`` (Llama, ViT), ``out_proj``, ``proj``, ``wo``, or a sibling's ``dense`` (BERT's
+    ``attention.output.dense``, the site then named by the parent). Its input, (batch, t, heads x
+    head_dim), holds every query head's own slice (grouped-query attention shares keys and values, not
+    these slices), so head h is channels ``h*head_dim .. (h+1)*head_dim - 1``. TransformerLens models are
+    read at ``attn.hook_z`` (batch, t, heads, head_dim). ``nn.MultiheadAttention`` computes its
+    projection inside one fused function, so it has no head view.
+    """
+    named = dict(model.named_modules())
+    views: dict[str, Site] = {}
+    for name, m in named.items():
+        hd = _int_attr(m, HEAD_DIM)
+        if not name or hd is None:
+            continue
+        cfg = getattr(m, "cfg", None)
+        z = f"{name}.hook_z"
+        if cfg is not None and z in records and records[z]["calls"] == 1 and records[z]["ndim"] == 4:
+            r = records[z]  # TransformerLens: z is (batch, t, heads, head_dim)
+            t, n, d = r["shape"][1:]
+            views[name] = Site(name, "heads (hook_z)", 2, n, (t, n * d), r["order"], d, "output", z, 1)
+            continue
+        proj, owner = _projection(name, m, named, records)
+        if proj is None:
+            continue
+        r = records[proj]
+        shape = r["in_shape"]
+        if shape is None or len(shape) < 3 or shape[-1] % hd:
+            continue
+        n = _int_attr(m, HEAD_COUNT) or _config_heads(m) or shape[-1] // hd
+        if n * hd != shape[-1]:
+            continue
+        views.setdefault(owner, Site(
+            owner, f"heads ({r['module']} input)", len(shape) - 1, n, tuple(shape[1:]), r["order"], hd,
+            "input", proj,
+        ))  # fmt: skip
+    return views
+
+
+def _int_attr(m: nn.Module, names: Sequence[str]) -> int | None:
+    for a in names:
+        v = getattr(m, a, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    cfg = getattr(m, "cfg", None)  # TransformerLens keeps them on its config
+    for a in names:
+        v = getattr(cfg, a, None) if cfg is not None else None
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _config_heads(m: nn.Module) -> int | None:
+    v = getattr(getattr(m, "config", None), "num_attention_heads", None)
+    return v if isinstance(v, int) and v > 0 else None
+
+
+def _projection(name: str, m: nn.Module, named, records) -> tuple[str | None, str]:
+    """(the output projection's module name, the name of the head site) of attention module ``name``."""
+
+    def ran_once(n: str) -> bool:
+        return n in records and records[n]["calls"] == 1 and _last_dim(named[n])
+
+    for p in PROJECTIONS:
+        if ran_once(f"{name}.{p}"):
+            return f"{name}.{p}", name
+    parent = name.rpartition(".")[0]
+    for sibling, _ in named[parent].named_children() if parent in named else []:
+        n = f"{parent}.{sibling}.dense"
+        if f"{parent}.{sibling}" != name and ran_once(n):
+            return n, parent
+    return None, name
 
 
 def default_candidates(sites: Sequence[Site]) -> list[Site]:
@@ -146,6 +250,8 @@ def _dry_run(model: nn.Module, example) -> dict[str, dict]:
             r["shape"] = tuple(output.shape) if r["tensor"] else ()
             r["ndim"] = output.ndim if r["tensor"] else 0
             r["module"] = type(module).__name__
+            first = inputs[0] if inputs else None
+            r["in_shape"] = tuple(first.shape) if isinstance(first, torch.Tensor) else None
             counter[0] += 1
 
         return hook

@@ -344,7 +344,8 @@ def _parse_indices(sel: str, text: str, limit: int, layer: str = "") -> tuple[in
         return ALL
     parts = []
     for part in sel.split(","):
-        a, dash, b = part.strip().partition("-")
+        a, dash, b = part.strip().removeprefix("head").partition("-")  # "attn:head5" = "attn:5"
+        b = b.removeprefix("head")
         if any(len(v) > 15 and v.isdigit() for v in (a, b)):
             raise UnitError(
                 f"unit index in {_clip(text)!r} is out of range of any layer; expected at most 15 digits"
