@@ -73,6 +73,7 @@ def _engine_layer(runner, layer, members, lesions, bar) -> dict | None:
         if bar is not None:
             bar.update(-len(units))
         return None
+    runner.served["graph"] += len(units)
     return values
 
 
@@ -114,7 +115,74 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
             return values
         except (Unsupported, Mismatch) as exc:
             runner.fallbacks[key] = str(exc)
-    return runner.run([prefix(seq, k) for k in counts])
+    steps = [prefix(seq, k) for k in counts]
+    chosen = [i for i, les in enumerate(steps) if prefix_served(runner, les)]
+    if chosen and len(chosen) > CHECKS:
+        out = {i: None for i in range(len(steps))}
+        for idxs, values in prefix_groups(runner, [steps[i] for i in chosen][::-1]):
+            for j, i in enumerate(idxs):  # reversed: the checks re-run the largest prefixes
+                out[chosen[::-1][i]] = {k: v[j] for k, v in values.items()}
+        rest = [i for i, v in out.items() if v is None]
+        if rest:
+            slow = runner.run([steps[i] for i in rest])
+            for j, i in enumerate(rest):
+                out[i] = {k: v[j] for k, v in slow.items()}
+        return {k: np.stack([out[i][k] for i in range(len(steps))]) for k in runner.intact}
+    return runner.run(steps)
+
+
+def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
+    """Whether the module-prefix engine may take ``lesion``: a site the graph engine cannot serve (or a
+    model it cannot trace), a replacement computed per unit (no whole-site edit, one draw)."""
+    if lesion is None or not runner.use_engine or any(n not in runner.sites for n in lesion.units):
+        return False
+    r = lesion.replacement
+    if r.edit is not None or getattr(r, "repeats", 1) > 1:
+        return False
+    from lesion.engine.sweeps import _plain
+
+    if runner.engine() is not None and all(_plain(runner.sites[n]) for n in lesion.units):
+        return False  # the graph engine (or the slow path, as before) serves channel sites of traced models
+    return True
+
+
+def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Iterator[tuple[list[int], dict]]:
+    """(lesion positions, metric values) for lesions the module-prefix engine evaluated, by first site.
+
+    Each site's group is checked on this sweep's data: its first ``CHECKS`` lesions re-run on the slow
+    path; a disagreement sends the group to the slow path with the reason in ``runner.fallbacks``.
+    """
+    from lesion.engine import Unsupported
+    from lesion.engine.prefix import PrefixEngine
+
+    groups: dict[str, list[int]] = {}
+    for i, les in enumerate(lesions):
+        if prefix_served(runner, les):
+            first = min(les.units, key=lambda n: runner.sites[n].order)
+            if f"prefix:{first}" not in runner.fallbacks:
+                groups.setdefault(first, []).append(i)
+    if not groups:
+        return
+    if runner._prefix is None:
+        runner._prefix = PrefixEngine(runner.model, runner.batches, list(runner.sites.values()))
+    eng = runner._prefix
+    for first, idxs in groups.items():
+        chosen = [lesions[i] for i in idxs]
+        metric = runner.fresh(len(chosen))
+        try:
+            with torch.no_grad(), eval_mode(runner.model), runner.autocast():
+                eng.evaluate([(runner.sites[first], chosen)], metric, offsets=[0],
+                             progress=None if bar is None else bar.update)  # fmt: skip
+            values = metric.compute()
+            ref = runner.run(chosen[:CHECKS])
+            runner.agree(ref, {k: v[:CHECKS] for k, v in values.items()})
+        except (Unsupported, Mismatch) as exc:
+            runner.fallbacks[f"prefix:{first}"] = str(exc)
+            if bar is not None:
+                bar.update(-len(chosen))
+            continue
+        runner.served["prefix"] += len(chosen)
+        yield idxs, values
 
 
 def prefix(seq: Sequence[Lesion], k: int) -> Lesion | None:

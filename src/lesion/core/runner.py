@@ -54,6 +54,8 @@ class Runner:
         self.deviation: dict[str, float] = {}  # bf16 only: largest |loss - fp32 loss| seen in checks
         self.fallbacks: dict[str, str] = {}  # why the engine was not used, by layer or sweep
         self._engine = None
+        self.served = {"graph": 0, "prefix": 0}  # lesions each engine evaluated (after its checks)
+        self._prefix = None  # the module-prefix engine (lesion.engine.prefix), made when first needed
 
     def batches(self) -> Iterator[Batch]:
         """The data's validated batches, on the model's device, streamed anew on every call."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from lesion._progress import progress_bar
 from lesion.core.batch import Data, first_batch, reusable
-from lesion.core.fast import single_unit_groups
+from lesion.core.fast import prefix_groups, single_unit_groups
 from lesion.core.lesions import Lesion, as_lesion
 from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
@@ -75,6 +75,10 @@ def evaluate_lesions(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> 
         for j, i in enumerate(idxs):
             out[i] = {k: v[j] for k, v in values.items()}
     rest = [i for i in range(len(lesions)) if i not in out]
+    for idxs, values in prefix_groups(runner, [lesions[i] for i in rest], bar=bar):
+        for j, i in enumerate(idxs):
+            out[rest[i]] = {k: v[j] for k, v in values.items()}
+    rest = [i for i in range(len(lesions)) if i not in out]
     if rest:
         values = runner.run([lesions[i] for i in rest], bar=bar)
         for j, i in enumerate(rest):
@@ -93,4 +97,5 @@ def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -
         df[f"delta_{name}"] = df[name] - intact[name][0]
     df.attrs.update(intact={k: float(v[0]) for k, v in intact.items()}, n=runner.n)
     df.attrs.update(engine_fallbacks=dict(runner.fallbacks), engine_deviation=dict(runner.deviation))
+    df.attrs.update(served=dict(runner.served))
     return df

@@ -1,0 +1,354 @@
+"""The module-prefix engine: many lesions per pass on any model whose modules run in a fixed order.
+
+Transformers from Hugging Face rarely trace with ``torch.fx``, so this engine uses the model's own
+forward code instead of a graph. One intact pass per batch records the outputs of every module that
+*finishes before* the lesioned site starts (the embeddings, the earlier blocks, and inside the site's
+own block e.g. the attention and the MLP's input projection). Their outputs cannot depend on the
+lesion, so during the lesioned pass those modules are stubbed: they return the recorded output,
+repeated once per lesion, without computing. The model's own glue (residual adds, masks, rotary
+position tables) runs as written on a batch of ``k x batch`` examples, chunk ``i`` carrying lesion
+``i``, and every later module runs for real. For a single MLP neuron whose activation feeds the MLP's
+output projection directly, that projection is replaced by the exact rank-1 update of its intact
+output, ``(new_j - a_j) * W_out[:, j]`` at every position.
+
+Which outputs carry the batch axis is learnt, not guessed: a second intact pass on one example tells a
+batched output (its first axis follows the batch) from a shared one (rotary tables, masks). Every use
+is checked against the hook path on the sweep's own data by the caller (``lesion.core.fast``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lesion.core.batch import Batch, output_tensor
+from lesion.core.lesions import Applied, Lesion, replace_units
+from lesion.core.metric import Metric
+from lesion.core.sites import Site
+from lesion.engine.graph import Unsupported
+
+MAX_PASS_BYTES = 256 << 20  # the largest output of one lesioned pass (k x batch x ... floats)
+
+
+@dataclass
+class _Call:
+    start: int
+    end: int
+    calls: int
+
+
+class PrefixEngine:
+    """Evaluate many lesions per forward pass by stubbing the modules that finish before their site."""
+
+    def __init__(self, model: nn.Module, chunks: Callable[[], Iterable[Batch]], sites: Sequence[Site]):
+        self.model = model
+        self.sites = {s.name: s for s in sites}
+        self._batches = chunks
+        self.named = dict(model.named_modules())
+        self.order: dict[str, _Call] | None = None
+        self.batched: dict[str, list[bool]] = {}  # per stubbed module: which output leaves carry the batch
+        self.owner = threading.get_ident()
+
+    # ------------------------------------------------------------------------------------------ planning
+    def _record_order(self, batch: Batch) -> dict[str, _Call]:
+        counter = [0]
+        calls: dict[str, _Call] = {}
+        handles = []
+
+        def pre(name):
+            def fn(_m, _args):
+                c = calls.setdefault(name, _Call(counter[0], -1, 0))
+                c.calls += 1
+                counter[0] += 1
+
+            return fn
+
+        def post(name):
+            def fn(_m, _args, _out):
+                calls[name].end = counter[0]
+                counter[0] += 1
+
+            return fn
+
+        for name, m in self.named.items():
+            if name:
+                handles.append(m.register_forward_pre_hook(pre(name)))
+                handles.append(m.register_forward_hook(post(name)))
+        try:
+            batch.run(self.model)
+        finally:
+            for h in handles:
+                h.remove()
+        return calls
+
+    def stubs(self, site: Site) -> list[str]:
+        """The maximal modules that finish before ``site``'s module starts, each called once."""
+        assert self.order is not None
+        if site.target not in self.order or self.order[site.target].calls != 1:
+            raise Unsupported(f"site {site.name!r}: its module does not run exactly once per pass")
+        start = self.order[site.target].start
+        done = sorted(
+            (n for n, c in self.order.items() if c.calls == 1 and c.end < start), key=lambda n: n.count(".")
+        )
+        chosen: list[str] = []
+        for n in done:
+            if not any(n.startswith(p + ".") for p in chosen):
+                chosen.append(n)
+        return chosen
+
+    def rank1(self, site: Site) -> str | None:
+        """The output projection fed directly by ``site`` (a Linear or GPT-2 Conv1D), or None."""
+        return self._rank1.get(site.name)
+
+    def _plan(self, batch: Batch, sites: Sequence[Site]) -> None:
+        if self.order is None:
+            self.order = self._record_order(batch)
+            self._rank1 = self._find_rank1(batch, list(self.sites.values()))
+        names = {n for s in sites for n in self.stubs(s)} - set(self.batched)
+        if not names:
+            return
+        full, probe = self._capture(batch, names), self._capture(batch.slice(0, 1), names)
+        for n in names:
+            a, b = _leaves(full[n]), _leaves(probe[n])
+            # a batch of one cannot tell batched from shared: then every leading axis of 1 is repeated
+            self.batched[n] = [
+                isinstance(x, torch.Tensor) and x.ndim > 0 and x.shape[0] == len(batch)
+                and isinstance(y, torch.Tensor) and y.ndim > 0 and y.shape[0] == 1
+                for x, y in zip(a, b, strict=True)
+            ]  # fmt: skip
+
+    def _find_rank1(self, batch: Batch, sites: Sequence[Site]) -> dict[str, str]:
+        """Sites whose output tensor is itself the input of the next module: a Linear-like projection."""
+        seen: dict[str, int] = {}
+        inputs: dict[str, int] = {}
+        handles = []
+        plain = [s for s in sites if s.hook == "output" and s.group == 1 and not s.flat]
+        for s in plain:
+            handles.append(self.named[s.target].register_forward_hook(
+                lambda _m, _a, out, n=s.name: seen.__setitem__(n, id(out))
+            ))  # fmt: skip
+        for n, m in self.named.items():
+            if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D":
+                handles.append(m.register_forward_pre_hook(
+                    lambda _m, args, n=n: inputs.__setitem__(n, id(args[0])) if args else None
+                ))  # fmt: skip
+        try:
+            with torch.no_grad():
+                keep = batch.run(self.model)  # noqa: F841 -- outputs alive: ids stay unique
+                found = {}
+                for s in plain:
+                    after = self.order[s.target].end
+                    nxt = [n for n, c in self.order.items() if c.start > after and c.calls == 1]
+                    first = min(nxt, key=lambda n: self.order[n].start, default=None)
+                    if first is not None and inputs.get(first) == seen.get(s.name):
+                        found[s.name] = first
+        finally:
+            for h in handles:
+                h.remove()
+        return found
+
+    def _capture(self, batch: Batch, names: Iterable[str], extra: Sequence[str] = ()) -> dict:
+        got: dict[str, object] = {}
+        handles = [
+            self.named[n].register_forward_hook(lambda _m, _a, out, n=n: got.__setitem__(n, out))
+            for n in names
+        ]
+        for n in extra:  # a rank-1 projection: its intact input and output
+            handles.append(self.named[n].register_forward_hook(
+                lambda _m, a, out, n=n: got.__setitem__(n, (a[0], out))
+            ))  # fmt: skip
+        try:
+            got["__output__"] = batch.run(self.model)
+        finally:
+            for h in handles:
+                h.remove()
+        return got
+
+    # ------------------------------------------------------------------------------------------ passes
+    def evaluate(
+        self, groups: Sequence[tuple[Site, Sequence[Lesion]]], metric: Metric, *, offsets: Sequence[int],
+        progress=None,
+    ) -> None:  # fmt: skip
+        """Score each group's lesions (all of whose units start at its site) into ``metric``."""
+        for k, b in enumerate(self._batches()):
+            self._plan(b, [site for site, _ in groups])
+            stub_names = {n for site, _ in groups for n in self.stubs(site)}
+            proj = [p for site, _ in groups if (p := self.rank1(site)) is not None]
+            with torch.no_grad():
+                cache = self._capture(b, stub_names, proj)
+            intact = output_tensor(cache["__output__"]) if metric.needs_intact else None
+            for (site, lesions), offset in zip(groups, offsets, strict=True):
+                step = self._chunk(cache["__output__"], len(b), len(lesions))
+                for i in range(0, len(lesions), step):
+                    part = lesions[i : i + step]
+                    out = self._pass(b, k, site, part, cache)
+                    metric.update(
+                        out.reshape(len(part), len(b), *out.shape[1:]), b,
+                        slice(offset + i, offset + i + len(part)), intact=intact, fused=True,
+                    )  # fmt: skip
+                    if progress is not None and k == 0:
+                        progress(len(part))
+
+    def _chunk(self, out, n: int, lesions: int) -> int:
+        size = output_tensor(out).numel() * 4
+        return max(1, min(lesions, MAX_PASS_BYTES // max(1, size)))
+
+    def _pass(self, b: Batch, k: int, site: Site, lesions: Sequence[Lesion], cache: dict) -> torch.Tensor:
+        n = len(lesions)
+        big = b.map(lambda v: v.repeat(n, *[1] * (v.ndim - 1)))
+        state = Applied()
+        state.sites = dict(self.sites)
+        state.batch, state.batch_index = b, k
+        projection = self.rank1(site) if _single_constant(lesions, site) else None
+        with self._stubbed(site, n, cache):
+            if projection is not None:  # the site and its projection: intact output + rank-1 updates
+                with self._rank1_stub(projection, site, lesions, n, cache):
+                    out = output_tensor(big.run(self.model))
+            else:
+                with self._lesioned(lesions, state, n, len(b)):
+                    out = output_tensor(big.run(self.model))
+        if out.ndim == 0 or out.shape[0] != n * len(b):
+            raise Unsupported("the model's output has no batch axis of lesions x examples")
+        return out
+
+    @contextmanager
+    def _stubbed(self, site: Site, n: int, cache: dict):
+        """Stub the modules that finish before ``site``: their recorded output, repeated per lesion."""
+        names = self.stubs(site)
+        me = threading.get_ident()
+        saved = []
+        try:
+            for name in names:
+                module = self.named[name]
+                out = cache[name]
+                flags = self.batched[name]
+
+                def stub(*args, _out=out, _flags=flags, _m=module, **kwargs):
+                    if threading.get_ident() != me:  # another thread uses the model meanwhile: run it
+                        return type(_m).forward(_m, *args, **kwargs)
+                    return _rebuild(_out, _flags, n)
+
+                saved.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
+                module.forward = stub
+            yield
+        finally:
+            _restore(saved)
+
+    @contextmanager
+    def _lesioned(self, lesions: Sequence[Lesion], state: Applied, n: int, batch: int):
+        """Hooks at every lesioned site: chunk ``i`` of the ``n x batch`` activations gets lesion ``i``."""
+        layers = list(dict.fromkeys(layer for les in lesions for layer in les.units))
+        handles = []
+
+        def edit(site: Site):
+            mine = [(i, les) for i, les in enumerate(lesions) if site.name in les.units]
+
+            def apply(h: torch.Tensor) -> torch.Tensor:
+                chunks = list(h.unflatten(0, (n, batch)).unbind(0))
+                for i, les in mine:
+                    chunks[i] = replace_units(chunks[i], site, les.units, les.replacement, state)
+                return torch.stack(chunks).flatten(0, 1)
+
+            return apply
+
+        try:
+            for layer in layers:
+                site = self.sites[layer]
+                module = self.named[site.target]
+                fn = edit(site)
+                if site.hook == "input":
+                    handles.append(module.register_forward_pre_hook(lambda _m, a, fn=fn: (fn(a[0]), *a[1:])))
+                else:
+                    handles.append(module.register_forward_hook(lambda _m, _a, out, fn=fn: fn(out)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextmanager
+    def _rank1_stub(self, name: str, site: Site, lesions: Sequence[Lesion], n: int, cache: dict):
+        """Single neurons with constant replacements: the site returns its intact activity (nothing
+        downstream but the projection reads it) and the projection returns its intact output plus, for
+        lesion ``i`` deleting neuron ``j``, ``(c_j - a_j) * W[:, j]`` at every position."""
+        module, act = self.named[name], self.named[site.target]
+        x0, y0 = cache[name]  # the projection's intact input (= the site's activity) and output
+        units = torch.tensor([les.units[site.name][0] for les in lesions], device=x0.device)
+        fills = torch.stack([les.replacement.fill(site, les)[j] for les, j in zip(lesions, units.tolist(),
+                                                                                  strict=True)])  # fmt: skip
+        w = module.weight
+        cols = (w.T[units] if isinstance(module, nn.Linear) else w[units]).to(x0.dtype)  # (n, out)
+        old = x0.movedim(-1, 0)[units]  # (n, batch, ...): a_j of each lesion's neuron
+        shape = (n, *[1] * (old.ndim - 1))
+        delta = (fills.to(old).reshape(shape) - old).unsqueeze(-1) * cols.reshape(*shape, -1)
+        me = threading.get_ident()
+
+        def proj(x, *args, **kwargs):
+            if threading.get_ident() != me:
+                return type(module).forward(module, x, *args, **kwargs)
+            return (y0.unsqueeze(0) + delta).flatten(0, 1)
+
+        def site_out(*args, **kwargs):
+            if threading.get_ident() != me:
+                return type(act).forward(act, *args, **kwargs)
+            return x0
+
+        saved = [(m, "forward" in m.__dict__, m.__dict__.get("forward")) for m in (module, act)]
+        module.forward, act.forward = proj, site_out
+        try:
+            yield
+        finally:
+            _restore(saved)
+
+
+def _restore(saved) -> None:
+    for module, had, old in saved:
+        if had:
+            module.forward = old
+        else:
+            del module.forward
+
+
+def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
+    """Every lesion deletes one unit of ``site`` at every position with a constant replacement."""
+    for les in lesions:
+        idx = les.units.get(site.name)
+        if len(les.units) != 1 or idx is None or len(idx) != 1 or les.units.positional:
+            return False
+        if not les.replacement.constant or les.replacement.edit is not None:
+            return False
+    return True
+
+
+def _leaves(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [x for v in out.values() for x in _leaves(v)]
+    if isinstance(out, list | tuple):
+        return [x for v in out for x in _leaves(v)]
+    return [out]
+
+
+def _rebuild(out, flags: list[bool], n: int):
+    """``out`` with each batched tensor leaf repeated ``n`` times along its batch axis (fresh copies)."""
+    it = iter(flags)
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            return o.repeat(n, *[1] * (o.ndim - 1)) if next(it) else o.clone()
+        if isinstance(o, dict):
+            vals = {key: walk(v) for key, v in o.items()}
+            return type(o)(**vals) if type(o) is not dict else vals
+        if isinstance(o, tuple) and hasattr(o, "_fields"):
+            return type(o)(*[walk(v) for v in o])
+        if isinstance(o, list | tuple):
+            return type(o)(walk(v) for v in o)
+        next(it)
+        return o
+
+    return walk(out)

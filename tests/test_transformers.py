@@ -1,0 +1,287 @@
+"""Transformers: MLP neurons and attention heads of HF GPT-2, Llama (grouped-query attention), BERT and
+ViT classifiers and a plain-torch GPT, swept on the fast path and checked against an independent
+implementation written here (hooks that edit the site by hand, one full forward pass per lesion)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lesion
+from lesion import Lesion
+from lesion.core.sites import find_sites
+
+tf = pytest.importorskip("transformers")
+
+N, T, V = 12, 9, 40  # examples, positions, vocabulary
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention written the plain way (heads visible through n_head, head_dim)."""
+
+    def __init__(self, d: int, n_head: int):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, d // n_head
+        self.qkv = nn.Linear(d, 3 * d)
+        self.c_proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, -1)
+        q, k, v = (z.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, n_head: int):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(d), Attention(d, n_head), nn.LayerNorm(d)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(d, 4 * d))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("c_proj", nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, d: int = 32, n_head: int = 4, layers: int = 2):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(V, d), nn.Embedding(T, d)
+        self.h = nn.ModuleList(Block(d, n_head) for _ in range(layers))
+        self.ln_f, self.lm_head = nn.LayerNorm(d), nn.Linear(d, V, bias=False)
+
+    def forward(self, input_ids):
+        x = self.wte(input_ids) + self.wpe(torch.arange(input_ids.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def _models():
+    g = dict(vocab_size=V, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return {
+        "gpt2": (
+            lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=T, **g)),
+            "transformer.h.{}.mlp.act",
+            "transformer.h.{}.attn",
+            "transformer.h.{}.attn.c_proj",
+            "lm",
+        ),
+        "llama-gqa": (
+            lambda: tf.LlamaForCausalLM(
+                tf.LlamaConfig(
+                    num_hidden_layers=2,
+                    hidden_size=32,
+                    intermediate_size=48,
+                    num_attention_heads=4,
+                    num_key_value_heads=2,
+                    max_position_embeddings=T,
+                    **g,
+                )
+            ),
+            "model.layers.{}.mlp.act_fn",
+            "model.layers.{}.self_attn",
+            "model.layers.{}.self_attn.o_proj",
+            "lm",
+        ),  # fmt: skip
+        "bert": (
+            lambda: tf.BertForSequenceClassification(
+                tf.BertConfig(
+                    num_hidden_layers=2,
+                    hidden_size=32,
+                    intermediate_size=48,
+                    num_attention_heads=4,
+                    num_labels=3,
+                    max_position_embeddings=T,
+                    **g,
+                )
+            ),
+            "bert.encoder.layer.{}.intermediate.intermediate_act_fn",
+            "bert.encoder.layer.{}.attention",
+            "bert.encoder.layer.{}.attention.output.dense",
+            "cls",
+        ),  # fmt: skip
+        "vit": (
+            lambda: tf.ViTForImageClassification(
+                tf.ViTConfig(
+                    num_hidden_layers=2,
+                    hidden_size=32,
+                    intermediate_size=48,
+                    num_attention_heads=4,
+                    image_size=8,
+                    patch_size=4,
+                    num_channels=1,
+                    num_labels=3,
+                )
+            ),
+            "vit.layers.{}.mlp.activation_fn",
+            "vit.layers.{}.attention",
+            "vit.layers.{}.attention.o_proj",
+            "img",
+        ),  # fmt: skip
+        "plain": (TinyGPT, "h.{}.mlp.act", "h.{}.attn", "h.{}.attn.c_proj", "lm"),
+    }
+
+
+MODELS = _models()
+
+
+def _data(kind: str):
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (N,), generator=g)
+    if kind == "img":
+        x = torch.randn(N, 1, 8, 8, generator=g)
+        return [(x[:7], y[:7]), (x[7:], y[7:])]
+    ids = torch.randint(1, V, (N, T), generator=g)
+    if kind == "cls":
+        return [({"input_ids": ids[:7]}, y[:7]), ({"input_ids": ids[7:]}, y[7:])]
+    return [{"input_ids": ids[:7]}, {"input_ids": ids[7:]}]
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def case(request):
+    make, act, attn, proj, kind = MODELS[request.param]
+    torch.manual_seed(0)
+    model = make().eval()
+    return request.param, model, _data(kind), act, attn, proj, kind
+
+
+# ----------------------------------------------------------------------------- the independent reference
+def _run(model, item):
+    x = item[0] if isinstance(item, tuple) else item
+    out = model(**x) if isinstance(x, dict) else model(x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def _loss(model, data, kind) -> float:
+    """Mean next-token cross-entropy over every position, or mean cross-entropy over examples."""
+    total, count = 0.0, 0
+    for item in data:
+        with torch.no_grad():
+            logits = _run(model, item)
+        if kind == "lm":
+            ids = item["input_ids"]
+            ce = F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1), reduction="sum")
+            total, count = total + float(ce), count + ids[:, 1:].numel()
+        else:
+            total += float(F.cross_entropy(logits, item[1], reduction="sum"))
+            count += len(item[1])
+    return total / count
+
+
+def _channels(model, data, module: str, head: bool) -> torch.Tensor:
+    """Every example's activity at a site (the module's output, or the projection's input for heads)."""
+    m, got = dict(model.named_modules())[module], []
+    h = (m.register_forward_pre_hook(lambda _m, a: got.append(a[0].detach())) if head
+         else m.register_forward_hook(lambda _m, _a, o: got.append(o.detach())))  # fmt: skip
+    with torch.no_grad():
+        for item in data:
+            _run(model, item)
+    h.remove()
+    return torch.cat(got)
+
+
+def _by_hand(model, data, kind, module, head, channels, value, positions=None) -> float:
+    """The loss with ``channels`` of ``module`` replaced by ``value(acts, ids)`` (one pass per batch)."""
+    m, state = dict(model.named_modules())[module], {"start": 0}
+
+    def edit(a):
+        a = a.clone()
+        ids = torch.arange(state["start"], state["start"] + a.shape[0])
+        new = value(a, ids)[..., channels]
+        pos = slice(None) if positions is None else positions
+        a[:, pos, ..., channels] = new[:, pos] if new.ndim == a.ndim else new
+        return a
+
+    h = (m.register_forward_pre_hook(lambda _m, a: (edit(a[0]),)) if head
+         else m.register_forward_hook(lambda _m, _a, o: edit(o)))  # fmt: skip
+    try:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for item in data:
+                size = len(item["input_ids"]) if isinstance(item, dict) else len(item[1])
+                n = size * (T - 1) if kind == "lm" else size
+                total += _loss(model, [item], kind) * n
+                count += n
+                state["start"] += size
+    finally:
+        h.remove()
+    return total / count
+
+
+def _values(how: str, acts: torch.Tensor, seed: int = 5):
+    if how == "zero":
+        return lambda a, ids: torch.zeros_like(a)
+    if how == "mean":
+        return lambda a, ids: acts.reshape(-1, acts.shape[-1]).double().mean(0).float().expand_as(a)
+    if how == "positional":
+        return lambda a, ids: acts.double().mean(0).float()[None].expand_as(a)
+    perm = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))
+    return lambda a, ids: acts[perm[ids]]
+
+
+REPLACEMENTS = {
+    "zero": lesion.Zero(), "mean": lesion.Mean(), "positional": lesion.PositionalMean(),
+    "resample": lesion.Resample(seed=5),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", list(REPLACEMENTS))
+def test_sweeps_of_neurons_and_heads_equal_a_hand_written_reference(case, how):
+    name, model, data, act, attn, proj, kind = case
+    metric = lesion.NextTokenLoss() if kind == "lm" else lesion.Classification()
+    last = 1
+    hd = 8
+    lesions = {  # (lesion, module, head view, channels, positions)
+        f"{act.format(0)}:3": (act.format(0), False, [3], None),
+        f"{act.format(0)}:7": (act.format(0), False, [7], None),
+        f"{act.format(last)}:0": (act.format(last), False, [0], None),
+        f"{act.format(last)}:2-5": (act.format(last), False, [2, 3, 4, 5], None),
+        f"{attn.format(0)}:head1": (proj.format(0), True, list(range(hd, 2 * hd)), None),
+        f"{attn.format(last)}:3": (proj.format(last), True, list(range(3 * hd, 4 * hd)), None),
+        f"{attn.format(0)}:0,2": (proj.format(0), True, [*range(hd), *range(2 * hd, 3 * hd)], None),
+    }
+    if kind == "lm":
+        lesions[f"{act.format(0)}:4@-1"] = (act.format(0), False, [4], -1)
+        lesions[f"{attn.format(last)}:1@0"] = (proj.format(last), True, list(range(hd, 2 * hd)), 0)
+    r = REPLACEMENTS[how]
+    df = lesion.sweep(model, data, [Lesion(u, r) for u in lesions], metric, batch_size=7)
+    assert not [k for k in df.attrs["engine_fallbacks"] if k.startswith("prefix:")], df.attrs
+    assert df.attrs["served"]["prefix"] == len(lesions)  # every lesion on the fast path (checked)
+    for (u, (module, head, chans, pos)), got in zip(lesions.items(), df.loss, strict=True):
+        acts = _channels(model, data, module, head)
+        want = _by_hand(model, data, kind, module, head, chans, _values(how, acts), pos)
+        assert got == pytest.approx(want, abs=1e-5), (name, how, u)
+    intact = _loss(model, data, kind)
+    assert df.attrs["intact"]["loss"] == pytest.approx(intact, abs=1e-6)
+    assert (df.delta_loss.abs() > 1e-7).any()  # the lesions change something
+
+
+def test_cumulative_curves_equal_the_reference(case):
+    name, model, data, act, attn, proj, kind = case
+    metric = lesion.NextTokenLoss() if kind == "lm" else lesion.Classification()
+    order = [f"{act.format(1)}:{j}" for j in (5, 1, 9, 0, 3, 7)]
+    heads = [f"{attn.format(0)}:{h}" for h in (2, 0, 3)]
+    curves = lesion.ablation_curves(model, data, orders={"n": order, "h": heads}, metric=metric,
+                                    batch_size=7)  # fmt: skip
+    assert not [k for k in curves.attrs.get("engine_fallbacks", {}) if k.startswith("prefix:")]
+    zero = _values("zero", None)
+    for _, row in curves.iterrows():
+        k = int(row.n_ablated)
+        if row.order == "n":
+            chans = [int(u.split(":")[1]) for u in order[:k]]
+            want = _by_hand(model, data, kind, act.format(1), False, chans, zero)
+        else:
+            chans = [
+                c for u in heads[:k] for c in range(int(u.split(":")[1]) * 8, int(u.split(":")[1]) * 8 + 8)
+            ]
+            want = _by_hand(model, data, kind, proj.format(0), True, chans, zero)
+        assert row.loss == pytest.approx(want, abs=1e-5), (name, row.order, k)
