@@ -4,8 +4,6 @@ implementation written here (hooks that edit the site by hand, one full forward 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +11,6 @@ from torch import nn
 
 import lesion
 from lesion import Lesion
-from lesion.core.sites import find_sites
 
 tf = pytest.importorskip("transformers")
 
@@ -65,70 +62,65 @@ class TinyGPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-def _models():
-    g = dict(vocab_size=V, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+def _gpt2():
+    g = dict(vocab_size=V, bos_token_id=0, eos_token_id=0)
+    return tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=T, **g))
+
+
+def _llama():  # grouped-query attention: 4 query heads share 2 key/value heads
+    g = dict(vocab_size=V, bos_token_id=0, eos_token_id=0, pad_token_id=0, max_position_embeddings=T)
+    config = tf.LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **g,
+    )
+    return tf.LlamaForCausalLM(config)
+
+
+def _bert():
+    config = tf.BertConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_labels=3,
+        vocab_size=V,
+        max_position_embeddings=T,
+        pad_token_id=0,
+    )
+    return tf.BertForSequenceClassification(config)
+
+
+def _vit():
+    config = tf.ViTConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        num_labels=3,
+    )
+    return tf.ViTForImageClassification(config)
+
+
+def _models():  # name: (constructor, MLP activation, head site, output projection, data kind)
+    bert = "bert.encoder.layer.{}"
     return {
-        "gpt2": (
-            lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=T, **g)),
-            "transformer.h.{}.mlp.act",
-            "transformer.h.{}.attn",
-            "transformer.h.{}.attn.c_proj",
-            "lm",
-        ),
-        "llama-gqa": (
-            lambda: tf.LlamaForCausalLM(
-                tf.LlamaConfig(
-                    num_hidden_layers=2,
-                    hidden_size=32,
-                    intermediate_size=48,
-                    num_attention_heads=4,
-                    num_key_value_heads=2,
-                    max_position_embeddings=T,
-                    **g,
-                )
-            ),
-            "model.layers.{}.mlp.act_fn",
-            "model.layers.{}.self_attn",
-            "model.layers.{}.self_attn.o_proj",
-            "lm",
-        ),  # fmt: skip
-        "bert": (
-            lambda: tf.BertForSequenceClassification(
-                tf.BertConfig(
-                    num_hidden_layers=2,
-                    hidden_size=32,
-                    intermediate_size=48,
-                    num_attention_heads=4,
-                    num_labels=3,
-                    max_position_embeddings=T,
-                    **g,
-                )
-            ),
-            "bert.encoder.layer.{}.intermediate.intermediate_act_fn",
-            "bert.encoder.layer.{}.attention",
-            "bert.encoder.layer.{}.attention.output.dense",
-            "cls",
-        ),  # fmt: skip
-        "vit": (
-            lambda: tf.ViTForImageClassification(
-                tf.ViTConfig(
-                    num_hidden_layers=2,
-                    hidden_size=32,
-                    intermediate_size=48,
-                    num_attention_heads=4,
-                    image_size=8,
-                    patch_size=4,
-                    num_channels=1,
-                    num_labels=3,
-                )
-            ),
-            "vit.layers.{}.mlp.activation_fn",
-            "vit.layers.{}.attention",
-            "vit.layers.{}.attention.o_proj",
-            "img",
-        ),  # fmt: skip
+        "gpt2": (_gpt2, "transformer.h.{}.mlp.act", "transformer.h.{}.attn",
+                 "transformer.h.{}.attn.c_proj", "lm"),
+        "llama-gqa": (_llama, "model.layers.{}.mlp.act_fn", "model.layers.{}.self_attn",
+                      "model.layers.{}.self_attn.o_proj", "lm"),
+        "bert": (_bert, bert + ".intermediate.intermediate_act_fn", bert + ".attention",
+                 bert + ".attention.output.dense", "cls"),
+        "vit": (_vit, "vit.layers.{}.mlp.activation_fn", "vit.layers.{}.attention",
+                "vit.layers.{}.attention.o_proj", "img"),
         "plain": (TinyGPT, "h.{}.mlp.act", "h.{}.attn", "h.{}.attn.c_proj", "lm"),
-    }
+    }  # fmt: skip
 
 
 MODELS = _models()

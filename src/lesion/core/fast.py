@@ -141,9 +141,8 @@ def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
         return False
     from lesion.engine.sweeps import _plain
 
-    if runner.engine() is not None and all(_plain(runner.sites[n]) for n in lesion.units):
-        return False  # the graph engine (or the slow path, as before) serves channel sites of traced models
-    return True
+    # the graph engine (or the slow path, as before) serves channel sites of traced models
+    return runner.engine() is None or not all(_plain(runner.sites[n]) for n in lesion.units)
 
 
 def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Iterator[tuple[list[int], dict]]:
