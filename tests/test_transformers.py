@@ -277,3 +277,125 @@ def test_cumulative_curves_equal_the_reference(case):
             ]
             want = _by_hand(model, data, kind, proj.format(0), True, chans, zero)
         assert row.loss == pytest.approx(want, abs=1e-5), (name, row.order, k)
+
+
+# ----------------------------------------------------------------------------- a peer: TransformerLens
+def _bridge():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pytest.importorskip("transformer_lens")
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformer_lens.model_bridge.sources import native  # noqa: F401 -- registers boot_native
+
+        config = {"n_layers": 2, "d_model": 32, "n_ctx": T, "d_head": 8, "n_heads": 4, "d_vocab": V,
+                  "act_fn": "gelu", "d_mlp": 64, "normalization_type": "LN", "seed": 0}  # fmt: skip
+        return TransformerBridge.boot_native(config).eval()
+
+
+def test_neuron_and_head_ablation_equal_transformer_lens_run_with_hooks():
+    """TransformerLens 4 (HookedTransformer's successor, TransformerBridge, built from a config) ablates
+    with its own hooks; lesion addresses the same units by TransformerLens's hook names."""
+    bridge = _bridge()
+    ids = torch.randint(0, V, (6, T), generator=torch.Generator().manual_seed(3))
+
+    def tl_loss(name, edit):
+        def hook(t, hook):
+            t = t.clone()
+            edit(t)
+            return t
+
+        with torch.no_grad():
+            logits = bridge.run_with_hooks(ids, fwd_hooks=[(name, hook)])
+        return float(F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1)))
+
+    def at(i):
+        def edit(t):
+            t[..., i] = 0
+
+        return edit
+
+    def head(h):
+        def edit(t):
+            t[:, :, h] = 0  # hook_z: (batch, position, head, d_head)
+
+        return edit
+
+    units = ["blocks.0.mlp.hook_post:5", "blocks.1.mlp.hook_post:7", "blocks.0.attn:2", "blocks.1.attn:head0"]
+    df = lesion.sweep(bridge, [ids], units, lesion.NextTokenLoss())
+    want = [
+        tl_loss("blocks.0.mlp.hook_post", at(5)), tl_loss("blocks.1.mlp.hook_post", at(7)),
+        tl_loss("blocks.0.attn.hook_z", head(2)), tl_loss("blocks.1.attn.hook_z", head(0)),
+    ]  # fmt: skip
+    assert df.loss.tolist() == pytest.approx(want, abs=1e-5)
+    assert df.attrs["served"]["prefix"] == 4
+    sites = lesion.find_sites(bridge, ids)  # by default: every MLP's hook_post and every head view
+    assert [s.name for s in sites] == ["blocks.0.attn", "blocks.0.mlp.hook_post", "blocks.1.attn",
+                                       "blocks.1.mlp.hook_post"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- computed on paper
+def test_one_layer_attention_only_toy_head_effects_computed_on_paper():
+    """Tokens a=0, b=1, c=2 embed one-hot in a 4-d residual stream; no norms, no MLP. Queries and keys
+    are zero, so each head attends uniformly to the positions so far. Head 0 reads 'is a' into its
+    first channel, head 1 reads 'is b'; the output projection writes 2 x head 0 and -1 x head 1 into
+    the 'c' direction; the unembedding reads the first three directions. At the last position of
+    'a a b', head 0 contributes 2 x 2/3 and head 1 -1 x 1/3 to logit c; of 'b b b', 0 and -1. Logit a is
+    0 at both. So the logit difference c - a is 1 and -1 (mean 0); without head 0: -1/3 and -1
+    (mean -2/3); without head 1: 4/3 and 0 (mean 2/3)."""
+    model = TinyGPT(d=4, n_head=2, layers=1)
+    model.h[0].mlp = nn.Identity()  # attention only: the block adds ln_2 -> identity, undo it below
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.wte.weight[:3, :3] = torch.eye(3)
+        model.h[0].ln_1 = nn.Identity()
+        model.ln_f = nn.Identity()
+        qkv = model.h[0].attn.qkv.weight  # rows: q (0-3), k (4-7), v (8-11); head h owns v rows 8+2h, 9+2h
+        qkv[8, 0] = 1.0  # head 0, channel 0 <- 'is a'
+        qkv[10, 1] = 1.0  # head 1, channel 0 (input channel 2) <- 'is b'
+        model.h[0].attn.c_proj.weight[2, 0] = 2.0
+        model.h[0].attn.c_proj.weight[2, 2] = -1.0
+        model.lm_head.weight[:3, :3] = torch.eye(3)
+    model.h[0].forward = lambda x, b=model.h[0]: x + b.attn(x)  # attention-only block
+    ids = torch.tensor([[0, 0, 1], [1, 1, 1]])
+    wpe = model.wpe
+    model.wpe = nn.Embedding(T, 4).requires_grad_(False)
+    model.wpe.weight.zero_()
+    del wpe
+    df = lesion.sweep(model, [ids], ["h.0.attn:0", "h.0.attn:1", "h.0.attn:0-1"], lesion.LogitDiff(2, 0))
+    assert df.attrs["intact"]["logit_diff"] == pytest.approx(0.0, abs=1e-6)
+    assert df.delta_logit_diff.tolist() == pytest.approx([-2 / 3, 2 / 3, 0.0], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_heads_and_positions_out_of_range_are_clear_errors():
+    model = _gpt2().eval()
+    ids = torch.randint(0, V, (2, T))
+    with pytest.raises(lesion.UnitError, match=r"transformer.h.0.attn.*0\.\.3 \(4 units\)"):
+        lesion.sweep(model, [ids], ["transformer.h.0.attn:head4"], lesion.NextTokenLoss())
+    with pytest.raises(lesion.UnitError, match="position 9 is beyond the sequence of 9 positions"):
+        lesion.sweep(model, [ids], ["transformer.h.0.mlp.act:3@9"], lesion.NextTokenLoss())
+    with (
+        pytest.raises(lesion.UnitError, match="position -10 is beyond"),
+        lesion.ablate(model, "transformer.h.1.attn:2@-10"),
+    ):
+        model(ids)
+    with pytest.raises(lesion.UnitError, match="cannot parse"):
+        lesion.Lesion("transformer.h.0.attn:headx")
+
+
+def test_rank1_shortcut_serves_single_gpt2_neurons_and_not_llama_gated_ones():
+    from lesion.core.batch import as_batch
+    from lesion.engine.prefix import PrefixEngine
+
+    for make, site, want in ((_gpt2, "transformer.h.1.mlp.act", "transformer.h.1.mlp.c_proj"),
+                             (TinyGPT, "h.1.mlp.act", "h.1.mlp.c_proj"),
+                             (_llama, "model.layers.1.mlp.act_fn", None)):  # fmt: skip
+        model = make().eval()
+        b = as_batch(torch.randint(1, V, (3, T)))
+        sites = lesion.find_sites(model, b)
+        eng = PrefixEngine(model, lambda b=b: iter([b]), sites)
+        eng._plan(b, sites)
+        assert eng.rank1(eng.sites[site]) == want  # Llama: act(gate) * up feeds down_proj, not act alone

@@ -209,8 +209,9 @@ def apply(
     """Hook ``lesions`` into ``model`` (one hook per lesioned module); the sweep's building block."""
     named = dict(model.named_modules())
     layers = list(dict.fromkeys(layer for les in lesions for layer in les.units))
+    known = set(state.sites or ()) | set(getattr(model, "hook_dict", None) or ())
     for name in layers:
-        if name not in named or not name:
+        if (name not in named or not name) and name not in known and f"{name}.hook_z" not in known:
             from lesion.core.units import unknown_layer
 
             widths = state.sites or {}

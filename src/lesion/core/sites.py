@@ -115,6 +115,12 @@ def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = N
     records = _dry_run(model, example)
     named = dict(model.named_modules())
     heads = head_views(model, records)
+    aliases = hook_aliases(model)
+    if layers is None and aliases:  # TransformerLens: every MLP's hook_post, and the heads
+        posts = [a for a in aliases if a.endswith(".mlp.hook_post") and aliases[a] in records]
+        sites = [_make_site(aliases[a], records[aliases[a]], named, records, a) for a in posts]
+        if sites or heads:
+            return sorted(sites + list(heads.values()), key=lambda s: s.order)
     if layers is None or layers == "all":
         names = [
             n for n, r in records.items()
@@ -136,8 +142,12 @@ def find_sites(model: nn.Module, example, layers: Sequence[str] | str | None = N
         sites = [_make_site(n, records[n], named, records) for n in names] + list(heads.values())
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
-        _check_requested([n for n in names if n not in heads], records, named)
-        sites = [heads[n] if n in heads else _make_site(n, records[n], named, records) for n in names]
+        real = {n: aliases.get(n, n) for n in names if n not in heads}
+        _check_requested(list(real.values()), records, named)
+        sites = [
+            heads[n] if n in heads else _make_site(real[n], records[real[n]], named, records, n)
+            for n in names
+        ]
     return sorted(sites, key=lambda s: s.order)
 
 
@@ -160,9 +170,20 @@ def head_views(model: nn.Module, records: dict[str, dict]) -> dict[str, Site]:
     """
     named = dict(model.named_modules())
     views: dict[str, Site] = {}
+    for alias, z in hook_aliases(model).items():  # TransformerLens: z is (batch, t, heads, head_dim)
+        r = records.get(z)
+        if not (alias.endswith(".attn.hook_z") and r and r["calls"] == 1 and r["ndim"] in (3, 4)):
+            continue
+        name = alias.removesuffix(".hook_z")
+        if r["ndim"] == 4:
+            t, n, d = r["shape"][1:]
+            views[name] = Site(name, "heads (hook_z)", 2, n, (t, n * d), r["order"], d, "output", z, 1)
+        elif (n := _int_attr(model, HEAD_COUNT)) and r["shape"][-1] % n == 0:  # z kept flat: (b, t, n*d)
+            t, c = r["shape"][1:]
+            views[name] = Site(name, "heads (hook_z)", 2, n, (t, c), r["order"], c // n, "output", z)
     for name, m in named.items():
         hd = _int_attr(m, HEAD_DIM)
-        if not name or hd is None:
+        if not name or hd is None or name in views:
             continue
         cfg = getattr(m, "cfg", None)
         z = f"{name}.hook_z"
@@ -313,10 +334,21 @@ def _check_requested(names, records, named) -> None:
             raise SiteError(f"site {n!r} outputs shape {r['shape']}; expected (batch, units, ...)")
 
 
-def _make_site(name: str, rec: dict, named: dict[str, nn.Module], records: dict) -> Site:
+def _make_site(name: str, rec: dict, named: dict[str, nn.Module], records: dict, alias: str = "") -> Site:
     dim = _unit_dim(named[name], rec, named, records)
     shape = rec["shape"]
+    if alias and alias != name:  # a TransformerLens hook name: the site is named by it
+        return Site(alias, rec["module"], dim, shape[dim], tuple(shape[1:]), rec["order"], module=name)
     return Site(name, rec["module"], dim, shape[dim], tuple(shape[1:]), rec["order"])
+
+
+def hook_aliases(model: nn.Module) -> dict[str, str]:
+    """TransformerLens hook names (``blocks.0.mlp.hook_post``) -> the module names of their HookPoints."""
+    hook_dict = getattr(model, "hook_dict", None)
+    if not isinstance(hook_dict, dict):
+        return {}
+    ids = {id(m): n for n, m in model.named_modules()}
+    return {k: ids[id(m)] for k, m in hook_dict.items() if isinstance(k, str) and id(m) in ids}
 
 
 def _unit_dim(module: nn.Module, rec: dict, named, records) -> int:
