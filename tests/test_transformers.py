@@ -399,3 +399,21 @@ def test_rank1_shortcut_serves_single_gpt2_neurons_and_not_llama_gated_ones():
         eng = PrefixEngine(model, lambda b=b: iter([b]), sites)
         eng._plan(b, sites)
         assert eng.rank1(eng.sites[site]) == want  # Llama: act(gate) * up feeds down_proj, not act alone
+
+
+def test_patch_and_optimal_on_heads():
+    """Patch: head 2 takes its activity on the paired corrupted input (two passes by hand); Optimal: a
+    head's fitted constant (a head_dim vector) is never worse than zero or the mean on its data."""
+    model = _llama().eval()
+    g = torch.Generator().manual_seed(4)
+    clean, corrupt = torch.randint(1, V, (6, T), generator=g), torch.randint(1, V, (6, T), generator=g)
+    site, proj = "model.layers.1.self_attn", "model.layers.1.self_attn.o_proj"
+    df = lesion.sweep(model, [clean], [Lesion(f"{site}:2", lesion.Patch([corrupt]))], lesion.NextTokenLoss())
+    src = _channels(model, [{"input_ids": corrupt}], proj, True)
+    want = _by_hand(model, [{"input_ids": clean}], "lm", proj, True, list(range(16, 24)),
+                    lambda a, ids: src[ids])  # fmt: skip
+    assert df.loss[0] == pytest.approx(want, abs=1e-5)
+    reps = [lesion.Zero(), lesion.Mean(), lesion.Optimal(steps=30)]
+    got = lesion.sweep(model, [clean], [Lesion(f"{site}:{h}", r) for r in reps for h in range(4)],
+                       lesion.NextTokenLoss()).loss.to_numpy().reshape(3, 4)  # fmt: skip
+    assert (got[2] <= got[:2].min(0) + 1e-4).all()
