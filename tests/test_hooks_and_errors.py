@@ -29,9 +29,12 @@ def weights_hash(model):
 def test_no_hook_survives_success_exception_or_nesting():
     model, (x, y) = ToyMLP(), toy_data()
     before, intact = weights_hash(model), model(x).detach()
-    with lesion.ablate(model, "act:1"):  # the site's hook and a root pre-hook that finds the site
+    with lesion.ablate(model, "act:1"):  # a root pre-hook finds the site on the first pass, then hooks it
+        assert n_hooks(model) == 1
+        model(x)
         assert n_hooks(model) == 2
         with lesion.ablate(model, "act:2"), lesion.ablate(model, "fc:0"):
+            model(x)
             assert n_hooks(model) == 6
         assert n_hooks(model) == 2
     assert n_hooks(model) == 0

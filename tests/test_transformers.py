@@ -264,7 +264,8 @@ def test_cumulative_curves_equal_the_reference(case):
     heads = [f"{attn.format(0)}:{h}" for h in (2, 0, 3)]
     curves = lesion.ablation_curves(model, data, orders={"n": order, "h": heads}, metric=metric,
                                     batch_size=7)  # fmt: skip
-    assert not [k for k in curves.attrs.get("engine_fallbacks", {}) if k.startswith("prefix:")]
+    assert not [k for k in curves.attrs["engine_fallbacks"] if k.startswith("prefix:")]
+    assert curves.attrs["served"]["prefix"] == len(order) + len(heads)  # every count but 0 on the engine
     zero = _values("zero", None)
     for _, row in curves.iterrows():
         k = int(row.n_ablated)

@@ -87,6 +87,7 @@ def unit_table(
     table = _table(todo, stats, runner, values)
     table.attrs["engine_fallbacks"] = dict(runner.fallbacks)
     table.attrs["engine_deviation"] = dict(runner.deviation)
+    table.attrs["served"] = dict(runner.served)
     return table
 
 
@@ -270,6 +271,7 @@ def ablation_curves(
     )
     curves.attrs["engine_fallbacks"] = dict(runner.fallbacks)
     curves.attrs["engine_deviation"] = dict(runner.deviation)
+    curves.attrs["served"] = dict(runner.served)
     return curves
 
 
