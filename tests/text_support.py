@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 VOCAB, SEQ = 24, 12
@@ -23,7 +24,7 @@ def pattern(n: int, seed: int, seq: int = SEQ) -> torch.Tensor:
 @functools.cache
 def tiny_gpt(steps: int = 150) -> torch.nn.Module:
     """GPT-2: 2 blocks, 4 heads of 8 dims, 64 MLP neurons, trained ``steps`` AdamW steps (a few seconds)."""
-    transformers = __import__("pytest").importorskip("transformers")
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         n_layer=2, n_embd=32, n_head=4, n_inner=64, vocab_size=VOCAB, n_positions=16, bos_token_id=0,
@@ -39,3 +40,10 @@ def tiny_gpt(steps: int = 150) -> torch.nn.Module:
         loss.backward()
         opt.step()
     return model.eval()
+
+
+class ToyTokenizer:
+    """Token strings ``t0``, ``t1``... for ids, as a Hugging Face tokenizer's convert_ids_to_tokens gives."""
+
+    def convert_ids_to_tokens(self, ids):
+        return [f"t{i}" for i in ids]

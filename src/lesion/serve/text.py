@@ -9,6 +9,7 @@ can colour each token by how much the deletion hurt it. The model is never chang
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 from collections import OrderedDict
@@ -87,7 +88,7 @@ def token_losses(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Embedding(5, 5))
     >>> total, per = token_losses(net, torch.tensor([[0, 1, 2]]))
-    >>> per.shape, abs(per.mean() - total["loss"]) < 1e-6
+    >>> per.shape, bool(abs(per.mean() - total["loss"]) < 1e-6)
     ((1, 2), True)
     """
     metric = NextTokenLoss()
@@ -97,7 +98,7 @@ def token_losses(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64
     with torch.no_grad(), eval_mode(model):
         for i in range(0, len(tokens), batch_size):
             ids = tokens[i : i + batch_size].to(device)
-            batch = as_batch({"input_ids": ids}, start=i)
+            batch = as_batch(model_input(model, ids), start=i)
             logits = output_tensor(batch.run(model))  # (b, seq, vocab)
             metric.update(logits[None], batch, slice(0, 1))
             ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
@@ -131,7 +132,9 @@ class TextExplorer:
         self.model, self.name, self.dataset, self.batch_size = model, name, dataset, batch_size
         self.tokens = check_tokens(model, tokens)
         self.answer = None if answer is None else (int(answer[0]), int(answer[1]))
-        self.sites = list(sites) if sites is not None else find_sites(model, {"input_ids": self.tokens[:2]})
+        self.sites = (
+            list(sites) if sites is not None else find_sites(model, model_input(model, self.tokens[:2]))
+        )
         if not self.sites:
             raise DataError("the model has no sites (attention heads or MLP activations) to lesion")
         self.blocks = blocks_of(self.sites)
@@ -175,7 +178,7 @@ class TextExplorer:
             return 0.0
         if self._mean is None:  # every site's means, measured once on the evaluation text
             sites = {s.name: s for s in self.sites}
-            self._mean = Mean().fit(self.model, {"input_ids": self.tokens}, sites, [])
+            self._mean = Mean().fit(self.model, model_input(self.model, self.tokens), sites, [])
         return self._mean
 
     def _measure(self, lesion: Lesion | None) -> TextResult:
@@ -190,13 +193,23 @@ class TextExplorer:
         metric.reset(1)
         with torch.no_grad(), eval_mode(self.model):
             for i in range(0, len(self.tokens), self.batch_size):
-                batch = as_batch({"input_ids": self.tokens[i : i + self.batch_size]}, start=i)
+                batch = as_batch(model_input(self.model, self.tokens[i : i + self.batch_size]), start=i)
                 metric.update(output_tensor(batch.run(self.model))[None], batch, slice(0, 1))
         return float(metric.compute()["logit_diff"][0])
 
     def shown(self) -> int:
         """How many sequences the page shows (all, unless they hold more than ``MAX_SHOWN`` tokens)."""
         return max(1, min(len(self.tokens), MAX_SHOWN // self.tokens.shape[1]))
+
+
+def model_input(model: nn.Module, ids: torch.Tensor):
+    """How the model takes token ids: ``{"input_ids": ids}`` where its forward names that argument (Hugging
+    Face), else the tensor itself (a plain-torch model's first positional input)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return ids
+    return {"input_ids": ids} if "input_ids" in params else ids
 
 
 def check_tokens(model: nn.Module, tokens) -> torch.Tensor:
@@ -273,5 +286,5 @@ def explorer_for_text(
     ``layers`` limits the sites (default: every attention head view and MLP activation).
     """
     t = check_tokens(model, tokens)
-    sites = find_sites(model, {"input_ids": t[:2]}, list(layers) if layers else None)
+    sites = find_sites(model, model_input(model, t[:2]), list(layers) if layers else None)
     return TextExplorer(model, t, tokenizer=tokenizer, sites=sites, answer=answer, name=name, dataset=dataset)
