@@ -4,7 +4,9 @@ ablation; bad units and bad text are clear errors; the model is never changed.""
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +266,68 @@ def test_the_page_and_docs_are_served(client):
     assert client.get("/static/text.js").status_code == 200
     schema = client.get("/openapi.json").json()
     assert "/api/evaluate" in schema["paths"] and "attention" in schema["info"]["description"]
+
+
+def fake_loader(monkeypatch, model, ids, *, language=True):
+    """Stand-ins for the loader of language models on disk (``lesion._study_lm``, ``study.open_any``)
+    with the interface ``explorer_for_file`` calls, so the hook is tested whether or not it is built."""
+    import types
+
+    from lesion import study
+
+    calls = {}
+    fake = types.ModuleType("lesion._study_lm")
+    fake.TextConfig = lambda **kw: kw
+    fake.facts = lambda net, info: {"tokenizer": ToyTokenizer()}
+    fake.is_language_model = lambda info: info["arch"]["kind"] == "gpt"
+    fake.lm_data = lambda net, info, config: (
+        calls.setdefault("config", config) and {"input_ids": ids},
+        "ids.npy",
+    )
+    monkeypatch.setitem(sys.modules, "lesion._study_lm", fake)
+    kind = "gpt" if language else "mlp"
+    monkeypatch.setattr(study, "open_any", lambda path: (model, {"arch": {"kind": kind}}), raising=False)
+    return calls
+
+
+def test_lesion_serve_on_a_language_model_file(monkeypatch, trained_gpt, tokens, tmp_path):
+    from typer.testing import CliRunner
+
+    import lesion.serve
+    from lesion.cli import app
+
+    calls = fake_loader(monkeypatch, trained_gpt, tokens)
+    served = []
+
+    class NoServer:  # stands in for uvicorn, so that the command returns
+        def __init__(self, app):
+            served.append(app)
+
+        def run(self, sockets):
+            pass
+
+    monkeypatch.setattr(lesion.serve, "server", NoServer)
+    ids = tmp_path / "ids.npy"
+    r = CliRunner().invoke(
+        app, ["serve", str(tmp_path / "gpt.safetensors"), "--port", "0", "--tokens", str(ids)]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("lesion explorer: http://127.0.0.1:")
+    explorer = served[0].state.explorer
+    assert isinstance(explorer, TextExplorer) and explorer.name == "gpt.safetensors"
+    assert explorer.dataset == "ids.npy" and torch.equal(explorer.tokens, tokens)
+    assert explorer.strings[0][0] == f"t{int(tokens[0, 0])}"
+    assert calls["config"] == {"text": None, "tokens": str(ids), "sequences": 16}
+
+
+def test_explorer_for_file_leaves_classifiers_to_the_classic_explorer(monkeypatch, trained_gpt, tokens):
+    from lesion.serve.text import explorer_for_file
+
+    fake_loader(monkeypatch, trained_gpt, tokens, language=False)
+    assert explorer_for_file(Path("mlp.safetensors")) is None
+    with pytest.raises(LesionError, match=r"--text/--tokens are for language models; mlp\.safetensors"):
+        explorer_for_file(Path("mlp.safetensors"), tokens=Path("ids.npy"))
+    monkeypatch.setitem(sys.modules, "lesion._study_lm", None)  # a build without the loader
+    assert explorer_for_file(Path("mlp.safetensors")) is None
+    with pytest.raises(LesionError, match="cannot load one from a file yet"):
+        explorer_for_file(Path("gpt.safetensors"), text=Path("a.txt"))

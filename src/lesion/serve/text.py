@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -288,3 +289,45 @@ def explorer_for_text(
     t = check_tokens(model, tokens)
     sites = find_sites(model, model_input(model, t[:2]), list(layers) if layers else None)
     return TextExplorer(model, t, tokenizer=tokenizer, sites=sites, answer=answer, name=name, dataset=dataset)
+
+
+def explorer_for_file(
+    path: Path,
+    *,
+    text: Path | None = None,
+    tokens: Path | None = None,
+    sequences: int = 16,
+    layers: Sequence[str] | None = None,
+    say=print,
+) -> TextExplorer | None:
+    """The text explorer for a language model on disk (``lesion serve``), or None for a model that is not
+    one (the classifier explorer serves it).
+
+    HOOK (issue 14 item 6, built in parallel): language models on disk, lesion's ``gpt`` arch and Hugging
+    Face directories, come from ``lesion._study_lm`` (``is_language_model``, ``lm_data``, ``facts``) and
+    ``study.open_any``. Where those are not yet in the package, every model file is a classifier and
+    ``--text``/``--tokens`` are refused with a clear error.
+    """
+    from lesion import study
+
+    try:
+        from lesion._study_lm import TextConfig, facts, is_language_model, lm_data
+    except ImportError:  # the loader of language models is not in this build yet
+        if text is not None or tokens is not None:
+            raise LesionError(
+                "--text/--tokens need a language model, and this build of lesion cannot load one from a "
+                "file yet; from Python use lesion.serve.explorer_for_text(model, token_ids)"
+            ) from None
+        return None
+    net, info = study.open_any(path)
+    if not is_language_model(info):
+        if text is not None or tokens is not None:
+            raise LesionError(f"--text/--tokens are for language models; {path.name} is a classifier")
+        return None
+    config = TextConfig(text=str(text) if text else None, tokens=str(tokens) if tokens else None,
+                        sequences=sequences)  # fmt: skip
+    data, name = lm_data(net, info, config)
+    ids = data["input_ids"]
+    say(f"measuring {path.name} on {len(ids)} sequences x {ids.shape[1]} tokens of {name}")
+    tokenizer = facts(net, info)["tokenizer"]
+    return explorer_for_text(net, ids, tokenizer, layers=layers, name=path.name, dataset=name)
