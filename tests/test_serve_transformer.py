@@ -331,3 +331,32 @@ def test_explorer_for_file_leaves_classifiers_to_the_classic_explorer(monkeypatc
     assert explorer_for_file(Path("mlp.safetensors")) is None
     with pytest.raises(LesionError, match="cannot load one from a file yet"):
         explorer_for_file(Path("gpt.safetensors"), text=Path("a.txt"))
+
+
+def test_huge_ranges_and_bodies_are_refused_cheaply(client):
+    r = client.post("/api/evaluate", json={"units": ["transformer.h.1.mlp.act:0-999999999"]})
+    assert r.status_code == 422 and "999999999" in r.json()["error"]
+    r = client.post("/api/evaluate", json={"units": ["transformer.h.0.attn:0"] * 100_000})  # 2.6 MB
+    assert r.status_code == 413 and "1,048,576" in r.json()["error"]
+    r = client.post("/api/evaluate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    r = client.get("/api/model", headers={"host": "evil.example"})  # DNS rebinding: refused
+    assert r.status_code in (400, 421)
+    assert client.get("/api/model").status_code == 200
+
+
+def test_importance_is_each_unit_deleted_alone(client, explorer):
+    body = client.get("/api/importance").json()["delta_loss"]
+    assert {k: len(v) for k, v in body.items()} == {
+        "transformer.h.0.attn": 4, "transformer.h.0.mlp.act": 64,
+        "transformer.h.1.attn": 4, "transformer.h.1.mlp.act": 64,
+    }  # fmt: skip
+    for site, index in (
+        ("transformer.h.0.attn", 3),
+        ("transformer.h.1.attn", 0),
+        ("transformer.h.1.mlp.act", 5),
+    ):
+        _, result = explorer.evaluate([f"{site}:{index}"])
+        assert body[site][index] == pytest.approx(result.loss - explorer.intact.loss, abs=1e-6)
+    assert max(body["transformer.h.0.attn"]) == body["transformer.h.0.attn"][3]  # the copying head
+    assert client.get("/api/importance").json()["delta_loss"] == body  # measured once, then kept

@@ -155,3 +155,22 @@ def test_mean_replacement_and_reset(setup, page):
     page.click("#reset")
     assert shown(page, "")[1] == "+0.0000"
     assert page.inner_text("#lesion-count") == "no units deleted"
+
+
+def test_colour_units_by_their_importance(setup, page):
+    _, _, explorer, url = setup
+    want = explorer.importance()  # (cached) the same numbers the server sends
+    open_page(page, url)
+    page.click("#importance")
+    page.wait_for_selector("body[data-importance=true]", state="attached")
+    for site, index in (("transformer.h.0.attn", 3), ("transformer.h.1.mlp.act", 7)):
+        cell = f"[data-id='{site}:{index}']"
+        assert float(page.get_attribute(cell, "data-delta")) == pytest.approx(want[site][index], abs=1e-12)
+    colour = page.eval_on_selector(f"[data-id='{HEAD}']", "e => e.style.background")  # hurts most: red
+    r, g, b = (int(v) for v in colour[4:-1].split(","))
+    assert r > 150 and r > g + 60 and r > b + 60, colour
+    page.click(f"[data-id='{HEAD}']")  # still a toggle, drawn as deleted over its colour
+    shown(page, HEAD)
+    assert page.eval_on_selector(f"[data-id='{HEAD}']", "e => getComputedStyle(e).backgroundColor") == (
+        "rgb(17, 24, 39)"
+    )

@@ -29,6 +29,7 @@ from lesion.core.lesions import Lesion, ablate
 from lesion.core.metric import LogitDiff, NextTokenLoss
 from lesion.core.replacements import Mean
 from lesion.core.sites import Site, find_sites
+from lesion.core.sweep import sweep
 from lesion.core.units import UnitSet, parse_units
 from lesion.errors import DataError, LesionError
 
@@ -144,6 +145,7 @@ class TextExplorer:
         self._cache: OrderedDict[tuple, TextResult] = OrderedDict()
         self._cache_size = cache_size
         self._mean: Mean | None = None
+        self._importance: dict[str, np.ndarray] | None = None
         self.intact = self._measure(None)
 
     @property
@@ -173,6 +175,21 @@ class TextExplorer:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return selection, result
+
+    def importance(self, *, progress: bool = False) -> dict[str, np.ndarray]:
+        """Per site, the change in loss when each unit alone is deleted (zero replacement), measured
+        with ``lesion.sweep`` + ``NextTokenLoss`` the first time it is asked for (one pass per unit)."""
+        with self._lock:  # the sweep's hooks borrow the shared model: no evaluation meanwhile
+            if self._importance is None:
+                units = [f"{s.name}:{i}" for s in self.sites for i in range(s.width)]
+                data = model_input(self.model, self.tokens)
+                df = sweep(self.model, data, units, NextTokenLoss(), sites=self.sites,
+                           batch_size=self.batch_size, progress=progress)  # fmt: skip
+                delta, out = df["delta_loss"].to_numpy(), {}
+                for s, end in zip(self.sites, np.cumsum([s.width for s in self.sites]), strict=True):
+                    out[s.name] = delta[end - s.width : end]  # (width,)
+                self._importance = out
+            return self._importance
 
     def _replacement(self, kind: str):
         if kind == "zero":

@@ -79,6 +79,12 @@ class TextEvaluated(Scores):
     token_delta: list[list[float]] = Field(description="Per-token loss minus the intact model's.")
 
 
+class Importance(BaseModel):
+    delta_loss: dict[str, list[float]] = Field(
+        description="Per site (head view or MLP activation), each unit's change in loss when deleted alone."
+    )
+
+
 router = APIRouter(prefix="/api")
 
 
@@ -123,6 +129,14 @@ def evaluate(body: TextEvaluateRequest, ex: Ex) -> dict:
         "delta_accuracy": result.accuracy - intact.accuracy, "delta_logit_diff": diff,
         "token_delta": jsonable((result.token_loss[:shown] - intact.token_loss[:shown]).tolist()),
     }  # fmt: skip
+
+
+@router.get("/importance", response_model=Importance, summary="Every unit deleted alone")
+def importance(ex: Ex) -> dict:
+    """The change in next-token loss when each head and each neuron alone is deleted (zero replacement),
+    from ``lesion.sweep`` with ``NextTokenLoss``; measured on the first request (one pass per unit), then
+    kept."""
+    return {"delta_loss": jsonable({k: v.tolist() for k, v in ex.importance().items()})}
 
 
 def _scores(result: TextResult, shown: int) -> dict:

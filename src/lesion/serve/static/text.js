@@ -108,6 +108,38 @@ function changed() {
   evaluate();
 }
 
+// Colour every cell by the change in loss when that unit alone is deleted (measured by the server once).
+async function colourByImportance() {
+  const button = $("importance");
+  button.disabled = true;
+  const note = $("importance-note");
+  note.hidden = false;
+  note.textContent = "measuring every unit deleted alone…";
+  try {
+    const { delta_loss: delta } = await api("/api/importance");
+    const all = Object.values(delta).flat();
+    const span = Math.max(1e-9, quantile(all.map(Math.abs), 0.98));
+    for (const el of document.querySelectorAll(".cell")) {
+      const id = el.dataset.id;
+      const cut = id.lastIndexOf(":");
+      const v = delta[id.slice(0, cut)]?.[Number(id.slice(cut + 1))];
+      if (v === undefined) continue;
+      const bg = diverging(v / span);
+      el.style.background = bg;
+      el.style.color = inkFor(bg);
+      el.dataset.delta = String(v);
+      el.title = `${id}: Δ loss ${signed(v)} when deleted alone`;
+    }
+    note.textContent = `cells coloured by the change in loss when each unit alone is deleted: blue −${span.toFixed(4)}, `
+      + `white 0, red +${span.toFixed(4)} or more`;
+    document.body.dataset.importance = "true";
+  } catch (err) {
+    note.hidden = true;
+    button.disabled = false;
+    banner(`could not measure the units: ${err.message}`);
+  }
+}
+
 // --------------------------------------------------------------------------------------------- URL state
 
 function writeUrl() {
@@ -285,6 +317,7 @@ async function main() {
     state.replacement = e.target.value;
     changed();
   });
+  $("importance").addEventListener("click", colourByImportance);
   $("reset").addEventListener("click", () => {
     state.lesion.clear();
     changed();
