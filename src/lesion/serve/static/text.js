@@ -117,21 +117,25 @@ async function colourByImportance() {
   note.textContent = "measuring every unit deleted alone…";
   try {
     const { delta_loss: delta } = await api("/api/importance");
-    const all = Object.values(delta).flat();
-    const span = Math.max(1e-9, quantile(all.map(Math.abs), 0.98));
+    // heads and neurons differ by orders of magnitude: each kind gets its own symmetric scale
+    const heads = new Set(state.model.blocks.map((b) => b.heads).filter(Boolean));
+    const spanOf = (isHead, q) => Math.max(1e-9, quantile(Object.entries(delta)
+      .filter(([site]) => heads.has(site) === isHead).flatMap(([, v]) => v.map(Math.abs)), q));
+    const spans = { head: spanOf(true, 1), neuron: spanOf(false, 0.98) }; // few heads: the largest sets it
     for (const el of document.querySelectorAll(".cell")) {
       const id = el.dataset.id;
       const cut = id.lastIndexOf(":");
       const v = delta[id.slice(0, cut)]?.[Number(id.slice(cut + 1))];
       if (v === undefined) continue;
-      const bg = diverging(v / span);
+      const bg = diverging(v / spans[heads.has(id.slice(0, cut)) ? "head" : "neuron"]);
       el.style.background = bg;
       el.style.color = inkFor(bg);
       el.dataset.delta = String(v);
       el.title = `${id}: Δ loss ${signed(v)} when deleted alone`;
     }
-    note.textContent = `cells coloured by the change in loss when each unit alone is deleted: blue −${span.toFixed(4)}, `
-      + `white 0, red +${span.toFixed(4)} or more`;
+    note.textContent = "cells coloured by the change in loss when each unit alone is deleted (blue: lower, "
+      + `white: none, red: higher); full red at +${spans.head.toFixed(4)} for heads, `
+      + `+${spans.neuron.toFixed(4)} for neurons`;
     document.body.dataset.importance = "true";
   } catch (err) {
     note.hidden = true;
