@@ -174,3 +174,22 @@ def test_colour_units_by_their_importance(setup, page):
     assert page.eval_on_selector(f"[data-id='{HEAD}']", "e => getComputedStyle(e).backgroundColor") == (
         "rgb(17, 24, 39)"
     )
+
+
+def test_token_strings_are_text_never_markup(browser, setup):
+    model, tokens, _, _ = setup
+
+    class Hostile:
+        def convert_ids_to_tokens(self, ids):
+            return [f"<img src=x onerror=\"document.body.dataset.owned='{i}'\">" for i in ids]
+
+    explorer = explorer_for_text(model, tokens[:1], Hostile())
+    with running(create_app(explorer)) as url:
+        page = browser.new_page()
+        try:
+            open_page(page, url)
+            assert page.locator("#text img").count() == 0
+            assert page.inner_text(".tok[data-seq='0'][data-pos='1']").startswith("<img src=x")
+            assert page.get_attribute("body", "data-owned") is None
+        finally:
+            page.close()
