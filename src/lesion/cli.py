@@ -327,8 +327,16 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads (default torch's; 1 is steadier on a busy CPU).")
     ] = None,
+    text: Annotated[
+        Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
+    ] = None,
+    tokens: Annotated[
+        Path | None, typer.Option(help="Language model: token ids (.npy/.npz/.safetensors/text of ids).")
+    ] = None,
+    sequences: Annotated[int, typer.Option(min=1, help="Language model: sequences shown and scored.")] = 16,
 ) -> None:
-    """Explore a model in the browser: delete units with a click, watch accuracy and confusion change."""
+    """Explore a model in the browser: delete units with a click, watch accuracy and confusion change;
+    on a language model delete heads and MLP neurons and watch each token's next-token loss."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -349,7 +357,11 @@ def serve(
         )  # fmt: skip
     try:
         hosts = (*LOCAL_HOSTS, host) if is_loopback(host) else None  # local: refuse DNS rebinding
-        state = explorer_for(model, dataset, examples, T.names(layers), say=T.note)
+        from lesion.serve.text import explorer_for_file
+
+        state = explorer_for_file(
+            model, text=text, tokens=tokens, sequences=sequences, layers=T.names(layers), say=T.note
+        ) or explorer_for(model, dataset, examples, T.names(layers), say=T.note)
         app = create_app(state, hosts=hosts)
         url = url_of(sock)
         T.out().print(f"lesion explorer: {url}  (API: {url}/docs; Ctrl+C stops it)", soft_wrap=True)

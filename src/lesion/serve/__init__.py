@@ -6,6 +6,9 @@
     with running(create_app(explorer)) as url:  # a background server on 127.0.0.1
         ...
 
+A language model gets a page of blocks (its attention heads and MLP neurons) and the evaluation text
+per token: ``create_app(explorer_for_text(model, token_ids, tokenizer))``.
+
 The page is plain HTML, JS and SVG (no build step) under ``static/``; the JSON API is documented by
 the server at ``/docs``. Needs the ``serve`` extra (fastapi, uvicorn).
 """
@@ -13,8 +16,9 @@ the server at ``/docs``. Needs the ``serve`` extra (fastapi, uvicorn).
 from lesion.serve._http import LOCAL_HOSTS, bind, is_loopback, running, server, url_of
 from lesion.serve.app import create_app
 from lesion.serve.explorer import Explorer, compact, explorer_for
+from lesion.serve.text import TextExplorer, explorer_for_text
 
 __all__ = [
-    "LOCAL_HOSTS", "Explorer", "bind", "compact", "create_app", "explorer_for", "is_loopback", "running",
-    "server", "url_of",
+    "LOCAL_HOSTS", "Explorer", "TextExplorer", "bind", "compact", "create_app", "explorer_for",
+    "explorer_for_text", "is_loopback", "running", "server", "url_of",
 ]  # fmt: skip

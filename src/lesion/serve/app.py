@@ -22,6 +22,7 @@ from lesion.errors import LesionError
 from lesion.serve._guard import BODY_TIMEOUT
 from lesion.serve._http import LOCAL_HOSTS, MAX_BODY, BodyLimit, HostCheck, install_error_handlers
 from lesion.serve.explorer import Explorer, compact
+from lesion.serve.text import TextExplorer
 
 STATIC = Path(__file__).parent / "static"
 DESCRIPTION = """Delete units of a trained network and measure what that does, on held-out data.
@@ -207,7 +208,7 @@ def image(index: Annotated[int, PathParam(ge=0)], ex: Ex) -> Response:
 
 
 def create_app(
-    explorer: Explorer,
+    explorer: Explorer | TextExplorer,
     *,
     max_body: int = MAX_BODY,
     hosts: Sequence[str] | None = LOCAL_HOSTS,
@@ -217,20 +218,23 @@ def create_app(
 
     ``hosts``: the Host names it answers to (default: this machine's own names, which defeats DNS
     rebinding); ``None`` answers any, for a server bound to a public interface. A body not received
-    within ``body_timeout`` seconds is answered 408.
+    within ``body_timeout`` seconds is answered 408. A ``TextExplorer`` (a language model) gets the
+    page of blocks, heads and tokens (``text.html``) and its own API.
     """
     import lesion
+    from lesion.serve import text_app
 
+    text = isinstance(explorer, TextExplorer)
     app = FastAPI(
-        title="lesion explorer", version=lesion.__version__, description=DESCRIPTION,
-        docs_url=None, redoc_url=None,
+        title="lesion explorer", version=lesion.__version__,
+        description=text_app.DESCRIPTION if text else DESCRIPTION, docs_url=None, redoc_url=None,
     )  # fmt: skip
     app.state.explorer = explorer
     app.add_middleware(BodyLimit, max_bytes=max_body, timeout=body_timeout)
     app.add_middleware(HostCheck, allowed=hosts)  # added last: runs first
     install_error_handlers(app)
-    app.include_router(router)
-    for path, page in (("/", "index.html"), ("/docs", "api.html")):
+    app.include_router(text_app.router if text else router)
+    for path, page in (("/", "text.html" if text else "index.html"), ("/docs", "api.html")):
         app.add_api_route(path, _page(page), include_in_schema=False, methods=["GET"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
