@@ -128,7 +128,8 @@ def layers(
 
     heads = any(s.heads for s in sites)
     table = Table(title=f"{model.name}: {len(sites)} sites, input {as_batch(example).shapes()}")
-    for col, justify in (("name", "left"), ("module", "left"), ("unit axis", "right")):
+    table.add_column("name", no_wrap=True)  # whole names, to copy into unit addresses
+    for col, justify in (("module", "left"), ("unit axis", "right")):
         table.add_column(col, justify=justify)
     table.add_column("width", justify="right")
     table.add_column("per-example shape", justify="right")

@@ -94,8 +94,8 @@ def load_hf_dir(path: str | Path, *, allow_pickle: bool = False) -> HFModel:
         )
     tf = transformers_module()
     config = _config(tf, path)
-    arch, auto, task = _head(config, path)
     pickled = _weights(path, allow_pickle) is None  # True: a pickle, opted in
+    arch, auto, task = _head(tf, config, path)
     model = _from_pickle(tf, auto, config, path) if pickled else _from_safetensors(tf, auto, path)
     model = model.float().eval()
     tokenizer = _tokenizer(tf, path)
@@ -115,12 +115,18 @@ def _config(tf, path: Path):
         raise ModelFileError(f"{path / 'config.json'}: transformers cannot read this config: {e}") from None
 
 
-def _head(config, path: Path) -> tuple[str, str, str]:
+def _head(tf, config, path: Path) -> tuple[str, str, str]:
     names = list(getattr(config, "architectures", None) or [])
     for name in names:
         for suffix, auto, task in HEADS:
             if name.endswith(suffix):
                 return name, auto, task
+    if not names:  # a bare config: a model type with a causal-LM class (gpt2, llama) is read as one
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal
+
+        name = causal.get(getattr(config, "model_type", None))
+        if isinstance(name, str):
+            return name, "AutoModelForCausalLM", "causal-lm"
     kinds = ", ".join(s for s, _, _ in HEADS)
     raise ModelFileError(
         f"{path / 'config.json'} names architectures {names or 'none'}; expected a model with a head "
