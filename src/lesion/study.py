@@ -237,8 +237,9 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
                    seed=config.seed, fractions=config.fractions, units=table, progress=True)  # fmt: skip
     clock.lap("ablation_curves")
     stage(3, f"per-unit noise: {config.noise_repeats} draws per scale, train split")
-    noisy = noise(net, train, sites=sites, candidates=names, repeats=config.noise_repeats, seed=config.seed,
-                  progress=True)  # fmt: skip
+    noisy_names = [s.name for s in cand if not s.heads] or names  # Noise needs one channel per unit
+    noisy = noise(net, train, sites=sites, candidates=noisy_names, repeats=config.noise_repeats,
+                  seed=config.seed, progress=True)  # fmt: skip
     clock.lap("noise_curves")
     return table, curve, noisy
 
