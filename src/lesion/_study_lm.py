@@ -69,9 +69,10 @@ def example_input(net, info: dict, path: Path):
     if is_language_model(info) or arch.get("task") == "sequence-classification":
         context = facts(net, info)["context"] or 8
         return {"input_ids": torch.zeros(1, min(8, context), dtype=torch.long)}
-    from lesion.study import input_shape
-
-    return torch.zeros(1, *input_shape(info, path))
+    shape = arch.get("input_shape")
+    if not shape:
+        raise LesionError(f"model file {str(path)!r} records no input_shape in its arch")
+    return torch.zeros(1, *[int(d) for d in shape])
 
 
 def lm_data(net, info: dict, text: TextConfig, *, split: str = "test") -> tuple[dict, str]:
@@ -151,7 +152,15 @@ def _corpus_split(corpus: str, info: dict, split: str):
 
 
 def analyze_lm(
-    model: Path, out: Path, config, text: TextConfig, *, force: bool = False, stage=None, opened=None
+    model: Path,
+    out: Path,
+    config,
+    text: TextConfig,
+    *,
+    opened,
+    clock,
+    force: bool = False,
+    stage=lambda k, text: None,
 ) -> dict:
     """Unit table (every head and MLP neuron deleted alone, zero replacement, next-token loss) and
     cumulative ablation curves in loss, written into ``out`` completely or not at all."""
@@ -159,12 +168,9 @@ def analyze_lm(
 
     import lesion
     from lesion.analyses import ablation_curves, unit_table
-    from lesion.study import Clock, _quiet, open_any
 
-    stage = stage or _quiet
     check_dir_target(out, LM_FILES, force=force)  # before any work
-    clock = Clock()
-    net, info = opened if opened is not None else open_any(model, allow_pickle=text.allow_pickle)
+    net, info = opened  # (model, info) of lesion.study.open_any
     data, name = lm_data(net, info, text)
     from lesion.core.sites import find_sites
 
@@ -306,15 +312,15 @@ def plot_unit_effects(table, path: Path, *, title: str) -> None:
 N_SEQUENCES = 1024  # sequences of a built-in corpus that `lesion train --arch gpt` draws
 
 
-def train_gpt(config, out: Path) -> dict:
+def train_gpt(config, out: Path, *, data_seed: int = 0) -> dict:
     """``lesion train --arch gpt``: a GPT-style decoder trained by next-token loss on a built-in corpus
     (``config.dataset``, e.g. ``markov``) or a token-id file (``config.tokens``), 3/4 train, 1/4 test."""
     import torch
 
+    from lesion._outputs import atomic_write
     from lesion._train_lm import train_lm
     from lesion.data import CORPORA, builtin_tokens, read_token_ids, token_sequences
     from lesion.models import build_model, save_model
-    from lesion.study import DATA_SEED, atomic
 
     if config.checkpoints or config.corrupt or config.select_reg or config.until_train_acc is not None:
         raise LesionError(
@@ -327,7 +333,7 @@ def train_gpt(config, out: Path) -> dict:
         seqs = token_sequences(ids, seq_len=config.seq_len, vocab_size=None)["input_ids"].numpy()
         name = str(config.tokens)
     elif config.dataset in CORPORA:
-        seqs, vocab = builtin_tokens(config.dataset, n=N_SEQUENCES, seq_len=config.seq_len, seed=DATA_SEED)
+        seqs, vocab = builtin_tokens(config.dataset, n=N_SEQUENCES, seq_len=config.seq_len, seed=data_seed)
         name = config.dataset
     else:
         raise DataError(
@@ -363,7 +369,7 @@ def train_gpt(config, out: Path) -> dict:
     meta = {
         **asdict(config),
         "dataset": name if not config.tokens else None,
-        "data_seed": DATA_SEED,
+        "data_seed": data_seed,
         "n_sequences": N_SEQUENCES,
         "seq_len": int(seqs.shape[1]),
     }
@@ -372,5 +378,5 @@ def train_gpt(config, out: Path) -> dict:
     meta |= {f"initial_{k}": float(history.iloc[0][k]) for k in ("train_loss", "test_loss")}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_model(net, out, arch=arch, metadata=meta)
-    atomic(out.with_name(f"{out.stem}.history.csv"), lambda p: history.to_csv(p, index=False))
+    atomic_write(out.with_name(f"{out.stem}.history.csv"), lambda p: history.to_csv(p, index=False))
     return meta

@@ -139,7 +139,7 @@ def train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict:
     if config.arch == "gpt":
         from lesion._study_lm import train_gpt
 
-        return train_gpt(config, out)
+        return train_gpt(config, out, data_seed=DATA_SEED)
     from lesion.corruption import corrupt_labels
     from lesion.data import load_dataset
     from lesion.models import build_model, save_model
@@ -200,7 +200,7 @@ def analyze(
     clock = Clock()
     net, info = open_any(model, allow_pickle=text.allow_pickle)
     if is_language_model(info):
-        return analyze_lm(model, out, config, text, force=force, stage=stage, opened=(net, info))
+        return analyze_lm(model, out, config, text, force=force, stage=stage, opened=(net, info), clock=clock)
     if (info.get("arch") or {}).get("task") == "sequence-classification":
         raise LesionError(
             f"{model} is a text classifier; `lesion analyze` studies language models (next-token loss) "
