@@ -211,3 +211,23 @@ def test_token_files_and_empty_text(tmp_path):
         token_sequences(np.zeros(0, dtype=np.int64))
     seqs = token_sequences(ids, seq_len=5, vocab_size=12, context=8)["input_ids"]
     assert seqs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and seqs.dtype == torch.long
+
+
+def test_hf_image_classifier_directory_gets_the_classifier_study(tmp_path):
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16,
+                                    num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                    num_labels=10)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit", safe_serialization=True)
+    _, info = open_any(tmp_path / "vit")
+    assert info["arch"]["task"] == "image-classification" and info["arch"]["input_shape"] == [1, 8, 8]
+    result = invoke("layers", tmp_path / "vit")
+    assert result.exit_code == 0 and "vit.layers.0.attention" in result.output
+    out = tmp_path / "an"
+    result = invoke("analyze", tmp_path / "vit", "--dataset", "digits", "--out", out, "--repeats", "1",
+                    "--fractions", "3", "--noise-repeats", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    units = pd.read_parquet(out / "units.parquet")
+    assert len(units) == 2 + 32 and "selectivity" in units
+    result = invoke("analyze", tmp_path / "vit", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "--dataset" in result.output

@@ -6,7 +6,9 @@
   ``fractions`` as a count of evenly spaced points). The experiment jobs and the explorer call them too.
 - ``analyze``: all three on one model file, written with figures and a summary into a folder,
   completely or not at all.
-- ``open_model`` / ``dataset_for``: a model file and the dataset (and training labels) it records.
+- ``open_any`` (= ``open_model``) / ``dataset_for``: a model file or a Hugging Face model directory, and
+  the dataset (and training labels) a model file records. Language models (lesion's gpt, HF causal LMs)
+  are studied by ``lesion._study_lm`` on token sequences instead.
 - ``train_model``: build, train and save a model described by a ``TrainConfig``.
 """
 
