@@ -153,6 +153,10 @@ def test_sequence_longer_than_the_context(model_dir, text_file, tmp_path):
     assert result.exit_code == 2
     assert "64 tokens" in result.output and "context of 32" in result.output
     assert not (tmp_path / "x" / "units.parquet").exists()
+    result = invoke("analyze", model_dir, "--out", tmp_path / "y")
+    assert result.exit_code == 2 and "pass --text FILE" in result.output
+    result = invoke("analyze", model_dir, "--dataset", "digits", "--text", text_file, "--out", tmp_path / "y")
+    assert result.exit_code == 2 and "names an image dataset" in result.output
 
 
 def test_token_id_beyond_the_vocabulary(model_dir, tmp_path):

@@ -161,3 +161,5 @@ def test_train_and_analyze_vit_on_digits(tmp_path):
     assert result.exit_code == 0, result.output
     units = pd.read_parquet(out / "units.parquet")
     assert set(units["layer"]) == {"h.0.attn", "h.0.mlp.act"} and "selectivity" in units
+    result = invoke("analyze", path, "--tokens", path, "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "are for language models" in result.output

@@ -170,6 +170,9 @@ def analyze_lm(
     from lesion.analyses import ablation_curves, unit_table
 
     check_dir_target(out, LM_FILES, force=force)  # before any work
+    if config.dataset:
+        raise LesionError(f"--dataset {config.dataset} names an image dataset; a language model is studied "
+                          "on --text FILE or --tokens FILE")  # fmt: skip
     net, info = opened  # (model, info) of lesion.study.open_any
     data, name = lm_data(net, info, text)
     from lesion.core.sites import find_sites

@@ -203,6 +203,8 @@ def analyze(
     net, info = open_any(model, allow_pickle=text.allow_pickle)
     if is_language_model(info):
         return analyze_lm(model, out, config, text, force=force, stage=stage, opened=(net, info), clock=clock)
+    if text.text or text.tokens:
+        raise LesionError(f"--text / --tokens are for language models; {model} is a classifier (--dataset)")
     if (info.get("arch") or {}).get("task") == "sequence-classification":
         raise LesionError(
             f"{model} is a text classifier; `lesion analyze` studies language models (next-token loss) "
