@@ -209,6 +209,7 @@ def train(
     T.out().print(
         f"saved [bold]{out}[/] after {len(meta['history'])} epochs: train accuracy "
         f"{meta['train_accuracy']:.4f}, test accuracy {meta['test_accuracy']:.4f}"
+        + (f", test next-token loss {meta['test_loss']:.4f}" if arch == Arch.gpt else "")
     )
 
 
