@@ -190,6 +190,18 @@ def test_bad_directories(model_dir, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ModelFileError, match=r"model\.safetensors is unreadable.*truncated"):
         load_hf_dir(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(model_dir / "model.safetensors")
+    del state["transformer.h.0.mlp.c_fc.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelFileError, match=r"lack 1 tensor.*mlp\.c_fc\.weight"):
+        load_hf_dir(tmp_path)  # never silently random weights
+    (tmp_path / "model.safetensors").write_bytes(raw)
+    config = json.loads((model_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": 60}))
+    with pytest.raises(ModelFileError, match="do not load into AutoModelForCausalLM"):
+        load_hf_dir(tmp_path)  # weights of another vocabulary size
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelFileError, match="not valid JSON"):
         load_hf_dir(tmp_path)

@@ -189,9 +189,18 @@ def _shards(path: Path) -> list[Path]:
 
 def _from_safetensors(tf, auto: str, path: Path):
     try:
-        return getattr(tf, auto).from_pretrained(path, local_files_only=True, use_safetensors=True)
+        model, report = getattr(tf, auto).from_pretrained(
+            path, local_files_only=True, use_safetensors=True, output_loading_info=True
+        )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: the weights do not load into {auto}: {_short(e)}") from None
+    missing = sorted(report.get("missing_keys") or ())
+    if missing:  # transformers would fill them with random values: a lesion study of noise
+        raise ModelFileError(
+            f"{path}: the weights lack {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}; "
+            "expected every weight of the model in its safetensors file(s)"
+        )
+    return model
 
 
 def _from_pickle(tf, auto: str, config, path: Path):
