@@ -163,3 +163,21 @@ def test_train_and_analyze_vit_on_digits(tmp_path):
     assert set(units["layer"]) == {"h.0.attn", "h.0.mlp.act"} and "selectivity" in units
     result = invoke("analyze", path, "--tokens", path, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "are for language models" in result.output
+
+
+def test_train_gpt_on_a_token_file_then_analyze_it(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(str(i % 7) for i in range(8 * 40)))  # 0 1 2 ... 6 0 1 ...: 40 sequences of 8
+    path = tmp_path / "g.safetensors"
+    result = invoke("train", "--arch", "gpt", "--tokens", ids, "--seq-len", "8", "--epochs", "2", "--d-model",
+                    "16", "--n-layer", "1", "--n-head", "2", "--lr", "0.01", "--out", path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    _, info = load_model(path)
+    assert info["arch"]["vocab_size"] == 7 and info["arch"]["context"] == 8
+    assert info["metadata"]["tokens"] == str(ids) and info["metadata"]["dataset"] is None
+    out = tmp_path / "an"
+    result = invoke("analyze", path, "--out", out, "--repeats", "1", "--fractions", "2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["dataset"] == "ids.txt"
+    result = invoke("train", "--arch", "gpt", "--dataset", "digits", "--out", tmp_path / "no.safetensors")
+    assert result.exit_code == 2 and "token corpus" in result.output

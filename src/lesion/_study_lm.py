@@ -76,65 +76,38 @@ def example_input(net, info: dict, path: Path):
 
 
 def lm_data(net, info: dict, text: TextConfig, *, split: str = "test") -> tuple[dict, str]:
-    """``({"input_ids": (n, seq_len)}, description)`` from ``--text``, ``--tokens`` or the corpus the
-    model file records."""
-    from lesion.data import read_token_ids, token_sequences, tokenize_file
+    """``({"input_ids": (n, seq_len)}, description)`` from ``--text``, ``--tokens`` or what the model
+    file records (its built-in corpus, held-out ``split``, or its token file)."""
+    from lesion.data import token_sequences
 
     f = facts(net, info)
+    ids, name, source = _token_source(f, info, text, split)
+    seq_len = text.seq_len or (int(ids.shape[1]) if ids.ndim == 2 else None)  # a corpus: its own length
+    data = token_sequences(ids, seq_len=seq_len, vocab_size=f["vocab_size"], context=f["context"],
+                           tokenizer=source, max_sequences=text.sequences)  # fmt: skip
+    return data, name
+
+
+def _token_source(f: dict, info: dict, text: TextConfig, split: str):
+    """(token ids, a name for the data, where the ids come from, for errors)."""
+    from lesion.data import read_token_ids, tokenize_file
+
     if text.text and text.tokens:
         raise LesionError("give --text or --tokens, not both")
     if text.text:
         if f["tokenizer"] is None:
-            raise DataError(
-                f"--text {text.text} needs a tokenizer, and this model has none; pass --tokens FILE of "
-                "token ids instead"
-            )
-        ids, name, source = (
-            tokenize_file(text.text, f["tokenizer"]),
-            Path(text.text).name,
-            f["tokenizer_name"],
-        )
-    elif text.tokens:
-        ids, name, source = (
-            read_token_ids(text.tokens),
-            Path(text.tokens).name,
-            f"the token file {text.tokens}",
-        )
-    else:
-        meta = info.get("metadata") or {}
-        corpus, recorded = meta.get("dataset"), meta.get("tokens")
-        if recorded and not corpus and (info.get("arch") or {}).get("kind") == "gpt":
-            return lm_data(
-                net,
-                info,
-                TextConfig(
-                    tokens=recorded, seq_len=text.seq_len or meta.get("seq_len"), sequences=text.sequences
-                ),
-                split=split,
-            )
-        if not corpus or (info.get("arch") or {}).get("kind") != "gpt":
-            raise DataError(
-                "a language model needs data: pass --text FILE (tokenised with the model's "
-                "tokenizer) or --tokens FILE (token ids)"
-            )
-        seqs = _corpus_split(corpus, info, split)
-        return token_sequences(
-            seqs,
-            seq_len=text.seq_len or seqs.shape[1],
-            vocab_size=f["vocab_size"],
-            context=f["context"],
-            tokenizer=f"the built-in corpus {corpus!r}",
-            max_sequences=text.sequences,
-        ), f"{corpus} ({split})"
-    data = token_sequences(
-        ids,
-        seq_len=text.seq_len,
-        vocab_size=f["vocab_size"],
-        context=f["context"],
-        tokenizer=source,
-        max_sequences=text.sequences,
-    )
-    return data, name
+            raise DataError(f"--text {text.text} needs a tokenizer, and this model has none; pass --tokens "
+                            "FILE of token ids instead")  # fmt: skip
+        return tokenize_file(text.text, f["tokenizer"]), Path(text.text).name, f["tokenizer_name"]
+    meta, own = info.get("metadata") or {}, (info.get("arch") or {}).get("kind") == "gpt"
+    tokens = text.tokens or (meta.get("tokens") if own and not meta.get("dataset") else None)
+    if tokens:
+        return read_token_ids(tokens), Path(tokens).name, f"the token file {tokens}"
+    corpus = meta.get("dataset")
+    if not corpus or not own:
+        raise DataError("a language model needs data: pass --text FILE (tokenised with the model's "
+                        "tokenizer) or --tokens FILE (token ids)")  # fmt: skip
+    return _corpus_split(corpus, info, split), f"{corpus} ({split})", f"the built-in corpus {corpus!r}"
 
 
 def _corpus_split(corpus: str, info: dict, split: str):
