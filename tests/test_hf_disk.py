@@ -247,3 +247,28 @@ def test_hf_image_classifier_directory_gets_the_classifier_study(tmp_path):
     assert len(units) == 2 + 32 and "selectivity" in units
     result = invoke("analyze", tmp_path / "vit", "--out", tmp_path / "x")
     assert result.exit_code == 2 and "--dataset" in result.output
+
+
+def test_llama_with_grouped_query_attention_and_a_text_classifier(tmp_path):
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=60,
+                                      max_position_embeddings=24, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama", safe_serialization=True)
+    result = invoke("layers", tmp_path / "llama")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "model.layers.0.self_attn " in line)
+    assert "│     4 │" in row  # 4 query heads, though keys and values have 2
+    assert "model.layers.0.mlp.act_fn" in result.output
+    np.save(tmp_path / "ids.npy", np.arange(100) % 60)
+    args = ("analyze", tmp_path / "llama", "--tokens", tmp_path / "ids.npy", "--out", tmp_path / "x")
+    result = invoke(*args, "--seq-len", "32")
+    assert result.exit_code == 2 and "32 tokens are longer than the model's context of 24" in result.output
+    config = transformers.BertConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, vocab_size=40, max_position_embeddings=16,
+                                     num_labels=3)  # fmt: skip
+    bert = transformers.BertForSequenceClassification(config)
+    bert.save_pretrained(tmp_path / "bert", safe_serialization=True)
+    result = invoke("layers", tmp_path / "bert")
+    assert result.exit_code == 0 and "bert.encoder.layer.0.attention" in result.output
+    result = invoke("analyze", tmp_path / "bert", "--tokens", tmp_path / "ids.npy", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "is a text classifier" in result.output

@@ -203,14 +203,14 @@ def analyze(
     net, info = open_any(model, allow_pickle=text.allow_pickle)
     if is_language_model(info):
         return analyze_lm(model, out, config, text, force=force, stage=stage, opened=(net, info), clock=clock)
-    if text.text or text.tokens:
-        raise LesionError(f"--text / --tokens are for language models; {model} is a classifier (--dataset)")
     if (info.get("arch") or {}).get("task") == "sequence-classification":
         raise LesionError(
             f"{model} is a text classifier; `lesion analyze` studies language models (next-token loss) "
             "and image classifiers. For a text classifier use the Python API: lesion.unit_table(model, "
             "{'input_ids': ..., 'labels': ...})"
         )
+    if text.text or text.tokens:
+        raise LesionError(f"--text / --tokens are for language models; {model} is a classifier (--dataset)")
     data = dataset_for(info, config.dataset, model)
     sites, cand = _sites(net, data, config.layers)
     clock.lap("load")
