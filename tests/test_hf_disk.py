@@ -142,6 +142,8 @@ def test_pickle_only_directory_is_refused(tmp_path):
         load_hf_dir(tmp_path)
     result = invoke("layers", tmp_path)
     assert result.exit_code == 2 and "refuses to load pickles" in result.output
+    result = invoke("layers", tmp_path, "--allow-pickle")
+    assert result.exit_code == 0 and "transformer.h.0.attn" in result.output
     loaded = load_hf_dir(tmp_path, allow_pickle=True)  # opted in: tensors only, weights_only=True
     ids = torch.arange(6)[None]
     with torch.no_grad():
