@@ -95,7 +95,7 @@ def test_build_model_matches_mlp():
     [
         (
             {"kind": "transformer"},
-            "unknown architecture kind 'transformer'; known kinds: convnet, mlp, resnet",
+            "unknown architecture kind 'transformer'; known kinds: convnet, gpt, mlp, resnet, vit",
         ),
         ({"widths": [3]}, "unknown architecture kind None"),
         ([1, 2], "expected a dict"),
@@ -244,7 +244,7 @@ def test_weights_that_do_not_fit_the_saved_arch(tmp_path, trained):
         load_model(path)
     meta["arch"] = json.dumps({"kind": "transformer"})
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, path, metadata=meta)
-    with pytest.raises(ModelFileError, match="known kinds: convnet, mlp, resnet"):
+    with pytest.raises(ModelFileError, match="known kinds: convnet, gpt, mlp, resnet, vit"):
         load_model(path)
     meta["arch"] = "{oops"
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, path, metadata=meta)

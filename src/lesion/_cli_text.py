@@ -116,6 +116,29 @@ def print_summary(s: dict, folder: Path) -> None:
     console.print(f"wrote tables, figures and summary.json to {folder}", highlight=False)
 
 
+def print_lm_summary(s: dict, folder: Path) -> None:
+    """The headline numbers of a language-model study."""
+    from rich.table import Table
+
+    table = Table(title=f"{s['model']} on {s['dataset']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("units (heads, MLP neurons)", f"{s['n_units']} ({s['n_heads']}, {s['n_neurons']})"),
+        ("sequences x tokens", f"{s['n_sequences']} x {s['seq_len']}"),
+        ("next-token loss / accuracy", f"{s['loss']:.4f} / {s['accuracy']:.4f}"),
+        ("loss, all deleted", f"{s['all_deleted_loss']:.4f}"),
+        *((f"top: {u['unit']}", f"Δloss {u['delta_loss']:+.4f}") for u in s["top_units"][:5]),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console = out()
+    console.print(table)
+    seconds = ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items())
+    console.print(f"seconds: {seconds}", highlight=False)
+    console.print(f"wrote tables, figures and summary.json to {folder}", highlight=False)
+
+
 # ----------------------------------------------------------------------------------------- helpers
 
 

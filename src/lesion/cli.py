@@ -36,6 +36,8 @@ class Arch(StrEnum):
     mlp = "mlp"
     convnet = "convnet"
     resnet = "resnet"
+    gpt = "gpt"
+    vit = "vit"
 
 
 class CorruptMode(StrEnum):
@@ -83,7 +85,22 @@ def _command(fn: Callable) -> Callable:
 
 # ----------------------------------------------------------------------------------------- commands
 
-ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors) written by `lesion train`.")]
+ModelArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Model file (.safetensors) written by `lesion train`, or a Hugging Face model directory."
+    ),
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle", help="Read a directory's pytorch_model.bin with torch.load(weights_only=True)."
+    ),
+]
+SeqLenOpt = Annotated[
+    int | None,
+    typer.Option(min=2, help="Tokens per sequence of a language model (default min(64, context))."),
+]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Replace existing output files (regular files only, never devices).")
 ]
@@ -95,24 +112,32 @@ def layers(
     all_: Annotated[
         bool, typer.Option("--all", help="List every module with a tensor output, not only activations.")
     ] = False,
+    allow_pickle: AllowPickleOpt = False,
 ) -> None:
-    """List the sites of a model (layers with units): name, module type, unit axis, width, shape."""
-    net, info = study.open_model(model)
-    shape = study.input_shape(info, model)
-    import torch
+    """List the sites of a model (layers with units): name, module type, unit axis, width, shape;
+    attention heads (width = heads) with their head dimension."""
     from rich.table import Table
 
+    from lesion._study_lm import example_input
+    from lesion.core.batch import as_batch
     from lesion.core.sites import find_sites
 
-    sites = find_sites(net, torch.zeros(1, *shape), "all" if all_ else None)
+    net, info = study.open_any(model, allow_pickle=allow_pickle)
+    example = example_input(net, info, model)
+    sites = find_sites(net, example, "all" if all_ else None)
 
-    table = Table(title=f"{model.name}: {len(sites)} sites, input {tuple(shape)}")
-    for col, justify in (("name", "left"), ("module", "left"), ("unit axis", "right")):
+    heads = any(s.heads for s in sites)
+    table = Table(title=f"{model.name}: {len(sites)} sites, input {as_batch(example).shapes()}")
+    table.add_column("name", no_wrap=True)  # whole names, to copy into unit addresses
+    for col, justify in (("module", "left"), ("unit axis", "right")):
         table.add_column(col, justify=justify)
     table.add_column("width", justify="right")
     table.add_column("per-example shape", justify="right")
+    if heads:
+        table.add_column("head dim", justify="right")
     for s in sites:
-        table.add_row(s.name, s.module_type, str(s.unit_dim), str(s.width), str(s.shape))
+        row = [s.name, s.module_type, str(s.unit_dim), str(s.width), str(s.shape)]
+        table.add_row(*row, *([str(s.group) if s.heads else ""] if heads else []))
     T.out().print(table)
 
 
@@ -123,8 +148,12 @@ def train(
     width_mult: Annotated[float, typer.Option(help="Convnet channel multiplier (64..512 x w).")] = 1.0,
     resnet_width: Annotated[int, typer.Option(min=1, help="ResNet channels of the first stage.")] = 16,
     dataset: Annotated[
-        str, typer.Option(help="Dataset name (digits, mnist5k, fashion-mnist, ...).")
-    ] = "mnist5k",
+        str | None,
+        typer.Option(
+            help="Dataset name (digits, mnist5k, fashion-mnist, ...; gpt: markov or repeat). "
+            "Default mnist5k, for gpt markov."
+        ),
+    ] = None,
     root: Annotated[
         Path | None, typer.Option(help="Directory holding the dataset files (mnist, cifar10, ...).")
     ] = None,
@@ -153,22 +182,34 @@ def train(
         float, typer.Option(help="Selectivity regulariser alpha: loss - alpha * mean selectivity.")
     ] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    d_model: Annotated[int, typer.Option(min=1, help="gpt/vit: width of the residual stream.")] = 64,
+    n_layer: Annotated[int, typer.Option(min=1, help="gpt/vit: transformer blocks.")] = 2,
+    n_head: Annotated[int, typer.Option(min=1, help="gpt/vit: attention heads per block.")] = 4,
+    patch: Annotated[int, typer.Option(min=1, help="vit: patch side (divides the image size).")] = 4,
+    tokens: Annotated[
+        Path | None, typer.Option(help="gpt: train on this token-id file (.npy/.npz/.safetensors/text).")
+    ] = None,
+    seq_len: Annotated[int, typer.Option(min=2, help="gpt: sequence length = the model's context.")] = 32,
     out: Annotated[Path, typer.Option(help="Where to write the model file.")] = Path("model.safetensors"),
     force: ForceOpt = False,
 ) -> None:
     """Train a network and save it, with its training history and labels, as one safetensors file."""
     config = TrainConfig(
         arch=arch.value, widths=T.widths(widths), width_mult=width_mult, resnet_width=resnet_width,
-        dataset=dataset, root=str(root) if root else None, corrupt=corrupt, corrupt_mode=corrupt_mode.value,
+        dataset=dataset or ("markov" if arch == Arch.gpt else "mnist5k"), root=str(root) if root else None,
+        corrupt=corrupt, corrupt_mode=corrupt_mode.value,
         epochs=epochs, until_train_acc=until_train_acc, max_epochs=max_epochs,
         checkpoints=T.checkpoints(checkpoints), seed=seed, lr=lr, optimizer=optimizer.value,
         schedule=schedule.value,
         batch_size=batch_size, dropout=dropout, batchnorm=batchnorm, select_reg=select_reg, device=device,
+        d_model=d_model, n_layer=n_layer, n_head=n_head, patch=patch, tokens=str(tokens) if tokens else None,
+        seq_len=seq_len,
     )  # fmt: skip
     meta = study.train_model(config, out, force=force)
     T.out().print(
         f"saved [bold]{out}[/] after {len(meta['history'])} epochs: train accuracy "
         f"{meta['train_accuracy']:.4f}, test accuracy {meta['test_accuracy']:.4f}"
+        + (f", test next-token loss {meta['test_loss']:.4f}" if arch == Arch.gpt else "")
     )
 
 
@@ -189,14 +230,29 @@ def analyze(
         list[str] | None,
         typer.Option(help="Layers to study, repeated or comma separated (default: every activation)."),
     ] = None,
+    text: Annotated[
+        Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
+    ] = None,
+    tokens: Annotated[
+        Path | None, typer.Option(help="Language model: token ids (.npy/.npz/.safetensors/text of ids).")
+    ] = None,
+    seq_len: SeqLenOpt = None,
+    sequences: Annotated[int, typer.Option(min=1, help="Language model: at most this many sequences.")] = 64,
+    allow_pickle: AllowPickleOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Selectivity and importance of every unit, ablation and noise curves, figures, summary."""
+    """Selectivity and importance of every unit, ablation and noise curves, figures, summary; on a
+    language model every head and MLP neuron's change in next-token loss, and loss curves."""
+    from lesion._study_lm import TextConfig
+
     config = AnalysisConfig(
         dataset=dataset, repeats=repeats, fractions=T.fractions(fractions), noise_repeats=noise_repeats,
         seed=seed, layers=T.names(layers),
     )  # fmt: skip
-    T.print_summary(study.analyze(model, out, config, force=force, stage=T.stage), out)
+    lm = TextConfig(text=str(text) if text else None, tokens=str(tokens) if tokens else None, seq_len=seq_len,
+                    sequences=sequences, allow_pickle=allow_pickle)  # fmt: skip
+    summary = study.analyze(model, out, config, force=force, stage=T.stage, text=lm)
+    (T.print_lm_summary if summary.get("task") == "causal-lm" else T.print_summary)(summary, out)
 
 
 @_command

@@ -6,7 +6,9 @@
   ``fractions`` as a count of evenly spaced points). The experiment jobs and the explorer call them too.
 - ``analyze``: all three on one model file, written with figures and a summary into a folder,
   completely or not at all.
-- ``open_model`` / ``dataset_for``: a model file and the dataset (and training labels) it records.
+- ``open_any`` (= ``open_model``) / ``dataset_for``: a model file or a Hugging Face model directory, and
+  the dataset (and training labels) a model file records. Language models (lesion's gpt, HF causal LMs)
+  are studied by ``lesion._study_lm`` on token sequences instead.
 - ``train_model``: build, train and save a model described by a ``TrainConfig``.
 """
 
@@ -23,7 +25,7 @@ from lesion._json import jsonable
 from lesion._outputs import atomic_write, check_dir_target, check_file_target, write_folder
 from lesion.errors import DataError, LesionError, ModelFileError
 
-ARCHS = ("mlp", "convnet", "resnet")
+ARCHS = ("mlp", "convnet", "resnet", "gpt", "vit")
 RANKED_ORDERS = ("selectivity_high", "selectivity_low", "importance_high")
 ANALYSIS_FILES = (  # what `analyze` writes into its folder
     "units.parquet", "curves.parquet", "noise.parquet", "summary.json", "manifest.json",
@@ -62,6 +64,12 @@ class TrainConfig:
     batchnorm: bool = False
     select_reg: float = 0.0
     device: str = "cpu"
+    d_model: int = 64  # gpt / vit: width of the residual stream
+    n_layer: int = 2
+    n_head: int = 4
+    patch: int = 4  # vit: patch side, dividing the image size
+    tokens: str | None = None  # gpt: a token-id file to train on instead of the built-in --dataset corpus
+    seq_len: int = 32  # gpt: sequence length = context
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,10 @@ def train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict:
         check_file_target(target, force=force)
     if config.checkpoints:
         check_dir_target(out.parent / f"{out.stem}.checkpoints", (), force=force)
+    if config.arch == "gpt":
+        from lesion._study_lm import train_gpt
+
+        return train_gpt(config, out, data_seed=DATA_SEED)
     from lesion.corruption import corrupt_labels
     from lesion.data import load_dataset
     from lesion.models import build_model, save_model
@@ -137,12 +149,15 @@ def train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict:
 
     data = load_dataset(config.dataset, root=config.root, seed=DATA_SEED)
     arch = {"kind": config.arch, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
-    arch |= {"dropout": float(config.dropout), "batchnorm": config.batchnorm}
+    arch |= {"dropout": float(config.dropout)}
+    arch |= {} if config.arch == "vit" else {"batchnorm": config.batchnorm}
     arch |= {
         "mlp": {"widths": list(config.widths)},
         "convnet": {"width_mult": float(config.width_mult)},
         "resnet": {"width": int(config.resnet_width)},
-    }[config.arch]
+        "vit": {"patch": config.patch, "d_model": config.d_model, "n_layer": config.n_layer,
+                "n_head": config.n_head},
+    }[config.arch]  # fmt: skip
     net = build_model(arch, seed=config.seed)
     labels = corrupt_labels(
         data.y_train, config.corrupt, mode=config.corrupt_mode, n_classes=data.n_classes, seed=config.seed
@@ -173,13 +188,29 @@ def train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict:
 
 
 def analyze(
-    model: Path, out: Path, config: AnalysisConfig, *, force: bool = False, stage: Stage = _quiet
-) -> dict:
+    model: Path, out: Path, config: AnalysisConfig, *, force: bool = False, stage: Stage = _quiet,
+    text=None,
+) -> dict:  # fmt: skip
     """Run the study on one model and write its tables, figures and summary into ``out``, completely
-    or not at all (``manifest.json``, written last, lists every file with its SHA-256)."""
-    check_dir_target(out, ANALYSIS_FILES, force=force)  # before any work
+    or not at all (``manifest.json``, written last, lists every file with its SHA-256). A language
+    model (lesion's gpt, a Hugging Face causal LM directory) gets the next-token study of
+    ``lesion._study_lm.analyze_lm`` on the token sequences ``text`` (a ``TextConfig``) names."""
+    from lesion._study_lm import LM_FILES, TextConfig, analyze_lm, is_language_model
+
+    text = text or TextConfig()
+    check_dir_target(out, (*ANALYSIS_FILES, *LM_FILES), force=force)  # before any work
     clock = Clock()
-    net, info = open_model(model)
+    net, info = open_any(model, allow_pickle=text.allow_pickle)
+    if is_language_model(info):
+        return analyze_lm(model, out, config, text, force=force, stage=stage, opened=(net, info), clock=clock)
+    if (info.get("arch") or {}).get("task") == "sequence-classification":
+        raise LesionError(
+            f"{model} is a text classifier; `lesion analyze` studies language models (next-token loss) "
+            "and image classifiers. For a text classifier use the Python API: lesion.unit_table(model, "
+            "{'input_ids': ..., 'labels': ...})"
+        )
+    if text.text or text.tokens:
+        raise LesionError(f"--text / --tokens are for language models; {model} is a classifier (--dataset)")
     data = dataset_for(info, config.dataset, model)
     sites, cand = _sites(net, data, config.layers)
     clock.lap("load")
@@ -210,8 +241,9 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
                    seed=config.seed, fractions=config.fractions, units=table, progress=True)  # fmt: skip
     clock.lap("ablation_curves")
     stage(3, f"per-unit noise: {config.noise_repeats} draws per scale, train split")
-    noisy = noise(net, train, sites=sites, candidates=names, repeats=config.noise_repeats, seed=config.seed,
-                  progress=True)  # fmt: skip
+    noisy_names = [s.name for s in cand if not s.heads] or names  # Noise needs one channel per unit
+    noisy = noise(net, train, sites=sites, candidates=noisy_names, repeats=config.noise_repeats,
+                  seed=config.seed, progress=True)  # fmt: skip
     clock.lap("noise_curves")
     return table, curve, noisy
 
@@ -297,13 +329,38 @@ def _auc_summary(aucs) -> dict:
     return out
 
 
-def open_model(path: Path):
-    """A model file written by ``lesion train`` (safetensors; never pickle) and its info."""
+def open_model(path: Path, *, allow_pickle: bool = False):
+    """A model file written by ``lesion train`` (safetensors; never pickle) and its info, or a Hugging
+    Face model directory (see ``open_any``)."""
+    return open_any(path, allow_pickle=allow_pickle)
+
+
+def open_any(path: Path, *, allow_pickle: bool = False):
+    """``(model, info)`` of a lesion model file or a local Hugging Face model directory (``config.json``
+    + safetensors; a pickle-only directory is refused unless ``allow_pickle``, which reads it with
+    ``torch.load(weights_only=True)``). For a directory ``info`` is ``{"arch": {"kind": "hf",
+    "architecture", "task", "input_shape" (image classifiers)}, "metadata": {}, "hf": HFModel}``, so the
+    CLI, the explorer and the jobs can all take either."""
+    path = Path(path)
     if path.is_dir():
-        raise ModelFileError(f"{str(path)!r} is a directory; expected a model file written by `lesion train`")
+        from lesion.hf import is_model_dir, load_hf_dir
+
+        if not is_model_dir(path):
+            raise ModelFileError(
+                f"{str(path)!r} is a directory; expected a model file written by `lesion train` or a Hugging "
+                "Face model directory (config.json + model.safetensors); it has no config.json"
+            )
+        hf = load_hf_dir(path, allow_pickle=allow_pickle)
+        arch = {"kind": "hf", "architecture": hf.architecture, "task": hf.task}
+        if hf.task == "image-classification":
+            size = getattr(hf.config, "image_size", None)
+            size = list(size) if isinstance(size, list | tuple) else [size, size]
+            arch["input_shape"] = [int(getattr(hf.config, "num_channels", 3)), *map(int, size)]
+        return hf.model, {"arch": arch, "metadata": {}, "hf": hf}
     if not path.is_file():
         raise ModelFileError(
-            f"model file {str(path)!r} does not exist; expected a file written by `lesion train`"
+            f"model file {str(path)!r} does not exist; expected a file written by `lesion train` or a "
+            "Hugging Face model directory"
         )
     from lesion.models import load_model
 

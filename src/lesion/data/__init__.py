@@ -14,11 +14,14 @@ from lesion.data._dataset import Dataset, make_loader
 from lesion.data._download import download, fetch
 from lesion.data._folder import read_image_folder
 from lesion.data._formats import MAX_DATA_BYTES, read_cifar_binary, read_cifar_python, read_idx
+from lesion.data._text import CORPORA, builtin_tokens, read_token_ids, token_sequences, tokenize_file
 
 __all__ = [
+    "CORPORA",
     "DATASETS",
     "MAX_DATA_BYTES",
     "Dataset",
+    "builtin_tokens",
     "download",
     "fetch",
     "from_arrays",
@@ -30,4 +33,7 @@ __all__ = [
     "read_cifar_python",
     "read_idx",
     "read_image_folder",
+    "read_token_ids",
+    "token_sequences",
+    "tokenize_file",
 ]

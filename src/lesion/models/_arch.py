@@ -14,6 +14,7 @@ from torch import nn
 from lesion.errors import LesionError, ModelFileError
 from lesion.models._common import check_switches, positive_ints, seeded_init
 from lesion.models._conv import convnet, resnet
+from lesion.models._transformer import gpt, vit
 
 
 def mlp(
@@ -63,7 +64,9 @@ MAX_INPUT_ELEMENTS = 1 << 24  # per example: 16.7 M values, e.g. 3 x 2048 x 2048
 MAX_PARAMETERS = 1 << 30  # 1.07 G parameters, 4.3 GB in float32
 
 # kind -> builder taking the arch's other keys as keyword arguments (and ``seed``).
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"convnet": convnet, "mlp": mlp, "resnet": resnet}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "convnet": convnet, "gpt": gpt, "mlp": mlp, "resnet": resnet, "vit": vit,
+}  # fmt: skip
 
 
 def build_model(arch: dict[str, Any], *, seed: int | None = None) -> nn.Module:
