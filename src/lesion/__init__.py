@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         selectivity_vs_importance,
         unit_table,
     )
+    from lesion.attribution import attribution_table, plot_attribution
     from lesion.core.batch import Batch
     from lesion.core.lesions import Lesion, ablate, ablate_directions, add_noise, hooks
     from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar
@@ -79,6 +80,7 @@ __all__ = [
     "ablate_directions",
     "ablation_curves",
     "add_noise",
+    "attribution_table",
     "auc",
     "collect_stats",
     "correlate",
@@ -92,6 +94,7 @@ __all__ = [
     "noise_curves",
     "parse_units",
     "per_class_drops",
+    "plot_attribution",
     "selectivity_index",
     "selectivity_vs_importance",
     "sweep",
@@ -105,6 +108,7 @@ _SOURCES = {
         "ablation_curves", "curve_auc", "noise_curves", "per_class_drops", "selectivity_vs_importance",
         "unit_table",
     ),
+    "lesion.attribution": ("attribution_table", "plot_attribution"),
     "lesion.controls": ("direction_curves", "direction_information"),
     "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
     "lesion.evaluation": ("Evaluation", "evaluate"),
