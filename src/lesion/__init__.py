@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from lesion.core.sites import Site, find_sites
     from lesion.core.sweep import sweep
     from lesion.core.units import Unit, UnitSet, parse_units
+    from lesion.direct import direct_effects
     from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
     from lesion.evaluation import Evaluation, evaluate
     from lesion.measures import auc, correlate, mutual_information, selectivity_index
@@ -85,6 +86,7 @@ __all__ = [
     "collect_stats",
     "correlate",
     "curve_auc",
+    "direct_effects",
     "direction_curves",
     "direction_information",
     "evaluate",
@@ -110,6 +112,7 @@ _SOURCES = {
     ),
     "lesion.attribution": ("attribution_table", "plot_attribution"),
     "lesion.controls": ("direction_curves", "direction_information"),
+    "lesion.direct": ("direct_effects",),
     "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
     "lesion.evaluation": ("Evaluation", "evaluate"),
     "lesion.core.batch": ("Batch",),
