@@ -4,6 +4,7 @@ differences, and beside the exact effect on a tiny trained GPT-2 (the rank corre
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -61,17 +62,26 @@ def test_estimate_is_exact_on_a_model_linear_in_the_unit():
         np.testing.assert_allclose(df["estimate"], df["exact"], atol=1e-5)
 
 
-def test_heads_and_neurons_exact_on_a_linear_readout():
+REPLACEMENTS = {  # other references than the data: the data's own means would change a linear mean by 0
+    "zero": lambda ref: lesion.Zero(),
+    "mean": lambda ref: lesion.Mean(reference=ref),
+    "positional mean": lambda ref: lesion.PositionalMean(reference=ref),
+    "resample": lambda ref: lesion.Resample(seed=3, reference=ref),
+}
+
+
+@pytest.mark.parametrize("kind", list(REPLACEMENTS))
+def test_heads_and_neurons_exact_on_a_linear_readout(kind):
     torch.manual_seed(1)
     net = Parallel()
     ids = torch.randint(0, 20, (12, 7))
     sites = find_sites(net, ids[:2])
     assert [s.name for s in sites] == ["attn", "mlp.1"]  # the head view (4 heads) and the GELU (32)
-    for value in (0.0, lesion.Mean(reference=torch.randint(0, 5, (8, 7)))):
-        df = lesion.attribution_table(net, ids, metric=lesion.LogitDiff(3, 5), replacement=value)
-        assert list(df["kind"].value_counts().sort_index()) == [4, 32]
-        assert df.loc[df.kind == "head", "exact"].abs().min() > 1e-4
-        np.testing.assert_allclose(df["estimate"], df["exact"], atol=1e-5)
+    value = REPLACEMENTS[kind](torch.randint(0, 5, (12, 7)))
+    df = lesion.attribution_table(net, ids, metric=lesion.LogitDiff(3, 5), replacement=value, batch_size=5)
+    assert list(df["kind"].value_counts().sort_index()) == [4, 32]
+    assert df.loc[df.kind == "head", "exact"].abs().min() > 1e-4
+    np.testing.assert_allclose(df["estimate"], df["exact"], atol=1e-5)
 
 
 def test_mse_estimate_misses_exactly_the_quadratic_term():
@@ -94,25 +104,74 @@ def tiny_gpt2(seed=0, dtype=torch.float32):
     return transformers.GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
-def test_estimate_is_the_derivative_along_the_replacement():
-    """Central finite differences of the loss with unit j set to a + e (r - a), in float64, for neurons and
-    heads of a random GPT-2: the estimate is that derivative at e = 0."""
-    model = tiny_gpt2(dtype=torch.float64)
-    ids = torch.randint(0, 50, (6, 10))
-    data = {"input_ids": ids}
+def tiny_llama():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=50, max_position_embeddings=16, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(cfg).double().eval()
+    for m in model.modules():  # Llama's RMSNorm computes in float32: in float64 here, for finite differences
+        if type(m).__name__ == "LlamaRMSNorm":
+            m.forward = types.MethodType(_rms64, m)
+    return model
+
+
+def _rms64(self, x):
+    return self.weight * x * torch.rsqrt((x**2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, vocab_size=50,
+        max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(cfg).double().eval()
+
+
+def lm_loss(logits, inputs, _y):
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+    valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+    return nn.functional.cross_entropy(logits[:, :-1][valid], ids[:, 1:][valid])
+
+
+def cls_loss(logits, _inputs, y):
+    return nn.functional.cross_entropy(logits, y)
+
+
+CASES = {  # model, metric, the loss written out here, with or without labels
+    "gpt2 (padded)": (lambda: tiny_gpt2(dtype=torch.float64), lesion.NextTokenLoss, lm_loss, False),
+    "llama (GQA)": (tiny_llama, lesion.NextTokenLoss, lm_loss, False),
+    "bert classifier": (tiny_bert, lesion.Classification, cls_loss, True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_estimate_is_the_derivative_along_the_replacement(case):
+    """Central finite differences of the loss (written out here) with unit j set to a + e (r - a), in float64,
+    for neurons and heads: the estimate is that derivative at e = 0."""
+    build, metric, loss, labelled = CASES[case]
+    model = build()
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.ones(6, 10, dtype=torch.long)
+    mask[:2, 7:] = 0  # two padded sequences
+    inputs = {"input_ids": torch.randint(0, 50, (6, 10), generator=gen), "attention_mask": mask}
+    y = torch.randint(0, 3, (6,), generator=gen)
+    data = (inputs, y) if labelled else inputs
     sites = find_sites(model, data)
-    metric = lesion.NextTokenLoss()
     r = fitted_replacement(model, data, sites, "mean")
-    est = estimates(model, data, sites, metric, r)
-    picks = [("transformer.h.0.mlp.act", 5), ("transformer.h.1.mlp.act", 77), ("transformer.h.0.attn", 2)]
-    for name, j in picks:
-        site = next(s for s in sites if s.name == name)
-        fd = (_loss_at(model, ids, site, j, r, 1e-5) - _loss_at(model, ids, site, j, r, -1e-5)) / 2e-5
-        assert est[name][j] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    est = estimates(model, data, sites, metric(), r)
+    neurons, heads = [s for s in sites if not s.heads], [s for s in sites if s.heads]
+    assert len(neurons) >= 2 and len(heads) == 2  # BERT's pooler (Tanh) is a site too
+    for site, j in [(neurons[0], 5), (neurons[1], 40), (neurons[-1], 7), (heads[0], 2), (heads[-1], 3)]:
+        up, down = (_loss_at(model, inputs, y, loss, site, j, r, e) for e in (1e-5, -1e-5))
+        assert est[site.name][j] == pytest.approx((up - down) / 2e-5, rel=1e-5, abs=1e-9)
 
 
-def _loss_at(model, ids, site, j, r, eps):
-    """Mean next-token loss with unit ``j`` of ``site`` moved ``eps`` of the way to its replacement."""
+def _loss_at(model, inputs, y, loss, site, j, r, eps):
+    """The loss with unit ``j`` of ``site`` moved ``eps`` of the way to its replacement (its mean)."""
     mean = r.means[site.name].double().reshape(site.width, site.group)[j]  # (group,)
     sl = slice(j * site.group, (j + 1) * site.group)
 
@@ -123,15 +182,15 @@ def _loss_at(model, ids, site, j, r, eps):
 
     module = dict(model.named_modules())[site.target]
     if site.hook == "input":
-        handle = module.register_forward_pre_hook(lambda _m, inp: (move(inp[0]),))
+        handle = module.register_forward_pre_hook(lambda _m, inp: (move(inp[0]), *inp[1:]))
     else:
         handle = module.register_forward_hook(lambda _m, _i, out: move(out))
     try:
         with torch.no_grad():
-            logits = model(input_ids=ids).logits
+            logits = model(**inputs).logits
     finally:
         handle.remove()
-    return float(nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), ids[:, 1:].reshape(-1)))
+    return float(loss(logits, inputs, y))
 
 
 def test_no_gradient_left_on_the_model_and_frozen_models_work():
