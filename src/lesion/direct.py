@@ -186,7 +186,11 @@ def _readout(model: nn.Module, rec: dict[str, dict], logits: torch.Tensor) -> Re
     name = _unembedding(model, rec, named, logits)
     inp = rec[name]["input"]
     rows = _rows(named[name], name)
-    norms = [n for n, r in rec.items() if r["order"] < rec[name]["order"] and _is_norm(named[n])]
+    norms = [
+        n
+        for n, r in rec.items()
+        if r["order"] < rec[name]["order"] and r["calls"] == 1 and _is_norm(named[n])
+    ]
     norm = next((n for n in reversed(norms) if _same(rec[n]["output"], inp)), None)
     if norm is None:
         return Readout(name, rows)
@@ -308,7 +312,11 @@ def _direct(model, data, readout: Readout, writers: list[Writer], metric: Metric
                 got.clear()
                 out = output_tensor(b.run(model))  # (batch, t, vocab)
                 intact.update(out[None], b, slice(0, 1), intact=out, fused=True)
-                inv = readout.inverse_scale(got[readout.norm]) if readout.norm else torch.ones(out.shape[:2])
+                inv = (
+                    readout.inverse_scale(got[readout.norm])
+                    if readout.norm
+                    else torch.ones(out.shape[:2], device=out.device)
+                )
                 _score(values, out, b, k, writers, units, got, inv, r)
     finally:
         for h in handles:
@@ -332,9 +340,10 @@ def _score(values: Metric, out, b: Batch, k: int, writers, units, got, inv, r) -
             d = d * got[w.gate]
         c = (d.double() * inv.double()[..., None]).permute(2, 0, 1)  # (width, batch, t)
         step = max(1, MAX_LOGITS // out.numel())
+        base = out.double()[None]
         for j in range(0, w.site.width, step):
             jj = min(j + step, w.site.width)
-            lesioned = out.double()[None] + c[j:jj, ..., None] * u[j:jj, None, None, :]  # (k, batch, t, V)
+            lesioned = base + c[j:jj, ..., None] * u[j:jj, None, None, :]  # (k, batch, t, vocab)
             values.update(lesioned.to(out.dtype), b, slice(offset + j, offset + jj), intact=out, fused=True)
         offset += w.site.width
 
