@@ -213,6 +213,38 @@ def test_refusals():
         lesion.attribution_table(net, (x, torch.zeros(10, dtype=torch.long)), replacement=lesion.Noise(1.0))
 
 
+def test_objective_sums_to_the_metric_main_column():
+    """Summed over batches and divided by the counts, each objective is the metric's own main value."""
+    from lesion.attribution import main_column, objective
+    from lesion.core.batch import batches
+
+    model = tiny_gpt2()
+    mask = torch.ones(9, 8, dtype=torch.long)
+    mask[:3, 5:] = 0
+    lm = {"input_ids": torch.randint(0, 50, (9, 8)), "attention_mask": mask}
+    net = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4))
+    x = torch.randn(9, 3)
+    cases = [
+        (model, lm, lesion.NextTokenLoss()),
+        (model, lm, lesion.LogitDiff(4, 9)),
+        (net, (x, torch.arange(9) % 4), lesion.Classification()),
+        (net, (x, torch.randn(9, 4)), lesion.MSE()),
+        (net, x, lesion.Scalar(lambda out, b: out.exp()[:, 1], name="e1")),
+    ]
+    for m, data, metric in cases:
+        want = lesion.sweep(m, data, [], metric, batch_size=4).attrs["intact"][main_column(metric)]
+        total = count = 0.0
+        with torch.no_grad():
+            for b in batches(data, batch_size=4):
+                out = b.run(m)
+                s, n = objective(metric, out.logits if hasattr(out, "logits") else out, b)
+                total, count = total + float(s), count + n
+        assert total / count == pytest.approx(want, rel=1e-5), type(metric).__name__
+    with pytest.raises(LesionError, match="differentiabl"):
+        detached = lesion.Scalar(lambda out, b: out[:, 0].detach(), name="d")
+        lesion.attribution_table(net, x, metric=detached, exact=False)
+
+
 def test_missed_rule_and_spearman():
     import pandas as pd
 

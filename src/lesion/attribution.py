@@ -156,8 +156,7 @@ def estimates(
                 got.clear()
                 b = b.to(device)
                 total, n = objective(metric, output_tensor(b.run(model)), b)
-                if not torch.isfinite(total):
-                    raise DataError(f"batch {k}: the metric is NaN or infinite; expected finite outputs")
+                _check_objective(total, metric, k)
                 held = [got[s.name] for s in sites]
                 grads = torch.autograd.grad(total, held, allow_unused=True)
                 for s, a, g in zip(sites, held, grads, strict=True):
@@ -170,6 +169,20 @@ def estimates(
         for h in handles:
             h.remove()
     return {name: (v / count).numpy() for name, v in sums.items()}
+
+
+def _check_objective(total: torch.Tensor, metric: Metric, k: int) -> None:
+    if total.ndim != 0:
+        raise LesionError(
+            f"metric {type(metric).__name__} gave {tuple(total.shape)} per batch; expected a scalar"
+        )
+    if not total.requires_grad:
+        raise LesionError(
+            f"metric {type(metric).__name__} does not depend differentiably on the model's output (a Scalar "
+            "function that detaches or leaves torch?); expected a differentiable function of the output"
+        )
+    if not torch.isfinite(total):
+        raise DataError(f"batch {k}: the metric is NaN or infinite; expected finite outputs")
 
 
 def _capture(module: nn.Module, site: Site, got: dict[str, torch.Tensor]):
