@@ -177,7 +177,7 @@ def _resid_in(model, layer, x):
     return got["x"]
 
 
-def test_plain_gpt_direct_equals_brute_force_and_last_layer_without_norm_is_total():
+def test_plain_gpt_direct_equals_brute_force_and_last_layer_without_norm_is_total(tmp_path):
     model, x = GPT(), ids()
     df = lesion.direct_effects(model, x, total=False)
     assert df.attrs["final_norm"] == "ln_f" and df.attrs["unembedding"] == "lm_head"
@@ -195,6 +195,8 @@ def test_plain_gpt_direct_equals_brute_force_and_last_layer_without_norm_is_tota
     np.testing.assert_allclose(last["direct"], last["total"], atol=1e-5)  # nothing but the readout follows
     first = df[df.layer == "blocks.0.mlp.act"]
     assert (first["direct"] - first["total"]).abs().max() > 1e-4  # the last block carries part of it
+    assert df.attrs["spearman"]["blocks.1.mlp.act"] == pytest.approx(1.0)
+    assert all(p.stat().st_size > 1000 for p in lesion.plot_direct(df, tmp_path / "direct"))
 
 
 def test_logit_diff_and_kl_metrics():

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from lesion.core.sites import Site, find_sites
     from lesion.core.sweep import sweep
     from lesion.core.units import Unit, UnitSet, parse_units
-    from lesion.direct import direct_effects
+    from lesion.direct import direct_effects, plot_direct
     from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
     from lesion.evaluation import Evaluation, evaluate
     from lesion.measures import auc, correlate, mutual_information, selectivity_index
@@ -97,6 +97,7 @@ __all__ = [
     "parse_units",
     "per_class_drops",
     "plot_attribution",
+    "plot_direct",
     "selectivity_index",
     "selectivity_vs_importance",
     "sweep",
@@ -112,7 +113,7 @@ _SOURCES = {
     ),
     "lesion.attribution": ("attribution_table", "plot_attribution"),
     "lesion.controls": ("direction_curves", "direction_information"),
-    "lesion.direct": ("direct_effects",),
+    "lesion.direct": ("direct_effects", "plot_direct"),
     "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
     "lesion.evaluation": ("Evaluation", "evaluate"),
     "lesion.core.batch": ("Batch",),

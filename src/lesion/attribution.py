@@ -277,52 +277,60 @@ def plot_attribution(table: pd.DataFrame, path: str | Path, *, title: str | None
 
     ``table`` is ``attribution_table``'s (with ``exact``). Saves PNG (150 dpi) and SVG; returns their paths.
     """
-    from matplotlib.figure import Figure
-
     if "exact" not in table:
         raise LesionError(
             "plot_attribution needs the exact effects; expected a table of attribution_table(..., exact=True)"
         )
+    col = table.attrs.get("metric", "metric")
+    heading = title or f"Attribution estimate vs exact ablation effect (Δ {col})"
+    note = (
+        "dots: neurons, triangles: heads (labelled by index); red: missed (large exact effect, small "
+        "estimate); dashed: estimate = exact"
+    )
+    return scatter_layers(table, path, "estimate", "exact", heading, note)
+
+
+def scatter_layers(
+    table: pd.DataFrame, path: str | Path, x: str, y: str, title: str, note: str
+) -> list[Path]:
+    """Column ``x`` against ``y``, one panel per layer, titled with ``table.attrs["spearman"]``."""
+    from matplotlib.figure import Figure
+
     layers = list(dict.fromkeys(table["layer"]))
     cols = min(4, len(layers))
     rows = math.ceil(len(layers) / cols)
-    fig = Figure(figsize=(3.4 * cols, 3.2 * rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(max(3.4 * cols, 8.0), 3.2 * rows + 0.7), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     rho = table.attrs.get("spearman", {})
     col = table.attrs.get("metric", "metric")
     for ax, layer in zip(axes, layers, strict=False):
-        _panel(ax, table[table["layer"] == layer], col)
+        _panel(ax, table[table["layer"] == layer], x, y, col)
         ax.set_title(f"{layer}\nSpearman ρ = {rho.get(layer, float('nan')):.2f}", fontsize=9)
     for ax in axes[len(layers) :]:
         ax.set_visible(False)
-    heading = title or f"Attribution estimate vs exact ablation effect (Δ {col})"
-    fig.suptitle(f"{heading}; all units: ρ = {rho.get('all', float('nan')):.2f}", fontsize=11)
-    fig.supxlabel(
-        "dots: neurons, triangles: heads (labelled by index); red: missed (large exact effect, small "
-        "estimate); dashed: estimate = exact",
-        fontsize=8,
-    )
+    fig.suptitle(f"{title}\nall units: Spearman ρ = {rho.get('all', float('nan')):.2f}", fontsize=11)
+    fig.supxlabel(note, fontsize=8)
     return _save(fig, path)
 
 
-def _panel(ax, g: pd.DataFrame, col: str) -> None:
+def _panel(ax, g: pd.DataFrame, x_col: str, y_col: str, col: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.grid(True, color="0.9", lw=0.8)
     ax.set_axisbelow(True)
-    x, y = g["estimate"].to_numpy(), g["exact"].to_numpy()
+    x, y = g[x_col].to_numpy(), g[y_col].to_numpy()
     lo, hi = float(min(x.min(), y.min(), 0.0)), float(max(x.max(), y.max(), 0.0))
     ax.plot([lo, hi], [lo, hi], ls="--", color="0.5", lw=1)
     miss = g["missed"].to_numpy() if "missed" in g else np.zeros(len(g), dtype=bool)
-    marker = "^" if (g["kind"] == "head").all() else "o"
+    marker = "^" if "kind" in g and (g["kind"] == "head").all() else "o"
     ax.scatter(x[~miss], y[~miss], s=14 if marker == "o" else 40, marker=marker, color="tab:blue", alpha=0.7)
     ax.scatter(x[miss], y[miss], s=14 if marker == "o" else 40, marker=marker, color="tab:red")
     labelled = g if marker == "^" else g[miss]  # heads are few: label them all; neurons only when missed
     for _, row in labelled.iterrows():
-        ax.annotate(str(row["index"]), (row["estimate"], row["exact"]), fontsize=7, xytext=(3, 2),
+        ax.annotate(str(row["index"]), (row[x_col], row[y_col]), fontsize=7, xytext=(3, 2),
                     textcoords="offset points", color="tab:red" if row.get("missed") else "0.2")  # fmt: skip
-    ax.set_xlabel(f"estimate (Δ {col})", fontsize=8)
-    ax.set_ylabel(f"exact (Δ {col})", fontsize=8)
+    ax.set_xlabel(f"{x_col} (Δ {col})", fontsize=8)
+    ax.set_ylabel(f"{y_col} (Δ {col})", fontsize=8)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(4))
     ax.ticklabel_format(style="sci", scilimits=(-2, 3))

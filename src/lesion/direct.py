@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,13 @@ from torch import nn
 
 from lesion._progress import progress_bar
 from lesion._util import eval_mode, model_device
-from lesion.attribution import fitted_replacement, main_column, replacement_delta
+from lesion.attribution import fitted_replacement, main_column, replacement_delta, scatter_layers, spearman
 from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Metric, NextTokenLoss
 from lesion.core.sites import Site, _last_dim
 from lesion.core.sweep import sites_for, sweep
-from lesion.errors import SiteError
+from lesion.errors import LesionError, SiteError
 
 MAX_LOGITS = 1 << 24  # floats of lesioned logits scored at once (k neurons x batch x positions x vocab)
 
@@ -96,7 +97,8 @@ def direct_effects(
 
     ``metric`` defaults to ``NextTokenLoss()`` (``LogitDiff`` and ``KL`` work too); ``sites`` to every MLP
     activation site; ``replacement`` to 0 (``"mean"`` or any per-unit Replacement). ``df.attrs`` names the
-    final norm, the unembedding, each site's projection and gate, the metric column and intact values.
+    final norm, the unembedding, each site's projection and gate, the metric column, intact values and
+    ``spearman`` (direct against total: {"all": rho, layer: rho}). ``plot_direct`` draws them.
     """
     data = reusable(data)
     metric = metric if metric is not None else NextTokenLoss()
@@ -124,7 +126,24 @@ def direct_effects(
         df["total"] = swept[f"delta_{col}"].to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
             df["ratio"] = np.where(df["total"] != 0, df["direct"] / df["total"], np.nan)
+        rho = {"all": spearman(df["direct"], df["total"])}
+        df.attrs["spearman"] = rho | {
+            str(n): spearman(g["direct"], g["total"]) for n, g in df.groupby("layer")
+        }
     return df
+
+
+def plot_direct(table: pd.DataFrame, path: str | Path, *, title: str | None = None) -> list[Path]:
+    """Direct (x) against total (y) effect of every neuron, one panel per layer, the diagonal dashed.
+
+    ``table`` is ``direct_effects``'s (with ``total``). Saves PNG (150 dpi) and SVG; returns their paths.
+    """
+    if "total" not in table:
+        raise LesionError("plot_direct needs the total effects; expected direct_effects(..., total=True)")
+    col = table.attrs.get("metric", "metric")
+    heading = title or f"Direct (final norm frozen) vs total effect of each MLP neuron (Δ {col})"
+    note = "dashed: direct = total; off the diagonal, later layers or the final norm's scale carry part"
+    return scatter_layers(table, path, "direct", "total", heading, note)
 
 
 def _neuron_sites(sites: Sequence[Site]) -> list[Site]:
@@ -348,4 +367,4 @@ def _score(values: Metric, out, b: Batch, k: int, writers, units, got, inv, r) -
         offset += w.site.width
 
 
-__all__ = ["direct_effects"]
+__all__ = ["direct_effects", "plot_direct"]
