@@ -67,6 +67,7 @@ REPLACEMENTS = {  # other references than the data: the data's own means would c
     "mean": lambda ref: lesion.Mean(reference=ref),
     "positional mean": lambda ref: lesion.PositionalMean(reference=ref),
     "resample": lambda ref: lesion.Resample(seed=3, reference=ref),
+    "resample x3": lambda ref: lesion.Resample(seed=3, repeats=3, reference=ref),  # the sweep averages draws
 }
 
 

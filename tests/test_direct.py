@@ -215,3 +215,5 @@ def test_refusals():
     heads = [s for s in lesion.find_sites(model, {"input_ids": x[:2]}) if s.heads]
     with pytest.raises(SiteError, match="not a layer of MLP neurons"):
         lesion.direct_effects(model, {"input_ids": x}, sites=heads)
+    with pytest.raises(lesion.LesionError, match="repeats=1"):
+        lesion.direct_effects(model, {"input_ids": x}, replacement=lesion.Resample(repeats=2))

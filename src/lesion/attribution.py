@@ -112,11 +112,14 @@ def unit_axis(site: Site, h: torch.Tensor) -> torch.Tensor:
 
 
 def replacement_delta(r: Replacement, site: Site, a: torch.Tensor, batch: Batch, k: int) -> torch.Tensor:
-    """``r - a`` for every unit of ``site`` at once: (batch, ..., width, group), ``a`` the site's view."""
+    """``r - a`` for every unit of ``site`` at once: (batch, ..., width, group), ``a`` the site's view.
+    A replacement with ``repeats`` (Resample) gives the mean over its draws, as a sweep averages them."""
     cur = unit_axis(site, a)
     ctx = Context(site, torch.arange(site.width, device=a.device), batch, k)
-    new = torch.broadcast_to(r.values(cur, ctx).to(device=cur.device, dtype=cur.dtype), cur.shape)
-    return new - cur
+    repeats = getattr(r, "repeats", 1)
+    draws = [r.draw(i) for i in range(repeats)] if repeats > 1 else [r]
+    new = sum(d.values(cur, ctx).to(device=cur.device, dtype=cur.dtype) for d in draws) / len(draws)
+    return torch.broadcast_to(new, cur.shape) - cur
 
 
 def fitted_replacement(model: nn.Module, data: Data, sites: Sequence[Site], replacement: Any) -> Replacement:

@@ -108,6 +108,11 @@ def direct_effects(
     readout, writers = locate(model, data, sites)
     sites = [w.site for w in writers]
     r = fitted_replacement(model, data, sites, replacement)
+    if getattr(r, "repeats", 1) > 1:
+        raise LesionError(
+            "direct_effects scores one replacement per neuron; expected Resample(repeats=1) (a sweep would "
+            "average the metric over draws, a nonlinear function of them)"
+        )
     direct, intact = _direct(model, data, readout, writers, metric, r, batch_size, progress)
     df = pd.DataFrame({
         "unit": [f"{s.name}:{j}" for s in sites for j in range(s.width)],
