@@ -15,6 +15,13 @@ The final norm and the unembedding are found from the model, not from name table
 norm is the last LayerNorm/RMSNorm before it whose output is the unembedding's input (none: the
 unembedding reads the residual stream itself). Both are checked against the intact pass before use.
 Assumed: the MLP's output is added to the residual stream unchanged (no norm after the MLP).
+
+>>> import torch, lesion
+>>> lm = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 16), torch.nn.GELU(),
+...                          torch.nn.Linear(16, 8), torch.nn.Linear(8, 10))  # MLP, then the unembedding
+>>> df = lesion.direct_effects(lm, torch.randint(0, 10, (4, 6)))
+>>> df.attrs["projections"], df.attrs["final_norm"], bool((df.direct - df.total).abs().max() < 1e-5)
+({'2': '3'}, None, True)
 """
 
 from __future__ import annotations
