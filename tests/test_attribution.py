@@ -210,6 +210,10 @@ def test_refusals():
     x = torch.randn(10, 3)
     with pytest.raises(LesionError, match="zero gradient at the intact model"):
         lesion.attribution_table(net, x, metric=lesion.KL())
+    with pytest.raises(LesionError, match="needs the exact effects"):
+        lesion.plot_attribution(
+            lesion.attribution_table(net, x, metric=lesion.LogitDiff(0, 1), exact=False), "x"
+        )
     with pytest.raises(LesionError, match="per-unit replacement"):
         lesion.attribution_table(net, (x, torch.zeros(10, dtype=torch.long)), replacement=lesion.Noise(1.0))
 

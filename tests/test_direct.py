@@ -141,6 +141,8 @@ def test_gpt2_direct_equals_brute_force():
         want = brute(model, x, name, j, row, "transformer.ln_f")
         got = df.loc[df.unit == f"{name}:{j}", "direct"].item()
         assert got == pytest.approx(want, abs=1e-5) and abs(want) > 1e-6
+    batched = lesion.direct_effects(model, {"input_ids": x}, total=False, batch_size=4)  # 2 batches
+    np.testing.assert_allclose(batched["direct"], df["direct"], atol=1e-6)
 
 
 @pytest.mark.parametrize("value", [0.0, "mean"])
