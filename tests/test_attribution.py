@@ -16,7 +16,10 @@ from lesion.attribution import estimates, fitted_replacement, spearman
 from lesion.core.sites import find_sites
 from lesion.errors import LesionError
 
-transformers = pytest.importorskip("transformers")
+
+def hf():
+    """transformers (the optional ``hf`` extra): the tests of Hugging Face models skip without it."""
+    return pytest.importorskip("transformers")
 
 
 class Attention(nn.Module):
@@ -98,6 +101,7 @@ def test_mse_estimate_misses_exactly_the_quadratic_term():
 
 def tiny_gpt2(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
+    transformers = hf()
     cfg = transformers.GPT2Config(
         n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -107,6 +111,7 @@ def tiny_gpt2(seed=0, dtype=torch.float32):
 
 def tiny_llama():
     torch.manual_seed(0)
+    transformers = hf()
     cfg = transformers.LlamaConfig(
         hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=50, max_position_embeddings=16, bos_token_id=0, eos_token_id=0,
@@ -125,6 +130,7 @@ def _rms64(self, x):
 
 def tiny_bert():
     torch.manual_seed(0)
+    transformers = hf()
     cfg = transformers.BertConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, vocab_size=50,
         max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
