@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         selectivity_vs_importance,
         unit_table,
     )
+    from lesion.attribution import attribution_table, plot_attribution
     from lesion.core.batch import Batch
     from lesion.core.lesions import Lesion, ablate, ablate_directions, add_noise, hooks
     from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from lesion.core.sites import Site, find_sites
     from lesion.core.sweep import sweep
     from lesion.core.units import Unit, UnitSet, parse_units
+    from lesion.direct import direct_effects, plot_direct
     from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
     from lesion.evaluation import Evaluation, evaluate
     from lesion.measures import auc, correlate, mutual_information, selectivity_index
@@ -79,10 +81,12 @@ __all__ = [
     "ablate_directions",
     "ablation_curves",
     "add_noise",
+    "attribution_table",
     "auc",
     "collect_stats",
     "correlate",
     "curve_auc",
+    "direct_effects",
     "direction_curves",
     "direction_information",
     "evaluate",
@@ -92,6 +96,8 @@ __all__ = [
     "noise_curves",
     "parse_units",
     "per_class_drops",
+    "plot_attribution",
+    "plot_direct",
     "selectivity_index",
     "selectivity_vs_importance",
     "sweep",
@@ -105,7 +111,9 @@ _SOURCES = {
         "ablation_curves", "curve_auc", "noise_curves", "per_class_drops", "selectivity_vs_importance",
         "unit_table",
     ),
+    "lesion.attribution": ("attribution_table", "plot_attribution"),
     "lesion.controls": ("direction_curves", "direction_information"),
+    "lesion.direct": ("direct_effects", "plot_direct"),
     "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
     "lesion.evaluation": ("Evaluation", "evaluate"),
     "lesion.core.batch": ("Batch",),
