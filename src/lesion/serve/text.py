@@ -320,22 +320,12 @@ def explorer_for_file(
     """The text explorer for a language model on disk (``lesion serve``), or None for a model that is not
     one (the classifier explorer serves it).
 
-    HOOK (issue 14 item 6, built in parallel): language models on disk, lesion's ``gpt`` arch and Hugging
-    Face directories, come from ``lesion._study_lm`` (``is_language_model``, ``lm_data``, ``facts``) and
-    ``study.open_any``. Where those are not yet in the package, every model file is a classifier and
-    ``--text``/``--tokens`` are refused with a clear error.
+    Language models on disk (lesion's ``gpt`` arch, Hugging Face directories) are recognised and read by
+    ``lesion._study_lm`` and ``study.open_any``, the loaders ``lesion analyze`` uses.
     """
     from lesion import study
+    from lesion._study_lm import TextConfig, facts, is_language_model, lm_data
 
-    try:
-        from lesion._study_lm import TextConfig, facts, is_language_model, lm_data
-    except ImportError:  # the loader of language models is not in this build yet
-        if text is not None or tokens is not None:
-            raise LesionError(
-                "--text/--tokens need a language model, and this build of lesion cannot load one from a "
-                "file yet; from Python use lesion.serve.explorer_for_text(model, token_ids)"
-            ) from None
-        return None
     net, info = study.open_any(path)
     if not is_language_model(info):
         if text is not None or tokens is not None:
