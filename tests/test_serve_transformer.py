@@ -327,10 +327,20 @@ def test_explorer_for_file_leaves_classifiers_to_the_classic_explorer(monkeypatc
     assert explorer_for_file(Path("mlp.safetensors")) is None
     with pytest.raises(LesionError, match=r"--text/--tokens are for language models; mlp\.safetensors"):
         explorer_for_file(Path("mlp.safetensors"), tokens=Path("ids.npy"))
-    monkeypatch.setitem(sys.modules, "lesion._study_lm", None)  # a build without the loader
-    assert explorer_for_file(Path("mlp.safetensors")) is None
-    with pytest.raises(LesionError, match="cannot load one from a file yet"):
-        explorer_for_file(Path("gpt.safetensors"), text=Path("a.txt"))
+
+
+def test_explorer_for_a_real_gpt_file_equals_the_python_api(tmp_path):
+    """No stand-ins: `lesion train --arch gpt` writes the file, the real loaders read it back."""
+    from lesion import study
+    from lesion.serve.text import explorer_for_file
+
+    path = tmp_path / "gpt.safetensors"
+    study.train_model(study.TrainConfig(arch="gpt", dataset="markov", epochs=1), path)
+    ex = explorer_for_file(path, sequences=4, say=lambda *_: None)
+    net, _ = study.open_any(path)
+    _, got = ex.evaluate(["h.0.attn:1", "h.1.mlp.act:5"], "zero")
+    df = lesion.sweep(net, [ex.tokens], [["h.0.attn:1", "h.1.mlp.act:5"]], lesion.NextTokenLoss())
+    assert got.loss == pytest.approx(float(df.loss[0]), abs=1e-6)
 
 
 def test_huge_ranges_and_bodies_are_refused_cheaply(client):

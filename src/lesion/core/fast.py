@@ -134,7 +134,12 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
 def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
     """Whether the module-prefix engine may take ``lesion``: a site the graph engine cannot serve (or a
     model it cannot trace), a replacement computed per unit (no whole-site edit, one draw)."""
-    if lesion is None or not runner.use_engine or any(n not in runner.sites for n in lesion.units):
+    if (
+        lesion is None
+        or not lesion.units
+        or not runner.use_engine
+        or any(n not in runner.sites for n in lesion.units)
+    ):
         return False
     r = lesion.replacement
     if r.edit is not None or getattr(r, "repeats", 1) > 1:
