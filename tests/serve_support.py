@@ -42,3 +42,17 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def hook_count(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+]  # fmt: skip
+
+
+def chromium(playwright_api, executable):
+    """Yield a headless Debian Chromium driven by Playwright (the browser tests' module fixture)."""
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

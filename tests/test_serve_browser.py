@@ -18,13 +18,9 @@ if not CHROMIUM.exists():
 
 import lesion  # noqa: E402
 from lesion.serve import compact, create_app, running  # noqa: E402
-from tests.serve_support import digits_model, hook_count, make_explorer, weights_digest  # noqa: E402
+from tests.serve_support import chromium, digits_model, hook_count, make_explorer, weights_digest  # noqa: E402
 
 DIGEST: dict[str, str] = {}
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +34,7 @@ def setup():
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
+    yield from chromium(playwright_api, CHROMIUM)
 
 
 @pytest.fixture

@@ -21,14 +21,10 @@ if not CHROMIUM.exists():
 import lesion  # noqa: E402
 from lesion.serve import create_app, explorer_for_text, running  # noqa: E402
 from lesion.serve.text import token_losses  # noqa: E402
-from tests.serve_support import hook_count, weights_digest  # noqa: E402
+from tests.serve_support import chromium, hook_count, weights_digest  # noqa: E402
 from tests.text_support import ToyTokenizer, pattern, tiny_gpt  # noqa: E402
 
 HEAD = "transformer.h.0.attn:3"
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +37,7 @@ def setup():
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
+    yield from chromium(playwright_api, CHROMIUM)
 
 
 @pytest.fixture

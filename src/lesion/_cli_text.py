@@ -107,13 +107,7 @@ def print_summary(s: dict, folder: Path) -> None:
         *((f"AUC {k.replace('_', ' ')} first", f"{v:.4f}") for k, v in auc.items() if k in RANKED_ORDERS),
         ("selectivity vs Δloss, pooled r", fmt(pooled.get("pearson_r"))),
     ]
-    for row in rows:
-        table.add_row(*row)
-    console = out()
-    console.print(table)
-    seconds = ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items())
-    console.print(f"seconds: {seconds}", highlight=False)
-    console.print(f"wrote tables, figures and summary.json to {folder}", highlight=False)
+    _print_summary_table(table, rows, s["seconds"], folder)
 
 
 def print_lm_summary(s: dict, folder: Path) -> None:
@@ -130,12 +124,15 @@ def print_lm_summary(s: dict, folder: Path) -> None:
         ("loss, all deleted", f"{s['all_deleted_loss']:.4f}"),
         *((f"top: {u['unit']}", f"Δloss {u['delta_loss']:+.4f}") for u in s["top_units"][:5]),
     ]
+    _print_summary_table(table, rows, s["seconds"], folder)
+
+
+def _print_summary_table(table, rows, seconds: dict, folder: Path) -> None:
     for row in rows:
         table.add_row(*row)
     console = out()
     console.print(table)
-    seconds = ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items())
-    console.print(f"seconds: {seconds}", highlight=False)
+    console.print(f"seconds: {', '.join(f'{k} {v:.1f}' for k, v in seconds.items())}", highlight=False)
     console.print(f"wrote tables, figures and summary.json to {folder}", highlight=False)
 
 

@@ -97,6 +97,12 @@ AllowPickleOpt = Annotated[
         "--allow-pickle", help="Read a directory's pytorch_model.bin with torch.load(weights_only=True)."
     ),
 ]
+TextOpt = Annotated[
+    Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
+]
+TokensOpt = Annotated[
+    Path | None, typer.Option(help="Language model: token ids (.npy/.npz/.safetensors/text of ids).")
+]
 SeqLenOpt = Annotated[
     int | None,
     typer.Option(min=2, help="Tokens per sequence of a language model (default min(64, context))."),
@@ -230,12 +236,8 @@ def analyze(
         list[str] | None,
         typer.Option(help="Layers to study, repeated or comma separated (default: every activation)."),
     ] = None,
-    text: Annotated[
-        Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
-    ] = None,
-    tokens: Annotated[
-        Path | None, typer.Option(help="Language model: token ids (.npy/.npz/.safetensors/text of ids).")
-    ] = None,
+    text: TextOpt = None,
+    tokens: TokensOpt = None,
     seq_len: SeqLenOpt = None,
     sequences: Annotated[int, typer.Option(min=1, help="Language model: at most this many sequences.")] = 64,
     allow_pickle: AllowPickleOpt = False,
@@ -383,12 +385,8 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads (default torch's; 1 is steadier on a busy CPU).")
     ] = None,
-    text: Annotated[
-        Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
-    ] = None,
-    tokens: Annotated[
-        Path | None, typer.Option(help="Language model: token ids (.npy/.npz/.safetensors/text of ids).")
-    ] = None,
+    text: TextOpt = None,
+    tokens: TokensOpt = None,
     sequences: Annotated[int, typer.Option(min=1, help="Language model: sequences shown and scored.")] = 16,
 ) -> None:
     """Explore a model in the browser: delete units with a click, watch accuracy and confusion change;
