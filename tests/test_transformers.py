@@ -257,26 +257,28 @@ def test_sweeps_of_neurons_and_heads_equal_a_hand_written_reference(case, how):
     assert (df.delta_loss.abs() > 1e-7).any()  # the lesions change something
 
 
-def test_cumulative_curves_equal_the_reference(case):
+@pytest.mark.parametrize("how", list(REPLACEMENTS))
+def test_cumulative_curves_equal_the_reference(case, how):
     name, model, data, act, attn, proj, kind = case
     metric = lesion.NextTokenLoss() if kind == "lm" else lesion.Classification()
     order = [f"{act.format(1)}:{j}" for j in (5, 1, 9, 0, 3, 7)]
     heads = [f"{attn.format(0)}:{h}" for h in (2, 0, 3)]
     curves = lesion.ablation_curves(model, data, orders={"n": order, "h": heads}, metric=metric,
-                                    batch_size=7)  # fmt: skip
+                                    batch_size=7, value=REPLACEMENTS[how])  # fmt: skip
     assert not [k for k in curves.attrs["engine_fallbacks"] if k.startswith("prefix:")]
     assert curves.attrs["served"]["prefix"] == len(order) + len(heads)  # every count but 0 on the engine
-    zero = _values("zero", None)
+    neuron_acts = _channels(model, data, act.format(1), False)
+    head_acts = _channels(model, data, proj.format(0), True)
     for _, row in curves.iterrows():
         k = int(row.n_ablated)
         if row.order == "n":
             chans = [int(u.split(":")[1]) for u in order[:k]]
-            want = _by_hand(model, data, kind, act.format(1), False, chans, zero)
+            want = _by_hand(model, data, kind, act.format(1), False, chans, _values(how, neuron_acts))
         else:
             chans = [
                 c for u in heads[:k] for c in range(int(u.split(":")[1]) * 8, int(u.split(":")[1]) * 8 + 8)
             ]
-            want = _by_hand(model, data, kind, proj.format(0), True, chans, zero)
+            want = _by_hand(model, data, kind, proj.format(0), True, chans, _values(how, head_acts))
         assert row.loss == pytest.approx(want, abs=1e-5), (name, row.order, k)
 
 

@@ -20,7 +20,7 @@ from lesion.core.batch import Data, reusable
 from lesion.core.fast import cumulative
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Classification, Metric, columns
-from lesion.core.replacements import Noise, as_replacement
+from lesion.core.replacements import Noise, Replacement, as_replacement
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
 from lesion.core.sweep import evaluate_lesions, sites_for
@@ -233,7 +233,8 @@ def ablation_curves(
     metric's values (``accuracy, loss`` against the labels ``data`` yields, by default). Random orders get
     ``repeats`` seeded repeats (an int n: repeats 0..n-1; a list: exactly those repeats, so a large set
     can be split across workers: repeat r's order is drawn from (seed, r) alone); others one, numbered 0.
-    ``value`` is the replacement (a number, ``"mean"`` or a constant ``Replacement``).
+    ``value`` is the replacement (a number, ``"mean"`` or a ``Replacement``: constant ones on the graph
+    engine, the rest (positional mean, resample) on the module-prefix engine or the hook path).
     """
     ids = _repeat_ids(repeats)
     data = reusable(data)
@@ -251,7 +252,16 @@ def ablation_curves(
         if value == "mean"
         else None
     )
-    replacement = runner.fit([Lesion([u], as_replacement(value, ref)) for u in pool[:1]])[0].replacement
+    fitted: dict[frozenset, Replacement] = {}
+
+    def replacement_for(seq):  # fitted on the layers the order visits (one unit of each)
+        layers = frozenset(u.layer for u in seq)
+        if layers not in fitted:
+            first = list({u.layer: u for u in reversed(seq)}.values()) or pool[:1]
+            lesions = [Lesion([u], as_replacement(value, ref)) for u in first]
+            fitted[layers] = runner.fit(lesions)[0].replacement
+        return fitted[layers]
+
     named = _named_orders(orders)
     jobs = [(n, o, r) for n, o in named for r in (ids if isinstance(o, str) and o == "random" else [0])]
     rows = []
@@ -259,6 +269,7 @@ def ablation_curves(
     for name, o, r in jobs:
         seq = unit_order(o, pool, units=units, model=model, seed=seed, repeat=r)
         mine = [k for k in counts if k <= len(seq)] if fractions is not None else list(range(len(seq) + 1))
+        replacement = replacement_for(seq)
         values = cumulative(runner, [Lesion([u], replacement) for u in seq], mine)
         scalars = _curve_columns(values)
         for j, k in enumerate(mine):
