@@ -153,3 +153,27 @@ def test_streamed_loader_and_one_shot_iterator_give_the_same_table():
     for other in (streamed, one_shot):
         np.testing.assert_allclose(other["delta_loss"], base["delta_loss"], atol=1e-5)
         np.testing.assert_allclose(other["selectivity"], base["selectivity"], atol=1e-6)
+
+
+def test_exact_sparsity_skips_the_examples_a_deletion_cannot_change():
+    """Zeroing unit j changes nothing for an example whose unit j is already 0 after the ReLU: those
+    (lesion, example) pairs keep the intact output and skip the later layers; the table is unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x, y = torch.randn(300, 6), torch.randint(0, 4, (300,))
+    sites = lesion.find_sites(model, x[:2])
+    units = [f"{s.name}:{j}" for s in sites for j in range(32)] + ["3:5"]
+    runner = Runner(model, [(x, y)], sites)
+    fast = evaluate_lesions(runner, runner.fit([Lesion(u) for u in units]))
+    eng = runner.engine()
+    skipped = 1 - eng.computed / eng.examples
+    assert 0.3 < skipped < 1  # about half the ReLU outputs are exactly 0
+    assert runner.skipped() == skipped
+    dense = Runner(model, [(x, y)], sites)
+    dense.engine().sparse = False
+    full = evaluate_lesions(dense, dense.fit([Lesion(u) for u in units]))
+    slow = Runner(model, [(x, y)], sites, engine=False).run([Lesion(u) for u in units])
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(fast[key], full[key], atol=1e-6)
+        np.testing.assert_allclose(fast[key], slow[key], atol=1e-6)
+    assert dense.engine().computed == dense.engine().examples

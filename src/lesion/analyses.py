@@ -88,6 +88,7 @@ def unit_table(
     table.attrs["engine_fallbacks"] = dict(runner.fallbacks)
     table.attrs["engine_deviation"] = dict(runner.deviation)
     table.attrs["served"] = dict(runner.served)
+    table.attrs["engine_skipped"] = runner.skipped()
     return table
 
 

@@ -129,6 +129,14 @@ class Runner:
                 self.fallbacks["*"] = str(exc)
         return self._engine
 
+    def skipped(self) -> float | None:
+        """The fraction of (lesion, example) pairs the graph engine left out as unchanged (exact
+        sparsity: the unit already held its replacement value), or None where it did no work."""
+        eng = self._engine
+        if eng is None or not getattr(eng, "examples", 0):
+            return None
+        return 1 - eng.computed / eng.examples
+
     def autocast(self):
         """bf16 autocast for the engine's work when asked for (AMX on CPUs, tensor cores on GPUs)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")

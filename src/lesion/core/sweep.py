@@ -97,5 +97,5 @@ def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -
         df[f"delta_{name}"] = df[name] - intact[name][0]
     df.attrs.update(intact={k: float(v[0]) for k, v in intact.items()}, n=runner.n)
     df.attrs.update(engine_fallbacks=dict(runner.fallbacks), engine_deviation=dict(runner.deviation))
-    df.attrs.update(served=dict(runner.served))
+    df.attrs.update(served=dict(runner.served), engine_skipped=runner.skipped())
     return df

@@ -46,6 +46,8 @@ class Engine:
         self.consumers = {
             s.name: self.plan.consumer(s.name, flat=len(s.shape) == 1) for s in sites if _plain(s)
         }
+        self.sparse = True  # single units: only the examples a lesion changes run the later layers
+        self.examples = self.computed = 0  # (lesion, example) pairs seen, and those recomputed
 
     @property
     def chunks(self) -> Iterator[Batch]:
@@ -97,13 +99,54 @@ class Engine:
                 raise Unsupported(f"site {layer!r} did not produce a tensor in the traced graph")
             per_lesion = vals[start][0].numel() if isinstance(vals[start], torch.Tensor) else 1
             k_max = max(1, min(64, self.budget // max(1, 4 * len(y) * per_lesion)))
+            whole = None  # the intact output, for the examples a lesion leaves unchanged (exact sparsity)
             for i in range(0, len(units_t), k_max):
                 js = units_t[i : i + k_max]
                 value = self._lesioned_start(h, vals, site, cons, start, js, fill)
-                env = self._expand(vals, front, start, value, len(js), len(y))
-                self.plan.run(env, down)
-                out = _tensor_out(env[self.plan.output])
+                touched = self._touched(h, site, js, fill)  # (k, batch): the lesion changes the example
+                self.examples += touched.numel()
+                if self.sparse and not bool(touched.all()):
+                    if whole is None:
+                        whole = _tensor_out(self.model(x)) if intact is None else intact
+                    out = self._sparse(vals, front, start, value, touched, whole, down)
+                else:
+                    env = self._expand(vals, front, start, value, len(js), len(y))
+                    self.plan.run(env, down)
+                    out = _tensor_out(env[self.plan.output])
+                    self.computed += touched.numel()
                 self._update(metric, out, b, len(js), slice(offset + i, offset + i + len(js)), intact)
+
+    @staticmethod
+    def _touched(h: torch.Tensor, site: Site, js: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
+        """(k, batch): whether deleting unit js[l] changes example e at all (its activity is not already
+        the replacement value everywhere)."""
+        cur = h.index_select(site.unit_dim, js.to(h.device)).movedim(site.unit_dim, 0)  # (k, batch, ...)
+        fills = torch.zeros(len(js), dtype=h.dtype, device=h.device) if fill is None else fill[js].to(h)
+        diff = cur != fills.reshape(-1, *[1] * (cur.ndim - 1))
+        return diff.reshape(*diff.shape[:2], -1).any(2)
+
+    def _sparse(self, vals, front, start, value, touched, whole, down) -> torch.Tensor:
+        """Run the later layers only for the (lesion, example) pairs a lesion changes; every other pair
+        keeps the intact output, which is exactly what the full computation gives it."""
+        k, batch = touched.shape
+        rows = touched.flatten().nonzero().squeeze(1)  # lesion-major indices into k * batch
+        self.computed += len(rows)
+        out = whole.repeat(k, *[1] * (whole.ndim - 1))
+        if len(rows) == 0:
+            return out
+        ex = rows % batch
+        env: dict = {start: value[rows.to(value.device)]}
+        for f in front:
+            if f is not start:
+                v = vals[f]
+                if f in self.plan.batched:
+                    if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch:
+                        raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
+                    v = v[ex.to(v.device)]
+                env[f] = v
+        self.plan.run(env, down)
+        out[rows.to(out.device)] = _tensor_out(env[self.plan.output]).to(out.dtype)
+        return out
 
     def _lesioned_start(self, h, vals, site, cons, start, js, fill) -> torch.Tensor:
         k = len(js)
