@@ -219,3 +219,42 @@ def test_refusals():
         lesion.direct_effects(model, {"input_ids": x}, sites=heads)
     with pytest.raises(lesion.LesionError, match="repeats=1"):
         lesion.direct_effects(model, {"input_ids": x}, replacement=lesion.Resample(repeats=2))
+
+
+def test_a_post_mlp_norm_is_refused_not_silently_wrong():
+    """Gemma 2 style: the MLP's output is normalised before the residual add; the direct path of this
+    module does not apply, so it is an error rather than a wrong number."""
+    import torch
+    from torch import nn
+
+    import lesion
+    from lesion.errors import SiteError
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Sequential()
+            self.mlp.add_module("fc", nn.Linear(8, 16))
+            self.mlp.add_module("act", nn.GELU())
+            self.mlp.add_module("proj", nn.Linear(16, 8))
+            self.post_norm = nn.LayerNorm(8)
+
+        def forward(self, x):
+            return x + self.post_norm(self.mlp(x))
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.block, self.ln_f, self.head = (
+                nn.Embedding(11, 8),
+                Block(),
+                nn.LayerNorm(8),
+                nn.Linear(8, 11),
+            )
+
+        def forward(self, ids):
+            return self.head(self.ln_f(self.block(self.emb(ids))))
+
+    ids = torch.randint(0, 11, (4, 5))
+    with pytest.raises(SiteError, match=r"passes through the norm 'block\.post_norm'"):
+        lesion.direct_effects(LM().eval(), [ids])

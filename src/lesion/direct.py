@@ -310,11 +310,24 @@ def _writer(model: nn.Module, rec: dict[str, dict], site: Site, readout: Readout
                 f"the projection {proj!r} of site {site.name!r} maps {w.shape[0]} -> {w.shape[1]}; expected "
                 f"{site.width} neurons -> the residual stream's {readout.rows.shape[0]}"
             )
+        _check_no_post_norm(rec, named, proj, parent)
         return Writer(site, proj, w, gate)
     raise SiteError(
         f"found no output projection for site {site.name!r}: expected a Linear-like module in {parent!r} "
         "whose input is the activation (or the activation times a sibling's output, as in gated MLPs)"
     )
+
+
+def _check_no_post_norm(rec: dict[str, dict], named, proj: str, parent: str) -> None:
+    """Refuse MLPs whose output is normalised before it joins the residual stream (Gemma 2's and OLMo
+    2's post-feedforward norms): the direct path assumed here would then be wrong."""
+    outs = [rec[proj]["output"], rec.get(parent, {}).get("output")]
+    for n, r in rec.items():
+        if _is_norm(named[n]) and any(_same(r["input"], o) for o in outs if o is not None):
+            raise SiteError(
+                f"the MLP output of {parent!r} passes through the norm {n!r} before the residual stream; "
+                "direct effects assume it is added to the residual stream as it is (pre-norm blocks)"
+            )
 
 
 def _out(rec: dict[str, dict], name: str, like: torch.Tensor) -> torch.Tensor:
