@@ -33,7 +33,7 @@ def test_quick_bench_writes_json_and_every_method_agrees(tmp_path):
     r = json.loads(out.read_text())
     assert {"cpu", "cores", "torch", "threads", "date", "captum"} <= set(r["machine"])
     assert r["machine"]["threads"] == 1 and r["gemm"]["gflops"] > 0
-    assert list(r["workloads"]) == ["W1", "W2", "W3", "W4"]
+    assert list(r["workloads"]) == ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]
     captum = r["machine"]["captum"] is not None
     for name, peers in (("W1", ["hook_loop", "captum"]), ("W2", ["hook_loop"]), ("W3", ["captum"])):
         w = r["workloads"][name]
@@ -49,6 +49,14 @@ def test_quick_bench_writes_json_and_every_method_agrees(tmp_path):
     assert r["workloads"]["W2"]["extrapolated"] is True
     assert 0 < r["workloads"]["W2"]["extrapolation"]["hook_loop"]["measured_fraction"] < 1
     assert r["workloads"]["W4"]["peak_mb"] > 0 and r["workloads"]["W4"]["peak_reset"] in (True, False)
+    for name in ("W5", "W6"):  # transformers: every peer that imports was checked against lesion, then timed
+        w = r["workloads"][name]
+        available = [p for p, why in w["peers"].items() if why == "available"]
+        assert sorted(w["max_abs_diff"]) == sorted(["hook_loop", *available]), name
+        for diff in w["max_abs_diff"].values():
+            assert diff["loss"] <= 1e-5 and diff.get("accuracy", 0.0) <= 1e-3
+        assert w["engine"]["served"]["prefix"] == w["n_lesions"], name  # lesion's engine was timed
+    assert r["workloads"]["W7"]["spearman"] > 0.9  # quick model: near-linear, so the estimate is close
 
 
 def test_without_captum_its_columns_are_skipped_and_said_so(monkeypatch):

@@ -9,6 +9,10 @@ Workloads (full sizes; ``quick=True`` shrinks each one):
 - W3: each channel of the last three conv layers of the paper's convnet (width 0.5, batch norm) deleted
   alone on 2,000 28x28 images: lesion vs Captum (a feature mask per channel).
 - W4: peak resident memory of W1 at 60,000 examples with lesion, in a child process.
+- W5, W6: each MLP neuron / attention head of a 4-block GPT-2-architecture model (d_model 256, 1,024
+  neurons, 8 heads) deleted alone, next-token loss on 64 sequences of 128 tokens: lesion vs a hook loop,
+  Captum, TransformerLens and nnsight (``lesion.bench.lm``); W7: the attribution estimate of every W5
+  neuron against the exact sweep.
 
 Every method runs in this process on the same model, data and thread count. Its numbers are checked
 against lesion's on a few units first (that run is also its warm-up), then it is timed (median of
@@ -51,6 +55,7 @@ from lesion.bench._common import (
     _captum_missing as _captum_missing,
 )
 from lesion.bench.floor import _SiteCost, single_flops, site_costs  # noqa: F401
+from lesion.bench.lm import w5, w6, w7
 from lesion.bench.table import table
 from lesion.bench.w1 import w1
 from lesion.bench.w2 import w2
@@ -58,7 +63,7 @@ from lesion.bench.w3 import w3
 from lesion.bench.w4 import memory_child, w4
 from lesion.errors import LesionError
 
-WORKLOADS = ("W1", "W2", "W3", "W4")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 
 
 def run(
@@ -138,7 +143,9 @@ def _choose(only: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(n for n in WORKLOADS if n in names)
 
 
-_WORKLOADS: dict[str, Callable[[_Context], dict]] = {"W1": w1, "W2": w2, "W3": w3, "W4": w4}
+_WORKLOADS: dict[str, Callable[[_Context], dict]] = {
+    "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7,
+}  # fmt: skip
 
 __all__ = [
     "FULL",

@@ -37,12 +37,23 @@ class Sizes:
     mlp_batch: int = 1000
     conv_batch: int = 250  # small batches keep a convnet's activations in cache (shared/ENV.md)
     mlp_epochs: int = 2  # training of the MLP on mnist5k
+    lm_layers: int = 4  # W5-W7: the GPT-style model (HF GPT-2 architecture, random weights)
+    lm_width: int = 256
+    lm_neurons: int = 1024
+    lm_heads: int = 8
+    lm_vocab: int = 1024
+    lm_sequences: int = 64
+    lm_tokens: int = 128
+    lm_batch: int = 64
+    lm_units: int = 1024  # W5, W7: neurons per block deleted
+    lm_peer_units: int = 64  # W5, W6: units each peer is timed on, then extrapolated (one pass per unit)
 
 
 FULL = Sizes()
 QUICK = Sizes(examples=1_000, units=32, orders=2, hook_stride=4, conv_examples=50, conv_channels=4,
               captum_conv_channels=2, memory_examples=6_000, gemm=1024, check_units=1,
-              mlp_epochs=1)  # fmt: skip
+              mlp_epochs=1, lm_layers=2, lm_width=64, lm_neurons=128, lm_heads=4, lm_vocab=256,
+              lm_sequences=8, lm_tokens=32, lm_batch=8, lm_units=16, lm_peer_units=8)  # fmt: skip
 
 
 class Mismatch(RuntimeError):
@@ -109,6 +120,18 @@ class _Context:
     @functools.cached_property
     def digits(self) -> tuple[torch.Tensor, torch.Tensor]:
         return mnist_examples(self.sizes.examples)
+
+    @functools.cached_property
+    def gpt(self) -> nn.Module:
+        from lesion.bench.lm import gpt_model
+
+        return gpt_model(self.sizes)
+
+    @functools.cached_property
+    def tokens(self) -> list[torch.Tensor]:
+        from lesion.bench.lm import token_batches
+
+        return token_batches(self.sizes)
 
     def bar(self, desc: str, total: int):
         return progress_bar(None, desc, self.progress, total=total)

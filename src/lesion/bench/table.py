@@ -24,6 +24,14 @@ def table(results: dict):
             note = f"peak +{w['peak_mb']:.0f} MB"
             t.add_row(name, "lesion", _fmt(w["seconds"]), "", "", "", "", note)
             continue
+        if name == "W7":
+            sec = w["seconds"]
+            t.add_row(
+                name, "estimate", _fmt(sec["estimate"]), "", "", "", "", f"Spearman {w['spearman']:.3f}"
+            )
+            t.add_row(name, "exact (W5)", _fmt(sec["exact"]), "", _fmt(w["ratios"]["exact/estimate"], "x"),
+                      "", "", "")  # fmt: skip
+            continue
         for method, sec in w["seconds"].items():
             peer = method.removesuffix("_best")
             diff = w["max_abs_diff"].get(peer, {})
@@ -35,6 +43,8 @@ def table(results: dict):
 
 
 def _row_note(w: dict, method: str) -> str:
+    if "peer_units_timed" in w and method != "lesion":
+        return f"{w['peer_units_timed']} of {w['n_lesions']} units timed"
     if method.startswith("captum") and not w["captum"].get("available"):
         return "skipped: no captum"
     if method == "captum_best":
