@@ -105,3 +105,29 @@ def test_flops_of_the_mlp_counted_by_hand():
     assert flops["lesion"] == 5 * 10 * full + 10 * (costs["relu1"].prefix + full) + 10 * (
         costs["relu1"].per_lesion + 2 * costs["relu2"].per_lesion
     )
+
+
+def test_quiet_machine_protocol_retimes_busy_runs_and_withholds_their_ratios(monkeypatch):
+    """A run during which other processes kept a core more busy than the quietest run is re-timed; a
+    method that never got a quiet run is 'unsteady' and no ratio is reported against it."""
+    import numpy as np
+
+    from lesion.bench import _common
+    from lesion.bench._common import QUICK, _bench, _Context, _summary
+
+    ctx = _Context(QUICK, repeats=1, threads=1, progress=False)
+    loads = iter([0.1, 2.5, 0.3, 3.0, 3.0, 3.0, 3.0])  # lesion quiet; peer A busy then quiet; peer B busy
+    monkeypatch.setattr(_common, "other_load", lambda: lambda: next(loads))
+    result = np.zeros((2, 1))
+
+    def fn(items, bar):
+        return result
+
+    lesion_t, _, _ = _bench(ctx, "lesion", fn, [0], [], 1, 1)
+    a_t, _, _ = _bench(ctx, "A", fn, [0], [], 1, 1)
+    b_t, _, _ = _bench(ctx, "B", fn, [0], [], 1, 1)
+    assert lesion_t.steady and a_t.steady and not b_t.steady
+    assert a_t.loads == [0.3] and [r["method"] for r in ctx.retimed] == ["A", "B", "B", "B"]
+    s = _summary(ctx, {"lesion": lesion_t, "A": a_t, "B": b_t}, {"lesion": 1.0})
+    assert s["ratios"]["A/lesion"] is not None and s["ratios"]["B/lesion"] is None
+    assert s["unsteady"] == ["B"]

@@ -100,6 +100,10 @@ def run(
         | {"sizes": asdict(ctx.sizes)},
         "gemm": ctx.gemm,
         "setup_seconds": ctx.setup_seconds,
+        "quiet_machine": {
+            "quietest_other_cores_busy": None if ctx.quietest == float("inf") else ctx.quietest,
+            "retimed": ctx.retimed,
+        },
         "workloads": workloads,
     }
 

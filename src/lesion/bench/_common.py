@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -109,6 +110,8 @@ class _Context:
         self.sizes, self.repeats, self.threads, self.progress = sizes, repeats, threads, progress
         self.gemm = gemm_rate(sizes.gemm)
         self.setup_seconds: dict[str, float] = {}
+        self.quietest = float("inf")  # the fewest cores others kept busy during any timed run
+        self.retimed: list[dict] = []  # runs thrown away because the machine was busier
 
     @functools.cached_property
     def mlp(self) -> nn.Sequential:
@@ -143,23 +146,73 @@ class _Context:
 # -------------------------------------------------------------------------------------- measuring
 
 
+class Times(list):
+    """Seconds of each timed run, with the cores other processes kept busy meanwhile (``loads``) and
+    whether every run was taken on a machine as quiet as the bench's quietest run (``steady``)."""
+
+    loads: list[float]
+    steady: bool = True
+
+
+def other_load() -> Callable[[], float]:
+    """Start measuring; the returned function gives the average number of cores that processes other
+    than this one kept busy since (from /proc/stat and this process's CPU times; 0.0 where there is
+    no /proc/stat)."""
+
+    def busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(t) for t in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / os.sysconf("SC_CLK_TCK")
+
+    t0, b0, me0 = time.perf_counter(), busy(), sum(os.times()[:4])
+
+    def stop() -> float:
+        b1, wall = busy(), time.perf_counter() - t0
+        if b0 is None or b1 is None or wall <= 0:
+            return 0.0
+        return max(0.0, ((b1 - b0) - (sum(os.times()[:4]) - me0)) / wall)
+
+    return stop
+
+
+RETIMES = 3  # a run timed while others kept a core more busy than the quietest run is re-timed this often
+
+
 def _bench(ctx: _Context, label: str, fn: Callable, items: list, check: list[int], repeats: int, n: int,
-           ref: np.ndarray | None = None) -> tuple[list[float], np.ndarray, dict | None]:  # fmt: skip
+           ref: np.ndarray | None = None) -> tuple[Times, np.ndarray, dict | None]:  # fmt: skip
     """Run ``fn(items[check], bar)`` as warm-up (checked against lesion's ``ref`` if given), then time
     ``repeats`` runs of ``fn(items, bar)``; returns the times, the last result and its differences from
-    ``ref`` (on ``n`` examples)."""
+    ``ref`` (on ``n`` examples).
+
+    The quiet-machine protocol: each run records the cores other processes kept busy meanwhile; a run
+    during which they kept more than one core busier than in the quietest run of this bench is thrown
+    away and re-timed (``RETIMES`` times at most). A method that never got a quiet run is marked
+    unsteady, and no ratio is reported for it (``_summary``)."""
     if check:
         with ctx.bar(f"{label} warm-up", len(check)) as bar:
             got = fn([items[k] for k in check], bar)
         if ref is not None:
             _agree(label, ref[:, check], got, n)
-    times, got = [], None
+    times, got = Times(), None
+    times.loads = []
     for r in range(repeats):
-        gc.collect()
-        with ctx.bar(f"{label} {r + 1}/{repeats}", len(items)) as bar:
-            start = time.perf_counter()
-            got = fn(items, bar)
-            times.append(time.perf_counter() - start)
+        for attempt in range(RETIMES + 1):
+            gc.collect()
+            with ctx.bar(f"{label} {r + 1}/{repeats}", len(items)) as bar:
+                stop = other_load()
+                start = time.perf_counter()
+                got = fn(items, bar)
+                seconds, load = time.perf_counter() - start, stop()
+            ctx.quietest = min(ctx.quietest, load)
+            if load <= ctx.quietest + 1.0 or attempt == RETIMES:
+                break
+            ctx.retimed.append({"method": label, "seconds": seconds, "other_cores_busy": round(load, 2)})
+        times.append(seconds)
+        times.loads.append(round(load, 2))
+        times.steady = times.steady and load <= ctx.quietest + 1.0
     return times, got, None if ref is None else _agree(label, ref, got, n)
 
 
@@ -181,16 +234,23 @@ def _median(times: list[float] | None) -> float | None:
 
 
 def _summary(ctx, runs: dict[str, list[float] | None], flops: dict[str, float], scale=None) -> dict:
-    """seconds (median runs times ``scale`` where extrapolated), floors and ratios of one workload."""
+    """seconds (median runs times ``scale`` where extrapolated), floors and ratios of one workload; no
+    ratio where either method of the pair was timed on a busier machine (``unsteady``)."""
     scale = scale or {}
     seconds = {m: None if t is None else _median(t) * scale.get(m, 1.0) for m, t in runs.items()}
     floors = {m: ctx.floor(f) for m, f in flops.items()}
+    unsteady = sorted(m for m, t in runs.items() if t is not None and not getattr(t, "steady", True))
     lesion = seconds["lesion"]
-    ratios = {f"{m}/lesion": s / lesion for m, s in seconds.items() if m != "lesion" and s is not None}
+    ratios = {
+        f"{m}/lesion": None if unsteady and {m, "lesion"} & set(unsteady) else s / lesion
+        for m, s in seconds.items() if m != "lesion" and s is not None
+    }  # fmt: skip
     ratios["lesion/floor"] = lesion / floors["lesion"]
     ratios |= {f"lesion/{m}_floor": lesion / f for m, f in floors.items() if m != "lesion"}
+    loads = {m: getattr(t, "loads", None) for m, t in runs.items() if t is not None}
     return {
         "seconds": seconds, "runs": runs, "flops": flops, "floor_seconds": floors, "ratios": ratios,
+        "other_cores_busy": loads, "unsteady": unsteady,
     }  # fmt: skip
 
 

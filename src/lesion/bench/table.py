@@ -43,6 +43,8 @@ def table(results: dict):
 
 
 def _row_note(w: dict, method: str) -> str:
+    if method in w.get("unsteady", ()):
+        return "no ratio: timed on a busier machine"
     if "peer_units_timed" in w and method != "lesion":
         return f"{w['peer_units_timed']} of {w['n_lesions']} units timed"
     if method.startswith("captum") and not w["captum"].get("available"):
