@@ -177,3 +177,18 @@ def test_exact_sparsity_skips_the_examples_a_deletion_cannot_change():
         np.testing.assert_allclose(fast[key], full[key], atol=1e-6)
         np.testing.assert_allclose(fast[key], slow[key], atol=1e-6)
     assert dense.engine().computed == dense.engine().examples
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("value", [0.0, "mean"])
+def test_random_orders_side_by_side_equal_the_hook_path(kind, value):
+    """Several random orders run together (one set of kernels per step for all) give each order's own
+    curve: equal to the hook path at every count, for linear (rank-1) and conv (re-run) consumers."""
+    model, x, y = make(kind, seed=3)
+    data = (x, y)
+    fast = lesion.ablation_curves(model, data, repeats=4, value=value, seed=1)
+    slow = lesion.ablation_curves(model, data, repeats=4, value=value, seed=1, engine=False)
+    assert fast.attrs["engine_fallbacks"] == {}
+    assert fast.attrs["served"]["graph"] == len(fast)  # every point of the 4 orders on the engine
+    np.testing.assert_allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.accuracy, slow.accuracy, atol=1 / len(y) + 1e-9)

@@ -17,7 +17,7 @@ from torch import nn
 
 from lesion._progress import progress_bar
 from lesion.core.batch import Data, reusable
-from lesion.core.fast import cumulative
+from lesion.core.fast import cumulative_orders
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Classification, Metric, columns
 from lesion.core.replacements import Noise, Replacement, as_replacement
@@ -267,16 +267,24 @@ def ablation_curves(
     jobs = [(n, o, r) for n, o in named for r in (ids if isinstance(o, str) and o == "random" else [0])]
     rows = []
     bar = progress_bar(None, "ablation curves", progress, total=len(jobs) * len(counts))
-    for name, o, r in jobs:
-        seq = unit_order(o, pool, units=units, model=model, seed=seed, repeat=r)
-        mine = [k for k in counts if k <= len(seq)] if fractions is not None else list(range(len(seq) + 1))
-        replacement = replacement_for(seq)
-        values = cumulative(runner, [Lesion([u], replacement) for u in seq], mine)
-        scalars = _curve_columns(values)
-        for j, k in enumerate(mine):
+    seqs = [unit_order(o, pool, units=units, model=model, seed=seed, repeat=r) for _, o, r in jobs]
+    groups: dict[tuple, list[int]] = {}  # orders of one name and length run side by side on the engine
+    for i, (name, _, _) in enumerate(jobs):
+        groups.setdefault((name, len(seqs[i])), []).append(i)
+    done: dict[int, dict] = {}
+    for members in groups.values():
+        seq0 = seqs[members[0]]
+        mine = [k for k in counts if k <= len(seq0)] if fractions is not None else list(range(len(seq0) + 1))
+        replacement = replacement_for(seq0)
+        lesions = [[Lesion([u], replacement) for u in seqs[i]] for i in members]
+        for i, values in zip(members, cumulative_orders(runner, lesions, mine), strict=True):
+            done[i] = {"counts": mine, "values": values}
+        bar.update(len(counts) * len(members))
+    for i, (name, _, r) in enumerate(jobs):
+        scalars = _curve_columns(done[i]["values"])
+        for j, k in enumerate(done[i]["counts"]):
             rows.append({"order": name, "repeat": r, "n_ablated": k, "fraction": k / len(pool)}
                         | {c: float(v[j]) for c, v in scalars.items()})  # fmt: skip
-        bar.update(len(counts))
     bar.close()
     curves = pd.DataFrame(
         rows, columns=["order", "repeat", "n_ablated", "fraction", *_curve_columns(runner.intact)]

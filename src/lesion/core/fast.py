@@ -131,6 +131,44 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
     return runner.run(steps)
 
 
+def cumulative_orders(
+    runner: Runner, seqs: Sequence[Sequence[Lesion]], counts: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
+    """``cumulative`` for several orders of the same length at once (the graph engine runs them side by
+    side, one set of kernels per step for all); each order is checked on its last ``CHECKS`` counts."""
+    from lesion.engine import Unsupported
+    from lesion.engine.sweeps import cumulative_many
+
+    eng = runner.engine()
+    key = "cumulative"
+    fills = [[engine_fill(runner, les) for les in seq] for seq in seqs]
+    usable = (
+        eng is not None and key not in runner.fallbacks and len(seqs) > 1
+        and len({len(q) for q in seqs}) == 1 and all(f is not None for fs in fills for f in fs)
+        and len({replacement_key(q[0].replacement) for q in seqs}) == 1
+    )  # fmt: skip
+    if usable:
+        by_layer = {f[0]: f[2] for fs in fills for f in fs}
+        zero = all(not bool(v.any()) for v in by_layer.values())
+        n, m = len(seqs), len(counts)
+        metric = runner.fresh(n * m)
+        try:
+            with torch.no_grad(), eval_mode(runner.model), runner.autocast():
+                orders = [[(f[0], f[1]) for f in fs] for fs in fills]
+                cumulative_many(eng, orders, counts, None if zero else by_layer, metric)
+            values = metric.compute()  # count-major: row j * n + r
+            out = [{k: v[r::n] for k, v in values.items()} for r in range(n)]
+            checks = list(range(m))[-CHECKS:]
+            for seq, got in zip(seqs, out, strict=True):
+                ref = runner.run([prefix(seq, counts[j]) for j in checks])
+                runner.agree(ref, {k: v[checks] for k, v in got.items()})
+            runner.served["graph"] += n * m
+            return out
+        except (Unsupported, Mismatch) as exc:
+            runner.fallbacks[key] = str(exc)
+    return [cumulative(runner, seq, counts) for seq in seqs]
+
+
 def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
     """Whether the module-prefix engine may take ``lesion``: a site the graph engine cannot serve (or a
     model it cannot trace), a replacement computed per unit (no whole-site edit, one draw)."""

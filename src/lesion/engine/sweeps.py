@@ -214,6 +214,115 @@ class Engine:
                     j += 1
 
 
+def cumulative_many(
+    engine: Engine,
+    orders: Sequence[Sequence[tuple[str, int]]],
+    counts: Sequence[int],
+    fills: dict[str, torch.Tensor] | None,
+    metric: Metric,
+) -> None:
+    """Several cumulative orders at once: row block r of every tensor carries order r, so each step
+    deletes one unit in every order in one set of kernels. ``metric`` lesion ``j * R + r`` is order r
+    after ``counts[j]`` deletions (count-major). Orders must have the same length."""
+    counts = sorted(counts)
+    n_orders = len(orders)
+    if len({len(o) for o in orders}) != 1:
+        raise Unsupported("orders of different lengths are run one at a time")
+    for order in orders:
+        for layer, _ in order:
+            engine._site(layer)
+    plan = engine.plan
+    layers = sorted(
+        {layer for o in orders for layer, _ in o} | set(engine.sites), key=lambda n: plan.pos[plan.site[n]]
+    )
+    site_nodes = {plan.site[n]: n for n in layers}
+    first = min(plan.pos[n] for n in site_nodes)
+    keep_nodes = set(plan.nodes[first:]) | set(plan.frontier(site_nodes))
+    keep_nodes |= {a for n in site_nodes for a in n.all_input_nodes}
+    for b in engine.chunks:
+        x, batch = b.x, len(b)
+        intact = engine._intact(metric, x)
+        state = _ManyState(engine, site_nodes, fills, x.device, n_orders, batch)
+        env = plan.prefix(x.repeat(n_orders, *[1] * (x.ndim - 1)), keep_nodes, state.edits, state.raw)
+        j = 0
+        if counts[0] == 0:
+            engine._update(metric, _tensor_out(env[plan.output]), b, n_orders, slice(0, n_orders), intact)
+            j = 1
+        for step in range(counts[-1]):
+            state.delete(env, [o[step] for o in orders])
+            if j < len(counts) and counts[j] == step + 1:
+                state.flush(env)
+                out = _tensor_out(env[plan.output])
+                engine._update(metric, out, b, n_orders, slice(j * n_orders, (j + 1) * n_orders), intact)
+                j += 1
+
+
+class _ManyState:
+    """Per-order masks (orders x units) and the stale nodes of a cumulative sweep of many orders."""
+
+    def __init__(
+        self, engine: Engine, site_nodes: dict[fx.Node, str], fills, device, n_orders: int, batch: int
+    ):
+        self.engine, self.plan, self.n, self.batch = engine, engine.plan, n_orders, batch
+        self.keep: dict[fx.Node, torch.Tensor] = {}
+        self.fill: dict[fx.Node, torch.Tensor] = {}
+        self.edits = {}
+        for node, name in site_nodes.items():
+            width = engine.sites[name].width
+            self.keep[node] = torch.ones(n_orders, width, device=device)
+            self.fill[node] = torch.zeros(n_orders, width, device=device)
+            self.edits[node] = self._edit(node)
+        self.fills = fills
+        self.raw: dict[fx.Node, torch.Tensor] = {}
+        self.stale: set[fx.Node] = set()
+
+    def _edit(self, node):
+        def edit(h):
+            shape = (self.n, 1, h.shape[1], *[1] * (h.ndim - 2))  # (orders, batch, units, ...)
+            u = h.unflatten(0, (self.n, -1))
+            out = u * self.keep[node].reshape(shape).to(h.dtype)
+            if self.fills is not None:
+                out = out + self.fill[node].reshape(shape).to(h.dtype)
+            return out.flatten(0, 1)
+
+        return edit
+
+    def delete(self, env, step: Sequence[tuple[str, int]]) -> None:
+        by_layer: dict[str, list[tuple[int, int]]] = {}
+        for r, (layer, unit) in enumerate(step):
+            by_layer.setdefault(layer, []).append((r, unit))
+        for layer, rows in by_layer.items():
+            node = self.plan.site[layer]
+            rs = torch.tensor([r for r, _ in rows], device=self.keep[node].device)
+            us = torch.tensor([u for _, u in rows], device=self.keep[node].device)
+            values = (
+                torch.zeros(len(rows), device=rs.device)
+                if self.fills is None
+                else self.fills[layer].to(rs.device)[us]
+            )
+            cons: Consumer | None = self.engine.consumers.get(layer)
+            linear = cons is not None and isinstance(cons.module, nn.Linear)
+            if linear and node not in self.stale and cons.node not in self.stale:
+                h = self.raw[node].unflatten(0, (self.n, -1))  # (orders, batch, units)
+                d = torch.zeros(self.n, h.shape[1], 1, dtype=h.dtype, device=h.device)
+                d[rs, :, 0] = h[rs, :, us] - values[:, None].to(h.dtype)  # what each deleted unit adds now
+                w = torch.zeros(self.n, 1, cons.module.out_features, dtype=h.dtype, device=h.device)
+                w[rs, 0] = cons.module.weight.to(h.dtype)[:, us].T
+                z = env[cons.node].unflatten(0, (self.n, -1))  # (orders, batch, out), a view
+                z.baddbmm_(d, w, alpha=-1)  # one kernel for every order (rows of other layers add 0)
+                self.stale.update(self.plan.downstream(cons.node))
+            else:
+                self.stale.add(node)
+                self.stale.update(self.plan.downstream(node))
+            self.keep[node][rs, us] = 0.0
+            self.fill[node][rs, us] = values.to(self.fill[node].dtype)
+
+    def flush(self, env) -> None:
+        if self.stale:
+            self.plan.run(env, sorted(self.stale, key=self.plan.pos.__getitem__), self.edits, self.raw)
+            self.stale.clear()
+
+
 class _CurveState:
     """Masks, raw site outputs and the set of stale nodes of one cumulative sweep over one chunk."""
 
