@@ -164,13 +164,13 @@ def test_exact_sparsity_skips_the_examples_a_deletion_cannot_change():
     sites = lesion.find_sites(model, x[:2])
     units = [f"{s.name}:{j}" for s in sites for j in range(32)] + ["3:5"]
     runner = Runner(model, [(x, y)], sites)
+    runner.engine().sparse = True
     fast = evaluate_lesions(runner, runner.fit([Lesion(u) for u in units]))
     eng = runner.engine()
     skipped = 1 - eng.computed / eng.examples
     assert 0.3 < skipped < 1  # about half the ReLU outputs are exactly 0
     assert runner.skipped() == skipped
     dense = Runner(model, [(x, y)], sites)
-    dense.engine().sparse = False
     full = evaluate_lesions(dense, dense.fit([Lesion(u) for u in units]))
     slow = Runner(model, [(x, y)], sites, engine=False).run([Lesion(u) for u in units])
     for key in ("loss", "accuracy"):
@@ -181,11 +181,12 @@ def test_exact_sparsity_skips_the_examples_a_deletion_cannot_change():
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("value", [0.0, "mean"])
-def test_random_orders_side_by_side_equal_the_hook_path(kind, value):
+def test_random_orders_side_by_side_equal_the_hook_path(kind, value, monkeypatch):
     """Several random orders run together (one set of kernels per step for all) give each order's own
     curve: equal to the hook path at every count, for linear (rank-1) and conv (re-run) consumers."""
     model, x, y = make(kind, seed=3)
     data = (x, y)
+    monkeypatch.setattr(Engine, "side_by_side", True, raising=False)
     fast = lesion.ablation_curves(model, data, repeats=4, value=value, seed=1)
     slow = lesion.ablation_curves(model, data, repeats=4, value=value, seed=1, engine=False)
     assert fast.attrs["engine_fallbacks"] == {}

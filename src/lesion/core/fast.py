@@ -143,7 +143,7 @@ def cumulative_orders(
     key = "cumulative"
     fills = [[engine_fill(runner, les) for les in seq] for seq in seqs]
     usable = (
-        eng is not None and key not in runner.fallbacks and len(seqs) > 1
+        eng is not None and eng.side_by_side and key not in runner.fallbacks and len(seqs) > 1
         and len({len(q) for q in seqs}) == 1 and all(f is not None for fs in fills for f in fs)
         and len({replacement_key(q[0].replacement) for q in seqs}) == 1
     )  # fmt: skip

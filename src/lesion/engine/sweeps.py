@@ -28,6 +28,11 @@ from lesion.engine.graph import Consumer, Plan, Unsupported
 class Engine:
     """Fast evaluation of many lesions of ``model`` over batches streamed from ``chunks()``."""
 
+    # opt-in until `lesion bench` has timed them on a quiet machine (issue 15): single units run the
+    # later layers only for the examples a lesion changes (exact sparsity); random orders side by side
+    sparse = False
+    side_by_side = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -46,7 +51,6 @@ class Engine:
         self.consumers = {
             s.name: self.plan.consumer(s.name, flat=len(s.shape) == 1) for s in sites if _plain(s)
         }
-        self.sparse = True  # single units: only the examples a lesion changes run the later layers
         self.examples = self.computed = 0  # (lesion, example) pairs seen, and those recomputed
 
     @property
