@@ -378,3 +378,22 @@ def test_lesion_serve_refuses_a_taken_port_and_warns_off_loopback(model_file, mo
     assert r.stdout.startswith("lesion explorer: http://0.0.0.0:") and len(served) == 1
     (host_check,) = [m for m in served[0].user_middleware if m.cls.__name__ == "HostCheck"]
     assert host_check.kwargs["allowed"] is None  # off loopback, any Host is answered
+
+
+def test_classifier_explorer_shows_the_heads_of_a_vit():
+    """A ViT classifier's attention heads are units of the classic explorer: one activity column per
+    head (the mean of its head_dim channels), and deleting one equals lesion.sweep."""
+    import torch
+
+    import lesion
+    from lesion.models import vit
+    from lesion.serve import Explorer
+
+    model = vit((1, 8, 8), 3, patch=4, d_model=16, n_layer=1, n_head=4, seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % 3
+    ex = Explorer(model, (x, y), curve_repeats=1, curve_points=3)
+    assert ex.activity["h.0.attn"].class_means.shape == (3, 4)
+    _, result = ex.evaluate(["h.0.attn:2"])
+    want = lesion.sweep(model, (x, y), ["h.0.attn:2"])
+    assert result.loss == pytest.approx(float(want.loss[0]), abs=1e-6)

@@ -124,18 +124,6 @@ class _Context:
     def digits(self) -> tuple[torch.Tensor, torch.Tensor]:
         return mnist_examples(self.sizes.examples)
 
-    @functools.cached_property
-    def gpt(self) -> nn.Module:
-        from lesion.bench.lm import gpt_model
-
-        return gpt_model(self.sizes)
-
-    @functools.cached_property
-    def tokens(self) -> list[torch.Tensor]:
-        from lesion.bench.lm import token_batches
-
-        return token_batches(self.sizes)
-
     def bar(self, desc: str, total: int):
         return progress_bar(None, desc, self.progress, total=total)
 

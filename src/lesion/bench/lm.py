@@ -51,6 +51,13 @@ def gpt_model(sizes) -> torch.nn.Module:
     return model.eval()
 
 
+def _shared(ctx: _Context) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """The W5-W7 model and token batches, built once per bench run and kept on the context."""
+    if "gpt" not in ctx.__dict__:
+        ctx.__dict__["gpt"], ctx.__dict__["tokens"] = gpt_model(ctx.sizes), token_batches(ctx.sizes)
+    return ctx.__dict__["gpt"], ctx.__dict__["tokens"]
+
+
 def token_batches(sizes) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, sizes.lm_vocab, (sizes.lm_sequences, sizes.lm_tokens), generator=g)
@@ -256,7 +263,7 @@ def _bridge(model):
 
 def _workload(ctx: _Context, kind: str) -> dict:
     s = ctx.sizes
-    model, batches = ctx.gpt, ctx.tokens
+    model, batches = _shared(ctx)
     units = _units(model, kind, s.lm_units)
     check = list(range(min(len(units), 2 * s.lm_heads)))[:: max(1, len(units) // 8)][:4] or [0]
     n = sum(ids[:, 1:].numel() for ids in batches)
@@ -330,7 +337,7 @@ def w7(ctx: _Context) -> dict:
 
     import lesion
 
-    model, batches = ctx.gpt, ctx.tokens
+    model, batches = _shared(ctx)
     data = [{"input_ids": ids} for ids in batches]
     units = _units(model, "neuron", ctx.sizes.lm_units)
     start = time.perf_counter()

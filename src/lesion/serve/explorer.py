@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from lesion import study
-from lesion._util import eval_mode, model_device
-from lesion.core.lesions import Lesion, hooks
+from lesion.core.capture import grab
+from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates, find_sites
 from lesion.core.units import UnitSet, parse_units
@@ -226,32 +226,23 @@ def _class_names(classes: Sequence[str] | None, n: int) -> tuple[str, ...]:
 
 
 def _activity(model, x, y, sites, n_classes: int, k: int, batch_size: int) -> dict[str, Activity]:
-    """Class means and top-k examples of every unit, in one pass with read-only hooks."""
+    """Class means and top-k examples of every unit (a head: the mean of its channels), in one pass
+    with read-only hooks on each site's own tensor."""
     k = min(k, len(y))
     sums = {s.name: torch.zeros(n_classes, s.width, dtype=torch.float64) for s in sites}
     empty = {s.name: torch.zeros(0, s.width) for s in sites}
     best = {n: (e, e.long()) for n, e in empty.items()}  # (values, example indices), each (<= k, units)
-    start = [0]
-
-    def make_edit(site: Site):
-        def edit(h: torch.Tensor) -> torch.Tensor:
-            act = per_example(h.detach(), site.unit_dim).float().cpu()  # (batch, units)
-            yb = y[start[0] : start[0] + len(act)]
-            sums[site.name].index_add_(0, yb, act.double())
-            idx = torch.arange(start[0], start[0] + len(act))[:, None].expand_as(act)
+    for acts, b, _ in grab(model, (x, y), sites, batch_size=batch_size):  # a head view reads its slice
+        first = int(b.ids[0])
+        for site in sites:
+            per = per_example(acts[site.name], site.unit_dim).float().cpu()  # (batch, channels)
+            act = per.reshape(len(per), site.width, site.group).mean(2)  # (batch, units): a head's mean
+            sums[site.name].index_add_(0, b.target.cpu(), act.double())
+            idx = torch.arange(first, first + len(act))[:, None].expand_as(act)
             vals, where = best[site.name]
             vals, where = torch.cat([vals, act]), torch.cat([where, idx])
             top = vals.topk(min(k, len(vals)), dim=0)
             best[site.name] = (top.values, where.gather(0, top.indices))
-            return h
-
-        return edit
-
-    device = model_device(model)
-    with torch.no_grad(), eval_mode(model), hooks(model, {s.name: make_edit(s) for s in sites}):
-        for i in range(0, len(y), batch_size):
-            start[0] = i
-            model(x[i : i + batch_size].to(device))
     counts = torch.bincount(y, minlength=n_classes).double().clamp(min=1)[:, None]
     return {
         s.name: Activity((sums[s.name] / counts).numpy(), best[s.name][1].numpy(), best[s.name][0].numpy())
