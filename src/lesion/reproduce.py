@@ -163,8 +163,15 @@ def _link_models(out: Path, store: Store, jobs: list[Job]) -> dict[str, str]:
 
     def write(d: Path) -> None:
         for j in plan(jobs):
+            files = {}
             if j.kind == "train":
-                src, dst = store.path(j.key) / "model.safetensors", d / f"{_model_name(j)}.safetensors"
+                files = {f"{_model_name(j)}.safetensors": store.path(j.key) / "model.safetensors"}
+            elif j.kind == "grok":  # T2: the final model and every checkpoint
+                from lesion.experiments.beyond_jobs_t12 import grok_model_files
+
+                files = grok_model_files(j.params, j.key, store.path(j.key))
+            for name, src in files.items():
+                dst = d / name
                 try:
                     os.link(src, dst)
                 except OSError:
