@@ -78,7 +78,9 @@ class Profile:
     # beyond the paper, T1 (a ViT's MLP neurons and heads vs label corruption) and T2 (single directions
     # through grokking, a+b mod p): lesion.experiments.figures.beyond_t12
     t1_dataset: str = "digits"
-    t1_vit: dict[str, Any] = field(default_factory=lambda: {"patch": 2, "d_model": 32, "n_layer": 2, "n_head": 4})
+    t1_vit: dict[str, Any] = field(
+        default_factory=lambda: {"patch": 2, "d_model": 32, "n_layer": 2, "n_head": 4}
+    )
     t1_corruptions: tuple[float, ...] = (0.0, 0.5, 1.0)
     t1_seeds: tuple[int, ...] = (0, 1)
     t1_train_size: int | None = 720  # training images (None: all); memorising shuffled labels is the cost
@@ -139,8 +141,16 @@ PAPER = Profile(
     t1_max_epochs=300,
     t1_repeats=10,
     t1_fractions=21,
-    t2_grok={"p": 113, "frac": 0.3, "d_model": 128, "n_head": 4, "lr": 1e-3, "weight_decay": 1.0,
-             "steps": 20000, "every": 250},  # fmt: skip
+    t2_grok={
+        "p": 113,
+        "frac": 0.3,
+        "d_model": 128,
+        "n_head": 4,
+        "lr": 1e-3,
+        "weight_decay": 1.0,
+        "steps": 20000,
+        "every": 250,
+    },
     t2_seeds=(0, 1, 2, 3, 4),
     t2_repeats=10,
     t2_fractions=21,
@@ -191,8 +201,16 @@ TINY = replace(
     t1_max_epochs=3,
     t1_repeats=2,
     t1_fractions=3,
-    t2_grok={"p": 11, "frac": 0.5, "d_model": 16, "n_head": 2, "lr": 3e-3, "weight_decay": 1.0,
-             "steps": 60, "every": 20},  # fmt: skip
+    t2_grok={
+        "p": 11,
+        "frac": 0.5,
+        "d_model": 16,
+        "n_head": 2,
+        "lr": 1e-2,
+        "weight_decay": 1.0,
+        "steps": 120,
+        "every": 30,
+    },
     t2_seeds=(0, 1),
     t2_repeats=2,
     t2_fractions=3,
@@ -231,8 +249,16 @@ STANDARD = replace(
     t1_max_epochs=150,
     t1_repeats=5,
     t1_fractions=21,
-    t2_grok={"p": 97, "frac": 0.4, "d_model": 64, "n_head": 4, "lr": 2e-3, "weight_decay": 1.0,
-             "steps": 4000, "every": 100},  # fmt: skip
+    t2_grok={
+        "p": 97,
+        "frac": 0.4,
+        "d_model": 64,
+        "n_head": 4,
+        "lr": 2e-3,
+        "weight_decay": 1.0,
+        "steps": 4000,
+        "every": 100,
+    },
     t2_seeds=(0, 1, 2, 3),
     t2_repeats=5,
     t2_fractions=21,

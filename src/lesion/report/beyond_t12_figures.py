@@ -52,8 +52,12 @@ def draw_t2(t: Tables, stem: Path) -> list[Path]:
         ax.axvline(v, color="C2", lw=0.8, ls=":")
     for v in ev.memorised_step.dropna():
         ax.axvline(v, color="0.35", lw=0.8, ls=":")
-    ax.set(ylim=(0, 1.05), xlabel="Training step (full batch); dotted: memorised (grey), test jump (green)",
-           ylabel="Accuracy / relative AUC", title="Grokking a+b mod p: accuracy and deletion robustness")  # fmt: skip
+    ax.set(
+        ylim=(0, 1.05),
+        xlabel="Training step (full batch); dotted: memorised (grey), test jump (green)",
+        ylabel="Accuracy / relative AUC",
+        title="Grokking a+b mod p: accuracy and deletion robustness",
+    )
     ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax = axes[1]
     cur = t["curves"]
@@ -64,7 +68,12 @@ def draw_t2(t: Tables, stem: Path) -> list[Path]:
     shown = list(dict.fromkeys(int(steps[np.argmin(np.abs(steps - m))]) for m in marks if np.isfinite(m)))
     for s, col in zip(shown, _ramp(len(shown)), strict=True):
         band(ax, cur[cur.step == s], "fraction", "accuracy", color=col, label=f"step {s}")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="Fraction of MLP neurons deleted (random order)",
-           ylabel=ACC + ", training pairs", title=f"Deletion curves at checkpoints (seed {int(e.seed)})")  # fmt: skip
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="Fraction of MLP neurons deleted (random order)",
+        ylabel=ACC + ", training pairs",
+        title=f"Deletion curves at checkpoints (seed {int(e.seed)})",
+    )
     ax.legend(fontsize=8, frameon=False)
     return _save(fig, stem)

@@ -96,7 +96,9 @@ def t1_analyse(p: Profile, out: Outputs) -> Outcome:
             + ", ".join(f"{fmt(v)} ({c:.0%})" for c, v in by_c.items())
             + f"; clean minus fully shuffled {interval(checks[1])}; Spearman rho (corruption, AUC) "
             f"{interval(checks[0])}; train accuracy reached: "
-            + ", ".join(f"{fmt(r.train_accuracy, 2)} ({r.corrupt:.0%}, seed {r.seed})" for r in nets.itertuples())
+            + ", ".join(
+                f"{fmt(r.train_accuracy, 2)} ({r.corrupt:.0%}, seed {r.seed})" for r in nets.itertuples()
+            )
             + f"; test accuracy (clean labels): {fmt(nets[nets.corrupt == 0].test_accuracy.mean(), 2)}"
         )
         claims.append(
@@ -216,8 +218,8 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
         by_step = per_curve[per_curve.units == units].groupby("step")["relative_auc"].mean()
         measured = (
             f"{int(grokked.sum())} of {len(events)} runs grokked (a+b mod {p.t2_grok['p']}, "
-            f"{p.t2_grok['frac']:.0%} of pairs trained on, {p.t2_grok['steps']} full-batch steps, checkpoints "
-            f"every {every}); memorised at step "
+            f"{p.t2_grok['frac']:.0%} of pairs trained on, {p.t2_grok['steps']} full-batch steps, "
+            f"checkpoints every {every}); memorised at step "
             + ", ".join(fmt(v, 0) for v in events.memorised_step)
             + "; test-accuracy jump at step "
             + ", ".join(fmt(v, 0) for v in events.test_jump_step)
