@@ -101,6 +101,9 @@ def grok_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -
     x, y, train, test = pairs(p, float(params["frac"]), data_seed=int(params.get("data_seed", 0)))
     arch = _arch(params)
     model = build_model(arch, seed=seed)
+    device = params.get("device", "cpu")  # a GPU run is another job (its key has the device)
+    model.to(device)
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.AdamW(
         model.parameters(),
         lr=float(params["lr"]),
@@ -110,6 +113,7 @@ def grok_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -
     steps, every = int(params["steps"]), int(params["every"])
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     extra = {"train_pairs": train, "test_pairs": test}
+    train, test = train.to(device), test.to(device)
     meta = {"job": dict(params), "task": f"a b = -> (a + b) mod {p}; '=' is token {p}"}
 
     def evaluate(idx) -> tuple[float, float]:

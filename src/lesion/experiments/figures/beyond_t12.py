@@ -139,7 +139,8 @@ MEMORISED = 0.95  # train accuracy at which a network counts as having memorised
 def t2_jobs(p: Profile) -> dict[str, Job]:
     jobs = {}
     for s in p.t2_seeds:
-        net = Job("grok", {**p.t2_grok, "seed": int(s), "data_seed": 0})
+        device = {"device": p.device} if p.device != "cpu" else {}  # a GPU run: a different job
+        net = Job("grok", {**p.t2_grok, "seed": int(s), "data_seed": 0, **device})
         jobs[f"grok_s{s}"] = net
         params = {"repeats": p.t2_repeats, "fractions": p.t2_fractions, "seed": 0}
         jobs[f"curves_s{s}"] = Job("grok_curves", params, {"model": net})
