@@ -46,8 +46,8 @@ def draw_t2(t: Tables, stem: Path) -> list[Path]:
     band(ax, hist, "step", "test_accuracy", color="C2", label="test accuracy")
     per_run = auc.groupby(["units", "seed", "step"], as_index=False)["relative_auc"].mean()
     for (units, what), col in zip(WHAT.items(), ("C0", "C3"), strict=True):
-        band(ax, per_run[per_run.units == units], "step", "relative_auc", color=col, marker="o",
-             label=f"deletion AUC / intact, {what}")  # fmt: skip
+        band(ax, per_run[per_run.units == units].dropna(), "step", "relative_auc", color=col, marker="o",
+             label=f"deletion AUC / intact, {what} (train acc. >= 0.5)")  # fmt: skip
     for v in ev.test_jump_step.dropna():
         ax.axvline(v, color="C2", lw=0.8, ls=":")
     for v in ev.memorised_step.dropna():

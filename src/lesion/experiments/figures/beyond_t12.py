@@ -134,6 +134,7 @@ T1 = Figure(
 # ---- T2: single directions through grokking
 
 MEMORISED = 0.95  # train accuracy at which a network counts as having memorised its training pairs
+RELATIVE_FROM = 0.5  # relative AUC (AUC / intact train accuracy) only where intact accuracy reaches this
 
 
 def t2_jobs(p: Profile) -> dict[str, Job]:
@@ -164,19 +165,36 @@ def crossing(steps: np.ndarray, values: np.ndarray, start: int) -> float:
     return float(steps[start:][np.argmax(moved)])
 
 
+def settled(h: pd.DataFrame) -> pd.DataFrame:
+    """The checkpoints of one run's history from memorisation on (the first with train accuracy >=
+    ``MEMORISED``), leaving out those in a loss spike (train accuracy below it again): full-batch AdamW
+    with weight decay spikes now and then, and a spike is not the trend either claim is about."""
+    h = h.sort_values("step")
+    fit = h["train_accuracy"].to_numpy() >= MEMORISED
+    if not fit.any():
+        return h.iloc[:0]
+    return h.iloc[int(np.argmax(fit)) :][fit[int(np.argmax(fit)) :]]
+
+
 def jump_step(h: pd.DataFrame) -> tuple[float, float]:
     """(memorisation step, test-accuracy jump step) of one run's history: the first checkpoint with
-    train accuracy >= ``MEMORISED``, then the first at which test accuracy has gone halfway from there to
-    its final value (NaN if it never memorised or test accuracy rose by less than 0.2)."""
-    h = h.sort_values("step")
-    ok = np.flatnonzero(h["train_accuracy"].to_numpy() >= MEMORISED)
-    if not len(ok):
+    train accuracy >= ``MEMORISED``, then the first settled checkpoint (``settled``) at which test accuracy
+    has gone halfway from there to its final value (NaN if it never memorised or test accuracy rose by
+    less than 0.2).
+
+    >>> h = pd.DataFrame({"step": [0, 10, 20, 30, 40], "train_accuracy": [0.2, 1, 0.3, 1, 1],
+    ...                   "test_accuracy": [0.0, 0.1, 0.9, 0.8, 0.9]})
+    >>> jump_step(h)  # step 20 is a spike: left out
+    (10.0, 30.0)
+    """
+    after = settled(h)
+    if not len(after):
         return float("nan"), float("nan")
-    m = int(ok[0])
-    test = h["test_accuracy"].to_numpy()
-    if test[-1] - test[m] < 0.2:
-        return float(h["step"].iloc[m]), float("nan")
-    return float(h["step"].iloc[m]), crossing(h["step"].to_numpy(), test, m)
+    test = after["test_accuracy"].to_numpy()
+    mem = float(after["step"].iloc[0])
+    if test[-1] - test[0] < 0.2:
+        return mem, float("nan")
+    return mem, crossing(after["step"].to_numpy(), test, 0)
 
 
 def t2_analyse(p: Profile, out: Outputs) -> Outcome:
@@ -186,20 +204,22 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
     keys = ["seed", "step", "units", "repeat"]
     intact = table[table.n_ablated == 0][[*keys, "accuracy"]].rename(columns={"accuracy": "intact"})
     per_curve = per_curve.merge(intact, on=keys, how="left")
-    per_curve["relative_auc"] = per_curve["auc"] / per_curve["intact"].clip(lower=1e-9)
+    # robustness relative to what there is to lose; undefined (NaN) before the net fits its training pairs
+    fits = per_curve["intact"] >= RELATIVE_FROM
+    per_curve["relative_auc"] = (per_curve["auc"] / per_curve["intact"].clip(lower=1e-9)).where(fits)
     events, leads = [], []
     for s in p.t2_seeds:
         h = hist[hist.seed == s].sort_values("step")
         mem, jump = jump_step(h)
-        steps = h["step"].to_numpy()
-        start = int(np.searchsorted(steps, mem)) if np.isfinite(mem) else None
+        steps = settled(h)["step"].to_numpy()
         for units in KINDS:
             for r, g in per_curve[(per_curve.seed == s) & (per_curve.units == units)].groupby("repeat"):
                 v = g.set_index("step")["relative_auc"].reindex(steps).to_numpy()
-                rise = crossing(steps, v, start) if start is not None else float("nan")
-                low, high = (v[start], v[-1]) if start is not None else (np.nan, np.nan)
+                rise = crossing(steps, v, 0) if len(steps) else float("nan")
+                low, high = (v[0], v[-1]) if len(steps) else (np.nan, np.nan)
                 leads.append((s, units, r, mem, jump, rise, jump - rise, low, high))
         events.append({"seed": s, "memorised_step": mem, "test_jump_step": jump,
+                       "spikes_left_out": int(((h.step > mem) & (h.train_accuracy < MEMORISED)).sum()),
                        "final_train_accuracy": float(h.train_accuracy.iloc[-1]),
                        "final_test_accuracy": float(h.test_accuracy.iloc[-1])})  # fmt: skip
     cols = ["seed", "units", "repeat", "memorised_step", "test_jump_step", "auc_rise_step", "lead",
@@ -211,7 +231,8 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
     claims = []
     for units, what in KINDS.items():
         sub = leads[(leads.units == units) & leads.lead.notna()]
-        lead = _seed_check(sub, "lead", f"test-accuracy jump minus {what} AUC rise, steps", -every / 2)
+        name = f"step of the test-accuracy jump minus step of the {what}' AUC change (halfway points)"
+        lead = _seed_check(sub, "lead", name, -every / 2)
         sub2 = leads[(leads.units == units) & leads.auc_memorised.notna()].assign(
             rise=lambda d: d.auc_final - d.auc_memorised
         )
@@ -226,7 +247,9 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
             + ", ".join(fmt(v, 0) for v in events.test_jump_step)
             + f"; relative deletion AUC of the {what} at memorisation / final: "
             + f"{fmt(sub2.auc_memorised.mean())} / {fmt(sub2.auc_final.mean())} (rise {interval(rise)}); "
-            + f"lead of the AUC rise over the test jump {interval(lead)} steps (positive: AUC first); "
+            + f"halfway point of that AUC change ({'a rise' if rise.estimate > 0 else 'a fall'}) ahead of "
+            + f"the test jump's by {interval(lead)} steps (negative: after it); "
+            + f"{int(events.spikes_left_out.sum())} checkpoints in loss spikes left out; "
             + f"relative AUC from {fmt(by_step.iloc[0])} at step 0 to {fmt(by_step.iloc[-1])} at the end"
         )
         claims.append(
