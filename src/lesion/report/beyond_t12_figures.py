@@ -53,12 +53,13 @@ def draw_t2(t: Tables, stem: Path) -> list[Path]:
     for v in ev.memorised_step.dropna():
         ax.axvline(v, color="0.35", lw=0.8, ls=":")
     ax.set(
-        ylim=(0, 1.05),
+        ylim=(0, 1.4),
+        yticks=np.linspace(0, 1, 6),
         xlabel="Training step (full batch); dotted: memorised (grey), test jump (green)",
         ylabel="Accuracy / relative AUC",
         title="Grokking a+b mod p: accuracy and deletion robustness",
     )
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.legend(fontsize=7, frameon=False, loc="upper center", ncol=2)
     ax = axes[1]
     cur = t["curves"]
     cur = cur[(cur.units == "neurons") & (cur.seed == cur.seed.min())]

@@ -237,7 +237,7 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
             rise=lambda d: d.auc_final - d.auc_memorised
         )
         rise = _seed_check(sub2, "rise", f"relative AUC of {what}: final minus at memorisation", 0.0)
-        by_step = per_curve[per_curve.units == units].groupby("step")["relative_auc"].mean()
+        by_step = per_curve[per_curve.units == units].groupby("step")["relative_auc"].mean().dropna()
         measured = (
             f"{int(grokked.sum())} of {len(events)} runs grokked (a+b mod {p.t2_grok['p']}, "
             f"{p.t2_grok['frac']:.0%} of pairs trained on, {p.t2_grok['steps']} full-batch steps, "
@@ -250,7 +250,12 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
             + f"halfway point of that AUC change ({'a rise' if rise.estimate > 0 else 'a fall'}) ahead of "
             + f"the test jump's by {interval(lead)} steps (negative: after it); "
             + f"{int(events.spikes_left_out.sum())} checkpoints in loss spikes left out; "
-            + f"relative AUC from {fmt(by_step.iloc[0])} at step 0 to {fmt(by_step.iloc[-1])} at the end"
+            + (
+                f"relative AUC from {fmt(by_step.iloc[0])} at step {by_step.index[0]} (the first checkpoint "
+                f"with train accuracy >= {RELATIVE_FROM}) to {fmt(by_step.iloc[-1])} at the end"
+                if len(by_step)
+                else f"train accuracy never reached {RELATIVE_FROM}: no relative AUC"
+            )
         )
         claims.append(
             claim(
