@@ -90,7 +90,8 @@ def grok_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -
     """Train a one-layer decoder on a + b mod ``p`` (full batch, AdamW, ``weight_decay``) for ``steps``
     steps; every ``every`` steps record train/test loss and accuracy (``history.parquet``) and save the
     model as ``checkpoints/step<NNNNNN>.safetensors`` (step 0 is the initialisation); the final model is
-    ``model.safetensors``."""
+    ``model.safetensors``. Trained on ``params["device"]`` (default CPU). The files are lesion ``gpt``
+    model files (``lesion serve FILE --tokens PAIRS`` explores one on a token file of ``a b =`` triples)."""
     import torch
     import torch.nn.functional as F
 
