@@ -91,6 +91,7 @@ def test_figures_run_on_the_tiny_profile(run):
     assert list(claims) == IDS
     for c in claims.values():
         assert c["verdict"] in ("holds", "does not hold", "inconclusive") and c["measured"] and c["tests"]
+        assert c["n"] == c["tests"][0]["n"] > 0  # runs there were, even where none grokked
     t1 = pd.read_parquet(run / "tables" / "T1_curves.parquet")
     assert set(t1.units) == {"neurons", "heads"} and set(t1.corrupt) == {0.0, 0.5, 1.0}
     assert t1.groupby("units").n_ablated.max().to_dict() == {"neurons": 64, "heads": 2}  # 1 block: 4x16, 2

@@ -232,11 +232,13 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
     for units, what in KINDS.items():
         sub = leads[(leads.units == units) & leads.lead.notna()]
         name = f"step of the test-accuracy jump minus step of the {what}' AUC change (halfway points)"
-        lead = _seed_check(sub, "lead", name, -every / 2)
+        lead = _seed_check(sub, "lead", name, -every / 2, len(events))
         sub2 = leads[(leads.units == units) & leads.auc_memorised.notna()].assign(
             rise=lambda d: d.auc_final - d.auc_memorised
         )
-        rise = _seed_check(sub2, "rise", f"relative AUC of {what}: final minus at memorisation", 0.0)
+        rise = _seed_check(
+            sub2, "rise", f"relative AUC of {what}: final minus at memorisation", 0.0, len(events)
+        )
         by_step = per_curve[per_curve.units == units].groupby("step")["relative_auc"].mean().dropna()
         measured = (
             f"{int(grokked.sum())} of {len(events)} runs grokked (a+b mod {p.t2_grok['p']}, "
@@ -287,15 +289,15 @@ def _plain_mean(v: pd.Series) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
-def _seed_check(df: pd.DataFrame, col: str, name: str, criterion: float):
+def _seed_check(df: pd.DataFrame, col: str, name: str, criterion: float, runs: int):
     """``col`` averaged over deletion orders within a run, then over runs: the estimate, a two-level
     bootstrap interval (runs, then orders), and a check that it is above ``criterion``."""
     groups = {"all": [g[col].to_numpy() for _, g in df.groupby("seed")]}
-    if not groups["all"]:
-        est, ci = float("nan"), (float("nan"), float("nan"))
+    if not groups["all"]:  # no run measured it (none grokked): no estimate, n counts the runs there were
+        est, ci, n = float("nan"), (float("nan"), float("nan")), runs
     else:
         est, ci = bootstrap(groups, lambda m: float(m["all"].mean()))
-    n = len(groups["all"])
+        n = len(groups["all"])
     return make_check(name, est, ci, criterion=criterion, direction=">", n=n, unit="runs (seeds)")
 
 
