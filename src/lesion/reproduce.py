@@ -163,8 +163,15 @@ def _link_models(out: Path, store: Store, jobs: list[Job]) -> dict[str, str]:
 
     def write(d: Path) -> None:
         for j in plan(jobs):
+            files = {}
             if j.kind == "train":
-                src, dst = store.path(j.key) / "model.safetensors", d / f"{_model_name(j)}.safetensors"
+                files = {f"{_model_name(j)}.safetensors": store.path(j.key) / "model.safetensors"}
+            elif j.kind == "grok":  # T2: the final model and every checkpoint
+                from lesion.experiments.beyond_jobs_t12 import grok_model_files
+
+                files = grok_model_files(j.params, j.key, store.path(j.key))
+            for name, src in files.items():
+                dst = d / name
                 try:
                     os.link(src, dst)
                 except OSError:
@@ -180,6 +187,7 @@ def _model_name(job: Job) -> str:
     p = job.params
     arch = p["arch"]
     shape = "x".join(map(str, arch.get("widths", arch.get("channels", [])))) or "paper"
+    shape = f"{arch['n_layer']}x{arch['d_model']}" if "d_model" in arch else shape  # transformers
     extra = "".join(f"_{k}{v:g}" for k, v in (("dropout", arch.get("dropout", 0)),) if v)
     extra += "" if arch.get("batchnorm", arch["kind"] != "convnet") else "_nobn"
     extra += f"_alpha{p['train']['select_reg']:g}" if p["train"].get("select_reg") else ""

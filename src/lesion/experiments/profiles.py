@@ -75,6 +75,25 @@ class Profile:
     # set of ablation curves into jobs of at most curves_per_shard curves; results do not depend on these
     unit_shards: int = 2
     curves_per_shard: int = 3
+    # beyond the paper, T1 (a ViT's MLP neurons and heads vs label corruption) and T2 (single directions
+    # through grokking, a+b mod p): lesion.experiments.figures.beyond_t12
+    t1_dataset: str = "digits"
+    t1_vit: dict[str, Any] = field(
+        default_factory=lambda: {"patch": 2, "d_model": 32, "n_layer": 2, "n_head": 4}
+    )
+    t1_corruptions: tuple[float, ...] = (0.0, 0.5, 1.0)
+    t1_seeds: tuple[int, ...] = (0, 1)
+    t1_train_size: int | None = 720  # training images (None: all); memorising shuffled labels is the cost
+    t1_lr: float = 3e-3
+    t1_until: float = 0.95  # train accuracy target, corrupted labels too (at most t1_max_epochs)
+    t1_max_epochs: int = 80
+    t1_repeats: int = 4  # random deletion orders per network and unit kind
+    t1_fractions: int = 11  # points per neuron curve (head curves: every head count)
+    t2_grok: dict[str, Any] = field(default_factory=lambda: {"p": 59, "frac": 0.5, "d_model": 64, "n_head": 4,
+                                    "lr": 3e-3, "weight_decay": 1.0, "steps": 1000, "every": 50})  # fmt: skip
+    t2_seeds: tuple[int, ...] = (0, 1)
+    t2_repeats: int = 3
+    t2_fractions: int = 11
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +131,29 @@ PAPER = Profile(
     rotation_repeats=10,
     unit_shards=8,
     curves_per_shard=2,
+    # T1, T2
+    t1_dataset="mnist5k",
+    t1_vit={"patch": 4, "d_model": 64, "n_layer": 4, "n_head": 4},
+    t1_corruptions=CORRUPTIONS,
+    t1_seeds=(0, 1, 2),
+    t1_train_size=None,
+    t1_until=0.99,
+    t1_max_epochs=300,
+    t1_repeats=10,
+    t1_fractions=21,
+    t2_grok={
+        "p": 113,
+        "frac": 0.3,
+        "d_model": 128,
+        "n_head": 4,
+        "lr": 1e-3,
+        "weight_decay": 1.0,
+        "steps": 20000,
+        "every": 250,
+    },
+    t2_seeds=(0, 1, 2, 3, 4),
+    t2_repeats=10,
+    t2_fractions=21,
 )
 
 TINY = replace(
@@ -151,6 +193,27 @@ TINY = replace(
     alpha_epochs=1,
     rotation_repeats=1,
     curves_per_shard=1,
+    # T1, T2
+    t1_vit={"patch": 4, "d_model": 16, "n_layer": 1, "n_head": 2},
+    t1_seeds=(0,),
+    t1_train_size=200,
+    t1_until=0.5,
+    t1_max_epochs=3,
+    t1_repeats=2,
+    t1_fractions=3,
+    t2_grok={
+        "p": 11,
+        "frac": 0.5,
+        "d_model": 16,
+        "n_head": 2,
+        "lr": 1e-2,
+        "weight_decay": 1.0,
+        "steps": 120,
+        "every": 30,
+    },
+    t2_seeds=(0, 1),
+    t2_repeats=2,
+    t2_fractions=3,
 )
 
 # The paper's data scale where 2 CPU cores allow it in about an hour and a half (an estimate: see the
@@ -177,6 +240,28 @@ STANDARD = replace(
     conv_train_size=10_000,
     size_study=(4_000, 15_000, 60_000),
     curves_per_shard=5,
+    # T1, T2: mnist5k ViTs on all 4,000 training images; grokking at p = 97 over three seeds
+    t1_dataset="mnist5k",
+    t1_vit={"patch": 7, "d_model": 32, "n_layer": 2, "n_head": 4},
+    t1_seeds=(0, 1, 2),
+    t1_train_size=None,
+    t1_until=0.99,
+    t1_max_epochs=150,
+    t1_repeats=5,
+    t1_fractions=21,
+    t2_grok={
+        "p": 97,
+        "frac": 0.4,
+        "d_model": 64,
+        "n_head": 4,
+        "lr": 2e-3,
+        "weight_decay": 1.0,
+        "steps": 4000,
+        "every": 100,
+    },
+    t2_seeds=(0, 1, 2, 3),
+    t2_repeats=5,
+    t2_fractions=21,
 )
 
 PROFILES = {p.name: p for p in (QUICK, STANDARD, PAPER, TINY)}

@@ -1,9 +1,11 @@
 """Figures and the HTML/Markdown report of ``lesion reproduce``."""
 
+from lesion.report.beyond_t12_figures import draw_t1, draw_t2
 from lesion.report.figures import DRAW
 from lesion.report.followup_figures import draw_bau, draw_meyes, draw_size
 from lesion.report.html import Section, write_html, write_markdown
 
 DRAW |= {"size-study": draw_size, "meyes-recovery": draw_meyes, "bau-class-units": draw_bau}
+DRAW |= {"T1": draw_t1, "T2": draw_t2}
 
 __all__ = ["DRAW", "Section", "write_html", "write_markdown"]
