@@ -75,6 +75,17 @@ class Profile:
     # set of ablation curves into jobs of at most curves_per_shard curves; results do not depend on these
     unit_shards: int = 2
     curves_per_shard: int = 3
+    # beyond the paper, T3 (replacement methods) and T4 (attribution vs exact): the small GPT-style decoder
+    # they add to F7's MLP and convnet, trained on a built-in token corpus; resample draws per unit
+    t34_corpus: str = "markov"
+    t34_sequences: int = 512  # 3/4 train, 1/4 held out (where every unit is measured)
+    t34_seq_len: int = 32
+    t34_gpt: tuple[int, int, int] = (32, 2, 4)  # d_model, layers, heads
+    t34_gpt_epochs: int = 6
+    t34_resample_repeats: int = 3
+    t34_examples: int | None = 500  # held-out classifier examples every unit is measured on (None: all)
+    t34_lm_sequences: int | None = 32  # held-out decoder sequences every unit is measured on (None: all)
+    t34_optimal_steps: int = 20  # Adam steps fitting each optimal constant (from the better of 0, mean)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +123,14 @@ PAPER = Profile(
     rotation_repeats=10,
     unit_shards=8,
     curves_per_shard=2,
+    t34_sequences=4096,
+    t34_seq_len=64,
+    t34_gpt=(128, 4, 8),
+    t34_gpt_epochs=20,
+    t34_resample_repeats=10,
+    t34_examples=2000,
+    t34_lm_sequences=256,
+    t34_optimal_steps=60,
 )
 
 TINY = replace(
@@ -151,6 +170,14 @@ TINY = replace(
     alpha_epochs=1,
     rotation_repeats=1,
     curves_per_shard=1,
+    t34_sequences=64,
+    t34_seq_len=16,
+    t34_gpt=(16, 1, 2),
+    t34_gpt_epochs=1,
+    t34_resample_repeats=1,
+    t34_examples=200,
+    t34_lm_sequences=None,
+    t34_optimal_steps=5,
 )
 
 # The paper's data scale where 2 CPU cores allow it in about an hour and a half (an estimate: see the
@@ -177,6 +204,13 @@ STANDARD = replace(
     conv_train_size=10_000,
     size_study=(4_000, 15_000, 60_000),
     curves_per_shard=5,
+    t34_sequences=2048,
+    t34_gpt=(64, 2, 4),
+    t34_gpt_epochs=10,
+    t34_resample_repeats=5,
+    t34_examples=2000,
+    t34_lm_sequences=128,
+    t34_optimal_steps=60,
 )
 
 PROFILES = {p.name: p for p in (QUICK, STANDARD, PAPER, TINY)}
