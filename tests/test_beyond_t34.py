@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesion.experiments.figures.beyond_t34 import _false_negatives, boot_units, rank_corr
+from lesion.experiments.figures.beyond_t34 import _false_negatives, rank_corr, rho_draws, unit_draws
 from lesion.reproduce import reproduce
 
 KEYS = {
@@ -83,9 +83,13 @@ def test_rank_corr_and_bootstrap_know_the_answer():
     assert rank_corr(np.c_[x, x**3]) == pytest.approx(1.0)
     assert rank_corr(np.c_[x, -x]) == pytest.approx(-1.0)
     assert np.isnan(rank_corr(np.c_[x, np.ones(10)]))
-    f = pd.DataFrame({"a": x, "b": 2 * x})
-    est, (lo, hi) = boot_units({"n": f}, lambda d: rank_corr(d["n"][["a", "b"]].to_numpy()), boot=50)
-    assert est == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    y = np.c_[x, x**2, rng.normal(size=10), np.round(rng.normal(size=10))]  # the last with ties
+    idx = unit_draws(10, boot=20)
+    d = rho_draws(y, [(0, 1), (0, 2), (2, 3)], idx)  # the vectorised bootstrap against the one-at-a-time one
+    slow = [[rank_corr(y[i][:, list(p)]) for p in [(0, 1), (0, 2), (2, 3)]] for i in idx]
+    np.testing.assert_allclose(d, slow, atol=1e-12)
+    assert np.allclose(d[:, 0][np.isfinite(d[:, 0])], 1.0)
 
 
 def test_false_negatives_by_hand():

@@ -34,12 +34,13 @@ def train_gpt(params: Mapping[str, Any], out: Path) -> None:
     cut = len(seqs) * 3 // 4
     arch = {**params["arch"], "vocab_size": vocab, "context": int(seqs.shape[1])}
     seed = int(params.get("seed", 0))
-    net = build_model(arch, seed=seed)
     opts = params.get("train", {})
+    device = torch.device(opts.get("device", "cpu"))
+    net = build_model(arch, seed=seed).to(device)
     history = train_lm(
         net,
-        torch.from_numpy(seqs[:cut]),
-        torch.from_numpy(seqs[cut:]),
+        torch.from_numpy(seqs[:cut]).to(device),
+        torch.from_numpy(seqs[cut:]).to(device),
         epochs=int(opts.get("epochs", 5)),
         lr=float(opts.get("lr", 3e-3)),
         batch_size=int(opts.get("batch_size", 32)),
@@ -52,7 +53,7 @@ def train_gpt(params: Mapping[str, Any], out: Path) -> None:
         "n_sequences": int(params["sequences"]),
         "seq_len": int(params["seq_len"]),
     }
-    save_model(net, out / "model.safetensors", arch=arch, metadata=meta)
+    save_model(net.cpu(), out / "model.safetensors", arch=arch, metadata=meta)
     write_table(history, out / "history.parquet")
 
 
@@ -69,8 +70,8 @@ def _corpus(params: Mapping[str, Any]):
 
 def held_out(params: Mapping[str, Any], inputs: Mapping[str, Path]):
     """(model, held-out data, metric, is a language model) of ``inputs["model"]``: the first
-    ``params["examples"]`` test examples of a classifier with ``Classification``, or the first
-    ``params["sequences"]`` test sequences of a decoder with ``NextTokenLoss`` (None: all)."""
+    ``params["test_examples"]`` test examples of a classifier with ``Classification``, or the first
+    ``params["test_sequences"]`` test sequences of a decoder with ``NextTokenLoss`` (None: all)."""
     import torch
 
     import lesion
@@ -78,11 +79,11 @@ def held_out(params: Mapping[str, Any], inputs: Mapping[str, Path]):
 
     trained = json.loads((inputs["model"] / "job.json").read_text())["params"]
     if trained["arch"]["kind"] != "gpt":
-        model, xy = model_and_data({"split": "test", "examples": params.get("examples")}, inputs)
+        model, xy = model_and_data({"split": "test", "examples": params.get("test_examples")}, inputs)
         return model, xy, lesion.Classification(), False
     model, _ = load_model(inputs["model"] / "model.safetensors")
     seqs, _ = _corpus(trained)
-    ids = torch.from_numpy(seqs[len(seqs) * 3 // 4 :][: params.get("sequences")])
+    ids = torch.from_numpy(seqs[len(seqs) * 3 // 4 :][: params.get("test_sequences")])
     return model, {"input_ids": ids}, lesion.NextTokenLoss(), True
 
 
@@ -92,8 +93,9 @@ def replacement(method: str, params: Mapping[str, Any]):
 
     if method == "resample":
         return lesion.Resample(int(params.get("seed", 0)), int(params.get("resample_repeats", 1)))
-    if method == "optimal":  # fitted on every measured example (at most 10,000), so it is optimal there
-        return lesion.Optimal(steps=int(params.get("optimal_steps", 60)), examples=10_000)
+    if method == "optimal":  # fitted on the first optimal_examples of the measured examples
+        fit = params.get("optimal_examples")
+        return lesion.Optimal(steps=int(params.get("optimal_steps", 60)), examples=int(fit or 10_000))
     return {"zero": lesion.Zero, "mean": lesion.Mean}[method]()
 
 

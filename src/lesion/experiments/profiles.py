@@ -85,7 +85,8 @@ class Profile:
     t34_resample_repeats: int = 3
     t34_examples: int | None = 500  # held-out classifier examples every unit is measured on (None: all)
     t34_lm_sequences: int | None = 32  # held-out decoder sequences every unit is measured on (None: all)
-    t34_optimal_steps: int = 20  # Adam steps fitting each optimal constant (from the better of 0, mean)
+    t34_optimal_steps: int = 10  # Adam steps fitting each optimal constant (from the better of 0, mean)
+    t34_optimal_examples: int = 100  # ... on the first n measured examples (each step runs k copies of them)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +132,7 @@ PAPER = Profile(
     t34_examples=2000,
     t34_lm_sequences=256,
     t34_optimal_steps=60,
+    t34_optimal_examples=500,
 )
 
 TINY = replace(
@@ -178,6 +180,7 @@ TINY = replace(
     t34_examples=200,
     t34_lm_sequences=None,
     t34_optimal_steps=5,
+    t34_optimal_examples=50,
 )
 
 # The paper's data scale where 2 CPU cores allow it in about an hour and a half (an estimate: see the
@@ -211,6 +214,7 @@ STANDARD = replace(
     t34_examples=2000,
     t34_lm_sequences=128,
     t34_optimal_steps=60,
+    t34_optimal_examples=500,
 )
 
 PROFILES = {p.name: p for p in (QUICK, STANDARD, PAPER, TINY)}

@@ -30,6 +30,8 @@ def gpt_train(p: Profile) -> Job:
     d, layers, heads = p.t34_gpt
     arch = {"kind": "gpt", "d_model": d, "n_layer": layers, "n_head": heads, "dropout": 0.0}
     train = {"epochs": p.t34_gpt_epochs, "lr": 3e-3, "batch_size": 32}
+    if p.device != "cpu":  # a GPU run: a different job, as for every trained network
+        train["device"] = p.device
     params = {
         "arch": arch,
         "dataset": p.t34_corpus,
@@ -55,6 +57,7 @@ def t3_jobs(p: Profile) -> dict[str, Job]:
         "resample_repeats": p.t34_resample_repeats,
         "seed": 0,
         "optimal_steps": p.t34_optimal_steps,
+        "optimal_examples": p.t34_optimal_examples,
     }
     trained = nets(p)
     return {n: Job("replacements", params | _data(p, n), {"model": j}) for n, j in trained.items()} | {
@@ -64,26 +67,26 @@ def t3_jobs(p: Profile) -> dict[str, Job]:
 
 def _data(p: Profile, net: str) -> dict:
     """Which held-out examples a network's units are measured on (the same in T3 and T4)."""
-    return {"sequences": p.t34_lm_sequences} if net == "gpt" else {"examples": p.t34_examples}
+    return {"test_sequences": p.t34_lm_sequences} if net == "gpt" else {"test_examples": p.t34_examples}
 
 
 def t3_analyse(p: Profile, out: Outputs) -> Outcome:
     table = pd.concat([read(out, n, "replacements.parquet").assign(net=n) for n in NETS], ignore_index=True)
     wide = {n: _wide(table[table.net == n]) for n in NETS}  # (units, methods) delta_loss
-    pairs = list(combinations(METHODS, 2))
-    rows = []
-    for n, w in wide.items():
-        for a, b in pairs:
-            est, ci = boot_units({n: w}, lambda d, a=a, b=b: rank_corr(d[next(iter(d))][[a, b]].to_numpy()))
-            rows.append(
-                {"net": n, "a": a, "b": b, "spearman": est, "ci_low": ci[0], "ci_high": ci[1], "n": len(w)}
-            )
+    pairs = list(combinations(range(len(METHODS)), 2))
+    rows, points, draws = [], [], []
+    for k, (n, w) in enumerate(wide.items()):
+        x = w[list(METHODS)].to_numpy(np.float64)
+        d = rho_draws(x, pairs, unit_draws(len(x), k))  # (boot, pairs): units resampled within the network
+        for j, (a, b) in enumerate(pairs):
+            lo, hi = percentile(d[:, j])
+            rho = rank_corr(x[:, [a, b]])
+            rows.append({"net": n, "a": METHODS[a], "b": METHODS[b], "spearman": rho, "ci_low": lo,
+                         "ci_high": hi, "n": len(w)})  # fmt: skip
+            points.append(rho)
+        draws.append(d)
     ranks = pd.DataFrame(rows)
-
-    def mean_rho(d: dict[str, pd.DataFrame]) -> float:
-        return float(np.mean([rank_corr(w[[a, b]].to_numpy()) for w in d.values() for a, b in pairs]))
-
-    est, ci = boot_units(wide, mean_rho)
+    est, ci = float(np.mean(points)), percentile(np.concatenate(draws, axis=1).mean(axis=1))
     n_units = sum(len(w) for w in wide.values())
     head = make_check(
         "mean Spearman rho of unit importance between two methods (6 pairs x 3 networks)",
@@ -111,7 +114,7 @@ def t3_analyse(p: Profile, out: Outputs) -> Outcome:
         {"mean_spearman": est, "pairs": {f"{r.net}/{r.a}-{r.b}": r.spearman for r in ranks.itertuples()}},
         [head],
     )
-    optimal, c_opt = _optimal_claim(wide)
+    optimal, c_opt = _optimal_claim(p, wide)
     f7, c_f7 = _f7_claim(table)
     tables = {"importance": table, "rank_agreement": ranks, "optimal": optimal, "selectivity": f7}
     return Outcome(tables, [c_rank, c_opt, c_f7])
@@ -132,19 +135,28 @@ def rank_corr(x: np.ndarray) -> float:
     return float(np.corrcoef(r[:, 0], r[:, 1])[0, 1])
 
 
-def boot_units(frames: dict[str, pd.DataFrame], stat, *, boot: int = BOOT, seed: int = SEED):
-    """``stat`` of the tables as measured and its 95% percentile interval over resamples of each
-    table's rows (units, drawn with replacement within each network)."""
-    point = stat(frames)
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(boot):
-        drawn = {k: f.iloc[rng.integers(0, len(f), len(f))] for k, f in frames.items()}
-        out.append(stat(drawn))
-    return float(point), percentile(out)
+def unit_draws(n: int, key: int = 0, *, boot: int = BOOT, seed: int = SEED) -> np.ndarray:
+    """(boot, n) row indices drawn with replacement: the bootstrap over units (one stream per ``key``)."""
+    return np.random.default_rng([seed, key]).integers(0, n, (boot, n))
 
 
-def _optimal_claim(wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
+def rho_draws(x: np.ndarray, pairs, idx: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each column pair of ``x`` (n, m) on every resample ``idx`` (boot, n):
+    (boot, pairs), NaN where a resampled ranking is constant."""
+    from scipy.stats import rankdata
+
+    r = rankdata(x[idx], axis=1)  # (boot, n, m), ties: average ranks
+    r -= r.mean(axis=1, keepdims=True)
+    out = np.empty((len(idx), len(pairs)))
+    for j, (a, b) in enumerate(pairs):
+        num = (r[:, :, a] * r[:, :, b]).sum(1)
+        den = np.sqrt((r[:, :, a] ** 2).sum(1) * (r[:, :, b] ** 2).sum(1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, j] = np.where(den > 0, num / den, np.nan)
+    return out
+
+
+def _optimal_claim(p: Profile, wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
     """Is the optimal constant's loss change the smallest of the four methods, unit by unit?"""
     rows = []
     for n, w in wide.items():
@@ -171,7 +183,9 @@ def _optimal_claim(wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
     worst = t.loc[t.gap.idxmax()]
     per = t.groupby("net", sort=False)[["smallest", "below_constants"]].mean()
     measured = (
-        f"smallest for {interval(check)} of {len(t)} units ("
+        f"optimal constants fitted on the first {p.t34_optimal_examples} of the measured examples "
+        f"({p.t34_optimal_steps} Adam steps from the better of 0 and the mean); smallest for "
+        f"{interval(check)} of {len(t)} units ("
         + ", ".join(f"{NETS[n]} {fmt(r.smallest, 2)}" for n, r in per.iterrows())
         + "); at or below both zero and mean for "
         + ", ".join(f"{NETS[n]} {fmt(r.below_constants, 2)}" for n, r in per.iterrows())
@@ -265,10 +279,14 @@ def t4_jobs(p: Profile) -> dict[str, Job]:
 def t4_analyse(p: Profile, out: Outputs) -> Outcome:
     table = pd.concat([read(out, n, "attribution.parquet").assign(net=n) for n in NETS], ignore_index=True)
     frames = {n: table[table.net == n] for n in NETS}
-    rows = []
-    for n, f in frames.items():
-        for layer, g in [("all", f), *f.groupby("layer", sort=False)]:
-            est, ci = boot_units({layer: g}, lambda d: _rho(next(iter(d.values()))))
+    rows, overall = [], []
+    for k, (n, f) in enumerate(frames.items()):
+        for i, (layer, g) in enumerate([("all", f), *f.groupby("layer", sort=False)]):
+            x = g[["estimate", "exact"]].to_numpy(np.float64)
+            d = rho_draws(x, [(0, 1)], unit_draws(len(x), 100 * k + i))[:, 0]
+            est, ci = rank_corr(x), percentile(d)
+            if layer == "all":
+                overall.append((est, d))
             rows.append(
                 {
                     "net": n,
@@ -281,7 +299,8 @@ def t4_analyse(p: Profile, out: Outputs) -> Outcome:
                 }
             )
     per_layer = pd.DataFrame(rows)
-    est, ci = boot_units(frames, lambda d: float(np.mean([_rho(f) for f in d.values()])))
+    est = float(np.mean([e for e, _ in overall]))
+    ci = percentile(np.mean([d for _, d in overall], axis=0))
     n_units = len(table)
     agree = make_check(
         "mean over the 3 networks of Spearman rho (estimate, exact loss change), all units",
@@ -339,10 +358,6 @@ def t4_analyse(p: Profile, out: Outputs) -> Outcome:
         [agree, miss],
     )
     return Outcome({"attribution": table, "spearman": per_layer}, [c])
-
-
-def _rho(f: pd.DataFrame) -> float:
-    return rank_corr(f[["estimate", "exact"]].to_numpy(np.float64))
 
 
 def _false_negatives(f: pd.DataFrame) -> pd.DataFrame:
