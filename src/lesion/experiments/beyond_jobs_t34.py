@@ -93,9 +93,8 @@ def replacement(method: str, params: Mapping[str, Any]):
 
     if method == "resample":
         return lesion.Resample(int(params.get("seed", 0)), int(params.get("resample_repeats", 1)))
-    if method == "optimal":  # fitted on the first optimal_examples of the measured examples
-        fit = params.get("optimal_examples")
-        return lesion.Optimal(steps=int(params.get("optimal_steps", 60)), examples=int(fit or 10_000))
+    if method == "optimal":  # fitted on every measured example (up to 10,000): optimal where it is measured
+        return lesion.Optimal(steps=int(params.get("optimal_steps", 60)), examples=10_000)
     return {"zero": lesion.Zero, "mean": lesion.Mean}[method]()
 
 

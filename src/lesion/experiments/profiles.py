@@ -86,7 +86,9 @@ class Profile:
     t34_examples: int | None = 500  # held-out classifier examples every unit is measured on (None: all)
     t34_lm_sequences: int | None = 32  # held-out decoder sequences every unit is measured on (None: all)
     t34_optimal_steps: int = 10  # Adam steps fitting each optimal constant (from the better of 0, mean)
-    t34_optimal_examples: int = 100  # ... on the first n measured examples (each step runs k copies of them)
+    t34_conv_examples: int | None = (
+        100  # ... for the convnet (its optimal constants cost most: k copies a step)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +134,7 @@ PAPER = Profile(
     t34_examples=2000,
     t34_lm_sequences=256,
     t34_optimal_steps=60,
-    t34_optimal_examples=500,
+    t34_conv_examples=500,
 )
 
 TINY = replace(
@@ -180,7 +182,7 @@ TINY = replace(
     t34_examples=200,
     t34_lm_sequences=None,
     t34_optimal_steps=5,
-    t34_optimal_examples=50,
+    t34_conv_examples=100,
 )
 
 # The paper's data scale where 2 CPU cores allow it in about an hour and a half (an estimate: see the
@@ -214,7 +216,7 @@ STANDARD = replace(
     t34_examples=2000,
     t34_lm_sequences=128,
     t34_optimal_steps=60,
-    t34_optimal_examples=500,
+    t34_conv_examples=500,
 )
 
 PROFILES = {p.name: p for p in (QUICK, STANDARD, PAPER, TINY)}
