@@ -76,6 +76,9 @@ def test_decoder_is_saved_and_loads(run):
     net, info = load_model(gpt[0])
     data, name = lm_data(net, info, TextConfig())  # what `lesion serve` / `lesion analyze` read
     assert name == "markov (test)" and data["input_ids"].shape[1] == info["arch"]["context"]
+    from lesion.serve.text import explorer_for_file
+
+    assert type(explorer_for_file(gpt[0], sequences=4, say=lambda *_: None)).__name__ == "TextExplorer"
 
 
 def test_rank_corr_and_bootstrap_know_the_answer():

@@ -28,11 +28,11 @@ def draw_t3(t: Tables, stem: Path) -> list[Path]:
     ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
     ax.set_xticks(np.arange(len(pairs)), [f"{a}\nvs {b}" for a, b in pairs], fontsize=7)
     ax.set(
-        ylim=(min(0.0, float(r.ci_low.min()) - 0.05), 1.05),
+        ylim=(min(0.0, float(r.ci_low.min()) - 0.05), 1.25),
         ylabel="Spearman rho of unit importance",
         title="Rank agreement between deletion methods",
     )
-    ax.legend(fontsize=7, frameon=False, loc="lower left")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", ncols=3)
     imp = t["importance"]
     for i, n in enumerate(nets):
         w = imp[imp.net == n].pivot_table(index=["layer", "unit"], columns="method", values="delta_loss")
@@ -41,12 +41,11 @@ def draw_t3(t: Tables, stem: Path) -> list[Path]:
     hi = float(np.nanmax(imp.delta_loss))
     ax2.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--")
     ax2.set(
-        xscale="symlog",
-        yscale="symlog",
         xlabel="Loss change, zero replacement (symlog)",
         ylabel="Loss change, optimal constant (symlog)",
         title="Optimal constant vs zero, per unit",
     )
+    _symlog(ax2, imp.delta_loss)
     ax2.legend(fontsize=7, frameon=False)
     s = t["selectivity"]
     cls = list(dict.fromkeys(s.net))
@@ -94,12 +93,11 @@ def draw_t4(t: Tables, stem: Path) -> list[Path]:
         hi = float(max(g.estimate.max(), g.exact.max()))
         ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--")
         ax.set(
-            xscale="symlog",
-            yscale="symlog",
             xlabel="Attribution estimate of loss change (symlog)",
             ylabel="Exact loss change (symlog)",
             title=NETS.get(n, n),
         )
+        _symlog(ax, np.r_[g.estimate, g.exact])
         ax.legend(fontsize=6, frameon=False, loc="upper left")
     ax = axes[-1]
     s = t["spearman"]
@@ -120,3 +118,13 @@ def draw_t4(t: Tables, stem: Path) -> list[Path]:
         title="Agreement per layer (95% CI)",
     )
     return _save(fig, stem)
+
+
+def _symlog(ax, values) -> None:
+    """Both axes symlog, linear within the smallest quarter of the nonzero magnitudes (many tiny effects,
+    a few large ones)."""
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v) & (v > 0)]
+    lt = float(np.quantile(v, 0.25)) if len(v) else 1.0
+    ax.set_xscale("symlog", linthresh=lt)
+    ax.set_yscale("symlog", linthresh=lt)
