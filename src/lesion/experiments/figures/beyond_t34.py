@@ -331,6 +331,7 @@ def t4_analyse(p: Profile, out: Outputs) -> Outcome:
     )
     fn = top[top.false_negative]
     where = fn.groupby(["net", "kind"]).size()
+    under = float((fn.exact > fn.estimate).mean()) if len(fn) else float("nan")
     overall = per_layer[per_layer.layer == "all"].set_index("net")
     measured = (
         f"Spearman rho (estimate, exact), mean over networks {interval(agree)}: "
@@ -341,6 +342,7 @@ def t4_analyse(p: Profile, out: Outputs) -> Outcome:
         + f"{fmt(per_layer.spearman.min(), 2)} to {fmt(per_layer.spearman.max(), 2)}"
         + f"; false negatives: {len(fn)} of {len(top)} top-{TOP:.0%} units ({interval(miss)})"
         + (": " + ", ".join(f"{NETS[n]} {k}s {v}" for (n, k), v in where.items()) if len(fn) else "")
+        + (f"; {fmt(under, 2)} of them underestimated (exact above estimate)" if len(fn) else "")
     )
     c = claim(
         "T4",
@@ -354,6 +356,7 @@ def t4_analyse(p: Profile, out: Outputs) -> Outcome:
         {
             "mean_spearman": est,
             "false_negative_share": share,
+            "false_negatives_underestimated": under,
             "false_negatives": list(fn.unit.astype(str)),
             "per_net": overall.spearman.to_dict(),
         },
