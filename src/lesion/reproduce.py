@@ -186,8 +186,8 @@ def _link_models(out: Path, store: Store, jobs: list[Job]) -> dict[str, str]:
 def _model_name(job: Job) -> str:
     p = job.params
     arch = p["arch"]
-    shape = "x".join(map(str, arch.get("widths", arch.get("channels", [])))) or "paper"
-    shape = f"{arch['n_layer']}x{arch['d_model']}" if "d_model" in arch else shape  # transformers
+    shape = "x".join(map(str, arch.get("widths", arch.get("channels", []))))
+    shape = shape or (f"{arch['n_layer']}x{arch['d_model']}" if "d_model" in arch else "paper")
     extra = "".join(f"_{k}{v:g}" for k, v in (("dropout", arch.get("dropout", 0)),) if v)
     extra += "" if arch.get("batchnorm", arch["kind"] != "convnet") else "_nobn"
     extra += f"_alpha{p['train']['select_reg']:g}" if p["train"].get("select_reg") else ""

@@ -37,6 +37,10 @@ def train_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
     from lesion.models import build_model, save_model
     from lesion.training import train
 
+    if params["arch"]["kind"] == "gpt":  # a decoder on a token corpus (beyond the paper, T3/T4)
+        from lesion.experiments.beyond_jobs_t34 import train_gpt
+
+        return train_gpt(params, out)
     data = _dataset(params)
     arch = {**params["arch"], "input_shape": list(data.input_shape), "n_classes": data.n_classes}
     seed = int(params.get("seed", 0))

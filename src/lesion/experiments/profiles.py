@@ -94,6 +94,20 @@ class Profile:
     t2_seeds: tuple[int, ...] = (0, 1)
     t2_repeats: int = 3
     t2_fractions: int = 11
+    # beyond the paper, T3 (replacement methods) and T4 (attribution vs exact): the small GPT-style decoder
+    # they add to F7's MLP and convnet, trained on a built-in token corpus; resample draws per unit
+    t34_corpus: str = "markov"
+    t34_sequences: int = 512  # 3/4 train, 1/4 held out (where every unit is measured)
+    t34_seq_len: int = 32
+    t34_gpt: tuple[int, int, int] = (32, 2, 4)  # d_model, layers, heads
+    t34_gpt_epochs: int = 6
+    t34_resample_repeats: int = 3
+    t34_examples: int | None = 500  # held-out classifier examples every unit is measured on (None: all)
+    t34_lm_sequences: int | None = 32  # held-out decoder sequences every unit is measured on (None: all)
+    t34_optimal_steps: int = 10  # Adam steps fitting each optimal constant (from the better of 0, mean)
+    t34_conv_examples: int | None = (
+        100  # ... for the convnet (its optimal constants cost most: k copies a step)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +168,16 @@ PAPER = Profile(
     t2_seeds=(0, 1, 2, 3, 4),
     t2_repeats=10,
     t2_fractions=21,
+    # T3, T4
+    t34_sequences=4096,
+    t34_seq_len=64,
+    t34_gpt=(128, 4, 8),
+    t34_gpt_epochs=20,
+    t34_resample_repeats=10,
+    t34_examples=2000,
+    t34_lm_sequences=256,
+    t34_optimal_steps=60,
+    t34_conv_examples=500,
 )
 
 TINY = replace(
@@ -214,6 +238,16 @@ TINY = replace(
     t2_seeds=(0, 1),
     t2_repeats=2,
     t2_fractions=3,
+    # T3, T4
+    t34_sequences=64,
+    t34_seq_len=16,
+    t34_gpt=(16, 1, 2),
+    t34_gpt_epochs=1,
+    t34_resample_repeats=1,
+    t34_examples=200,
+    t34_lm_sequences=None,
+    t34_optimal_steps=5,
+    t34_conv_examples=100,
 )
 
 # The paper's data scale where 2 CPU cores allow it in about an hour and a half (an estimate: see the
@@ -262,6 +296,15 @@ STANDARD = replace(
     t2_seeds=(0, 1, 2, 3),
     t2_repeats=5,
     t2_fractions=21,
+    # T3, T4
+    t34_sequences=2048,
+    t34_gpt=(64, 2, 4),
+    t34_gpt_epochs=10,
+    t34_resample_repeats=5,
+    t34_examples=2000,
+    t34_lm_sequences=128,
+    t34_optimal_steps=60,
+    t34_conv_examples=500,
 )
 
 PROFILES = {p.name: p for p in (QUICK, STANDARD, PAPER, TINY)}

@@ -1,0 +1,147 @@
+"""Job kinds of two studies beyond the paper: every unit's loss change under four replacement methods
+(T3: zero, mean, resample, optimal constant; Li & Janson 2024, Pochinkov et al. 2024), and the
+attribution estimate against the exact effect (T4; Kramar et al. 2024), on a trained MLP, a convnet and
+lesion's small GPT-style decoder. The decoder is trained by the ``train`` job (``arch["kind"] ==
+"gpt"``: ``train_gpt`` below), so it is saved in the run's models like every trained network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lesion.experiments.job import kind
+from lesion.experiments.jobs import model_and_data, write_table
+
+METHODS = ("zero", "mean", "resample", "optimal")
+
+
+def train_gpt(params: Mapping[str, Any], out: Path) -> None:
+    """A ``train`` job for ``arch["kind"] == "gpt"``: next-token training on a built-in corpus
+    (``params["dataset"]``, e.g. ``markov``; ``params["sequences"]`` of ``params["seq_len"]`` tokens, 3/4
+    train, 1/4 test, as ``lesion train --arch gpt``), saved with the metadata ``lesion serve`` reads."""
+    import torch
+
+    from lesion._train_lm import train_lm
+    from lesion.models import build_model, save_model
+
+    seqs, vocab = _corpus(params)
+    cut = len(seqs) * 3 // 4
+    arch = {**params["arch"], "vocab_size": vocab, "context": int(seqs.shape[1])}
+    seed = int(params.get("seed", 0))
+    opts = params.get("train", {})
+    device = torch.device(opts.get("device", "cpu"))
+    net = build_model(arch, seed=seed).to(device)
+    history = train_lm(
+        net,
+        torch.from_numpy(seqs[:cut]).to(device),
+        torch.from_numpy(seqs[cut:]).to(device),
+        epochs=int(opts.get("epochs", 5)),
+        lr=float(opts.get("lr", 3e-3)),
+        batch_size=int(opts.get("batch_size", 32)),
+        seed=seed,
+    )
+    meta = {
+        "job": dict(params),
+        "dataset": params["dataset"],
+        "data_seed": int(params.get("data_seed", 0)),
+        "n_sequences": int(params["sequences"]),
+        "seq_len": int(params["seq_len"]),
+    }
+    save_model(net.cpu(), out / "model.safetensors", arch=arch, metadata=meta)
+    write_table(history, out / "history.parquet")
+
+
+def _corpus(params: Mapping[str, Any]):
+    from lesion.data import builtin_tokens
+
+    return builtin_tokens(
+        params["dataset"],
+        n=int(params["sequences"]),
+        seq_len=int(params["seq_len"]),
+        seed=int(params.get("data_seed", 0)),
+    )
+
+
+def held_out(params: Mapping[str, Any], inputs: Mapping[str, Path]):
+    """(model, held-out data, metric, is a language model) of ``inputs["model"]``: the first
+    ``params["test_examples"]`` test examples of a classifier with ``Classification``, or the first
+    ``params["test_sequences"]`` test sequences of a decoder with ``NextTokenLoss`` (None: all)."""
+    import torch
+
+    import lesion
+    from lesion.models import load_model
+
+    trained = json.loads((inputs["model"] / "job.json").read_text())["params"]
+    if trained["arch"]["kind"] != "gpt":
+        model, xy = model_and_data({"split": "test", "examples": params.get("test_examples")}, inputs)
+        return model, xy, lesion.Classification(), False
+    model, _ = load_model(inputs["model"] / "model.safetensors")
+    seqs, _ = _corpus(trained)
+    ids = torch.from_numpy(seqs[len(seqs) * 3 // 4 :][: params.get("test_sequences")])
+    return model, {"input_ids": ids}, lesion.NextTokenLoss(), True
+
+
+def replacement(method: str, params: Mapping[str, Any]):
+    """The Replacement of ``method``: Zero, Mean, Resample(seed, repeats) or Optimal."""
+    import lesion
+
+    if method == "resample":
+        return lesion.Resample(int(params.get("seed", 0)), int(params.get("resample_repeats", 1)))
+    if method == "optimal":  # fitted on every measured example (up to 10,000): optimal where it is measured
+        return lesion.Optimal(steps=int(params.get("optimal_steps", 60)), examples=10_000)
+    return {"zero": lesion.Zero, "mean": lesion.Mean}[method]()
+
+
+@kind("replacements")
+def replacements_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
+    """Every unit deleted alone under each of ``params["methods"]``, on held-out data: one row per
+    (method, unit) with ``loss``/``delta_loss`` (and, for classifiers, ``selectivity`` and
+    ``delta_accuracy`` from the unit table)."""
+    import lesion
+    from lesion.core.sweep import sites_for
+
+    model, data, metric, lm = held_out(params, inputs)
+    sites = sites_for(model, data)
+    frames = []
+    for method in params.get("methods", METHODS):
+        r = replacement(method, params)
+        if lm:
+            units = [f"{s.name}:{j}" for s in sites for j in range(s.width)]
+            df = lesion.sweep(model, data, [lesion.Lesion(u, r) for u in units], metric, sites=sites)
+            df = pd.DataFrame(
+                {
+                    "layer": [s.name for s in sites for _ in range(s.width)],
+                    "unit": [j for s in sites for j in range(s.width)],
+                    "selectivity": np.nan,
+                    "loss": df["loss"].to_numpy(),
+                    "delta_loss": df["delta_loss"].to_numpy(),
+                    "delta_accuracy": df["delta_accuracy"].to_numpy(),
+                }
+            )
+        else:
+            t = lesion.unit_table(model, data, sites=sites, value=r)
+            df = t[["layer", "unit", "selectivity", "loss", "delta_loss", "delta_accuracy"]].copy()
+        heads = {s.name for s in sites if s.heads}
+        df.insert(2, "kind", np.where(df["layer"].isin(heads), "head", "neuron"))
+        df.insert(0, "method", method)
+        frames.append(df)
+    write_table(pd.concat(frames, ignore_index=True), out / "replacements.parquet")
+
+
+@kind("attribution")
+def attribution_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
+    """``lesion.attribution_table(exact=True)`` on held-out data (zero replacement): every unit's
+    first-order estimate beside its exact loss change."""
+    import lesion
+
+    model, data, metric, _ = held_out(params, inputs)
+    t = lesion.attribution_table(model, data, metric=metric, exact=True)
+    write_table(
+        t[["unit", "layer", "index", "kind", "estimate", "exact", "missed"]], out / "attribution.parquet"
+    )
