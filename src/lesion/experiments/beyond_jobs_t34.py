@@ -15,57 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesion.experiments.gpt_train import corpus as _corpus
+from lesion.experiments.gpt_train import train_gpt as train_gpt
 from lesion.experiments.job import kind
 from lesion.experiments.jobs import model_and_data, write_table
 
 METHODS = ("zero", "mean", "resample", "optimal")
-
-
-def train_gpt(params: Mapping[str, Any], out: Path) -> None:
-    """A ``train`` job for ``arch["kind"] == "gpt"``: next-token training on a built-in corpus
-    (``params["dataset"]``, e.g. ``markov``; ``params["sequences"]`` of ``params["seq_len"]`` tokens, 3/4
-    train, 1/4 test, as ``lesion train --arch gpt``), saved with the metadata ``lesion serve`` reads."""
-    import torch
-
-    from lesion._train_lm import train_lm
-    from lesion.models import build_model, save_model
-
-    seqs, vocab = _corpus(params)
-    cut = len(seqs) * 3 // 4
-    arch = {**params["arch"], "vocab_size": vocab, "context": int(seqs.shape[1])}
-    seed = int(params.get("seed", 0))
-    opts = params.get("train", {})
-    device = torch.device(opts.get("device", "cpu"))
-    net = build_model(arch, seed=seed).to(device)
-    history = train_lm(
-        net,
-        torch.from_numpy(seqs[:cut]).to(device),
-        torch.from_numpy(seqs[cut:]).to(device),
-        epochs=int(opts.get("epochs", 5)),
-        lr=float(opts.get("lr", 3e-3)),
-        batch_size=int(opts.get("batch_size", 32)),
-        seed=seed,
-    )
-    meta = {
-        "job": dict(params),
-        "dataset": params["dataset"],
-        "data_seed": int(params.get("data_seed", 0)),
-        "n_sequences": int(params["sequences"]),
-        "seq_len": int(params["seq_len"]),
-    }
-    save_model(net.cpu(), out / "model.safetensors", arch=arch, metadata=meta)
-    write_table(history, out / "history.parquet")
-
-
-def _corpus(params: Mapping[str, Any]):
-    from lesion.data import builtin_tokens
-
-    return builtin_tokens(
-        params["dataset"],
-        n=int(params["sequences"]),
-        seq_len=int(params["seq_len"]),
-        seed=int(params.get("data_seed", 0)),
-    )
 
 
 def held_out(params: Mapping[str, Any], inputs: Mapping[str, Path]):

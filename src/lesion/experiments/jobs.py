@@ -38,7 +38,7 @@ def train_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
     from lesion.training import train
 
     if params["arch"]["kind"] == "gpt":  # a decoder on a token corpus (beyond the paper, T3/T4)
-        from lesion.experiments.beyond_jobs_t34 import train_gpt
+        from lesion.experiments.gpt_train import train_gpt
 
         return train_gpt(params, out)
     data = _dataset(params)

@@ -1,0 +1,57 @@
+"""Training lesion's GPT-style decoder as a ``train`` job (issue 16, T3/T4): kept apart from the job
+kinds so that ``lesion.experiments.jobs`` can call it without an import circle."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def train_gpt(params: Mapping[str, Any], out: Path) -> None:
+    """A ``train`` job for ``arch["kind"] == "gpt"``: next-token training on a built-in corpus
+    (``params["dataset"]``, e.g. ``markov``; ``params["sequences"]`` of ``params["seq_len"]`` tokens, 3/4
+    train, 1/4 test, as ``lesion train --arch gpt``), saved with the metadata ``lesion serve`` reads."""
+    import torch
+
+    from lesion._train_lm import train_lm
+    from lesion.models import build_model, save_model
+
+    seqs, vocab = corpus(params)
+    cut = len(seqs) * 3 // 4
+    arch = {**params["arch"], "vocab_size": vocab, "context": int(seqs.shape[1])}
+    seed = int(params.get("seed", 0))
+    opts = params.get("train", {})
+    device = torch.device(opts.get("device", "cpu"))
+    net = build_model(arch, seed=seed).to(device)
+    history = train_lm(
+        net,
+        torch.from_numpy(seqs[:cut]).to(device),
+        torch.from_numpy(seqs[cut:]).to(device),
+        epochs=int(opts.get("epochs", 5)),
+        lr=float(opts.get("lr", 3e-3)),
+        batch_size=int(opts.get("batch_size", 32)),
+        seed=seed,
+    )
+    meta = {
+        "job": dict(params),
+        "dataset": params["dataset"],
+        "data_seed": int(params.get("data_seed", 0)),
+        "n_sequences": int(params["sequences"]),
+        "seq_len": int(params["seq_len"]),
+    }
+    save_model(net.cpu(), out / "model.safetensors", arch=arch, metadata=meta)
+    history = history.copy()
+    history.attrs = {}
+    history.to_parquet(out / "history.parquet", index=False)
+
+
+def corpus(params: Mapping[str, Any]):
+    from lesion.data import builtin_tokens
+
+    return builtin_tokens(
+        params["dataset"],
+        n=int(params["sequences"]),
+        seq_len=int(params["seq_len"]),
+        seed=int(params.get("data_seed", 0)),
+    )
