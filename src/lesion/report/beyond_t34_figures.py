@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 from lesion.report.figures import Tables, _fig, _save
 
@@ -126,5 +127,10 @@ def _symlog(ax, values) -> None:
     v = np.abs(np.asarray(values, dtype=np.float64))
     v = v[np.isfinite(v) & (v > 0)]
     lt = float(np.quantile(v, 0.25)) if len(v) else 1.0
-    ax.set_xscale("symlog", linthresh=lt)
-    ax.set_yscale("symlog", linthresh=lt)
+    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        scale("symlog", linthresh=lt)
+        base = axis.get_major_formatter()
+        # the ticks at +-linthresh sit right beside 0: label 0 and the decades outside the linear range only
+        axis.set_major_formatter(
+            FuncFormatter(lambda t, pos, base=base: "" if 0 < abs(t) <= lt * 1.001 else base(t, pos))
+        )
