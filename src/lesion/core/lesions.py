@@ -21,7 +21,7 @@ from torch import nn
 
 from lesion.core.batch import Batch, as_batch
 from lesion.core.replacements import Context, Directions, Noise, Replacement, as_replacement
-from lesion.core.sites import DRY_RUN, Site, find_sites
+from lesion.core.sites import DRY_RUN, Site, find_sites, hook_site
 from lesion.core.units import UnitSet, UnitSpec, parse_units
 from lesion.errors import LesionError, SiteError, UnitError
 
@@ -223,14 +223,11 @@ def apply(
         for name in layers:
             site = state.sites[name]
             mine = [(les, r) for les, r in opened if name in les.units]
-            hook = _site_hook(name, mine, state, model, reference)
             if site.target not in named:
                 raise SiteError(f"site {name!r} reads module {site.target!r}, which the model lacks")
-            module = named[site.target]
-            if site.hook == "input":
-                handles.append(module.register_forward_pre_hook(hook))
-            else:
-                handles.append(module.register_forward_hook(hook))
+            handles.append(
+                hook_site(named[site.target], site, _site_edit(name, mine, state, model, reference))
+            )
 
     try:
         if state.sites is None or any(n not in state.sites for n in layers):
@@ -270,7 +267,8 @@ def _size(args, kwargs) -> int:
     return 1
 
 
-def _site_hook(name: str, mine, state: Applied, model, reference):
+def _site_edit(name: str, mine, state: Applied, model, reference):
+    """The edit of one site's tensor: every lesion of it applied in turn (none while lesions step aside)."""
     fitted: dict[int, Replacement] = {}
 
     def apply_all(h: torch.Tensor) -> torch.Tensor:
@@ -286,22 +284,17 @@ def _site_hook(name: str, mine, state: Applied, model, reference):
             h = replace_units(h, site, units, r, state)
         return h
 
-    def out_hook(module, inputs, output):
+    def edit(h):
         if ASIDE.get() or DRY_RUN.get():
-            return None
-        if not isinstance(output, torch.Tensor):
+            return h
+        if not isinstance(h, torch.Tensor):
             raise SiteError(
-                f"site {name!r} outputs a {type(output).__name__}, not a tensor; expected a module "
+                f"site {name!r} outputs a {type(h).__name__}, not a tensor; expected a module "
                 "whose output is one tensor"
             )
-        return apply_all(output)
+        return apply_all(h)
 
-    def in_hook(module, inputs):
-        if ASIDE.get() or DRY_RUN.get():
-            return None
-        return (apply_all(inputs[0]), *inputs[1:])
-
-    return in_hook if state.sites[name].hook == "input" else out_hook
+    return edit
 
 
 def replace_units(

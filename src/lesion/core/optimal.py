@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lesion._util import eval_mode, model_device
 from lesion.core.batch import Batch, batches, output_tensor
 from lesion.core.replacements import Replacement
+from lesion.core.sites import hook_site
 from lesion.errors import LesionError
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]  # (k, batch, ...) outputs -> (k,) mean losses
@@ -137,11 +138,7 @@ def _fit_block(opt, model, site, sets, batch: Batch, means) -> list[torch.Tensor
             u = torch.where(mask.reshape(shape), vals.reshape(shape), u)
             return site.unview(u.flatten(0, 1).movedim(-1, site.unit_dim), raw)
 
-        module = dict(model.named_modules())[site.target]
-        if site.hook == "input":
-            handle = module.register_forward_pre_hook(lambda _m, inp: (edit(inp[0]), *inp[1:]))
-        else:
-            handle = module.register_forward_hook(lambda _m, _inp, h: edit(h))
+        handle = hook_site(dict(model.named_modules())[site.target], site, edit)
         try:
             out = output_tensor(big.run(model))
         finally:

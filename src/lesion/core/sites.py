@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -99,6 +99,14 @@ class Site:
         return f"{self.name} ({self.width})"
 
 
+def hook_site(module: nn.Module, site: Site, edit: Callable[[torch.Tensor], torch.Tensor]):
+    """Register ``edit`` on the tensor ``site`` reads from ``module`` (its output, or for an input view
+    its first input) and return the handle: the one place the hook kind follows from a site."""
+    if site.hook == "input":
+        return module.register_forward_pre_hook(lambda _m, args: (edit(args[0]), *args[1:]))
+    return module.register_forward_hook(lambda _m, _args, output: edit(output))
+
+
 def is_activation(module: nn.Module) -> bool:
     return isinstance(module, ACTIVATIONS) or type(module).__name__ in ACTIVATION_NAMES
 
@@ -165,7 +173,8 @@ def head_views(model: nn.Module, records: dict[str, dict]) -> dict[str, Site]:
     ``attention.output.dense``, the site then named by the parent). Its input, (batch, t, heads x
     head_dim), holds every query head's own slice (grouped-query attention shares keys and values, not
     these slices), so head h is channels ``h*head_dim .. (h+1)*head_dim - 1``. TransformerLens models are
-    read at ``attn.hook_z`` (batch, t, heads, head_dim). ``nn.MultiheadAttention`` computes its
+    read at the HookPoint their ``hook_dict`` names ``blocks.i.attn.hook_z`` ((batch, t, heads, head_dim),
+    or kept flat). ``nn.MultiheadAttention`` computes its
     projection inside one fused function, so it has no head view.
     """
     named = dict(model.named_modules())
@@ -184,13 +193,6 @@ def head_views(model: nn.Module, records: dict[str, dict]) -> dict[str, Site]:
     for name, m in named.items():
         hd = _int_attr(m, HEAD_DIM)
         if not name or hd is None or name in views:
-            continue
-        cfg = getattr(m, "cfg", None)
-        z = f"{name}.hook_z"
-        if cfg is not None and z in records and records[z]["calls"] == 1 and records[z]["ndim"] == 4:
-            r = records[z]  # TransformerLens: z is (batch, t, heads, head_dim)
-            t, n, d = r["shape"][1:]
-            views[name] = Site(name, "heads (hook_z)", 2, n, (t, n * d), r["order"], d, "output", z, 1)
             continue
         proj, owner = _projection(name, m, named, records)
         if proj is None:

@@ -18,8 +18,9 @@ is checked against the hook path on the sweep's own data by the caller (``lesion
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from torch import nn
 from lesion.core.batch import Batch, output_tensor
 from lesion.core.lesions import Applied, Lesion, replace_units
 from lesion.core.metric import Metric
-from lesion.core.sites import Site
+from lesion.core.sites import Site, hook_site
 from lesion.engine.graph import Unsupported
 
 MAX_PASS_BYTES = 256 << 20  # the largest output of one lesioned pass (k x batch x ... floats)
@@ -52,7 +53,6 @@ class PrefixEngine:
         self.named = dict(model.named_modules())
         self.order: dict[str, _Call] | None = None
         self.batched: dict[str, list[bool]] = {}  # per stubbed module: which output leaves carry the batch
-        self.owner = threading.get_ident()
 
     # ------------------------------------------------------------------------------------------ planning
     def _record_order(self, batch: Batch) -> dict[str, _Call]:
@@ -183,7 +183,7 @@ class PrefixEngine:
                 cache = self._capture(b, stub_names, proj)
             intact = output_tensor(cache["__output__"]) if metric.needs_intact else None
             for (site, lesions), offset in zip(groups, offsets, strict=True):
-                step = self._chunk(cache["__output__"], len(b), len(lesions))
+                step = _chunk(cache["__output__"], len(lesions))
                 for i in range(0, len(lesions), step):
                     part = lesions[i : i + step]
                     out = self._pass(b, k, site, part, cache)
@@ -193,10 +193,6 @@ class PrefixEngine:
                     )  # fmt: skip
                     if progress is not None and k == 0:
                         progress(len(part))
-
-    def _chunk(self, out, n: int, lesions: int) -> int:
-        size = output_tensor(out).numel() * 4
-        return max(1, min(lesions, MAX_PASS_BYTES // max(1, size)))
 
     def _pass(self, b: Batch, k: int, site: Site, lesions: Sequence[Lesion], cache: dict) -> torch.Tensor:
         n = len(lesions)
@@ -216,28 +212,12 @@ class PrefixEngine:
             raise Unsupported("the model's output has no batch axis of lesions x examples")
         return out
 
-    @contextmanager
     def _stubbed(self, site: Site, n: int, cache: dict):
         """Stub the modules that finish before ``site``: their recorded output, repeated per lesion."""
-        names = self.stubs(site)
-        me = threading.get_ident()
-        saved = []
-        try:
-            for name in names:
-                module = self.named[name]
-                out = cache[name]
-                flags = self.batched[name]
-
-                def stub(*args, _out=out, _flags=flags, _m=module, **kwargs):
-                    if threading.get_ident() != me:  # another thread uses the model meanwhile: run it
-                        return type(_m).forward(_m, *args, **kwargs)
-                    return _rebuild(_out, _flags, n)
-
-                saved.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
-                object.__setattr__(module, "forward", stub)  # past any __setattr__ a wrapper defines
-            yield
-        finally:
-            _restore(saved)
+        return _forwards({
+            self.named[name]: functools.partial(_recorded, cache[name], self.batched[name], n)
+            for name in self.stubs(site)
+        })  # fmt: skip
 
     @contextmanager
     def _lesioned(self, lesions: Sequence[Lesion], state: Applied, n: int, batch: int):
@@ -259,12 +239,7 @@ class PrefixEngine:
         try:
             for layer in layers:
                 site = self.sites[layer]
-                module = self.named[site.target]
-                fn = edit(site)
-                if site.hook == "input":
-                    handles.append(module.register_forward_pre_hook(lambda _m, a, fn=fn: (fn(a[0]), *a[1:])))
-                else:
-                    handles.append(module.register_forward_hook(lambda _m, _a, out, fn=fn: fn(out)))
+                handles.append(hook_site(self.named[site.target], site, edit(site)))
             yield
         finally:
             for h in handles:
@@ -285,33 +260,45 @@ class PrefixEngine:
         old = x0.movedim(-1, 0)[units]  # (n, batch, ...): a_j of each lesion's neuron
         shape = (n, *[1] * (old.ndim - 1))
         delta = (fills.to(old).reshape(shape) - old).unsqueeze(-1) * cols.reshape(*shape, -1)
-        me = threading.get_ident()
-
-        def proj(x, *args, **kwargs):
-            if threading.get_ident() != me:
-                return type(module).forward(module, x, *args, **kwargs)
-            return (y0.unsqueeze(0) + delta).flatten(0, 1)
-
-        def site_out(*args, **kwargs):
-            if threading.get_ident() != me:
-                return type(act).forward(act, *args, **kwargs)
-            return x0
-
-        saved = [(m, "forward" in m.__dict__, m.__dict__.get("forward")) for m in (module, act)]
-        object.__setattr__(module, "forward", proj)
-        object.__setattr__(act, "forward", site_out)
-        try:
+        with _forwards({
+            module: lambda *args, **kwargs: (y0.unsqueeze(0) + delta).flatten(0, 1),
+            act: lambda *args, **kwargs: x0,
+        }):  # fmt: skip
             yield
-        finally:
-            _restore(saved)
 
 
-def _restore(saved) -> None:
-    for module, had, old in saved:
-        if had:
-            object.__setattr__(module, "forward", old)
-        else:
-            object.__delattr__(module, "forward")
+@contextmanager
+def _forwards(replacements: Mapping[nn.Module, Callable]):
+    """Inside the block, each module's forward is replaced, in this thread only: another thread using
+    the model meanwhile runs the module's own forward. Set past any ``__setattr__`` a wrapper defines."""
+    me = threading.get_ident()
+    saved = []
+    try:
+        for module, fn in replacements.items():
+            own = module.forward
+
+            def forward(*args, _fn=fn, _own=own, **kwargs):
+                return _fn(*args, **kwargs) if threading.get_ident() == me else _own(*args, **kwargs)
+
+            saved.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
+            object.__setattr__(module, "forward", forward)
+        yield
+    finally:
+        for module, had, old in saved:
+            if had:
+                object.__setattr__(module, "forward", old)
+            else:
+                object.__delattr__(module, "forward")
+
+
+def _recorded(out, flags: list[bool], n: int, *args, **kwargs):
+    """A stubbed module's forward: its recorded output, batched leaves repeated for ``n`` lesions."""
+    return _rebuild(out, flags, n)
+
+
+def _chunk(out, lesions: int) -> int:
+    """Lesions per pass: as many as keep the pass's output under ``MAX_PASS_BYTES``."""
+    return max(1, min(lesions, MAX_PASS_BYTES // max(1, output_tensor(out).numel() * 4)))
 
 
 def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
