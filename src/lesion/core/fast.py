@@ -116,19 +116,31 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
         except (Unsupported, Mismatch) as exc:
             runner.fallbacks[key] = str(exc)
     steps = [prefix(seq, k) for k in counts]
-    chosen = [i for i, les in enumerate(steps) if prefix_served(runner, les)]
-    if chosen and len(chosen) > CHECKS:
-        out = {i: None for i in range(len(steps))}
-        for idxs, values in prefix_groups(runner, [steps[i] for i in chosen][::-1]):
-            for j, i in enumerate(idxs):  # reversed: the checks re-run the largest prefixes
-                out[chosen[::-1][i]] = {k: v[j] for k, v in values.items()}
-        rest = [i for i, v in out.items() if v is None]
-        if rest:
-            slow = runner.run([steps[i] for i in rest])
-            for j, i in enumerate(rest):
-                out[i] = {k: v[j] for k, v in slow.items()}
-        return {k: np.stack([out[i][k] for i in range(len(steps))]) for k in runner.intact}
+    if sum(prefix_served(runner, les) for les in steps) > CHECKS:
+        values = evaluate_rest(runner, steps[::-1], {})  # reversed: the checks re-run the largest prefixes
+        return {k: v[::-1].copy() for k, v in values.items()}
     return runner.run(steps)
+
+
+def evaluate_rest(
+    runner: Runner, lesions: Sequence[Lesion | None], done: dict[int, dict], *, bar=None
+) -> dict[str, np.ndarray]:
+    """Metric values (n, ...) of ``lesions``: ``done`` holds those already evaluated (by position); the
+    module-prefix engine takes the rest where it serves them, the slow path what is left."""
+    rest = [i for i in range(len(lesions)) if i not in done]
+    for idxs, values in prefix_groups(runner, [lesions[i] for i in rest], bar=bar):
+        scatter(done, [rest[j] for j in idxs], values)
+    rest = [i for i in range(len(lesions)) if i not in done]
+    if rest:
+        scatter(done, rest, runner.run([lesions[i] for i in rest], bar=bar))
+    return {k: np.stack([done[i][k] for i in range(len(lesions))]) if lesions else runner.intact[k][:0]
+            for k in runner.intact}  # fmt: skip
+
+
+def scatter(done: dict[int, dict], positions: Sequence[int], values: dict[str, np.ndarray]) -> None:
+    """Row j of ``values`` is the lesion at ``positions[j]``: file it under that position in ``done``."""
+    for j, i in enumerate(positions):
+        done[i] = {k: v[j] for k, v in values.items()}
 
 
 def cumulative_orders(

@@ -19,7 +19,7 @@ from torch import nn
 
 from lesion._progress import progress_bar
 from lesion.core.batch import Data, first_batch, reusable
-from lesion.core.fast import prefix_groups, single_unit_groups
+from lesion.core.fast import evaluate_rest, scatter, single_unit_groups
 from lesion.core.lesions import Lesion, as_lesion
 from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
@@ -70,22 +70,10 @@ def sweep(
 
 def evaluate_lesions(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> dict[str, np.ndarray]:
     """Metric values (n, ...) of ``lesions``: single-unit constant lesions on the engine (checked)."""
-    out: dict[int, dict[str, np.ndarray]] = {}
+    done: dict[int, dict[str, np.ndarray]] = {}
     for idxs, values in single_unit_groups(runner, lesions, bar=bar):
-        for j, i in enumerate(idxs):
-            out[i] = {k: v[j] for k, v in values.items()}
-    rest = [i for i in range(len(lesions)) if i not in out]
-    for idxs, values in prefix_groups(runner, [lesions[i] for i in rest], bar=bar):
-        for j, i in enumerate(idxs):
-            out[rest[i]] = {k: v[j] for k, v in values.items()}
-    rest = [i for i in range(len(lesions)) if i not in out]
-    if rest:
-        values = runner.run([lesions[i] for i in rest], bar=bar)
-        for j, i in enumerate(rest):
-            out[i] = {k: v[j] for k, v in values.items()}
-    keys = list(runner.intact)
-    return {k: np.stack([out[i][k] for i in range(len(lesions))]) if lesions else runner.intact[k][:0]
-            for k in keys}  # fmt: skip
+        scatter(done, idxs, values)
+    return evaluate_rest(runner, lesions, done, bar=bar)
 
 
 def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -> pd.DataFrame:
