@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesion.bench._common import _agree, _bench, _Context, _summary
+from lesion.bench._common import _bench, _Context, _summary
 
 NOTES = {
     "W5": "lesion: lesion.sweep on the module-prefix engine (the blocks before each neuron's block stubbed "
@@ -283,18 +283,17 @@ def _workload(ctx: _Context, kind: str) -> dict:
     if peers["nnsight"] is None:
         methods["nnsight"] = lambda us, bar: nnsight_units(model, batches, us, bar)
     stride = max(1, len(units) // s.lm_peer_units)  # peers cost one full pass per unit: time a subset
-    subset = units[::stride]
+    subset, idx = units[::stride], list(range(0, len(units), stride))
     scale = {}
     for name, fn in methods.items():
-        idx = list(range(0, len(units), stride))
-        times, got, _ = _bench(ctx, f"{label} {name}", fn, subset, [0], 1, n, ref[:, idx])
-        diffs[name] = _agree(f"{label} {name}", ref[:, idx], got, n)
-        runs[name], scale[name] = times, len(units) / len(subset)
-    if peers["captum"] is None:
-        idx = list(range(0, len(units), stride))
-        start = time.perf_counter()
-        got = captum_units(model, batches, subset)
-        runs["captum"] = [time.perf_counter() - start]
+        runs[name], _, diffs[name] = _bench(ctx, f"{label} {name}", fn, subset, [0], 1, n, ref[:, idx])
+        scale[name] = len(units) / len(subset)
+    if peers["captum"] is None:  # its output is the loss alone, so it is compared on the loss alone
+
+        def captum(us, bar):
+            return captum_units(model, batches, us, bar)
+
+        runs["captum"], got, _ = _bench(ctx, f"{label} captum", captum, subset, [], 1, n)
         scale["captum"] = len(units) / len(subset)
         d = np.abs(got[1] - ref[1, idx]) / np.maximum(1.0, np.abs(ref[1, idx]))
         diffs["captum"] = {"loss": float(np.abs(got[1] - ref[1, idx]).max())}
