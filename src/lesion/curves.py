@@ -1,0 +1,254 @@
+"""Cumulative ablation curves: units deleted one after another in random or ranked orders, the
+paper's robustness measure, and the area under them.
+
+- ``unit_order``: the order candidate units are deleted in (random, or ranked by a unit-table column or
+  by incoming weight norm); ``ablation_curves``: the curves, on the engine where it is exact;
+  ``curve_auc``: their area.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from lesion._progress import progress_bar
+from lesion.core.batch import Data, reusable
+from lesion.core.fast import cumulative_orders
+from lesion.core.lesions import Lesion
+from lesion.core.metric import Metric
+from lesion.core.replacements import Replacement, as_replacement
+from lesion.core.runner import Runner
+from lesion.core.sites import Site, default_candidates
+from lesion.core.sweep import sites_for
+from lesion.core.units import Unit, parse_units
+from lesion.errors import LesionError
+from lesion.measures import auc
+from lesion.stats import collect_stats
+
+ORDERS = (
+    "random", "selectivity_high", "selectivity_low", "importance_high", "importance_low",
+    "mutual_info_high", "mutual_info_low", "weight_norm_high", "weight_norm_low",
+)  # fmt: skip
+
+
+def unit_order(
+    order: str | Sequence,
+    candidates: list[Unit],
+    *,
+    units: pd.DataFrame | None = None,
+    model: nn.Module | None = None,
+    seed: int = 0,
+    repeat: int = 0,
+) -> list[Unit]:
+    """The candidate units in the order they are deleted for a cumulative curve.
+
+    ``random`` draws a permutation from (seed, repeat); ranked orders sort by a column of the unit table
+    (``selectivity``, ``importance`` = ``delta_loss``, ``mutual_info``) or by the L2 norm of each unit's
+    incoming weights, ``_high`` first or ``_low`` first; ties keep candidate order, NaN (dead) go last.
+    A sequence of units is taken as the order itself.
+    """
+    if not isinstance(order, str):
+        given = [u for item in order for u in parse_units(item).units()]
+        if len(set(given)) != len(given):
+            raise LesionError("order names a unit more than once; expected each unit at most once")
+        missing = set(given) - set(candidates)
+        if missing:
+            raise LesionError(f"order names units that are not candidates: {sorted(map(str, missing))[:5]}")
+        return given
+    if order == "random":
+        perm = np.random.default_rng([seed, repeat]).permutation(len(candidates))
+        return [candidates[i] for i in perm]
+    if order not in ORDERS:
+        raise LesionError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)} or a unit list")
+    key, _, direction = order.rpartition("_")
+    score = _scores(key, candidates, units, model)
+    rank = np.where(np.isnan(score), np.inf, -score if direction == "high" else score)
+    return [candidates[i] for i in np.argsort(rank, kind="stable")]
+
+
+def _scores(key: str, candidates: list[Unit], units, model) -> np.ndarray:
+    if key == "weight_norm":
+        if model is None:
+            raise LesionError("weight_norm orders need the model")
+        norms = {layer: incoming_weight_norms(model, layer) for layer in {u.layer for u in candidates}}
+        return np.array([norms[u.layer][u.index] for u in candidates])
+    column = {"importance": "delta_loss"}.get(key, key)
+    if units is None:
+        raise LesionError(f"order by {key} needs the unit table: pass units=unit_table(...)")
+    table = units.set_index(["layer", "unit"])[column]
+    try:
+        return np.array([table.loc[(u.layer, u.index)] for u in candidates], dtype=np.float64)
+    except KeyError as exc:
+        raise LesionError(f"the unit table has no row for candidate unit {exc}") from None
+
+
+def incoming_weight_norms(model: nn.Module, layer: str) -> np.ndarray:
+    """L2 norm of each unit's incoming weights: the nearest Linear/Conv defined before ``layer``."""
+    names = [n for n, _ in model.named_modules()]
+    if layer not in names:
+        raise LesionError(f"unknown layer {layer!r}")
+    for name in reversed(names[: names.index(layer) + 1]):
+        mod = model.get_submodule(name) if name else model
+        if isinstance(mod, nn.Linear | nn.modules.conv._ConvNd):
+            w = mod.weight.detach()
+            if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+                w = w.transpose(0, 1)
+            return w.reshape(w.shape[0], -1).norm(dim=1).cpu().numpy().astype(np.float64)
+    raise LesionError(f"no Linear or Conv layer is defined before {layer!r}; cannot rank by weight norm")
+
+
+def ablation_curves(
+    model: nn.Module,
+    data: Data,
+    *,
+    sites: Sequence[Site] | None = None,
+    candidates: Sequence[str] | None = None,
+    orders: Sequence[str | Sequence] | Mapping[str, Sequence] = ("random",),
+    repeats: int | Sequence[int] = 10,
+    seed: int = 0,
+    fractions: Sequence[float] | None = None,
+    units: pd.DataFrame | None = None,
+    value=0.0,
+    metric: Metric | None = None,
+    batch_size: int = 1000,
+    progress: bool = False,
+    engine: bool = True,
+    precision: str = "fp32",
+) -> pd.DataFrame:
+    """Cumulative ablation curves: delete candidate units one after another, keeping earlier ones deleted.
+
+    Candidates: every unit of the ``candidates`` layers (default: all sites of an MLP, the last three conv
+    sites of a convnet). ``orders`` are names (``random``, ``selectivity_high``...), explicit unit lists
+    (named ``custom_0``, ``custom_1``... in the order given) or a mapping ``{name: unit list}``.
+    ``fractions`` (of the candidates) picks where to measure (default: at every unit count); an explicit
+    order is measured only up to its own length. Columns: ``order, repeat, n_ablated, fraction`` and the
+    metric's values (``accuracy, loss`` against the labels ``data`` yields, by default). Random orders get
+    ``repeats`` seeded repeats (an int n: repeats 0..n-1; a list: exactly those repeats, so a large set
+    can be split across workers: repeat r's order is drawn from (seed, r) alone); others one, numbered 0.
+    ``value`` is the replacement (a number, ``"mean"`` or a ``Replacement``: constant ones on the graph
+    engine, the rest (positional mean, resample) on the module-prefix engine or the hook path).
+    """
+    ids = _repeat_ids(repeats)
+    data = reusable(data)
+    sites = list(sites) if sites is not None else sites_for(model, data)
+    cand_sites = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
+    if candidates and len(cand_sites) != len(set(candidates)):
+        parse_units([f"{c}:*" for c in candidates], sites)  # raises the unknown-layer error
+    pool = parse_units([f"{s.name}:*" for s in cand_sites], sites).units()
+    counts = _counts(len(pool), fractions)
+    runner = Runner(
+        model, data, cand_sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
+    )
+    ref = (
+        collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
+        if value == "mean"
+        else None
+    )
+    fitted: dict[frozenset, Replacement] = {}
+
+    def replacement_for(seq):  # fitted on the layers the order visits (one unit of each)
+        layers = frozenset(u.layer for u in seq)
+        if layers not in fitted:
+            first = list({u.layer: u for u in reversed(seq)}.values()) or pool[:1]
+            lesions = [Lesion([u], as_replacement(value, ref)) for u in first]
+            fitted[layers] = runner.fit(lesions)[0].replacement
+        return fitted[layers]
+
+    named = _named_orders(orders)
+    jobs = [(n, o, r) for n, o in named for r in (ids if isinstance(o, str) and o == "random" else [0])]
+    rows = []
+    bar = progress_bar(None, "ablation curves", progress, total=len(jobs) * len(counts))
+    seqs = [unit_order(o, pool, units=units, model=model, seed=seed, repeat=r) for _, o, r in jobs]
+    groups: dict[tuple, list[int]] = {}  # orders of one name and length run side by side on the engine
+    for i, (name, _, _) in enumerate(jobs):
+        groups.setdefault((name, len(seqs[i])), []).append(i)
+    done: dict[int, dict] = {}
+    for members in groups.values():
+        seq0 = seqs[members[0]]
+        mine = [k for k in counts if k <= len(seq0)] if fractions is not None else list(range(len(seq0) + 1))
+        replacement = replacement_for(seq0)
+        lesions = [[Lesion([u], replacement) for u in seqs[i]] for i in members]
+        for i, values in zip(members, cumulative_orders(runner, lesions, mine), strict=True):
+            done[i] = {"counts": mine, "values": values}
+        bar.update(len(counts) * len(members))
+    for i, (name, _, r) in enumerate(jobs):
+        scalars = _curve_columns(done[i]["values"])
+        for j, k in enumerate(done[i]["counts"]):
+            rows.append({"order": name, "repeat": r, "n_ablated": k, "fraction": k / len(pool)}
+                        | {c: float(v[j]) for c, v in scalars.items()})  # fmt: skip
+    bar.close()
+    curves = pd.DataFrame(
+        rows, columns=["order", "repeat", "n_ablated", "fraction", *_curve_columns(runner.intact)]
+    )
+    curves.attrs["engine_fallbacks"] = dict(runner.fallbacks)
+    curves.attrs["engine_deviation"] = dict(runner.deviation)
+    curves.attrs["served"] = dict(runner.served)
+    return curves
+
+
+def _curve_columns(values: dict) -> dict:
+    """The scalar metric outputs of a curve; accuracy first for the paper's classification curves."""
+    scalars = {k: v for k, v in values.items() if v.ndim == 1}
+    first = [k for k in ("accuracy", "loss") if k in scalars]
+    return {k: scalars[k] for k in first + [k for k in scalars if k not in first]}
+
+
+def _named_orders(orders) -> list[tuple[str, str | Sequence]]:
+    """(name, order) pairs: names as given, explicit lists numbered ``custom_<i>``."""
+    if isinstance(orders, Mapping):
+        out = [(str(k), v) for k, v in orders.items()]
+    else:
+        if isinstance(orders, str):
+            orders = [orders]
+        out, i = [], 0
+        for o in orders:
+            if isinstance(o, str):
+                out.append((o, o))
+            else:
+                out.append((f"custom_{i}", o))
+                i += 1
+    return out  # a named order given twice is the same curve twice, as earlier versions gave it
+
+
+def _repeat_ids(repeats: int | Sequence[int]) -> list[int]:
+    if isinstance(repeats, int | np.integer) and not isinstance(repeats, bool):
+        if repeats < 0:
+            raise LesionError(f"repeats={repeats}; expected a count >= 0 or a list of repeat numbers")
+        return list(range(int(repeats)))
+    listed = isinstance(repeats, Sequence | np.ndarray) and not isinstance(repeats, str)
+    ids = [int(r) for r in repeats if float(r).is_integer()] if listed else None
+    if ids is None or len(ids) != len(repeats) or min(ids, default=0) < 0 or len(set(ids)) != len(ids):
+        raise LesionError(f"repeats={repeats!r}; expected a count or a list of distinct repeat numbers >= 0")
+    return ids
+
+
+def _counts(n: int, fractions: Sequence[float] | None) -> list[int]:
+    if fractions is None:
+        return list(range(n + 1))
+    if isinstance(fractions, str) or np.ndim(fractions) != 1:
+        raise LesionError(
+            f"fractions={fractions!r}; expected a sequence of fractions in [0, 1], e.g. np.linspace(0, 1, 41)"
+        )
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.size == 0 or not np.isfinite(f).all() or (f < 0).any() or (f > 1).any():
+        raise LesionError(f"fractions must lie in [0, 1], got {list(fractions)}")
+    return sorted({round(x * n) for x in f})
+
+
+def curve_auc(curves: pd.DataFrame) -> pd.DataFrame:
+    """AUC of each curve over fraction ablated (raw, in [0, 1]) and normalised by the largest AUC.
+
+    Columns: ``order, repeat, auc, auc_normalised`` (plus any extra grouping columns of ``curves``).
+    """
+    keys = [c for c in curves.columns if c not in ("n_ablated", "fraction", "accuracy", "loss")]
+    out = (
+        curves.groupby(keys, sort=False)
+        .apply(lambda g: auc(g["fraction"], g["accuracy"]), include_groups=False)
+        .rename("auc")
+        .reset_index()
+    )
+    out["auc_normalised"] = out["auc"] / out["auc"].max()
+    return out
