@@ -193,3 +193,118 @@ def test_a_private_local_instance_listens_on_loopback_only(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     addresses = ast.literal_eval(res.stdout.strip().splitlines()[-1])
     assert addresses and set(addresses) <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, addresses
+
+
+# ------------------------------------------------------------------ a user's own sweep, sharded over Ray
+def _mlp():
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 12), nn.ReLU(), nn.Linear(12, 3))
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
+    return net, (x, torch.arange(300) % 3)
+
+
+def test_user_sweep_on_ray_equals_local(head):
+    """unit_table and sweep with backend='ray' give the local tables, value for value, on the graph engine
+    (an MLP) and the module-prefix engine (every neuron and head of a GPT-2), with the engines' checks run
+    on every shard (served counts add up to the local ones)."""
+    import torch
+
+    import lesion
+    from tests.text_support import pattern, tiny_gpt
+
+    net, data = _mlp()
+    local = lesion.unit_table(net, data)
+    ray = lesion.unit_table(net, data, backend="ray", address=head, shards=3)
+    pd.testing.assert_frame_equal(ray, local)
+    assert ray.attrs["served"] == local.attrs["served"] == {"graph": 36, "prefix": 0}
+    mixed = ["1:0", "1:3-5", lesion.Lesion("3:2", lesion.Resample(seed=0, repeats=2)), "3:7"]
+    pd.testing.assert_frame_equal(lesion.sweep(net, data, mixed, backend="ray", address=head, shards=2),
+                                  lesion.sweep(net, data, mixed))  # fmt: skip
+
+    gpt = tiny_gpt()
+    tokens = {"input_ids": pattern(24, seed=7)}
+    sites = lesion.find_sites(gpt, {"input_ids": tokens["input_ids"][:2]})
+    units = [f"{s.name}:{j}" for s in sites for j in range(s.width)]
+    metric = lesion.NextTokenLoss()
+    local = lesion.sweep(gpt, tokens, units, metric, sites=sites)
+    ray = lesion.sweep(gpt, tokens, units, metric, sites=sites, backend="ray", address=head, shards=4)
+    assert len(ray) == len(units) == 2 * (4 + 64)
+    assert ray.attrs["served"]["prefix"] == local.attrs["served"]["prefix"] > 0
+    assert torch.equal(torch.tensor(ray["loss"].to_numpy()), torch.tensor(local["loss"].to_numpy())) or (
+        (ray["loss"] - local["loss"]).abs().max() < 1e-6
+    )
+    assert list(ray["lesion"]) == list(local["lesion"])
+
+
+def test_user_sweep_on_ray_resumes_and_refuses_foreign_or_tampered_shards(head, tmp_path):
+    import lesion
+    from lesion.errors import LesionError
+
+    net, data = _mlp()
+    local = lesion.unit_table(net, data)
+    keep = tmp_path / "shards"
+    pd.testing.assert_frame_equal(lesion.unit_table(net, data, backend="ray", address=head, shards=4,
+                                                    resume=keep), local)  # fmt: skip
+    files = sorted(keep.glob("shard-*.npz"))
+    assert len(files) == 4
+    before = {p.name: p.stat().st_mtime_ns for p in files}
+    files[1].unlink()  # an interrupted run: shard 1 never finished
+    raw = bytearray(files[2].read_bytes())  # a tampered shard: one byte flipped
+    raw[-20] ^= 0xFF
+    files[2].write_bytes(bytes(raw))
+    time.sleep(0.01)
+    again = lesion.unit_table(
+        net, data, backend="ray", address=head, resume=keep
+    )  # shard count from the index
+    pd.testing.assert_frame_equal(again, local)
+    after = {p.name: p.stat().st_mtime_ns for p in sorted(keep.glob("shard-*.npz"))}
+    assert after[files[0].name] == before[files[0].name] and after[files[3].name] == before[files[3].name]
+    assert after[files[2].name] != before[files[2].name]  # recomputed, not trusted
+    assert files[1].exists()
+    # all shards present: nothing is sent to Ray at all (an unreachable address is never contacted)
+    done = lesion.unit_table(net, data, backend="ray", address="127.0.0.1:1", resume=keep)
+    pd.testing.assert_frame_equal(done, local)
+
+    other, _ = _mlp()
+    with torch_no_grad():
+        next(other.parameters())[0, 0] += 1.0
+    with pytest.raises(LesionError, match="shards of another sweep"):
+        lesion.unit_table(other, data, backend="ray", address=head, resume=keep)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(LesionError, match=r"holds files but no shards\.json"):
+        lesion.unit_table(net, data, backend="ray", address=head, shards=2, resume=stray)
+    assert (stray / "notes.txt").read_text() == "mine"
+    with pytest.raises(LesionError, match="expected backend='ray'"):
+        lesion.unit_table(net, data, shards=2)
+    with pytest.raises(LesionError, match="backend='cluster'"):
+        lesion.sweep(net, data, ["1:0"], backend="cluster")
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+def test_lesion_analyze_on_ray_equals_local(head, tmp_path):
+    """`lesion analyze MODEL --backend ray --address HEAD` writes the local unit table, and leaves no
+    shard directory behind."""
+    from lesion.study import AnalysisConfig, TrainConfig, analyze, train_model
+
+    model = tmp_path / "m.safetensors"
+    train_model(TrainConfig(arch="mlp", widths=(16, 8), dataset="digits", epochs=1), model)
+    cmd = [sys.executable, "-m", "lesion.cli", "analyze", str(model), "--out", str(tmp_path / "ray"),
+           "--backend", "ray", "--address", head, "--shards", "3", "--repeats", "2", "--fractions", "5",
+           "--noise-repeats", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    analyze(model, tmp_path / "local", AnalysisConfig(repeats=2, fractions=5, noise_repeats=1))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ray" / "units.parquet"),
+                                  pd.read_parquet(tmp_path / "local" / "units.parquet"))  # fmt: skip
+    assert not list(tmp_path.glob(".*ray-shards"))

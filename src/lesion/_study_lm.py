@@ -157,7 +157,8 @@ def analyze_lm(
     metric = lesion.NextTokenLoss()
     n_units = sum(s.width for s in sites)
     stage(1, f"single-unit ablations: {n_units} units, {len(data['input_ids'])} sequences")
-    table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True)
+    spread = config.spread(out)
+    table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, **spread)
     table.insert(2, "kind", table["layer"].map({s.name: "head" if s.heads else "neuron" for s in sites}))
     clock.lap("unit_table")
     stage(2, f"cumulative ablation: {config.repeats} random + {len(LM_ORDERS)} ranked orders")
@@ -190,6 +191,9 @@ def analyze_lm(
         (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
 
     write_folder(out, write, kind="lesion analyze")
+    from lesion.study import drop_shards
+
+    drop_shards(spread)
     return summary
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,12 @@ from lesion.core.metric import Classification, Metric, columns
 from lesion.core.replacements import Noise, as_replacement
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
-from lesion.core.sweep import evaluate_lesions, sites_for
+from lesion.core.sweep import sites_for
 from lesion.core.units import Unit, UnitSpec, parse_units
 
 # the cumulative curves live in lesion.curves; their names stay importable from here
 from lesion.curves import ORDERS, ablation_curves, curve_auc, incoming_weight_norms, unit_order  # noqa: F401
+from lesion.distributed import check_backend, evaluate
 from lesion.errors import LesionError
 from lesion.measures import correlate, mutual_information, selectivity_index
 from lesion.stats import Stats, collect_stats
@@ -51,6 +53,10 @@ def unit_table(
     engine: bool = True,
     precision: str = "fp32",
     importance: bool = True,
+    backend: str = "local",
+    address: str | None = None,
+    shards: int | None = None,
+    resume: str | Path | None = None,
 ) -> pd.DataFrame:
     """One row per unit, measured on held-out ``data``.
 
@@ -64,7 +70,10 @@ def unit_table(
     selectivity and preferred class -1; selectivity and information need class labels and are left out
     for other metrics. ``df.attrs`` holds the intact values and ``engine_fallbacks``. ``precision="bf16"``
     runs the engine in bfloat16. ``importance=False`` skips the single-unit ablations (NaN columns).
+    ``backend="ray"`` (with ``address``, ``shards``, ``resume``) shards the ablations over a Ray cluster
+    by unit ranges, as ``lesion.sweep`` does.
     """
+    check_backend(backend, address, shards, resume)
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     chosen = parse_units(units if units is not None else [f"{s.name}:*" for s in sites], sites)
@@ -82,7 +91,8 @@ def unit_table(
         replacement = as_replacement(value, reference or stats)
         lesions = runner.fit([Lesion([u], replacement) for u in todo])
         with progress_bar(None, "single-unit ablations", progress, total=len(todo)) as bar:
-            values = evaluate_lesions(runner, lesions, bar=bar)
+            values = evaluate(runner, lesions, bar=bar, backend=backend, address=address, shards=shards,
+                              resume=resume)  # fmt: skip
     table = _table(todo, stats, runner, values)
     table.attrs["engine_fallbacks"] = dict(runner.fallbacks)
     table.attrs["engine_deviation"] = dict(runner.deviation)

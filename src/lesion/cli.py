@@ -242,14 +242,25 @@ def analyze(
     sequences: Annotated[int, typer.Option(min=1, help="Language model: at most this many sequences.")] = 64,
     allow_pickle: AllowPickleOpt = False,
     force: ForceOpt = False,
+    backend: Annotated[
+        Backend, typer.Option(help="local, or ray: the single-unit sweep sharded by unit ranges over Ray.")
+    ] = Backend.local,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local instance).")
+    ] = None,
+    shards: Annotated[
+        int | None, typer.Option(min=1, help="--backend ray: unit ranges (default: one per cluster CPU).")
+    ] = None,
 ) -> None:
     """Selectivity and importance of every unit, ablation and noise curves, figures, summary; on a
     language model every head and MLP neuron's change in next-token loss, and loss curves."""
     from lesion._study_lm import TextConfig
 
+    if backend == "local" and (address or shards):
+        raise LesionError("--address and --shards shard the sweep over Ray; expected --backend ray with them")
     config = AnalysisConfig(
         dataset=dataset, repeats=repeats, fractions=T.fractions(fractions), noise_repeats=noise_repeats,
-        seed=seed, layers=T.names(layers),
+        seed=seed, layers=T.names(layers), backend=backend.value, address=address, shards=shards,
     )  # fmt: skip
     lm = TextConfig(text=str(text) if text else None, tokens=str(tokens) if tokens else None, seq_len=seq_len,
                     sequences=sequences, allow_pickle=allow_pickle)  # fmt: skip

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -82,6 +83,22 @@ class AnalysisConfig:
     noise_repeats: int = 5
     seed: int = 0
     layers: tuple[str, ...] | None = None
+    backend: str = "local"  # "ray": the single-unit sweep sharded by unit ranges over a Ray cluster
+    address: str | None = None  # the Ray cluster (default: a local instance)
+    shards: int | None = None  # unit ranges (default: one per CPU of the cluster)
+
+    def __post_init__(self) -> None:
+        from lesion.distributed import check_backend
+
+        check_backend(self.backend, self.address, self.shards, None)
+
+    def spread(self, out: Path) -> dict:
+        """How the single-unit sweep runs: locally, or on Ray with its finished shards kept beside
+        ``out`` (``.NAME.ray-shards``) until the analysis is written, so a rerun resumes."""
+        if self.backend == "local":
+            return {"backend": "local", "address": self.address, "shards": self.shards}
+        resume = out.parent / f".{out.name}.ray-shards"
+        return {"backend": self.backend, "address": self.address, "shards": self.shards, "resume": resume}
 
 
 # ----------------------------------------------------------------------------------------- measurements
@@ -89,13 +106,14 @@ class AnalysisConfig:
 
 def units(
     model, test, *, sites=None, units=None, importance: bool = True, batch_size: int = 1000,
-    progress: bool = False,
+    progress: bool = False, **spread,
 ):  # fmt: skip
-    """The unit table on held-out ``test`` data (``importance=False``: statistics only)."""
+    """The unit table on held-out ``test`` data (``importance=False``: statistics only); ``spread``:
+    ``backend``, ``address``, ``shards``, ``resume`` of ``unit_table``."""
     from lesion.analyses import unit_table
 
     return unit_table(model, test, sites=sites, units=units, importance=importance, batch_size=batch_size,
-                      progress=progress)  # fmt: skip
+                      progress=progress, **spread)  # fmt: skip
 
 
 def curves(
@@ -214,7 +232,8 @@ def analyze(
     data = dataset_for(info, config.dataset, model)
     sites, cand = _sites(net, data, config.layers)
     clock.lap("load")
-    table, curve, noisy = measure(net, data, sites, cand, config, clock, stage)
+    spread = config.spread(out)
+    table, curve, noisy = measure(net, data, sites, cand, config, clock, stage, spread)
     stage(4, f"writing tables and figures to {out}")
     summary = _summary(model, data, sites, cand, table, curve, config)
 
@@ -225,15 +244,23 @@ def analyze(
         (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
 
     write_folder(out, write, kind="lesion analyze")
+    drop_shards(spread)
     return summary
 
 
-def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage: Stage = _quiet):
+def drop_shards(spread: dict) -> None:
+    """Remove a ray sweep's resume directory once the analysis that needed it is written."""
+    if spread.get("resume") is not None:
+        shutil.rmtree(spread["resume"], ignore_errors=True)
+
+
+def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage: Stage = _quiet,
+            spread: dict | None = None):  # fmt: skip
     """Unit table on the test split; ablation and noise curves on the train split (labels trained on)."""
     train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
     names = [s.name for s in cand]
     stage(1, f"single-unit ablations: {sum(s.width for s in sites)} units, {len(test[1])} test examples")
-    table = units(net, test, sites=sites, progress=True)
+    table = units(net, test, sites=sites, progress=True, **(spread or {}))
     clock.lap("unit_table")
     n = config.repeats
     stage(2, f"cumulative ablation: {n} random + {len(RANKED_ORDERS)} ranked orders, train split")

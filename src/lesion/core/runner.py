@@ -56,6 +56,7 @@ class Runner:
         self._engine = None
         self.served = {"graph": 0, "prefix": 0}  # lesions each engine evaluated (after its checks)
         self._prefix = None  # the module-prefix engine (lesion.engine.prefix), made when first needed
+        self.shard_skip: float | None = None  # skipped(), as the shards of a ray sweep reported it
 
     def batches(self) -> Iterator[Batch]:
         """The data's validated batches, on the model's device, streamed anew on every call."""
@@ -134,7 +135,7 @@ class Runner:
         sparsity: the unit already held its replacement value), or None where it did no work."""
         eng = self._engine
         if eng is None or not getattr(eng, "examples", 0):
-            return None
+            return self.shard_skip
         return 1 - eng.computed / eng.examples
 
     def autocast(self):

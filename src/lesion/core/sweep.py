@@ -11,6 +11,7 @@ is kept in ``df.attrs["engine_fallbacks"]``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from lesion.core.lesions import Lesion, as_lesion
 from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, find_sites
+from lesion.distributed import check_backend, evaluate
 
 
 def sites_for(model: nn.Module, data: Data, layers: Sequence[str] | str | None = None) -> list[Site]:
@@ -42,6 +44,10 @@ def sweep(
     engine: bool = True,
     precision: str = "fp32",
     progress: bool = False,
+    backend: str = "local",
+    address: str | None = None,
+    shards: int | None = None,
+    resume: str | Path | None = None,
 ) -> pd.DataFrame:
     """Evaluate every lesion on ``data``: one row per lesion, its metric values and their change.
 
@@ -57,6 +63,7 @@ def sweep(
     >>> list(df.lesion), "delta_loss" in df
     (['1:0', '1:1-2'], True)
     """
+    check_backend(backend, address, shards, resume)
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     runner = Runner(
@@ -64,7 +71,8 @@ def sweep(
     )
     chosen = runner.fit([as_lesion(les) for les in lesions])
     with progress_bar(None, "lesions", progress, total=len(chosen)) as bar:
-        values = evaluate_lesions(runner, chosen, bar=bar)
+        values = evaluate(runner, chosen, bar=bar, backend=backend, address=address, shards=shards,
+                          resume=resume)  # fmt: skip
     return table([str(les) for les in chosen], values, runner)
 
 
