@@ -26,14 +26,26 @@ WORKLOAD_KEYS = {"seconds", "floor_seconds", "ratios", "max_abs_diff", "n_exampl
 
 def test_quick_bench_writes_json_and_every_method_agrees(tmp_path):
     out = tmp_path / "bench.json"
-    args = ["bench", "--quick", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    figure = tmp_path / "scaling.png"
+    args = [
+        "bench",
+        "--quick",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--figure",
+        str(figure),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "W1" in result.output and "hook_loop" in result.output
     r = json.loads(out.read_text())
     assert {"cpu", "cores", "torch", "threads", "date", "captum"} <= set(r["machine"])
     assert r["machine"]["threads"] == 1 and r["gemm"]["gflops"] > 0
-    assert list(r["workloads"]) == ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]
+    assert list(r["workloads"]) == ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1"]
     captum = r["machine"]["captum"] is not None
     for name, peers in (("W1", ["hook_loop", "captum"]), ("W2", ["hook_loop"]), ("W3", ["captum"])):
         w = r["workloads"][name]
@@ -57,6 +69,22 @@ def test_quick_bench_writes_json_and_every_method_agrees(tmp_path):
             assert diff["loss"] <= 1e-5 and diff.get("accuracy", 0.0) <= 1e-3
         assert w["engine"]["served"]["prefix"] == w["n_lesions"], name  # lesion's engine was timed
     assert r["workloads"]["W7"]["spearman"] > 0.9  # quick model: near-linear, so the estimate is close
+    bf16 = r["workloads"]["W1"]["bf16"]  # timed, with its deviation from fp32 (bf16 keeps ~3 digits)
+    assert bf16["seconds"] > 0 and bf16["engine_fallbacks"] == {}
+    assert bf16["max_abs_diff_from_fp32"]["loss"] < 0.05 and bf16["max_abs_diff_from_fp32"]["accuracy"] < 0.05
+    scans = r["workloads"]["S1"]["scans"]  # the scaling scans: every point timed and fitted
+    assert scans["examples"]["sizes"] == [200, 400, 800] and scans["width"]["sizes"] == [16, 32, 64]
+    for fit in scans.values():
+        assert all(t > 0 for t in fit["seconds"]) and np.isfinite(fit["exponent"])
+        assert all(p["engine_fallbacks"] == {} for p in fit["points"])
+    assert [p["n_units"] for p in scans["width"]["points"]] == [32, 64, 128]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_without_the_scaling_scan_is_refused_before_any_timing(tmp_path):
+    result = runner.invoke(app, ["bench", "--quick", "--only", "W1", "--figure", str(tmp_path / "f.png")])
+    assert result.exit_code == 2 and "expected S1 among the workloads" in result.output
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_without_captum_its_columns_are_skipped_and_said_so(monkeypatch):

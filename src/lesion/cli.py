@@ -360,17 +360,29 @@ def bench(
         list[str] | None, typer.Option(help="Workloads, repeated or comma separated: W1,W3.")
     ] = None,
     force: ForceOpt = False,
+    figure: Annotated[
+        Path | None, typer.Option(help="S1: draw the log-log scaling plot as this PNG.")
+    ] = None,
 ) -> None:
     """Time lesion against Captum and a hook loop on the same workloads, after checking they agree."""
     from lesion import bench as lesion_bench
 
-    if out is not None:
-        check_file_target(out, force=force)  # before the timings, not after
+    for target in (out, figure):
+        if target is not None:
+            check_file_target(target, force=force)  # before the timings, not after
 
     names = T.names(only, "--only")
+    if figure is not None and names is not None and "S1" not in {n.strip().upper() for n in names}:
+        raise LesionError("--figure draws the S1 scaling scan; expected S1 among the workloads (--only S1)")
     results = lesion_bench.run(quick=quick, repeats=repeats, threads=threads, only=names, progress=True)
     if out is not None:
         lesion_bench.save(results, out)
+    if figure is not None:
+        if "S1" not in results["workloads"]:
+            raise LesionError(
+                "--figure draws the S1 scaling scan; expected S1 among the workloads (--only S1)"
+            )
+        lesion_bench.plot_scaling(results["workloads"]["S1"], figure)
     T.out().print(lesion_bench.table(results))
     if out is not None:
         T.out().print(f"results written to {out}")

@@ -13,6 +13,8 @@ Workloads (full sizes; ``quick=True`` shrinks each one):
   neurons, 8 heads) deleted alone, next-token loss on 64 sequences of 128 tokens: lesion vs a hook loop,
   Captum, TransformerLens and nnsight (``lesion.bench.lm``); W7: the attribution estimate of every W5
   neuron against the exact sweep.
+- S1: W1's time with lesion alone against the number of examples (1,000-60,000) and the layer width
+  (128-2,048), with fitted power-law exponents (``lesion.bench.scaling``; ``plot_scaling`` draws it).
 
 Every method runs in this process on the same model, data and thread count. Its numbers are checked
 against lesion's on a few units first (that run is also its warm-up), then it is timed (median of
@@ -56,6 +58,7 @@ from lesion.bench._common import (
 )
 from lesion.bench.floor import _SiteCost, single_flops, site_costs  # noqa: F401
 from lesion.bench.lm import w5, w6, w7
+from lesion.bench.scaling import plot_scaling, s1
 from lesion.bench.table import table
 from lesion.bench.w1 import w1
 from lesion.bench.w2 import w2
@@ -63,7 +66,7 @@ from lesion.bench.w3 import w3
 from lesion.bench.w4 import memory_child, w4
 from lesion.errors import LesionError
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1")
 
 
 def run(
@@ -148,7 +151,7 @@ def _choose(only: Sequence[str] | None) -> tuple[str, ...]:
 
 
 _WORKLOADS: dict[str, Callable[[_Context], dict]] = {
-    "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7,
+    "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "S1": s1,
 }  # fmt: skip
 
 __all__ = [
@@ -158,6 +161,7 @@ __all__ = [
     "Mismatch",
     "Sizes",
     "memory_child",
+    "plot_scaling",
     "run",
     "save",
     "single_flops",

@@ -75,12 +75,12 @@ def mnist_examples(n: int, digits: tuple[torch.Tensor, torch.Tensor] | None = No
     return x.repeat(reps, 1, 1, 1)[:n].contiguous(), y.repeat(reps)[:n].contiguous()
 
 
-def trained_mlp(epochs: int = 2) -> nn.Sequential:
-    """The 784-512-512-10 MLP (seed 0) trained on mnist5k's training split."""
+def trained_mlp(epochs: int = 2, width: int = 512) -> nn.Sequential:
+    """The 784-``width``-``width``-10 MLP (seed 0) trained on mnist5k's training split."""
     from lesion.models import mlp
     from lesion.training import train
 
-    model = mlp((1, 28, 28), [512, 512], 10, seed=0)
+    model = mlp((1, 28, 28), [width, width], 10, seed=0)
     train(model, load_dataset("mnist5k"), epochs=epochs, seed=0)
     return model.eval()
 

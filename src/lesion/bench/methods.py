@@ -19,9 +19,10 @@ from lesion.core.sweep import evaluate_lesions
 from lesion.core.units import Unit
 
 
-def lesion_single(model, x, y, sites: Sequence[Site], lesions: Lesions, batch: int, bar=None, info=None):
+def lesion_single(model, x, y, sites: Sequence[Site], lesions: Lesions, batch: int, bar=None, info=None,
+                  precision: str = "fp32"):  # fmt: skip
     """lesion's answer: a sweep of single-unit lesions (the engine, after its own check) -> (2, lesions)."""
-    runner = Runner(model, (x, y), sites, batch_size=batch)
+    runner = Runner(model, (x, y), sites, batch_size=batch, precision=precision)
     values = evaluate_lesions(runner, runner.fit([Lesion([Unit(layer, i)]) for layer, i in lesions]), bar=bar)
     if info is not None:
         info.update(runner.fallbacks)

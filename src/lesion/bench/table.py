@@ -24,6 +24,12 @@ def table(results: dict):
             note = f"peak +{w['peak_mb']:.0f} MB"
             t.add_row(name, "lesion", _fmt(w["seconds"]), "", "", "", "", note)
             continue
+        if name == "S1":
+            for scan, fit in w["scans"].items():
+                sizes = f"{fit['sizes'][0]:,}-{fit['sizes'][-1]:,}"
+                t.add_row(name, f"lesion vs {scan}", f"{_fmt(fit['seconds'][0])}-{_fmt(fit['seconds'][-1])}",
+                          "", "", "", "", f"{sizes}: seconds ~ size^{fit['exponent']:.2f}")  # fmt: skip
+            continue
         if name == "W7":
             sec = w["seconds"]
             t.add_row(
@@ -39,6 +45,10 @@ def table(results: dict):
             cells = [_fmt(sec), _fmt(w["floor_seconds"].get(peer)), _fmt(ratio, "x")]
             cells += [_fmt(diff.get(k), sci=True) for k in ("accuracy", "loss")]
             t.add_row(name, method, *cells, _row_note(w, method))
+        if "bf16" in w:
+            b, d = w["bf16"], w["bf16"]["max_abs_diff_from_fp32"]
+            t.add_row(name, "lesion bf16", _fmt(b["seconds"]), "", "", _fmt(d["accuracy"], sci=True),
+                      _fmt(d["loss"], sci=True), f"time {b['seconds'] / w['seconds']['lesion']:.2f}x fp32's")  # fmt: skip
     return t
 
 

@@ -40,6 +40,7 @@ def w1(ctx: _Context) -> dict:
 
     runs: dict = {}
     runs["lesion"], ref, _ = _bench(ctx, "W1 lesion", lesion_fn, lesions, check, ctx.repeats, n)
+    bf16 = _bf16(ctx, model, x, y, sites, lesions, ref)
     hook = functools.partial(hook_single, model, batches)
     runs["hook_loop"], _, d_hook = _bench(ctx, "W1 hook loop", hook, lesions, check, ctx.repeats, n, ref)
     diffs, captum = {"hook_loop": d_hook}, _captum_missing()
@@ -60,7 +61,24 @@ def w1(ctx: _Context) -> dict:
         "n_examples": n, "n_lesions": len(lesions), "batch_size": s.mlp_batch,
         **_summary(ctx, runs, flops), "max_abs_diff": diffs, "captum": captum,
         "intact": dict(zip(("accuracy", "loss"), _evaluate(model, batches), strict=True)),
-        "engine_fallbacks": fallbacks, "notes": _NOTES["W1"],
+        "engine_fallbacks": fallbacks, "notes": _NOTES["W1"], "bf16": bf16,
+    }  # fmt: skip
+
+
+def _bf16(ctx: _Context, model, x, y, sites, lesions, ref) -> dict:
+    """lesion's W1 in bfloat16 (``precision="bf16"``: the engine under CPU autocast), timed like fp32,
+    with its largest deviation from the fp32 answer; no equality check (bf16 rounds at ~3 digits)."""
+    s, info = ctx.sizes, {}
+
+    def fn(ls, bar):
+        return lesion_single(model, x, y, sites, ls, s.mlp_batch, bar, info, precision="bf16")
+
+    times, got, _ = _bench(ctx, "W1 lesion bf16", fn, lesions, [0], ctx.repeats, len(y))
+    return {
+        "seconds": _median(times), "runs": times, "other_cores_busy": times.loads,
+        "max_abs_diff_from_fp32": {"accuracy": float(abs(got[0] - ref[0]).max()),
+                                   "loss": float(abs(got[1] - ref[1]).max())},
+        "engine_fallbacks": info,
     }  # fmt: skip
 
 
