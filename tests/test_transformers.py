@@ -420,3 +420,51 @@ def test_patch_and_optimal_on_heads():
     got = lesion.sweep(model, [clean], [Lesion(f"{site}:{h}", r) for r in reps for h in range(4)],
                        lesion.NextTokenLoss()).loss.to_numpy().reshape(3, 4)  # fmt: skip
     assert (got[2] <= got[:2].min(0) + 1e-4).all()
+
+
+def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(monkeypatch):
+    """Sites whose recorded outputs fit CACHE_BYTES share one intact capture per batch; the values equal
+    those of each site run alone (budget 0), and a site the engine cannot run falls back alone."""
+    import lesion.core.fast as fast
+
+    model, data = _gpt2().eval(), _data("lm")
+    units = [f"transformer.h.{b}.mlp.act:{j}" for b in (0, 1) for j in (1, 6)]
+    units += [f"transformer.h.{b}.attn:{h}" for b in (0, 1) for h in (0, 3)]
+    shared = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    eng_sites = lesion.find_sites(model, data[0])
+    from lesion.core.batch import batches
+    from lesion.engine.prefix import PrefixEngine
+
+    eng = PrefixEngine(model, lambda: batches(data[:1], batch_size=7), eng_sites)
+    ordered = sorted({u.rsplit(":", 1)[0] for u in units}, key=[s.name for s in eng_sites].index)
+    chosen = [s for s in eng_sites if s.name in ordered]
+    assert eng.share(chosen, 1 << 30) == [ordered]  # one run: a single capture per batch serves all four
+    assert eng.share(chosen, 0) == [[n] for n in ordered]
+    monkeypatch.setattr(fast, "CACHE_BYTES", 0)
+    alone = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    assert shared.attrs["served"]["prefix"] == alone.attrs["served"]["prefix"] == len(units)
+    assert (shared.loss - alone.loss).abs().max() < 1e-6
+
+
+def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
+    """The engine refuses one site (as it would a module that does not run once per pass): the sweep
+    keeps the other sites on the engine, that one on the slow path with the reason, values unchanged."""
+    from lesion.engine import Unsupported
+    from lesion.engine.prefix import PrefixEngine
+
+    model, data = _gpt2().eval(), _data("lm")
+    units = ["transformer.h.0.mlp.act:1", "transformer.h.0.mlp.act:6", "transformer.h.1.attn:0",
+             "transformer.h.1.attn:3", "transformer.h.1.mlp.act:2", "transformer.h.1.mlp.act:4"]  # fmt: skip
+    ref = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7, engine=False)
+    stubs = PrefixEngine.stubs
+
+    def refuse(self, site):
+        if site.name == "transformer.h.1.attn":
+            raise Unsupported(f"site {site.name!r}: refused by the test")
+        return stubs(self, site)
+
+    monkeypatch.setattr(PrefixEngine, "stubs", refuse)
+    df = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    assert "refused by the test" in df.attrs["engine_fallbacks"]["prefix:transformer.h.1.attn"]
+    assert df.attrs["served"]["prefix"] == 4  # both MLP sites still on the engine (checked)
+    assert (df.loss - ref.loss).abs().max() < 1e-5

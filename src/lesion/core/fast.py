@@ -16,6 +16,8 @@ from lesion._util import eval_mode
 from lesion.core.lesions import Lesion, replacement_key
 from lesion.core.runner import CHECKS, Mismatch, Runner
 
+CACHE_BYTES = 512 << 20  # recorded outputs the module-prefix engine keeps at once for sites sharing passes
+
 
 def engine_fill(runner: Runner, lesion: Lesion) -> tuple[str, int, torch.Tensor] | None:
     """(layer, unit, fill) when ``lesion`` is one unit, at every position, with a per-unit constant."""
@@ -203,8 +205,10 @@ def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
 def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Iterator[tuple[list[int], dict]]:
     """(lesion positions, metric values) for lesions the module-prefix engine evaluated, by first site.
 
-    Each site's group is checked on this sweep's data: its first ``CHECKS`` lesions re-run on the slow
-    path; a disagreement sends the group to the slow path with the reason in ``runner.fallbacks``.
+    Sites whose recorded outputs fit ``CACHE_BYTES`` together share their passes (one intact capture per
+    batch serves them all); each site's group is then checked on this sweep's data: its first ``CHECKS``
+    lesions re-run on the slow path, and a disagreement sends that group to the slow path with the reason
+    in ``runner.fallbacks``. A group the engine cannot run is retried alone, to find which one it is.
     """
     from lesion.engine import Unsupported
     from lesion.engine.prefix import PrefixEngine
@@ -220,23 +224,61 @@ def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Ite
     if runner._prefix is None:
         runner._prefix = PrefixEngine(runner.model, runner.batches, list(runner.sites.values()))
     eng = runner._prefix
-    for first, idxs in groups.items():
-        chosen = [lesions[i] for i in idxs]
-        metric = runner.fresh(len(chosen))
-        try:
-            with torch.no_grad(), eval_mode(runner.model), runner.autocast():
-                eng.evaluate([(runner.sites[first], chosen)], metric, offsets=[0],
-                             progress=None if bar is None else bar.update)  # fmt: skip
-            values = metric.compute()
-            ref = runner.run(chosen[:CHECKS])
-            runner.agree(ref, {k: v[:CHECKS] for k, v in values.items()})
-        except (Unsupported, Mismatch) as exc:
-            runner.fallbacks[f"prefix:{first}"] = str(exc)
-            if bar is not None:
-                bar.update(-len(chosen))
-            continue
-        runner.served["prefix"] += len(chosen)
-        yield idxs, values
+    firsts = sorted(groups, key=lambda n: runner.sites[n].order)
+    try:
+        with torch.no_grad(), eval_mode(runner.model):
+            chunks = eng.share([runner.sites[f] for f in firsts], CACHE_BYTES)
+    except Unsupported:
+        chunks = [[f] for f in firsts]
+    for chunk in chunks:
+        members = [(runner.sites[f], [lesions[i] for i in groups[f]]) for f in chunk]
+        values = _prefix_run(runner, eng, members, bar)
+        if values is None:  # find the site the engine cannot run: each alone
+            values = [None] if len(chunk) == 1 else [_alone(runner, eng, m, bar) for m in members]
+        for first, got in zip(chunk, values, strict=True):
+            chosen = [lesions[i] for i in groups[first]]
+            try:
+                if got is None:
+                    raise Unsupported(eng.last_error)
+                runner.agree(runner.run(chosen[:CHECKS]), {k: v[:CHECKS] for k, v in got.items()})
+            except (Unsupported, Mismatch) as exc:
+                runner.fallbacks[f"prefix:{first}"] = str(exc)
+                if bar is not None and got is not None:
+                    bar.update(-len(chosen))
+                continue
+            runner.served["prefix"] += len(chosen)
+            yield groups[first], got
+
+
+def _alone(runner: Runner, eng, member, bar) -> dict | None:
+    got = _prefix_run(runner, eng, [member], bar)
+    return None if got is None else got[0]
+
+
+def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
+    """Each member's (site, lesions) values from shared passes, or None (``eng.last_error`` says why)."""
+    from lesion.engine import Unsupported
+
+    sizes = [len(chosen) for _, chosen in members]
+    offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+    metric = runner.fresh(sum(sizes))
+    shown = [0]
+
+    def progress(k: int) -> None:
+        shown[0] += k
+        if bar is not None:
+            bar.update(k)
+
+    try:
+        with torch.no_grad(), eval_mode(runner.model), runner.autocast():
+            eng.evaluate(members, metric, offsets=offsets, progress=progress)
+        values = metric.compute()
+    except Unsupported as exc:
+        eng.last_error = str(exc)
+        if bar is not None:
+            bar.update(-shown[0])
+        return None
+    return [{k: v[o : o + n] for k, v in values.items()} for o, n in zip(offsets, sizes, strict=True)]
 
 
 def prefix(seq: Sequence[Lesion], k: int) -> Lesion | None:

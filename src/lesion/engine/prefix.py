@@ -53,6 +53,7 @@ class PrefixEngine:
         self.named = dict(model.named_modules())
         self.order: dict[str, _Call] | None = None
         self.batched: dict[str, list[bool]] = {}  # per stubbed module: which output leaves carry the batch
+        self.last_error = ""  # why the last pass the caller tried could not run (set by the caller)
 
     # ------------------------------------------------------------------------------------------ planning
     def _record_order(self, batch: Batch) -> dict[str, _Call]:
@@ -105,10 +106,36 @@ class PrefixEngine:
         """The output projection fed directly by ``site`` (a Linear or GPT-2 Conv1D), or None."""
         return self._rank1.get(site.name)
 
-    def _plan(self, batch: Batch, sites: Sequence[Site]) -> None:
+    def _ordered(self, batch: Batch) -> None:
         if self.order is None:
             self.order = self._record_order(batch)
             self._rank1 = self._find_rank1(batch, list(self.sites.values()))
+
+    def share(self, sites: Sequence[Site], budget: int) -> list[list[str]]:
+        """``sites`` (in model order) in runs that can share their passes: the outputs recorded for a
+        run (every stub of its sites and their rank-1 projections' input and output, for one batch)
+        stay under ``budget`` bytes, sized on a one-example pass; a site over it alone forms a run."""
+        batch = next(iter(self._batches()))
+        self._ordered(batch)
+        own = {s.name: set(self.stubs(s)) | ({p} if (p := self.rank1(s)) else set()) for s in sites}
+        names = set().union(*own.values())
+        proj = {p for s in sites if (p := self.rank1(s)) is not None}
+        probe = self._capture(batch.slice(0, 1), names - proj, sorted(proj))
+        size = {n: len(batch) * sum(x.numel() * x.element_size() for x in _leaves(probe[n])
+                                    if isinstance(x, torch.Tensor)) for n in names}  # fmt: skip
+        runs: list[list[str]] = []
+        held: set[str] = set()
+        for s in sites:
+            if runs and sum(size[n] for n in held | own[s.name]) <= budget:
+                runs[-1].append(s.name)
+                held |= own[s.name]
+            else:
+                runs.append([s.name])
+                held = set(own[s.name])
+        return runs
+
+    def _plan(self, batch: Batch, sites: Sequence[Site]) -> None:
+        self._ordered(batch)
         names = {n for s in sites for n in self.stubs(s)} - set(self.batched)
         if not names:
             return
