@@ -47,8 +47,9 @@ def table(results: dict):
             t.add_row(name, method, *cells, _row_note(w, method))
         if "bf16" in w:
             b, d = w["bf16"], w["bf16"]["max_abs_diff_from_fp32"]
+            note = f"time {b['seconds'] / w['seconds']['lesion']:.2f}x fp32's"
             t.add_row(name, "lesion bf16", _fmt(b["seconds"]), "", "", _fmt(d["accuracy"], sci=True),
-                      _fmt(d["loss"], sci=True), f"time {b['seconds'] / w['seconds']['lesion']:.2f}x fp32's")  # fmt: skip
+                      _fmt(d["loss"], sci=True), note)  # fmt: skip
     return t
 
 
