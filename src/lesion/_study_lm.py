@@ -191,7 +191,7 @@ def analyze_lm(
         (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
 
     write_folder(out, write, kind="lesion analyze")
-    from lesion.study import drop_shards
+    from lesion.distributed import drop_shards
 
     drop_shards(spread)
     return summary

@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lesion.core.fast import evaluate_lesions
 from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
 from lesion.errors import LesionError
@@ -65,8 +67,6 @@ def evaluate(
     bar=None,
 ) -> dict[str, np.ndarray]:
     """Metric values of the fitted ``lesions``: in this process, or sharded over Ray."""
-    from lesion.core.sweep import evaluate_lesions
-
     check_backend(backend, address, shards, resume)
     if backend == "local" or not lesions:
         return evaluate_lesions(runner, lesions, bar=bar)
@@ -136,8 +136,6 @@ def _ranges(n: int, k: int) -> list[tuple[int, int]]:
 
 def _shard(shared, start: int, stop: int, options: dict, threads: int) -> dict[str, Any]:
     """On a worker: the values of lesions[start:stop] and what the engines did for them."""
-    from lesion.core.sweep import evaluate_lesions
-
     torch.set_num_threads(threads)
     model, sites, data, metric, lesions = shared
     runner = Runner(model, data, sites, metric=metric, **options)
@@ -183,6 +181,12 @@ def _fingerprint(runner: Runner, lesions: Sequence[Lesion]) -> str:
         h.update(k.encode() + np.asarray(v, dtype=np.float64).tobytes())
     h.update(str(runner.n).encode())
     return h.hexdigest()
+
+
+def drop_shards(spread: dict) -> None:
+    """Remove a ray sweep's resume directory once the analysis that needed it is written."""
+    if spread.get("resume") is not None:
+        shutil.rmtree(spread["resume"], ignore_errors=True)
 
 
 class _Store:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -244,14 +243,10 @@ def analyze(
         (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
 
     write_folder(out, write, kind="lesion analyze")
+    from lesion.distributed import drop_shards
+
     drop_shards(spread)
     return summary
-
-
-def drop_shards(spread: dict) -> None:
-    """Remove a ray sweep's resume directory once the analysis that needed it is written."""
-    if spread.get("resume") is not None:
-        shutil.rmtree(spread["resume"], ignore_errors=True)
 
 
 def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage: Stage = _quiet,

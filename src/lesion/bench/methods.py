@@ -11,11 +11,10 @@ from torch import nn
 
 # ------------------------------------------------------------------------------------------- methods
 from lesion.bench.floor import Lesions, Scores
-from lesion.core.fast import cumulative
+from lesion.core.fast import cumulative, evaluate_lesions
 from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
 from lesion.core.sites import Site
-from lesion.core.sweep import evaluate_lesions
 from lesion.core.units import Unit
 
 

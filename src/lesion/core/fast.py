@@ -124,6 +124,14 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
     return runner.run(steps)
 
 
+def evaluate_lesions(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> dict[str, np.ndarray]:
+    """Metric values (n, ...) of ``lesions``: single-unit constant lesions on the engine (checked)."""
+    done: dict[int, dict[str, np.ndarray]] = {}
+    for idxs, values in single_unit_groups(runner, lesions, bar=bar):
+        scatter(done, idxs, values)
+    return evaluate_rest(runner, lesions, done, bar=bar)
+
+
 def evaluate_rest(
     runner: Runner, lesions: Sequence[Lesion | None], done: dict[int, dict], *, bar=None
 ) -> dict[str, np.ndarray]:

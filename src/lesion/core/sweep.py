@@ -20,7 +20,7 @@ from torch import nn
 
 from lesion._progress import progress_bar
 from lesion.core.batch import Data, first_batch, reusable
-from lesion.core.fast import evaluate_rest, scatter, single_unit_groups
+from lesion.core.fast import evaluate_lesions  # noqa: F401 - its home was here; imported from here
 from lesion.core.lesions import Lesion, as_lesion
 from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
@@ -74,14 +74,6 @@ def sweep(
         values = evaluate(runner, chosen, bar=bar, backend=backend, address=address, shards=shards,
                           resume=resume)  # fmt: skip
     return table([str(les) for les in chosen], values, runner)
-
-
-def evaluate_lesions(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> dict[str, np.ndarray]:
-    """Metric values (n, ...) of ``lesions``: single-unit constant lesions on the engine (checked)."""
-    done: dict[int, dict[str, np.ndarray]] = {}
-    for idxs, values in single_unit_groups(runner, lesions, bar=bar):
-        scatter(done, idxs, values)
-    return evaluate_rest(runner, lesions, done, bar=bar)
 
 
 def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -> pd.DataFrame:
