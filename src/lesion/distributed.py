@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lesion._outputs import atomic_write
 from lesion.core.fast import evaluate_lesions
 from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
@@ -244,23 +246,20 @@ class _Store:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             return None  # tampered or torn: recomputed
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:  # the very bytes that were hashed
             values = {k.removeprefix("v_"): z[k] for k in z.files if k.startswith("v_")}
         if not values or any(len(v) != rows for v in values.values()):
             return None
         return {"values": values, **{k: entry[k] for k in META}}
 
     def save(self, i: int, part: dict[str, Any]) -> None:
-        path = self.folder / f"shard-{i:05d}.npz"
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{f"v_{k}": v for k, v in part["values"].items()})
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, **{f"v_{k}": v for k, v in part["values"].items()})
+        data = buf.getvalue()
+        atomic_write(self.folder / f"shard-{i:05d}.npz", lambda tmp: tmp.write_bytes(data))
         meta = {k: part[k] for k in META}
-        self.index["shards"][str(i)] = {"sha256": digest, **meta}
+        self.index["shards"][str(i)] = {"sha256": hashlib.sha256(data).hexdigest(), **meta}
         self._write(self.index)
 
     def _write(self, index: dict[str, Any]) -> None:
-        tmp = self.folder / (INDEX + ".tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        os.replace(tmp, self.folder / INDEX)
+        atomic_write(self.folder / INDEX, lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
