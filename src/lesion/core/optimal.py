@@ -10,6 +10,7 @@ set to its own constant.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +41,7 @@ class Optimal(Replacement):
     reference: Any = None
     loss: LossFn | None = None
     constants: dict | None = field(default=None, repr=False, compare=False)
+    paths: dict | None = field(default=None, repr=False, compare=False)  # per layer: how the fit ran
     constant = True
 
     fitted_field = "constants"
@@ -59,12 +61,12 @@ class Optimal(Replacement):
                 )
             for layer, idx in les.units.items():
                 jobs.setdefault(layer, []).append(tuple(idx))
-        constants = {}
+        constants, paths = {}, {}
         for layer, sets in jobs.items():
             unique = list(dict.fromkeys(sets))
-            for (layer_, idx), c in _fit_layer(self, model, sites[layer], unique, batch).items():
+            for (layer_, idx), c in _fit_layer(self, model, sites[layer], unique, batch, paths).items():
                 constants[(layer_, idx)] = c
-        return replace(self, constants=constants)
+        return replace(self, constants=constants, paths=paths)
 
     def values(self, cur, ctx):
         key = (ctx.site.name, tuple(ctx.units.tolist()))
@@ -102,29 +104,151 @@ def _head(data, n: int, device) -> Batch:
     ).to(device)
 
 
-def _fit_layer(opt: Optimal, model, site, sets: list[tuple[int, ...]], batch: Batch) -> dict:
-    """Constants for each unit set of ``site`` (fitted in blocks of copies of the batch)."""
+# memory the fit may hold for the copies of one block (autograd's saved tensors and the outputs): the
+# block of copies is sized by the bytes one copy measured on its first pass, not by the input size
+FIT_BYTES = 1 << 30
+
+
+def _fit_layer(opt: Optimal, model, site, sets: list[tuple[int, ...]], batch: Batch, paths: dict) -> dict:
+    """Constants for each unit set of ``site`` (fitted in blocks of copies of the batch); which forward
+    path ran goes to ``paths[site.name]``."""
     from lesion.stats import collect_stats
 
     means = collect_stats(model, batch, [site], histograms=False, labels=False)[site.name].mean
-    per_copy = max(1, sum(a.numel() for a in (*batch.args, *batch.kwargs.values()) if torch.is_tensor(a)))
-    block = max(1, min(64, (16 << 20) // per_copy))
     g = site.group  # a head view: each unit owns g channels, each with its own constant
+    channels = [tuple(u * g + j for u in s for j in range(g)) for s in sets]
     out = {}
-    for i in range(0, len(sets), block):
-        part = sets[i : i + block]
-        channels = [tuple(u * g + j for u in s for j in range(g)) for s in part]
-        for idx, c in zip(part, _fit_block(opt, model, site, channels, batch, means), strict=True):
-            out[(site.name, idx)] = c
+    with _frozen(model), eval_mode(model):
+        forward = _Forward(model, site, batch)
+        # one copy first: the bytes it holds size the blocks of copies that follow
+        c, per_copy = _fit_block(opt, forward, channels[:1], batch, means, measure=True)
+        out[(site.name, sets[0])] = c[0]
+        block = max(1, min(64, FIT_BYTES // max(1, per_copy)))
+        for i in range(1, len(sets), block):
+            fitted, _ = _fit_block(opt, forward, channels[i : i + block], batch, means)
+            for idx, c in zip(sets[i : i + block], fitted, strict=True):
+                out[(site.name, idx)] = c
+    paths[site.name] = forward.path
     return out
 
 
-def _fit_block(opt, model, site, sets, batch: Batch, means) -> list[torch.Tensor]:
+@contextmanager
+def _frozen(model):
+    """The model's parameters without gradients during the fit (restored after): autograd then keeps
+    only what the constants' gradient needs, the layers after the site."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+class _Forward:
+    """The model's output for k copies of the batch with the site's output edited.
+
+    Where ``torch.fx`` traces the model (one tensor input, an output-hooked site), the layers before the
+    site run once, without gradients, and each step runs only the layers after it on k copies of their
+    cached inputs. Otherwise (a transformer, keyword inputs, a head view) the modules that finish before
+    the site return their recorded outputs (``PrefixEngine.stubbing``) and the rest runs with a hook.
+    Every fit checks its fast path against the hooked full model on its first pass and uses the full
+    model where they disagree or the fast path fails (``path`` records which ran and why).
+    """
+
+    def __init__(self, model, site, batch: Batch):
+        from lesion.engine.graph import Plan, Unsupported
+        from lesion.engine.prefix import PrefixEngine
+
+        self.model, self.site, self.batch = model, site, batch
+        self.plan = self.stubs = None
+        self.checked = False
+        self.copy_bytes = _bytes([*batch.args, *batch.kwargs.values()])  # the inputs repeated per copy
+        try:
+            if site.hook != "output" or batch.kwargs or len(batch.args) != 1:
+                raise Unsupported("the site or the input is not one the traced graph handles")
+            self.plan = Plan(model, [site.target])
+            self.node = self.plan.site[site.target]
+            self.front = self.plan.frontier([self.node])
+            self.down = self.plan.downstream(self.node)
+            with torch.no_grad():
+                self.cache = self.plan.prefix(batch.args[0], set(self.front))
+            self.copy_bytes = _bytes([self.cache[f] for f in self.front if f in self.plan.batched])
+            self.path = "layers after the site"
+            return
+        except Unsupported as exc:
+            self.plan, why = None, str(exc)
+        try:  # the modules that finish before the site return their recorded output
+            self.stubs, stubbed = PrefixEngine(model, lambda: [batch], [site]).stubbing(site, batch)
+            self.copy_bytes += stubbed
+            self.path = "modules before the site stubbed"
+        except Unsupported as exc:
+            self.path = f"full model: {why}; {exc}"
+
+    def __call__(self, k: int, edit) -> torch.Tensor:
+        if self.plan is None and self.stubs is None:
+            return self._full(k, edit)
+        try:
+            out = self._suffix(k, edit) if self.plan is not None else self._stubbed(k, edit)
+        except Exception as exc:  # any failure of the fast path: the full model
+            return self._fall_back(f"the fast path failed ({exc})", k, edit)
+        if self.checked:
+            return out
+        self.checked = True
+        with torch.no_grad():
+            full = self._full(k, edit)
+        if full.shape != out.shape or not torch.allclose(out.detach(), full, rtol=1e-4, atol=1e-5):
+            return self._fall_back("it disagreed with the full model on the first pass", k, edit)
+        self.path += " (checked against the full model)"
+        return out
+
+    def _fall_back(self, why: str, k: int, edit) -> torch.Tensor:
+        self.path = f"full model: {self.path} was refused, {why}"
+        self.plan = self.stubs = None
+        self.copy_bytes = _bytes([*self.batch.args, *self.batch.kwargs.values()])
+        return self._full(k, edit)
+
+    def _stubbed(self, k: int, edit) -> torch.Tensor:
+        with self.stubs(k):
+            return self._full(k, edit)
+
+    def _full(self, k: int, edit) -> torch.Tensor:
+        big = self.batch.map(lambda v: v.repeat(k, *[1] * (v.ndim - 1)))
+        handle = hook_site(dict(self.model.named_modules())[self.site.target], self.site, edit)
+        try:
+            return output_tensor(big.run(self.model))
+        finally:
+            handle.remove()
+
+    def _suffix(self, k: int, edit) -> torch.Tensor:
+        from lesion.engine.graph import Unsupported
+
+        n = len(self.batch)
+        env: dict = {}
+        for f in self.front:
+            v = self.cache[f]
+            if f in self.plan.batched:
+                if not torch.is_tensor(v) or v.ndim == 0 or v.shape[0] != n:
+                    raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
+                v = v.repeat(k, *[1] * (v.ndim - 1))
+            env[f] = v
+        env[self.node] = edit(env[self.node])
+        self.plan.run(env, self.down)
+        return output_tensor(env[self.plan.output])
+
+
+def _fit_block(
+    opt, forward: _Forward, sets, batch: Batch, means, measure: bool = False
+) -> tuple[list[torch.Tensor], int]:
+    """The fitted constants of each channel set, and (``measure``) the bytes one copy held on a pass."""
+    site = forward.site
     k, m = len(sets), max(len(s) for s in sets)
     index = torch.tensor([list(s) + [s[-1]] * (m - len(s)) for s in sets])  # (k, m), padded by repeats
-    device = model_device(model)
-    big = batch.map(lambda v: v.repeat(k, *[1] * (v.ndim - 1)))
+    device = model_device(forward.model)
     loss_fn = opt.loss or _default_loss
+
+    sizes: list[int] = []  # bytes of the last output
 
     def losses(c: torch.Tensor) -> torch.Tensor:  # (k, m) constants -> (k,) mean losses
         def edit(raw):
@@ -138,33 +262,52 @@ def _fit_block(opt, model, site, sets, batch: Batch, means) -> list[torch.Tensor
             u = torch.where(mask.reshape(shape), vals.reshape(shape), u)
             return site.unview(u.flatten(0, 1).movedim(-1, site.unit_dim), raw)
 
-        handle = hook_site(dict(model.named_modules())[site.target], site, edit)
-        try:
-            out = output_tensor(big.run(model))
-        finally:
-            handle.remove()
+        out = forward(k, edit)
+        sizes[:] = [out.numel() * out.element_size()]
         return loss_fn(out.reshape(k, len(batch), *out.shape[1:]), batch)
 
-    with eval_mode(model):
-        with torch.no_grad():
-            zero = torch.zeros(k, m, device=device)
-            mean = means[index].to(device)
-            l0, l1 = losses(zero), losses(mean)
-        start = torch.where((l1 < l0)[:, None], mean, zero)
-        best, best_loss = start.clone(), torch.minimum(l0, l1)
-        c = start.clone().requires_grad_(True)
-        optim = torch.optim.Adam([c], lr=opt.lr)
-        for _ in range(opt.steps):
+    with torch.no_grad():
+        zero = torch.zeros(k, m, device=device)
+        mean = means[index].to(device)
+        l0, l1 = losses(zero), losses(mean)
+    held = forward.copy_bytes * k + 2 * sizes[0]
+    start = torch.where((l1 < l0)[:, None], mean, zero)
+    best, best_loss = start.clone(), torch.minimum(l0, l1)
+    c = start.clone().requires_grad_(True)
+    optim = torch.optim.Adam([c], lr=opt.lr)
+    for step in range(opt.steps):
+        with _saved_bytes(measure and step == 0) as saved:
             lo = losses(c)
-            better = lo.detach() < best_loss
-            best = torch.where(better[:, None], c.detach(), best)
-            best_loss = torch.minimum(best_loss, lo.detach())
-            (c.grad,) = torch.autograd.grad(lo.sum(), [c])  # the model's own .grad is never touched
-            optim.step()
-        with torch.no_grad():
-            lo = losses(c)
-            best = torch.where((lo < best_loss)[:, None], c.detach(), best)
-    return [best[j, : len(s)].detach().cpu() for j, s in enumerate(sets)]
+        held = max(held, saved[0] + forward.copy_bytes * k + 2 * sizes[0])
+        better = lo.detach() < best_loss
+        best = torch.where(better[:, None], c.detach(), best)
+        best_loss = torch.minimum(best_loss, lo.detach())
+        (c.grad,) = torch.autograd.grad(lo.sum(), [c])  # the model's own .grad is never touched
+        optim.step()
+    with torch.no_grad():
+        lo = losses(c)
+        best = torch.where((lo < best_loss)[:, None], c.detach(), best)
+    return [best[j, : len(s)].detach().cpu() for j, s in enumerate(sets)], held // k
+
+
+def _bytes(values) -> int:
+    return sum(v.numel() * v.element_size() for v in values if torch.is_tensor(v))
+
+
+@contextmanager
+def _saved_bytes(on: bool = True):
+    """``[bytes]`` of the tensors autograd saves for the backward pass inside the block (``on``)."""
+    total = [0]
+    if not on:
+        yield total
+        return
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
 
 
 def _default_loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:

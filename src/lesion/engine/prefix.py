@@ -196,6 +196,25 @@ class PrefixEngine:
                 h.remove()
         return got
 
+    def stubbing(self, site: Site, batch: Batch) -> tuple[Callable[[int], object], int]:
+        """For passes over ``n`` copies of ``batch`` lesioned at ``site`` by the caller's own hook: a
+        context factory ``n -> context`` in which every module that finishes before ``site`` returns its
+        recorded output (batched leaves repeated ``n`` times) instead of running, and the bytes those
+        repeated leaves hold per copy. Raises ``Unsupported`` where nothing finishes before the site."""
+        self._plan(batch, [site])
+        names = self.stubs(site)
+        if not names:
+            raise Unsupported(f"no module finishes before site {site.name!r}")
+        with torch.no_grad():
+            cache = self._capture(batch, names)
+        per_copy = sum(
+            x.numel() * x.element_size()
+            for n in names
+            for x, batched in zip(_leaves(cache[n]), self.batched[n], strict=True)
+            if batched
+        )
+        return (lambda n: self._stubbed(site, n, cache)), per_copy
+
     # ------------------------------------------------------------------------------------------ passes
     def evaluate(
         self, groups: Sequence[tuple[Site, Sequence[Lesion]]], metric: Metric, *, offsets: Sequence[int],
