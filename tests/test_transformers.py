@@ -468,3 +468,26 @@ def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
     assert "refused by the test" in df.attrs["engine_fallbacks"]["prefix:transformer.h.1.attn"]
     assert df.attrs["served"]["prefix"] == 4  # both MLP sites still on the engine (checked)
     assert (df.loss - ref.loss).abs().max() < 1e-5
+
+
+def test_the_progress_bar_moves_with_every_batch_of_a_prefix_sweep(monkeypatch):
+    """The module-prefix engine streams every batch per pass: the bar advances by each batch's share of
+    the examples (not all at once on the first batch) and ends at the number of lesions."""
+    import contextlib
+
+    import lesion.core.sweep as sw
+
+    updates = []
+
+    class Spy:
+        def update(self, k):
+            updates.append(k)
+
+    monkeypatch.setattr(sw, "progress_bar", lambda *a, **k: contextlib.nullcontext(Spy()))
+    model, data = _gpt2().eval(), _data("lm")
+    n = sum(len(b["input_ids"]) for b in data)
+    units = [f"transformer.h.1.mlp.act:{j}" for j in range(8)]
+    df = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    assert df.attrs["served"]["prefix"] == 8
+    assert updates[0] == int(8 * 7 / n) < 8  # after the first batch of 7 examples
+    assert sum(updates) == 8 and all(u > 0 for u in updates)

@@ -77,7 +77,7 @@ def plot_scaling(result: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    plain = FuncFormatter(lambda v, _: f"{v:,.3g}")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:.2g}")  # 1,000 not 1e+03
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     n = result["scans"]["width"]["points"][0]["n_examples"]
     labels = {"examples": "examples (width 512)", "width": f"layer width w ({n:,} examples; 2w units)"}
@@ -89,9 +89,11 @@ def plot_scaling(result: dict, path: str | Path) -> None:
                   label=f"fit: seconds ∝ size^{fit['exponent']:.2f}")  # fmt: skip
         ax.set_xlabel(labels[name])
         ax.set_ylabel("seconds (every unit deleted alone)")
-        for axis, values in ((ax.xaxis, sizes), (ax.yaxis, seconds)):  # minor labels on short ranges
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain if values.max() / values.min() < 10 else NullFormatter())
+        ax.set_xticks(sizes)  # the measured sizes themselves
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(plain)  # minor labels only on a short range
+        ax.yaxis.set_minor_formatter(plain if seconds.max() / seconds.min() < 10 else NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("W1 scaling: lesion's single-unit sweep of a 784-w-w-10 MLP", fontsize=10)

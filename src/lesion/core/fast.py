@@ -270,12 +270,14 @@ def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
     sizes = [len(chosen) for _, chosen in members]
     offsets = [sum(sizes[:j]) for j in range(len(sizes))]
     metric = runner.fresh(sum(sizes))
-    shown = [0]
+    shown, done = [0], [0.0]  # whole lesions shown on the bar; lesions x (share of the examples) done
 
-    def progress(k: int) -> None:
-        shown[0] += k
-        if bar is not None:
-            bar.update(k)
+    def progress(k: int, examples: int) -> None:  # every batch moves the bar by its share of the data
+        done[0] += k * examples / runner.n if runner.n else k
+        step = min(int(done[0] + 1e-6), sum(sizes)) - shown[0]
+        shown[0] += step
+        if bar is not None and step:
+            bar.update(step)
 
     try:
         with torch.no_grad(), eval_mode(runner.model), runner.autocast():
@@ -286,6 +288,8 @@ def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
         if bar is not None:
             bar.update(-shown[0])
         return None
+    if bar is not None and shown[0] < sum(sizes):  # the rounding left over
+        bar.update(sum(sizes) - shown[0])
     return [{k: v[o : o + n] for k, v in values.items()} for o, n in zip(offsets, sizes, strict=True)]
 
 

@@ -220,7 +220,8 @@ class PrefixEngine:
         self, groups: Sequence[tuple[Site, Sequence[Lesion]]], metric: Metric, *, offsets: Sequence[int],
         progress=None,
     ) -> None:  # fmt: skip
-        """Score each group's lesions (all of whose units start at its site) into ``metric``."""
+        """Score each group's lesions (all of whose units start at its site) into ``metric``;
+        ``progress(lesions, examples)`` after each pass."""
         for k, b in enumerate(self._batches()):
             self._plan(b, [site for site, _ in groups])
             stub_names = {n for site, _ in groups for n in self.stubs(site)}
@@ -237,8 +238,8 @@ class PrefixEngine:
                         out.reshape(len(part), len(b), *out.shape[1:]), b,
                         slice(offset + i, offset + i + len(part)), intact=intact, fused=True,
                     )  # fmt: skip
-                    if progress is not None and k == 0:
-                        progress(len(part))
+                    if progress is not None:
+                        progress(len(part), len(b))
 
     def _pass(self, b: Batch, k: int, site: Site, lesions: Sequence[Lesion], cache: dict) -> torch.Tensor:
         n = len(lesions)
