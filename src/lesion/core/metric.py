@@ -99,7 +99,7 @@ class Classification(Metric):
         logits = outputs.reshape(k, -1, c).float()
         yk = y.reshape(-1).long()
         if fused or k > 1:  # the engine's order: per-example losses, summed in float64
-            ce = F.cross_entropy(logits.flatten(0, 1), yk.repeat(k), reduction="none").double()
+            ce = _cross_entropy(logits.flatten(0, 1), yk.repeat(k)).double()
             loss = ce.reshape(k, -1).sum(1).cpu().numpy()
         else:  # the reference path: one batch sum in float32
             loss = np.array([float(F.cross_entropy(logits[0], yk, reduction="sum"))])
@@ -125,6 +125,15 @@ class Classification(Metric):
             "accuracy_class": per_class,
             "confusion": conf,
         }
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy of (n, c) logits. On a CPU with few classes it is computed on the
+    transpose, whose log-softmax runs along the n examples: 21 us instead of 84 us at (1,024, 10), where
+    a cumulative sweep spends a sixth of its time (profile in the README)."""
+    if logits.device.type != "cpu" or logits.shape[1] > 64:
+        return F.cross_entropy(logits, y, reduction="none")
+    return -torch.log_softmax(logits.T.contiguous(), 0).gather(0, y[None])[0]
 
 
 def _next_token(outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
