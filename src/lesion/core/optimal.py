@@ -164,7 +164,8 @@ class _Forward:
         self.model, self.site, self.batch = model, site, batch
         self.plan = self.stubs = None
         self.checked = False
-        self.copy_bytes = _bytes([*batch.args, *batch.kwargs.values()])  # the inputs repeated per copy
+        self.input_bytes = _bytes([*batch.args, *batch.kwargs.values()])
+        self.copy_bytes = self.input_bytes  # what each copy repeats: the inputs, or the cached values
         try:
             if site.hook != "output" or batch.kwargs or len(batch.args) != 1:
                 raise Unsupported("the site or the input is not one the traced graph handles")
@@ -181,7 +182,7 @@ class _Forward:
             self.plan, why = None, str(exc)
         try:  # the modules that finish before the site return their recorded output
             self.stubs, stubbed = PrefixEngine(model, lambda: [batch], [site]).stubbing(site, batch)
-            self.copy_bytes += stubbed
+            self.copy_bytes = self.input_bytes + stubbed
             self.path = "modules before the site stubbed"
         except Unsupported as exc:
             self.path = f"full model: {why}; {exc}"
@@ -206,7 +207,7 @@ class _Forward:
     def _fall_back(self, why: str, k: int, edit) -> torch.Tensor:
         self.path = f"full model: {self.path} was refused, {why}"
         self.plan = self.stubs = None
-        self.copy_bytes = _bytes([*self.batch.args, *self.batch.kwargs.values()])
+        self.copy_bytes = self.input_bytes
         return self._full(k, edit)
 
     def _stubbed(self, k: int, edit) -> torch.Tensor:
@@ -222,17 +223,7 @@ class _Forward:
             handle.remove()
 
     def _suffix(self, k: int, edit) -> torch.Tensor:
-        from lesion.engine.graph import Unsupported
-
-        n = len(self.batch)
-        env: dict = {}
-        for f in self.front:
-            v = self.cache[f]
-            if f in self.plan.batched:
-                if not torch.is_tensor(v) or v.ndim == 0 or v.shape[0] != n:
-                    raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
-                v = v.repeat(k, *[1] * (v.ndim - 1))
-            env[f] = v
+        env = self.plan.expand(self.cache, self.front, k, len(self.batch))
         env[self.node] = edit(env[self.node])
         self.plan.run(env, self.down)
         return output_tensor(env[self.plan.output])
@@ -270,7 +261,7 @@ def _fit_block(
         zero = torch.zeros(k, m, device=device)
         mean = means[index].to(device)
         l0, l1 = losses(zero), losses(mean)
-    held = forward.copy_bytes * k + 2 * sizes[0]
+    saved_bytes = 0
     start = torch.where((l1 < l0)[:, None], mean, zero)
     best, best_loss = start.clone(), torch.minimum(l0, l1)
     c = start.clone().requires_grad_(True)
@@ -278,7 +269,7 @@ def _fit_block(
     for step in range(opt.steps):
         with _saved_bytes(measure and step == 0) as saved:
             lo = losses(c)
-        held = max(held, saved[0] + forward.copy_bytes * k + 2 * sizes[0])
+        saved_bytes = max(saved_bytes, saved[0])
         better = lo.detach() < best_loss
         best = torch.where(better[:, None], c.detach(), best)
         best_loss = torch.minimum(best_loss, lo.detach())
@@ -287,6 +278,7 @@ def _fit_block(
     with torch.no_grad():
         lo = losses(c)
         best = torch.where((lo < best_loss)[:, None], c.detach(), best)
+    held = saved_bytes + forward.copy_bytes * k + 2 * sizes[0]  # autograd's, the copies', the output
     return [best[j, : len(s)].detach().cpu() for j, s in enumerate(sets)], held // k
 
 

@@ -113,6 +113,20 @@ class Plan:
                     need.add(a)
         return sorted(need | starts, key=self.pos.__getitem__)
 
+    def expand(self, values: dict, front: Iterable[fx.Node], k: int, batch: int) -> dict:
+        """The values of ``front`` for ``k`` lesions at once: every batched tensor repeated ``k`` times
+        along its batch axis (lesion-major), everything else shared. Raises ``Unsupported`` for a batched
+        value that is not a tensor with a batch axis of ``batch`` (a shape read from the input, say)."""
+        env: dict = {}
+        for f in front:
+            v = values[f]
+            if f in self.batched:
+                if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch:
+                    raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
+                v = v.repeat(k, *[1] * (v.ndim - 1))
+            env[f] = v
+        return env
+
     def consumer(self, site: str, flat: bool) -> Consumer | None:
         """The Linear/Conv that alone reads the site's output (through eval-mode identities), if any.
 

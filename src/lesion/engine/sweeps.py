@@ -170,16 +170,8 @@ class Engine:
         return hk.flatten(0, 1)
 
     def _expand(self, vals, front, start, value, k: int, batch: int) -> dict:
-        env: dict = {start: value}
-        for f in front:
-            if f is start:
-                continue
-            v = vals[f]
-            if f in self.plan.batched:
-                if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch:
-                    raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
-                v = v.repeat(k, *[1] * (v.ndim - 1))
-            env[f] = v
+        env = self.plan.expand(vals, [f for f in front if f is not start], k, batch)
+        env[start] = value
         return env
 
     # ---------------------------------------------------------------------------- cumulative
