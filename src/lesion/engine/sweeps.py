@@ -105,6 +105,7 @@ class Engine:
                 raise Unsupported(f"site {layer!r} did not produce a tensor in the traced graph")
             per_lesion = vals[start][0].numel() if isinstance(vals[start], torch.Tensor) else 1
             k_max = max(1, min(64, self.budget // max(1, 4 * len(y) * per_lesion)))
+            pending = _Pending(self, metric, b, intact)
             whole = None  # the intact output, for the examples a lesion leaves unchanged (exact sparsity)
             for i in range(0, len(units_t), k_max):
                 js = units_t[i : i + k_max]
@@ -120,7 +121,8 @@ class Engine:
                     self.plan.run(env, down)
                     out = _tensor_out(env[self.plan.output])
                     self.computed += touched.numel()
-                self._update(metric, out, b, len(js), slice(offset + i, offset + i + len(js)), intact)
+                pending.add(out, offset + i, len(js), copy=False)
+            pending.drain()
 
     @staticmethod
     def _touched(h: torch.Tensor, site: Site, js: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
@@ -200,16 +202,18 @@ class Engine:
             state = _CurveState(self, site_nodes, fills, x.device, h_dtype=x.dtype)
             env = self.plan.prefix(x, keep_nodes, state.edits, state.raw)
             env = {n: v for n, v in env.items()}
+            pending = _Pending(self, metric, b, intact)
             j = 0
             if counts[0] == 0:
-                self._update(metric, _tensor_out(env[self.plan.output]), b, 1, slice(0, 1), intact)
+                pending.add(_tensor_out(env[self.plan.output]), 0, 1, copy=True)
                 j = 1
             for step, (layer, unit) in enumerate(order[: counts[-1]], start=1):
                 state.delete(env, layer, unit)
                 if j < len(counts) and counts[j] == step:
                     state.flush(env)
-                    self._update(metric, _tensor_out(env[self.plan.output]), b, 1, slice(j, j + 1), intact)
+                    pending.add(_tensor_out(env[self.plan.output]), j, 1, copy=True)
                     j += 1
+            pending.drain()
 
 
 def cumulative_many(
@@ -242,17 +246,59 @@ def cumulative_many(
         intact = engine._intact(metric, x)
         state = _ManyState(engine, site_nodes, fills, x.device, n_orders, batch)
         env = plan.prefix(x.repeat(n_orders, *[1] * (x.ndim - 1)), keep_nodes, state.edits, state.raw)
+        pending = _Pending(engine, metric, b, intact)
         j = 0
         if counts[0] == 0:
-            engine._update(metric, _tensor_out(env[plan.output]), b, n_orders, slice(0, n_orders), intact)
+            pending.add(_tensor_out(env[plan.output]), 0, n_orders, copy=True)
             j = 1
         for step in range(counts[-1]):
             state.delete(env, [o[step] for o in orders])
             if j < len(counts) and counts[j] == step + 1:
                 state.flush(env)
-                out = _tensor_out(env[plan.output])
-                engine._update(metric, out, b, n_orders, slice(j * n_orders, (j + 1) * n_orders), intact)
+                pending.add(_tensor_out(env[plan.output]), j * n_orders, n_orders, copy=True)
                 j += 1
+        pending.drain()
+
+
+class _Pending:
+    """Outputs of consecutive lesions, kept aside and scored together: one metric update per block of
+    lesions instead of one per forward pass or cumulative point (on a small model the metric's checks and
+    reductions cost more than an incremental step itself). The values per lesion are the same."""
+
+    block = 64  # most lesions per update; the engine's budget_bytes bounds the kept outputs too
+
+    def __init__(self, engine: Engine, metric: Metric, b: Batch, intact):
+        self.engine, self.metric, self.b, self.intact = engine, metric, b, intact
+        self.outs: list[torch.Tensor] = []
+        self.first = self.k = self.bytes = 0
+
+    def add(self, out, start: int, k: int, copy: bool) -> None:
+        """Keep ``out`` ((k * batch, ...), lesions ``start .. start + k``); ``copy`` where the sweep
+        will update the tensor in place."""
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != k * len(self.b):
+            self.engine._update(self.metric, out, self.b, k, slice(start, start + k), self.intact)  # raises
+        if self.outs and (
+            start != self.first + self.k
+            or out.shape[1:] != self.outs[0].shape[1:]
+            or out.dtype != self.outs[0].dtype
+        ):
+            self.drain()
+        if not self.outs:
+            self.first = start
+        self.outs.append(out.clone() if copy else out)
+        self.k += k
+        self.bytes += out.numel() * out.element_size()
+        if self.k >= self.block or self.bytes >= self.engine.budget:
+            self.drain()
+
+    def drain(self) -> None:
+        if not self.outs:
+            return
+        out = self.outs[0] if len(self.outs) == 1 else torch.cat(self.outs)
+        self.engine._update(
+            self.metric, out, self.b, self.k, slice(self.first, self.first + self.k), self.intact
+        )
+        self.outs, self.k, self.bytes = [], 0, 0
 
 
 class _ManyState:
