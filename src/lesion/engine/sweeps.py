@@ -22,7 +22,7 @@ from torch import nn
 from lesion.core.batch import Batch, output_tensor
 from lesion.core.metric import Metric
 from lesion.core.sites import Site
-from lesion.engine.graph import Consumer, Plan, Unsupported
+from lesion.engine.graph import Consumer, Plan, Unsupported, linear, plain_linear
 
 
 class Engine:
@@ -200,7 +200,7 @@ class Engine:
             x = b.x
             intact = self._intact(metric, x)
             state = _CurveState(self, site_nodes, fills, x.device, h_dtype=x.dtype)
-            env = self.plan.prefix(x, keep_nodes, state.edits, state.raw)
+            env = self.plan.prefix(x, keep_nodes, state.edits, state.raw, state.calls)
             env = {n: v for n, v in env.items()}
             pending = _Pending(self, metric, b, intact)
             j = 0
@@ -368,7 +368,13 @@ class _ManyState:
 
 
 class _CurveState:
-    """Masks, raw site outputs and the set of stale nodes of one cumulative sweep over one chunk."""
+    """Masks, raw site outputs and the set of stale nodes of one cumulative sweep over one chunk.
+
+    Where a plain Linear alone reads a site, the site's mask is folded into the Linear's weights
+    (``(W * keep) h + W fill + b`` equals ``W (h * keep + fill) + b``): the site's output stays unedited
+    and no pass over the full activation masks it at every step."""
+
+    fold = True
 
     def __init__(self, engine: Engine, site_nodes: dict[fx.Node, str], fills, device, h_dtype):
         self.engine, self.plan = engine, engine.plan
@@ -376,12 +382,17 @@ class _CurveState:
         self.keep: dict[fx.Node, torch.Tensor] = {}
         self.fill: dict[fx.Node, torch.Tensor] = {}
         self.edits = {}
+        self.calls = {}
+        self.fills = fills
         for node, name in site_nodes.items():
             site = engine.sites[name]
             self.keep[node] = torch.ones(site.width, device=device)
             self.fill[node] = torch.zeros(site.width, device=device)
-            self.edits[node] = self._edit(node, site.unit_dim)
-        self.fills = fills
+            cons = engine.consumers.get(name)
+            if self.fold and cons is not None and plain_linear(cons.module):
+                self.calls[cons.node] = self._folded(node, cons.module)
+            else:
+                self.edits[node] = self._edit(node, site.unit_dim)
         self.raw: dict[fx.Node, torch.Tensor] = {}
         self.stale: set[fx.Node] = set()
 
@@ -394,12 +405,23 @@ class _CurveState:
 
         return edit
 
+    def _folded(self, node, mod: nn.Linear):
+        def call(x):
+            w = mod.weight * self.keep[node].to(mod.weight.dtype)
+            b = mod.bias
+            if self.fills is not None:
+                shift = mod.weight @ self.fill[node].to(mod.weight.dtype)
+                b = shift if b is None else b + shift
+            return linear(mod, x, w, b)
+
+        return call
+
     def delete(self, env, layer: str, unit: int) -> None:
         node = self.plan.site[layer]
         value = 0.0 if self.fills is None else float(self.fills[layer][unit])
         cons: Consumer | None = self.engine.consumers.get(layer)
         if cons is not None and node not in self.stale and cons.node not in self.stale:
-            h = self.raw[node]
+            h = self.raw[node] if node in self.edits else env[node]  # the site's output, unedited
             dim = self.engine.sites[layer].unit_dim
             delta = h.narrow(dim, unit, 1) - value  # (batch, 1, ...) current minus new activity
             if dim != 1:
@@ -415,7 +437,8 @@ class _CurveState:
 
     def flush(self, env) -> None:
         if self.stale:
-            self.plan.run(env, sorted(self.stale, key=self.plan.pos.__getitem__), self.edits, self.raw)
+            nodes = sorted(self.stale, key=self.plan.pos.__getitem__)
+            self.plan.run(env, nodes, self.edits, self.raw, self.calls)
             self.stale.clear()
 
 
