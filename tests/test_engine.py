@@ -193,3 +193,56 @@ def test_random_orders_side_by_side_equal_the_hook_path(kind, value, monkeypatch
     assert fast.attrs["served"]["graph"] == len(fast)  # every point of the 4 orders on the engine
     np.testing.assert_allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fast.accuracy, slow.accuracy, atol=1 / len(y) + 1e-9)
+
+
+@pytest.mark.parametrize("value", [0.0, "mean"])
+def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monkeypatch):
+    """With 64+ rows per chunk the engine runs the 3-output last layer as W @ x^T and folds cumulative
+    masks into the Linear consumers' weights; both must give the hooked model's numbers."""
+    from lesion.engine import graph, sweeps
+
+    calls = {"transposed": 0, "folded": 0}
+    transposed, folded = graph._transposed_linear, sweeps.linear
+
+    def count_t(*a):
+        calls["transposed"] += 1
+        return transposed(*a)
+
+    def count_f(*a):
+        calls["folded"] += 1
+        return folded(*a)
+
+    monkeypatch.setattr(graph, "_transposed_linear", count_t)
+    monkeypatch.setattr(sweeps, "linear", count_f)
+    model, x, y = make("mlp", 3, n=300)
+    sites = lesion.find_sites(model, x[:2])
+    ev = Runner(model, (x, y), sites, batch_size=128)
+    stats = lesion.collect_stats(model, (x, y), sites, histograms=False) if value == "mean" else None
+    lesions = ev.fit([Lesion([u], as_replacement(value, stats)) for u in all_units(sites)])
+    fast, ref = evaluate_lesions(ev, lesions), ev.run(lesions)
+    np.testing.assert_allclose(fast["loss"], ref["loss"], atol=1e-5)
+    np.testing.assert_array_equal(fast["confusion"], ref["confusion"])
+    seq = [lesions[i] for i in np.random.default_rng(0).permutation(len(lesions))]
+    counts = list(range(len(seq) + 1))
+    got, want = cumulative(ev, seq, counts), ev.run([prefix(seq, k) for k in counts])
+    np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-5)
+    np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=1e-9)
+    assert ev.fallbacks == {}
+    assert calls["transposed"] > 0 and calls["folded"] > 0
+
+
+def test_transposed_linear_only_for_inference_on_few_outputs():
+    from lesion.engine.graph import _skinny, _skinny_linear
+
+    lin, wide = nn.Linear(32, 10), nn.Linear(32, 40)
+    x = torch.randn(100, 32)
+    with torch.no_grad():
+        assert _skinny(lin, x) and not _skinny(wide, x) and not _skinny(lin, x[:10])
+        out = _skinny_linear(lin, x)
+        assert out.is_contiguous() and out.shape == (100, 10)
+        torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-6)
+    assert not _skinny(lin, x)  # gradients on: the module's own arithmetic
+    handle = lin.register_forward_hook(lambda m, i, o: o)
+    with torch.no_grad():
+        assert not _skinny(lin, x)  # a hook must run
+    handle.remove()

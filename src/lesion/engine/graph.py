@@ -50,9 +50,9 @@ class Consumer:
             return z.addr_(d, wj, alpha=-1) if inplace else torch.addr(z, d, wj, alpha=-1)
         if isinstance(self.module, nn.Linear):  # z (batch, out), delta (batch, k): one fused kernel
             wk = w[:, units].T.contiguous().unsqueeze(1)  # (k, 1, out)
-            zk = z.unsqueeze(0).expand(k, *z.shape)
             dk = delta.T.contiguous().unsqueeze(2)  # (k, batch, 1)
-            return torch.baddbmm(zk, dk, wk, alpha=-1).flatten(0, 1)
+            # one pass writing the k outputs (baddbmm on an expanded z first copies z k times: 7x slower)
+            return torch.addcmul(z.unsqueeze(0), dk, wk, value=-1).flatten(0, 1)
         m = self.module
         wk = w[:, units].transpose(0, 1).reshape(k * w.shape[0], 1, *w.shape[2:])  # (k*out, 1, ...)
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[delta.ndim - 2]
