@@ -246,3 +246,25 @@ def test_transposed_linear_only_for_inference_on_few_outputs():
     with torch.no_grad():
         assert not _skinny(lin, x)  # a hook must run
     handle.remove()
+
+
+def test_cumulative_step_of_a_dead_unit_recomputes_nothing_and_stays_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[0].bias[[1, 5]] = -100.0  # units 1 and 5 of the first ReLU never fire
+    x, y = torch.randn(200, 6), torch.randint(0, 3, (200,))
+    sites = lesion.find_sites(model, x[:2])
+    ev = Runner(model, (x, y), sites, batch_size=100)
+    units = all_units(sites)
+    seq = [Lesion([units[i]]) for i in np.random.default_rng(1).permutation(len(units))]
+    counts = list(range(len(seq) + 1))
+    got = cumulative(ev, seq, counts)
+    want = ev.run([prefix(seq, k) for k in counts])
+    np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
+    np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=1e-9)
+    eng = ev.engine()
+    assert ev.fallbacks == {}
+    # the two dead units' steps: every example unchanged and nothing recomputed (2 steps x 200 examples)
+    assert eng.examples - eng.computed >= 2 * 200
+    assert eng.unchanged >= 2 * 200

@@ -19,13 +19,28 @@ from lesion.core.units import Unit
 
 
 def lesion_single(model, x, y, sites: Sequence[Site], lesions: Lesions, batch: int, bar=None, info=None,
-                  precision: str = "fp32"):  # fmt: skip
+                  precision: str = "fp32", sparsity: dict | None = None):  # fmt: skip
     """lesion's answer: a sweep of single-unit lesions (the engine, after its own check) -> (2, lesions)."""
     runner = Runner(model, (x, y), sites, batch_size=batch, precision=precision)
     values = evaluate_lesions(runner, runner.fit([Lesion([Unit(layer, i)]) for layer, i in lesions]), bar=bar)
     if info is not None:
         info.update(runner.fallbacks)
+    if sparsity is not None:
+        sparsity.update(exact_sparsity(runner))
     return np.array([values["accuracy"], values["loss"]])
+
+
+def exact_sparsity(runner: Runner) -> dict:
+    """How many (lesion, example) pairs the graph engine saw, how many the lesion left unchanged (the unit
+    already held its replacement) and how many it recomputed."""
+    eng = runner._engine
+    pairs = int(getattr(eng, "examples", 0))
+    unchanged, computed = int(getattr(eng, "unchanged", 0)), int(getattr(eng, "computed", 0))
+    return {
+        "pairs": pairs, "unchanged": unchanged, "recomputed": computed,
+        "unchanged_fraction": unchanged / pairs if pairs else None,
+        "skipped_fraction": 1 - computed / pairs if pairs else None,
+    }  # fmt: skip
 
 
 def hook_single(model: nn.Module, batches, lesions: Lesions, bar=None) -> Scores:
@@ -120,7 +135,8 @@ def _split(x: torch.Tensor, y: torch.Tensor, batch: int) -> list[tuple[torch.Ten
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, len(y), batch)]
 
 
-def lesion_curves(model, x, y, sites: Sequence[Site], orders: list[Lesions], batch: int, bar=None, info=None):
+def lesion_curves(model, x, y, sites: Sequence[Site], orders: list[Lesions], batch: int, bar=None, info=None,
+                  sparsity: dict | None = None):  # fmt: skip
     """lesion's cumulative curves: (2, orders, counts), accuracy and loss after deleting the first c
     units of each order, for every c = 0..len(order)."""
     runner = Runner(model, (x, y), sites, batch_size=batch)
@@ -133,6 +149,8 @@ def lesion_curves(model, x, y, sites: Sequence[Site], orders: list[Lesions], bat
             bar.update(1)
     if info is not None:
         info.update(runner.fallbacks)
+    if sparsity is not None:
+        sparsity.update(exact_sparsity(runner))
     return out
 
 

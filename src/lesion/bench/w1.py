@@ -33,10 +33,10 @@ def w1(ctx: _Context) -> dict:
     sites = find_sites(model, x[:2])
     lesions = [(site.name, i) for site in sites for i in range(min(s.units, site.width))]
     check = [k for k, (_, i) in enumerate(lesions) if i < s.check_units]
-    batches, n, fallbacks = _split(x, y, s.mlp_batch), len(y), {}
+    batches, n, fallbacks, sparsity = _split(x, y, s.mlp_batch), len(y), {}, {}
 
     def lesion_fn(ls, bar):
-        return lesion_single(model, x, y, sites, ls, s.mlp_batch, bar, fallbacks)
+        return lesion_single(model, x, y, sites, ls, s.mlp_batch, bar, fallbacks, sparsity=sparsity)
 
     runs: dict = {}
     runs["lesion"], ref, _ = _bench(ctx, "W1 lesion", lesion_fn, lesions, check, ctx.repeats, n)
@@ -61,7 +61,7 @@ def w1(ctx: _Context) -> dict:
         "n_examples": n, "n_lesions": len(lesions), "batch_size": s.mlp_batch,
         **_summary(ctx, runs, flops), "max_abs_diff": diffs, "captum": captum,
         "intact": dict(zip(("accuracy", "loss"), _evaluate(model, batches), strict=True)),
-        "engine_fallbacks": fallbacks, "notes": _NOTES["W1"], "bf16": bf16,
+        "engine_fallbacks": fallbacks, "exact_sparsity": sparsity, "notes": _NOTES["W1"], "bf16": bf16,
     }  # fmt: skip
 
 

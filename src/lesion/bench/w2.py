@@ -29,11 +29,11 @@ def w2(ctx: _Context) -> dict:
     units = [(site.name, i) for site in sites for i in range(min(s.units, site.width))]
     rng = np.random.default_rng(0)
     orders = [[units[i] for i in rng.permutation(len(units))] for _ in range(s.orders)]
-    counts, n, fallbacks = len(units) + 1, len(y), {}
+    counts, n, fallbacks, sparsity = len(units) + 1, len(y), {}, {}
     picks = [(o, c) for o in range(s.orders) for c in range(o % s.hook_stride, counts, s.hook_stride)]
 
     def lesion_fn(os_, bar):
-        return lesion_curves(model, x, y, sites, os_, s.mlp_batch, bar, fallbacks)
+        return lesion_curves(model, x, y, sites, os_, s.mlp_batch, bar, fallbacks, sparsity=sparsity)
 
     runs: dict = {}
     runs["lesion"], curves, _ = _bench(ctx, "W2 lesion", lesion_fn, orders, [0], ctx.repeats, n)
@@ -56,5 +56,5 @@ def w2(ctx: _Context) -> dict:
             "how": f"one count in {s.hook_stride} of each order (offset by the order) timed, seconds "
                    "scaled linearly per forward pass; compared with lesion on exactly those counts",
         }},
-        "engine_fallbacks": fallbacks, "notes": _NOTES["W2"],
+        "engine_fallbacks": fallbacks, "exact_sparsity": sparsity, "notes": _NOTES["W2"],
     }  # fmt: skip

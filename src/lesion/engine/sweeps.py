@@ -53,7 +53,10 @@ class Engine:
         self.consumers = {
             s.name: self.plan.consumer(s.name, flat=len(s.shape) == 1) for s in sites if _plain(s)
         }
-        self.examples = self.computed = 0  # (lesion, example) pairs seen, and those recomputed
+        # (lesion, example) pairs seen, those recomputed, and those the lesion left unchanged (the unit
+        # already held its replacement: exact sparsity could skip them; cumulative steps where every
+        # example is unchanged are skipped)
+        self.examples = self.computed = self.unchanged = 0
 
     @property
     def chunks(self) -> Iterator[Batch]:
@@ -112,6 +115,7 @@ class Engine:
                 value = self._lesioned_start(h, vals, site, cons, start, js, fill)
                 touched = self._touched(h, site, js, fill)  # (k, batch): the lesion changes the example
                 self.examples += touched.numel()
+                self.unchanged += int(touched.numel() - touched.sum())
                 if self.sparse and not bool(touched.all()):
                     if whole is None:
                         whole = _tensor_out(self.model(x)) if intact is None else intact
@@ -420,12 +424,22 @@ class _CurveState:
         node = self.plan.site[layer]
         value = 0.0 if self.fills is None else float(self.fills[layer][unit])
         cons: Consumer | None = self.engine.consumers.get(layer)
-        if cons is not None and node not in self.stale and cons.node not in self.stale:
-            h = self.raw[node] if node in self.edits else env[node]  # the site's output, unedited
-            dim = self.engine.sites[layer].unit_dim
+        eng = self.engine
+        h = None if node in self.stale else (self.raw[node] if node in self.edits else env[node])
+        if h is not None:  # the site's current output, unedited
+            dim = eng.sites[layer].unit_dim
             delta = h.narrow(dim, unit, 1) - value  # (batch, 1, ...) current minus new activity
             if dim != 1:
                 delta = delta.movedim(dim, 1)
+            changed = int(delta.reshape(len(delta), -1).ne(0).any(1).sum())
+            eng.examples += len(delta)
+            eng.unchanged += len(delta) - changed
+            if changed == 0:  # the unit already holds its replacement everywhere: nothing to recompute
+                self.keep[node][unit] = 0.0
+                self.fill[node][unit] = value
+                return
+            eng.computed += len(delta)
+        if h is not None and cons is not None and cons.node not in self.stale:
             idx = torch.tensor([unit], device=h.device)
             env[cons.node] = cons.lesioned(env[cons.node], delta, idx, inplace=True)
             self.stale.update(self.plan.downstream(cons.node))
