@@ -290,7 +290,7 @@ def reproduce(
     profile: Annotated[
         str,
         typer.Option(
-            help="quick (mnist5k, ~10 min on 2 cores), standard (Fashion-MNIST 60k, ~2.5 h), paper (the "
+            help="quick (mnist5k, ~10 min on 2 cores), standard (Fashion-MNIST 60k, ~2 h 20 min), paper (the "
             "paper's sizes), or tiny."
         ),
     ] = "quick",
