@@ -202,18 +202,23 @@ def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monke
     from lesion.engine import graph, sweeps
 
     calls = {"transposed": 0, "folded": 0}
-    transposed, folded = graph._transposed_linear, sweeps.linear
+    transposed, folded = graph._transposed_linear, sweeps._CurveState._folded
 
     def count_t(*a):
         calls["transposed"] += 1
         return transposed(*a)
 
-    def count_f(*a):
-        calls["folded"] += 1
-        return folded(*a)
+    def count_f(state, node, mod):
+        call = folded(state, node, mod)
+
+        def counted(x):
+            calls["folded"] += 1
+            return call(x)
+
+        return counted
 
     monkeypatch.setattr(graph, "_transposed_linear", count_t)
-    monkeypatch.setattr(sweeps, "linear", count_f)
+    monkeypatch.setattr(sweeps._CurveState, "_folded", count_f)
     model, x, y = make("mlp", 3, n=300)
     sites = lesion.find_sites(model, x[:2])
     ev = Runner(model, (x, y), sites, batch_size=128)
@@ -232,13 +237,13 @@ def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monke
 
 
 def test_transposed_linear_only_for_inference_on_few_outputs():
-    from lesion.engine.graph import _skinny, _skinny_linear
+    from lesion.engine.graph import _skinny, _transposed_linear
 
     lin, wide = nn.Linear(32, 10), nn.Linear(32, 40)
     x = torch.randn(100, 32)
     with torch.no_grad():
         assert _skinny(lin, x) and not _skinny(wide, x) and not _skinny(lin, x[:10])
-        out = _skinny_linear(lin, x)
+        out = _transposed_linear(x, lin.weight, lin.bias)
         assert out.is_contiguous() and out.shape == (100, 10)
         torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-6)
     assert not _skinny(lin, x)  # gradients on: the module's own arithmetic

@@ -39,7 +39,7 @@ def exact_sparsity(runner: Runner) -> dict:
     return {
         "pairs": pairs, "unchanged": unchanged, "recomputed": computed,
         "unchanged_fraction": unchanged / pairs if pairs else None,
-        "skipped_fraction": 1 - computed / pairs if pairs else None,
+        "skipped_fraction": runner.skipped() if pairs else None,
     }  # fmt: skip
 
 

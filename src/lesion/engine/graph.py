@@ -191,8 +191,8 @@ class Plan:
         kwargs = map_arg(n.kwargs, env.__getitem__)
         if n.op == "call_module":
             mod = self.modules[n.target]
-            if self.skinny and not kwargs and len(args) == 1 and _skinny(mod, args[0]):
-                return _skinny_linear(mod, args[0])
+            if not kwargs and len(args) == 1 and plain_linear(mod):
+                return self.linear(mod, args[0], mod.weight, mod.bias)
             return mod(*args, **kwargs)
         if n.op == "call_function":
             return n.target(*args, **kwargs)
@@ -204,6 +204,13 @@ class Plan:
                 obj = getattr(obj, part)
             return obj
         raise Unsupported(f"cannot evaluate node {n.name} of kind {n.op}")
+
+    def linear(self, mod: nn.Linear, x, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear(x, w, b)`` for the plain Linear ``mod`` (its own weights, or ones with a lesion
+        folded in), on the transposed path where ``_skinny`` picks it."""
+        if self.skinny and _skinny(mod, x):
+            return _transposed_linear(x, w, b)
+        return F.linear(x, w, b)
 
     def prefix(self, x: torch.Tensor, keep: Iterable[fx.Node], edits=None, raw=None, calls=None) -> dict:
         """Run the graph on ``x`` far enough to know every node in ``keep``; return those values."""
@@ -246,10 +253,6 @@ def _skinny(mod, x) -> bool:
     )
 
 
-def _skinny_linear(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return _transposed_linear(x, mod.weight, mod.bias)
-
-
 def _transposed_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     out = torch.mm(w, x.T) if b is None else torch.addmm(b[:, None], w, x.T)
     return out.T.contiguous()  # (batch, out) in the usual layout: later code may view() it
@@ -262,14 +265,6 @@ def plain_linear(mod: nn.Module) -> bool:
         and not (mod._forward_hooks or mod._forward_pre_hooks)
         and not (_hooks._global_forward_hooks or _hooks._global_forward_pre_hooks)
     )
-
-
-def linear(mod: nn.Linear, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, w, b)`` for a Linear ``mod`` whose weights are replaced by ``w`` and ``b``, on the
-    transposed path where ``_skinny`` picks it."""
-    if Plan.skinny and _skinny(mod, x):
-        return _transposed_linear(x, w, b)
-    return F.linear(x, w, b)
 
 
 def _last_use(nodes, pos) -> dict:

@@ -22,7 +22,7 @@ from torch import nn
 from lesion.core.batch import Batch, output_tensor
 from lesion.core.metric import Metric
 from lesion.core.sites import Site
-from lesion.engine.graph import Consumer, Plan, Unsupported, linear, plain_linear
+from lesion.engine.graph import Consumer, Plan, Unsupported, plain_linear
 
 
 class Engine:
@@ -416,7 +416,7 @@ class _CurveState:
             if self.fills is not None:
                 shift = mod.weight @ self.fill[node].to(mod.weight.dtype)
                 b = shift if b is None else b + shift
-            return linear(mod, x, w, b)
+            return self.plan.linear(mod, x, w, b)
 
         return call
 
@@ -426,6 +426,7 @@ class _CurveState:
         cons: Consumer | None = self.engine.consumers.get(layer)
         eng = self.engine
         h = None if node in self.stale else (self.raw[node] if node in self.edits else env[node])
+        changed = None  # examples the deletion changes (None: unknown, the site itself is stale)
         if h is not None:  # the site's current output, unedited
             dim = eng.sites[layer].unit_dim
             delta = h.narrow(dim, unit, 1) - value  # (batch, 1, ...) current minus new activity
@@ -434,12 +435,11 @@ class _CurveState:
             changed = int(delta.reshape(len(delta), -1).ne(0).any(1).sum())
             eng.examples += len(delta)
             eng.unchanged += len(delta) - changed
-            if changed == 0:  # the unit already holds its replacement everywhere: nothing to recompute
-                self.keep[node][unit] = 0.0
-                self.fill[node][unit] = value
-                return
-            eng.computed += len(delta)
-        if h is not None and cons is not None and cons.node not in self.stale:
+            if changed:
+                eng.computed += len(delta)
+        if changed == 0:
+            pass  # the unit already holds its replacement everywhere: nothing to recompute
+        elif h is not None and cons is not None and cons.node not in self.stale:
             idx = torch.tensor([unit], device=h.device)
             env[cons.node] = cons.lesioned(env[cons.node], delta, idx, inplace=True)
             self.stale.update(self.plan.downstream(cons.node))
