@@ -69,6 +69,9 @@ def test_quick_bench_writes_json_and_every_method_agrees(tmp_path):
             assert diff["loss"] <= 1e-5 and diff.get("accuracy", 0.0) <= 1e-3
         assert w["engine"]["served"]["prefix"] == w["n_lesions"], name  # lesion's engine was timed
     assert r["workloads"]["W7"]["spearman"] > 0.9  # quick model: near-linear, so the estimate is close
+    w7 = r["workloads"]["W7"]  # W5 ran in this bench: W7 reuses its exact sweep and its median time
+    assert w7["exact_from"].startswith("W5")
+    assert w7["seconds"]["exact"] == r["workloads"]["W5"]["seconds"]["lesion"]
     bf16 = r["workloads"]["W1"]["bf16"]  # timed, with its deviation from fp32 (bf16 keeps ~3 digits)
     assert bf16["seconds"] > 0 and bf16["engine_fallbacks"] == {}
     assert bf16["max_abs_diff_from_fp32"]["loss"] < 0.05 and bf16["max_abs_diff_from_fp32"]["accuracy"] < 0.05

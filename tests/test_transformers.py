@@ -491,3 +491,45 @@ def test_the_progress_bar_moves_with_every_batch_of_a_prefix_sweep(monkeypatch):
     assert df.attrs["served"]["prefix"] == 8
     assert updates[0] == int(8 * 7 / n) < 8  # after the first batch of 7 examples
     assert sum(updates) == 8 and all(u > 0 for u in updates)
+
+
+class _PairedEmbed(nn.Module):
+    """Returns (embeddings, a constant of leading size 2): planned on two examples, the constant must not
+    be taken for a batched output (its leading axis equals the planning batch, but not the probe's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 16)
+        self.register_buffer("pair", torch.randn(2, 16, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, ids):
+        return self.emb(ids), self.pair
+
+
+class _PairedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = _PairedEmbed()
+        self.up, self.act, self.down = nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16)
+        self.head = nn.Linear(16, V)
+
+    def forward(self, input_ids):
+        h, pair = self.embed(input_ids)
+        h = h + pair.sum(0)  # repeated by mistake, the sum would grow with the lesions per pass
+        return self.head(h + self.down(self.act(self.up(h))))
+
+
+@pytest.mark.parametrize("pass_bytes", [1, 1 << 30])
+def test_prefix_plan_on_two_examples_keeps_constant_outputs_shared(monkeypatch, pass_bytes):
+    """The prefix engine plans on two examples (not a full pass); a stub's constant output of leading size
+    2 stays shared, and the sweep equals the slow path whatever the lesions per pass (1 or all)."""
+    import lesion.engine.prefix as prefix
+
+    monkeypatch.setattr(prefix, "MAX_PASS_BYTES", pass_bytes)
+    model = _PairedLM().eval()
+    ids = torch.randint(0, V, (5, T), generator=torch.Generator().manual_seed(2))
+    units = [f"act:{j}" for j in range(0, 32, 5)]
+    fast = lesion.sweep(model, [ids], units, lesion.NextTokenLoss(), batch_size=5)
+    slow = lesion.sweep(model, [ids], units, lesion.NextTokenLoss(), batch_size=5, engine=False)
+    assert fast.attrs["served"]["prefix"] == len(units)
+    assert (fast.loss - slow.loss).abs().max() < 1e-6
