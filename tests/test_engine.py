@@ -199,10 +199,10 @@ def test_random_orders_side_by_side_equal_the_hook_path(kind, value, monkeypatch
 def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monkeypatch):
     """With 64+ rows per chunk the engine runs the 3-output last layer as W @ x^T and folds cumulative
     masks into the Linear consumers' weights; both must give the hooked model's numbers."""
-    from lesion.engine import graph, sweeps
+    from lesion.engine import curves, graph
 
     calls = {"transposed": 0, "folded": 0}
-    transposed, folded = graph._transposed_linear, sweeps._CurveState._folded
+    transposed, folded = graph._transposed_linear, curves._CurveState._folded
 
     def count_t(*a):
         calls["transposed"] += 1
@@ -218,7 +218,7 @@ def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monke
         return counted
 
     monkeypatch.setattr(graph, "_transposed_linear", count_t)
-    monkeypatch.setattr(sweeps._CurveState, "_folded", count_f)
+    monkeypatch.setattr(curves._CurveState, "_folded", count_f)
     model, x, y = make("mlp", 3, n=300)
     sites = lesion.find_sites(model, x[:2])
     ev = Runner(model, (x, y), sites, batch_size=128)

@@ -98,6 +98,7 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
     ``Lesion(first k units, replacement)``.
     """
     from lesion.engine import Unsupported
+    from lesion.engine.curves import cumulative as on_engine
 
     eng = runner.engine()
     fills = [engine_fill(runner, les) for les in seq]
@@ -109,7 +110,7 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
         metric = runner.fresh(len(counts))
         try:
             with torch.no_grad(), eval_mode(runner.model), runner.autocast():
-                eng.cumulative([(f[0], f[1]) for f in fills], counts, None if zero else by_layer, metric)
+                on_engine(eng, [(f[0], f[1]) for f in fills], counts, None if zero else by_layer, metric)
             values = metric.compute()
             checks = list(range(len(counts)))[-CHECKS:]
             ref = runner.run([prefix(seq, counts[j]) for j in checks])
@@ -159,7 +160,7 @@ def cumulative_orders(
     """``cumulative`` for several orders of the same length at once (the graph engine runs them side by
     side, one set of kernels per step for all); each order is checked on its last ``CHECKS`` counts."""
     from lesion.engine import Unsupported
-    from lesion.engine.sweeps import cumulative_many
+    from lesion.engine.curves import cumulative_many
 
     eng = runner.engine()
     key = "cumulative"
