@@ -176,7 +176,10 @@ def test_exact_sparsity_skips_the_examples_a_deletion_cannot_change():
     for key in ("loss", "accuracy"):
         np.testing.assert_allclose(fast[key], full[key], atol=1e-6)
         np.testing.assert_allclose(fast[key], slow[key], atol=1e-6)
-    assert dense.engine().computed == dense.engine().examples
+    with torch.no_grad():  # the dense path still skips units dead on every example (nothing else)
+        h1 = model[1](model[0](x))
+        dead = int((h1 == 0).all(0).sum() + (model[3](model[2](h1)) == 0).all(0).sum())
+    assert dense.engine().computed == dense.engine().examples - 300 * dead
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
@@ -273,3 +276,34 @@ def test_cumulative_step_of_a_dead_unit_recomputes_nothing_and_stays_exact():
     # the two dead units' steps: every example unchanged and nothing recomputed (2 steps x 200 examples)
     assert eng.examples - eng.computed >= 2 * 200
     assert eng.unchanged >= 2 * 200
+
+
+def test_single_unit_lesions_of_dead_units_cost_nothing_and_keep_the_intact_values():
+    """Units that never fire (0 after the ReLU for every example) change nothing when zeroed: the sweep
+    skips them (no later layers run for them) and gives them the intact values, the rest as the slow path."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[0].bias[[1, 5]] = -100.0  # units 1 and 5 of the first ReLU never fire
+        model[2].bias[2] = -100.0  # nor unit 2 of the second
+    x, y = torch.randn(200, 6), torch.randint(0, 3, (200,))
+    sites = lesion.find_sites(model, x[:2])
+    units = [Lesion([u]) for u in all_units(sites)]
+    runner = Runner(model, (x, y), sites, batch_size=100)
+    fast = evaluate_lesions(runner, runner.fit(units))
+    slow = Runner(model, (x, y), sites, engine=False).run(units)
+    np.testing.assert_allclose(fast["loss"], slow["loss"], atol=1e-6)
+    np.testing.assert_allclose(fast["accuracy"], slow["accuracy"], atol=1e-9)
+    with torch.no_grad():
+        h1 = model[1](model[0](x))
+        h2 = model[3](model[2](h1))
+    # dead within a batch of 100 counts: a unit silent on one batch is skipped for that batch
+    dead = sum(int((h[i : i + 100] == 0).all(0).sum()) for h in (h1, h2) for i in (0, 100))
+    assert dead >= 6
+    eng = runner.engine()
+    assert runner.fallbacks == {}
+    assert eng.examples - eng.computed == dead * 100  # exactly the dead units' examples were skipped
+    intact = Runner(model, (x, y), sites).run([None])
+    names = [str(u) for u in units]
+    for i in (names.index("1:1"), names.index("1:5"), names.index("3:2")):
+        assert fast["loss"][i] == pytest.approx(float(intact["loss"][0]), abs=1e-7)

@@ -111,15 +111,21 @@ class Engine:
             whole = None  # the intact output, for the examples a lesion leaves unchanged (exact sparsity)
             for i in range(0, len(units_t), k_max):
                 js = units_t[i : i + k_max]
-                value = self._lesioned_start(h, vals, site, cons, start, js, fill)
                 touched = self._touched(h, site, js, fill)  # (k, batch): the lesion changes the example
                 self.examples += touched.numel()
                 self.unchanged += int(touched.numel() - touched.sum())
-                if self.sparse and not bool(touched.all()):
-                    if whole is None:
-                        whole = _tensor_out(self.model(x)) if intact is None else intact
+                live = touched.any(1)  # a dead unit (no example changed) costs nothing
+                dead, sparse = not bool(live.all()), self.sparse and not bool(touched.all())
+                if (dead or sparse) and whole is None:
+                    whole = _tensor_out(self.model(x)) if intact is None else intact
+                if sparse:
+                    value = self._lesioned_start(h, vals, site, cons, start, js, fill)
                     out = self._sparse(vals, front, start, value, touched, whole, down)
+                elif dead:
+                    out = self._dead(h, vals, site, cons, start, js[live], fill, front, live, whole, down)
+                    self.computed += int(touched[live].numel())
                 else:
+                    value = self._lesioned_start(h, vals, site, cons, start, js, fill)
                     env = self._expand(vals, front, start, value, len(js), len(y))
                     self.plan.run(env, down)
                     out = _tensor_out(env[self.plan.output])
@@ -157,6 +163,21 @@ class Engine:
                 env[f] = v
         self.plan.run(env, down)
         out[rows.to(out.device)] = _tensor_out(env[self.plan.output]).to(out.dtype)
+        return out
+
+    def _dead(self, h, vals, site, cons, start, live_js, fill, front, live, whole, down) -> torch.Tensor:
+        """The later layers for the live lesions (``live_js``) only; a dead unit's lesion (the unit
+        already holds its replacement for every example) keeps the intact output, which is what the full
+        pass gives it."""
+        k, batch = len(live), len(whole)
+        out = whole.repeat(k, *[1] * (whole.ndim - 1))
+        n_live = len(live_js)
+        if n_live:
+            value = self._lesioned_start(h, vals, site, cons, start, live_js, fill)
+            env = self._expand(vals, front, start, value, n_live, batch)
+            self.plan.run(env, down)
+            got = _tensor_out(env[self.plan.output]).to(out.dtype)
+            out.unflatten(0, (k, batch))[live.to(out.device)] = got.unflatten(0, (n_live, batch))
         return out
 
     def _lesioned_start(self, h, vals, site, cons, start, js, fill) -> torch.Tensor:
