@@ -307,3 +307,52 @@ def test_single_unit_lesions_of_dead_units_cost_nothing_and_keep_the_intact_valu
     names = [str(u) for u in units]
     for i in (names.index("1:1"), names.index("1:5"), names.index("3:2")):
         assert fast["loss"][i] == pytest.approx(float(intact["loss"][0]), abs=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv", "residual"])
+@pytest.mark.parametrize("value", [0.0, "mean"])
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_gathered_cumulative_steps_equal_the_hook_path(kind, value, share, monkeypatch):
+    """Exact sparsity for cumulative steps: a step is run on the examples it changes only (gathered,
+    updated, scattered back into every later value). Forced on every step (share 1.0) and off (0.0), the
+    curves equal the hook path at every count, for rank-1 (Linear), conv and residual models."""
+    from lesion.engine import curves
+
+    model, x, y = make(kind, seed=5)
+    gathered = []
+    real = curves._CurveState._gathered
+
+    def counting(self, *args):
+        done = real(self, *args)
+        gathered.append(done)
+        return done
+
+    monkeypatch.setattr(curves._CurveState, "_gathered", counting)
+    monkeypatch.setattr(curves._CurveState, "gather", share)
+    fast = lesion.ablation_curves(model, (x, y), repeats=2, value=value, seed=2)
+    slow = lesion.ablation_curves(model, (x, y), repeats=2, value=value, seed=2, engine=False)
+    assert fast.attrs["engine_fallbacks"] == {} and fast.attrs["served"]["graph"] == len(fast)
+    np.testing.assert_allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.accuracy, slow.accuracy, atol=1 / len(y) + 1e-9)
+    if share == 1.0 and kind != "conv":  # a Linear consumer: every changed step can be gathered
+        assert sum(gathered) > 0
+    if share == 0.0:
+        assert gathered == []
+
+
+def test_gather_share_is_the_break_even_of_the_cost_model_computed_by_hand():
+    """Linear(4,8) ReLU Linear(8,8) ReLU Linear(8,3), rows changed below the middle Linear's output z
+    (8 wide): the dense way costs per row ReLU 8 + Linear output 3 + 0.025 x 3 x 8 multiply-adds = 11.6;
+    the gathered way moves z (8; x3 when updated and scattered back) and the output (3), and with scatter
+    the later values (8 + 3): 11.6 / (11.6 + 38) with scatter, 11.6 / (11.6 + 11) without."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    plan = Plan(model, [])
+    env = {plan.input: torch.randn(5, 4)}
+    with torch.no_grad():
+        plan.run(env, plan.nodes[1:])
+    z = next(n for n in plan.nodes if n.op == "call_module" and n.target == "2")
+    assert plan.MAC == 0.025
+    assert plan.gather_share(env, z, scatter=True) == pytest.approx(11.6 / 49.6)
+    assert plan.gather_share(env, z, scatter=False) == pytest.approx(11.6 / 22.6)
+    last = next(n for n in plan.nodes if n.op == "call_module" and n.target == "4")
+    assert plan.gather_share(env, last, scatter=True) == 0.0  # nothing after the last layer to save

@@ -115,6 +115,7 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
             checks = list(range(len(counts)))[-CHECKS:]
             ref = runner.run([prefix(seq, counts[j]) for j in checks])
             runner.agree(ref, {k: v[checks] for k, v in values.items()})
+            runner.served["graph"] += len(counts)
             return values
         except (Unsupported, Mismatch) as exc:
             runner.fallbacks[key] = str(exc)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.node import map_arg
 
 from lesion.core.metric import Metric
 from lesion.engine.graph import Consumer, Unsupported, plain_linear
@@ -175,6 +176,9 @@ class _CurveState:
     and no pass over the full activation masks it at every step."""
 
     fold = True
+    # a step is gathered (exact sparsity) when its changed examples are at most this share of the batch;
+    # None: the share at which the cost model below says gathering starts to pay
+    gather: float | None = None
 
     def __init__(self, engine: Engine, site_nodes: dict[fx.Node, str], fills, device, h_dtype):
         self.engine, self.plan = engine, engine.plan
@@ -195,6 +199,8 @@ class _CurveState:
                 self.edits[node] = self._edit(node, site.unit_dim)
         self.raw: dict[fx.Node, torch.Tensor] = {}
         self.stale: set[fx.Node] = set()
+        self._fronts: dict[fx.Node, list[fx.Node]] = {}
+        self._shares: dict[fx.Node, float] = {}
 
     def _edit(self, node, dim):
         def edit(h):
@@ -233,17 +239,71 @@ class _CurveState:
             eng.unchanged += len(delta) - changed
             if changed:
                 eng.computed += len(delta)
+        self.keep[node][unit] = 0.0
+        self.fill[node][unit] = value
         if changed == 0:
             pass  # the unit already holds its replacement everywhere: nothing to recompute
         elif h is not None and cons is not None and cons.node not in self.stale:
             idx = torch.tensor([unit], device=h.device)
-            env[cons.node] = cons.lesioned(env[cons.node], delta, idx, inplace=True)
-            self.stale.update(self.plan.downstream(cons.node))
+            if changed <= self._share(env, cons) * len(delta) and self._gathered(env, cons, delta, idx):
+                eng.computed += changed - len(delta)  # counted as len(delta) above
+            else:
+                env[cons.node] = cons.lesioned(env[cons.node], delta, idx, inplace=True)
+                self.stale.update(self.plan.downstream(cons.node))
         else:
             self.stale.add(node)
             self.stale.update(self.plan.downstream(node))
-        self.keep[node][unit] = 0.0
-        self.fill[node][unit] = value
+
+    def _share(self, env, cons: Consumer) -> float:
+        """The largest share of changed examples at which a gathered step is cheaper than the dense one
+        (``Plan.gather_share``). Measured (2026-12-01, 2 threads): a 784-512-512-10 MLP's first-layer
+        steps break even near 0.25-0.3 (model: 0.24); with four 512-wide hidden layers gathering pays at
+        every share (model: 0.79; one order of 256 steps on 4,096 examples 3.85 s -> 2.64 s)."""
+        if self.gather is not None:
+            return self.gather
+        if cons.node in self._shares:
+            return self._shares[cons.node]
+        share = self.plan.gather_share(env, cons.node, scatter=True)
+        self._shares[cons.node] = share
+        return share
+
+    def _gathered(self, env, cons: Consumer, delta: torch.Tensor, idx: torch.Tensor) -> bool:
+        """Exact sparsity for one step: only the examples the deletion changes are gathered, updated and
+        run through the later layers, then scattered back into every later node's value; the others keep
+        theirs, which is what the full computation gives them. Only with nothing stale (every later value
+        current) and every later value a tensor with the batch on axis 0; else False, nothing done."""
+        plan = self.plan
+        if self.stale:
+            return False
+        down = plan.downstream(cons.node)
+        inner = [d for d in down if d.op != "output"]
+        batch = len(delta)
+        for d in inner:
+            v = env.get(d)
+            if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch or d not in plan.batched:
+                return False
+        front = self._fronts.get(cons.node)
+        if front is None:
+            front = self._fronts[cons.node] = plan.frontier([cons.node])
+        rows = delta.reshape(batch, -1).ne(0).any(1).nonzero().squeeze(1)
+        z = env[cons.node]
+        zr = cons.lesioned(z.index_select(0, rows), delta.index_select(0, rows), idx, inplace=True)
+        sub: dict = {cons.node: zr}
+        for f in front:
+            if f is not cons.node:
+                v = env[f]
+                sub[f] = v.index_select(0, rows) if f in plan.batched else v
+        raw: dict = {}
+        plan.run(sub, down, self.edits, raw, self.calls)
+        z.index_copy_(0, rows, zr)
+        for d in inner:
+            env[d].index_copy_(0, rows, sub[d])
+            if d in raw:
+                self.raw[d].index_copy_(0, rows, raw[d])
+        for d in down:
+            if d.op == "output":
+                env[d] = map_arg(d.args[0], env.__getitem__)
+        return True
 
     def flush(self, env) -> None:
         if self.stale:

@@ -27,10 +27,10 @@ from lesion.engine.graph import Plan, Unsupported
 class Engine:
     """Fast evaluation of many lesions of ``model`` over batches streamed from ``chunks()``."""
 
-    # exact and tested, but off: timed on a quiet 2-core CPU (2026-11-30, W1 and W2 at full size, lesion
-    # alone) both were slower than the default path - exact sparsity 5.1-5.7 s against 4.2-4.6 s for W1
-    # (its gathers cost more than the ~40% of (unit, example) pairs it skips save in a 2-layer MLP), side
-    # by side 78.8 s against 62.7 s for W2 (any order's layer-1 step re-runs the later layers for all)
+    # sparse: gather the changed examples of every block (True), or only where the block's share of
+    # changed (lesion, example) pairs is below ``Plan.gather_share``'s break-even (False, the default);
+    # always on, W1 was slower (2026-11-30: 5.1-5.7 s against 4.2-4.6 s). side_by_side: off, timed slower
+    # (W2 78.8 s against 62.7 s: any order's layer-1 step re-runs the later layers for all)
     sparse = False
     side_by_side = False
 
@@ -98,6 +98,7 @@ class Engine:
         front = self.plan.frontier([start])
         down = self.plan.downstream(start)
         units_t = torch.as_tensor(list(units), dtype=torch.long)
+        shares: dict = {}
         for b in self.chunks:
             x, y = b.x, b.ids
             intact = self._intact(metric, x)
@@ -115,7 +116,9 @@ class Engine:
                 self.examples += touched.numel()
                 self.unchanged += int(touched.numel() - touched.sum())
                 live = touched.any(1)  # a dead unit (no example changed) costs nothing
-                dead, sparse = not bool(live.all()), self.sparse and not bool(touched.all())
+                dead = not bool(live.all())
+                share = 1.0 if self.sparse else shares.get(start)  # None until a dense block ran
+                sparse = share is not None and float(touched.float().mean()) <= share and not touched.all()
                 if (dead or sparse) and whole is None:
                     whole = _tensor_out(self.model(x)) if intact is None else intact
                 if sparse:
@@ -130,6 +133,8 @@ class Engine:
                     self.plan.run(env, down)
                     out = _tensor_out(env[self.plan.output])
                     self.computed += touched.numel()
+                    if start not in shares:  # where gathering the changed examples starts to pay
+                        shares[start] = self.plan.gather_share(env, start, scatter=False)
                 pending.add(out, offset + i, len(js), copy=False)
             pending.drain()
 
