@@ -285,7 +285,7 @@ def _skinny(mod, x) -> bool:
     x @ W^T with W (10, 512) is a GEMM whose output has 10 columns; the CPU BLAS runs it ~2x slower than
     the same product as W @ x^T (10 rows, the batch along the long axis). The last layer of a classifier
     is that shape and runs once per lesion, so the engine computes it transposed (values equal up to
-    float rounding; ``Engine.check`` compares with the hooked model on real data as always).
+    float rounding; every sweep is still checked against the hooked model on its data).
     """
     return (
         plain_linear(mod)

@@ -1,14 +1,16 @@
-"""Many lesions per forward pass: single-unit sweeps and cumulative curves on a traced model.
+"""Many lesions per forward pass: single-unit sweeps on a traced model (cumulative curves: ``curves``).
 
 - The layers before a site run once per chunk of examples; the later layers run on a batch expanded
   with one copy per lesion (``K`` lesions per pass).
 - Exact shortcut: where a Linear or Conv alone reads the site, deleting unit j changes that layer's
   output by the contribution of unit j alone (a rank-1 / single-channel update); the consumer is never
   recomputed.
-- Cumulative curves update incrementally: each step applies one such update (or re-masks one site)
-  and recomputes only the nodes downstream of it.
-Results equal one full forward pass per lesion up to float rounding; ``Engine.check`` verifies that on
-real data before a sweep is trusted.
+- Exact sparsity: a unit already at its replacement for every example of a chunk (dead) costs
+  nothing; a block of lesions changing few examples runs the later layers on those examples only, where
+  ``Plan.gather_share`` says that pays.
+- Metric updates in blocks of up to 64 lesions (``_Pending``), shared with ``curves``.
+Results equal one full forward pass per lesion up to float rounding; every sweep checks that on its own
+data before it is trusted (``lesion.core.fast``).
 """
 
 from __future__ import annotations
