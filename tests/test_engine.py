@@ -246,6 +246,8 @@ def test_transposed_linear_only_for_inference_on_few_outputs():
     x = torch.randn(100, 32)
     with torch.no_grad():
         assert _skinny(lin, x) and not _skinny(wide, x) and not _skinny(lin, x[:10])
+        many = torch.randn(512 * torch.get_num_threads() + 1, 32)  # many rows: the BLAS's own layout wins
+        assert not _skinny(lin, many) and _skinny(lin, many[:-1])
         out = _transposed_linear(x, lin.weight, lin.bias)
         assert out.is_contiguous() and out.shape == (100, 10)
         torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-6)
