@@ -29,21 +29,12 @@ def cumulative(
     """Update ``metric`` (one lesion per entry of ``counts``) with the first k units of ``order``
     deleted, for each k in ``counts``."""
     counts = sorted(counts)
-    for layer, _ in order:
-        engine._site(layer)
-    layers = sorted(
-        {layer for layer, _ in order} | set(engine.sites), key=lambda n: engine.plan.pos[engine.plan.site[n]]
-    )
-    site_nodes = {engine.plan.site[n]: n for n in layers}
-    first = min(engine.plan.pos[n] for n in site_nodes)
-    keep_nodes = set(engine.plan.nodes[first:]) | set(engine.plan.frontier(site_nodes))
-    keep_nodes |= {a for n in site_nodes for a in n.all_input_nodes}  # to re-run a site itself
+    site_nodes, keep_nodes = _nodes(engine, [order])
     for b in engine.chunks:
         x = b.x
         intact = engine._intact(metric, x)
-        state = _CurveState(engine, site_nodes, fills, x.device, h_dtype=x.dtype)
+        state = _CurveState(engine, site_nodes, fills, x.device)
         env = engine.plan.prefix(x, keep_nodes, state.edits, state.raw, state.calls)
-        env = {n: v for n, v in env.items()}
         pending = _Pending(engine, metric, b, intact)
         j = 0
         if counts[0] == 0:
@@ -72,17 +63,8 @@ def cumulative_many(
     n_orders = len(orders)
     if len({len(o) for o in orders}) != 1:
         raise Unsupported("orders of different lengths are run one at a time")
-    for order in orders:
-        for layer, _ in order:
-            engine._site(layer)
     plan = engine.plan
-    layers = sorted(
-        {layer for o in orders for layer, _ in o} | set(engine.sites), key=lambda n: plan.pos[plan.site[n]]
-    )
-    site_nodes = {plan.site[n]: n for n in layers}
-    first = min(plan.pos[n] for n in site_nodes)
-    keep_nodes = set(plan.nodes[first:]) | set(plan.frontier(site_nodes))
-    keep_nodes |= {a for n in site_nodes for a in n.all_input_nodes}
+    site_nodes, keep_nodes = _nodes(engine, orders)
     for b in engine.chunks:
         x, batch = b.x, len(b)
         intact = engine._intact(metric, x)
@@ -100,6 +82,23 @@ def cumulative_many(
                 pending.add(_tensor_out(env[plan.output]), j * n_orders, n_orders, copy=True)
                 j += 1
         pending.drain()
+
+
+def _nodes(engine: Engine, orders: Sequence[Sequence[tuple[str, int]]]) -> tuple[dict[fx.Node, str], set]:
+    """The site nodes a curve may delete in (every site, in model order) and the nodes its steps read:
+    everything from the first site on, what those read, and each site's own inputs (to re-run it)."""
+    plan = engine.plan
+    for order in orders:
+        for layer, _ in order:
+            engine._site(layer)
+    layers = sorted(
+        {layer for o in orders for layer, _ in o} | set(engine.sites), key=lambda n: plan.pos[plan.site[n]]
+    )
+    site_nodes = {plan.site[n]: n for n in layers}
+    first = min(plan.pos[n] for n in site_nodes)
+    keep_nodes = set(plan.nodes[first:]) | set(plan.frontier(site_nodes))
+    keep_nodes |= {a for n in site_nodes for a in n.all_input_nodes}
+    return site_nodes, keep_nodes
 
 
 class _ManyState:
@@ -180,7 +179,7 @@ class _CurveState:
     # None: the share at which the cost model below says gathering starts to pay
     gather: float | None = None
 
-    def __init__(self, engine: Engine, site_nodes: dict[fx.Node, str], fills, device, h_dtype):
+    def __init__(self, engine: Engine, site_nodes: dict[fx.Node, str], fills, device):
         self.engine, self.plan = engine, engine.plan
         self.site_nodes = site_nodes
         self.keep: dict[fx.Node, torch.Tensor] = {}
@@ -234,7 +233,8 @@ class _CurveState:
             delta = h.narrow(dim, unit, 1) - value  # (batch, 1, ...) current minus new activity
             if dim != 1:
                 delta = delta.movedim(dim, 1)
-            changed = int(delta.reshape(len(delta), -1).ne(0).any(1).sum())
+            hit = delta.reshape(len(delta), -1).ne(0).any(1)  # (batch,): the examples it changes
+            changed = int(hit.sum())
             eng.examples += len(delta)
             eng.unchanged += len(delta) - changed
             if changed:
@@ -245,7 +245,7 @@ class _CurveState:
             pass  # the unit already holds its replacement everywhere: nothing to recompute
         elif h is not None and cons is not None and cons.node not in self.stale:
             idx = torch.tensor([unit], device=h.device)
-            if changed <= self._share(env, cons) * len(delta) and self._gathered(env, cons, delta, idx):
+            if changed <= self._share(env, cons) * len(delta) and self._gathered(env, cons, delta, idx, hit):
                 eng.computed += changed - len(delta)  # counted as len(delta) above
             else:
                 env[cons.node] = cons.lesioned(env[cons.node], delta, idx, inplace=True)
@@ -267,7 +267,7 @@ class _CurveState:
         self._shares[cons.node] = share
         return share
 
-    def _gathered(self, env, cons: Consumer, delta: torch.Tensor, idx: torch.Tensor) -> bool:
+    def _gathered(self, env, cons: Consumer, delta: torch.Tensor, idx: torch.Tensor, hit) -> bool:
         """Exact sparsity for one step: only the examples the deletion changes are gathered, updated and
         run through the later layers, then scattered back into every later node's value; the others keep
         theirs, which is what the full computation gives them. Only with nothing stale (every later value
@@ -277,22 +277,19 @@ class _CurveState:
             return False
         down = plan.downstream(cons.node)
         inner = [d for d in down if d.op != "output"]
+        front = self._fronts.get(cons.node)
+        if front is None:
+            front = self._fronts[cons.node] = [f for f in plan.frontier([cons.node]) if f is not cons.node]
         batch = len(delta)
-        for d in inner:
+        for d in inner + [f for f in front if f in plan.batched]:  # scattered into, or gathered from
             v = env.get(d)
             if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch or d not in plan.batched:
                 return False
-        front = self._fronts.get(cons.node)
-        if front is None:
-            front = self._fronts[cons.node] = plan.frontier([cons.node])
-        rows = delta.reshape(batch, -1).ne(0).any(1).nonzero().squeeze(1)
+        rows = hit.nonzero().squeeze(1)
         z = env[cons.node]
         zr = cons.lesioned(z.index_select(0, rows), delta.index_select(0, rows), idx, inplace=True)
-        sub: dict = {cons.node: zr}
-        for f in front:
-            if f is not cons.node:
-                v = env[f]
-                sub[f] = v.index_select(0, rows) if f in plan.batched else v
+        sub = plan.take(env, front, rows, batch)
+        sub[cons.node] = zr
         raw: dict = {}
         plan.run(sub, down, self.edits, raw, self.calls)
         z.index_copy_(0, rows, zr)

@@ -167,15 +167,25 @@ class Plan:
         """The values of ``front`` for ``k`` lesions at once: every batched tensor repeated ``k`` times
         along its batch axis (lesion-major), everything else shared. Raises ``Unsupported`` for a batched
         value that is not a tensor with a batch axis of ``batch`` (a shape read from the input, say)."""
-        env: dict = {}
-        for f in front:
-            v = values[f]
-            if f in self.batched:
-                if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch:
-                    raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
-                v = v.repeat(k, *[1] * (v.ndim - 1))
-            env[f] = v
-        return env
+        return {
+            f: self._batched(f, values[f], batch, lambda v: v.repeat(k, *[1] * (v.ndim - 1))) for f in front
+        }
+
+    def take(self, values: dict, front: Iterable[fx.Node], rows: torch.Tensor, batch: int) -> dict:
+        """The values of ``front`` at the examples ``rows`` (indices into a batch of ``batch``): every
+        batched tensor indexed along its batch axis, everything else shared; raises like ``expand``."""
+        return {
+            f: self._batched(f, values[f], batch, lambda v: v.index_select(0, rows.to(v.device)))
+            for f in front
+        }
+
+    def _batched(self, f: fx.Node, v, batch: int, fn: Callable):
+        """``fn(v)`` for a batched node's value (a tensor with a batch axis of ``batch``), else ``v``."""
+        if f not in self.batched:
+            return v
+        if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch:
+            raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
+        return fn(v)
 
     def consumer(self, site: str, flat: bool) -> Consumer | None:
         """The Linear/Conv that alone reads the site's output (through eval-mode identities), if any.

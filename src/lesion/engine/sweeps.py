@@ -127,12 +127,10 @@ class Engine:
                     value = self._lesioned_start(h, vals, site, cons, start, js, fill)
                     out = self._sparse(vals, front, start, value, touched, whole, down)
                 elif dead:
-                    out = self._dead(h, vals, site, cons, start, js[live], fill, front, live, whole, down)
+                    out = self._dead(h, vals, site, cons, start, js, live, fill, front, whole, down)
                     self.computed += int(touched[live].numel())
                 else:
-                    value = self._lesioned_start(h, vals, site, cons, start, js, fill)
-                    env = self._expand(vals, front, start, value, len(js), len(y))
-                    self.plan.run(env, down)
+                    env = self._later(h, vals, site, cons, start, js, fill, front, down, len(y))
                     out = _tensor_out(env[self.plan.output])
                     self.computed += touched.numel()
                     if start not in shares:  # where gathering the changed examples starts to pay
@@ -158,34 +156,30 @@ class Engine:
         out = whole.repeat(k, *[1] * (whole.ndim - 1))
         if len(rows) == 0:
             return out
-        ex = rows % batch
-        env: dict = {start: value[rows.to(value.device)]}
-        for f in front:
-            if f is not start:
-                v = vals[f]
-                if f in self.plan.batched:
-                    if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != batch:
-                        raise Unsupported(f"node {f.name} carries batch-dependent non-tensor data")
-                    v = v[ex.to(v.device)]
-                env[f] = v
+        env = self.plan.take(vals, [f for f in front if f is not start], rows % batch, batch)
+        env[start] = value[rows.to(value.device)]
         self.plan.run(env, down)
         out[rows.to(out.device)] = _tensor_out(env[self.plan.output]).to(out.dtype)
         return out
 
-    def _dead(self, h, vals, site, cons, start, live_js, fill, front, live, whole, down) -> torch.Tensor:
-        """The later layers for the live lesions (``live_js``) only; a dead unit's lesion (the unit
-        already holds its replacement for every example) keeps the intact output, which is what the full
-        pass gives it."""
-        k, batch = len(live), len(whole)
+    def _dead(self, h, vals, site, cons, start, js, live, fill, front, whole, down) -> torch.Tensor:
+        """The later layers for the live lesions of ``js`` only; a dead unit's lesion (the unit already
+        holds its replacement for every example) keeps the intact output, which is what the full pass
+        gives it."""
+        k, batch = len(js), len(whole)
         out = whole.repeat(k, *[1] * (whole.ndim - 1))
-        n_live = len(live_js)
-        if n_live:
-            value = self._lesioned_start(h, vals, site, cons, start, live_js, fill)
-            env = self._expand(vals, front, start, value, n_live, batch)
-            self.plan.run(env, down)
+        if bool(live.any()):
+            env = self._later(h, vals, site, cons, start, js[live], fill, front, down, batch)
             got = _tensor_out(env[self.plan.output]).to(out.dtype)
-            out.unflatten(0, (k, batch))[live.to(out.device)] = got.unflatten(0, (n_live, batch))
+            out.unflatten(0, (k, batch))[live.to(out.device)] = got.unflatten(0, (-1, batch))
         return out
+
+    def _later(self, h, vals, site, cons, start, js, fill, front, down, batch: int) -> dict:
+        """The values of the later layers with each unit of ``js`` deleted (``len(js) x batch`` rows)."""
+        value = self._lesioned_start(h, vals, site, cons, start, js, fill)
+        env = self._expand(vals, front, start, value, len(js), batch)
+        self.plan.run(env, down)
+        return env
 
     def _lesioned_start(self, h, vals, site, cons, start, js, fill) -> torch.Tensor:
         k = len(js)
