@@ -1,15 +1,11 @@
 import time, sys, torch
-torch.set_num_threads(2)
-from lesion._alloc import tune_allocator; tune_allocator()
 from lesion.engine import curves
 from lesion.bench.methods import lesion_curves
 from lesion.core.sites import find_sites
-from lesion.bench._common import FULL, _Context
 import numpy as np
 from torch import nn
-ctx = _Context(FULL, 1, 2, False)
-_, (x, y) = ctx.mlp, ctx.digits
-x = x[:4096]; y = y[:4096]
+import _mlp
+x, y = _mlp.x[:4096], _mlp.y[:4096]
 torch.manual_seed(0)
 model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
 with torch.no_grad():

@@ -1,13 +1,6 @@
 import torch
-torch.set_num_threads(2)
-from lesion._alloc import tune_allocator; tune_allocator()
-from lesion.bench._common import FULL, _Context
 from lesion.bench.methods import lesion_single
-from lesion.core.sites import find_sites
-ctx = _Context(FULL, 1, 2, False)
-model, (x, y) = ctx.mlp, ctx.digits
-sites = find_sites(model, x[:2])
-units = [(s.name, i) for s in sites for i in range(s.width)]
+from _mlp import FULL, model, sites, units, x, y
 lesion_single(model, x, y, sites, units, FULL.mlp_batch, None, {}, sparsity={})
 from torch.profiler import profile
 with profile() as p:
