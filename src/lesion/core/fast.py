@@ -58,22 +58,28 @@ def _engine_layer(runner, layer, members, lesions, bar) -> dict | None:
         fill = torch.stack([m[2] for m in members])  # per-lesion constants: one row each
     units = [u for _, u, _ in members]
     metric = runner.fresh(len(units))
-    block = 256
+    shown = [0]
+
+    def progress(examples: int) -> None:  # the bar counts lesions: all of them, a share per chunk
+        if bar is not None and runner.n:
+            now = min(len(units), len(units) * examples // runner.n)
+            bar.update(now - shown[0])
+            shown[0] = now
+
     try:
         with torch.no_grad(), eval_mode(runner.model), runner.autocast():
-            for i in range(0, len(units), block):
-                part = units[i : i + block]
-                f = fill if fill.ndim == 1 else _rows(fill[i : i + block], part)
-                runner.engine().single_units(layer, part, _or_none(f), metric, offset=i)
-                if bar is not None:
-                    bar.update(len(part))
+            f = fill if fill.ndim == 1 else _rows(fill, units)
+            runner.engine().single_units(layer, units, _or_none(f), metric, progress=progress)
+        if bar is not None:
+            bar.update(len(units) - shown[0])
+            shown[0] = len(units)
         values = metric.compute()
         ref = runner.run(lesions[:CHECKS])
         runner.agree(ref, {k: v[:CHECKS] for k, v in values.items()})
     except (Unsupported, Mismatch) as exc:
         runner.fallbacks[layer] = str(exc)
         if bar is not None:
-            bar.update(-len(units))
+            bar.update(-shown[0])
         return None
     runner.served["graph"] += len(units)
     return values

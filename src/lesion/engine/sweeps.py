@@ -24,6 +24,7 @@ from lesion.core.batch import Batch, output_tensor
 from lesion.core.metric import Metric
 from lesion.core.sites import Site
 from lesion.engine.graph import Plan, Unsupported
+from lesion.engine.kinks import relu_head
 
 
 class Engine:
@@ -35,6 +36,10 @@ class Engine:
     # (W2 78.8 s against 62.7 s: any order's layer-1 step re-runs the later layers for all)
     sparse = False
     side_by_side = False
+    # kinks_on: single-unit lesions before a ReLU and a narrow last Linear as Jacobians plus kink
+    # corrections (``lesion.engine.kinks``), HEAD_LESIONS at a time
+    kinks_on = True
+    HEAD_LESIONS = 256
 
     def __init__(
         self,
@@ -58,6 +63,8 @@ class Engine:
         # already held its replacement: exact sparsity could skip them; cumulative steps where every
         # example is unchanged are skipped)
         self.examples = self.computed = self.unchanged = 0
+        # kinks corrected by the ReLU-head shortcut, and blocks it declined (dense step instead)
+        self.kinks = self.declined = 0
 
     @property
     def chunks(self) -> Iterator[Batch]:
@@ -89,10 +96,17 @@ class Engine:
 
     # ---------------------------------------------------------------------------- single units
     def single_units(
-        self, layer: str, units: Sequence[int], fill: torch.Tensor | None, metric: Metric, offset: int = 0
+        self,
+        layer: str,
+        units: Sequence[int],
+        fill: torch.Tensor | None,
+        metric: Metric,
+        offset: int = 0,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         """Update ``metric`` (lesions ``offset ..``) with each unit of ``units`` alone clamped to ``fill``
-        ((width,) values; None: zero)."""
+        ((width,) values; None: zero). ``progress`` is called with the examples done after each chunk
+        (every lesion runs on a chunk before the next chunk is read: the layers before the site run once)."""
         site = self._site(layer)
         node = self.plan.site[layer]
         cons = self.consumers[layer]
@@ -101,6 +115,8 @@ class Engine:
         down = self.plan.downstream(start)
         units_t = torch.as_tensor(list(units), dtype=torch.long)
         shares: dict = {}
+        head = self._relu_head(cons, start)
+        done = 0
         for b in self.chunks:
             x, y = b.x, b.ids
             intact = self._intact(metric, x)
@@ -111,32 +127,84 @@ class Engine:
             per_lesion = vals[start][0].numel() if isinstance(vals[start], torch.Tensor) else 1
             k_max = max(1, min(64, self.budget // max(1, 4 * len(y) * per_lesion)))
             pending = _Pending(self, metric, b, intact)
-            whole = None  # the intact output, for the examples a lesion leaves unchanged (exact sparsity)
-            for i in range(0, len(units_t), k_max):
-                js = units_t[i : i + k_max]
-                touched = self._touched(h, site, js, fill)  # (k, batch): the lesion changes the example
-                self.examples += touched.numel()
-                self.unchanged += int(touched.numel() - touched.sum())
-                live = touched.any(1)  # a dead unit (no example changed) costs nothing
-                dead = not bool(live.all())
-                share = 1.0 if self.sparse else shares.get(start)  # None until a dense block ran
-                sparse = share is not None and float(touched.float().mean()) <= share and not touched.all()
-                if (dead or sparse) and whole is None:
-                    whole = _tensor_out(self.model(x)) if intact is None else intact
-                if sparse:
-                    value = self._lesioned_start(h, vals, site, cons, start, js, fill)
-                    out = self._sparse(vals, front, start, value, touched, whole, down)
-                elif dead:
-                    out = self._dead(h, vals, site, cons, start, js, live, fill, front, whole, down)
-                    self.computed += int(touched[live].numel())
-                else:
-                    env = self._later(h, vals, site, cons, start, js, fill, front, down, len(y))
-                    out = _tensor_out(env[self.plan.output])
-                    self.computed += touched.numel()
-                    if start not in shares:  # where gathering the changed examples starts to pay
-                        shares[start] = self.plan.gather_share(env, start, scatter=False)
-                pending.add(out, offset + i, len(js), copy=False)
+            # the intact output, for the examples a lesion leaves unchanged (exact sparsity)
+            whole = None
+            if head is not None:
+                whole = self._whole(intact, vals, front, down)
+            step = min(self.HEAD_LESIONS, len(units_t)) if head is not None else k_max
+            for i in range(0, len(units_t), step):
+                js = units_t[i : i + step]
+                if head is not None:
+                    got = self._kinked(head, h, vals[start], whole, js, fill)
+                    if got is not None:
+                        touched = self._touched(h, site, js, fill)
+                        self.examples += touched.numel()
+                        self.unchanged += int(touched.numel() - touched.sum())
+                        self.computed += int(touched.sum())
+                        pending.add(got, offset + i, len(js), copy=False)
+                        continue
+                for q in range(0, len(js), k_max):
+                    part = js[q : q + k_max]
+                    touched = self._touched(h, site, part, fill)  # (k, batch): the lesion changes the example
+                    self.examples += touched.numel()
+                    self.unchanged += int(touched.numel() - touched.sum())
+                    live = touched.any(1)  # a dead unit (no example changed) costs nothing
+                    dead = not bool(live.all())
+                    share = 1.0 if self.sparse else shares.get(start)  # None until a dense block ran
+                    sparse = (
+                        share is not None and float(touched.float().mean()) <= share and not touched.all()
+                    )
+                    if (dead or sparse) and whole is None:
+                        whole = self._whole(intact, vals, front, down)
+                    if sparse:
+                        value = self._lesioned_start(h, vals, site, cons, start, part, fill)
+                        out = self._sparse(vals, front, start, value, touched, whole, down)
+                    elif dead:
+                        out = self._dead(h, vals, site, cons, start, part, live, fill, front, whole, down)
+                        self.computed += int(touched[live].numel())
+                    else:
+                        env = self._later(h, vals, site, cons, start, part, fill, front, down, len(y))
+                        out = _tensor_out(env[self.plan.output])
+                        self.computed += touched.numel()
+                        if start not in shares:  # where gathering the changed examples starts to pay
+                            shares[start] = self.plan.gather_share(env, start, scatter=False)
+                    pending.add(out, offset + i + q, len(part), copy=False)
             pending.drain()
+            done += len(y)
+            if progress is not None:
+                progress(done)
+
+    def _relu_head(self, cons, start):
+        """The ReLU-and-narrow-last-Linear shortcut after ``start`` (``lesion.engine.kinks``), where it
+        applies: a Linear consumer, float32/64 weights, no autocast."""
+        if not self.kinks_on or cons is None or not isinstance(cons.module, nn.Linear):
+            return None
+        if cons.module.weight.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(
+            cons.module.weight.device.type
+        ):
+            return None
+        return relu_head(self.plan, start)
+
+    def _kinked(self, head, h, z, whole, js, fill) -> torch.Tensor | None:
+        """The output under each lesion of ``js`` by the kink shortcut, or None where it declines."""
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or whole.ndim != 2 or h.ndim != 2:
+            return None
+        fills = torch.zeros(len(js), dtype=h.dtype, device=h.device) if fill is None else fill[js].to(h)
+        a = (h[:, js.to(h.device)] - fills).to(z.dtype)
+        got = head.lesions(z, whole.to(z.dtype), a, js, piece=max(1, self.budget // 4))
+        if got is None:
+            self.declined += 1
+            return None
+        self.kinks += got[1]
+        return got[0]
+
+    def _whole(self, intact, vals, front, down) -> torch.Tensor:
+        """The intact output: the metric's own, or the later layers (no lesion) run from ``front``."""
+        if intact is not None:
+            return intact
+        env = {f: vals[f] for f in front}
+        self.plan.run(env, down)
+        return _tensor_out(env[self.plan.output])
 
     @staticmethod
     def _touched(h: torch.Tensor, site: Site, js: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
