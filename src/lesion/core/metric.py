@@ -94,7 +94,7 @@ class Classification(Metric):
             )
         c = outputs.shape[-1]
         check_labels(y, c)
-        if not torch.isfinite(outputs).all():
+        if not _finite(outputs):
             raise DataError("the model produced NaN or infinite outputs; expected finite logits")
         logits = outputs.reshape(k, -1, c).float()
         yk = y.reshape(-1).long()
@@ -125,6 +125,17 @@ class Classification(Metric):
             "accuracy_class": per_class,
             "confusion": conf,
         }
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every element is finite: one read pass to two scalars (NaN propagates through both),
+    where ``isfinite(t).all()`` writes and reads a mask as large as ``t``."""
+    if t.numel() == 0 or not (t.dtype.is_floating_point or t.dtype.is_complex):
+        return True
+    if t.dtype.is_complex:
+        return bool(torch.isfinite(t).all())
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) and torch.isfinite(hi))
 
 
 def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

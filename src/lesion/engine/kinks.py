@@ -43,6 +43,7 @@ class ReluHead:
     inner: nn.Linear  # the consumer: pre-activations z = W h + b
     head: nn.Linear  # the model's output: V relu(z) + c
 
+    @torch.no_grad()
     def lesions(
         self, z: torch.Tensor, out: torch.Tensor, a: torch.Tensor, units: torch.Tensor, piece: int
     ) -> tuple[torch.Tensor, int] | None:
