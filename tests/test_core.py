@@ -474,3 +474,37 @@ def test_an_npz_larger_than_the_data_limit_is_refused_before_reading(tmp_path, m
     monkeypatch.setattr(_arrays, "MAX_DATA_BYTES", 1000)  # the real limit is 1 GiB
     with pytest.raises(lesion.DataError, match="at most 1000 are read"):
         from_npz(tmp_path / "big.npz")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_classification_refuses_a_non_finite_logit_anywhere(bad):
+    """The metric's finiteness check (one min/max pass) catches NaN and either infinity at any place,
+    in lesion-major outputs of many lesions as in one."""
+    from lesion.core.batch import as_batch
+    from lesion.core.metric import Classification
+    from lesion.errors import DataError
+
+    y = torch.randint(0, 4, (30,))
+    b = as_batch((torch.zeros(30, 2), y))
+    for where in [(0, 0, 0), (2, 29, 3), (1, 13, 2)]:
+        out = torch.randn(3, 30, 4)
+        m = Classification()
+        m.reset(3)
+        m.update(out, b, slice(0, 3), fused=True)  # finite: fine
+        out[where] = bad
+        with pytest.raises(DataError, match="NaN or infinite"):
+            m.update(out, b, slice(0, 3), fused=True)
+
+
+@pytest.mark.parametrize("shape", [(1000, 10), (7, 3), (300, 64), (50, 65)])
+def test_engine_loss_and_prediction_equal_the_plain_formulas_with_ties(shape):
+    """The transposed loss and running-maximum prediction the engine's metric uses: equal to
+    cross_entropy and argmax, the first of tied maxima winning (integer logits tie often)."""
+    from lesion.core.metric import _cross_entropy
+
+    g = torch.Generator().manual_seed(shape[0])
+    logits = torch.randint(-2, 3, shape, generator=g).float()
+    y = torch.randint(0, shape[1], shape[:1], generator=g)
+    ce, pred = _cross_entropy(logits, y)
+    torch.testing.assert_close(ce, F.cross_entropy(logits, y, reduction="none"))
+    assert torch.equal(pred, logits.argmax(-1))
