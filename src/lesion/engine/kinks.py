@@ -64,11 +64,14 @@ class ReluHead:
             return None
         ce, ci = near
         # the Jacobians of the output under each lesion, mask held: V diag(m_e) W[:, units]
-        m = (z > 0).to(z.dtype)
-        jac = torch.mm((m.unsqueeze(1) * v.unsqueeze(0)).view(-1, n), w).view(batch, -1, k)
-        lin = torch.addcmul(out.unsqueeze(2), a.unsqueeze(1), jac, value=-1)  # (batch, c, k)
-        res = lin.permute(2, 0, 1).contiguous()  # (k, batch, c)
+        # computed lesion-major: W[:, units]^T (k, n) @ (n, batch x c)
+        mv = (z > 0).T.to(z.dtype).unsqueeze(2) * v.T.unsqueeze(1)  # (n, batch, c): m_e[i] V[c, i]
+        jac = torch.mm(w.T, mv.view(n, -1)).view(k, batch, -1)
+        res = torch.addcmul(out.unsqueeze(0), a.T.unsqueeze(2), jac, value=-1, out=jac)  # (k, batch, c)
         flat = res.view(k * batch, -1)
+        flat1 = flat.view(-1)
+        c = flat.shape[1]
+        classes = torch.arange(c, device=z.device)
         vt = v.T.contiguous()  # (n, c)
         kinks = 0
         step = max(1, piece // max(1, k))
@@ -86,8 +89,9 @@ class ReluHead:
             # crossing down (z > 0 >= z'): the mask-held output subtracted a w too much by -z'; up: it
             # missed relu(z') = z'
             r = torch.where(pos.index_select(0, row), -r, r)
-            src = vt.index_select(0, i.index_select(0, row)) * r.unsqueeze(1)
-            flat.index_put_((j * batch + e.index_select(0, row),), src, accumulate=True)
+            src = vt.index_select(0, i.index_select(0, row)) * r.unsqueeze(1)  # (kinks, c)
+            at = (j * batch + e.index_select(0, row)).unsqueeze(1) * c + classes
+            flat1.index_add_(0, at.view(-1), src.view(-1))  # one element at a time: 3x index_put_ rows
             kinks += len(idx)
         return flat, kinks
 
