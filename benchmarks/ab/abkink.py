@@ -5,11 +5,14 @@ import sys
 import time
 
 import numpy as np
+from _mlp import FULL, model, sites, units, x, y
 
 import lesion.engine.sweeps as S
 from lesion.bench.methods import lesion_single
+from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
-from _mlp import FULL, model, sites, units, x, y
+from lesion.core.sweep import evaluate_lesions
+from lesion.core.units import Unit
 
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 times, values = {True: [], False: []}, {}
@@ -23,10 +26,6 @@ for _ in range(repeats):
 print({("on" if k else "off"): [round(t, 2) for t in v] for k, v in times.items()})
 print("max |diff| accuracy, loss:", np.abs(values[True] - values[False]).max(1))
 S.Engine.kinks_on = True
-from lesion.core.lesions import Lesion
-from lesion.core.sweep import evaluate_lesions
-from lesion.core.units import Unit
-
 runner = Runner(model, (x, y), sites, batch_size=FULL.mlp_batch)
 evaluate_lesions(runner, runner.fit([Lesion([Unit(n, i)]) for n, i in units]))
 eng = runner.engine()
