@@ -132,7 +132,7 @@ def _read_header(path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path} is a directory; expected a model file") from None
     except OSError as e:
         raise ModelFileError(f"cannot read model file {path}: {e.strerror or e}") from None
-    if n is not None and head[8:9] == b"{" and n > size - 8:
+    if n is not None and head[8:9] == b"{" and size - 8 < n <= _MAX_HEADER:  # larger: not a header at all
         raise ModelFileError(
             f"{path}: the safetensors header claims {n} bytes but the file holds {size} in all; "
             "the file is truncated"
