@@ -199,3 +199,24 @@ def test_engine_falls_back_to_the_dense_step_where_the_shortcut_declines():
     assert runner.engine().declined > 0 and runner.fallbacks == {}
     slow = Runner(model, (x, y), sites, engine=False).run(lesions)
     np.testing.assert_allclose(fast["loss"], slow["loss"], atol=1e-6)
+
+
+def test_dead_units_cost_nothing_on_the_shortcut_and_keep_the_intact_values(monkeypatch):
+    monkeypatch.setattr(K, "MAX_CANDIDATES", 1.0)
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[0].bias[[3, 7, 8]] = -100.0  # never fire
+    x, y = torch.randn(200, 10), torch.randint(0, 3, (200,))
+    sites = lesion.find_sites(model, x[:2])
+    units = [Lesion([Unit(sites[0].name, i)]) for i in range(24)]  # the first layer: the shortcut's
+    runner = Runner(model, (x, y), sites, batch_size=100)
+    fast = evaluate_lesions(runner, runner.fit(units))
+    eng = runner.engine()
+    assert runner.fallbacks == {} and eng.kinks > 0 and eng.declined == 0
+    assert eng.examples - eng.computed == 3 * 200  # exactly the dead units' pairs were left out
+    slow = Runner(model, (x, y), sites, engine=False).run(units)
+    np.testing.assert_allclose(fast["loss"], slow["loss"], atol=1e-6)
+    intact = float(runner.intact["loss"][0])
+    for i in (3, 7, 8):
+        assert fast["loss"][i] == pytest.approx(intact, abs=1e-7)

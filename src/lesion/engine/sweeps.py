@@ -141,13 +141,14 @@ class Engine:
             for i in range(0, len(units_t), step):
                 js = units_t[i : i + step]
                 if head is not None:
-                    got = self._kinked(head, h, vals[start], whole, js, fill)
-                    if got is not None:
-                        touched = self._touched(h, site, js, fill)
+                    touched = self._touched(h, site, js, fill)
+                    live = touched.any(1)  # dead units keep the intact output, as on the dense path
+                    got = self._kinked(head, h, vals[start], whole, js[live], fill) if live.any() else None
+                    if got is not None or not live.any():
                         self.examples += touched.numel()
                         self.unchanged += int(touched.numel() - touched.sum())
-                        self.computed += int(touched.sum())
-                        pending.add(got, offset + i, len(js), copy=False)
+                        self.computed += int(touched[live].numel())  # all live pairs: one GEMM
+                        pending.add(_scatter_live(got, whole, live), offset + i, len(js), copy=False)
                         continue
                 for q in range(0, len(js), k_max):
                     part = js[q : q + k_max]
@@ -315,6 +316,18 @@ class _Pending:
             self.metric, out, self.b, self.k, slice(self.first, self.first + self.k), self.intact
         )
         self.outs, self.k, self.bytes = [], 0, 0
+
+
+def _scatter_live(got: torch.Tensor | None, whole: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """(k * batch, ...) outputs of k lesions: ``got`` for the live ones (in order), ``whole`` (the intact
+    output) for the dead ones."""
+    k, batch = len(live), len(whole)
+    if got is not None and bool(live.all()):
+        return got
+    out = whole.repeat(k, *[1] * (whole.ndim - 1))
+    if got is not None:
+        out.unflatten(0, (k, batch))[live.to(out.device)] = got.to(out.dtype).unflatten(0, (-1, batch))
+    return out
 
 
 def _plain(s: Site) -> bool:
