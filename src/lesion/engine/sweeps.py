@@ -132,18 +132,22 @@ class Engine:
             pending = _Pending(self, metric, b, intact)
             # the intact output, for the examples a lesion leaves unchanged (exact sparsity)
             whole = None
-            if head is not None:
-                whole = self._whole(intact, vals, front, down)
             step = k_max
             if head is not None:
+                whole = self._whole(intact, vals, front, down)
                 outs = len(y) * max(1, head.head.out_features) * 4
                 step = max(1, min(self.HEAD_LESIONS, len(units_t), max(16, self.HEAD_BYTES // outs)))
             for i in range(0, len(units_t), step):
                 js = units_t[i : i + step]
-                if head is not None:
-                    touched = self._touched(h, site, js, fill)
+                if head is not None and h.ndim == 2:
+                    a = h[:, js.to(h.device)] - _fills(h, js, fill)  # (batch, k): what each unit adds now
+                    touched = (a != 0).T
                     live = touched.any(1)  # dead units keep the intact output, as on the dense path
-                    got = self._kinked(head, h, vals[start], whole, js[live], fill) if live.any() else None
+                    got = (
+                        self._kinked(head, vals[start], whole, a[:, live.to(a.device)], js[live])
+                        if live.any()
+                        else None
+                    )
                     if got is not None or not live.any():
                         self.examples += touched.numel()
                         self.unchanged += int(touched.numel() - touched.sum())
@@ -192,13 +196,12 @@ class Engine:
             return None
         return relu_head(self.plan, start)
 
-    def _kinked(self, head, h, z, whole, js, fill) -> torch.Tensor | None:
-        """The output under each lesion of ``js`` by the kink shortcut, or None where it declines."""
-        if not isinstance(z, torch.Tensor) or z.ndim != 2 or whole.ndim != 2 or h.ndim != 2:
+    def _kinked(self, head, z, whole, a, js) -> torch.Tensor | None:
+        """The output under each lesion of ``js`` (``a``: what each unit adds now, (batch, k)) by the kink
+        shortcut, or None where it declines."""
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or whole.ndim != 2:
             return None
-        fills = torch.zeros(len(js), dtype=h.dtype, device=h.device) if fill is None else fill[js].to(h)
-        a = (h[:, js.to(h.device)] - fills).to(z.dtype)
-        got = head.lesions(z, whole.to(z.dtype), a, js, piece=max(1, self.budget // 4))
+        got = head.lesions(z, whole.to(z.dtype), a.to(z.dtype), js, piece=max(1, self.budget // 4))
         if got is None:
             self.declined += 1
             return None
@@ -218,7 +221,7 @@ class Engine:
         """(k, batch): whether deleting unit js[l] changes example e at all (its activity is not already
         the replacement value everywhere)."""
         cur = h.index_select(site.unit_dim, js.to(h.device)).movedim(site.unit_dim, 0)  # (k, batch, ...)
-        fills = torch.zeros(len(js), dtype=h.dtype, device=h.device) if fill is None else fill[js].to(h)
+        fills = _fills(h, js, fill)
         diff = cur != fills.reshape(-1, *[1] * (cur.ndim - 1))
         return diff.reshape(*diff.shape[:2], -1).any(2)
 
@@ -241,13 +244,11 @@ class Engine:
         """The later layers for the live lesions of ``js`` only; a dead unit's lesion (the unit already
         holds its replacement for every example) keeps the intact output, which is what the full pass
         gives it."""
-        k, batch = len(js), len(whole)
-        out = whole.repeat(k, *[1] * (whole.ndim - 1))
+        got = None
         if bool(live.any()):
-            env = self._later(h, vals, site, cons, start, js[live], fill, front, down, batch)
-            got = _tensor_out(env[self.plan.output]).to(out.dtype)
-            out.unflatten(0, (k, batch))[live.to(out.device)] = got.unflatten(0, (-1, batch))
-        return out
+            env = self._later(h, vals, site, cons, start, js[live], fill, front, down, len(whole))
+            got = _tensor_out(env[self.plan.output])
+        return _scatter_live(got, whole, live)
 
     def _later(self, h, vals, site, cons, start, js, fill, front, down, batch: int) -> dict:
         """The values of the later layers with each unit of ``js`` deleted (``len(js) x batch`` rows)."""
@@ -258,7 +259,7 @@ class Engine:
 
     def _lesioned_start(self, h, vals, site, cons, start, js, fill) -> torch.Tensor:
         k = len(js)
-        fills = torch.zeros(k, dtype=h.dtype, device=h.device) if fill is None else fill[js].to(h)
+        fills = _fills(h, js, fill)
         if cons is not None:
             shape = [1, k] + [1] * (h.ndim - 2)
             delta = h[:, js] - fills.reshape(shape)  # (batch, k, ...): what each unit adds now
@@ -316,6 +317,11 @@ class _Pending:
             self.metric, out, self.b, self.k, slice(self.first, self.first + self.k), self.intact
         )
         self.outs, self.k, self.bytes = [], 0, 0
+
+
+def _fills(h: torch.Tensor, js: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
+    """(k,) replacement values of the units ``js`` (``fill``: (width,) values; None: zero), like ``h``."""
+    return torch.zeros(len(js), dtype=h.dtype, device=h.device) if fill is None else fill[js].to(h)
 
 
 def _scatter_live(got: torch.Tensor | None, whole: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
