@@ -222,6 +222,7 @@ def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monke
 
     monkeypatch.setattr(graph, "_transposed_linear", count_t)
     monkeypatch.setattr(curves._CurveState, "_folded", count_f)
+    monkeypatch.setattr(Engine, "head_curves", False)  # the graph's path (headcurve has its own tests)
     model, x, y = make("mlp", 3, n=300)
     sites = lesion.find_sites(model, x[:2])
     ev = Runner(model, (x, y), sites, batch_size=128)
@@ -320,6 +321,7 @@ def test_gathered_cumulative_steps_equal_the_hook_path(kind, value, share, monke
     curves equal the hook path at every count, for rank-1 (Linear), conv and residual models."""
     from lesion.engine import curves
 
+    monkeypatch.setattr(Engine, "head_curves", False)  # the graph's path (headcurve has its own tests)
     model, x, y = make(kind, seed=5)
     gathered = []
     real = curves._CurveState._gathered

@@ -16,6 +16,7 @@ from torch.fx.node import map_arg
 
 from lesion.core.metric import Metric
 from lesion.engine.graph import Consumer, Unsupported, plain_linear
+from lesion.engine.headcurve import curve_head, run_chunk
 from lesion.engine.sweeps import Engine, _Pending, _tensor_out
 
 
@@ -30,9 +31,12 @@ def cumulative(
     deleted, for each k in ``counts``."""
     counts = sorted(counts)
     site_nodes, keep_nodes = _nodes(engine, [order])
+    spec = curve_head(engine, order[: counts[-1]]) if counts[-1] else None
     for b in engine.chunks:
         x = b.x
         intact = engine._intact(metric, x)
+        if spec is not None and run_chunk(engine, spec, order, counts, fills, metric, b, intact):
+            continue
         state = _CurveState(engine, site_nodes, fills, x.device)
         env = engine.plan.prefix(x, keep_nodes, state.edits, state.raw, state.calls)
         pending = _Pending(engine, metric, b, intact)
@@ -190,7 +194,8 @@ class _CurveState:
         for node, name in site_nodes.items():
             site = engine.sites[name]
             self.keep[node] = torch.ones(site.width, device=device)
-            self.fill[node] = torch.zeros(site.width, device=device)
+            # float64: a float64 model's replacement values stay exact (cast to the activation's dtype)
+            self.fill[node] = torch.zeros(site.width, device=device, dtype=torch.float64)
             cons = engine.consumers.get(name)
             if self.fold and cons is not None and plain_linear(cons.module):
                 self.calls[cons.node] = self._folded(node, cons.module)
@@ -206,7 +211,7 @@ class _CurveState:
             shape = [1] * h.ndim
             shape[dim] = -1
             out = h * self.keep[node].reshape(shape)
-            return out if self.fills is None else out + self.fill[node].reshape(shape)
+            return out if self.fills is None else out + self.fill[node].to(h.dtype).reshape(shape)
 
         return edit
 

@@ -41,6 +41,10 @@ class Engine:
     # (2026-12-02, EPYC, W1's first layer per chunk of 1,024: 128 at a time 163-216 ms, 256 155-186 ms,
     # 512 135-152 ms)
     kinks_on = True
+    # head_curves: cumulative orders over a site before a ReLU and a narrow last Linear (and that ReLU's
+    # output) on the lean step loop of ``lesion.engine.headcurve`` (2026-12-02, EPYC, one W2 order on
+    # 10,000 examples: 3.4-3.6 s against 4.9-6.5 s through the graph); False: through the graph
+    head_curves = True
     HEAD_LESIONS = 512
     HEAD_BYTES = 32 << 20
 

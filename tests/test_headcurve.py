@@ -1,0 +1,190 @@
+"""Cumulative orders through a ReLU and a narrow last Linear on the lean step loop
+(``lesion.engine.headcurve``): every count equals the hooked model, the graph's own path and a computation
+written out here by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lesion
+from lesion.core.fast import cumulative, prefix
+from lesion.core.lesions import Lesion
+from lesion.core.metric import Classification, Metric
+from lesion.core.replacements import as_replacement
+from lesion.core.runner import Runner
+from lesion.core.units import Unit
+from lesion.engine import curves, headcurve
+from lesion.engine.sweeps import Engine
+
+
+def mlp(seed: int = 0, dtype=torch.float32, dead=()):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 20), nn.ReLU(), nn.Linear(20, 4))
+    with torch.no_grad():
+        model[2].bias += 0.2
+        for j in dead:
+            model[0].bias[j] = -100.0  # unit j of the first ReLU never fires
+    x, y = torch.randn(150, 12, dtype=dtype), torch.randint(0, 4, (150,))
+    return model.to(dtype).eval(), x, y
+
+
+def served(monkeypatch) -> list[bool]:
+    """Record each chunk's answer from ``run_chunk`` (True: the lean loop served it)."""
+    calls: list[bool] = []
+    real = headcurve.run_chunk
+
+    def counting(*args):
+        calls.append(real(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(curves, "run_chunk", counting)
+    return calls
+
+
+def by_hand(model, x, y, units, fills) -> tuple[float, float]:
+    """(mean loss, accuracy) with ``units`` ((layer, j) pairs) clamped to ``fills``, written out."""
+    with torch.no_grad():
+        out = logits_by_hand(model, x, units, fills)
+    return float(F.cross_entropy(out.double(), y)), float((out.argmax(1) == y).double().mean())
+
+
+@torch.no_grad()
+def logits_by_hand(model, x, units, fills) -> torch.Tensor:
+    fc1, fc2, fc3 = model[0], model[2], model[4]
+    h1 = torch.relu(fc1(x))
+    for layer, j in units:
+        if layer == "1":
+            h1[:, j] = fills["1"][j]
+    h2 = torch.relu(fc2(h1))
+    for layer, j in units:
+        if layer == "3":
+            h2[:, j] = fills["3"][j]
+    return fc3(h2)
+
+
+@pytest.mark.parametrize("value", [0.0, "mean"])
+@pytest.mark.parametrize("gather", [0.0, 1.0])
+def test_orders_over_both_sites_equal_the_hook_path_at_every_count(value, gather, monkeypatch):
+    monkeypatch.setattr(headcurve, "GATHER", gather)  # every A-step on its changed rows, or none
+    calls = served(monkeypatch)
+    model, x, y = mlp()
+    sites = lesion.find_sites(model, x[:2])
+    ev = Runner(model, (x, y), sites, batch_size=64)
+    stats = lesion.collect_stats(model, (x, y), sites, histograms=False) if value == "mean" else None
+    units = [Unit(s.name, i) for s in sites for i in range(s.width)]
+    perm = np.random.default_rng(0).permutation(len(units))
+    seq = ev.fit([Lesion([units[i]], as_replacement(value, stats)) for i in perm])
+    counts = list(range(len(seq) + 1))
+    got = cumulative(ev, seq, counts)
+    want = Runner(model, (x, y), sites, engine=False).run([prefix(seq, k) for k in counts])
+    assert ev.fallbacks == {} and calls and all(calls)  # every chunk on the lean loop
+    np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
+    np.testing.assert_array_equal(got["confusion"], want["confusion"])
+
+
+class Outputs(Metric):
+    """Keeps every lesion's outputs, (n, examples, c)."""
+
+    def reset(self, n):
+        super().reset(n)
+        self.parts = [[] for _ in range(n)]
+
+    def update(self, outputs, batch, lesions, intact=None, fused=False):
+        for i, k in enumerate(range(lesions.start, lesions.stop)):
+            self.parts[k].append(outputs[i].clone())
+
+    def compute(self):
+        return {"out": torch.stack([torch.cat(p) for p in self.parts])}
+
+
+def run_engine(model, x, y, order, counts, fills=None, *, head=True, chunk=64, metric=None):
+    sites = lesion.find_sites(model, x[:2])
+    eng = Engine(model, lambda: Runner(model, (x, y), sites, batch_size=chunk).batches(), sites)
+    eng.head_curves = head
+    metric = metric or Classification()
+    metric.reset(len(counts))
+    with torch.no_grad():
+        curves.cumulative(eng, order, counts, fills, metric)
+    return metric.compute(), eng
+
+
+def test_float64_values_equal_the_computation_by_hand_at_a_subset_of_counts(monkeypatch):
+    """Replacements on both sites, counts 0 and a few others."""
+    calls = served(monkeypatch)
+    model, x, y = mlp(1, torch.float64)
+    g = torch.Generator().manual_seed(2)
+    fills = {name: torch.rand(n, generator=g, dtype=torch.float64) for name, n in (("1", 24), ("3", 20))}
+    order = [("1", 3), ("3", 0), ("1", 5), ("3", 9), ("3", 7), ("1", 2)] + [("1", j) for j in range(6, 20)]
+    order += [("3", j) for j in range(1, 7)]
+    counts = [0, 2, 4, 5, 6, 13, len(order)]
+    got, _ = run_engine(model, x, y, order, counts, fills, metric=Outputs())
+    assert calls and all(calls)
+    assert got["out"].dtype == torch.float64
+    for i, k in enumerate(counts):
+        want = logits_by_hand(model, x, order[:k], fills)
+        torch.testing.assert_close(got["out"][i], want, rtol=0, atol=1e-12)
+    graph, _ = run_engine(model, x, y, order, counts, fills, head=False, metric=Outputs())
+    torch.testing.assert_close(got["out"], graph["out"], rtol=0, atol=1e-12)
+
+
+def test_orders_of_one_site_and_counters_equal_the_graph_path(monkeypatch):
+    """An order over site A only uses the lean loop; the unchanged (example, step) pairs it counts are
+    the graph path's; dead units' steps are computed by neither."""
+    calls = served(monkeypatch)
+    model, x, y = mlp(3, dead=(2, 9))
+    order = [("1", j) for j in np.random.default_rng(4).permutation(24)]
+    counts = list(range(25))
+    got, eng = run_engine(model, x, y, order, counts)
+    assert calls and all(calls)
+    graph, ref = run_engine(model, x, y, order, counts, head=False)
+    np.testing.assert_allclose(got["loss"], graph["loss"], atol=1e-6)
+    np.testing.assert_array_equal(got["confusion"], graph["confusion"])
+    assert eng.examples == ref.examples == 24 * 150
+    assert eng.unchanged == ref.unchanged
+    assert eng.examples - eng.computed == 2 * 150  # the two dead units' steps
+    for k in (1, 12, 24):
+        loss, _ = by_hand(model, x, y, order[:k], {"1": torch.zeros(24)})
+        assert got["loss"][k] == pytest.approx(loss, abs=1e-5)
+
+
+def test_not_used_where_the_order_reaches_other_layers_or_only_the_last_site(monkeypatch):
+    calls = served(monkeypatch)
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 9), nn.ReLU()]
+    deep = nn.Sequential(*layers, nn.Linear(9, 3)).eval()
+    x, y = torch.randn(80, 8), torch.randint(0, 3, (80,))
+    sites = lesion.find_sites(deep, x[:2])
+    eng = Engine(deep, lambda: [], sites)
+    names = [s.name for s in sites]
+    assert headcurve.curve_head(eng, [(names[0], 1), (names[1], 2)]) is None  # site 1 is not before the head
+    spec = headcurve.curve_head(eng, [(names[1], 1), (names[2], 2)])
+    assert spec is not None and spec[:2] == (names[1], names[2])
+    assert headcurve.curve_head(eng, [(names[2], 1)]) is None  # the last site alone: rank-1 on the output
+    eng.head_curves = False
+    assert headcurve.curve_head(eng, [(names[1], 1)]) is None
+    order = [(names[0], 1), (names[1], 2), (names[2], 0)]
+    got, _ = run_engine(deep, x, y, order, [0, 1, 2, 3])
+    assert calls == []  # the graph's path served it
+    want = Runner(deep, (x, y), sites, engine=False).run(
+        [None] + [Lesion([Unit(n, j) for n, j in order[:k]]) for k in (1, 2, 3)]
+    )
+    np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
+
+
+def test_a_chunk_whose_head_disagrees_with_the_model_runs_on_the_graph(monkeypatch):
+    calls = served(monkeypatch)
+    real = headcurve.HeadCurve.dense
+    monkeypatch.setattr(headcurve.HeadCurve, "dense", lambda self: real(self) + 1.0)  # a wrong reading
+    model, x, y = mlp(5)
+    order = [("1", j) for j in range(10)] + [("3", j) for j in range(10)]
+    counts = list(range(21))
+    got, _ = run_engine(model, x, y, order, counts)
+    assert calls and not any(calls)  # every chunk declined before any metric update
+    monkeypatch.setattr(headcurve.HeadCurve, "dense", real)
+    for k in (0, 7, 20):
+        loss, _ = by_hand(model, x, y, order[:k], {"1": torch.zeros(24), "3": torch.zeros(20)})
+        assert got["loss"][k] == pytest.approx(loss, abs=1e-5)
