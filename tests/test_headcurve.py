@@ -146,6 +146,10 @@ def test_orders_of_one_site_and_counters_equal_the_graph_path(monkeypatch):
     assert eng.examples == ref.examples == 24 * 150
     assert eng.unchanged == ref.unchanged
     assert eng.examples - eng.computed == 2 * 150  # the two dead units' steps
+    monkeypatch.setattr(headcurve, "GATHER", 1.0)  # every step on its changed examples alone
+    again, eng = run_engine(model, x, y, order, counts)
+    np.testing.assert_allclose(again["loss"], graph["loss"], atol=1e-6)
+    assert eng.computed == eng.examples - eng.unchanged  # exactly the changed pairs computed
     for k in (1, 12, 24):
         loss, _ = by_hand(model, x, y, order[:k], {"1": torch.zeros(24)})
         assert got["loss"][k] == pytest.approx(loss, abs=1e-5)

@@ -122,6 +122,7 @@ def run_chunk(engine, spec, order, counts: Sequence[int], fills, metric: Metric,
                 now = state.out
             elif moved[t] <= GATHER * batch:
                 now = state.a_step(d[t], w[t], d[t].nonzero().squeeze(1))
+                engine.computed -= batch - moved[t]  # the unchanged examples were not recomputed
             else:
                 now = state.a_step(d[t], w[t])
             t += 1
