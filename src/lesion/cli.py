@@ -9,7 +9,6 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,19 @@ import typer
 
 from lesion import _cli_text as T
 from lesion import study
+from lesion._cli_opts import (
+    AllowPickleOpt,
+    Arch,
+    Backend,
+    CorruptMode,
+    ForceOpt,
+    ModelArg,
+    Optimizer,
+    Schedule,
+    SeqLenOpt,
+    TextOpt,
+    TokensOpt,
+)
 from lesion._outputs import check_dir_target, check_file_target
 from lesion.errors import LesionError
 from lesion.study import ANALYSIS_FILES, AnalysisConfig, TrainConfig
@@ -30,35 +42,6 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
-
-
-class Arch(StrEnum):
-    mlp = "mlp"
-    convnet = "convnet"
-    resnet = "resnet"
-    gpt = "gpt"
-    vit = "vit"
-
-
-class CorruptMode(StrEnum):
-    shuffle = "shuffle"
-    random = "random"
-
-
-class Optimizer(StrEnum):
-    adam = "adam"
-    sgd = "sgd"
-
-
-class Schedule(StrEnum):
-    constant = "constant"
-    cosine = "cosine"
-    step = "step"
-
-
-class Backend(StrEnum):
-    local = "local"
-    ray = "ray"
 
 
 def main() -> None:
@@ -84,32 +67,6 @@ def _command(fn: Callable) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------- commands
-
-ModelArg = Annotated[
-    Path,
-    typer.Argument(
-        help="Model file (.safetensors) written by `lesion train`, or a Hugging Face model directory."
-    ),
-]
-AllowPickleOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-pickle", help="Read a directory's pytorch_model.bin with torch.load(weights_only=True)."
-    ),
-]
-TextOpt = Annotated[
-    Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
-]
-TokensOpt = Annotated[
-    Path | None, typer.Option(help="Language model: token ids (.npy/.npz/.safetensors/text of ids).")
-]
-SeqLenOpt = Annotated[
-    int | None,
-    typer.Option(min=2, help="Tokens per sequence of a language model (default min(64, context))."),
-]
-ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Replace existing output files (regular files only, never devices).")
-]
 
 
 @_command

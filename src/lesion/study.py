@@ -6,7 +6,7 @@
   ``fractions`` as a count of evenly spaced points). The experiment jobs and the explorer call them too.
 - ``analyze``: all three on one model file, written with figures and a summary into a folder,
   completely or not at all.
-- ``open_any`` (= ``open_model``) / ``dataset_for``: a model file or a Hugging Face model directory, and
+- ``open_any`` (from ``lesion._open``) / ``dataset_for``: a model file or a Hugging Face model directory, and
   the dataset (and training labels) a model file records. Language models (lesion's gpt, HF causal LMs)
   are studied by ``lesion._study_lm`` on token sequences instead.
 - ``train_model``: build, train and save a model described by a ``TrainConfig``.
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from lesion._json import jsonable
+from lesion._open import input_shape, open_any
 from lesion._outputs import atomic_write, check_dir_target, check_file_target, write_folder
-from lesion.errors import DataError, LesionError, ModelFileError
+from lesion.errors import DataError, LesionError
 
 ARCHS = ("mlp", "convnet", "resnet", "gpt", "vit")
 RANKED_ORDERS = ("selectivity_high", "selectivity_low", "importance_high")
@@ -349,51 +350,6 @@ def _auc_summary(aucs) -> dict:
     for row in aucs[aucs["order"] != "random"].itertuples():
         out[str(row.order)] = float(row.auc)
     return out
-
-
-def open_model(path: Path, *, allow_pickle: bool = False):
-    """A model file written by ``lesion train`` (safetensors; never pickle) and its info, or a Hugging
-    Face model directory (see ``open_any``)."""
-    return open_any(path, allow_pickle=allow_pickle)
-
-
-def open_any(path: Path, *, allow_pickle: bool = False):
-    """``(model, info)`` of a lesion model file or a local Hugging Face model directory (``config.json``
-    + safetensors; a pickle-only directory is refused unless ``allow_pickle``, which reads it with
-    ``torch.load(weights_only=True)``). For a directory ``info`` is ``{"arch": {"kind": "hf",
-    "architecture", "task", "input_shape" (image classifiers)}, "metadata": {}, "hf": HFModel}``, so the
-    CLI, the explorer and the jobs can all take either."""
-    path = Path(path)
-    if path.is_dir():
-        from lesion.hf import is_model_dir, load_hf_dir
-
-        if not is_model_dir(path):
-            raise ModelFileError(
-                f"{str(path)!r} is a directory; expected a model file written by `lesion train` or a Hugging "
-                "Face model directory (config.json + model.safetensors); it has no config.json"
-            )
-        hf = load_hf_dir(path, allow_pickle=allow_pickle)
-        arch = {"kind": "hf", "architecture": hf.architecture, "task": hf.task}
-        if hf.task == "image-classification":
-            size = getattr(hf.config, "image_size", None)
-            size = list(size) if isinstance(size, list | tuple) else [size, size]
-            arch["input_shape"] = [int(getattr(hf.config, "num_channels", 3)), *map(int, size)]
-        return hf.model, {"arch": arch, "metadata": {}, "hf": hf}
-    if not path.is_file():
-        raise ModelFileError(
-            f"model file {str(path)!r} does not exist; expected a file written by `lesion train` or a "
-            "Hugging Face model directory"
-        )
-    from lesion.models import load_model
-
-    return load_model(path)
-
-
-def input_shape(info: dict, path: Path) -> list[int]:
-    shape = (info.get("arch") or {}).get("input_shape")
-    if not shape:
-        raise ModelFileError(f"model file {str(path)!r} records no input_shape in its arch")
-    return [int(d) for d in shape]
 
 
 class Clock:

@@ -266,8 +266,9 @@ def explorer_for(
     """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
     import torch
 
+    from lesion._open import open_model
     from lesion.core.sites import find_sites
-    from lesion.study import DATA_SEED, dataset_for, open_model
+    from lesion.study import DATA_SEED, dataset_for
 
     net, info = open_model(model)
     data = dataset_for(info, dataset, model)

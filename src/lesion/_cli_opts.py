@@ -1,0 +1,63 @@
+"""The choices and shared options of the ``lesion`` command line (``lesion.cli`` holds the commands)."""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Arch(StrEnum):
+    mlp = "mlp"
+    convnet = "convnet"
+    resnet = "resnet"
+    gpt = "gpt"
+    vit = "vit"
+
+
+class CorruptMode(StrEnum):
+    shuffle = "shuffle"
+    random = "random"
+
+
+class Optimizer(StrEnum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+    step = "step"
+
+
+class Backend(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+ModelArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Model file (.safetensors) written by `lesion train`, or a Hugging Face model directory."
+    ),
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle", help="Read a directory's pytorch_model.bin with torch.load(weights_only=True)."
+    ),
+]
+TextOpt = Annotated[
+    Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
+]
+TokensOpt = Annotated[
+    Path | None, typer.Option(help="Language model: token ids (.npy/.npz/.safetensors/text of ids).")
+]
+SeqLenOpt = Annotated[
+    int | None,
+    typer.Option(min=2, help="Tokens per sequence of a language model (default min(64, context))."),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace existing output files (regular files only, never devices).")
+]
