@@ -146,3 +146,29 @@ def test_workers_and_threads_are_checked(tmp_path):
         run([], Store(tmp_path), workers=0)
     with pytest.raises(LesionError, match=r"threads=1\.5; expected a positive int"):
         run([], Store(tmp_path), threads=1.5)
+
+
+def test_trained_models_record_their_dataset_for_analyze_and_serve(tmp_path):
+    """A run's model files name the data they were trained on (as `lesion train`'s do), so `lesion
+    analyze runs/.../models/FILE` needs no --dataset; a training subset records none (its labels would
+    not match the whole set)."""
+    import torch
+
+    from lesion.models import load_model
+    from lesion.study import dataset_for
+
+    spec = {"arch": {"kind": "mlp", "widths": [8]}, "dataset": "digits", "corrupt": 0.5, "seed": 3,
+            "train": {"epochs": 1}}  # fmt: skip
+    whole, part = Job("train", spec), Job("train", spec | {"train_size": 200})
+    done = run([whole, part], Store(tmp_path)).paths
+    _, info = load_model(done[whole.key] / "model.safetensors")
+    data = dataset_for(info, None, done[whole.key] / "model.safetensors")
+    assert data.name == "digits" and info["metadata"]["data_seed"] == 0
+    assert torch.equal(data.y_train, info["extra"]["train_labels"])  # the corrupted labels it learnt
+    from lesion.data import load_dataset
+
+    assert not torch.equal(data.y_train, load_dataset("digits").y_train)  # half of them shuffled
+    _, info = load_model(done[part.key] / "model.safetensors")
+    assert "dataset" not in info["metadata"]
+    with pytest.raises(LesionError, match="records no dataset"):
+        dataset_for(info, None)

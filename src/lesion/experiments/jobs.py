@@ -53,8 +53,13 @@ def train_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
     if options.get("checkpoints"):
         options |= {"directory": out / "checkpoints", "arch": arch}
     history = train(model, data, train_labels=labels, seed=seed, **options)
-    save_model(model, out / "model.safetensors", arch=arch, metadata={"job": dict(params)},
-               extra={"train_labels": labels})  # fmt: skip
+    meta: dict[str, Any] = {"job": dict(params)}
+    if params.get("train_size") is None:  # the data it was trained on, as `lesion train` records it, so
+        # that `lesion analyze` / `lesion serve` on the run's models/ need no --dataset (not for a subset:
+        # its training labels would not match the whole set's)
+        meta |= {"dataset": params["dataset"], "data_seed": int(params.get("data_seed", 0))}
+        meta |= {"root": params["root"]} if params.get("root") else {}
+    save_model(model, out / "model.safetensors", arch=arch, metadata=meta, extra={"train_labels": labels})
     (out / "checkpoints" / "model.safetensors").unlink(missing_ok=True)  # the final model is out/
     (out / "checkpoints" / "history.csv").unlink(missing_ok=True)
     write_table(history, out / "history.parquet")
