@@ -58,3 +58,11 @@ def test_bad_flags_are_user_errors(tmp_path):
     result = invoke("train", "--corrupt-mode", "flip", "--corrupt", "0.2", "--dataset", "digits",
                     "--out", tmp_path / "x.safetensors")  # fmt: skip
     assert result.exit_code == 2
+
+
+def test_train_config_defaults_its_dataset_by_architecture():
+    from lesion.study import TrainConfig
+
+    assert TrainConfig().dataset == "mnist5k" and TrainConfig(arch="vit").dataset == "mnist5k"
+    assert TrainConfig(arch="gpt").dataset == "markov"  # a decoder trains on the built-in token corpus
+    assert TrainConfig(arch="gpt", dataset="repeat").dataset == "repeat"

@@ -159,7 +159,7 @@ def train(
     """Train a network and save it, with its training history and labels, as one safetensors file."""
     config = TrainConfig(
         arch=arch.value, widths=T.widths(widths), width_mult=width_mult, resnet_width=resnet_width,
-        dataset=dataset or ("markov" if arch == Arch.gpt else "mnist5k"), root=str(root) if root else None,
+        dataset=dataset, root=str(root) if root else None,
         corrupt=corrupt, corrupt_mode=corrupt_mode.value,
         epochs=epochs, until_train_acc=until_train_acc, max_epochs=max_epochs,
         checkpoints=T.checkpoints(checkpoints), seed=seed, lr=lr, optimizer=optimizer.value,

@@ -48,7 +48,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (512, 512)
     width_mult: float = 1.0
     resnet_width: int = 16
-    dataset: str = "mnist5k"
+    dataset: str | None = None  # default: mnist5k, for gpt the built-in markov corpus
     root: str | None = None
     corrupt: float = 0.0
     corrupt_mode: str = "shuffle"
@@ -71,6 +71,10 @@ class TrainConfig:
     patch: int = 4  # vit: patch side, dividing the image size
     tokens: str | None = None  # gpt: a token-id file to train on instead of the built-in --dataset corpus
     seq_len: int = 32  # gpt: sequence length = context
+
+    def __post_init__(self):
+        if self.dataset is None:
+            object.__setattr__(self, "dataset", "markov" if self.arch == "gpt" else "mnist5k")
 
 
 @dataclass(frozen=True)
