@@ -193,3 +193,12 @@ def test_a_chunk_whose_head_disagrees_with_the_model_runs_on_the_graph(monkeypat
     for k in (0, 7, 20):
         loss, _ = by_hand(model, x, y, order[:k], {"1": torch.zeros(24), "3": torch.zeros(20)})
         assert got["loss"][k] == pytest.approx(loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("counts", [[0, 3, 3], [0, 99], [-1, 2]])
+def test_counts_outside_the_order_or_repeated_are_refused_not_miscounted(counts):
+    from lesion.engine import Unsupported
+
+    model, x, y = mlp(6)
+    with pytest.raises(Unsupported, match="counts must be distinct"):
+        run_engine(model, x, y, [("1", j) for j in range(5)], counts)

@@ -30,6 +30,10 @@ def cumulative(
     """Update ``metric`` (one lesion per entry of ``counts``) with the first k units of ``order``
     deleted, for each k in ``counts``."""
     counts = sorted(counts)
+    if not counts:
+        return
+    if counts[0] < 0 or counts[-1] > len(order) or len(set(counts)) != len(counts):
+        raise Unsupported(f"counts must be distinct and within 0..{len(order)}")
     site_nodes, keep_nodes = _nodes(engine, [order])
     spec = curve_head(engine, order[: counts[-1]]) if counts[-1] else None
     for b in engine.chunks:
