@@ -29,11 +29,9 @@ def cumulative(
 ) -> None:
     """Update ``metric`` (one lesion per entry of ``counts``) with the first k units of ``order``
     deleted, for each k in ``counts``."""
-    counts = sorted(counts)
+    counts = _counts(counts, len(order))
     if not counts:
         return
-    if counts[0] < 0 or counts[-1] > len(order) or len(set(counts)) != len(counts):
-        raise Unsupported(f"counts must be distinct and within 0..{len(order)}")
     site_nodes, keep_nodes = _nodes(engine, [order])
     spec = curve_head(engine, order[: counts[-1]]) if counts[-1] else None
     for b in engine.chunks:
@@ -67,10 +65,12 @@ def cumulative_many(
     """Several cumulative orders at once: row block r of every tensor carries order r, so each step
     deletes one unit in every order in one set of kernels. ``metric`` lesion ``j * R + r`` is order r
     after ``counts[j]`` deletions (count-major). Orders must have the same length."""
-    counts = sorted(counts)
     n_orders = len(orders)
     if len({len(o) for o in orders}) != 1:
         raise Unsupported("orders of different lengths are run one at a time")
+    counts = _counts(counts, len(orders[0]))
+    if not counts:
+        return
     plan = engine.plan
     site_nodes, keep_nodes = _nodes(engine, orders)
     for b in engine.chunks:
@@ -90,6 +90,14 @@ def cumulative_many(
                 pending.add(_tensor_out(env[plan.output]), j * n_orders, n_orders, copy=True)
                 j += 1
         pending.drain()
+
+
+def _counts(counts: Sequence[int], length: int) -> list[int]:
+    """``counts`` sorted; Unsupported (the slow path takes them) unless distinct and within the order."""
+    counts = sorted(counts)
+    if counts and (counts[0] < 0 or counts[-1] > length or len(set(counts)) != len(counts)):
+        raise Unsupported(f"counts must be distinct and within 0..{length}")
+    return counts
 
 
 def _nodes(engine: Engine, orders: Sequence[Sequence[tuple[str, int]]]) -> tuple[dict[fx.Node, str], set]:
