@@ -153,9 +153,11 @@ def test_relu_head_absent_for_anything_else(model):
     assert head_after(model.eval()) is None
 
 
-def test_relu_head_absent_before_dropout_and_at_the_last_site():
-    mlp = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 7), nn.ReLU(), nn.Dropout(), nn.Linear(7, 3))
-    assert head_after(mlp.eval()) is None
+def test_relu_head_through_dropout_not_other_layers_and_absent_at_the_last_site():
+    drop = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 7), nn.ReLU(), nn.Dropout(), nn.Identity())
+    assert head_after(nn.Sequential(*drop, nn.Linear(7, 3)).eval()) is not None  # eval: identities
+    norm = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 7), nn.ReLU(), nn.LayerNorm(7))
+    assert head_after(nn.Sequential(*norm, nn.Linear(7, 3)).eval()) is None
     mlp = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 3))
     assert head_after(mlp.eval()) is not None
     assert head_after(mlp.eval(), site_index=1) is None  # its consumer is the output itself
@@ -220,3 +222,37 @@ def test_dead_units_cost_nothing_on_the_shortcut_and_keep_the_intact_values(monk
     intact = float(runner.intact["loss"][0])
     for i in (3, 7, 8):
         assert fast["loss"][i] == pytest.approx(intact, abs=1e-7)
+
+
+def test_a_classifier_with_dropout_before_its_last_layer_takes_both_shortcuts_exactly(monkeypatch):
+    """Dropout between the last ReLU and the classifier (identity in eval mode, where every sweep runs,
+    even of a model left in training mode): single units through the kink shortcut, cumulative orders
+    through the lean head loop, both equal to the hook path."""
+    from lesion.core.fast import cumulative, prefix
+
+    torch.manual_seed(2)
+    layers = [nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Dropout(0.5), nn.Linear(24, 4)]
+    model = nn.Sequential(*layers).train()  # the sweep puts it in eval mode
+    with torch.no_grad():
+        model[2].bias += 0.5
+    x, y = torch.randn(200, 20), torch.randint(0, 4, (200,))
+    sites = lesion.find_sites(model, x[:2])
+    runner = Runner(model, (x, y), sites, batch_size=100)
+    lesions = runner.fit([Lesion([Unit(s.name, i)]) for s in sites for i in range(s.width)])
+    fast = evaluate_lesions(runner, lesions)
+    assert runner.fallbacks == {} and runner.engine().kinks > 0
+    slow = Runner(model, (x, y), sites, engine=False).run(lesions)
+    np.testing.assert_allclose(fast["loss"], slow["loss"], atol=1e-6)
+    np.testing.assert_array_equal(fast["confusion"], slow["confusion"])
+    from lesion.engine import curves, headcurve
+
+    served = []
+    monkeypatch.setattr(curves, "run_chunk", lambda *a: served.append(headcurve.run_chunk(*a)) or served[-1])
+    seq = [lesions[i] for i in np.random.default_rng(0).permutation(len(lesions))]
+    counts = list(range(len(seq) + 1))
+    got = cumulative(runner, seq, counts)
+    want = Runner(model, (x, y), sites, engine=False).run([prefix(seq, k) for k in counts])
+    assert runner.fallbacks == {} and served == [True, True]  # both chunks on the lean loop
+    np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
+    np.testing.assert_array_equal(got["confusion"], want["confusion"])
+    assert model.training  # restored
