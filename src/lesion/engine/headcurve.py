@@ -8,7 +8,9 @@ outputs, the model's output)`` and an order deletes units of A and B only, each 
 - a unit j of B: the output loses ``V[:, j] (relu(z_j) - fill_j)``, a rank-1 update of the (batch, c)
   output; ``V'`` and ``c'`` change for the later steps.
 The general path (``lesion.engine.curves``) does the same arithmetic through the traced graph's nodes,
-at about 200 us of bookkeeping a step on top (2026-12-02, EPYC: one W2 order on 100 examples).
+at about 200 us of bookkeeping a step on top (2026-12-02, EPYC: one W2 order on 100 examples). Each
+chunk's intact output from this loop must equal the model's own before the loop runs it, and every
+order's last counts are re-run on the hook path (``lesion.core.fast``) before the curve is trusted.
 
 Measured and not kept (2026-12-02, EPYC, one W2 order): blocks of 16 A-steps linearised at the block's
 ReLU mask (one (batch, n) @ (n, 16 c) GEMM) with exact corrections where a pre-activation crosses zero
