@@ -192,26 +192,35 @@ class Plan:
 
         ``flat``: the site's output is (batch, units), so a Linear consumer reads the units directly.
         """
-        node = self.site[site]
+        found = self.reader(self.site[site])
+        if found is None:
+            return None
+        user = found[1]
+        if user.op != "call_module" or len(user.all_input_nodes) != 1:
+            return None
+        mod = self.modules[user.target]
+        if isinstance(mod, nn.Linear) and flat:
+            return Consumer(user, mod)
+        if (
+            isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            and not flat
+            and mod.groups == 1
+            and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str)
+        ):
+            return Consumer(user, mod)
+        return None
+
+    def reader(self, node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+        """(the value it reads, the only reader) of ``node``'s value past eval-mode identities (Dropout,
+        Identity modules called on that value alone; the engine runs the model in eval mode); None where
+        a value on the way has no reader or several."""
         while len(node.users) == 1:
             (user,) = node.users
-            if user.op != "call_module" or len(user.all_input_nodes) != 1:
-                return None
-            mod = self.modules[user.target]
-            if isinstance(mod, PASS_THROUGH):
-                node = user
-                continue
-            if isinstance(mod, nn.Linear) and flat:
-                return Consumer(user, mod)
-            if (
-                isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-                and not flat
-                and mod.groups == 1
-                and mod.padding_mode == "zeros"
-                and not isinstance(mod.padding, str)
-            ):
-                return Consumer(user, mod)
-            return None
+            passes = user.op == "call_module" and isinstance(self.modules[user.target], PASS_THROUGH)
+            if not (passes and user.args == (node,) and not user.kwargs):
+                return node, user
+            node = user
         return None
 
     def run(

@@ -27,7 +27,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from lesion.engine.graph import PASS_THROUGH, plain_linear
+from lesion.engine.graph import plain_linear
 
 P = 8  # the bound's norm: overestimates the largest term by at most n^(1/P) (2.2x at n = 512)
 MARGIN = 1.01  # on the bound, for float rounding in the GEMM and the root
@@ -130,14 +130,12 @@ def relu_head(plan, start: fx.Node) -> ReluHead | None:
     if not (isinstance(inner, nn.Linear) and plain_linear(inner)) or len(start.users) != 1:
         return None
     (act,) = start.users
-    if not _is_relu(plan, act) or len(act.users) != 1 or act.all_input_nodes != [start]:
+    if not _is_relu(plan, act) or act.all_input_nodes != [start]:
         return None
-    prev, (last,) = act, act.users
-    while last.op == "call_module" and isinstance(plan.modules.get(last.target), PASS_THROUGH):
-        # eval-mode dropout, Identity: the engine runs the model in eval mode, as ``Plan.consumer``
-        if len(last.users) != 1 or last.args != (prev,) or last.kwargs:
-            return None
-        prev, (last,) = last, last.users
+    found = plan.reader(act)  # through eval-mode dropout or Identity
+    if found is None:
+        return None
+    prev, last = found
     head = plan.modules.get(last.target) if last.op == "call_module" else None
     if not (isinstance(head, nn.Linear) and plain_linear(head)) or head.out_features > MAX_OUT:
         return None
