@@ -183,7 +183,8 @@ def test_not_used_where_the_order_reaches_other_layers_or_only_the_last_site(mon
 def test_a_chunk_whose_head_disagrees_with_the_model_runs_on_the_graph(monkeypatch):
     calls = served(monkeypatch)
     real = headcurve.HeadCurve.dense
-    monkeypatch.setattr(headcurve.HeadCurve, "dense", lambda self: real(self) + 1.0)  # a wrong reading
+    wrong = lambda self, z=None: real(self, z) + 1.0  # noqa: E731 -- a wrong reading of the head
+    monkeypatch.setattr(headcurve.HeadCurve, "dense", wrong)
     model, x, y = mlp(5)
     order = [("1", j) for j in range(10)] + [("3", j) for j in range(10)]
     counts = list(range(21))

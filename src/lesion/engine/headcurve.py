@@ -51,9 +51,9 @@ class HeadCurve:
         self.fill_b = None if fill_b is None else fill_b.to(dt)
         self.out = self.dense()
 
-    def dense(self) -> torch.Tensor:
-        """(batch, c) the output from the current pre-activations and deletions."""
-        return torch.addmm(self.bias, torch.relu(self.z), self.vp.T)[:, : self.c]
+    def dense(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, c) the output from pre-activations ``z`` (default: the current ones) and the deletions."""
+        return torch.addmm(self.bias, torch.relu(self.z if z is None else z), self.vp.T)[:, : self.c]
 
     def a_step(self, d: torch.Tensor, w: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Delete a unit of A that adds ``d`` (batch,) through column ``w`` (n,) of W; ``rows``: the
@@ -65,7 +65,7 @@ class HeadCurve:
         zr = torch.addr(self.z.index_select(0, rows), d.index_select(0, rows), w, alpha=-1)
         self.z.index_copy_(0, rows, zr)
         out = self.out.clone()
-        out[rows] = torch.addmm(self.bias, torch.relu(zr), self.vp.T)[:, : self.c]
+        out[rows] = self.dense(zr)
         self.out = out
         return out
 
