@@ -107,6 +107,8 @@ def _on_ray(runner, lesions, address, shards, resume, threads, bar) -> dict[str,
 
 def _compute(ray, runner, lesions, ranges, todo, threads, parts, store, bar) -> None:
     """Send the ``todo`` ranges to the cluster; keep (and store) each shard as it returns."""
+    from lesion.experiments.ray_backend import cancel_unfinished
+
     try:
         sites = list(runner.sites.values())
         shared = ray.put((runner.model, sites, runner.data, runner.metric, lesions))
@@ -120,14 +122,18 @@ def _compute(ray, runner, lesions, ranges, todo, threads, parts, store, bar) -> 
     task = ray.remote(_shard).options(num_cpus=threads, num_gpus=gpus, max_retries=3)
     options = {"batch_size": runner.batch_size, "engine": runner.use_engine, "precision": runner.precision}
     pending = {task.remote(shared, *ranges[i], options, threads): i for i in todo}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        i = pending.pop(done[0])
-        parts[i] = ray.get(done[0])
-        if store is not None:
-            store.save(i, parts[i])
-        if bar is not None:
-            bar.update(ranges[i][1] - ranges[i][0])
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])  # finished, whatever its outcome: never to be cancelled
+            parts[i] = ray.get(done[0])
+            if store is not None:
+                store.save(i, parts[i])
+            if bar is not None:
+                bar.update(ranges[i][1] - ranges[i][0])
+    except BaseException:  # a failed shard or Ctrl-C: the other shards stop computing on the cluster
+        cancel_unfinished(ray, list(pending))
+        raise
 
 
 def _ranges(n: int, k: int) -> list[tuple[int, int]]:
