@@ -28,7 +28,7 @@ import torch.fx as fx
 from lesion.core.batch import Batch
 from lesion.core.metric import Metric
 from lesion.engine.kinks import ReluHead
-from lesion.engine.sweeps import _Pending
+from lesion.engine.sweeps import _fills, _Pending
 
 PAD = 16  # the last Linear's outputs padded to a multiple of this: 1,000 x 512 -> 10 runs 1.5-2x faster
 GATHER = 0.25  # an A-step changing at most this share of the chunk's examples updates those alone
@@ -102,9 +102,7 @@ def run_chunk(engine, spec, order, counts: Sequence[int], fills, metric: Metric,
     # what each A-step removes, (A-steps, batch) rows (an order names each unit once, as
     # ``lesion.curves.unit_order`` requires)
     idx = torch.tensor([unit for layer, unit in steps if layer == name_a], dtype=torch.long, device=z.device)
-    d = a.T[idx].to(z.dtype)
-    if fills.get(name_a) is not None:
-        d -= fills[name_a].to(z)[idx].unsqueeze(1)
+    d = (a.T[idx] - _fills(a, idx, fills.get(name_a)).unsqueeze(1)).to(z.dtype)
     w = head.inner.weight.to(z.dtype).T[idx]  # (A-steps, n) rows: contiguous vectors for addr
     batch = len(z)
     engine.examples += batch * len(steps)
