@@ -1,17 +1,11 @@
 """Open a model for a study: a file written by ``lesion train`` (safetensors, never pickle) or a local
-Hugging Face model directory, as ``(model, info)``; ``lesion.study`` re-exports these."""
+Hugging Face model directory, as ``(model, info)``; ``lesion.study`` re-exports both functions."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lesion.errors import ModelFileError
-
-
-def open_model(path: Path, *, allow_pickle: bool = False):
-    """A model file written by ``lesion train`` (safetensors; never pickle) and its info, or a Hugging
-    Face model directory (see ``open_any``)."""
-    return open_any(path, allow_pickle=allow_pickle)
 
 
 def open_any(path: Path, *, allow_pickle: bool = False):

@@ -266,11 +266,11 @@ def explorer_for(
     """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
     import torch
 
-    from lesion._open import open_model
+    from lesion._open import open_any
     from lesion.core.sites import find_sites
     from lesion.study import DATA_SEED, dataset_for
 
-    net, info = open_model(model)
+    net, info = open_any(model)
     data = dataset_for(info, dataset, model)
     x, y = data.x_test, data.y_test
     if examples is not None and examples < len(y):
