@@ -9,7 +9,7 @@ import torch
 
 from lesion.data import load_dataset
 from lesion.models import build_model
-from lesion.training import train
+from lesion.training.loop import train
 
 ARCH = {"kind": "mlp", "input_shape": [1, 8, 8], "widths": [32, 24], "n_classes": 10}
 

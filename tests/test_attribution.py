@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import lesion
-from lesion.attribution import estimates, fitted_replacement, spearman
+from lesion.analyses.attribution import estimates, fitted_replacement, spearman
 from lesion.core.sites import find_sites
 from lesion.errors import LesionError
 
@@ -226,7 +226,7 @@ def test_refusals():
 
 def test_objective_sums_to_the_metric_main_column():
     """Summed over batches and divided by the counts, each objective is the metric's own main value."""
-    from lesion.attribution import main_column, objective
+    from lesion.analyses.attribution import main_column, objective
     from lesion.core.batch import batches
 
     model = tiny_gpt2()
@@ -259,7 +259,7 @@ def test_objective_sums_to_the_metric_main_column():
 def test_missed_rule_and_spearman():
     import pandas as pd
 
-    from lesion.attribution import _compare
+    from lesion.analyses.attribution import _compare
 
     # 20 units: unit 0 has the largest exact effect but the smallest estimate -> missed; unit 1 is not
     exact = np.array([10.0, 9.0] + [0.1 * i for i in range(18)])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from lesion.backends.ray import RayBackend, read_bundle, write_bundle
 from lesion.errors import LesionError
 from lesion.experiments import Job, Store, run
 from lesion.experiments.backends import LocalBackend, get_backend
-from lesion.experiments.ray_backend import RayBackend, read_bundle, write_bundle
 
 
 def test_backends_are_named_and_checked(tmp_path):
@@ -75,7 +75,7 @@ class _FakeRay:
 def test_a_finished_ray_task_is_never_cancelled():
     """Ray 2.60 aborts the driver (exit 1) when it force-cancels a task whose results just came in; the
     clean-up after a failed job cancels only the tasks still running, never the one that failed."""
-    from lesion.experiments.ray_backend import _RaySession, cancel_unfinished
+    from lesion.backends.ray import _RaySession, cancel_unfinished
 
     fake = _FakeRay(finished={"a", "c"})
     cancel_unfinished(fake, ["a", "b", "c", "d"])
@@ -100,7 +100,7 @@ def test_a_failed_ray_shard_stops_the_others_but_not_itself(monkeypatch):
 
     import torch
 
-    from lesion import distributed
+    from lesion.backends import ray_sweep as distributed
 
     fake = _FakeRay(finished={"shard-1"}, failed={"shard-1"})
     names = (f"shard-{i}" for i in itertools.count())

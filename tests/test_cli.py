@@ -154,14 +154,14 @@ def test_every_public_name_resolves_lazily():
     for name in lesion.__all__:
         assert getattr(lesion, name) is not None
     assert set(lesion.__all__) <= set(dir(lesion))
-    assert lesion.measures.auc is lesion.auc  # submodules stay reachable as attributes
+    assert lesion.analyses.measures.auc is lesion.auc  # submodules stay reachable as attributes
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = lesion.nope
 
 
 def test_analyze_measures_curves_on_the_labels_the_model_was_trained_on(model_file, tmp_path):
+    from lesion.analyses.evaluation import evaluate
     from lesion.data import load_dataset
-    from lesion.evaluation import evaluate
     from lesion.models import load_model, save_model
 
     net, info = load_model(model_file)

@@ -61,7 +61,7 @@ def test_bad_flags_are_user_errors(tmp_path):
 
 
 def test_train_config_defaults_its_dataset_by_architecture():
-    from lesion.study import TrainConfig
+    from lesion.pipeline.classifier import TrainConfig
 
     assert TrainConfig().dataset == "mnist5k" and TrainConfig(arch="vit").dataset == "mnist5k"
     assert TrainConfig(arch="gpt").dataset == "markov"  # a decoder trains on the built-in token corpus

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import lesion
-from lesion import interventions as iv
-from lesion.controls import _draw, _joint, _seed
+from lesion.analyses.controls import _draw, _joint, _seed
+from lesion.core import interventions as iv
 from lesion.errors import LesionError
 from lesion.models import build_model
 

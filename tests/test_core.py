@@ -358,7 +358,7 @@ def test_unit_parsing_is_ascii_and_bounded_before_allocation():
 # ----------------------------------------------------------------------------- the user's own data
 def test_own_data_from_arrays_npz_and_training(tmp_path):
     from lesion.data import from_arrays, from_npz, load_dataset
-    from lesion.training import train
+    from lesion.training.loop import train
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)) + 3.0

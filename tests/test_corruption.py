@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lesion.corruption import corrupt_labels
 from lesion.errors import DataError, LesionError
+from lesion.training.corruption import corrupt_labels
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lesion
-from lesion.core.fast import cumulative, prefix
+from lesion.analyses.sweep import evaluate_lesions
 from lesion.core.lesions import Lesion
 from lesion.core.replacements import as_replacement
 from lesion.core.runner import Runner
-from lesion.core.sweep import evaluate_lesions
 from lesion.core.units import Unit
 from lesion.engine import Engine, Plan, Unsupported
+from lesion.engine.dispatch import cumulative, engine_of, prefix
 from tests.test_reference import make
 
 
@@ -164,9 +164,9 @@ def test_exact_sparsity_skips_the_examples_a_deletion_cannot_change():
     sites = lesion.find_sites(model, x[:2])
     units = [f"{s.name}:{j}" for s in sites for j in range(32)] + ["3:5"]
     runner = Runner(model, [(x, y)], sites)
-    runner.engine().sparse = True
+    engine_of(runner).sparse = True
     fast = evaluate_lesions(runner, runner.fit([Lesion(u) for u in units]))
-    eng = runner.engine()
+    eng = engine_of(runner)
     skipped = 1 - eng.computed / eng.examples
     assert 0.3 < skipped < 1  # about half the ReLU outputs are exactly 0
     assert runner.skipped() == skipped
@@ -179,7 +179,7 @@ def test_exact_sparsity_skips_the_examples_a_deletion_cannot_change():
     with torch.no_grad():  # the dense path still skips units dead on every example (nothing else)
         h1 = model[1](model[0](x))
         dead = int((h1 == 0).all(0).sum() + (model[3](model[2](h1)) == 0).all(0).sum())
-    assert dense.engine().computed == dense.engine().examples - 300 * dead
+    assert engine_of(dense).computed == engine_of(dense).examples - 300 * dead
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
@@ -274,7 +274,7 @@ def test_cumulative_step_of_a_dead_unit_recomputes_nothing_and_stays_exact():
     want = ev.run([prefix(seq, k) for k in counts])
     np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
     np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=1e-9)
-    eng = ev.engine()
+    eng = engine_of(ev)
     assert ev.fallbacks == {}
     # the two dead units' steps: every example unchanged and nothing recomputed (2 steps x 200 examples)
     assert eng.examples - eng.computed >= 2 * 200
@@ -303,7 +303,7 @@ def test_single_unit_lesions_of_dead_units_cost_nothing_and_keep_the_intact_valu
     # dead within a batch of 100 counts: a unit silent on one batch is skipped for that batch
     dead = sum(int((h[i : i + 100] == 0).all(0).sum()) for h in (h1, h2) for i in (0, 100))
     assert dead >= 6
-    eng = runner.engine()
+    eng = engine_of(runner)
     assert runner.fallbacks == {}
     assert eng.examples - eng.computed == dead * 100  # exactly the dead units' examples were skipped
     intact = Runner(model, (x, y), sites).run([None])

@@ -155,7 +155,7 @@ def test_trained_models_record_their_dataset_for_analyze_and_serve(tmp_path):
     import torch
 
     from lesion.models import load_model
-    from lesion.study import dataset_for
+    from lesion.pipeline.classifier import dataset_for
 
     spec = {"arch": {"kind": "mlp", "widths": [8]}, "dataset": "digits", "corrupt": 0.5, "seed": 3,
             "train": {"epochs": 1}}  # fmt: skip

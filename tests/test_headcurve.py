@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lesion
-from lesion.core.fast import cumulative, prefix
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Classification, Metric
 from lesion.core.replacements import as_replacement
 from lesion.core.runner import Runner
 from lesion.core.units import Unit
 from lesion.engine import curves, headcurve
+from lesion.engine.dispatch import cumulative, prefix
 from lesion.engine.sweeps import Engine
 
 

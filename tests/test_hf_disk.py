@@ -17,8 +17,8 @@ import lesion
 from lesion.cli import app
 from lesion.data import read_token_ids, token_sequences, tokenize_file
 from lesion.errors import DataError, ModelFileError
-from lesion.hf import load_hf_dir
-from lesion.study import open_any
+from lesion.models.hf import load_hf_dir
+from lesion.pipeline.classifier import open_any
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import lesion
+from lesion.analyses.sweep import evaluate_lesions
 from lesion.core.lesions import Lesion
 from lesion.core.replacements import as_replacement
 from lesion.core.runner import Runner
-from lesion.core.sweep import evaluate_lesions
 from lesion.core.units import Unit
 from lesion.engine import Plan
 from lesion.engine import kinks as K
+from lesion.engine.dispatch import engine_of
 
 
 def dense(z, a, w, v, b):
@@ -179,7 +180,7 @@ def test_engine_sweep_through_the_shortcut_equals_the_hook_path(value, share, mo
         [Lesion([Unit(s.name, i)], as_replacement(value, stats)) for s in sites for i in range(s.width)]
     )
     fast = evaluate_lesions(runner, lesions)
-    eng = runner.engine()
+    eng = engine_of(runner)
     assert runner.fallbacks == {}
     assert eng.kinks > 0 and eng.declined == 0  # the first layer's 48 lesions took the shortcut
     slow = Runner(model, (x, y), sites, engine=False).run(lesions)
@@ -198,7 +199,7 @@ def test_engine_falls_back_to_the_dense_step_where_the_shortcut_declines():
     runner = Runner(model, (x, y), sites, batch_size=50)
     lesions = runner.fit([Lesion([Unit(s.name, i)]) for s in sites for i in range(s.width)])
     fast = evaluate_lesions(runner, lesions)
-    assert runner.engine().declined > 0 and runner.fallbacks == {}
+    assert engine_of(runner).declined > 0 and runner.fallbacks == {}
     slow = Runner(model, (x, y), sites, engine=False).run(lesions)
     np.testing.assert_allclose(fast["loss"], slow["loss"], atol=1e-6)
 
@@ -214,7 +215,7 @@ def test_dead_units_cost_nothing_on_the_shortcut_and_keep_the_intact_values(monk
     units = [Lesion([Unit(sites[0].name, i)]) for i in range(24)]  # the first layer: the shortcut's
     runner = Runner(model, (x, y), sites, batch_size=100)
     fast = evaluate_lesions(runner, runner.fit(units))
-    eng = runner.engine()
+    eng = engine_of(runner)
     assert runner.fallbacks == {} and eng.kinks > 0 and eng.declined == 0
     assert eng.examples - eng.computed == 3 * 200  # exactly the dead units' pairs were left out
     slow = Runner(model, (x, y), sites, engine=False).run(units)
@@ -228,7 +229,7 @@ def test_a_classifier_with_dropout_before_its_last_layer_takes_both_shortcuts_ex
     """Dropout between the last ReLU and the classifier (identity in eval mode, where every sweep runs,
     even of a model left in training mode): single units through the kink shortcut, cumulative orders
     through the lean head loop, both equal to the hook path."""
-    from lesion.core.fast import cumulative, prefix
+    from lesion.engine.dispatch import cumulative, prefix
 
     torch.manual_seed(2)
     layers = [nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Dropout(0.5), nn.Linear(24, 4)]
@@ -240,7 +241,7 @@ def test_a_classifier_with_dropout_before_its_last_layer_takes_both_shortcuts_ex
     runner = Runner(model, (x, y), sites, batch_size=100)
     lesions = runner.fit([Lesion([Unit(s.name, i)]) for s in sites for i in range(s.width)])
     fast = evaluate_lesions(runner, lesions)
-    assert runner.fallbacks == {} and runner.engine().kinks > 0
+    assert runner.fallbacks == {} and engine_of(runner).kinks > 0
     slow = Runner(model, (x, y), sites, engine=False).run(lesions)
     np.testing.assert_allclose(fast["loss"], slow["loss"], atol=1e-6)
     np.testing.assert_array_equal(fast["confusion"], slow["confusion"])

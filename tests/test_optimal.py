@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import lesion
-import lesion.core.optimal as optimal
+import lesion.engine.optimal as optimal
 from lesion import Lesion
-from lesion.core.sweep import sites_for
+from lesion.analyses.sweep import sites_for
 from lesion.engine.graph import Plan, Unsupported
 from lesion.engine.prefix import PrefixEngine
 

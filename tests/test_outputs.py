@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lesion import _outputs
-from lesion._outputs import OutputError, read_manifest
 from lesion.cli import app
+from lesion.util.outputs import OutputError, read_manifest
 
 runner = CliRunner()
 TRAIN = ["train", "--widths", "8", "--epochs", "1", "--dataset", "digits"]

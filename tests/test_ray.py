@@ -33,7 +33,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 from lesion.experiments import KINDS, Job, Store, run
 from lesion.experiments.jobs import units_job
 from lesion.experiments.shards import merge
-from lesion.reproduce import reproduce
+from lesion.report.reproduce import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Job("train", {
@@ -212,7 +212,7 @@ def test_a_private_local_instance_listens_on_loopback_only(tmp_path):
     a process that never set Ray's loopback switch itself (this module sets it, so run a fresh one)."""
     code = (
         "import subprocess\n"
-        "from lesion.experiments.ray_backend import RayBackend\n"
+        "from lesion.backends.ray import RayBackend\n"
         "with RayBackend(cpus=1).session(1):\n"
         "    out = subprocess.run(['ss', '-ltnp'], capture_output=True, text=True).stdout\n"
         "lines = [l for l in out.splitlines() if 'gcs' in l or 'raylet' in l]\n"
@@ -325,7 +325,7 @@ def torch_no_grad():
 def test_lesion_analyze_on_ray_equals_local(head, tmp_path):
     """`lesion analyze MODEL --backend ray --address HEAD` writes the local unit table, and leaves no
     shard directory behind."""
-    from lesion.study import AnalysisConfig, TrainConfig, analyze, train_model
+    from lesion.pipeline.classifier import AnalysisConfig, TrainConfig, analyze, train_model
 
     model = tmp_path / "m.safetensors"
     train_model(TrainConfig(arch="mlp", widths=(16, 8), dataset="digits", epochs=1), model)

@@ -174,7 +174,7 @@ def test_default_candidates_are_last_three_conv_sites():
 
 def test_weight_norm_order_uses_incoming_weights():
     model, _x, _y = make("mlp", 1)
-    from lesion.analyses import unit_order
+    from lesion.analyses.paper import unit_order
     from lesion.core.units import Unit
 
     pool = [Unit("relu1", i) for i in range(7)]
@@ -196,7 +196,7 @@ def test_noise_curves_are_seeded_and_grow_with_scale():
 
 
 def test_noise_sd_is_scale_times_unit_sd():
-    from lesion import interventions as iv
+    from lesion.core import interventions as iv
 
     h = torch.zeros(20_000, 3, 2, 2)
     sd = torch.tensor([1.0, 2.0, 0.0])

@@ -17,7 +17,7 @@ import pytest
 from lesion.errors import LesionError
 from lesion.experiments.figures import FIGURES
 from lesion.experiments.profiles import get_profile
-from lesion.reproduce import reproduce, select
+from lesion.report.reproduce import reproduce, select
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIM_IDS = ["F1", "F2", "F3", "F4a", "F4a-sgd", "F4b", "F4c", "F5a", "F5b", "F6", "F7", "F7-conv",

@@ -111,7 +111,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
         theirs.mkdir()
         with pytest.raises(LesionError, match=rf"in use by another lesion process \(PID {first.pid}\)"):
             Store(tmp_path)
-        from lesion.reproduce import reproduce
+        from lesion.report.reproduce import reproduce
 
         with pytest.raises(LesionError, match="pass another --out"):
             reproduce("tiny", only="F1", out=tmp_path)
@@ -126,7 +126,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
 
 
 def test_reproduce_recomputes_an_edited_model_and_verify_checks_the_rest(tmp_path):
-    from lesion.reproduce import reproduce
+    from lesion.report.reproduce import reproduce
 
     first = reproduce("tiny", only="F1", out=tmp_path)
     claims = json.loads((tmp_path / "claims.json").read_text())
@@ -142,7 +142,7 @@ def test_reproduce_recomputes_an_edited_model_and_verify_checks_the_rest(tmp_pat
 
 
 def test_reproduce_verify_hashes_jobs_outside_its_figures(tmp_path):
-    from lesion.reproduce import reproduce
+    from lesion.report.reproduce import reproduce
 
     reproduce("tiny", only="F1", out=tmp_path)
     stray = tmp_path / "jobs" / "0123456789abcdef0123"  # a finished job of some other figure

@@ -9,8 +9,8 @@ import torch
 import lesion
 from lesion.data import Dataset, load_dataset
 from lesion.models import mlp
-from lesion.selectivity_reg import batch_selectivity
-from lesion.training import train
+from lesion.training.loop import train
+from lesion.training.regulariser import batch_selectivity
 
 
 @pytest.fixture(scope="module")

@@ -269,14 +269,14 @@ def test_the_page_and_docs_are_served(client):
 
 
 def fake_loader(monkeypatch, model, ids, *, language=True):
-    """Stand-ins for the loader of language models on disk (``lesion._study_lm``, ``study.open_any``)
+    """Stand-ins for the loader of language models on disk (``lesion.pipeline.lm``, ``study.open_any``)
     with the interface ``explorer_for_file`` calls, so the hook is tested whether or not it is built."""
     import types
 
-    from lesion import study
+    from lesion.pipeline import classifier as study
 
     calls = {}
-    fake = types.ModuleType("lesion._study_lm")
+    fake = types.ModuleType("lesion.pipeline.lm")
     fake.TextConfig = lambda **kw: kw
     fake.facts = lambda net, info: {"tokenizer": ToyTokenizer()}
     fake.is_language_model = lambda info: info["arch"]["kind"] == "gpt"
@@ -284,7 +284,7 @@ def fake_loader(monkeypatch, model, ids, *, language=True):
         calls.setdefault("config", config) and {"input_ids": ids},
         "ids.npy",
     )
-    monkeypatch.setitem(sys.modules, "lesion._study_lm", fake)
+    monkeypatch.setitem(sys.modules, "lesion.pipeline.lm", fake)
     kind = "gpt" if language else "mlp"
     monkeypatch.setattr(study, "open_any", lambda path: (model, {"arch": {"kind": kind}}), raising=False)
     return calls
@@ -331,7 +331,7 @@ def test_explorer_for_file_leaves_classifiers_to_the_classic_explorer(monkeypatc
 
 def test_explorer_for_a_real_gpt_file_equals_the_python_api(tmp_path):
     """No stand-ins: `lesion train --arch gpt` writes the file, the real loaders read it back."""
-    from lesion import study
+    from lesion.pipeline import classifier as study
     from lesion.serve.text import explorer_for_file
 
     path = tmp_path / "gpt.safetensors"

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import lesion
-from lesion.measures import mutual_information, selectivity_index
-from lesion.stats import UnitHistogram, UnitMoments, bin_edges, per_example
+from lesion.analyses.measures import mutual_information, selectivity_index
+from lesion.core.stats import UnitHistogram, UnitMoments, bin_edges, per_example
 from tests.test_reference import make
 
 

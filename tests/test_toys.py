@@ -87,7 +87,7 @@ def test_cumulative_curve_in_a_given_order(toy):
 def test_ranked_orders_follow_the_unit_table():
     model, data = ToyMLP(), toy_data()
     table = lesion.unit_table(model, data)
-    from lesion.analyses import unit_order
+    from lesion.analyses.paper import unit_order
     from lesion.core.units import Unit
 
     pool = [Unit("act", i) for i in range(5)]
@@ -153,11 +153,11 @@ def test_selectivity_vs_importance_drops_dead_units():
 
 def test_direction_removal_of_a_unit_axis_equals_zero_ablation():
     model, data = ToyMLP(), toy_data()
-    q = lesion.interventions.unit_directions(5, [2, 3])
+    q = lesion.core.interventions.unit_directions(5, [2, 3])
     with lesion.ablate_directions(model, "act", q):
         ev = lesion.evaluate(model, data)
     assert ev.loss == pytest.approx(NO_U2_U3, abs=1e-6)
-    q_all = lesion.interventions.random_directions(5, 5, seed=3)
+    q_all = lesion.core.interventions.random_directions(5, 5, seed=3)
     with lesion.ablate_directions(model, "act", q_all):
         out = model(data[0])
     np.testing.assert_allclose(out.detach().numpy(), np.tile([0.0, 1.0], (8, 1)), atol=1e-5)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lesion.corruption import corrupt_labels
 from lesion.data import Dataset, load_dataset
 from lesion.errors import DataError, LesionError
 from lesion.models import build_model, load_model, mlp
-from lesion.training import _batch_bounds, evaluate, lr_at, seed_everything, train
+from lesion.training.corruption import corrupt_labels
+from lesion.training.loop import _batch_bounds, evaluate, lr_at, seed_everything, train
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -425,7 +425,7 @@ def test_patch_and_optimal_on_heads():
 def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(monkeypatch):
     """Sites whose recorded outputs fit CACHE_BYTES share one intact capture per batch; the values equal
     those of each site run alone (budget 0), and a site the engine cannot run falls back alone."""
-    import lesion.core.fast as fast
+    import lesion.engine.dispatch as fast
 
     model, data = _gpt2().eval(), _data("lm")
     units = [f"transformer.h.{b}.mlp.act:{j}" for b in (0, 1) for j in (1, 6)]
@@ -475,7 +475,7 @@ def test_the_progress_bar_moves_with_every_batch_of_a_prefix_sweep(monkeypatch):
     the examples (not all at once on the first batch) and ends at the number of lesions."""
     import contextlib
 
-    import lesion.core.sweep as sw
+    import lesion.analyses.sweep as sw
 
     updates = []
 

@@ -13,7 +13,11 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lesion.analyses import (
+    from lesion.analyses.attribution import attribution_table, plot_attribution
+    from lesion.analyses.direct import direct_effects, plot_direct
+    from lesion.analyses.evaluation import Evaluation, evaluate
+    from lesion.analyses.measures import auc, correlate, mutual_information, selectivity_index
+    from lesion.analyses.paper import (
         ablation_curves,
         curve_auc,
         noise_curves,
@@ -21,11 +25,10 @@ if TYPE_CHECKING:
         selectivity_vs_importance,
         unit_table,
     )
-    from lesion.attribution import attribution_table, plot_attribution
+    from lesion.analyses.sweep import sweep
     from lesion.core.batch import Batch
     from lesion.core.lesions import Lesion, ablate, ablate_directions, add_noise, hooks
     from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar
-    from lesion.core.optimal import Optimal
     from lesion.core.replacements import (
         Constant,
         Directions,
@@ -38,15 +41,12 @@ if TYPE_CHECKING:
         Zero,
     )
     from lesion.core.sites import Site, find_sites
-    from lesion.core.sweep import sweep
+    from lesion.core.stats import collect_stats
     from lesion.core.units import Unit, UnitSet, parse_units
-    from lesion.direct import direct_effects, plot_direct
+    from lesion.engine.optimal import Optimal
     from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
-    from lesion.evaluation import Evaluation, evaluate
-    from lesion.measures import auc, correlate, mutual_information, selectivity_index
-    from lesion.stats import collect_stats
 
-__version__ = "0.1.0"
+from lesion.util import VERSION as __version__  # noqa: F401  (public)
 
 __all__ = [
     "KL",
@@ -107,27 +107,27 @@ __all__ = [
 # Public name -> submodule that defines it. Imported on first access (PEP 562), so that light entry
 # points such as ``lesion --help`` do not pay for torch.
 _SOURCES = {
-    "lesion.analyses": (
+    "lesion.analyses.paper": (
         "ablation_curves", "curve_auc", "noise_curves", "per_class_drops", "selectivity_vs_importance",
         "unit_table",
     ),
-    "lesion.attribution": ("attribution_table", "plot_attribution"),
-    "lesion.controls": ("direction_curves", "direction_information"),
-    "lesion.direct": ("direct_effects", "plot_direct"),
+    "lesion.analyses.attribution": ("attribution_table", "plot_attribution"),
+    "lesion.analyses.controls": ("direction_curves", "direction_information"),
+    "lesion.analyses.direct": ("direct_effects", "plot_direct"),
     "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
-    "lesion.evaluation": ("Evaluation", "evaluate"),
+    "lesion.analyses.evaluation": ("Evaluation", "evaluate"),
     "lesion.core.batch": ("Batch",),
     "lesion.core.lesions": ("Lesion", "ablate", "ablate_directions", "add_noise", "hooks"),
     "lesion.core.metric": ("KL", "MSE", "Classification", "LogitDiff", "Metric", "NextTokenLoss", "Scalar"),
-    "lesion.core.optimal": ("Optimal",),
+    "lesion.engine.optimal": ("Optimal",),
     "lesion.core.replacements": (
         "Constant", "Directions", "Mean", "Noise", "Patch", "PositionalMean", "Replacement", "Resample",
         "Zero",
     ),
     "lesion.core.sites": ("Site", "find_sites"),
-    "lesion.core.sweep": ("sweep",),
-    "lesion.measures": ("auc", "correlate", "mutual_information", "selectivity_index"),
-    "lesion.stats": ("collect_stats",),
+    "lesion.analyses.sweep": ("sweep",),
+    "lesion.analyses.measures": ("auc", "correlate", "mutual_information", "selectivity_index"),
+    "lesion.core.stats": ("collect_stats",),
     "lesion.core.units": ("Unit", "UnitSet", "parse_units"),
 }  # fmt: skip
 _LOCATION = {name: module for module, names in _SOURCES.items() for name in names}

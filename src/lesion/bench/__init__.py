@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesion._alloc import tune_allocator
 from lesion.bench._common import (
     FULL,
     QUICK,
@@ -65,6 +64,7 @@ from lesion.bench.w2 import w2
 from lesion.bench.w3 import w3
 from lesion.bench.w4 import memory_child, w4
 from lesion.errors import LesionError
+from lesion.util.alloc import tune_allocator
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1")
 
@@ -113,7 +113,7 @@ def run(
 
 def save(results: dict, path: str | Path) -> None:
     """Write ``results`` as indented JSON, through a temporary file beside ``path``."""
-    from lesion._outputs import atomic_write
+    from lesion.util.outputs import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,12 +128,12 @@ def machine(threads: int, tuned: bool, load_start: tuple[float, ...]) -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import lesion
+    from lesion.util import VERSION as __version__
 
     return {
         "cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
         "torch": torch.__version__, "numpy": np.__version__, "captum": _captum_version(),
-        "lesion": lesion.__version__, "python": platform.python_version(), "threads": threads,
+        "lesion": __version__, "python": platform.python_version(), "threads": threads,
         "malloc_tuned": tuned, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "load_average_start": [round(v, 2) for v in load_start],
         "load_average_end": [round(v, 2) for v in os.getloadavg()],

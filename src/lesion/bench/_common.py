@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion._progress import progress_bar
 from lesion.bench.floor import Lesions, Scores, gemm_rate  # noqa: F401  (re-exported to the workloads)
 from lesion.data import load_dataset
+from lesion.util.progress import progress_bar
 
 PERTURBATIONS_PER_EVAL = (1, 4, 16)
 
@@ -78,7 +78,7 @@ def mnist_examples(n: int, digits: tuple[torch.Tensor, torch.Tensor] | None = No
 def trained_mlp(epochs: int = 2, width: int = 512) -> nn.Sequential:
     """The 784-``width``-``width``-10 MLP (seed 0) trained on mnist5k's training split."""
     from lesion.models import mlp
-    from lesion.training import train
+    from lesion.training.loop import train
 
     model = mlp((1, 28, 28), [width, width], 10, seed=0)
     train(model, load_dataset("mnist5k"), epochs=epochs, seed=0)

@@ -84,10 +84,11 @@ def _evaluate(run, batches) -> tuple[float, float]:
 # -------------------------------------------------------------------------------------------- methods
 def lesion_units(model, batches, units: Sequence[str], bar=None, info=None, keep=None) -> np.ndarray:
     """lesion's sweep of ``units``; ``keep`` (a dict) receives the last table under "table"."""
-    import lesion
+    from lesion.analyses.sweep import sweep
+    from lesion.core.metric import NextTokenLoss
 
     data = [{"input_ids": ids} for ids in batches]
-    df = lesion.sweep(model, data, list(units), lesion.NextTokenLoss(), batch_size=len(batches[0]))
+    df = sweep(model, data, list(units), NextTokenLoss(), batch_size=len(batches[0]))
     if keep is not None:
         keep["table"] = df
     if bar is not None:
@@ -341,7 +342,10 @@ def w7(ctx: _Context) -> dict:
     """The attribution estimate of every W5 neuron, beside the exact W5 sweep: time and agreement."""
     from scipy.stats import spearmanr
 
-    import lesion
+    from lesion.analyses.attribution import attribution_table
+    from lesion.analyses.sweep import sweep
+    from lesion.core.metric import NextTokenLoss
+    from lesion.core.sites import find_sites
 
     model, batches = _shared(ctx)
     data = [{"input_ids": ids} for ids in batches]
@@ -351,13 +355,13 @@ def w7(ctx: _Context) -> dict:
         exact, t_exact, source = shared[0], shared[1], "W5's exact sweep in this run (median of its runs)"
     else:
         start = time.perf_counter()
-        exact = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=len(batches[0]))
+        exact = sweep(model, data, units, NextTokenLoss(), batch_size=len(batches[0]))
         t_exact, source = time.perf_counter() - start, "an exact sweep timed once here (W5 did not run)"
-    sites = [s for s in lesion.find_sites(model, data[0]) if s.name.endswith("mlp.act")]
+    sites = [s for s in find_sites(model, data[0]) if s.name.endswith("mlp.act")]
     times = []
     for _ in range(ctx.repeats):
         start = time.perf_counter()
-        est = lesion.attribution_table(model, data, metric=lesion.NextTokenLoss(), sites=sites, exact=False)
+        est = attribution_table(model, data, metric=NextTokenLoss(), sites=sites, exact=False)
         times.append(time.perf_counter() - start)
     est = est.set_index("unit").loc[list(exact.lesion)]
     rho = float(spearmanr(est.estimate.to_numpy(), exact.delta_loss.to_numpy()).statistic)

@@ -11,11 +11,11 @@ from torch import nn
 
 # ------------------------------------------------------------------------------------------- methods
 from lesion.bench.floor import Lesions, Scores
-from lesion.core.fast import cumulative, evaluate_lesions
 from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
 from lesion.core.sites import Site
 from lesion.core.units import Unit
+from lesion.engine.dispatch import cumulative, evaluate_lesions
 
 
 def lesion_single(model, x, y, sites: Sequence[Site], lesions: Lesions, batch: int, bar=None, info=None,

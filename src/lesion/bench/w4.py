@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from lesion._alloc import tune_allocator
 from lesion.bench._common import (
     _Context,
     mnist_examples,
@@ -23,6 +22,7 @@ from lesion.bench.methods import (
 )
 from lesion.bench.notes import _NOTES
 from lesion.core.sites import find_sites
+from lesion.util.alloc import tune_allocator
 
 
 def w4(ctx: _Context) -> dict:

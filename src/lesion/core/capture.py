@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lesion._util import eval_mode, model_device
 from lesion.core.batch import Data, batches
 from lesion.core.sites import Site
 from lesion.errors import LesionError
+from lesion.util.modules import eval_mode, model_device
 
 MAX_CACHE_BYTES = 4 << 30  # activations kept for resample/patch: refuse rather than exhaust memory
 

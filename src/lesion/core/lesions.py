@@ -26,7 +26,7 @@ from lesion.core.units import UnitSet, UnitSpec, parse_units
 from lesion.errors import LesionError, SiteError, UnitError
 
 if TYPE_CHECKING:
-    from lesion.stats import Stats
+    from lesion.core.stats import Stats
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 

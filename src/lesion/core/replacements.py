@@ -11,7 +11,7 @@ fits them on ``reference`` or refuses.
 - ``Resample(seed)``: the unit's activity on another example of the reference data: example ``i`` takes
   the activity of example ``perm[i]``, ``perm = torch.randperm(n, generator=manual_seed(seed))``.
 - ``Patch(source)``: the activity on the paired example of ``source`` (activation patching).
-- ``Optimal()`` (``lesion.core.optimal``): the constant minimising the expected loss (Li & Janson 2024).
+- ``Optimal()`` (``lesion.engine.optimal``): the constant minimising the expected loss (Li & Janson 2024).
 - ``Noise(scale)``: adds Gaussian noise of ``scale`` x the unit's SD; ``Directions(q)``: projects out the
   orthonormal columns of ``q`` from the whole site.
 """
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from lesion import interventions as iv
+from lesion.core import interventions as iv
 from lesion.errors import LesionError
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class Mean(Replacement):
             if missing:
                 raise LesionError(f"the reference statistics have no layer {missing[0]!r}; measure it too")
             return replace(self, means={n: self.stats[n].mean for n in layers})
-        from lesion.stats import collect_stats
+        from lesion.core.stats import collect_stats
 
         ref = _need(self.reference if self.reference is not None else data, "Mean()")
         st = collect_stats(model, ref, [sites[n] for n in layers], histograms=False, labels=False)
@@ -280,7 +280,7 @@ class Noise(Replacement):
     def fit(self, model, data, sites, lesions):
         if self.stats is not None:
             return self
-        from lesion.stats import collect_stats
+        from lesion.core.stats import collect_stats
 
         layers = _layers(lesions, sites)
         data = _need(data, "Noise()")

@@ -1,7 +1,7 @@
 """The runner: a model, fixed data and a metric, evaluating any lesions; the slow path that defines them.
 
 For each lesion, ``with`` its hooks applied and one full forward pass per batch, scored by the metric.
-The fast engine (``lesion.core.fast``) is checked against this path before it is trusted.
+The fast engine (``lesion.engine.dispatch``) is checked against this path before it is trusted.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion._util import eval_mode, model_device
 from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
 from lesion.core.lesions import Applied, Lesion, apply, aside, fit_lesions
 from lesion.core.metric import Classification, Metric
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
+from lesion.util.modules import eval_mode, model_device
 
 CHECKS = 2  # lesions per layer (and per cumulative order) re-run on the slow path before trusting the engine
 
@@ -119,17 +119,6 @@ class Runner:
             raise DataError(f"batch {k}: the model failed on inputs of shape {b.shapes()}: {exc}") from exc
 
     # ------------------------------------------------------------------------------------------ engine
-    def engine(self):
-        """The fast engine for this model and data, or None where it cannot be used."""
-        if self.use_engine and self._engine is None and "*" not in self.fallbacks:
-            from lesion.engine import Engine, Unsupported
-
-            try:
-                self._engine = Engine(self.model, self.batches, list(self.sites.values()))
-            except Unsupported as exc:
-                self.fallbacks["*"] = str(exc)
-        return self._engine
-
     def skipped(self) -> float | None:
         """The fraction of (lesion, example) pairs the graph engine left out as unchanged (exact
         sparsity: the unit already held its replacement value), or None where it did no work."""

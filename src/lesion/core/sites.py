@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lesion._util import eval_mode
 from lesion.core.batch import Batch, LesionNote, as_batch
 from lesion.core.units import unknown_layer
 from lesion.errors import DataError, SiteError
+from lesion.util.modules import eval_mode
 
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,

@@ -7,10 +7,10 @@ outputs, the model's output)`` and an order deletes units of A and B only, each 
   ``c'``: c plus their replacements' share), padded to a multiple of 16 outputs: three kernels;
 - a unit j of B: the output loses ``V[:, j] (relu(z_j) - fill_j)``, a rank-1 update of the (batch, c)
   output; ``V'`` and ``c'`` change for the later steps.
-The general path (``lesion.engine.curves``) does the same arithmetic through the traced graph's nodes,
+The general path (``lesion.engine.cumulative``) does the same arithmetic through the traced graph's nodes,
 at about 200 us of bookkeeping a step on top (2026-12-02, EPYC: one W2 order on 100 examples). Each
 chunk's intact output from this loop must equal the model's own before the loop runs it, and every
-order's last counts are re-run on the hook path (``lesion.core.fast``) before the curve is trusted.
+order's last counts are re-run on the hook path (``lesion.engine.dispatch``) before the curve is trusted.
 
 Measured and not kept (2026-12-02, EPYC, one W2 order): blocks of 16 A-steps linearised at the block's
 ReLU mask (one (batch, n) @ (n, 16 c) GEMM) with exact corrections where a pre-activation crosses zero
@@ -100,7 +100,7 @@ def run_chunk(engine, spec, order, counts: Sequence[int], fills, metric: Metric,
         return False
     steps = order[: counts[-1]]
     # what each A-step removes, (A-steps, batch) rows (an order names each unit once, as
-    # ``lesion.curves.unit_order`` requires)
+    # ``lesion.analyses.curves.unit_order`` requires)
     idx = torch.tensor([unit for layer, unit in steps if layer == name_a], dtype=torch.long, device=z.device)
     d = (a.T[idx] - _fills(a, idx, fills.get(name_a)).unsqueeze(1)).to(z.dtype)
     w = head.inner.weight.to(z.dtype).T[idx]  # (A-steps, n) rows: contiguous vectors for addr

@@ -15,7 +15,7 @@ the rest provably keep their mask. The bound is taken with a margin for float ro
 term that could underflow counted at its largest possible size, so it never misses a kink.
 
 Values equal the dense computation ``V relu(z - a w_j) + b`` up to float rounding; each sweep is still
-checked against the hooked model on its own data (``lesion.core.fast``).
+checked against the hooked model on its own data (``lesion.engine.dispatch``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ output, ``(new_j - a_j) * W_out[:, j]`` at every position.
 
 Which outputs carry the batch axis is learnt, not guessed: a second intact pass on one example tells a
 batched output (its first axis follows the batch) from a shared one (rotary tables, masks). Every use
-is checked against the hook path on the sweep's own data by the caller (``lesion.core.fast``).
+is checked against the hook path on the sweep's own data by the caller (``lesion.engine.dispatch``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
   ``Plan.gather_share`` says that pays.
 - Metric updates in blocks of up to 64 lesions (``_Pending``), shared with ``curves``.
 Results equal one full forward pass per lesion up to float rounding; every sweep checks that on its own
-data before it is trusted (``lesion.core.fast``).
+data before it is trusted (``lesion.engine.dispatch``).
 """
 
 from __future__ import annotations

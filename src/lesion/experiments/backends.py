@@ -68,10 +68,11 @@ def get_backend(
             raise LesionError(f"address={address!r} needs backend='ray'; the local backend has no address")
         return LocalBackend(workers)
     if backend == "ray":
-        from lesion.experiments.ray_backend import RayBackend
+        from lesion.backends.ray import RayBackend
 
         cpus = None if address else workers * threads
-        return RayBackend(address=address, cpus=cpus, connect_timeout=connect_timeout)
+        return RayBackend(address=address, cpus=cpus, connect_timeout=connect_timeout, kinds=KINDS,
+                          execute=execute)  # fmt: skip
     raise LesionError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
@@ -142,8 +143,8 @@ class _Pool(_Futures):
 
 
 def _worker_init(driver: int) -> None:
-    from lesion._alloc import tune_allocator
     from lesion.experiments._orphans import die_with
+    from lesion.util.alloc import tune_allocator
 
     die_with(driver)  # a SIGKILLed driver takes its workers along
     tune_allocator()

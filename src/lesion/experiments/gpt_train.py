@@ -14,8 +14,8 @@ def train_gpt(params: Mapping[str, Any], out: Path) -> None:
     train, 1/4 test, as ``lesion train --arch gpt``), saved with the metadata ``lesion serve`` reads."""
     import torch
 
-    from lesion._train_lm import train_lm
     from lesion.models import build_model, save_model
+    from lesion.training.lm import train_lm
 
     seqs, vocab = corpus(params)
     cut = len(seqs) * 3 // 4

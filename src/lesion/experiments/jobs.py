@@ -33,9 +33,9 @@ def train_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
     With ``params["train"]["checkpoints"]`` the model is also saved at those epochs under
     ``out/checkpoints/``; ``history.parquet`` has one row per epoch.
     """
-    from lesion.corruption import corrupt_labels
     from lesion.models import build_model, save_model
-    from lesion.training import train
+    from lesion.training.corruption import corrupt_labels
+    from lesion.training.loop import train
 
     if params["arch"]["kind"] == "gpt":  # a decoder on a token corpus (beyond the paper, T3/T4)
         from lesion.experiments.gpt_train import train_gpt
@@ -106,7 +106,7 @@ def model_and_data(params: Mapping[str, Any], inputs: Mapping[str, Path]):
 @kind("curves")
 def curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
     """Cumulative ablation curves (on the labels the model was trained on, unless ``split="test"``)."""
-    from lesion import study
+    from lesion.pipeline import classifier as study
 
     model, xy = model_and_data(params, inputs)
     n = params.get("fractions")
@@ -128,9 +128,9 @@ def units_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
     ``params["shard"] = [i, n]`` measures only the i-th of n contiguous ranges of the model's units
     (``lesion.experiments.shards``); every row is the same as in the whole table.
     """
-    from lesion import study
-    from lesion.core.sweep import sites_for
+    from lesion.analyses.sweep import sites_for
     from lesion.experiments.shards import shard_slice
+    from lesion.pipeline import classifier as study
 
     model, xy = model_and_data({"split": "test", **params}, inputs)
     importance = bool(params.get("importance", True))
@@ -157,7 +157,7 @@ def merge_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
 @kind("noise")
 def noise_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
     """Noise curves on the training data the model was trained on."""
-    from lesion import study
+    from lesion.pipeline import classifier as study
 
     model, xy = model_and_data(params, inputs)
     noise = study.noise(model, xy, repeats=int(params.get("repeats", 5)), seed=int(params.get("seed", 0)),
@@ -168,25 +168,25 @@ def noise_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
 @kind("rotation")
 def rotation_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
     """The random-rotation control: deletion curves and class information, units vs random directions."""
-    import lesion
+    from lesion.analyses.controls import direction_curves, direction_information
 
     model, train_xy = model_and_data({"split": "train"}, inputs)
     _, test_xy = model_and_data({"split": "test"}, inputs)
     seed = int(params.get("seed", 0))
-    curves = lesion.direction_curves(model, train_xy, fractions=np.linspace(0, 1, int(params["fractions"])),
+    curves = direction_curves(model, train_xy, fractions=np.linspace(0, 1, int(params["fractions"])),
                                      repeats=int(params.get("repeats", 5)), seed=seed)  # fmt: skip
     write_table(curves, out / "curves.parquet")
-    write_table(lesion.direction_information(model, test_xy, seed=seed), out / "information.parquet")
+    write_table(direction_information(model, test_xy, seed=seed), out / "information.parquet")
 
 
 @kind("evaluate")
 def evaluate_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
     """Loss and accuracy of the model (or checkpoint) on its train labels and on the test data."""
-    import lesion
+    from lesion.analyses.evaluation import evaluate
 
     rows = []
     for split in ("train", "test"):
         model, xy = model_and_data({**params, "split": split}, inputs)
-        res = lesion.evaluate(model, xy)
+        res = evaluate(model, xy)
         rows.append({"split": split, "loss": res.loss, "accuracy": res.accuracy, "n": res.n})
     write_table(pd.DataFrame(rows), out / "metrics.parquet")

@@ -76,7 +76,7 @@ class Profile:
     unit_shards: int = 2
     curves_per_shard: int = 3
     # beyond the paper, T1 (a ViT's MLP neurons and heads vs label corruption) and T2 (single directions
-    # through grokking, a+b mod p): lesion.experiments.figures.beyond_t12
+    # through grokking, a+b mod p): lesion.experiments.figures.vit_grokking
     t1_dataset: str = "digits"
     t1_vit: dict[str, Any] = field(
         default_factory=lambda: {"patch": 2, "d_model": 32, "n_layer": 2, "n_head": 4}

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lesion._progress import progress_bar
 from lesion.errors import LesionError
 from lesion.experiments.backends import Backend, Session, get_backend
 from lesion.experiments.job import KINDS, Job, JobFn, execute, kind
 from lesion.experiments.store import Store
+from lesion.util.progress import progress_bar
 
 __all__ = ["KINDS", "Job", "JobFn", "RunReport", "execute", "kind", "plan", "run"]
 

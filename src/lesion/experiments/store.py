@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lesion._outputs import file_records, sha256_file
 from lesion.errors import LesionError
 from lesion.experiments import _lock
+from lesion.util.outputs import file_records, sha256_file
 
 SCHEMA = 1  # bump when a job's outputs change meaning, so old results are not reused
 

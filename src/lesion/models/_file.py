@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lesion._outputs import replace_into
 from lesion.errors import LesionError, ModelFileError
 from lesion.models._arch import build_model
+from lesion.util.outputs import replace_into
 
 FORMAT, VERSION = "lesion-model", "1"
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces

@@ -17,12 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from lesion._json import jsonable
 from lesion.errors import LesionError
 from lesion.serve._guard import BODY_TIMEOUT
 from lesion.serve._http import LOCAL_HOSTS, MAX_BODY, BodyLimit, HostCheck, install_error_handlers
 from lesion.serve.explorer import Explorer, compact
 from lesion.serve.text import TextExplorer
+from lesion.util.jsonable import jsonable
 
 STATIC = Path(__file__).parent / "static"
 DESCRIPTION = """Delete units of a trained network and measure what that does, on held-out data.
@@ -221,12 +221,12 @@ def create_app(
     within ``body_timeout`` seconds is answered 408. A ``TextExplorer`` (a language model) gets the
     page of blocks, heads and tokens (``text.html``) and its own API.
     """
-    import lesion
     from lesion.serve import text_app
+    from lesion.util import VERSION as __version__
 
     text = isinstance(explorer, TextExplorer)
     app = FastAPI(
-        title="lesion explorer", version=lesion.__version__,
+        title="lesion explorer", version=__version__,
         description=text_app.DESCRIPTION if text else DESCRIPTION, docs_url=None, redoc_url=None,
     )  # fmt: skip
     app.state.explorer = explorer

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion import study
+from lesion.analyses.evaluation import Evaluation, as_evaluation
 from lesion.core.capture import grab
 from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates, find_sites
+from lesion.core.stats import per_example
 from lesion.core.units import UnitSet, parse_units
 from lesion.errors import DataError, UnitError
-from lesion.evaluation import Evaluation, as_evaluation
-from lesion.stats import per_example
+from lesion.pipeline import classifier as study
 
 CURVE_ORDERS = ("random", "selectivity_high", "importance_high")
 UNIT_COLUMNS = (
@@ -266,9 +266,9 @@ def explorer_for(
     """The explorer's state: the model, its held-out data (or a seeded sample of it), measured once."""
     import torch
 
-    from lesion._open import open_any
     from lesion.core.sites import find_sites
-    from lesion.study import DATA_SEED, dataset_for
+    from lesion.pipeline.classifier import DATA_SEED, dataset_for
+    from lesion.pipeline.open import open_any
 
     net, info = open_any(model)
     data = dataset_for(info, dataset, model)

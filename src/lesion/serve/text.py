@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesion._util import eval_mode, model_device
+from lesion.analyses.sweep import sweep
 from lesion.core.batch import as_batch, output_tensor
 from lesion.core.lesions import Lesion, ablate
 from lesion.core.metric import LogitDiff, NextTokenLoss
 from lesion.core.replacements import Mean
 from lesion.core.sites import Site, find_sites
-from lesion.core.sweep import sweep
 from lesion.core.units import UnitSet, parse_units
 from lesion.errors import DataError, LesionError
+from lesion.util.modules import eval_mode, model_device
 
 REPLACEMENTS = ("zero", "mean")
 MAX_SHOWN = 4096  # tokens the page shows at most (the total is measured on every token)
@@ -321,10 +321,10 @@ def explorer_for_file(
     one (the classifier explorer serves it).
 
     Language models on disk (lesion's ``gpt`` arch, Hugging Face directories) are recognised and read by
-    ``lesion._study_lm`` and ``study.open_any``, the loaders ``lesion analyze`` uses.
+    ``lesion.pipeline.lm`` and ``study.open_any``, the loaders ``lesion analyze`` uses.
     """
-    from lesion import study
-    from lesion._study_lm import TextConfig, facts, is_language_model, lm_data
+    from lesion.pipeline import classifier as study
+    from lesion.pipeline.lm import TextConfig, facts, is_language_model, lm_data
 
     net, info = study.open_any(path)
     if not is_language_model(info):

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from lesion._json import jsonable
 from lesion.serve.explorer import compact
 from lesion.serve.text import TextExplorer, TextResult
+from lesion.util.jsonable import jsonable
 
 DESCRIPTION = """Delete attention heads and MLP neurons of a language model and measure what that does to
 its next-token loss on the evaluation text, in total and token by token.

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesion.analyses.measures import auc, correlate
 from lesion.experiments.claims import Check, combine
 from lesion.experiments.job import Job
 from lesion.experiments.profiles import Profile
 from lesion.experiments.shards import sharded_curves, sharded_units
-from lesion.measures import auc, correlate
 
 Outputs = Mapping[str, Path]  # job name -> its finished directory
 

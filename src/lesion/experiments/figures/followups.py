@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lesion.analyses import per_class_drops
+from lesion.analyses.paper import per_class_drops
 from lesion.experiments.claims import (
     bootstrap,
     bootstrap_medians,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lesion.analyses import DEFAULT_SCALES
+from lesion.analyses.paper import DEFAULT_SCALES
 from lesion.experiments.claims import bootstrap, correlation_check, make_check
 from lesion.experiments.figures.common import (
     Figure,

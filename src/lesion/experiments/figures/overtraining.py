@@ -46,7 +46,7 @@ def _long(p: Profile, optimizer: str = "adam") -> Job:
 
 
 def _ckpt(epoch: float) -> str:
-    from lesion.training import checkpoint_name
+    from lesion.training.loop import checkpoint_name
 
     return checkpoint_name(epoch)
 

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from lesion._progress import progress_bar
+from lesion.backends.ray_sweep import check_backend, evaluate
 from lesion.core.batch import Data, first_batch, reusable
-from lesion.core.fast import evaluate_lesions  # noqa: F401 - its home was here; imported from here
 from lesion.core.lesions import Lesion, as_lesion
 from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, find_sites
-from lesion.distributed import check_backend, evaluate
+from lesion.engine.dispatch import evaluate_lesions  # noqa: F401 - its home was here; imported from here
+from lesion.util.progress import progress_bar
 
 
 def sites_for(model: nn.Module, data: Data, layers: Sequence[str] | str | None = None) -> list[Site]:

@@ -14,9 +14,8 @@ from typing import Annotated
 
 import typer
 
-from lesion import _cli_text as T
-from lesion import study
-from lesion._cli_opts import (
+from lesion.cli import text as T
+from lesion.cli.options import (
     AllowPickleOpt,
     Arch,
     Backend,
@@ -29,9 +28,10 @@ from lesion._cli_opts import (
     TextOpt,
     TokensOpt,
 )
-from lesion._outputs import check_dir_target, check_file_target
 from lesion.errors import LesionError
-from lesion.study import ANALYSIS_FILES, AnalysisConfig, TrainConfig
+from lesion.pipeline import classifier as study
+from lesion.pipeline.classifier import ANALYSIS_FILES, AnalysisConfig, TrainConfig
+from lesion.util.outputs import check_dir_target, check_file_target
 
 app = typer.Typer(
     name="lesion",
@@ -46,7 +46,7 @@ EXIT_USER_ERROR = 2
 
 def main() -> None:
     """Entry point of the ``lesion`` script."""
-    from lesion._alloc import tune_allocator
+    from lesion.util.alloc import tune_allocator
 
     tune_allocator()
     app()
@@ -81,9 +81,9 @@ def layers(
     attention heads (width = heads) with their head dimension."""
     from rich.table import Table
 
-    from lesion._study_lm import example_input
     from lesion.core.batch import as_batch
     from lesion.core.sites import find_sites
+    from lesion.pipeline.lm import example_input
 
     net, info = study.open_any(model, allow_pickle=allow_pickle)
     example = example_input(net, info, model)
@@ -211,7 +211,7 @@ def analyze(
 ) -> None:
     """Selectivity and importance of every unit, ablation and noise curves, figures, summary; on a
     language model every head and MLP neuron's change in next-token loss, and loss curves."""
-    from lesion._study_lm import TextConfig
+    from lesion.pipeline.lm import TextConfig
 
     if backend == "local" and (address or shards):
         raise LesionError("--address and --shards shard the sweep over Ray; expected --backend ray with them")
@@ -286,7 +286,7 @@ def reproduce(
     from dataclasses import replace
 
     from lesion.experiments.profiles import get_profile
-    from lesion.reproduce import reproduce as run_reproduce
+    from lesion.report.reproduce import reproduce as run_reproduce
 
     start = time.perf_counter()
     chosen = get_profile(profile)

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from lesion.errors import LesionError
-from lesion.study import RANKED_ORDERS
+from lesion.pipeline.classifier import RANKED_ORDERS
 
 
 def out():

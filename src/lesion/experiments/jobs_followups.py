@@ -17,7 +17,7 @@ from lesion.experiments.jobs import _dataset, model_and_data, write_table
 
 
 def _layer_units(model, xy) -> dict[str, int]:
-    from lesion.core.sweep import sites_for
+    from lesion.analyses.sweep import sites_for
 
     return {s.name: s.width for s in sites_for(model, xy)}
 
@@ -27,8 +27,9 @@ def recovery_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     """Meyes et al.: delete a random group of hidden units, then retrain the rest for a few epochs with
     the group held at its replacement (0, through the same hooks, so it gets no gradient); test accuracy
     intact, right after the deletion, and after retraining, per (fraction, repeat)."""
-    import lesion
-    from lesion.training import train
+    from lesion.analyses.evaluation import evaluate
+    from lesion.core.lesions import ablate
+    from lesion.training.loop import train
 
     model, (_, labels) = model_and_data({"split": "train"}, inputs)
     trained = _trained(inputs)
@@ -37,15 +38,15 @@ def recovery_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     widths = _layer_units(model, test)
     pool = [f"{layer}:{i}" for layer, w in widths.items() for i in range(w)]
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    intact = lesion.evaluate(model, test).accuracy
+    intact = evaluate(model, test).accuracy
     rows = []
     for fi, fraction in enumerate(params["fractions"]):
         for r in range(int(params["repeats"])):
             rng = np.random.default_rng([int(params.get("seed", 0)), fi, r])
             group = [pool[i] for i in rng.choice(len(pool), round(fraction * len(pool)), replace=False)]
             model.load_state_dict(state)
-            with lesion.ablate(model, group or []):
-                before = lesion.evaluate(model, test).accuracy
+            with ablate(model, group or []):
+                before = evaluate(model, test).accuracy
                 train(
                     model,
                     data,
@@ -55,7 +56,7 @@ def recovery_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
                     seed=1000 * fi + r,
                     device=trained.get("train", {}).get("device", "cpu"),
                 )
-                after = lesion.evaluate(model, test).accuracy
+                after = evaluate(model, test).accuracy
             rows.append((fraction, r, len(group), intact, before, after))
     model.load_state_dict(state)
     cols = ["fraction", "repeat", "n_ablated", "intact", "before", "after"]  # no times: tables are exact
@@ -73,7 +74,8 @@ def class_units_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: 
     """Bau et al. 2020: per class, rank ``params["layer"]``'s units by how much deleting each alone raises
     that class's loss (on up to ``params["rank_examples"]`` training examples), then on the test set
     delete the top k (necessity) or keep only the top k (sufficiency), against k random units."""
-    import lesion
+    from lesion.analyses.evaluation import evaluate
+    from lesion.core.lesions import ablate
 
     model, (x_tr, y_tr) = model_and_data({"split": "train"}, inputs)
     _, (x_te, y_te) = model_and_data({"split": "test"}, inputs)
@@ -83,7 +85,7 @@ def class_units_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: 
     damage = _class_damage(model, x_tr[:m], y_tr[:m], layer, width)  # (units, classes)
     classes = damage.shape[1]
     rng = np.random.default_rng(int(params.get("seed", 0)))
-    intact = lesion.evaluate(model, (x_te, y_te)).per_class_accuracy
+    intact = evaluate(model, (x_te, y_te)).per_class_accuracy
     rows = []
     for c in range(classes):
         top = np.argsort(-damage[:, c], kind="stable")
@@ -94,8 +96,8 @@ def class_units_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: 
             for order, r, chosen in sets:
                 rest = np.setdiff1d(np.arange(width), chosen)
                 for test, deleted in (("necessity", chosen), ("sufficiency", rest)):
-                    with lesion.ablate(model, [f"{layer}:{int(i)}" for i in deleted]):
-                        acc = lesion.evaluate(model, (x_te, y_te)).per_class_accuracy
+                    with ablate(model, [f"{layer}:{int(i)}" for i in deleted]):
+                        acc = evaluate(model, (x_te, y_te)).per_class_accuracy
                     others = np.delete(acc, c)
                     rows.append((c, int(k), test, order, r, acc[c], float(np.nanmean(others)), intact[c]))
     cols = ["class", "k", "test", "order", "repeat", "class_accuracy", "other_accuracy", "intact_accuracy"]
@@ -107,7 +109,7 @@ def _class_damage(model, x, y, layer: str, width: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    import lesion
+    from lesion.core.lesions import ablate
 
     def class_loss() -> np.ndarray:
         with torch.no_grad():
@@ -122,6 +124,6 @@ def _class_damage(model, x, y, layer: str, width: int) -> np.ndarray:
     base = class_loss()
     out = np.empty((width, classes))
     for j in range(width):
-        with lesion.ablate(model, f"{layer}:{j}"):
+        with ablate(model, f"{layer}:{j}"):
             out[j] = class_loss() - base
     return out

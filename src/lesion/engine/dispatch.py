@@ -12,11 +12,24 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from lesion._util import eval_mode
 from lesion.core.lesions import Lesion, replacement_key
 from lesion.core.runner import CHECKS, Mismatch, Runner
+from lesion.util.modules import eval_mode
 
 CACHE_BYTES = 512 << 20  # recorded outputs the module-prefix engine keeps at once for sites sharing passes
+
+
+def engine_of(runner: Runner):
+    """The fast engine for the runner's model and data (made once, kept on the runner), or None where it
+    cannot be used (the reason is kept in ``runner.fallbacks["*"]``)."""
+    if runner.use_engine and runner._engine is None and "*" not in runner.fallbacks:
+        from lesion.engine import Engine, Unsupported
+
+        try:
+            runner._engine = Engine(runner.model, runner.batches, list(runner.sites.values()))
+        except Unsupported as exc:
+            runner.fallbacks["*"] = str(exc)
+    return runner._engine
 
 
 def engine_fill(runner: Runner, lesion: Lesion) -> tuple[str, int, torch.Tensor] | None:
@@ -35,7 +48,7 @@ def single_unit_groups(
     runner: Runner, lesions: Sequence[Lesion], *, bar=None
 ) -> Iterator[tuple[list[int], dict]]:
     """Yield (lesion positions, metric values) for groups of single-unit lesions the engine evaluated."""
-    if runner.engine() is None:
+    if engine_of(runner) is None:
         return
     groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
     for i, les in enumerate(lesions):
@@ -69,7 +82,7 @@ def _engine_layer(runner, layer, members, lesions, bar) -> dict | None:
     try:
         with torch.no_grad(), eval_mode(runner.model), runner.autocast():
             f = fill if fill.ndim == 1 else _rows(fill, units)
-            runner.engine().single_units(layer, units, _or_none(f), metric, progress=progress)
+            engine_of(runner).single_units(layer, units, _or_none(f), metric, progress=progress)
         if bar is not None:
             bar.update(len(units) - shown[0])
             shown[0] = len(units)
@@ -104,9 +117,9 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
     ``Lesion(first k units, replacement)``.
     """
     from lesion.engine import Unsupported
-    from lesion.engine.curves import cumulative as on_engine
+    from lesion.engine.cumulative import cumulative as on_engine
 
-    eng = runner.engine()
+    eng = engine_of(runner)
     fills = [engine_fill(runner, les) for les in seq]
     key = "cumulative"
     if eng is not None and key not in runner.fallbacks and all(f is not None for f in fills):
@@ -167,9 +180,9 @@ def cumulative_orders(
     """``cumulative`` for several orders of the same length at once (the graph engine runs them side by
     side, one set of kernels per step for all); each order is checked on its last ``CHECKS`` counts."""
     from lesion.engine import Unsupported
-    from lesion.engine.curves import cumulative_many
+    from lesion.engine.cumulative import cumulative_many
 
-    eng = runner.engine()
+    eng = engine_of(runner)
     key = "cumulative"
     fills = [[engine_fill(runner, les) for les in seq] for seq in seqs]
     usable = (
@@ -215,7 +228,7 @@ def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
     from lesion.engine.sweeps import _plain
 
     # the graph engine (or the slow path, as before) serves channel sites of traced models
-    return runner.engine() is None or not all(_plain(runner.sites[n]) for n in lesion.units)
+    return engine_of(runner) is None or not all(_plain(runner.sites[n]) for n in lesion.units)
 
 
 def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Iterator[tuple[list[int], dict]]:

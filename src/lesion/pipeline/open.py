@@ -1,5 +1,6 @@
 """Open a model for a study: a file written by ``lesion train`` (safetensors, never pickle) or a local
-Hugging Face model directory, as ``(model, info)``; ``lesion.study`` re-exports both functions."""
+Hugging Face model directory, as ``(model, info)``; ``lesion.pipeline.classifier`` re-exports both
+functions."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def open_any(path: Path, *, allow_pickle: bool = False):
     CLI, the explorer and the jobs can all take either."""
     path = Path(path)
     if path.is_dir():
-        from lesion.hf import is_model_dir, load_hf_dir
+        from lesion.models.hf import is_model_dir, load_hf_dir
 
         if not is_model_dir(path):
             raise ModelFileError(

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lesion._util import eval_mode, model_device
 from lesion.core.batch import Batch, batches, output_tensor
 from lesion.core.replacements import Replacement
 from lesion.core.sites import hook_site
 from lesion.errors import LesionError
+from lesion.util.modules import eval_mode, model_device
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]  # (k, batch, ...) outputs -> (k,) mean losses
 
@@ -112,7 +112,7 @@ FIT_BYTES = 1 << 30
 def _fit_layer(opt: Optimal, model, site, sets: list[tuple[int, ...]], batch: Batch, paths: dict) -> dict:
     """Constants for each unit set of ``site`` (fitted in blocks of copies of the batch); which forward
     path ran goes to ``paths[site.name]``."""
-    from lesion.stats import collect_stats
+    from lesion.core.stats import collect_stats
 
     means = collect_stats(model, batch, [site], histograms=False, labels=False)[site.name].mean
     g = site.group  # a head view: each unit owns g channels, each with its own constant

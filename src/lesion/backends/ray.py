@@ -1,4 +1,5 @@
-"""The Ray backend: every job is a Ray task; its output files travel back to the driver as bytes.
+"""The Ray backend: the cluster connection, and every job a Ray task whose output files travel back to
+the driver as bytes.
 
 Built for a cluster whose machines share no filesystem with the driver: a task receives its inputs (the
 finished directories of the jobs it reads) as file bytes through Ray's object store, materialises them in
@@ -25,13 +26,12 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lesion.errors import LesionError
-from lesion.experiments.job import KINDS, Job, execute
 
 Bundle = dict[str, bytes]  # a directory: relative POSIX path -> file contents
 CONNECT_TIMEOUT = 30.0  # seconds to reach a Ray cluster's address before giving up
@@ -69,7 +69,8 @@ class RayBackend:
     """
 
     def __init__(self, address: str | None = None, *, cpus: int | None = None, gpus: float = 0.0,
-                 retries: int = 3, connect_timeout: float = CONNECT_TIMEOUT):  # fmt: skip
+                 retries: int = 3, connect_timeout: float = CONNECT_TIMEOUT,
+                 kinds: Mapping[str, Callable] | None = None, execute: Callable | None = None):  # fmt: skip
         if retries < 0 or gpus < 0 or not connect_timeout > 0:
             raise LesionError(
                 f"retries={retries}, gpus={gpus}, connect_timeout={connect_timeout}; expected retries and "
@@ -77,6 +78,9 @@ class RayBackend:
             )
         self.address, self.cpus, self.gpus, self.retries = address, cpus, float(gpus), int(retries)
         self.connect_timeout = float(connect_timeout)
+        # the job kinds and the function that runs one: given by lesion.experiments, which this module
+        # never imports (a sweep sharded over Ray needs neither)
+        self.kinds, self.execute = kinds, execute
 
     @contextmanager
     def session(self, jobs: int) -> Iterator[_RaySession]:
@@ -136,7 +140,9 @@ class _RaySession:
         self.seconds: dict[Any, Any] = {}  # files ref -> ref to the job's wall time
         self.threads = 0
 
-    def submit(self, job: Job, inputs: Mapping[str, Path], out: Path, threads: int):
+    def submit(self, job, inputs: Mapping[str, Path], out: Path, threads: int):
+        if self.backend.kinds is None or self.backend.execute is None:
+            raise LesionError("this RayBackend runs no jobs; expected RayBackend(kinds=..., execute=...)")
         self.threads = threads
         refs = [self._bundle(dep.key, inputs[name]) for name, dep in job.deps.items()]
         # a task's result lacks the job.json the driver wrote when publishing it: send that along (small)
@@ -144,7 +150,8 @@ class _RaySession:
         files, seconds = self.task.options(
             num_cpus=threads, num_gpus=self.backend.gpus, max_retries=self.backend.retries,
             retry_exceptions=False, num_returns=2, name=f"lesion.{job.kind}.{job.key[:8]}",
-        ).remote(KINDS[job.kind], dict(job.params), deps, threads, *refs)  # fmt: skip
+        ).remote(self.backend.execute, self.backend.kinds[job.kind], dict(job.params), deps, threads,
+                 *refs)  # fmt: skip
         self.outputs[job.key] = files
         self.seconds[files] = seconds
         return files
@@ -211,10 +218,17 @@ def cancel_unfinished(ray, refs: list) -> None:
                 ray.cancel(ref, force=True)
 
 
-def _task(fn, params: Mapping[str, Any], deps: list[tuple[str, bytes]], threads: int, *bundles: Bundle):
+def _task(
+    execute: Callable,
+    fn,
+    params: Mapping[str, Any],
+    deps: list[tuple[str, bytes]],
+    threads: int,
+    *bundles: Bundle,
+):
     """On a worker: materialise the inputs (``deps``: each one's name and job.json, then its files), run
     the job, return (its output files, its wall time)."""
-    from lesion._alloc import tune_allocator
+    from lesion.util.alloc import tune_allocator
 
     tune_allocator()
     _sweep_orphans()

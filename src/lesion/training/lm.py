@@ -1,5 +1,5 @@
 """Next-token training of a language model (lesion's ``gpt``) on token sequences: seeded, deterministic
-on CPU, one row per epoch with the columns of ``lesion.training.train`` (accuracy = top-1 next token)."""
+on CPU, one row per epoch with the columns of ``lesion.training.loop.train`` (accuracy = top-1 next token)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesion._progress import progress_bar
-from lesion._util import eval_mode
 from lesion.errors import DataError
-from lesion.training import _check_args, _forked_rng, _optimizer, history_frame
+from lesion.training.loop import _check_args, _forked_rng, _optimizer, history_frame
+from lesion.util.modules import eval_mode
+from lesion.util.progress import progress_bar
 
 
 def next_token_loss(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,8 +95,8 @@ def grok_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -
     import torch
     import torch.nn.functional as F
 
-    from lesion._progress import progress_bar
     from lesion.models import build_model, save_model
+    from lesion.util.progress import progress_bar
 
     p, seed = int(params["p"]), int(params.get("seed", 0))
     x, y, train, test = pairs(p, float(params["frac"]), data_seed=int(params.get("data_seed", 0)))
@@ -160,7 +160,7 @@ def grok_curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: 
     each, zero replacement) of the MLP neurons and, separately, of the heads, on the training pairs;
     neurons at ``fractions`` evenly spaced points, heads at every head count. Columns: ``step, units,
     repeat, n_ablated, fraction, accuracy, loss`` (``curves.parquet``)."""
-    import lesion
+    from lesion.analyses.paper import ablation_curves
     from lesion.models import load_model
 
     folder = inputs["model"]
@@ -173,7 +173,7 @@ def grok_curves_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: 
         x, y, train, _ = pairs(int(job["p"]), float(job["frac"]), data_seed=int(job.get("data_seed", 0)))
         data = (x[train], y[train])
         for name, layers in unit_kinds(model).items():
-            t = lesion.ablation_curves(
+            t = ablation_curves(
                 model, data, candidates=layers, repeats=int(params["repeats"]), seed=int(params["seed"]),
                 fractions=grid if name == "neurons" else None, metric=Answer(), batch_size=4096,
             )  # fmt: skip

@@ -3,7 +3,7 @@
 - ``unit_table``: one row per unit: selectivity, preferred class, mutual information, and the loss and
   accuracy change (overall and per class) when that unit alone is deleted.
 - ``ablation_curves``: cumulative ablation in random or ranked orders; ``curve_auc`` their AUC (both in
-  ``lesion.curves``, re-exported here).
+  ``lesion.analyses.curves``, re-exported here).
 - ``noise_curves``: accuracy under per-unit Gaussian noise of growing scale.
 - ``selectivity_vs_importance``: correlations, pooled and per layer.
 """
@@ -17,22 +17,21 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from lesion._progress import progress_bar
+# the cumulative curves live in lesion.analyses.curves; their names stay importable from here
+from lesion.analyses.curves import ORDERS, ablation_curves, curve_auc, incoming_weight_norms, unit_order  # noqa: F401
+from lesion.analyses.measures import correlate, mutual_information, selectivity_index
+from lesion.analyses.sweep import sites_for
+from lesion.backends.ray_sweep import check_backend, evaluate
 from lesion.core.batch import Data, reusable
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Classification, Metric, columns
 from lesion.core.replacements import Noise, as_replacement
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
-from lesion.core.sweep import sites_for
+from lesion.core.stats import Stats, collect_stats
 from lesion.core.units import Unit, UnitSpec, parse_units
-
-# the cumulative curves live in lesion.curves; their names stay importable from here
-from lesion.curves import ORDERS, ablation_curves, curve_auc, incoming_weight_norms, unit_order  # noqa: F401
-from lesion.distributed import check_backend, evaluate
 from lesion.errors import LesionError
-from lesion.measures import correlate, mutual_information, selectivity_index
-from lesion.stats import Stats, collect_stats
+from lesion.util.progress import progress_bar
 
 DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1.5, 1.0, 11))
 

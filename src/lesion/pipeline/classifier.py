@@ -6,9 +6,9 @@
   ``fractions`` as a count of evenly spaced points). The experiment jobs and the explorer call them too.
 - ``analyze``: all three on one model file, written with figures and a summary into a folder,
   completely or not at all.
-- ``open_any`` (from ``lesion._open``) / ``dataset_for``: a model file or a Hugging Face model directory, and
-  the dataset (and training labels) a model file records. Language models (lesion's gpt, HF causal LMs)
-  are studied by ``lesion._study_lm`` on token sequences instead.
+- ``open_any`` (from ``lesion.pipeline.open``) / ``dataset_for``: a model file or a Hugging Face model
+  directory, and the dataset (and training labels) a model file records. Language models (lesion's gpt,
+  HF causal LMs) are studied by ``lesion.pipeline.lm`` on token sequences instead.
 - ``train_model``: build, train and save a model described by a ``TrainConfig``.
 """
 
@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lesion._json import jsonable
-from lesion._open import input_shape, open_any
-from lesion._outputs import atomic_write, check_dir_target, check_file_target, write_folder
 from lesion.errors import DataError, LesionError
+from lesion.pipeline.open import input_shape, open_any
+from lesion.util.jsonable import jsonable
+from lesion.util.outputs import atomic_write, check_dir_target, check_file_target, write_folder
 
 ARCHS = ("mlp", "convnet", "resnet", "gpt", "vit")
 RANKED_ORDERS = ("selectivity_high", "selectivity_low", "importance_high")
@@ -92,7 +92,7 @@ class AnalysisConfig:
     shards: int | None = None  # unit ranges (default: one per CPU of the cluster)
 
     def __post_init__(self) -> None:
-        from lesion.distributed import check_backend
+        from lesion.backends.ray_sweep import check_backend
 
         check_backend(self.backend, self.address, self.shards, None)
 
@@ -114,7 +114,7 @@ def units(
 ):  # fmt: skip
     """The unit table on held-out ``test`` data (``importance=False``: statistics only); ``spread``:
     ``backend``, ``address``, ``shards``, ``resume`` of ``unit_table``."""
-    from lesion.analyses import unit_table
+    from lesion.analyses.paper import unit_table
 
     return unit_table(model, test, sites=sites, units=units, importance=importance, batch_size=batch_size,
                       progress=progress, **spread)  # fmt: skip
@@ -128,7 +128,7 @@ def curves(
     points (None: every unit count)."""
     import numpy as np
 
-    from lesion.analyses import ablation_curves
+    from lesion.analyses.paper import ablation_curves
 
     grid = None if fractions is None else np.linspace(0.0, 1.0, int(fractions))
     return ablation_curves(
@@ -142,7 +142,7 @@ def noise(
     scales: Sequence[float] | None = None, progress: bool = False,
 ):  # fmt: skip
     """Per-unit noise curves on ``train``, noise SDs from the candidates' activity on ``train``."""
-    from lesion.analyses import noise_curves
+    from lesion.analyses.paper import noise_curves
 
     kwargs = {"scales": [float(s) for s in scales]} if scales else {}
     return noise_curves(model, train, sites=sites, candidates=candidates, repeats=repeats, seed=seed,
@@ -161,13 +161,13 @@ def train_model(config: TrainConfig, out: Path, *, force: bool = False) -> dict:
     if config.checkpoints:
         check_dir_target(out.parent / f"{out.stem}.checkpoints", (), force=force)
     if config.arch == "gpt":
-        from lesion._study_lm import train_gpt
+        from lesion.pipeline.lm import train_gpt
 
         return train_gpt(config, out, data_seed=DATA_SEED)
-    from lesion.corruption import corrupt_labels
     from lesion.data import load_dataset
     from lesion.models import build_model, save_model
-    from lesion.training import train
+    from lesion.training.corruption import corrupt_labels
+    from lesion.training.loop import train
 
     data = load_dataset(config.dataset, root=config.root, seed=DATA_SEED)
     arch = {"kind": config.arch, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
@@ -216,8 +216,8 @@ def analyze(
     """Run the study on one model and write its tables, figures and summary into ``out``, completely
     or not at all (``manifest.json``, written last, lists every file with its SHA-256). A language
     model (lesion's gpt, a Hugging Face causal LM directory) gets the next-token study of
-    ``lesion._study_lm.analyze_lm`` on the token sequences ``text`` (a ``TextConfig``) names."""
-    from lesion._study_lm import LM_FILES, TextConfig, analyze_lm, is_language_model
+    ``lesion.pipeline.lm.analyze_lm`` on the token sequences ``text`` (a ``TextConfig``) names."""
+    from lesion.pipeline.lm import LM_FILES, TextConfig, analyze_lm, is_language_model
 
     text = text or TextConfig()
     check_dir_target(out, (*ANALYSIS_FILES, *LM_FILES), force=force)  # before any work
@@ -248,7 +248,7 @@ def analyze(
         (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
 
     write_folder(out, write, kind="lesion analyze")
-    from lesion.distributed import drop_shards
+    from lesion.backends.ray_sweep import drop_shards
 
     drop_shards(spread)
     return summary
@@ -304,7 +304,7 @@ def _sites(net, data, layers: tuple[str, ...] | None):
 
 
 def _write_outputs(out: Path, units, curves, noise, *, title: str) -> None:
-    from lesion.plots import plot_curves, plot_noise, plot_selectivity_importance
+    from lesion.analyses.plots import plot_curves, plot_noise, plot_selectivity_importance
 
     for name, df in (("units", units), ("curves", curves), ("noise", noise)):
         df.to_parquet(out / f"{name}.parquet", index=False)
@@ -316,8 +316,8 @@ def _write_outputs(out: Path, units, curves, noise, *, title: str) -> None:
 
 def _summary(model: Path, data, sites, cand, units, curves, config: AnalysisConfig) -> dict:
     """The headline numbers of one analysis, JSON-ready."""
-    import lesion
-    from lesion.analyses import curve_auc, selectivity_vs_importance
+    from lesion.analyses.paper import curve_auc, selectivity_vs_importance
+    from lesion.util import VERSION as __version__
 
     intact = curves[curves["n_ablated"] == 0].iloc[0]
     gone = curves[curves["n_ablated"] == curves["n_ablated"].max()].iloc[0]
@@ -340,7 +340,7 @@ def _summary(model: Path, data, sites, cand, units, curves, config: AnalysisConf
         "auc": _auc_summary(curve_auc(curves)),
         "selectivity_vs_importance": selectivity_vs_importance(units).to_dict("records"),
         "settings": {**asdict(config), "fractions": config.fractions or "all"},
-        "version": lesion.__version__,
+        "version": __version__,
     }
 
 

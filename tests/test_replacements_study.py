@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesion.experiments.figures.beyond_t34 import _false_negatives, rank_corr, rho_draws, unit_draws
-from lesion.reproduce import reproduce
+from lesion.experiments.figures.replacements import _false_negatives, rank_corr, rho_draws, unit_draws
+from lesion.report.reproduce import reproduce
 
 KEYS = {
     "id",
@@ -67,8 +67,8 @@ def test_claims_and_tables(run):
 
 
 def test_decoder_is_saved_and_loads(run):
-    from lesion._study_lm import TextConfig, lm_data
     from lesion.models import load_model
+    from lesion.pipeline.lm import TextConfig, lm_data
 
     out, manifest = run
     gpt = [p for p in (out / "models").glob("gpt*.safetensors")]

@@ -14,19 +14,19 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from lesion._progress import progress_bar
+from lesion.analyses.measures import auc
+from lesion.analyses.sweep import sites_for
 from lesion.core.batch import Data, reusable
-from lesion.core.fast import cumulative_orders
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Metric
 from lesion.core.replacements import Replacement, as_replacement
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
-from lesion.core.sweep import sites_for
+from lesion.core.stats import collect_stats
 from lesion.core.units import Unit, parse_units
+from lesion.engine.dispatch import cumulative_orders
 from lesion.errors import LesionError
-from lesion.measures import auc
-from lesion.stats import collect_stats
+from lesion.util.progress import progress_bar
 
 ORDERS = (
     "random", "selectivity_high", "selectivity_low", "importance_high", "importance_low",

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from lesion.core.batch import Batch
-from lesion.experiments.beyond_jobs_t12 import Answer, pairs, unit_kinds
-from lesion.experiments.figures.beyond_t12 import T2, jump_step, t2_analyse
+from lesion.experiments.figures.vit_grokking import T2, jump_step, t2_analyse
+from lesion.experiments.jobs_vit_grokking import Answer, pairs, unit_kinds
 from lesion.experiments.profiles import get_profile
 from lesion.models import load_model
-from lesion.reproduce import reproduce
+from lesion.report.reproduce import reproduce
 
 IDS = ["T1-neurons", "T1-heads", "T2-neurons", "T2-heads"]
 

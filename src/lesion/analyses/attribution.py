@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesion._progress import progress_bar
-from lesion._util import eval_mode, model_device
+from lesion.analyses.sweep import sites_for, sweep
 from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
 from lesion.core.lesions import Lesion, fit_lesions
 from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar, _next_token
 from lesion.core.replacements import Context, Replacement, as_replacement
 from lesion.core.sites import Site
-from lesion.core.sweep import sites_for, sweep
 from lesion.errors import DataError, LesionError
+from lesion.util.modules import eval_mode, model_device
+from lesion.util.progress import progress_bar
 
 TOP_EXACT = 0.10  # a unit is "missed" when in the top 10% by |exact| and either ...
 TOP_ESTIMATE = 0.50  # ... not in the top 50% by |estimate| ...

@@ -221,7 +221,7 @@ def _fraction_ci(x: np.ndarray) -> tuple[float, tuple[float, float]]:
 
 def _f7_claim(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """F7 (selectivity vs importance, pooled Pearson r) under each method, for the two classifiers."""
-    from lesion.measures import correlate
+    from lesion.analyses.measures import correlate
 
     rows, checks = [], []
     for n in ("mlp", "convnet"):

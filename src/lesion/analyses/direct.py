@@ -37,15 +37,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lesion._progress import progress_bar
-from lesion._util import eval_mode, model_device
-from lesion.attribution import fitted_replacement, main_column, replacement_delta, scatter_layers, spearman
+from lesion.analyses.attribution import (
+    fitted_replacement,
+    main_column,
+    replacement_delta,
+    scatter_layers,
+    spearman,
+)
+from lesion.analyses.sweep import sites_for, sweep
 from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Metric, NextTokenLoss
 from lesion.core.sites import Site, _last_dim
-from lesion.core.sweep import sites_for, sweep
 from lesion.errors import LesionError, SiteError
+from lesion.util.modules import eval_mode, model_device
+from lesion.util.progress import progress_bar
 
 MAX_LOGITS = 1 << 24  # floats of lesioned logits scored at once (k neurons x batch x positions x vocab)
 

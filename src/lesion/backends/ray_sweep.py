@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lesion._outputs import atomic_write
-from lesion.core.fast import evaluate_lesions
 from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
+from lesion.engine.dispatch import evaluate_lesions
 from lesion.errors import LesionError
+from lesion.util.outputs import atomic_write
 
 BACKENDS = ("local", "ray")
 INDEX = "shards.json"
@@ -76,7 +76,7 @@ def evaluate(
 
 
 def _on_ray(runner, lesions, address, shards, resume, threads, bar) -> dict[str, np.ndarray]:
-    from lesion.experiments.ray_backend import RayBackend
+    from lesion.backends.ray import RayBackend
 
     store = _Store(Path(resume), _fingerprint(runner, lesions)) if resume is not None else None
     count = shards or (store.count() if store is not None else None)
@@ -107,7 +107,7 @@ def _on_ray(runner, lesions, address, shards, resume, threads, bar) -> dict[str,
 
 def _compute(ray, runner, lesions, ranges, todo, threads, parts, store, bar) -> None:
     """Send the ``todo`` ranges to the cluster; keep (and store) each shard as it returns."""
-    from lesion.experiments.ray_backend import cancel_unfinished
+    from lesion.backends.ray import cancel_unfinished
 
     try:
         sites = list(runner.sites.values())

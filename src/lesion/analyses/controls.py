@@ -15,17 +15,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lesion import interventions as iv
-from lesion._progress import progress_bar
-from lesion.analyses import _seed
+from lesion.analyses.measures import mutual_information
+from lesion.analyses.paper import _seed
+from lesion.analyses.sweep import sites_for
+from lesion.core import interventions as iv
 from lesion.core.batch import Data, reusable
 from lesion.core.capture import grab
 from lesion.core.lesions import Lesion
 from lesion.core.replacements import Directions
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
-from lesion.core.sweep import sites_for
-from lesion.measures import mutual_information
+from lesion.util.progress import progress_bar
 
 
 def direction_curves(

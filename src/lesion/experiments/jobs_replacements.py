@@ -29,28 +29,29 @@ def held_out(params: Mapping[str, Any], inputs: Mapping[str, Path]):
     ``params["test_sequences"]`` test sequences of a decoder with ``NextTokenLoss`` (None: all)."""
     import torch
 
-    import lesion
+    from lesion.core.metric import Classification, NextTokenLoss
     from lesion.models import load_model
 
     trained = json.loads((inputs["model"] / "job.json").read_text())["params"]
     if trained["arch"]["kind"] != "gpt":
         model, xy = model_and_data({"split": "test", "examples": params.get("test_examples")}, inputs)
-        return model, xy, lesion.Classification(), False
+        return model, xy, Classification(), False
     model, _ = load_model(inputs["model"] / "model.safetensors")
     seqs, _ = _corpus(trained)
     ids = torch.from_numpy(seqs[len(seqs) * 3 // 4 :][: params.get("test_sequences")])
-    return model, {"input_ids": ids}, lesion.NextTokenLoss(), True
+    return model, {"input_ids": ids}, NextTokenLoss(), True
 
 
 def replacement(method: str, params: Mapping[str, Any]):
     """The Replacement of ``method``: Zero, Mean, Resample(seed, repeats) or Optimal."""
-    import lesion
+    from lesion.core.replacements import Mean, Resample, Zero
+    from lesion.engine.optimal import Optimal
 
     if method == "resample":
-        return lesion.Resample(int(params.get("seed", 0)), int(params.get("resample_repeats", 1)))
+        return Resample(int(params.get("seed", 0)), int(params.get("resample_repeats", 1)))
     if method == "optimal":  # fitted on every measured example (up to 10,000): optimal where it is measured
-        return lesion.Optimal(steps=int(params.get("optimal_steps", 60)), examples=10_000)
-    return {"zero": lesion.Zero, "mean": lesion.Mean}[method]()
+        return Optimal(steps=int(params.get("optimal_steps", 60)), examples=10_000)
+    return {"zero": Zero, "mean": Mean}[method]()
 
 
 @kind("replacements")
@@ -58,8 +59,9 @@ def replacements_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out:
     """Every unit deleted alone under each of ``params["methods"]``, on held-out data: one row per
     (method, unit) with ``loss``/``delta_loss`` (and, for classifiers, ``selectivity`` and
     ``delta_accuracy`` from the unit table)."""
-    import lesion
-    from lesion.core.sweep import sites_for
+    from lesion.analyses.paper import unit_table
+    from lesion.analyses.sweep import sites_for, sweep
+    from lesion.core.lesions import Lesion
 
     model, data, metric, lm = held_out(params, inputs)
     sites = sites_for(model, data)
@@ -68,7 +70,7 @@ def replacements_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out:
         r = replacement(method, params)
         if lm:
             units = [f"{s.name}:{j}" for s in sites for j in range(s.width)]
-            df = lesion.sweep(model, data, [lesion.Lesion(u, r) for u in units], metric, sites=sites)
+            df = sweep(model, data, [Lesion(u, r) for u in units], metric, sites=sites)
             df = pd.DataFrame(
                 {
                     "layer": [s.name for s in sites for _ in range(s.width)],
@@ -80,7 +82,7 @@ def replacements_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out:
                 }
             )
         else:
-            t = lesion.unit_table(model, data, sites=sites, value=r)
+            t = unit_table(model, data, sites=sites, value=r)
             df = t[["layer", "unit", "selectivity", "loss", "delta_loss", "delta_accuracy"]].copy()
         heads = {s.name for s in sites if s.heads}
         df.insert(2, "kind", np.where(df["layer"].isin(heads), "head", "neuron"))
@@ -93,10 +95,10 @@ def replacements_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out:
 def attribution_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) -> None:
     """``lesion.attribution_table(exact=True)`` on held-out data (zero replacement): every unit's
     first-order estimate beside its exact loss change."""
-    import lesion
+    from lesion.analyses.attribution import attribution_table
 
     model, data, metric, _ = held_out(params, inputs)
-    t = lesion.attribution_table(model, data, metric=metric, exact=True)
+    t = attribution_table(model, data, metric=metric, exact=True)
     write_table(
         t[["unit", "layer", "index", "kind", "estimate", "exact", "missed"]], out / "attribution.parquet"
     )

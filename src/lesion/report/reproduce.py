@@ -19,7 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lesion._progress import progress_bar
 from lesion.errors import LesionError
 from lesion.experiments import Job, Store, run, write_json_atomic
 from lesion.experiments.backends import get_backend
@@ -27,6 +26,7 @@ from lesion.experiments.figures import FIGURES, Figure
 from lesion.experiments.jobs import write_table
 from lesion.experiments.profiles import Profile, get_profile
 from lesion.report import DRAW, Section, write_html, write_markdown
+from lesion.util.progress import progress_bar
 
 
 def select(only: Sequence[str] | str | None) -> list[Figure]:
@@ -167,7 +167,7 @@ def _link_models(out: Path, store: Store, jobs: list[Job]) -> dict[str, str]:
             if j.kind == "train":
                 files = {f"{_model_name(j)}.safetensors": store.path(j.key) / "model.safetensors"}
             elif j.kind == "grok":  # T2: the final model and every checkpoint
-                from lesion.experiments.beyond_jobs_t12 import grok_model_files
+                from lesion.experiments.jobs_vit_grokking import grok_model_files
 
                 files = grok_model_files(j.params, j.key, store.path(j.key))
             for name, src in files.items():

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesion._progress import progress_bar
-from lesion._util import eval_mode, model_device
 from lesion.data import Dataset
 from lesion.errors import DataError, LesionError
-from lesion.selectivity_reg import Regulariser
+from lesion.training.regulariser import Regulariser
+from lesion.util.modules import eval_mode, model_device
+from lesion.util.progress import progress_bar
 
 COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"]
 OPTIMIZERS = ("adam", "sgd")

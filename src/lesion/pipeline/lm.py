@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lesion._json import jsonable
-from lesion._outputs import check_dir_target, write_folder
 from lesion.errors import DataError, LesionError
+from lesion.util.jsonable import jsonable
+from lesion.util.outputs import check_dir_target, write_folder
 
 LM_FILES = (
     "units.parquet",
@@ -139,14 +139,14 @@ def analyze_lm(
     cumulative ablation curves in loss, written into ``out`` completely or not at all."""
     import numpy as np
 
-    import lesion
-    from lesion.analyses import ablation_curves, unit_table
+    from lesion.analyses.paper import ablation_curves, unit_table
+    from lesion.core.metric import NextTokenLoss
 
     check_dir_target(out, LM_FILES, force=force)  # before any work
     if config.dataset:
         raise LesionError(f"--dataset {config.dataset} names an image dataset; a language model is studied "
                           "on --text FILE or --tokens FILE")  # fmt: skip
-    net, info = opened  # (model, info) of lesion.study.open_any
+    net, info = opened  # (model, info) of lesion.pipeline.classifier.open_any
     data, name = lm_data(net, info, text)
     from lesion.core.sites import find_sites
 
@@ -154,7 +154,7 @@ def analyze_lm(
         net, {"input_ids": data["input_ids"][:2]}, list(config.layers) if config.layers else None
     )
     clock.lap("load")
-    metric = lesion.NextTokenLoss()
+    metric = NextTokenLoss()
     n_units = sum(s.width for s in sites)
     stage(1, f"single-unit ablations: {n_units} units, {len(data['input_ids'])} sequences")
     spread = config.spread(out)
@@ -191,14 +191,14 @@ def analyze_lm(
         (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
 
     write_folder(out, write, kind="lesion analyze")
-    from lesion.distributed import drop_shards
+    from lesion.backends.ray_sweep import drop_shards
 
     drop_shards(spread)
     return summary
 
 
 def _summary(model, name, data, sites, table, curve, config, text: TextConfig) -> dict:
-    import lesion
+    from lesion.util import VERSION as __version__
 
     gone = curve[curve["n_ablated"] == curve["n_ablated"].max()].iloc[0]
     top = table.sort_values("delta_loss", ascending=False).head(10)
@@ -224,13 +224,13 @@ def _summary(model, name, data, sites, table, curve, config, text: TextConfig) -
             "fractions": config.fractions or "all",
             **{k: v for k, v in asdict(text).items() if k != "allow_pickle"},
         },
-        "version": lesion.__version__,
+        "version": __version__,
     }
 
 
 def plot_loss_curves(curves, path: Path, *, title: str) -> None:
     """Next-token loss against the fraction of units deleted: random orders as mean ± SD, ranked lines."""
-    from lesion.plots import _figure, _save, _units_axis
+    from lesion.analyses.plots import _figure, _save, _units_axis
 
     fig, ax = _figure()
     rand = curves[curves["order"] == "random"]
@@ -259,7 +259,7 @@ def plot_unit_effects(table, path: Path, *, title: str) -> None:
     """Each unit's change in next-token loss when deleted alone, one column of points per site."""
     import numpy as np
 
-    from lesion.plots import _figure, _save
+    from lesion.analyses.plots import _figure, _save
 
     fig, ax = _figure()
     layers = list(dict.fromkeys(table["layer"]))
@@ -297,10 +297,10 @@ def train_gpt(config, out: Path, *, data_seed: int = 0) -> dict:
     (``config.dataset``, e.g. ``markov``) or a token-id file (``config.tokens``), 3/4 train, 1/4 test."""
     import torch
 
-    from lesion._outputs import atomic_write
-    from lesion._train_lm import train_lm
     from lesion.data import CORPORA, builtin_tokens, read_token_ids, token_sequences
     from lesion.models import build_model, save_model
+    from lesion.training.lm import train_lm
+    from lesion.util.outputs import atomic_write
 
     if config.checkpoints or config.corrupt or config.select_reg or config.until_train_acc is not None:
         raise LesionError(
