@@ -202,7 +202,7 @@ def test_random_orders_side_by_side_equal_the_hook_path(kind, value, monkeypatch
 def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monkeypatch):
     """With 64+ rows per chunk the engine runs the 3-output last layer as W @ x^T and folds cumulative
     masks into the Linear consumers' weights; both must give the hooked model's numbers."""
-    from lesion.engine import curves, graph
+    from lesion.engine import cumulative as curves, graph
 
     calls = {"transposed": 0, "folded": 0}
     transposed, folded = graph._transposed_linear, curves._CurveState._folded
@@ -319,7 +319,7 @@ def test_gathered_cumulative_steps_equal_the_hook_path(kind, value, share, monke
     """Exact sparsity for cumulative steps: a step is run on the examples it changes only (gathered,
     updated, scattered back into every later value). Forced on every step (share 1.0) and off (0.0), the
     curves equal the hook path at every count, for rank-1 (Linear), conv and residual models."""
-    from lesion.engine import curves
+    from lesion.engine import cumulative as curves
 
     monkeypatch.setattr(Engine, "head_curves", False)  # the graph's path (headcurve has its own tests)
     model, x, y = make(kind, seed=5)

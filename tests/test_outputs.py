@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lesion import _outputs
+from lesion.util import outputs as _outputs
 from lesion.cli import app
 from lesion.util.outputs import OutputError, read_manifest
 
@@ -101,7 +101,7 @@ def test_analyze_writes_a_manifest_last_and_needs_force_to_replace(model_file, t
 
 
 def test_an_interrupted_write_leaves_the_folder_old_or_marked_incomplete(model_file, tmp_path, monkeypatch):
-    from lesion import plots
+    from lesion.analyses import plots
 
     out = tmp_path / "a"
     assert invoke("analyze", model_file, "--out", out, *ANALYZE).exit_code == 0
