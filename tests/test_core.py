@@ -490,10 +490,10 @@ def test_classification_refuses_a_non_finite_logit_anywhere(bad):
         out = torch.randn(3, 30, 4)
         m = Classification()
         m.reset(3)
-        m.update(out, b, slice(0, 3), fused=True)  # finite: fine
+        m.update(out, b, slice(0, 3))  # finite: fine
         out[where] = bad
         with pytest.raises(DataError, match="NaN or infinite"):
-            m.update(out, b, slice(0, 3), fused=True)
+            m.update(out, b, slice(0, 3))
 
 
 @pytest.mark.parametrize("shape", [(1000, 10), (7, 3), (300, 64), (50, 65)])

@@ -95,7 +95,7 @@ class Outputs(Metric):
         super().reset(n)
         self.parts = [[] for _ in range(n)]
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    def update(self, outputs, batch, lesions, intact=None):
         for i, k in enumerate(range(lesions.start, lesions.stop)):
             self.parts[k].append(outputs[i].clone())
 

@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lesion.analyses.sweep import sites_for, sweep
 from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
 from lesion.core.lesions import Lesion, fit_lesions
-from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar, _next_token
+from lesion.core.metric import Classification, Metric
 from lesion.core.replacements import Context, Replacement, as_replacement
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
@@ -45,65 +44,14 @@ RECOVERED = 0.10  # ... or its estimate recovers less than 10% of it: |estimate|
 
 
 def main_column(metric: Metric) -> str:
-    """The metric column effects are given in: ``loss``, ``logit_diff``, ``mse``, ``kl``, a Scalar name."""
-    if isinstance(metric, Classification | NextTokenLoss):
-        return "loss"
-    named = {LogitDiff: "logit_diff", MSE: "mse", KL: "kl"}
-    for cls, col in named.items():
-        if isinstance(metric, cls):
-            return col
-    if isinstance(metric, Scalar):
-        return metric.name
-    raise LesionError(
-        f"metric {type(metric).__name__} has no known main column; expected Classification, NextTokenLoss, "
-        "LogitDiff, MSE, KL or Scalar"
-    )
+    """The metric column effects are given in (``metric.main``): ``loss``, ``logit_diff``, a Scalar name."""
+    return metric.main
 
 
 def objective(metric: Metric, out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, float]:
-    """(the batch's differentiable sum of the metric's main value, the count it is averaged over).
-
-    Summed over batches and divided by the summed counts it is the metric's main column. KL to the
-    intact model is refused: it is zero with zero gradient at the intact model, so every first-order
-    estimate would be 0.
-    """
-    if isinstance(metric, KL):
-        raise LesionError(
-            "KL to the intact model has zero gradient at the intact model, so its attribution estimate is 0 "
-            "for every unit; expected a metric with a gradient: NextTokenLoss, LogitDiff, Classification, "
-            "MSE or Scalar"
-        )
-    if isinstance(metric, NextTokenLoss):
-        logits, target, valid = _next_token(out[None], batch)
-        ce = F.cross_entropy(logits[0, valid].float(), target[valid].long(), reduction="sum")
-        return ce, float(valid.sum())
-    if isinstance(metric, Classification):
-        y = batch.field("target")
-        logits = out.float().reshape(-1, out.shape[-1])
-        return F.cross_entropy(logits, y.reshape(-1).long(), reduction="sum"), float(y.numel())
-    if isinstance(metric, LogitDiff):
-        return _logit_diff(metric, out, batch)
-    if isinstance(metric, MSE):
-        y = batch.field("target")
-        err = (out.float() - y.float().reshape(out.shape)) ** 2
-        return err.sum(), float(err.numel())
-    if isinstance(metric, Scalar):
-        return torch.as_tensor(metric.fn(out, batch)).sum(), float(out.shape[0])
-    raise LesionError(
-        f"metric {type(metric).__name__} has no differentiable objective; expected NextTokenLoss, "
-        "LogitDiff, Classification, MSE, or Scalar(fn) with a differentiable fn"
-    )
-
-
-def _logit_diff(metric: LogitDiff, out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, float]:
-    last = out
-    if out.ndim == 3:  # (batch, seq, vocab): each example's last real position, as LogitDiff reads it
-        mask = batch.fields.get("attention_mask")
-        pos = (mask.sum(1) - 1).long() if mask is not None else torch.full((out.shape[0],), -1)
-        last = out[torch.arange(out.shape[0]), pos % out.shape[1]]
-    last = last[None].float()  # (1, batch, vocab)
-    diff = LogitDiff._pick(last, metric.a, batch) - LogitDiff._pick(last, metric.b, batch)
-    return diff.sum(), float(diff.shape[1])
+    """(the batch's differentiable sum of the metric's main value, the count it is averaged over):
+    ``metric.loss``. Summed over batches and divided by the summed counts it is the main column."""
+    return metric.loss(out, batch)
 
 
 def unit_axis(site: Site, h: torch.Tensor) -> torch.Tensor:
@@ -116,7 +64,7 @@ def replacement_delta(r: Replacement, site: Site, a: torch.Tensor, batch: Batch,
     A replacement with ``repeats`` (Resample) gives the mean over its draws, as a sweep averages them."""
     cur = unit_axis(site, a)
     ctx = Context(site, torch.arange(site.width, device=a.device), batch, k)
-    repeats = getattr(r, "repeats", 1)
+    repeats = r.repeats
     draws = [r.draw(i) for i in range(repeats)] if repeats > 1 else [r]
     new = sum(d.values(cur, ctx).to(device=cur.device, dtype=cur.dtype) for d in draws) / len(draws)
     return torch.broadcast_to(new, cur.shape) - cur

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lesion.analyses.curves import _curve_columns
 from lesion.analyses.measures import mutual_information
 from lesion.analyses.paper import _seed
 from lesion.analyses.sweep import sites_for
@@ -22,6 +23,7 @@ from lesion.core import interventions as iv
 from lesion.core.batch import Data, reusable
 from lesion.core.capture import grab
 from lesion.core.lesions import Lesion
+from lesion.core.metric import Metric
 from lesion.core.replacements import Directions
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
@@ -36,19 +38,22 @@ def direction_curves(
     fractions: Sequence[float] = tuple(np.linspace(0, 1, 21)),
     repeats: int = 5,
     seed: int = 0,
+    metric: Metric | None = None,
     batch_size: int = 1000,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Accuracy as a growing share of each candidate layer's space is deleted, in two bases.
+    """Accuracy (the metric's scalar values) as a growing share of each candidate layer's space is
+    deleted, in two bases.
 
     ``basis="units"``: a random, nested set of round(f x width) units per layer is zeroed.
     ``basis="random"``: as many random orthonormal directions per layer (nested columns of one random
-    rotation) are projected out. Columns: ``basis, repeat, fraction, n_ablated, accuracy, loss``.
+    rotation) are projected out. Columns: ``basis, repeat, fraction, n_ablated`` and the metric's scalar
+    columns (``accuracy, loss`` for the default ``Classification``).
     """
     data = reusable(data)
     sites = sites_for(model, data)
     cand = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
-    runner = Runner(model, data, sites, batch_size=batch_size)
+    runner = Runner(model, data, sites, metric=metric, batch_size=batch_size)
     rows = []
     bar = progress_bar(None, "direction curves", progress, total=2 * repeats * len(fractions))
     for r in range(repeats):
@@ -57,13 +62,14 @@ def direction_curves(
             for f in fractions:
                 k = {s.name: round(float(f) * s.width) for s in cand}
                 together = [_lesion(s, *draws[s.name], k[s.name], basis) for s in cand if k[s.name]]
-                res = runner.run([together]) if together else runner.intact
+                res = _curve_columns(runner.run([together]) if together else runner.intact, runner.metric)
                 rows.append(
-                    (basis, r, float(f), sum(k.values()), float(res["accuracy"][0]), float(res["loss"][0]))
+                    {"basis": basis, "repeat": r, "fraction": float(f), "n_ablated": sum(k.values())}
+                    | {name: float(v[0]) for name, v in res.items()}
                 )
                 bar.update()
     bar.close()
-    return pd.DataFrame(rows, columns=["basis", "repeat", "fraction", "n_ablated", "accuracy", "loss"])
+    return pd.DataFrame(rows)
 
 
 def _draw(width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -175,24 +175,26 @@ def ablation_curves(
             done[i] = {"counts": mine, "values": values}
         bar.update(len(counts) * len(members))
     for i, (name, _, r) in enumerate(jobs):
-        scalars = _curve_columns(done[i]["values"])
+        scalars = _curve_columns(done[i]["values"], runner.metric)
         for j, k in enumerate(done[i]["counts"]):
             rows.append({"order": name, "repeat": r, "n_ablated": k, "fraction": k / len(pool)}
                         | {c: float(v[j]) for c, v in scalars.items()})  # fmt: skip
     bar.close()
-    curves = pd.DataFrame(
-        rows, columns=["order", "repeat", "n_ablated", "fraction", *_curve_columns(runner.intact)]
-    )
+    metric_cols = list(_curve_columns(runner.intact, runner.metric))
+    curves = pd.DataFrame(rows, columns=["order", "repeat", "n_ablated", "fraction", *metric_cols])
+    curves.attrs["curve_column"] = runner.metric.curve_column  # what curve_auc integrates
+    curves.attrs["metric_columns"] = metric_cols
     curves.attrs["engine_fallbacks"] = dict(runner.fallbacks)
     curves.attrs["engine_deviation"] = dict(runner.deviation)
     curves.attrs["served"] = dict(runner.served)
     return curves
 
 
-def _curve_columns(values: dict) -> dict:
-    """The scalar metric outputs of a curve; accuracy first for the paper's classification curves."""
+def _curve_columns(values: dict, metric: Metric) -> dict:
+    """The scalar metric outputs of a curve, the metric's curve column first (accuracy for the paper's
+    classification curves)."""
     scalars = {k: v for k, v in values.items() if v.ndim == 1}
-    first = [k for k in ("accuracy", "loss") if k in scalars]
+    first = [k for k in (metric.curve_column, metric.main) if k in scalars][:1]
     return {k: scalars[k] for k in first + [k for k in scalars if k not in first]}
 
 
@@ -238,17 +240,33 @@ def _counts(n: int, fractions: Sequence[float] | None) -> list[int]:
     return sorted({round(x * n) for x in f})
 
 
-def curve_auc(curves: pd.DataFrame) -> pd.DataFrame:
-    """AUC of each curve over fraction ablated (raw, in [0, 1]) and normalised by the largest AUC.
+def curve_auc(curves: pd.DataFrame, column: str | None = None) -> pd.DataFrame:
+    """AUC of each curve over fraction ablated (raw, in [0, 1] for accuracy) and normalised by the
+    largest AUC.
 
-    Columns: ``order, repeat, auc, auc_normalised`` (plus any extra grouping columns of ``curves``).
+    ``column`` is the metric column integrated: by default the one the curves were made for (the
+    metric's ``curve``: accuracy for classification, the main value otherwise), else ``accuracy`` where
+    present. Columns: ``order, repeat, auc, auc_normalised`` (plus any extra grouping columns).
     """
-    keys = [c for c in curves.columns if c not in ("n_ablated", "fraction", "accuracy", "loss")]
+    metric_cols = curves.attrs.get("metric_columns")
+    if metric_cols is None:  # attrs lost (read back, concatenated): metric columns are the float ones
+        metric_cols = [
+            c for c in curves.columns if c != "fraction" and pd.api.types.is_float_dtype(curves[c])
+        ]
+    if column is None:
+        column = curves.attrs.get("curve_column") or ("accuracy" if "accuracy" in curves.columns else None)
+    if column is None or column not in curves.columns:
+        have = ", ".join(c for c in metric_cols) or "none"
+        raise LesionError(
+            f"curve_auc(column={column!r}): the curves have no such column; metric columns: {have}"
+        )
+    keys = [c for c in curves.columns if c not in ("n_ablated", "fraction", *metric_cols)]
     out = (
         curves.groupby(keys, sort=False)
-        .apply(lambda g: auc(g["fraction"], g["accuracy"]), include_groups=False)
+        .apply(lambda g: auc(g["fraction"], g[column]), include_groups=False)
         .rename("auc")
         .reset_index()
     )
     out["auc_normalised"] = out["auc"] / out["auc"].max()
+    out.attrs["column"] = column
     return out

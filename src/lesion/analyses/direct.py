@@ -121,7 +121,7 @@ def direct_effects(
     readout, writers = locate(model, data, sites)
     sites = [w.site for w in writers]
     r = fitted_replacement(model, data, sites, replacement)
-    if getattr(r, "repeats", 1) > 1:
+    if r.repeats > 1:
         raise LesionError(
             "direct_effects scores one replacement per neuron; expected Resample(repeats=1) (a sweep would "
             "average the metric over draws, a nonlinear function of them)"
@@ -361,7 +361,7 @@ def _direct(model, data, readout: Readout, writers: list[Writer], metric: Metric
                 b = b.to(model_device(model))
                 got.clear()
                 out = output_tensor(b.run(model))  # (batch, t, vocab)
-                intact.update(out[None], b, slice(0, 1), intact=out, fused=True)
+                intact.update(out[None], b, slice(0, 1), intact=out)
                 inv = (
                     readout.inverse_scale(got[readout.norm])
                     if readout.norm
@@ -394,7 +394,7 @@ def _score(values: Metric, out, b: Batch, k: int, writers, units, got, inv, r) -
         for j in range(0, w.site.width, step):
             jj = min(j + step, w.site.width)
             lesioned = base + c[j:jj, ..., None] * u[j:jj, None, None, :]  # (k, batch, t, vocab)
-            values.update(lesioned.to(out.dtype), b, slice(offset + j, offset + jj), intact=out, fused=True)
+            values.update(lesioned.to(out.dtype), b, slice(offset + j, offset + jj), intact=out)
         offset += w.site.width
 
 

@@ -18,7 +18,14 @@ import pandas as pd
 from torch import nn
 
 # the cumulative curves live in lesion.analyses.curves; their names stay importable from here
-from lesion.analyses.curves import ORDERS, ablation_curves, curve_auc, incoming_weight_norms, unit_order  # noqa: F401
+from lesion.analyses.curves import (  # noqa: F401
+    ORDERS,
+    _curve_columns,
+    ablation_curves,
+    curve_auc,
+    incoming_weight_norms,
+    unit_order,
+)
 from lesion.analyses.measures import correlate, mutual_information, selectivity_index
 from lesion.analyses.sweep import sites_for
 from lesion.backends.ray_sweep import check_backend, evaluate
@@ -76,7 +83,7 @@ def unit_table(
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     chosen = parse_units(units if units is not None else [f"{s.name}:*" for s in sites], sites)
-    classify = metric is None or isinstance(metric, Classification)
+    classify = (metric if metric is not None else Classification()).classes  # selectivity needs classes
     stats = None
     if classify:
         stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size)
@@ -159,19 +166,21 @@ def noise_curves(
     repeats: int = 5,
     seed: int = 0,
     scaling: str = "sd",
+    metric: Metric | None = None,
     batch_size: int = 1000,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Accuracy and loss with Gaussian noise added to every candidate unit at once.
+    """Accuracy and loss (the metric's scalar values) with Gaussian noise added to every candidate unit.
 
     Noise SD per unit = scale x the unit's SD over ``reference`` (default: ``data``), per feature map over
-    all positions for conv sites. Columns: ``scale, repeat, accuracy, loss``.
+    all positions for conv sites. Columns: ``scale, repeat`` and the metric's scalar columns, its curve
+    column first (``accuracy, loss`` for the default ``Classification``).
     """
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     cand = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
     ref = reference or collect_stats(model, data, cand, histograms=False, batch_size=batch_size)
-    runner = Runner(model, data, sites, batch_size=batch_size)
+    runner = Runner(model, data, sites, metric=metric, batch_size=batch_size)
     names = [f"{s.name}:*" for s in cand]
     lesions = [
         Lesion(names, Noise(float(scale), scaling, _seed(seed, i, r), ref))
@@ -179,9 +188,14 @@ def noise_curves(
     ]  # fmt: skip
     with progress_bar(None, "noise curves", progress, total=len(lesions)) as bar:
         values = runner.run(lesions, bar=bar)
-    rows = [(les.replacement.scale, k % repeats, float(values["accuracy"][k]), float(values["loss"][k]))
-            for k, les in enumerate(lesions)]  # fmt: skip
-    return pd.DataFrame(rows, columns=["scale", "repeat", "accuracy", "loss"])
+    scalars = _curve_columns(values, runner.metric)
+    return pd.DataFrame(
+        {
+            "scale": [les.replacement.scale for les in lesions],
+            "repeat": [k % repeats for k in range(len(lesions))],
+        }
+        | {name: v.astype(np.float64) for name, v in scalars.items()}
+    )
 
 
 def _seed(*parts: int) -> int:

@@ -85,13 +85,38 @@ class Batch:
         return ", ".join(parts)
 
     def field(self, name: str) -> torch.Tensor:
-        """A named field (``attention_mask``, ``labels``...); a clear DataError when the batch lacks it."""
+        """A named field (``attention_mask``, ``labels``, ``target``, a keyword input such as
+        ``input_ids``, or ``x`` for a single tensor input); a clear DataError when the batch lacks it."""
         if name == "target" and self.target is not None:
             return self.target
-        if name not in self.fields:
-            have = ", ".join(sorted(self.fields)) or "none"
-            raise DataError(f"the batch has no field {name!r}; it has: {have}")
-        return self.fields[name]
+        if name in self.fields:
+            return self.fields[name]
+        if name in self.kwargs and isinstance(self.kwargs[name], torch.Tensor):
+            return self.kwargs[name]
+        if name == "x" and len(self.args) == 1 and isinstance(self.args[0], torch.Tensor):
+            return self.args[0]
+        have = ", ".join(sorted(self.names())) or "none"
+        raise DataError(f"the batch has no field {name!r}; it has: {have}")
+
+    def names(self) -> set[str]:
+        """The names ``batch[name]`` answers to."""
+        out = set(self.fields) | {k for k, v in self.kwargs.items() if isinstance(v, torch.Tensor)}
+        if self.target is not None:
+            out.add("target")
+        if len(self.args) == 1 and isinstance(self.args[0], torch.Tensor):
+            out.add("x")
+        return out
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """``batch["target"]``, ``batch["attention_mask"]``...: the batch's fields by name, as a user who
+        passed dict batches wrote them."""
+        if not isinstance(name, str):
+            have = sorted(self.names())
+            raise DataError(f"batch[{name!r}]: expected a field name (str); the batch has {have}")
+        return self.field(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names()
 
 
 def as_batch(item: Any, k: int = 0, *, start: int = 0) -> Batch:

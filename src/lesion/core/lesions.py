@@ -177,8 +177,11 @@ def ablate(
         yield model
 
 
-def fit_lesions(model, data, sites: Mapping[str, Site], lesions: Sequence[Lesion]) -> list[Lesion]:
-    """Lesions whose replacements are fitted (one fit per distinct replacement, on ``data``)."""
+def fit_lesions(
+    model, data, sites: Mapping[str, Site], lesions: Sequence[Lesion], metric=None
+) -> list[Lesion]:
+    """Lesions whose replacements are fitted (one fit per distinct replacement, on ``data``; those fitted
+    to a loss, such as ``Optimal``, to ``metric``'s)."""
     fitted: dict[Any, Replacement] = {}
     out = []
     for les in lesions:
@@ -187,7 +190,7 @@ def fit_lesions(model, data, sites: Mapping[str, Site], lesions: Sequence[Lesion
             key = replacement_key(r)
             if key not in fitted:
                 same = [x for x in lesions if replacement_key(x.replacement) == key]
-                fitted[key] = r.fit(model, data, sites, same)
+                fitted[key] = r.fit(model, data, sites, same, metric=metric)
             r = fitted[key]
         out.append(les.with_replacement(r))
     return out

@@ -42,8 +42,23 @@ def check_labels(y: torch.Tensor, n_classes: int, where: str = "") -> None:
 
 
 class Metric:
-    """Base: subclasses keep float64 sums in ``self.sums`` (name -> array with a leading lesion axis)."""
+    """Base: subclasses keep float64 sums in ``self.sums`` (name -> array with a leading lesion axis).
 
+    What the rest of lesion asks of a metric, so that a new one works everywhere (sweeps, curves, AUC,
+    attribution, the optimal replacement, the explorer):
+
+    - ``main``: the column effects are reported in (``delta_<main>``); the attribution estimate and the
+      optimal replacement predict and minimise it.
+    - ``curve``: the column ablation curves are summarised by (their AUC); ``main`` when None.
+    - ``loss(output, batch)``: a differentiable ``(sum over the batch, count)`` whose ratio, summed over
+      batches, is the ``main`` column; needed by attribution and the optimal replacement only.
+    - ``close(reference, fast, n)``: whether the engine's values agree with the slow path's; the name
+      and values of the first disagreement, or None.
+    """
+
+    main: str = "value"
+    curve: str | None = None
+    classes = False  # targets are class labels: per-class parts and selectivity apply
     needs_intact = False  # update() is also given the intact model's outputs
 
     def reset(self, n: int) -> None:
@@ -66,21 +81,58 @@ class Metric:
             self._add(name, slice(0, self.n), v)
         return self
 
-    def update(self, outputs: torch.Tensor, batch: Batch, lesions: slice, intact=None, fused=False) -> None:
+    def update(self, outputs: torch.Tensor, batch: Batch, lesions: slice, intact=None) -> None:
         raise NotImplementedError
 
     def compute(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    @property
+    def curve_column(self) -> str:
+        return self.curve or self.main
+
+    def loss(self, output: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, float]:
+        """(the differentiable sum of the ``main`` value over the batch, the count it averages over)."""
+        raise MetricError(
+            f"metric {type(self).__name__} has no differentiable loss; expected a metric that defines "
+            "loss(output, batch) -> (sum, count), e.g. NextTokenLoss, LogitDiff, Classification, MSE or "
+            "Scalar(fn) with a differentiable fn"
+        )
+
+    def close(
+        self, reference: dict[str, np.ndarray], fast: dict[str, np.ndarray], n: int | None
+    ) -> str | None:
+        """None when every value of ``fast`` matches ``reference`` to float rounding (relative 1e-4,
+        absolute 1e-4 of the largest value); else what disagreed."""
+        for key, want in reference.items():
+            if key in self.exempt:
+                continue
+            got = fast[key]
+            if key in self.discrete and n:
+                tol = max(1, n // 1000) / n  # float rounding may flip a near-tie prediction
+                ok = bool(np.all(np.abs(want - got) <= tol + 1e-12))
+            else:
+                scale = max(1.0, float(np.nanmax(np.abs(want)))) if np.size(want) else 1.0
+                ok = np.allclose(got, want, rtol=1e-4, atol=1e-4 * scale, equal_nan=True)
+            if not ok:
+                return f"engine gave {key} {np.ravel(got)[:3]}; reference {np.ravel(want)[:3]}"
+        return None
+
+    discrete: tuple[str, ...] = ()  # shares of examples (accuracy): a near-tie may flip one prediction
+    exempt: tuple[str, ...] = ()  # outputs that follow a discrete one (confusion): not compared
 
 
 class Classification(Metric):
     """Mean cross-entropy ``loss``, ``accuracy``, ``accuracy_class`` (n, C) and ``confusion`` (n, C, C)
     against integer class targets; outputs are logits (..., classes) (extra axes: every position counts)."""
 
+    main, curve, classes = "loss", "accuracy", True
+    discrete, exempt = ("accuracy",), ("confusion", "accuracy_class")
+
     def __init__(self, n_classes: int | None = None):
         self.n_classes = n_classes
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    def update(self, outputs, batch, lesions, intact=None):
         y = batch.target
         if y is None:
             raise DataError("classification needs targets; expected (inputs, labels) batches")
@@ -98,13 +150,9 @@ class Classification(Metric):
             raise DataError("the model produced NaN or infinite outputs; expected finite logits")
         logits = outputs.reshape(k, -1, c).float()
         yk = y.reshape(-1).long()
-        if fused or k > 1:  # the engine's order: per-example losses, summed in float64
-            ce, pred = _cross_entropy(logits.flatten(0, 1), yk.repeat(k))
-            loss = ce.double().reshape(k, -1).sum(1).cpu().numpy()
-            pred = pred.reshape(k, -1)
-        else:  # the reference path: one batch sum in float32
-            loss = np.array([float(F.cross_entropy(logits[0], yk, reduction="sum"))])
-            pred = logits.argmax(-1)  # (k, m)
+        ce, pred = _cross_entropy(logits.flatten(0, 1), yk.repeat(k))  # per example, summed in float64
+        loss = ce.double().reshape(k, -1).sum(1).cpu().numpy()
+        pred = pred.reshape(k, -1)  # (k, m)
         width = max(c, self.n_classes or 0)
         lesion_idx = torch.arange(k, device=pred.device)[:, None]
         flat = ((lesion_idx * width + yk[None]) * width + pred).reshape(-1)
@@ -126,6 +174,11 @@ class Classification(Metric):
             "accuracy_class": per_class,
             "confusion": conf,
         }
+
+    def loss(self, output, batch):
+        y = batch.field("target")
+        logits = output.float().reshape(-1, output.shape[-1])
+        return F.cross_entropy(logits, y.reshape(-1).long(), reduction="sum"), float(y.numel())
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -181,7 +234,9 @@ class NextTokenLoss(Metric):
     """Causal language modelling: mean cross-entropy ``loss`` of each next token and top-1 ``accuracy``,
     over valid positions (``attention_mask`` honoured; ``labels`` of -100 ignored, as in Hugging Face)."""
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    main, curve, discrete = "loss", "loss", ("accuracy",)
+
+    def update(self, outputs, batch, lesions, intact=None):
         logits, target, valid = _next_token(outputs, batch)
         k = logits.shape[0]
         sel = logits[:, valid].float()  # (k, m, V)
@@ -195,14 +250,26 @@ class NextTokenLoss(Metric):
         n = self.sums["count"]
         return {"loss": self.sums["loss"] / n, "accuracy": self.sums["correct"] / n}
 
+    def loss(self, output, batch):
+        logits, target, valid = _next_token(output[None], batch)
+        ce = F.cross_entropy(logits[0, valid].float(), target[valid].long(), reduction="sum")
+        return ce, float(valid.sum())
+
 
 class KL(Metric):
     """Mean KL divergence KL(intact || lesioned) of the output distributions (softmax over the last
     axis), per example and position; with an attention mask only real positions count."""
 
-    needs_intact = True
+    main, needs_intact = "kl", True
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    def loss(self, output, batch):
+        raise MetricError(
+            "KL to the intact model has zero gradient at the intact model, so its attribution estimate is 0 "
+            "for every unit; expected a metric with a gradient: NextTokenLoss, LogitDiff, Classification, "
+            "MSE or Scalar"
+        )
+
+    def update(self, outputs, batch, lesions, intact=None):
         if intact is None:
             raise MetricError("KL needs the intact model's outputs")
         k = outputs.shape[0]
@@ -226,15 +293,27 @@ class LogitDiff(Metric):
     """Mean logit difference ``logit[a] - logit[b]`` at the last position (the last real token when
     the batch has an attention mask). ``a``/``b`` are token ids or names of per-example batch fields."""
 
+    main = "logit_diff"
+
     def __init__(self, a: int | str, b: int | str):
         self.a, self.b = a, b
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
-        last = outputs
-        if outputs.ndim == 4:  # (k, batch, seq, vocab): pick each example's last real position
-            mask = batch.fields.get("attention_mask")
-            pos = (mask.sum(1) - 1).long() if mask is not None else torch.full((outputs.shape[1],), -1)
-            last = outputs[:, torch.arange(outputs.shape[1]), pos % outputs.shape[2]]
+    def loss(self, output, batch):
+        last = self._last(output[None], batch).float()  # (1, batch, vocab)
+        diff = self._pick(last, self.a, batch) - self._pick(last, self.b, batch)
+        return diff.sum(), float(diff.shape[1])
+
+    @staticmethod
+    def _last(outputs: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
+        """(k, batch, vocab): each example's last real position of (k, batch, seq, vocab) logits."""
+        if outputs.ndim != 4:
+            return outputs
+        mask = batch.fields.get("attention_mask") if batch is not None else None
+        pos = (mask.sum(1) - 1).long() if mask is not None else torch.full((outputs.shape[1],), -1)
+        return outputs[:, torch.arange(outputs.shape[1]), pos % outputs.shape[2]]
+
+    def update(self, outputs, batch, lesions, intact=None):
+        last = self._last(outputs, batch)
         if last.ndim != 3:
             raise MetricError(
                 f"LogitDiff expects logits (batch, [seq,] vocab); got {tuple(outputs.shape[1:])}"
@@ -259,7 +338,14 @@ class LogitDiff(Metric):
 class MSE(Metric):
     """Mean squared error against float targets of the output's shape (regression)."""
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    main = "mse"
+
+    def loss(self, output, batch):
+        y = batch.field("target")
+        err = (output.float() - y.float().reshape(output.shape)) ** 2
+        return err.sum(), float(err.numel())
+
+    def update(self, outputs, batch, lesions, intact=None):
         y = batch.target
         if y is None or not y.dtype.is_floating_point:
             raise DataError(
@@ -280,6 +366,7 @@ class MSE(Metric):
 
 class Scalar(Metric):
     """Any per-example function ``fn(output, batch) -> values (batch,)``, averaged: the column ``name``.
+    ``batch["target"]``, ``batch["attention_mask"]``... give the batch's fields by name.
 
     >>> import torch
     >>> m = Scalar(lambda out, batch: out[:, 0], name="first"); m.reset(1)
@@ -291,7 +378,14 @@ class Scalar(Metric):
     def __init__(self, fn: Callable[[torch.Tensor, Batch], torch.Tensor], name: str = "value"):
         self.fn, self.name = fn, name
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    @property
+    def main(self) -> str:  # type: ignore[override]
+        return self.name
+
+    def loss(self, output, batch):
+        return torch.as_tensor(self.fn(output, batch)).sum(), float(output.shape[0])
+
+    def update(self, outputs, batch, lesions, intact=None):
         b = outputs.shape[1]
         vals = []
         for out in outputs:

@@ -53,13 +53,19 @@ class Replacement:
 
     fitted_field: ClassVar[str | None] = None  # the field ``fit`` fills; None: nothing to fit
     constant = False  # one value per unit, the same for every example: the fast engine can use it
+    repeats = 1  # draws a sweep averages over (Resample); each draw is ``draw(k)``
 
     @property
     def needs_fit(self) -> bool:
         return self.fitted_field is not None and getattr(self, self.fitted_field) is None
 
-    def fit(self, model, data, sites: Mapping[str, Site], lesions) -> Replacement:
-        """A copy ready to use, with whatever it needs measured on ``data`` at ``sites``."""
+    def fit(self, model, data, sites: Mapping[str, Site], lesions, metric=None) -> Replacement:
+        """A copy ready to use, with whatever it needs measured on ``data`` at ``sites`` (``metric``: what
+        the sweep measures, for replacements fitted to it such as ``Optimal``)."""
+        return self
+
+    def draw(self, k: int) -> Replacement:
+        """The ``k``-th of ``repeats`` draws (itself, for replacements that draw nothing)."""
         return self
 
     def open(self) -> Replacement:
@@ -118,7 +124,7 @@ class Mean(Replacement):
 
     fitted_field = "means"
 
-    def fit(self, model, data, sites, lesions):
+    def fit(self, model, data, sites, lesions, metric=None):
         if self.means is not None:
             return self
         layers = list(sites)  # every site: one pass either way, and prefixes of any order stay covered
@@ -159,7 +165,7 @@ class PositionalMean(Replacement):
 
     fitted_field = "means"
 
-    def fit(self, model, data, sites, lesions):
+    def fit(self, model, data, sites, lesions, metric=None):
         if self.means is not None:
             return self
         from lesion.core.capture import positional_means
@@ -202,7 +208,7 @@ class Resample(Replacement):
 
     fitted_field = "cache"
 
-    def fit(self, model, data, sites, lesions):
+    def fit(self, model, data, sites, lesions, metric=None):
         if self.cache is not None:
             return self
         from lesion.core.capture import activations
@@ -232,7 +238,7 @@ class Patch(Replacement):
 
     fitted_field = "cache"
 
-    def fit(self, model, data, sites, lesions):
+    def fit(self, model, data, sites, lesions, metric=None):
         if self.source is None:
             raise LesionError(
                 "Patch(source) needs the source inputs, paired example by example with the data"
@@ -277,7 +283,7 @@ class Noise(Replacement):
 
     fitted_field = "stats"
 
-    def fit(self, model, data, sites, lesions):
+    def fit(self, model, data, sites, lesions, metric=None):
         if self.stats is not None:
             return self
         from lesion.core.stats import collect_stats

@@ -223,7 +223,7 @@ def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
     ):
         return False
     r = lesion.replacement
-    if r.edit is not None or getattr(r, "repeats", 1) > 1:
+    if r.edit is not None or r.repeats > 1:
         return False
     from lesion.engine.sweeps import _plain
 

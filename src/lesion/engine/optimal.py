@@ -30,7 +30,8 @@ LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]  # (k, batch, ...) output
 class Optimal(Replacement):
     """The per-unit constant minimising the mean loss on ``reference`` (default: the sweep's data).
 
-    ``loss(outputs (k, batch, ...), batch) -> (k,)``: default cross-entropy for integer targets
+    ``loss(outputs (k, batch, ...), batch) -> (k,)``: by default the sweep's metric's own differentiable
+    loss (``Metric.loss``, its ``main`` value); without a metric, cross-entropy for integer targets
     (next-token cross-entropy when there is none), mean squared error for float targets. Fitted on at
     most ``examples`` examples, ``steps`` Adam steps of learning rate ``lr``.
     """
@@ -46,9 +47,11 @@ class Optimal(Replacement):
 
     fitted_field = "constants"
 
-    def fit(self, model, data, sites, lesions) -> Optimal:
+    def fit(self, model, data, sites, lesions, metric=None) -> Optimal:
         if self.constants is not None:
             return self
+        if self.loss is None and metric is not None:
+            return replace(self, loss=metric_loss(metric)).fit(model, data, sites, lesions)
         ref = self.reference if self.reference is not None else data
         if ref is None:
             raise LesionError("Optimal() needs reference data: Optimal(reference=data), or use it in a sweep")
@@ -300,6 +303,16 @@ def _saved_bytes(on: bool = True):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield total
+
+
+def metric_loss(metric) -> LossFn:
+    """A metric's differentiable loss as a ``LossFn``: the mean ``main`` value of each of k copies."""
+
+    def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:  # (k, batch, ...) -> (k,)
+        parts = [metric.loss(o, batch) for o in out]
+        return torch.stack([total / max(count, 1.0) for total, count in parts])
+
+    return loss
 
 
 def _default_loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -243,7 +243,7 @@ class PrefixEngine:
                     out = self._pass(b, k, site, part, cache)
                     metric.update(
                         out.reshape(len(part), len(b), *out.shape[1:]), b,
-                        slice(offset + i, offset + i + len(part)), intact=intact, fused=True,
+                        slice(offset + i, offset + i + len(part)), intact=intact,
                     )  # fmt: skip
                     if progress is not None:
                         progress(len(part), len(b))

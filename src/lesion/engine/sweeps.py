@@ -91,7 +91,7 @@ class Engine:
     def _update(metric: Metric, out, b: Batch, k: int, lesions: slice, intact) -> None:
         if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != k * len(b):
             raise Unsupported("the model's output is not one tensor with a batch axis after expansion")
-        metric.update(out.reshape(k, len(b), *out.shape[1:]), b, lesions, intact=intact, fused=True)
+        metric.update(out.reshape(k, len(b), *out.shape[1:]), b, lesions, intact=intact)
 
     def _site(self, layer: str) -> Site:
         site = self.sites[layer]

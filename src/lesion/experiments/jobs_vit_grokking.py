@@ -50,7 +50,9 @@ class Answer(Metric):
     """``accuracy`` and mean cross-entropy ``loss`` of the logits at the last position against the
     answers (the batch's targets), for models that return (batch, positions, vocab)."""
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    main, curve, discrete = "loss", "accuracy", ("accuracy",)
+
+    def update(self, outputs, batch, lesions, intact=None):
         import torch
         import torch.nn.functional as F
 
