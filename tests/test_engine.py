@@ -202,7 +202,8 @@ def test_random_orders_side_by_side_equal_the_hook_path(kind, value, monkeypatch
 def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monkeypatch):
     """With 64+ rows per chunk the engine runs the 3-output last layer as W @ x^T and folds cumulative
     masks into the Linear consumers' weights; both must give the hooked model's numbers."""
-    from lesion.engine import cumulative as curves, graph
+    from lesion.engine import cumulative as curves
+    from lesion.engine import graph
 
     calls = {"transposed": 0, "folded": 0}
     transposed, folded = graph._transposed_linear, curves._CurveState._folded

@@ -18,7 +18,8 @@ from lesion.core.metric import Classification, Metric
 from lesion.core.replacements import as_replacement
 from lesion.core.runner import Runner
 from lesion.core.units import Unit
-from lesion.engine import cumulative as curves, headcurve
+from lesion.engine import cumulative as curves
+from lesion.engine import headcurve
 from lesion.engine.dispatch import cumulative, prefix
 from lesion.engine.sweeps import Engine
 

@@ -245,7 +245,8 @@ def test_a_classifier_with_dropout_before_its_last_layer_takes_both_shortcuts_ex
     slow = Runner(model, (x, y), sites, engine=False).run(lesions)
     np.testing.assert_allclose(fast["loss"], slow["loss"], atol=1e-6)
     np.testing.assert_array_equal(fast["confusion"], slow["confusion"])
-    from lesion.engine import cumulative as curves, headcurve
+    from lesion.engine import cumulative as curves
+    from lesion.engine import headcurve
 
     served = []
     monkeypatch.setattr(curves, "run_chunk", lambda *a: served.append(headcurve.run_chunk(*a)) or served[-1])

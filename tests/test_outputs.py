@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lesion.util import outputs as _outputs
 from lesion.cli import app
+from lesion.util import outputs as _outputs
 from lesion.util.outputs import OutputError, read_manifest
 
 runner = CliRunner()
