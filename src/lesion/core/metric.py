@@ -50,6 +50,8 @@ class Metric:
     - ``main``: the column effects are reported in (``delta_<main>``); the attribution estimate and the
       optimal replacement predict and minimise it.
     - ``curve``: the column ablation curves are summarised by (their AUC); ``main`` when None.
+    - ``higher_is_better``: whether a larger ``main`` is the better model (logit difference) or the
+      worse one (a loss); the optimal replacement seeks the better end.
     - ``loss(output, batch)``: a differentiable ``(sum over the batch, count)`` whose ratio, summed over
       batches, is the ``main`` column; needed by attribution and the optimal replacement only.
     - ``close(reference, fast, n)``: whether the engine's values agree with the slow path's; the name
@@ -59,6 +61,7 @@ class Metric:
     main: str = "value"
     curve: str | None = None
     classes = False  # targets are class labels: per-class parts and selectivity apply
+    higher_is_better = False
     needs_intact = False  # update() is also given the intact model's outputs
 
     def reset(self, n: int) -> None:
@@ -293,7 +296,7 @@ class LogitDiff(Metric):
     """Mean logit difference ``logit[a] - logit[b]`` at the last position (the last real token when
     the batch has an attention mask). ``a``/``b`` are token ids or names of per-example batch fields."""
 
-    main = "logit_diff"
+    main, higher_is_better = "logit_diff", True
 
     def __init__(self, a: int | str, b: int | str):
         self.a, self.b = a, b
@@ -375,8 +378,10 @@ class Scalar(Metric):
     [3.0]
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor, Batch], torch.Tensor], name: str = "value"):
-        self.fn, self.name = fn, name
+    def __init__(
+        self, fn: Callable[[torch.Tensor, Batch], torch.Tensor], name: str = "value", higher_is_better=False
+    ):
+        self.fn, self.name, self.higher_is_better = fn, name, bool(higher_is_better)
 
     @property
     def main(self) -> str:  # type: ignore[override]

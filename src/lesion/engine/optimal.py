@@ -306,11 +306,13 @@ def _saved_bytes(on: bool = True):
 
 
 def metric_loss(metric) -> LossFn:
-    """A metric's differentiable loss as a ``LossFn``: the mean ``main`` value of each of k copies."""
+    """A metric's differentiable loss as a ``LossFn``: the mean ``main`` value of each of k copies,
+    negated where higher is better (the optimal constant seeks the better end)."""
+    sign = -1.0 if metric.higher_is_better else 1.0
 
     def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:  # (k, batch, ...) -> (k,)
         parts = [metric.loss(o, batch) for o in out]
-        return torch.stack([total / max(count, 1.0) for total, count in parts])
+        return torch.stack([sign * total / max(count, 1.0) for total, count in parts])
 
     return loss
 
