@@ -47,14 +47,20 @@ def engine_fill(runner: Runner, lesion: Lesion) -> tuple[str, int, torch.Tensor]
 def single_unit_groups(
     runner: Runner, lesions: Sequence[Lesion], *, bar=None
 ) -> Iterator[tuple[list[int], dict]]:
-    """Yield (lesion positions, metric values) for groups of single-unit lesions the engine evaluated."""
-    if engine_of(runner) is None:
+    """Yield (lesion positions, metric values) for groups of single-unit lesions the engine evaluated.
+
+    A layer with ``CHECKS`` lesions or fewer is left to the slow path: its check would re-run every one
+    of them there anyway, so the engine is not even built for it."""
+    if not runner.use_engine:
         return
     groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
     for i, les in enumerate(lesions):
         got = engine_fill(runner, les)
         if got is not None:
             groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
+    groups = {key: members for key, members in groups.items() if len(members) > CHECKS}
+    if not groups or engine_of(runner) is None:
+        return
     for (layer, _), members in groups.items():
         values = _engine_layer(runner, layer, members, [lesions[i] for i, _, _ in members], bar)
         if values is not None:
@@ -212,9 +218,10 @@ def cumulative_orders(
     return [cumulative(runner, seq, counts) for seq in seqs]
 
 
-def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
+def prefix_served(runner: Runner, lesion: Lesion | None, *, plan: bool = True) -> bool:
     """Whether the module-prefix engine may take ``lesion``: a site the graph engine cannot serve (or a
-    model it cannot trace), a replacement computed per unit (no whole-site edit, one draw)."""
+    model it cannot trace), a replacement computed per unit (no whole-site edit, one draw). With
+    ``plan=False`` the graph engine is not consulted (nor traced): the cheap half of the answer."""
     if (
         lesion is None
         or not lesion.units
@@ -225,6 +232,8 @@ def prefix_served(runner: Runner, lesion: Lesion | None) -> bool:
     r = lesion.replacement
     if r.edit is not None or r.repeats > 1:
         return False
+    if not plan:
+        return True
     from lesion.engine.sweeps import _plain
 
     # the graph engine (or the slow path, as before) serves channel sites of traced models
@@ -244,10 +253,14 @@ def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Ite
 
     groups: dict[str, list[int]] = {}
     for i, les in enumerate(lesions):
-        if prefix_served(runner, les):
+        if prefix_served(runner, les, plan=False):
             first = min(les.units, key=lambda n: runner.sites[n].order)
             if f"prefix:{first}" not in runner.fallbacks:
                 groups.setdefault(first, []).append(i)
+    # a site with CHECKS lesions or fewer: its check would re-run all of them on the slow path
+    groups = {f: g for f, g in groups.items() if len(g) > CHECKS}
+    groups = {f: [i for i in g if prefix_served(runner, lesions[i])] for f, g in groups.items()}
+    groups = {f: g for f, g in groups.items() if len(g) > CHECKS}
     if not groups:
         return
     if runner._prefix is None:

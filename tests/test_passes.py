@@ -1,0 +1,43 @@
+"""Work is not repeated: forward passes counted with a hook on the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lesion
+
+
+def passes(model: nn.Module, run) -> int:
+    n = [0]
+    h = model.register_forward_pre_hook(lambda m, a: n.__setitem__(0, n[0] + 1))
+    try:
+        run()
+    finally:
+        h.remove()
+    return n[0]
+
+
+def test_a_one_lesion_sweep_runs_at_most_three_passes():
+    """The dry pass that finds the sites, the intact pass, the lesion: the engine is not planned for a
+    layer with CHECKS (2) lesions or fewer, whose check would re-run them all on the slow path."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(40, 4), torch.arange(40) % 3
+    assert passes(net, lambda: lesion.sweep(net, (x, y), ["1:0"], batch_size=100)) <= 3
+    assert passes(net, lambda: lesion.sweep(net, (x, y), ["1:0", "1:1"], batch_size=100)) <= 4
+    df = lesion.sweep(net, (x, y), [f"1:{j}" for j in range(6)], batch_size=100)
+    assert df.attrs["served"]["graph"] == 6  # more lesions than the checks: the engine serves them
+
+
+def test_a_one_lesion_sweep_of_a_transformer_runs_at_most_three_passes():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)  # fmt: skip
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = {"input_ids": torch.randint(0, 50, (4, 8))}
+    metric = lesion.NextTokenLoss()
+    assert passes(model, lambda: lesion.sweep(model, ids, ["transformer.h.1.mlp.act:3"], metric)) <= 3
+    assert passes(model, lambda: lesion.sweep(model, ids, ["transformer.h.0.attn:1"], metric)) <= 3
