@@ -26,6 +26,7 @@ from lesion.core.stats import collect_stats
 from lesion.core.units import Unit, parse_units
 from lesion.engine.dispatch import cumulative_orders
 from lesion.errors import LesionError
+from lesion.util import Precision
 from lesion.util.progress import progress_bar
 
 ORDERS = (
@@ -116,7 +117,7 @@ def ablation_curves(
     batch_size: int = 1000,
     progress: bool = False,
     engine: bool = True,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
 ) -> pd.DataFrame:
     """Cumulative ablation curves: delete candidate units one after another, keeping earlier ones deleted.
 

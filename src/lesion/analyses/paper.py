@@ -38,6 +38,7 @@ from lesion.core.sites import Site, default_candidates
 from lesion.core.stats import Stats, collect_stats
 from lesion.core.units import Unit, UnitSpec, parse_units
 from lesion.errors import LesionError
+from lesion.util import Backend, Binning, Precision, Scaling
 from lesion.util.progress import progress_bar
 
 DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1.5, 1.0, 11))
@@ -53,13 +54,13 @@ def unit_table(
     reference: Stats | None = None,
     metric: Metric | None = None,
     bins: int = 10,
-    binning: str = "quantile",
+    binning: Binning = "quantile",
     batch_size: int = 1000,
     progress: bool = False,
     engine: bool = True,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     importance: bool = True,
-    backend: str = "local",
+    backend: Backend = "local",
     address: str | None = None,
     shards: int | None = None,
     resume: str | Path | None = None,
@@ -165,7 +166,7 @@ def noise_curves(
     scales: Sequence[float] = DEFAULT_SCALES,
     repeats: int = 5,
     seed: int = 0,
-    scaling: str = "sd",
+    scaling: Scaling = "sd",
     metric: Metric | None = None,
     batch_size: int = 1000,
     progress: bool = False,

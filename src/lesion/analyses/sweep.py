@@ -25,6 +25,7 @@ from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, find_sites
 from lesion.engine.dispatch import evaluate_lesions  # noqa: F401 - its home was here; imported from here
+from lesion.util import Backend, Precision
 from lesion.util.progress import progress_bar
 
 
@@ -42,9 +43,9 @@ def sweep(
     sites: Sequence[Site] | None = None,
     batch_size: int = 1000,
     engine: bool = True,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     progress: bool = False,
-    backend: str = "local",
+    backend: Backend = "local",
     address: str | None = None,
     shards: int | None = None,
     resume: str | Path | None = None,

@@ -38,6 +38,7 @@ from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner
 from lesion.engine.dispatch import evaluate_lesions
 from lesion.errors import LesionError
+from lesion.util import Backend
 from lesion.util.outputs import atomic_write
 
 BACKENDS = ("local", "ray")
@@ -61,7 +62,7 @@ def evaluate(
     runner: Runner,
     lesions: Sequence[Lesion],
     *,
-    backend: str = "local",
+    backend: Backend = "local",
     address: str | None = None,
     shards: int | None = None,
     resume: str | Path | None = None,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from lesion.errors import LesionError
+from lesion.util import Scaling
 
 
 def _along(values: torch.Tensor, h: torch.Tensor, dim: int) -> torch.Tensor:
@@ -27,7 +28,7 @@ def noise(
     scale: float,
     *,
     dim: int = 1,
-    scaling: str = "sd",
+    scaling: Scaling = "sd",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Add zero-mean Gaussian noise to every unit.

@@ -24,6 +24,7 @@ from lesion.core.replacements import Context, Directions, Noise, Replacement, as
 from lesion.core.sites import DRY_RUN, Site, find_sites, hook_site
 from lesion.core.units import UnitSet, UnitSpec, parse_units
 from lesion.errors import LesionError, SiteError, UnitError
+from lesion.util import Scaling
 
 if TYPE_CHECKING:
     from lesion.core.stats import Stats
@@ -352,7 +353,7 @@ def add_noise(
     scale: float,
     *,
     layers: Sequence[str] | None = None,
-    scaling: str = "sd",
+    scaling: Scaling = "sd",
     seed: int = 0,
 ) -> Iterator[nn.Module]:
     """Add Gaussian noise to every unit of ``layers`` (default: every site in ``stats``) at once.

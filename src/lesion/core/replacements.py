@@ -26,6 +26,7 @@ import torch
 
 from lesion.core import interventions as iv
 from lesion.errors import LesionError
+from lesion.util import Scaling
 
 if TYPE_CHECKING:
     from lesion.core.batch import Batch
@@ -276,7 +277,7 @@ class Noise(Replacement):
     """
 
     scale: float = 1.0
-    scaling: str = "sd"
+    scaling: Scaling = "sd"
     seed: int = 0
     stats: Any = None
     generator: torch.Generator | None = field(default=None, repr=False, compare=False)

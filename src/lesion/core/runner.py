@@ -18,6 +18,7 @@ from lesion.core.lesions import Applied, Lesion, apply, aside, fit_lesions
 from lesion.core.metric import Classification, Metric
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
+from lesion.util import Precision
 from lesion.util.modules import eval_mode, model_device
 
 CHECKS = 2  # lesions per layer (and per cumulative order) re-run on the slow path before trusting the engine
@@ -39,7 +40,7 @@ class Runner:
         metric: Metric | None = None,
         batch_size: int = 1000,
         engine: bool = True,
-        precision: str = "fp32",
+        precision: Precision = "fp32",
     ):
         if precision not in ("fp32", "bf16"):
             raise LesionError(f"unknown precision {precision!r}; expected 'fp32' or 'bf16'")

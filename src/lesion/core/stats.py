@@ -21,6 +21,7 @@ from lesion.core.capture import grab
 from lesion.core.metric import check_labels
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
+from lesion.util import Binning
 
 
 def per_example(h: torch.Tensor, dim: int) -> torch.Tensor:
@@ -217,7 +218,7 @@ def collect_stats(
     sites: Sequence[Site],
     *,
     bins: int = 10,
-    binning: str = "quantile",
+    binning: Binning = "quantile",
     histograms: bool = True,
     sample_size: int = 10_000,
     seed: int = 0,
