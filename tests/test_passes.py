@@ -41,3 +41,35 @@ def test_a_one_lesion_sweep_of_a_transformer_runs_at_most_three_passes():
     metric = lesion.NextTokenLoss()
     assert passes(model, lambda: lesion.sweep(model, ids, ["transformer.h.1.mlp.act:3"], metric)) <= 3
     assert passes(model, lambda: lesion.sweep(model, ids, ["transformer.h.0.attn:1"], metric)) <= 3
+
+
+def test_lesion_analyze_runs_the_intact_model_once_per_split(monkeypatch):
+    """Every pass of the intact model over a split is counted (a statistics pass, or the runner's
+    intact pass): the statistics pass of each split also measures the intact model, so the unit table,
+    the curves and the noise share one pass per split."""
+    from lesion.core import runner as runner_module
+    from lesion.core import stats as stats_module
+    from lesion.data import load_dataset
+    from lesion.models import build_model
+    from lesion.pipeline import classifier as study
+
+    data = load_dataset("digits", seed=0)
+    net = build_model({"kind": "mlp", "input_shape": [1, 8, 8], "widths": [16, 16], "n_classes": 10}, seed=0)
+    split = {id(data.y_train): "train", id(data.y_test): "test"}
+    passes = {"train": 0, "test": 0}
+    real_run, real_collect = runner_module.Runner.run, stats_module.collect_stats
+
+    def run(self, lesions, **kw):
+        passes[split[id(self.data[1])]] += sum(les is None for les in lesions)
+        return real_run(self, lesions, **kw)
+
+    def collect(model, d, *a, **k):
+        passes[split[id(d[1])]] += 1
+        return real_collect(model, d, *a, **k)
+
+    monkeypatch.setattr(runner_module.Runner, "run", run)
+    for where in ("lesion.core.stats", "lesion.analyses.paper", "lesion.analyses.curves"):
+        monkeypatch.setattr(f"{where}.collect_stats", collect)
+    config = study.AnalysisConfig(repeats=1, noise_repeats=1, fractions=5)
+    study.measure(net, data, *study._sites(net, data, None), config, study.Clock())
+    assert passes == {"train": 1, "test": 1}

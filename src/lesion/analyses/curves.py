@@ -22,7 +22,7 @@ from lesion.core.metric import Metric
 from lesion.core.replacements import Replacement, as_replacement
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
-from lesion.core.stats import collect_stats
+from lesion.core.stats import Stats, collect_stats
 from lesion.core.units import Unit, parse_units
 from lesion.engine.dispatch import cumulative_orders
 from lesion.errors import LesionError
@@ -114,6 +114,7 @@ def ablation_curves(
     units: pd.DataFrame | None = None,
     value=0.0,
     metric: Metric | None = None,
+    reference: Stats | None = None,
     batch_size: int = 1000,
     progress: bool = False,
     engine: bool = True,
@@ -131,6 +132,8 @@ def ablation_curves(
     can be split across workers: repeat r's order is drawn from (seed, r) alone); others one, numbered 0.
     ``value`` is the replacement (a number, ``"mean"`` or a ``Replacement``: constant ones on the graph
     engine, the rest (positional mean, resample) on the module-prefix engine or the hook path).
+    ``reference``: statistics of ``data`` (``collect_stats(..., metric=)``) for the ``"mean"``
+    replacement; measured with the same metric on the same tensors, they also stand in for the intact pass.
     """
     ids = _repeat_ids(repeats)
     data = reusable(data)
@@ -140,14 +143,13 @@ def ablation_curves(
         parse_units([f"{c}:*" for c in candidates], sites)  # raises the unknown-layer error
     pool = parse_units([f"{s.name}:*" for s in cand_sites], sites).units()
     counts = _counts(len(pool), fractions)
+    ref = reference
+    if ref is None and isinstance(value, str) and value == "mean":
+        ref = collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
     runner = Runner(
-        model, data, cand_sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
-    )
-    ref = (
-        collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
-        if value == "mean"
-        else None
-    )
+        model, data, cand_sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision,
+        measured=ref,
+    )  # fmt: skip
     fitted: dict[frozenset, Replacement] = {}
 
     def replacement_for(seq):  # fitted on the layers the order visits (one unit of each)

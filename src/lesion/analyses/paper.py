@@ -84,13 +84,15 @@ def unit_table(
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     chosen = parse_units(units if units is not None else [f"{s.name}:*" for s in sites], sites)
-    classify = (metric if metric is not None else Classification()).classes  # selectivity needs classes
+    metric = metric if metric is not None else Classification()
     stats = None
-    if classify:
-        stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size)
+    if metric.classes:  # selectivity needs classes; the same pass measures the intact model
+        stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size,
+                              metric=metric)  # fmt: skip
     runner = Runner(
-        model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
-    )
+        model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision,
+        measured=stats,
+    )  # fmt: skip
     todo = chosen.units()
     if not importance:
         values = {k: np.full((len(todo), *v.shape[1:]), np.nan) for k, v in runner.intact.items()}
@@ -180,8 +182,10 @@ def noise_curves(
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
     cand = [s for s in sites if s.name in candidates] if candidates else default_candidates(sites)
-    ref = reference or collect_stats(model, data, cand, histograms=False, batch_size=batch_size)
-    runner = Runner(model, data, sites, metric=metric, batch_size=batch_size)
+    metric = metric if metric is not None else Classification()
+    ref = reference or collect_stats(model, data, cand, histograms=False, batch_size=batch_size,
+                                     labels=metric.classes, metric=metric)  # fmt: skip
+    runner = Runner(model, data, sites, metric=metric, batch_size=batch_size, measured=ref)
     names = [f"{s.name}:*" for s in cand]
     lesions = [
         Lesion(names, Noise(float(scale), scaling, _seed(seed, i, r), ref))

@@ -29,7 +29,10 @@ class Mismatch(Exception):
 
 
 class Runner:
-    """A model, fixed data and a metric: evaluates any lesions, on the engine where it is exact."""
+    """A model, fixed data and a metric: evaluates any lesions, on the engine where it is exact.
+
+    ``measured``: statistics gathered with this metric on the same data (``collect_stats(...,
+    metric=)``), whose intact values stand in for the runner's own intact pass."""
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class Runner:
         batch_size: int = 1000,
         engine: bool = True,
         precision: Precision = "fp32",
+        measured=None,
     ):
         if precision not in ("fp32", "bf16"):
             raise LesionError(f"unknown precision {precision!r}; expected 'fp32' or 'bf16'")
@@ -50,7 +54,11 @@ class Runner:
         self.batch_size, self.use_engine, self.precision = batch_size, engine, precision
         self.data = reusable(data)  # re-iterable data streams on every pass; one-shot iterators are kept
         self.n: int | None = None
-        self.intact = self.run([None])
+        reuse = _reusable(measured, self.data, self.metric, batch_size)
+        if reuse is not None:  # measured in the statistics pass over the same data: no pass of our own
+            self.intact, self.n = reuse.values, reuse.n
+        else:
+            self.intact = self.run([None])
         self.intact_values = {k: v[0] for k, v in self.intact.items()}
         self.deviation: dict[str, float] = {}  # bf16 only: largest |loss - fp32 loss| seen in checks
         self.fallbacks: dict[str, str] = {}  # why the engine was not used, by layer or sweep
@@ -143,6 +151,22 @@ class Runner:
         why = self.metric.close(ref, fast, self.n)
         if why is not None:
             raise Mismatch(why)
+
+
+def _reusable(measured, data, metric: Metric, batch_size: int):
+    """``measured.intact`` (``lesion.core.stats.Intact``) where it was measured on these very tensors
+    with an equal metric; else None."""
+    from lesion.core.stats import data_key, same_metric
+
+    intact = getattr(measured, "intact", None)
+    if (
+        intact is None
+        or intact.batch_size != batch_size
+        or intact.source != data_key(data)
+        or not same_metric(intact.metric, metric)
+    ):
+        return None
+    return intact
 
 
 def _draws(lesion: Lesion | None) -> list[Lesion | None]:

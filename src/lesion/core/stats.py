@@ -9,8 +9,10 @@ information. Both have update / compute / merge / reset, so shards of a dataset 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,12 +169,52 @@ class SiteStats:
         return self.moments.max_abs == 0
 
 
+@dataclass(frozen=True)
+class Intact:
+    """The intact model's metric values on some data, measured while the statistics were gathered: a
+    runner on the very same data and metric takes them instead of a pass of its own."""
+
+    values: dict  # metric.compute() of one lesion (the intact model)
+    n: int  # examples
+    source: tuple  # what the data was (``data_key``): a runner reuses these only for equal data
+    metric: Any  # the metric, with its settings
+    batch_size: int  # batches sum in their own order: equal values need equal batches
+
+
+def data_key(data) -> tuple | None:
+    """A key equal for the same in-memory tensors (same storage, shape and version): an ``(x, y)`` pair,
+    one tensor, or a dict of tensors; None for anything else (a loader, a generator), never reused."""
+
+    def one(t):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError
+        return (t.data_ptr(), tuple(t.shape), t.dtype, t.device, t._version)
+
+    try:
+        if isinstance(data, torch.Tensor):
+            return (one(data),)
+        if isinstance(data, tuple | list) and data:
+            return tuple(one(t) for t in data)
+        if isinstance(data, Mapping) and data:
+            return tuple((k, one(v)) for k, v in sorted(data.items()))
+    except TypeError:
+        return None
+    return None
+
+
+def same_metric(a, b) -> bool:
+    """Two metrics that compute the same values: the same class with the same settings."""
+    settings = lambda m: {k: v for k, v in vars(m).items() if k not in ("sums", "n")}  # noqa: E731
+    return type(a) is type(b) and settings(a) == settings(b)
+
+
 class Stats(Mapping[str, SiteStats]):
     """Per-site statistics, indexed by layer name."""
 
-    def __init__(self, per_site: dict[str, SiteStats], n_classes: int):
+    def __init__(self, per_site: dict[str, SiteStats], n_classes: int, intact: Intact | None = None):
         self._d = per_site
         self.n_classes = n_classes
+        self.intact = intact  # the intact model's metric values, measured in the same pass
 
     def __getitem__(self, k: str) -> SiteStats:
         return self._d[k]
@@ -224,6 +266,7 @@ def collect_stats(
     seed: int = 0,
     batch_size: int = 1000,
     labels: bool = True,
+    metric=None,
 ) -> Stats:
     """Stream ``data`` through ``model`` (eval mode) and gather per-unit statistics at ``sites``.
 
@@ -231,7 +274,9 @@ def collect_stats(
     for data of any kind (token sequences, regression targets). Quantile bin edges come from a seeded
     uniform sample of at most ``sample_size`` examples (exact when
     the data is no larger); the joint histograms are then counted over all the data. Memory is bounded by
-    units x (classes + bins x classes + sample_size), whatever the dataset size.
+    units x (classes + bins x classes + sample_size), whatever the dataset size. With ``metric`` the
+    intact model's values are measured in the same pass (``stats.intact``), so that a runner on the same
+    data need not run the model again.
     """
     data = reusable(data)
     if binning not in ("quantile", "uniform"):
@@ -242,7 +287,14 @@ def collect_stats(
     sample = _Reservoir(sample_size, seed)
     n_classes = 0
     histograms = histograms and labels
-    for acts, y, logits in _stream(model, data, sites, batch_size, labels):
+    scored, n = (copy.copy(metric), 0) if metric is not None else (None, 0)
+    if scored is not None:
+        scored.reset(1)
+    for acts, y, logits, b in _stream(model, data, sites, batch_size, labels):
+        if scored is not None:
+            out = output_tensor(logits)
+            scored.update(out[None], b, slice(0, 1), intact=out if scored.needs_intact else None)
+            n += len(b)
         n_classes = n_classes or (logits.shape[-1] if labels else 0)
         for s in sites:
             moments.setdefault(s.name, UnitMoments(s.width * s.group, n_classes)).update(
@@ -260,11 +312,15 @@ def collect_stats(
             for s in sites:
                 hists[s.name].update(sample.rows[s.name], sample.y)
         else:
-            for acts, y, _ in _stream(model, data, sites, batch_size, labels):
+            for acts, y, _, _ in _stream(model, data, sites, batch_size, labels):
                 for s in sites:
                     hists[s.name].update(per_example(acts[s.name].double(), s.unit_dim), y)
     per_site = {s.name: SiteStats(s, moments[s.name], hists[s.name]) for s in sites}
-    return Stats(per_site, n_classes)
+    key = data_key(data)
+    intact = None
+    if scored is not None and key is not None:
+        intact = Intact(scored.compute(), n, key, metric, batch_size)
+    return Stats(per_site, n_classes, intact)
 
 
 def _stream(model, data, sites, batch_size, labels=True):
@@ -278,7 +334,7 @@ def _stream(model, data, sites, batch_size, labels=True):
                     f"batch {k}: site {name!r} produced NaN or infinite activations; expected finite "
                     "values (check the inputs and the model's weights)"
                 )
-        yield acts, y, logits
+        yield acts, y, logits, b
 
 
 def _labels(b, logits: torch.Tensor, k: int) -> torch.Tensor:

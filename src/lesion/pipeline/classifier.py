@@ -123,6 +123,7 @@ def units(
 def curves(
     model, train, *, sites=None, candidates: Sequence[str] | None = None, orders=("random",), repeats=10,
     seed: int = 0, fractions: int | None = None, units=None, batch_size: int = 1000, progress: bool = False,
+    reference=None,
 ):  # fmt: skip
     """Cumulative ablation curves on ``train`` (the labels trained on), at ``fractions`` evenly spaced
     points (None: every unit count)."""
@@ -133,20 +134,20 @@ def curves(
     grid = None if fractions is None else np.linspace(0.0, 1.0, int(fractions))
     return ablation_curves(
         model, train, sites=sites, candidates=candidates, orders=orders, repeats=repeats, seed=seed,
-        fractions=grid, units=units, batch_size=batch_size, progress=progress,
+        fractions=grid, units=units, batch_size=batch_size, progress=progress, reference=reference,
     )  # fmt: skip
 
 
 def noise(
     model, train, *, sites=None, candidates: Sequence[str] | None = None, repeats: int = 5, seed: int = 0,
-    scales: Sequence[float] | None = None, progress: bool = False,
+    scales: Sequence[float] | None = None, progress: bool = False, reference=None,
 ):  # fmt: skip
     """Per-unit noise curves on ``train``, noise SDs from the candidates' activity on ``train``."""
     from lesion.analyses.paper import noise_curves
 
     kwargs = {"scales": [float(s) for s in scales]} if scales else {}
     return noise_curves(model, train, sites=sites, candidates=candidates, repeats=repeats, seed=seed,
-                        progress=progress, **kwargs)  # fmt: skip
+                        progress=progress, reference=reference, **kwargs)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -256,7 +257,11 @@ def analyze(
 
 def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage: Stage = _quiet,
             spread: dict | None = None):  # fmt: skip
-    """Unit table on the test split; ablation and noise curves on the train split (labels trained on)."""
+    """Unit table on the test split; ablation and noise curves on the train split (labels trained on).
+    The model runs intact once per split: the statistics pass of each split measures it too."""
+    from lesion.core.metric import Classification
+    from lesion.core.stats import collect_stats
+
     train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
     names = [s.name for s in cand]
     stage(1, f"single-unit ablations: {sum(s.width for s in sites)} units, {len(test[1])} test examples")
@@ -264,13 +269,17 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
     clock.lap("unit_table")
     n = config.repeats
     stage(2, f"cumulative ablation: {n} random + {len(RANKED_ORDERS)} ranked orders, train split")
+    noisy_names = [s.name for s in cand if not s.heads] or names  # Noise needs one channel per unit
+    noisy_sites = [s for s in sites if s.name in noisy_names]
+    # one pass over the train split: the noise SDs and the intact model, for the curves and the noise
+    measured = collect_stats(net, train, noisy_sites, histograms=False, metric=Classification())
     curve = curves(net, train, sites=sites, candidates=names, orders=("random", *RANKED_ORDERS), repeats=n,
-                   seed=config.seed, fractions=config.fractions, units=table, progress=True)  # fmt: skip
+                   seed=config.seed, fractions=config.fractions, units=table, progress=True,
+                   reference=measured)  # fmt: skip
     clock.lap("ablation_curves")
     stage(3, f"per-unit noise: {config.noise_repeats} draws per scale, train split")
-    noisy_names = [s.name for s in cand if not s.heads] or names  # Noise needs one channel per unit
     noisy = noise(net, train, sites=sites, candidates=noisy_names, repeats=config.noise_repeats,
-                  seed=config.seed, progress=True)  # fmt: skip
+                  seed=config.seed, progress=True, reference=measured)  # fmt: skip
     clock.lap("noise_curves")
     return table, curve, noisy
 
