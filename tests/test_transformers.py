@@ -240,6 +240,12 @@ def test_sweeps_of_neurons_and_heads_equal_a_hand_written_reference(case, how):
         f"{attn.format(0)}:head1": (proj.format(0), True, list(range(hd, 2 * hd)), None),
         f"{attn.format(last)}:3": (proj.format(last), True, list(range(3 * hd, 4 * hd)), None),
         f"{attn.format(0)}:0,2": (proj.format(0), True, [*range(hd), *range(2 * hd, 3 * hd)], None),
+        # more than CHECKS (2) lesions at every site, so that the engine is planned for each of them
+        f"{act.format(0)}:5": (act.format(0), False, [5], None),
+        f"{act.format(last)}:1": (act.format(last), False, [1], None),
+        f"{attn.format(0)}:3": (proj.format(0), True, list(range(3 * hd, 4 * hd)), None),
+        f"{attn.format(last)}:0": (proj.format(last), True, list(range(hd)), None),
+        f"{attn.format(last)}:2": (proj.format(last), True, list(range(2 * hd, 3 * hd)), None),
     }
     if kind == "lm":
         lesions[f"{act.format(0)}:4@-1"] = (act.format(0), False, [4], -1)
@@ -325,14 +331,16 @@ def test_neuron_and_head_ablation_equal_transformer_lens_run_with_hooks():
 
         return edit
 
-    units = ["blocks.0.mlp.hook_post:5", "blocks.1.mlp.hook_post:7", "blocks.0.attn:2", "blocks.1.attn:head0"]
+    # three units at each site: more than the engine's CHECKS (2), so the engine serves every site
+    neurons = {"blocks.0.mlp.hook_post": (5, 1, 9), "blocks.1.mlp.hook_post": (7, 0, 3)}
+    heads = {"blocks.0.attn": (2, 0, 3), "blocks.1.attn": (0, 1, 2)}
+    units = [f"{n}:{i}" for n, idx in neurons.items() for i in idx]
+    units += [f"{n}:{i}" if k else f"{n}:head{i}" for n, idx in heads.items() for k, i in enumerate(idx)]
     df = lesion.sweep(bridge, [ids], units, lesion.NextTokenLoss())
-    want = [
-        tl_loss("blocks.0.mlp.hook_post", at(5)), tl_loss("blocks.1.mlp.hook_post", at(7)),
-        tl_loss("blocks.0.attn.hook_z", head(2)), tl_loss("blocks.1.attn.hook_z", head(0)),
-    ]  # fmt: skip
+    want = [tl_loss(n, at(i)) for n, idx in neurons.items() for i in idx]
+    want += [tl_loss(f"{n}.hook_z", head(i)) for n, idx in heads.items() for i in idx]
     assert df.loss.tolist() == pytest.approx(want, abs=1e-5)
-    assert df.attrs["served"]["prefix"] == 4
+    assert df.attrs["served"]["prefix"] == len(units)
     sites = lesion.find_sites(bridge, ids)  # by default: every MLP's hook_post and every head view
     assert [s.name for s in sites] == ["blocks.0.attn", "blocks.0.mlp.hook_post", "blocks.1.attn",
                                        "blocks.1.mlp.hook_post"]  # fmt: skip
@@ -428,8 +436,8 @@ def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(mo
     import lesion.engine.dispatch as fast
 
     model, data = _gpt2().eval(), _data("lm")
-    units = [f"transformer.h.{b}.mlp.act:{j}" for b in (0, 1) for j in (1, 6)]
-    units += [f"transformer.h.{b}.attn:{h}" for b in (0, 1) for h in (0, 3)]
+    units = [f"transformer.h.{b}.mlp.act:{j}" for b in (0, 1) for j in (1, 6, 9)]
+    units += [f"transformer.h.{b}.attn:{h}" for b in (0, 1) for h in (0, 3, 1)]  # > CHECKS a site
     shared = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
     eng_sites = lesion.find_sites(model, data[0])
     from lesion.core.batch import batches
@@ -453,8 +461,9 @@ def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
     from lesion.engine.prefix import PrefixEngine
 
     model, data = _gpt2().eval(), _data("lm")
-    units = ["transformer.h.0.mlp.act:1", "transformer.h.0.mlp.act:6", "transformer.h.1.attn:0",
-             "transformer.h.1.attn:3", "transformer.h.1.mlp.act:2", "transformer.h.1.mlp.act:4"]  # fmt: skip
+    units = ["transformer.h.0.mlp.act:1", "transformer.h.0.mlp.act:6", "transformer.h.0.mlp.act:9",
+             "transformer.h.1.attn:0", "transformer.h.1.attn:3", "transformer.h.1.attn:1",
+             "transformer.h.1.mlp.act:2", "transformer.h.1.mlp.act:4", "transformer.h.1.mlp.act:7"]  # fmt: skip
     ref = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7, engine=False)
     stubs = PrefixEngine.stubs
 
@@ -466,7 +475,7 @@ def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
     monkeypatch.setattr(PrefixEngine, "stubs", refuse)
     df = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
     assert "refused by the test" in df.attrs["engine_fallbacks"]["prefix:transformer.h.1.attn"]
-    assert df.attrs["served"]["prefix"] == 4  # both MLP sites still on the engine (checked)
+    assert df.attrs["served"]["prefix"] == 6  # both MLP sites still on the engine (checked)
     assert (df.loss - ref.loss).abs().max() < 1e-5
 
 

@@ -53,9 +53,12 @@ def single_unit_groups(
     of them there anyway, so the engine is not even built for it."""
     if not runner.use_engine:
         return
+    from lesion.engine.sweeps import _plain
+
     groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
     for i, les in enumerate(lesions):
-        got = engine_fill(runner, les)
+        plain = all(n in runner.sites and _plain(runner.sites[n]) for n in les.units)
+        got = engine_fill(runner, les) if plain else None  # the graph engine serves channel sites only
         if got is not None:
             groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
     groups = {key: members for key, members in groups.items() if len(members) > CHECKS}

@@ -1,5 +1,6 @@
-"""Training lesion's GPT-style decoder as a ``train`` job (issue 16, T3/T4): kept apart from the job
-kinds so that ``lesion.experiments.jobs`` can call it without an import circle."""
+"""Training lesion's GPT-style decoder as a ``train`` job (``lesion.training.lm.train_decoder``, the path
+``lesion train --arch gpt`` takes too): kept apart from the job kinds so that ``lesion.experiments.jobs``
+can call it without an import circle."""
 
 from __future__ import annotations
 
@@ -12,27 +13,16 @@ def train_gpt(params: Mapping[str, Any], out: Path) -> None:
     """A ``train`` job for ``arch["kind"] == "gpt"``: next-token training on a built-in corpus
     (``params["dataset"]``, e.g. ``markov``; ``params["sequences"]`` of ``params["seq_len"]`` tokens, 3/4
     train, 1/4 test, as ``lesion train --arch gpt``), saved with the metadata ``lesion serve`` reads."""
-    import torch
-
-    from lesion.models import build_model, save_model
-    from lesion.training.lm import train_lm
+    from lesion.models import save_model
+    from lesion.training.lm import train_decoder
 
     seqs, vocab = corpus(params)
-    cut = len(seqs) * 3 // 4
-    arch = {**params["arch"], "vocab_size": vocab, "context": int(seqs.shape[1])}
-    seed = int(params.get("seed", 0))
     opts = params.get("train", {})
-    device = torch.device(opts.get("device", "cpu"))
-    net = build_model(arch, seed=seed).to(device)
-    history = train_lm(
-        net,
-        torch.from_numpy(seqs[:cut]).to(device),
-        torch.from_numpy(seqs[cut:]).to(device),
-        epochs=int(opts.get("epochs", 5)),
-        lr=float(opts.get("lr", 3e-3)),
+    net, arch, history = train_decoder(
+        seqs, vocab, params["arch"], seed=int(params.get("seed", 0)), device=opts.get("device", "cpu"),
+        epochs=int(opts.get("epochs", 5)), lr=float(opts.get("lr", 3e-3)),
         batch_size=int(opts.get("batch_size", 32)),
-        seed=seed,
-    )
+    )  # fmt: skip
     meta = {
         "job": dict(params),
         "dataset": params["dataset"],

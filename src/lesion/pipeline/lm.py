@@ -295,11 +295,10 @@ N_SEQUENCES = 1024  # sequences of a built-in corpus that `lesion train --arch g
 def train_gpt(config, out: Path, *, data_seed: int = 0) -> dict:
     """``lesion train --arch gpt``: a GPT-style decoder trained by next-token loss on a built-in corpus
     (``config.dataset``, e.g. ``markov``) or a token-id file (``config.tokens``), 3/4 train, 1/4 test."""
-    import torch
 
     from lesion.data import CORPORA, builtin_tokens, read_token_ids, token_sequences
-    from lesion.models import build_model, save_model
-    from lesion.training.lm import train_lm
+    from lesion.models import save_model
+    from lesion.training.lm import train_decoder
     from lesion.util.outputs import atomic_write
 
     if config.checkpoints or config.corrupt or config.select_reg or config.until_train_acc is not None:
@@ -322,29 +321,12 @@ def train_gpt(config, out: Path, *, data_seed: int = 0) -> dict:
         )
     if len(seqs) < 2:
         raise DataError(f"{name}: {len(seqs)} sequence(s) of {config.seq_len} tokens; expected at least 2")
-    cut = max(1, len(seqs) * 3 // 4)
-    train_ids, test_ids = torch.from_numpy(seqs[:cut]), torch.from_numpy(seqs[cut:])
-    arch = {
-        "kind": "gpt",
-        "vocab_size": vocab,
-        "context": int(seqs.shape[1]),
-        "d_model": config.d_model,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "dropout": float(config.dropout),
-    }
-    net = build_model(arch, seed=config.seed)
-    history = train_lm(
-        net,
-        train_ids,
-        test_ids,
-        epochs=config.epochs or 5,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        optimizer=config.optimizer,
-        seed=config.seed,
-        progress=True,
-    )
+    arch = {"d_model": config.d_model, "n_layer": config.n_layer, "n_head": config.n_head,
+            "dropout": float(config.dropout)}  # fmt: skip
+    net, arch, history = train_decoder(
+        seqs, vocab, arch, seed=config.seed, epochs=config.epochs or 5, lr=config.lr,
+        batch_size=config.batch_size, optimizer=config.optimizer, progress=True,
+    )  # fmt: skip
     final = history.iloc[-1]
     meta = {
         **asdict(config),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -81,3 +82,32 @@ def train_lm(
             bar.set_postfix(train_loss=f"{train_loss:.3f}", test_loss=f"{test_loss:.3f}")
     model.eval()
     return history_frame(rows)
+
+
+def train_decoder(
+    seqs: np.ndarray,
+    vocab: int,
+    arch: dict,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    **options,
+) -> tuple[nn.Module, dict, pd.DataFrame]:
+    """lesion's GPT-style decoder (``arch``: d_model, n_layer, n_head, dropout...) built with ``seed``
+    and trained on token sequences ``seqs`` (n, t): the first 3/4 train, the rest test. The one path
+    behind ``lesion train --arch gpt`` and the ``train`` jobs of ``lesion reproduce``. ``options`` go to
+    ``train_lm`` (epochs, lr, batch_size, optimizer, progress). Returns (model, full arch, history)."""
+    from lesion.models import build_model
+
+    cut = max(1, len(seqs) * 3 // 4)
+    arch = {**arch, "kind": "gpt", "vocab_size": int(vocab), "context": int(seqs.shape[1])}
+    device = torch.device(device)
+    net = build_model(arch, seed=seed).to(device)
+    history = train_lm(
+        net,
+        torch.from_numpy(seqs[:cut]).to(device),
+        torch.from_numpy(seqs[cut:]).to(device),
+        seed=seed,
+        **options,
+    )
+    return net, arch, history
