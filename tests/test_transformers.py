@@ -461,9 +461,10 @@ def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
     from lesion.engine.prefix import PrefixEngine
 
     model, data = _gpt2().eval(), _data("lm")
-    units = ["transformer.h.0.mlp.act:1", "transformer.h.0.mlp.act:6", "transformer.h.0.mlp.act:9",
-             "transformer.h.1.attn:0", "transformer.h.1.attn:3", "transformer.h.1.attn:1",
-             "transformer.h.1.mlp.act:2", "transformer.h.1.mlp.act:4", "transformer.h.1.mlp.act:7"]  # fmt: skip
+    units = [f"transformer.h.0.mlp.act:{j}" for j in (1, 6, 9)] + [
+        f"transformer.h.1.attn:{h}" for h in (0, 3, 1)
+    ]
+    units += [f"transformer.h.1.mlp.act:{j}" for j in (2, 4, 7)]
     ref = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7, engine=False)
     stubs = PrefixEngine.stubs
 
