@@ -219,6 +219,11 @@ class Stats(Mapping[str, SiteStats]):
     def __getitem__(self, k: str) -> SiteStats:
         return self._d[k]
 
+    # one measurement is one value: equal and hashed by identity (a replacement holding these statistics
+    # is then hashable, so lesions sharing it share one fit and one engine group)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._d)
 
