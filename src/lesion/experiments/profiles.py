@@ -109,8 +109,15 @@ class Profile:
         100  # ... for the convnet (its optimal constants cost most: k copies a step)
     )
 
+    # sizes of any other study, by study id: {"my-study": {"networks": 4}}; read with ``size``
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def size(self, study: str, key: str, default: Any) -> Any:
+        """A study's own size ``key`` in this profile, ``default`` where the profile sets none."""
+        return self.sizes.get(study, {}).get(key, default)
 
 
 QUICK = Profile("quick")

@@ -22,7 +22,7 @@ from typing import Any
 from lesion.errors import LesionError
 from lesion.experiments import Job, Store, run, write_json_atomic
 from lesion.experiments.backends import get_backend
-from lesion.experiments.figures import FIGURES, Figure
+from lesion.experiments.figures import Figure, registered
 from lesion.experiments.jobs import write_table
 from lesion.experiments.profiles import Profile, get_profile
 from lesion.report import DRAW, Section, write_html, write_markdown
@@ -32,10 +32,10 @@ from lesion.util.progress import progress_bar
 def select(only: Sequence[str] | str | None) -> list[Figure]:
     """The figures named in ``only`` (ids such as ``F1``, ``F4b``, ``zhou-class-drops``), or all."""
     if only is None:
-        return list(FIGURES)
+        return list(registered())
     names = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
     alias = {"F4b": "F4a", "F4a-sgd": "F4a", "F7-conv": "F7"}
-    known = {f.id: f for f in FIGURES}
+    known = {f.id: f for f in registered()}
     bad = [n for n in names if alias.get(n, n) not in known]
     if bad or not names:
         raise LesionError(
@@ -84,7 +84,8 @@ def reproduce(
         outcome = f.analyse(p, {name: store.path(j.key) for name, j in named[f.id].items()})
         for name, df in outcome.tables.items():
             tables[f"{f.id}_{name}"] = df
-        png = DRAW[f.id](outcome.tables, _staging(out, "figures") / f.id)[0]
+        draw = f.draw or DRAW[f.id]
+        png = draw(outcome.tables, _staging(out, "figures") / f.id)[0]
         sections.append(Section(f.id, f.title, f.source, png, outcome.claims))
         claims += outcome.claims
     _publish_dir(out, "tables", lambda d: [write_table(df, d / f"{k}.parquet") for k, df in tables.items()])

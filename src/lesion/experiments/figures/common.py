@@ -36,6 +36,8 @@ class Figure:
     source: str  # where in the literature: "Morcos et al. 2018, Fig. 1"
     jobs: Callable[[Profile], dict[str, Job]]
     analyse: Callable[[Profile, Outputs], Outcome]
+    # (tables, path stem) -> [written files, PNG first]; None: the report's own drawing for this id
+    draw: Callable[[dict[str, pd.DataFrame], Path], list[Path]] | None = None
 
 
 def claim(
