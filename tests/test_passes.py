@@ -73,3 +73,33 @@ def test_lesion_analyze_runs_the_intact_model_once_per_split(monkeypatch):
     config = study.AnalysisConfig(repeats=1, noise_repeats=1, fractions=5)
     study.measure(net, data, *study._sites(net, data, None), config, study.Clock())
     assert passes == {"train": 1, "test": 1}
+
+
+def test_the_explorer_measures_the_intact_model_once(monkeypatch):
+    """The explorer's runner, unit table and curves share one statistics pass that also measures the
+    intact model (its top-examples pass is the only other pass without a lesion)."""
+    from lesion.core import runner as runner_module
+    from lesion.core import stats as stats_module
+    from lesion.serve.explorer import Explorer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(60, 4), torch.arange(60) % 3
+    count = [0]
+    real_run, real_collect = runner_module.Runner.run, stats_module.collect_stats
+
+    def run(self, lesions, **kw):
+        count[0] += sum(les is None for les in lesions)
+        return real_run(self, lesions, **kw)
+
+    def collect(*a, **k):
+        count[0] += 1
+        return real_collect(*a, **k)
+
+    monkeypatch.setattr(runner_module.Runner, "run", run)
+    for where in ("lesion.core.stats", "lesion.analyses.paper", "lesion.analyses.curves",
+                  "lesion.serve.explorer"):  # fmt: skip
+        monkeypatch.setattr(f"{where}.collect_stats", collect)
+    ex = Explorer(net, (x, y), curve_repeats=1, curve_points=3)
+    assert count[0] == 1
+    assert ex.intact.n == 60 and len(ex.units) == 6

@@ -33,7 +33,7 @@ from lesion.core.batch import Data, reusable
 from lesion.core.lesions import Lesion
 from lesion.core.metric import Classification, Metric, columns
 from lesion.core.replacements import Noise, as_replacement
-from lesion.core.runner import Runner
+from lesion.core.runner import Runner, measured_intact
 from lesion.core.sites import Site, default_candidates
 from lesion.core.stats import Stats, collect_stats
 from lesion.core.units import Unit, UnitSpec, parse_units
@@ -87,8 +87,13 @@ def unit_table(
     metric = metric if metric is not None else Classification()
     stats = None
     if metric.classes:  # selectivity needs classes; the same pass measures the intact model
-        stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size,
-                              metric=metric)  # fmt: skip
+        wanted = {"bins": bins, "binning": binning, "histograms": True, "labels": True}
+        reused = reference is not None and all(reference.settings.get(k) == v for k, v in wanted.items())
+        if reused and measured_intact(reference, data, metric, batch_size) is not None:
+            stats = reference  # gathered on these very tensors, as this table would gather them
+        else:
+            stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size,
+                                  metric=metric)  # fmt: skip
     runner = Runner(
         model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision,
         measured=stats,

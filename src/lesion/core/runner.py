@@ -54,7 +54,7 @@ class Runner:
         self.batch_size, self.use_engine, self.precision = batch_size, engine, precision
         self.data = reusable(data)  # re-iterable data streams on every pass; one-shot iterators are kept
         self.n: int | None = None
-        reuse = _reusable(measured, self.data, self.metric, batch_size)
+        reuse = measured_intact(measured, self.data, self.metric, batch_size)
         if reuse is not None:  # measured in the statistics pass over the same data: no pass of our own
             self.intact, self.n = reuse.values, reuse.n
         else:
@@ -153,7 +153,7 @@ class Runner:
             raise Mismatch(why)
 
 
-def _reusable(measured, data, metric: Metric, batch_size: int):
+def measured_intact(measured, data, metric: Metric, batch_size: int):
     """``measured.intact`` (``lesion.core.stats.Intact``) where it was measured on these very tensors
     with an equal metric; else None."""
     from lesion.core.stats import data_key, same_metric

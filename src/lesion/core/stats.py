@@ -211,10 +211,13 @@ def same_metric(a, b) -> bool:
 class Stats(Mapping[str, SiteStats]):
     """Per-site statistics, indexed by layer name."""
 
-    def __init__(self, per_site: dict[str, SiteStats], n_classes: int, intact: Intact | None = None):
+    def __init__(
+        self, per_site: dict[str, SiteStats], n_classes: int, intact: Intact | None = None, settings=None
+    ):
         self._d = per_site
         self.n_classes = n_classes
         self.intact = intact  # the intact model's metric values, measured in the same pass
+        self.settings = dict(settings or {})  # how they were gathered (bins, binning, histograms...)
 
     def __getitem__(self, k: str) -> SiteStats:
         return self._d[k]
@@ -325,7 +328,9 @@ def collect_stats(
     intact = None
     if scored is not None and key is not None:
         intact = Intact(scored.compute(), n, key, metric, batch_size)
-    return Stats(per_site, n_classes, intact)
+    settings = {"bins": bins, "binning": binning, "histograms": histograms, "sample_size": sample_size,
+                "seed": seed, "labels": labels}  # fmt: skip
+    return Stats(per_site, n_classes, intact, settings)
 
 
 def _stream(model, data, sites, batch_size, labels=True):

@@ -110,14 +110,14 @@ class AnalysisConfig:
 
 def units(
     model, test, *, sites=None, units=None, importance: bool = True, batch_size: int = 1000,
-    progress: bool = False, **spread,
+    progress: bool = False, reference=None, **spread,
 ):  # fmt: skip
     """The unit table on held-out ``test`` data (``importance=False``: statistics only); ``spread``:
     ``backend``, ``address``, ``shards``, ``resume`` of ``unit_table``."""
     from lesion.analyses.paper import unit_table
 
     return unit_table(model, test, sites=sites, units=units, importance=importance, batch_size=batch_size,
-                      progress=progress, **spread)  # fmt: skip
+                      progress=progress, reference=reference, **spread)  # fmt: skip
 
 
 def curves(

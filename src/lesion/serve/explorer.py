@@ -23,9 +23,10 @@ from torch import nn
 from lesion.analyses.evaluation import Evaluation, as_evaluation
 from lesion.core.capture import grab
 from lesion.core.lesions import Lesion
+from lesion.core.metric import Classification
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates, find_sites
-from lesion.core.stats import per_example
+from lesion.core.stats import collect_stats, per_example
 from lesion.core.units import UnitSet, parse_units
 from lesion.errors import DataError, UnitError
 from lesion.pipeline import classifier as study
@@ -84,14 +85,18 @@ class Explorer:
             raise DataError("the model has no sites (activation layers with units) to lesion")
         self.candidates = default_candidates(self.sites)
         self._lock = threading.Lock()  # one lesion's hooks on the shared model at a time
-        self._runner = Runner(model, (self.x, self.y), self.sites, batch_size=batch_size)
+        xy = (self.x, self.y)
+        # one intact pass: the statistics and the intact model, shared by the runner, the unit table
+        # and the curves
+        stats = collect_stats(model, xy, self.sites, batch_size=batch_size, metric=Classification())
+        self._runner = Runner(model, xy, self.sites, batch_size=batch_size, measured=stats)
         self.intact: Evaluation = as_evaluation(self._runner.intact)
         self.classes = _class_names(classes, self.n_classes)
-        xy = (self.x, self.y)
-        self.units = study.units(model, xy, sites=self.sites, batch_size=batch_size, progress=progress)
+        self.units = study.units(model, xy, sites=self.sites, batch_size=batch_size, progress=progress,
+                                 reference=stats)  # fmt: skip
         self.curves = study.curves(
             model, xy, sites=self.sites, orders=CURVE_ORDERS, repeats=curve_repeats, units=self.units,
-            fractions=curve_points, batch_size=batch_size, progress=progress,
+            fractions=curve_points, batch_size=batch_size, progress=progress, reference=stats,
         )  # fmt: skip
         self.activity = _activity(model, self.x, self.y, self.sites, self.n_classes, top_k, batch_size)
         self._rows = self.units.set_index(["layer", "unit"])
