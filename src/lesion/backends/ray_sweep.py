@@ -69,8 +69,8 @@ def evaluate(
     threads: int = 1,
     bar=None,
 ) -> dict[str, np.ndarray]:
-    """Metric values of the fitted ``lesions``: in this process, or sharded over Ray."""
-    check_backend(backend, address, shards, resume)
+    """Metric values of the fitted ``lesions``: in this process, or sharded over Ray. The options were
+    checked where they entered (``sweep``, ``unit_table``: ``check_backend``), before any work."""
     if backend == "local" or not lesions:
         return evaluate_lesions(runner, lesions, bar=bar)
     return _on_ray(runner, list(lesions), address, shards, resume, threads, bar)
