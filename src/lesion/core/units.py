@@ -370,3 +370,24 @@ def _parse_indices(sel: str, text: str, limit: int, layer: str = "") -> tuple[in
         else:
             merged.append([lo, hi])
     return tuple(i for lo, hi in merged for i in range(lo, hi + 1))
+
+
+def compact(selection: UnitSet) -> list[str]:
+    """Unit addresses with runs folded into ranges, one string per layer: ``['fc1:0-9,17', 'fc2:5']``.
+
+    >>> compact(parse_units(["fc1:0-3", "fc1:7", "fc2:5"]))
+    ['fc1:0-3,7', 'fc2:5']
+    """
+    out = []
+    for layer, idx in selection.items():
+        idx = sorted(idx or ())
+        runs: list[list[int]] = []
+        for i in idx:
+            if runs and i == runs[-1][1] + 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+        if parts:
+            out.append(f"{layer}:{','.join(parts)}")
+    return out

@@ -27,7 +27,7 @@ from lesion.core.metric import Classification
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates, find_sites
 from lesion.core.stats import collect_stats, per_example
-from lesion.core.units import UnitSet, parse_units
+from lesion.core.units import UnitSet, compact, parse_units  # noqa: F401  (compact: imported from here)
 from lesion.errors import DataError, UnitError
 from lesion.pipeline import classifier as study
 
@@ -189,27 +189,6 @@ class Explorer:
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
         return buf.getvalue()
-
-
-def compact(selection: UnitSet) -> list[str]:
-    """Unit addresses with runs folded into ranges, one string per layer: ``['fc1:0-9,17', 'fc2:5']``.
-
-    >>> compact(parse_units(["fc1:0-3", "fc1:7", "fc2:5"]))
-    ['fc1:0-3,7', 'fc2:5']
-    """
-    out = []
-    for layer, idx in selection.items():
-        idx = sorted(idx or ())
-        runs: list[list[int]] = []
-        for i in idx:
-            if runs and i == runs[-1][1] + 1:
-                runs[-1][1] = i
-            else:
-                runs.append([i, i])
-        parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
-        if parts:
-            out.append(f"{layer}:{','.join(parts)}")
-    return out
 
 
 def _pair(data) -> tuple[torch.Tensor, torch.Tensor]:
