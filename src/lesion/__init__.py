@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from lesion.analyses.sweep import sweep
     from lesion.core.batch import Batch
     from lesion.core.lesions import Lesion, ablate, ablate_directions, add_noise, hooks
-    from lesion.core.metric import KL, MSE, Classification, LogitDiff, Metric, NextTokenLoss, Scalar
+    from lesion.core.metric import MSE, Classification, Metric, Scalar
+    from lesion.core.metric_lm import KL, LogitDiff, NextTokenLoss
     from lesion.core.replacements import (
         Constant,
         Directions,
@@ -118,7 +119,8 @@ _SOURCES = {
     "lesion.analyses.evaluation": ("Evaluation", "evaluate"),
     "lesion.core.batch": ("Batch",),
     "lesion.core.lesions": ("Lesion", "ablate", "ablate_directions", "add_noise", "hooks"),
-    "lesion.core.metric": ("KL", "MSE", "Classification", "LogitDiff", "Metric", "NextTokenLoss", "Scalar"),
+    "lesion.core.metric": ("MSE", "Classification", "Metric", "Scalar"),
+    "lesion.core.metric_lm": ("KL", "LogitDiff", "NextTokenLoss"),
     "lesion.engine.optimal": ("Optimal",),
     "lesion.core.replacements": (
         "Constant", "Directions", "Mean", "Noise", "Patch", "PositionalMean", "Replacement", "Resample",

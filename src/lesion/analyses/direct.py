@@ -47,7 +47,8 @@ from lesion.analyses.attribution import (
 from lesion.analyses.sweep import sites_for, sweep
 from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
 from lesion.core.lesions import Lesion
-from lesion.core.metric import Metric, NextTokenLoss
+from lesion.core.metric import Metric
+from lesion.core.metric_lm import NextTokenLoss
 from lesion.core.sites import Site, _last_dim
 from lesion.errors import LesionError, SiteError
 from lesion.util.modules import eval_mode, model_device

@@ -85,7 +85,7 @@ def _evaluate(run, batches) -> tuple[float, float]:
 def lesion_units(model, batches, units: Sequence[str], bar=None, info=None, keep=None) -> np.ndarray:
     """lesion's sweep of ``units``; ``keep`` (a dict) receives the last table under "table"."""
     from lesion.analyses.sweep import sweep
-    from lesion.core.metric import NextTokenLoss
+    from lesion.core.metric_lm import NextTokenLoss
 
     data = [{"input_ids": ids} for ids in batches]
     df = sweep(model, data, list(units), NextTokenLoss(), batch_size=len(batches[0]))
@@ -344,7 +344,7 @@ def w7(ctx: _Context) -> dict:
 
     from lesion.analyses.attribution import attribution_table
     from lesion.analyses.sweep import sweep
-    from lesion.core.metric import NextTokenLoss
+    from lesion.core.metric_lm import NextTokenLoss
     from lesion.core.sites import find_sites
 
     model, batches = _shared(ctx)

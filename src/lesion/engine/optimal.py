@@ -322,7 +322,7 @@ def _default_loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:
     k = out.shape[0]
     y = batch.target
     if y is None:
-        from lesion.core.metric import _next_token
+        from lesion.core.metric_lm import _next_token
 
         logits, target, valid = _next_token(out, batch)
         ce = F.cross_entropy(

@@ -29,7 +29,8 @@ def held_out(params: Mapping[str, Any], inputs: Mapping[str, Path]):
     ``params["test_sequences"]`` test sequences of a decoder with ``NextTokenLoss`` (None: all)."""
     import torch
 
-    from lesion.core.metric import Classification, NextTokenLoss
+    from lesion.core.metric import Classification
+    from lesion.core.metric_lm import NextTokenLoss
     from lesion.models import load_model
 
     trained = json.loads((inputs["model"] / "job.json").read_text())["params"]

@@ -140,7 +140,7 @@ def analyze_lm(
     import numpy as np
 
     from lesion.analyses.paper import ablation_curves, unit_table
-    from lesion.core.metric import NextTokenLoss
+    from lesion.core.metric_lm import NextTokenLoss
 
     check_dir_target(out, LM_FILES, force=force)  # before any work
     if config.dataset:

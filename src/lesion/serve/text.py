@@ -26,7 +26,7 @@ from torch import nn
 from lesion.analyses.sweep import sweep
 from lesion.core.batch import as_batch, output_tensor
 from lesion.core.lesions import Lesion, ablate
-from lesion.core.metric import LogitDiff, NextTokenLoss
+from lesion.core.metric_lm import LogitDiff, NextTokenLoss
 from lesion.core.replacements import Mean
 from lesion.core.sites import Site, find_sites
 from lesion.core.units import UnitSet, parse_units
