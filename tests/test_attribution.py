@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import lesion
+import lesion.analyses.attribution
 from lesion.analyses.attribution import estimates, fitted_replacement, spearman
 from lesion.core.sites import find_sites
 from lesion.errors import LesionError
@@ -59,18 +60,20 @@ def test_estimate_is_exact_on_a_model_linear_in_the_unit():
     net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4))
     x = torch.randn(50, 3)
     # the mean of the data itself would change a mean of a linear readout by exactly 0: another reference
-    for value in (0.0, lesion.Mean(reference=torch.randn(30, 3) + 1.0)):
-        df = lesion.attribution_table(net, x, metric=lesion.LogitDiff(0, 1), replacement=value)
+    for value in (0.0, lesion.replacements.Mean(reference=torch.randn(30, 3) + 1.0)):
+        df = lesion.attribution_table(net, x, metric=lesion.metrics.LogitDiff(0, 1), replacement=value)
         assert len(df) == 8 and df["exact"].abs().max() > 1e-2
         np.testing.assert_allclose(df["estimate"], df["exact"], atol=1e-5)
 
 
 REPLACEMENTS = {  # other references than the data: the data's own means would change a linear mean by 0
-    "zero": lambda ref: lesion.Zero(),
-    "mean": lambda ref: lesion.Mean(reference=ref),
-    "positional mean": lambda ref: lesion.PositionalMean(reference=ref),
-    "resample": lambda ref: lesion.Resample(seed=3, reference=ref),
-    "resample x3": lambda ref: lesion.Resample(seed=3, repeats=3, reference=ref),  # the sweep averages draws
+    "zero": lambda ref: lesion.replacements.Zero(),
+    "mean": lambda ref: lesion.replacements.Mean(reference=ref),
+    "positional mean": lambda ref: lesion.replacements.PositionalMean(reference=ref),
+    "resample": lambda ref: lesion.replacements.Resample(seed=3, reference=ref),
+    "resample x3": lambda ref: lesion.replacements.Resample(
+        seed=3, repeats=3, reference=ref
+    ),  # the sweep averages draws
 }
 
 
@@ -82,7 +85,9 @@ def test_heads_and_neurons_exact_on_a_linear_readout(kind):
     sites = find_sites(net, ids[:2])
     assert [s.name for s in sites] == ["attn", "mlp.1"]  # the head view (4 heads) and the GELU (32)
     value = REPLACEMENTS[kind](torch.randint(0, 5, (12, 7)))
-    df = lesion.attribution_table(net, ids, metric=lesion.LogitDiff(3, 5), replacement=value, batch_size=5)
+    df = lesion.attribution_table(
+        net, ids, metric=lesion.metrics.LogitDiff(3, 5), replacement=value, batch_size=5
+    )
     assert list(df["kind"].value_counts().sort_index()) == [4, 32]
     assert df.loc[df.kind == "head", "exact"].abs().min() > 1e-4
     np.testing.assert_allclose(df["estimate"], df["exact"], atol=1e-5)
@@ -93,7 +98,7 @@ def test_mse_estimate_misses_exactly_the_quadratic_term():
     torch.manual_seed(2)
     net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1)).double()
     x, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 1, dtype=torch.float64)
-    df = lesion.attribution_table(net, (x, y), metric=lesion.MSE())
+    df = lesion.attribution_table(net, (x, y), metric=lesion.metrics.MSE())
     a = torch.relu(net[0](x)).detach()  # (40, 6)
     quad = ((a * net[2].weight.detach()[0]) ** 2).mean(0).numpy()
     np.testing.assert_allclose(df["exact"] - df["estimate"], quad, atol=1e-9)
@@ -149,9 +154,9 @@ def cls_loss(logits, _inputs, y):
 
 
 CASES = {  # model, metric, the loss written out here, with or without labels
-    "gpt2 (padded)": (lambda: tiny_gpt2(dtype=torch.float64), lesion.NextTokenLoss, lm_loss, False),
-    "llama (GQA)": (tiny_llama, lesion.NextTokenLoss, lm_loss, False),
-    "bert classifier": (tiny_bert, lesion.Classification, cls_loss, True),
+    "gpt2 (padded)": (lambda: tiny_gpt2(dtype=torch.float64), lesion.metrics.NextTokenLoss, lm_loss, False),
+    "llama (GQA)": (tiny_llama, lesion.metrics.NextTokenLoss, lm_loss, False),
+    "bert classifier": (tiny_bert, lesion.metrics.Classification, cls_loss, True),
 }
 
 
@@ -203,10 +208,10 @@ def _loss_at(model, inputs, y, loss, site, j, r, eps):
 def test_no_gradient_left_on_the_model_and_frozen_models_work():
     model = tiny_gpt2()
     data = {"input_ids": torch.randint(0, 50, (4, 8))}
-    df = lesion.attribution_table(model, data, metric=lesion.NextTokenLoss(), exact=False)
+    df = lesion.attribution_table(model, data, metric=lesion.metrics.NextTokenLoss(), exact=False)
     assert all(p.grad is None for p in model.parameters())
     model.requires_grad_(False)
-    frozen = lesion.attribution_table(model, data, metric=lesion.NextTokenLoss(), exact=False)
+    frozen = lesion.attribution_table(model, data, metric=lesion.metrics.NextTokenLoss(), exact=False)
     np.testing.assert_allclose(frozen["estimate"], df["estimate"], rtol=1e-5, atol=1e-7)
     assert "exact" not in df and len(df) == 2 * 128 + 2 * 4
 
@@ -215,13 +220,15 @@ def test_refusals():
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     x = torch.randn(10, 3)
     with pytest.raises(LesionError, match="zero gradient at the intact model"):
-        lesion.attribution_table(net, x, metric=lesion.KL())
+        lesion.attribution_table(net, x, metric=lesion.metrics.KL())
     with pytest.raises(LesionError, match="needs the exact effects"):
-        lesion.plot_attribution(
-            lesion.attribution_table(net, x, metric=lesion.LogitDiff(0, 1), exact=False), "x"
+        lesion.analyses.attribution.plot_attribution(
+            lesion.attribution_table(net, x, metric=lesion.metrics.LogitDiff(0, 1), exact=False), "x"
         )
     with pytest.raises(LesionError, match="per-unit replacement"):
-        lesion.attribution_table(net, (x, torch.zeros(10, dtype=torch.long)), replacement=lesion.Noise(1.0))
+        lesion.attribution_table(
+            net, (x, torch.zeros(10, dtype=torch.long)), replacement=lesion.replacements.Noise(1.0)
+        )
 
 
 def test_objective_sums_to_the_metric_main_column():
@@ -236,11 +243,11 @@ def test_objective_sums_to_the_metric_main_column():
     net = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4))
     x = torch.randn(9, 3)
     cases = [
-        (model, lm, lesion.NextTokenLoss()),
-        (model, lm, lesion.LogitDiff(4, 9)),
-        (net, (x, torch.arange(9) % 4), lesion.Classification()),
-        (net, (x, torch.randn(9, 4)), lesion.MSE()),
-        (net, x, lesion.Scalar(lambda out, b: out.exp()[:, 1], name="e1")),
+        (model, lm, lesion.metrics.NextTokenLoss()),
+        (model, lm, lesion.metrics.LogitDiff(4, 9)),
+        (net, (x, torch.arange(9) % 4), lesion.metrics.Classification()),
+        (net, (x, torch.randn(9, 4)), lesion.metrics.MSE()),
+        (net, x, lesion.metrics.Scalar(lambda out, b: out.exp()[:, 1], name="e1")),
     ]
     for m, data, metric in cases:
         want = lesion.sweep(m, data, [], metric, batch_size=4).attrs["intact"][main_column(metric)]
@@ -252,7 +259,7 @@ def test_objective_sums_to_the_metric_main_column():
                 total, count = total + float(s), count + n
         assert total / count == pytest.approx(want, rel=1e-5), type(metric).__name__
     with pytest.raises(LesionError, match="differentiabl"):
-        detached = lesion.Scalar(lambda out, b: out[:, 0].detach(), name="d")
+        detached = lesion.metrics.Scalar(lambda out, b: out[:, 0].detach(), name="d")
         lesion.attribution_table(net, x, metric=detached, exact=False)
 
 
@@ -304,12 +311,12 @@ def trained():
 def test_trained_gpt2_estimate_beside_exact(trained, value, tmp_path):
     model, final_loss = trained
     data = {"input_ids": synthetic(64, torch.Generator().manual_seed(1))}
-    df = lesion.attribution_table(model, data, metric=lesion.NextTokenLoss(), replacement=value)
+    df = lesion.attribution_table(model, data, metric=lesion.metrics.NextTokenLoss(), replacement=value)
     rho = df.attrs["spearman"]
     print(f"\ntrained GPT-2 (final train loss {final_loss:.3f}), replacement {value!r}: Spearman rho", rho)
     print("missed:", df.attrs["missed"])
     assert len(df) == 2 * 128 + 2 * 4 and df[["estimate", "exact"]].notna().all().all()
     assert np.isfinite(df[["estimate", "exact"]].to_numpy()).all()
     assert set(rho) == {"all", *df["layer"].unique()} and all(np.isfinite(v) for v in rho.values())
-    paths = lesion.plot_attribution(df, tmp_path / "attribution")
+    paths = lesion.analyses.attribution.plot_attribution(df, tmp_path / "attribution")
     assert all(p.stat().st_size > 1000 for p in paths)

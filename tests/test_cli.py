@@ -148,13 +148,18 @@ def test_entry_point_exits_2_without_traceback(tmp_path):
 
 
 def test_every_public_name_resolves_lazily():
+    """A small surface: about 20 names, the metrics and replacements namespaces, no submodule shim."""
     import lesion
 
-    assert set(lesion._LOCATION) == set(lesion.__all__)
+    assert set(lesion._LOCATION) | set(lesion._NAMESPACES) == set(lesion.__all__)
+    assert len(lesion.__all__) <= 25
     for name in lesion.__all__:
         assert getattr(lesion, name) is not None
     assert set(lesion.__all__) <= set(dir(lesion))
-    assert lesion.analyses.measures.auc is lesion.auc  # submodules stay reachable as attributes
+    assert lesion.metrics.NextTokenLoss().main == "loss" and lesion.replacements.Zero().repeats == 1
+    for gone in ("Classification", "Zero", "auc", "hooks", "Batch"):  # namespaced, or internal
+        with pytest.raises(AttributeError, match="the public names are"):
+            getattr(lesion, gone)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = lesion.nope
 

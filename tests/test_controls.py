@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import lesion
+import lesion.analyses.controls
+import lesion.analyses.measures
 from lesion.analyses.controls import _draw, _joint, _seed
 from lesion.core import interventions as iv
 from lesion.errors import LesionError
@@ -26,7 +28,7 @@ def net_and_data():
 
 def test_unit_basis_is_zero_ablation_of_a_seeded_random_set(net_and_data):
     net, xy = net_and_data
-    curves = lesion.direction_curves(net, xy, fractions=[0.0, 0.5, 1.0], repeats=2, seed=3)
+    curves = lesion.analyses.controls.direction_curves(net, xy, fractions=[0.0, 0.5, 1.0], repeats=2, seed=3)
     for r in range(2):
         orders = {
             name: _draw(w, _seed(3, r, i))[1] for i, (name, w) in enumerate([("relu1", 12), ("relu2", 8)])
@@ -43,7 +45,7 @@ def test_unit_basis_is_zero_ablation_of_a_seeded_random_set(net_and_data):
 
 def test_random_basis_removes_the_first_columns_of_a_rotation(net_and_data):
     net, xy = net_and_data
-    curves = lesion.direction_curves(net, xy, fractions=[0.0, 0.25, 1.0], repeats=1, seed=5)
+    curves = lesion.analyses.controls.direction_curves(net, xy, fractions=[0.0, 0.25, 1.0], repeats=1, seed=5)
 
     q1 = iv.random_directions(12, 12, seed=_seed(5, 0, 0))[:, :3]
     q2 = iv.random_directions(8, 8, seed=_seed(5, 0, 1))[:, :2]
@@ -60,7 +62,7 @@ def test_random_basis_removes_the_first_columns_of_a_rotation(net_and_data):
 
 def test_direction_information_of_units_matches_unit_table(net_and_data):
     net, xy = net_and_data
-    info = lesion.direction_information(net, xy)
+    info = lesion.analyses.controls.direction_information(net, xy)
     table = lesion.unit_table(net, xy, importance=False)
     units = info[info.basis == "units"].reset_index(drop=True)
     assert list(units.layer) == list(table.layer) and list(units["index"]) == list(table.unit)
@@ -76,7 +78,7 @@ def test_joint_counts_are_quantile_bins():
     labels = np.array([0] * 10 + [1] * 10)
     joint = _joint(acts, labels, bins=2)
     assert joint.tolist() == [[[10, 0], [0, 10]]]
-    assert lesion.mutual_information(joint).tolist() == [1.0]
+    assert lesion.analyses.measures.mutual_information(joint).tolist() == [1.0]
 
 
 def test_unit_table_without_importance_keeps_statistics(net_and_data):

@@ -45,7 +45,7 @@ def mean_output(out, batch):
 def test_sequence_neuron_at_every_position_and_at_one():
     model = SeqMLP()
     df = lesion.sweep(
-        model, SEQ_X, ["act:3", "act:3@1", "act:3@-1", "act:0@0,1"], lesion.Scalar(mean_output, "y")
+        model, SEQ_X, ["act:3", "act:3@1", "act:3@-1", "act:0@0,1"], lesion.metrics.Scalar(mean_output, "y")
     )
     assert df.attrs["intact"]["y"] == pytest.approx(20.0)  # (22 + 36 + 5 + 17) / 4
     # neuron 3 (weight 4) removes 4 * (2 + 6 + 0 + 2) = 40 over 4 positions; at position 1 only 24; last 8;
@@ -57,10 +57,10 @@ def test_sequence_neuron_at_every_position_and_at_one():
 
 
 def test_position_beyond_the_sequence_and_positions_on_a_flat_site():
-    with pytest.raises(lesion.UnitError, match="position 9 is beyond the sequence of 4"):
-        lesion.sweep(SeqMLP(), SEQ_X, ["act:3@9"], lesion.Scalar(mean_output))
+    with pytest.raises(lesion.errors.UnitError, match="position 9 is beyond the sequence of 4"):
+        lesion.sweep(SeqMLP(), SEQ_X, ["act:3@9"], lesion.metrics.Scalar(mean_output))
     net = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
-    with pytest.raises(lesion.UnitError, match="no sequence axis"), lesion.ablate(net, "1:0@0"):
+    with pytest.raises(lesion.errors.UnitError, match="no sequence axis"), lesion.ablate(net, "1:0@0"):
         net(torch.ones(2, 2))
 
 
@@ -79,7 +79,7 @@ class Regressor(nn.Module):
 def test_regression_under_mse():
     x = torch.tensor([[1.0, 2], [3, 1]])
     y = 2 * x.sum(1)  # the intact model is exact: out = x0 + x1 + (x0 + x1)
-    df = lesion.sweep(Regressor(), (x, y), ["act:0", "act:2"], lesion.MSE())
+    df = lesion.sweep(Regressor(), (x, y), ["act:0", "act:2"], lesion.metrics.MSE())
     assert df.attrs["intact"]["mse"] == pytest.approx(0.0)
     assert df.mse.tolist() == pytest.approx([(1 + 9) / 2, (9 + 16) / 2])  # errors x0; x0 + x1
 
@@ -124,7 +124,7 @@ def manual_loss(model, x, y, edit):
 
 def test_resample_is_the_same_seeded_permutation_done_by_hand():
     model, x, y = mlp(), torch.randn(10, 5), torch.arange(10) % 3
-    df = lesion.sweep(model, (x, y), [Lesion("1:1", lesion.Resample(seed=3))], batch_size=4)
+    df = lesion.sweep(model, (x, y), [Lesion("1:1", lesion.replacements.Resample(seed=3))], batch_size=4)
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(3))
     h_all = torch.relu(model[0](x)).detach()
 
@@ -134,7 +134,7 @@ def test_resample_is_the_same_seeded_permutation_done_by_hand():
         return h
 
     assert df.loss[0] == pytest.approx(manual_loss(model, x, y, edit), abs=1e-6)
-    two = lesion.sweep(model, (x, y), [Lesion("1:1", lesion.Resample(seed=3, repeats=2))])
+    two = lesion.sweep(model, (x, y), [Lesion("1:1", lesion.replacements.Resample(seed=3, repeats=2))])
     perm4 = torch.randperm(10, generator=torch.Generator().manual_seed(4))  # the second draw: seed + 1
 
     def edit4(h):
@@ -147,7 +147,7 @@ def test_resample_is_the_same_seeded_permutation_done_by_hand():
 def test_patch_is_a_manual_two_pass_implementation():
     model, x, y = mlp(1), torch.randn(6, 5), torch.arange(6) % 3
     source = torch.randn(6, 5)
-    df = lesion.sweep(model, (x, y), [Lesion("1:0-1", lesion.Patch(source))], batch_size=4)
+    df = lesion.sweep(model, (x, y), [Lesion("1:0-1", lesion.replacements.Patch(source))], batch_size=4)
     h_src = torch.relu(model[0](source)).detach()  # pass 1: the source's activity
 
     def edit(h):  # pass 2: the base input with the patched units
@@ -157,8 +157,8 @@ def test_patch_is_a_manual_two_pass_implementation():
 
     assert df.loss[0] == pytest.approx(manual_loss(model, x, y, edit), abs=1e-6)
     with pytest.raises(lesion.LesionError, match="Patch source has 4 examples; the data has 6"):
-        lesion.sweep(model, (x, y), [Lesion("1:0", lesion.Patch(source[:4]))])
-    patched = lesion.ablate(model, Lesion("1:0", lesion.Patch(source[:4])))
+        lesion.sweep(model, (x, y), [Lesion("1:0", lesion.replacements.Patch(source[:4]))])
+    patched = lesion.ablate(model, Lesion("1:0", lesion.replacements.Patch(source[:4])))
     with pytest.raises(lesion.LesionError, match="Patch source has 4 examples but the batch has 6"), patched:
         model(x)
 
@@ -166,7 +166,7 @@ def test_patch_is_a_manual_two_pass_implementation():
 def test_mean_and_positional_mean_by_hand():
     model, x, y = mlp(2), torch.randn(12, 5), torch.arange(12) % 3
     h_mean = torch.relu(model[0](x)).detach().mean(0)
-    df = lesion.sweep(model, (x, y), [Lesion("1:4", lesion.Mean())])
+    df = lesion.sweep(model, (x, y), [Lesion("1:4", lesion.replacements.Mean())])
 
     def edit(h):
         h = h.clone()
@@ -177,7 +177,12 @@ def test_mean_and_positional_mean_by_hand():
     seq = SeqMLP()
     xs = torch.rand(5, 4, 2)
     per_pos = torch.relu(seq.fc(xs)).detach().mean(0)  # (positions, neurons)
-    got = lesion.sweep(seq, xs, [Lesion("act:3", lesion.PositionalMean())], lesion.Scalar(mean_output, "y"))
+    got = lesion.sweep(
+        seq,
+        xs,
+        [Lesion("act:3", lesion.replacements.PositionalMean())],
+        lesion.metrics.Scalar(mean_output, "y"),
+    )
     h = torch.relu(seq.fc(xs)).detach()
     h[:, :, 3] = per_pos[:, 3]
     assert got.y[0] == pytest.approx(seq.out(h).mean().item(), abs=1e-5)
@@ -196,7 +201,11 @@ def test_optimal_is_never_worse_than_zero_or_mean():
     opt.zero_grad()
     losses = {
         name: lesion.unit_table(model, (x, y), value=rep)["loss"].to_numpy()
-        for name, rep in (("zero", lesion.Zero()), ("mean", lesion.Mean()), ("optimal", lesion.Optimal()))
+        for name, rep in (
+            ("zero", lesion.replacements.Zero()),
+            ("mean", lesion.replacements.Mean()),
+            ("optimal", lesion.replacements.Optimal()),
+        )
     }
     assert np.all(losses["optimal"] <= np.minimum(losses["zero"], losses["mean"]) + 1e-4)
     assert np.any(losses["optimal"] < np.minimum(losses["zero"], losses["mean"]) - 1e-4)  # it does fit
@@ -228,23 +237,25 @@ def test_metrics_equal_one_shot_computations():
     fields = {"input_ids": ids, "attention_mask": mask}
     b = Batch((), dict(fields), fields=fields,
               ids=torch.arange(3))  # fmt: skip
-    got = update(lesion.NextTokenLoss(), logits, b)
+    got = update(lesion.metrics.NextTokenLoss(), logits, b)
     assert got["loss"] == pytest.approx(
         [one_shot_next_token(logits[i], ids, mask) for i in range(2)], abs=1e-5
     )
     intact = torch.randn(3, 5, 7)
-    kl = update(lesion.KL(), logits, b, intact)["kl"]
+    kl = update(lesion.metrics.KL(), logits, b, intact)["kl"]
     p = F.softmax(intact, -1)
     want = [
         ((p * (p.log() - F.log_softmax(logits[i], -1))).sum(-1) * mask).sum() / mask.sum() for i in range(2)
     ]
     assert kl == pytest.approx([w.item() for w in want], abs=1e-5)
-    diff = update(lesion.LogitDiff(2, 4), logits, b)["logit_diff"]
+    diff = update(lesion.metrics.LogitDiff(2, 4), logits, b)["logit_diff"]
     last = mask.sum(1) - 1
     want = [(logits[i, range(3), last, 2] - logits[i, range(3), last, 4]).mean().item() for i in range(2)]
     assert diff == pytest.approx(want, abs=1e-5)
     cls_logits, y = torch.randn(2, 6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
-    cls = update(lesion.Classification(), cls_logits, Batch((torch.zeros(6),), target=y, ids=torch.arange(6)))
+    cls = update(
+        lesion.metrics.Classification(), cls_logits, Batch((torch.zeros(6),), target=y, ids=torch.arange(6))
+    )
     assert cls["loss"] == pytest.approx(
         [F.cross_entropy(cls_logits[i], y).item() for i in range(2)], abs=1e-6
     )
@@ -253,14 +264,17 @@ def test_metrics_equal_one_shot_computations():
 
 
 @pytest.mark.parametrize(
-    "make", [lesion.Classification, lesion.NextTokenLoss, lambda: lesion.LogitDiff(1, 2)]
+    "make",
+    [lesion.metrics.Classification, lesion.metrics.NextTokenLoss, lambda: lesion.metrics.LogitDiff(1, 2)],
 )
 def test_merge_of_shards_equals_the_whole(make):
     torch.manual_seed(2)
     ids = torch.randint(0, 7, (6, 4))
-    logits = torch.randn(3, 6, 4, 7) if make is not lesion.Classification else torch.randn(3, 6, 7)
+    logits = torch.randn(3, 6, 4, 7) if make is not lesion.metrics.Classification else torch.randn(3, 6, 7)
     y = ids[:, 0]
-    batch = Batch((ids,), target=None if make is not lesion.Classification else y, ids=torch.arange(6))
+    batch = Batch(
+        (ids,), target=None if make is not lesion.metrics.Classification else y, ids=torch.arange(6)
+    )
     whole = update(make(), logits, batch)
     a, b = make(), make()
     a.reset(3), b.reset(3)
@@ -273,7 +287,7 @@ def test_merge_of_shards_equals_the_whole(make):
 
 def test_every_table_reports_delta_of_every_metric_output():
     model, x, y = mlp(4), torch.randn(20, 5), torch.arange(20) % 3
-    df = lesion.sweep(model, (x, y), ["1:0"], lesion.Scalar(lambda out, b: out[:, 0], "logit0"))
+    df = lesion.sweep(model, (x, y), ["1:0"], lesion.metrics.Scalar(lambda out, b: out[:, 0], "logit0"))
     assert {"logit0", "delta_logit0"} <= set(df.columns)
     cls = lesion.sweep(model, (x, y), ["1:0"])
     assert {"loss", "accuracy", "delta_loss", "delta_accuracy", "delta_accuracy_class_2"} <= set(cls.columns)
@@ -318,14 +332,14 @@ def test_bad_metric_and_replacement_inputs_get_clear_errors():
     with pytest.raises(
         MetricError, match=r"returned shape \(10, 3\); expected one value per example \(10,\)"
     ):
-        lesion.sweep(model, (x, y), ["1:0"], lesion.Scalar(lambda out, b: out))
+        lesion.sweep(model, (x, y), ["1:0"], lesion.metrics.Scalar(lambda out, b: out))
     with pytest.raises(MetricError, match="NaN"):
-        lesion.sweep(model, (x, y), ["1:0"], lesion.Scalar(lambda out, b: out[:, 0] * float("nan")))
-    with pytest.raises(lesion.SiteError, match="unknown layer 'nope'"):
-        lesion.sweep(model, (x, y), [Lesion("nope:0", lesion.Mean())])
+        lesion.sweep(model, (x, y), ["1:0"], lesion.metrics.Scalar(lambda out, b: out[:, 0] * float("nan")))
+    with pytest.raises(lesion.errors.SiteError, match="unknown layer 'nope'"):
+        lesion.sweep(model, (x, y), [Lesion("nope:0", lesion.replacements.Mean())])
     batches = [{"input": x, "labels": y}]
-    with pytest.raises(lesion.DataError, match="has no field 'answer'"):
-        lesion.sweep(model, batches, ["1:0"], lesion.LogitDiff("answer", 0))
+    with pytest.raises(lesion.errors.DataError, match="has no field 'answer'"):
+        lesion.sweep(model, batches, ["1:0"], lesion.metrics.LogitDiff("answer", 0))
     assert issubclass(MetricError, lesion.LesionError)
 
 
@@ -339,19 +353,19 @@ class FunctionalReLU(nn.Module):
 
 
 def test_model_without_sites_lists_what_it_could_use():
-    with pytest.raises(lesion.SiteError, match=r"no activation modules.*layers='all'.*fc \(Linear"):
+    with pytest.raises(lesion.errors.SiteError, match=r"no activation modules.*layers='all'.*fc \(Linear"):
         lesion.find_sites(FunctionalReLU(), torch.zeros(2, 3))
     assert [s.name for s in lesion.find_sites(FunctionalReLU(), torch.zeros(2, 3), "all")] == ["fc", "out"]
 
 
 def test_unit_parsing_is_ascii_and_bounded_before_allocation():
-    with pytest.raises(lesion.UnitError, match="ASCII digits"):
+    with pytest.raises(lesion.errors.UnitError, match="ASCII digits"):
         lesion.parse_units("relu1:1_000")
-    with pytest.raises(lesion.UnitError, match="ASCII digits"):
+    with pytest.raises(lesion.errors.UnitError, match="ASCII digits"):
         lesion.parse_units("relu1:٣")
-    with pytest.raises(lesion.UnitError, match="out of range"):
+    with pytest.raises(lesion.errors.UnitError, match="out of range"):
         lesion.parse_units("relu1:0-40000000000", {"relu1": 512})
-    with pytest.raises(lesion.UnitError, match="beyond lesion's limit"):
+    with pytest.raises(lesion.errors.UnitError, match="beyond lesion's limit"):
         lesion.parse_units("relu1:0-1000000000")  # beyond the cap when no width is known
 
 
@@ -371,12 +385,12 @@ def test_own_data_from_arrays_npz_and_training(tmp_path):
     assert torch.equal(same.x_test, d.x_test) and same.name == "mine"
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     assert len(train(model, d, epochs=2)) == 2
-    with pytest.raises(lesion.DataError, match="from_arrays"):
+    with pytest.raises(lesion.errors.DataError, match="from_arrays"):
         train(model, (torch.tensor(x), torch.tensor(y)))
-    with pytest.raises(lesion.DataError, match="expected arrays named x and y"):
+    with pytest.raises(lesion.errors.DataError, match="expected arrays named x and y"):
         np.savez(tmp_path / "bad.npz", inputs=x)
         from_npz(tmp_path / "bad.npz")
-    with pytest.raises(lesion.DataError, match="one label per example"):
+    with pytest.raises(lesion.errors.DataError, match="one label per example"):
         from_arrays(x, y[:5])
 
 
@@ -402,14 +416,14 @@ def test_dict_batches_and_dict_or_tuple_outputs_under_next_token_loss():
         [{"input_ids": i, "attention_mask": m} for i, m in zip(ids, mask, strict=True)], batch_size=2
     )
     model = DictOut()
-    df = lesion.sweep(model, loader, ["act:1", "act:2@-1"], lesion.NextTokenLoss())
+    df = lesion.sweep(model, loader, ["act:1", "act:2@-1"], lesion.metrics.NextTokenLoss())
     logits = model(ids)["logits"]
     assert df.attrs["intact"]["loss"] == pytest.approx(one_shot_next_token(logits, ids, mask), abs=1e-5)
     with lesion.ablate(model, "act:1"):  # units on the last axis: neuron 1 at every position
         cut = model(ids)["logits"]
     assert df.loss[0] == pytest.approx(one_shot_next_token(cut, ids, mask), abs=1e-5)
     tup = lesion.sweep(DictOut(as_tuple=True), {"input_ids": ids, "attention_mask": mask}, ["act:1"],
-                       lesion.NextTokenLoss())  # fmt: skip
+                       lesion.metrics.NextTokenLoss())  # fmt: skip
     assert tup.attrs["intact"]["loss"] > 0
 
 
@@ -427,14 +441,14 @@ def test_output_forms():
 
     assert output_tensor(ModelOutput(loss=None, logits=t)) is t
     assert output_tensor((t, None)) is t and output_tensor({"scores": t}) is t
-    with pytest.raises(lesion.DataError, match="expected a tensor, a tuple starting with one"):
+    with pytest.raises(lesion.errors.DataError, match="expected a tensor, a tuple starting with one"):
         output_tensor("text")
 
 
 @pytest.mark.parametrize("engine", [True, False])
 def test_kl_to_the_intact_model_in_a_sweep(engine):
     model, x, y = mlp(8), torch.randn(25, 5), torch.arange(25) % 3
-    df = lesion.sweep(model, (x, y), ["1:0", "1:1-3"], lesion.KL(), engine=engine, batch_size=10)
+    df = lesion.sweep(model, (x, y), ["1:0", "1:1-3"], lesion.metrics.KL(), engine=engine, batch_size=10)
     assert df.attrs["intact"]["kl"] == pytest.approx(0.0, abs=1e-7)
     p = F.log_softmax(model(x), -1).detach()
     for i, units in enumerate(([0], [1, 2, 3])):
@@ -472,7 +486,7 @@ def test_an_npz_larger_than_the_data_limit_is_refused_before_reading(tmp_path, m
 
     np.savez(tmp_path / "big.npz", x=np.zeros((100, 4)), y=np.zeros(100, dtype=np.int64))
     monkeypatch.setattr(_arrays, "MAX_DATA_BYTES", 1000)  # the real limit is 1 GiB
-    with pytest.raises(lesion.DataError, match="at most 1000 are read"):
+    with pytest.raises(lesion.errors.DataError, match="at most 1000 are read"):
         from_npz(tmp_path / "big.npz")
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import lesion
+import lesion.analyses.direct
 from lesion.errors import SiteError
 
 transformers = pytest.importorskip("transformers")
@@ -198,13 +199,13 @@ def test_plain_gpt_direct_equals_brute_force_and_last_layer_without_norm_is_tota
     first = df[df.layer == "blocks.0.mlp.act"]
     assert (first["direct"] - first["total"]).abs().max() > 1e-4  # the last block carries part of it
     assert df.attrs["spearman"]["blocks.1.mlp.act"] == pytest.approx(1.0)
-    assert all(p.stat().st_size > 1000 for p in lesion.plot_direct(df, tmp_path / "direct"))
+    assert all(p.stat().st_size > 1000 for p in lesion.analyses.direct.plot_direct(df, tmp_path / "direct"))
 
 
 def test_logit_diff_and_kl_metrics():
     model, x = gpt2(), ids()
-    diff = lesion.direct_effects(model, {"input_ids": x}, metric=lesion.LogitDiff(1, 2), total=False)
-    kl = lesion.direct_effects(model, {"input_ids": x}, metric=lesion.KL(), total=False)
+    diff = lesion.direct_effects(model, {"input_ids": x}, metric=lesion.metrics.LogitDiff(1, 2), total=False)
+    kl = lesion.direct_effects(model, {"input_ids": x}, metric=lesion.metrics.KL(), total=False)
     assert diff.attrs["metric"] == "logit_diff" and np.isfinite(diff["direct"]).all()
     assert kl.attrs["metric"] == "kl" and (kl["direct"] >= -1e-7).all() and kl["direct"].max() > 0
 
@@ -218,7 +219,7 @@ def test_refusals():
     with pytest.raises(SiteError, match="not a layer of MLP neurons"):
         lesion.direct_effects(model, {"input_ids": x}, sites=heads)
     with pytest.raises(lesion.LesionError, match="repeats=1"):
-        lesion.direct_effects(model, {"input_ids": x}, replacement=lesion.Resample(repeats=2))
+        lesion.direct_effects(model, {"input_ids": x}, replacement=lesion.replacements.Resample(repeats=2))
 
 
 def test_a_post_mlp_norm_is_refused_not_silently_wrong():

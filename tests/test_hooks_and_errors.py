@@ -41,7 +41,7 @@ def test_no_hook_survives_success_exception_or_nesting():
     with pytest.raises(RuntimeError, match="boom"), lesion.ablate(model, ["act:0-3", "out:1"]):
         raise RuntimeError("boom")
     assert n_hooks(model) == 0
-    with pytest.raises(lesion.UnitError), lesion.ablate(model, "act:9"):
+    with pytest.raises(lesion.errors.UnitError), lesion.ablate(model, "act:9"):
         model(x)  # index checked at the first forward pass, hooks still removed
     assert n_hooks(model) == 0
     lesion.unit_table(model, (x, y))
@@ -73,28 +73,30 @@ def test_training_flags_are_restored():
 def test_unknown_layer_names_closest_and_valid_sites():
     model, (x, _y) = ToyMLP(), toy_data()
     sites = lesion.find_sites(model, x[:2])
-    with pytest.raises(lesion.SiteError) as err:
+    with pytest.raises(lesion.errors.SiteError) as err:
         parse_units("actt:1", sites)
     msg = str(err.value)
     assert "'actt'" in msg and "closest: act" in msg and "act (5)" in msg
-    with pytest.raises(lesion.SiteError, match="closest: act"):
+    with pytest.raises(lesion.errors.SiteError, match="closest: act"):
         lesion.find_sites(model, x[:2], layers=["acts"])
-    with pytest.raises(lesion.SiteError, match="unknown layer 'fc9'"), lesion.ablate(model, "fc9:0"):
+    with pytest.raises(lesion.errors.SiteError, match="unknown layer 'fc9'"), lesion.ablate(model, "fc9:0"):
         pass
 
 
 def test_unit_index_out_of_range():
     model, (x, _) = ToyMLP(), toy_data()
     sites = lesion.find_sites(model, x[:2])
-    with pytest.raises(lesion.UnitError, match=r"unit index 5 out of range for layer 'act': expected 0..4"):
+    with pytest.raises(
+        lesion.errors.UnitError, match=r"unit index 5 out of range for layer 'act': expected 0..4"
+    ):
         parse_units("act:3-5", sites)
-    with pytest.raises(lesion.UnitError, match="out of range"), lesion.ablate(model, "act:7"):
+    with pytest.raises(lesion.errors.UnitError, match="out of range"), lesion.ablate(model, "act:7"):
         model(x)
 
 
 @pytest.mark.parametrize("bad", ["act", "act:", ":3", "act:x", "act:5-2", "act:-1"])
 def test_unparseable_addresses(bad):
-    with pytest.raises(lesion.UnitError, match="expected"):
+    with pytest.raises(lesion.errors.UnitError, match="expected"):
         parse_units(bad)
 
 
@@ -125,9 +127,9 @@ class TupleOut(nn.Module):
 
 def test_site_with_non_tensor_output():
     model, x = TupleOut(), torch.zeros(2, 5, 3)
-    with pytest.raises(lesion.SiteError, match="'lstm' outputs a tuple, not a tensor"):
+    with pytest.raises(lesion.errors.SiteError, match="'lstm' outputs a tuple, not a tensor"):
         lesion.find_sites(model, x, layers=["lstm"])
-    with pytest.raises(lesion.SiteError, match="outputs a tuple"), lesion.ablate(model, "lstm:0"):
+    with pytest.raises(lesion.errors.SiteError, match="outputs a tuple"), lesion.ablate(model, "lstm:0"):
         model(x)
     assert [s.name for s in lesion.find_sites(model, x)] == ["act"]
 
@@ -135,41 +137,48 @@ def test_site_with_non_tensor_output():
 def test_reused_module_is_ambiguous():
     relu = nn.ReLU()
     model = nn.Sequential(nn.Linear(2, 2), relu, nn.Linear(2, 2), relu)
-    with pytest.raises(lesion.SiteError, match="runs 2 times per forward pass"):
+    with pytest.raises(lesion.errors.SiteError, match="runs 2 times per forward pass"):
         lesion.find_sites(model, torch.zeros(1, 2), layers=["1"])
-    with pytest.raises(lesion.SiteError, match=r"module '1' runs 2 times.*give each call its own module"):
+    with pytest.raises(
+        lesion.errors.SiteError, match=r"module '1' runs 2 times.*give each call its own module"
+    ):
         lesion.find_sites(model, torch.zeros(1, 2))  # refused, never silently an empty list
     ok = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), relu, nn.Linear(2, 2), relu)
     with pytest.warns(LesionNote, match="'3' run more than once"):
         assert [s.name for s in lesion.find_sites(ok, torch.zeros(1, 2))] == ["1"]  # the others still count
-    with pytest.raises(lesion.SiteError, match="runs 2 times"), lesion.ablate(model, "1:0"):
+    with pytest.raises(lesion.errors.SiteError, match="runs 2 times"), lesion.ablate(model, "1:0"):
         model(torch.zeros(1, 2))
 
 
 def test_bad_data_is_refused():
     model, (x, y) = ToyMLP(), toy_data()
-    with pytest.raises(lesion.DataError, match="model failed on inputs of shape"):
+    with pytest.raises(lesion.errors.DataError, match="model failed on inputs of shape"):
         lesion.evaluate(model, (torch.zeros(4, 7), torch.zeros(4, dtype=torch.long)))
-    with pytest.raises(lesion.DataError, match=r"label 5 is out of range.*expected labels 0\.\.1"):
+    with pytest.raises(lesion.errors.DataError, match=r"label 5 is out of range.*expected labels 0\.\.1"):
         lesion.evaluate(model, (x, torch.full((8,), 5)))
-    with pytest.raises(lesion.DataError, match="no examples"):
+    with pytest.raises(lesion.errors.DataError, match="no examples"):
         lesion.evaluate(model, (x[:0], y[:0]))
-    with pytest.raises(lesion.DataError, match="no examples"):
+    with pytest.raises(lesion.errors.DataError, match="no examples"):
         lesion.evaluate(model, [])
-    with pytest.raises(lesion.DataError, match="same length"):
+    with pytest.raises(lesion.errors.DataError, match="same length"):
         lesion.evaluate(model, (x, y[:3]))
-    with pytest.raises(lesion.DataError, match="expected integer class indices"):
+    with pytest.raises(lesion.errors.DataError, match="expected integer class indices"):
         lesion.evaluate(model, (x, y.float()))
-    with pytest.raises(lesion.DataError, match="earlier batches had"):
+    with pytest.raises(lesion.errors.DataError, match="earlier batches had"):
         lesion.evaluate(model, [(x, y), (torch.zeros(2, 4), y[:2])])
-    with pytest.raises(lesion.DataError, match="negative"):
+    with pytest.raises(lesion.errors.DataError, match="negative"):
         lesion.evaluate(model, (x, -y - 1))
-    with pytest.raises(lesion.DataError, match="expected an"):
+    with pytest.raises(lesion.errors.DataError, match="expected an"):
         lesion.evaluate(model, 42)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
     assert lesion.evaluate(model, loader).accuracy == 1.0
 
 
 def test_errors_are_one_family():
-    for cls in (lesion.SiteError, lesion.UnitError, lesion.DataError, lesion.ModelFileError):
+    for cls in (
+        lesion.errors.SiteError,
+        lesion.errors.UnitError,
+        lesion.errors.DataError,
+        lesion.errors.ModelFileError,
+    ):
         assert issubclass(cls, lesion.LesionError)

@@ -101,10 +101,12 @@ def test_attribution_estimates_the_metrics_main_value(setup):
 def test_the_optimal_replacement_fits_the_metrics_loss(setup):
     net, x, y = setup
     units = [f"1:{j}" for j in range(8)]
-    lesions = [lesion.Lesion(u, lesion.Optimal(steps=40)) for u in units]
+    lesions = [lesion.Lesion(u, lesion.replacements.Optimal(steps=40)) for u in units]
     fitted = lesion.sweep(net, (x, y), lesions, TrueClassProb())
     zero = lesion.sweep(net, (x, y), units, TrueClassProb())
-    mean = lesion.sweep(net, (x, y), [lesion.Lesion(u, lesion.Mean()) for u in units], TrueClassProb())
+    mean = lesion.sweep(
+        net, (x, y), [lesion.Lesion(u, lesion.replacements.Mean()) for u in units], TrueClassProb()
+    )
     # Optimal seeks the better end of the metric's main value (higher p_true here), starting from the
     # better of zero and mean and keeping the best seen: never below either
     assert (fitted.p_true.to_numpy() >= zero.p_true.to_numpy() - 1e-9).all()
@@ -114,7 +116,7 @@ def test_the_optimal_replacement_fits_the_metrics_loss(setup):
     def p_sum(out, b):  # a loss given by hand: the summed p_true of one copy, minimised
         return TrueClassProb().loss(out[0], b)[0][None]
 
-    lower = [lesion.Lesion(units[0], lesion.Optimal(steps=40, loss=p_sum))]
+    lower = [lesion.Lesion(units[0], lesion.replacements.Optimal(steps=40, loss=p_sum))]
     worst = lesion.sweep(net, (x, y), lower, TrueClassProb())  # a loss given by hand wins over the metric's
     assert worst.p_true[0] <= fitted.p_true[0]
 

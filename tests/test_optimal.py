@@ -37,7 +37,9 @@ def _convnet():
 def _fit(model, data, steps=8):
     sites = {s.name: s for s in sites_for(model, data)}
     lesions = [
-        Lesion(f"{n}:{j}", lesion.Optimal(steps=steps)) for n, s in sites.items() for j in range(s.width)
+        Lesion(f"{n}:{j}", lesion.replacements.Optimal(steps=steps))
+        for n, s in sites.items()
+        for j in range(s.width)
     ]
     return lesions[0].replacement.fit(model, data, sites, lesions)
 
@@ -127,10 +129,10 @@ def test_stubbed_prefix_fits_the_constants_of_the_full_model_on_a_transformer(mo
     data = [{"input_ids": torch.randint(1, 11, (6, 8), generator=torch.Generator().manual_seed(1))}]
     sites = {s.name: s for s in sites_for(model, data)}
     chosen = ["transformer.h.1.attn", "transformer.h.1.mlp.act", "transformer.h.0.attn"]
-    lesions = [Lesion(f"{n}:{j}", lesion.Optimal(steps=6)) for n in chosen for j in range(3)]
+    lesions = [Lesion(f"{n}:{j}", lesion.replacements.Optimal(steps=6)) for n in chosen for j in range(3)]
     fast = lesions[0].replacement.fit(model, data, sites, lesions)
     assert set(fast.paths.values()) == {"modules before the site stubbed (checked against the full model)"}
     _no_fast_paths(monkeypatch)
     slow = lesions[0].replacement.fit(model, data, sites, lesions)
     _same(fast.constants, slow.constants, 1e-5)
-    assert lesion.sweep(model, data, lesions[:3], lesion.NextTokenLoss()).loss.notna().all()
+    assert lesion.sweep(model, data, lesions[:3], lesion.metrics.NextTokenLoss()).loss.notna().all()

@@ -38,7 +38,7 @@ def test_a_one_lesion_sweep_of_a_transformer_runs_at_most_three_passes():
                                   bos_token_id=0, eos_token_id=0)  # fmt: skip
     model = transformers.GPT2LMHeadModel(cfg).eval()
     ids = {"input_ids": torch.randint(0, 50, (4, 8))}
-    metric = lesion.NextTokenLoss()
+    metric = lesion.metrics.NextTokenLoss()
     assert passes(model, lambda: lesion.sweep(model, ids, ["transformer.h.1.mlp.act:3"], metric)) <= 3
     assert passes(model, lambda: lesion.sweep(model, ids, ["transformer.h.0.attn:1"], metric)) <= 3
 

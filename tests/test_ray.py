@@ -251,7 +251,7 @@ def test_user_sweep_on_ray_equals_local(head):
     ray = lesion.unit_table(net, data, backend="ray", address=head, shards=3)
     pd.testing.assert_frame_equal(ray, local)
     assert ray.attrs["served"] == local.attrs["served"] == {"graph": 36, "prefix": 0}
-    mixed = ["1:0", "1:3-5", lesion.Lesion("3:2", lesion.Resample(seed=0, repeats=2)), "3:7"]
+    mixed = ["1:0", "1:3-5", lesion.Lesion("3:2", lesion.replacements.Resample(seed=0, repeats=2)), "3:7"]
     pd.testing.assert_frame_equal(lesion.sweep(net, data, mixed, backend="ray", address=head, shards=2),
                                   lesion.sweep(net, data, mixed))  # fmt: skip
 
@@ -259,7 +259,7 @@ def test_user_sweep_on_ray_equals_local(head):
     tokens = {"input_ids": pattern(24, seed=7)}
     sites = lesion.find_sites(gpt, {"input_ids": tokens["input_ids"][:2]})
     units = [f"{s.name}:{j}" for s in sites for j in range(s.width)]
-    metric = lesion.NextTokenLoss()
+    metric = lesion.metrics.NextTokenLoss()
     local = lesion.sweep(gpt, tokens, units, metric, sites=sites)
     ray = lesion.sweep(gpt, tokens, units, metric, sites=sites, backend="ray", address=head, shards=4)
     assert len(ray) == len(units) == 2 * (4 + 64)

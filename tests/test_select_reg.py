@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lesion
+import lesion.analyses.measures
 from lesion.data import Dataset, load_dataset
 from lesion.models import mlp
 from lesion.training.loop import train
@@ -21,7 +22,9 @@ def digits() -> Dataset:
 def held_out_selectivity(model: torch.nn.Module, data: Dataset) -> float:
     sites = lesion.find_sites(model, data.x_test[:2])
     stats = lesion.collect_stats(model, (data.x_test, data.y_test), sites, histograms=False)
-    si = np.concatenate([lesion.selectivity_index(stats[s.name].class_means)[0] for s in sites])
+    si = np.concatenate(
+        [lesion.analyses.measures.selectivity_index(stats[s.name].class_means)[0] for s in sites]
+    )
     return float(np.nanmean(si))  # dead units (NaN) are left out
 
 
@@ -56,7 +59,7 @@ def test_matches_selectivity_index_on_a_batch():
     h = torch.rand(200, 7, generator=g)
     y = torch.randint(5, (200,), generator=g)
     means = torch.stack([h[y == c].mean(0) for c in range(5)])
-    expected = np.mean(lesion.selectivity_index(means)[0])
+    expected = np.mean(lesion.analyses.measures.selectivity_index(means)[0])
     assert float(batch_selectivity([h], y, 5, eps=0.0)) == pytest.approx(expected, rel=1e-5)
 
 

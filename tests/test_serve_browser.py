@@ -17,6 +17,7 @@ if not CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 import lesion  # noqa: E402
+import lesion.analyses.evaluation  # noqa: E402
 from lesion.serve import compact, create_app, running  # noqa: E402
 from tests.serve_support import chromium, digits_model, hook_count, make_explorer, weights_digest  # noqa: E402
 
@@ -71,7 +72,7 @@ def shown(page, lesion_text: str) -> tuple[str, float, str]:
     return acc.inner_text(), float(acc.get_attribute("data-value")), page.inner_text("#correct")
 
 
-def python_accuracy(model, data, units) -> lesion.Evaluation:
+def python_accuracy(model, data, units) -> lesion.analyses.evaluation.Evaluation:
     xy = (data.x_test, data.y_test)
     if not units:
         return lesion.evaluate(model, xy)

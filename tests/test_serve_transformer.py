@@ -51,7 +51,7 @@ def client(explorer):
 
 def swept(model, tokens, units, metric=None, replacement=None) -> float:
     """delta of the metric's first column, from lesion.sweep (the Python API) for one lesion."""
-    metric = metric or lesion.NextTokenLoss()
+    metric = metric or lesion.metrics.NextTokenLoss()
     les = lesion.Lesion(units) if replacement is None else lesion.Lesion(units, replacement)
     df = lesion.sweep(model, {"input_ids": tokens}, [les], metric)
     return float(df.filter(like="delta_").iloc[0, 0])
@@ -85,7 +85,7 @@ def test_the_model_is_trained(explorer):
 
 
 def test_per_token_losses_add_up_to_next_token_loss(trained_gpt, tokens, explorer):
-    df = lesion.sweep(trained_gpt, {"input_ids": tokens}, [HEAD], lesion.NextTokenLoss())
+    df = lesion.sweep(trained_gpt, {"input_ids": tokens}, [HEAD], lesion.metrics.NextTokenLoss())
     assert explorer.intact.loss == pytest.approx(df.attrs["intact"]["loss"], abs=1e-9)
     assert explorer.intact.token_loss.mean() == pytest.approx(explorer.intact.loss, abs=1e-7)
     assert explorer.intact.n_tokens == 6 * (SEQ - 1)
@@ -171,7 +171,7 @@ def test_evaluate_equals_the_python_api(client, trained_gpt, tokens, units):
     delta = np.array(body["token_delta"])
     assert delta.shape == (6, SEQ - 1)
     assert delta.mean() == pytest.approx(body["delta_loss"], abs=1e-6)
-    ld = swept(trained_gpt, tokens, units, lesion.LogitDiff(1, 2))
+    ld = swept(trained_gpt, tokens, units, lesion.metrics.LogitDiff(1, 2))
     assert body["delta_logit_diff"] == pytest.approx(ld, abs=1e-5)
 
 
@@ -185,7 +185,7 @@ def test_the_head_matters_and_hurts_the_predictable_tokens(client):
 def test_mean_replacement_equals_the_python_api(client, trained_gpt, tokens):
     body = client.post("/api/evaluate", json={"units": [HEAD, NEURON], "replacement": "mean"}).json()
     assert body["replacement"] == "mean"
-    want = swept(trained_gpt, tokens, [HEAD, NEURON], replacement=lesion.Mean())
+    want = swept(trained_gpt, tokens, [HEAD, NEURON], replacement=lesion.replacements.Mean())
     assert body["delta_loss"] == pytest.approx(want, abs=1e-6)
     zero = client.post("/api/evaluate", json={"units": [HEAD, NEURON]}).json()
     assert body["delta_loss"] != zero["delta_loss"]
@@ -339,7 +339,7 @@ def test_explorer_for_a_real_gpt_file_equals_the_python_api(tmp_path):
     ex = explorer_for_file(path, sequences=4, say=lambda *_: None)
     net, _ = study.open_any(path)
     _, got = ex.evaluate(["h.0.attn:1", "h.1.mlp.act:5"], "zero")
-    df = lesion.sweep(net, [ex.tokens], [["h.0.attn:1", "h.1.mlp.act:5"]], lesion.NextTokenLoss())
+    df = lesion.sweep(net, [ex.tokens], [["h.0.attn:1", "h.1.mlp.act:5"]], lesion.metrics.NextTokenLoss())
     assert got.loss == pytest.approx(float(df.loss[0]), abs=1e-6)
 
 

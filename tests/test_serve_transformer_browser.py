@@ -55,7 +55,7 @@ def page(browser, setup):
 def python_api(model, tokens, units, replacement=None) -> tuple[float, float]:
     """(loss, delta_loss) of the lesion from lesion.sweep with NextTokenLoss: what the page must show."""
     les = lesion.Lesion(units) if replacement is None else lesion.Lesion(units, replacement)
-    df = lesion.sweep(model, {"input_ids": tokens}, [les], lesion.NextTokenLoss())
+    df = lesion.sweep(model, {"input_ids": tokens}, [les], lesion.metrics.NextTokenLoss())
     return float(df["loss"][0]), float(df["delta_loss"][0])
 
 
@@ -72,7 +72,7 @@ def signed(v: float) -> str:
 def busiest_neuron(model, tokens) -> str:
     """The block-1 neuron whose deletion alone changes the loss most (so the click visibly matters)."""
     units = [f"transformer.h.1.mlp.act:{j}" for j in range(64)]
-    df = lesion.sweep(model, {"input_ids": tokens}, units, lesion.NextTokenLoss())
+    df = lesion.sweep(model, {"input_ids": tokens}, units, lesion.metrics.NextTokenLoss())
     return units[int(df["delta_loss"].abs().argmax())]
 
 
@@ -136,7 +136,10 @@ def test_tokens_show_their_own_loss_change(setup, page):
 
 def test_mean_replacement_and_reset(setup, page):
     model, tokens, _, url = setup
-    mean, zero = python_api(model, tokens, [HEAD], lesion.Mean()), python_api(model, tokens, [HEAD])
+    mean, zero = (
+        python_api(model, tokens, [HEAD], lesion.replacements.Mean()),
+        python_api(model, tokens, [HEAD]),
+    )
     open_page(page, f"{url}/?u={HEAD}&r=mean", HEAD)
     loss, delta = mean
     assert shown(page, HEAD)[:2] == (f"{loss:.4f}", signed(delta))

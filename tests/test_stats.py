@@ -105,5 +105,5 @@ def test_mutual_information_known_values():
 def test_nan_activations_are_refused():
     net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
     x = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
-    with pytest.raises(lesion.DataError, match="NaN"):
+    with pytest.raises(lesion.errors.DataError, match="NaN"):
         lesion.collect_stats(net, (x, torch.tensor([0, 1])), lesion.find_sites(net, x[1:]))

@@ -28,6 +28,7 @@ RANKS = {
     "experiments": 9, "bench": 9,
     "report": 10, "serve": 10,
     "cli": 11,
+    "metrics": 12, "replacements": 12,  # the public namespaces: nothing inside lesion imports them
 }  # fmt: skip
 
 

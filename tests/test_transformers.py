@@ -220,16 +220,16 @@ def _values(how: str, acts: torch.Tensor, seed: int = 5):
     return lambda a, ids: acts[perm[ids]]
 
 
+R = lesion.replacements
 REPLACEMENTS = {
-    "zero": lesion.Zero(), "mean": lesion.Mean(), "positional": lesion.PositionalMean(),
-    "resample": lesion.Resample(seed=5),
+    "zero": R.Zero(), "mean": R.Mean(), "positional": R.PositionalMean(), "resample": R.Resample(seed=5),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("how", list(REPLACEMENTS))
 def test_sweeps_of_neurons_and_heads_equal_a_hand_written_reference(case, how):
     name, model, data, act, attn, proj, kind = case
-    metric = lesion.NextTokenLoss() if kind == "lm" else lesion.Classification()
+    metric = lesion.metrics.NextTokenLoss() if kind == "lm" else lesion.metrics.Classification()
     last = 1
     hd = 8
     lesions = {  # (lesion, module, head view, channels, positions)
@@ -266,7 +266,7 @@ def test_sweeps_of_neurons_and_heads_equal_a_hand_written_reference(case, how):
 @pytest.mark.parametrize("how", list(REPLACEMENTS))
 def test_cumulative_curves_equal_the_reference(case, how):
     name, model, data, act, attn, proj, kind = case
-    metric = lesion.NextTokenLoss() if kind == "lm" else lesion.Classification()
+    metric = lesion.metrics.NextTokenLoss() if kind == "lm" else lesion.metrics.Classification()
     order = [f"{act.format(1)}:{j}" for j in (5, 1, 9, 0, 3, 7)]
     heads = [f"{attn.format(0)}:{h}" for h in (2, 0, 3)]
     curves = lesion.ablation_curves(model, data, orders={"n": order, "h": heads}, metric=metric,
@@ -336,7 +336,7 @@ def test_neuron_and_head_ablation_equal_transformer_lens_run_with_hooks():
     heads = {"blocks.0.attn": (2, 0, 3), "blocks.1.attn": (0, 1, 2)}
     units = [f"{n}:{i}" for n, idx in neurons.items() for i in idx]
     units += [f"{n}:{i}" if k else f"{n}:head{i}" for n, idx in heads.items() for k, i in enumerate(idx)]
-    df = lesion.sweep(bridge, [ids], units, lesion.NextTokenLoss())
+    df = lesion.sweep(bridge, [ids], units, lesion.metrics.NextTokenLoss())
     want = [tl_loss(n, at(i)) for n, idx in neurons.items() for i in idx]
     want += [tl_loss(f"{n}.hook_z", head(i)) for n, idx in heads.items() for i in idx]
     assert df.loss.tolist() == pytest.approx(want, abs=1e-5)
@@ -375,7 +375,9 @@ def test_one_layer_attention_only_toy_head_effects_computed_on_paper():
     model.wpe = nn.Embedding(T, 4).requires_grad_(False)
     model.wpe.weight.zero_()
     del wpe
-    df = lesion.sweep(model, [ids], ["h.0.attn:0", "h.0.attn:1", "h.0.attn:0-1"], lesion.LogitDiff(2, 0))
+    df = lesion.sweep(
+        model, [ids], ["h.0.attn:0", "h.0.attn:1", "h.0.attn:0-1"], lesion.metrics.LogitDiff(2, 0)
+    )
     assert df.attrs["intact"]["logit_diff"] == pytest.approx(0.0, abs=1e-6)
     assert df.delta_logit_diff.tolist() == pytest.approx([-2 / 3, 2 / 3, 0.0], abs=1e-6)
 
@@ -384,16 +386,16 @@ def test_one_layer_attention_only_toy_head_effects_computed_on_paper():
 def test_heads_and_positions_out_of_range_are_clear_errors():
     model = _gpt2().eval()
     ids = torch.randint(0, V, (2, T))
-    with pytest.raises(lesion.UnitError, match=r"transformer.h.0.attn.*0\.\.3 \(4 units\)"):
-        lesion.sweep(model, [ids], ["transformer.h.0.attn:head4"], lesion.NextTokenLoss())
-    with pytest.raises(lesion.UnitError, match="position 9 is beyond the sequence of 9 positions"):
-        lesion.sweep(model, [ids], ["transformer.h.0.mlp.act:3@9"], lesion.NextTokenLoss())
+    with pytest.raises(lesion.errors.UnitError, match=r"transformer.h.0.attn.*0\.\.3 \(4 units\)"):
+        lesion.sweep(model, [ids], ["transformer.h.0.attn:head4"], lesion.metrics.NextTokenLoss())
+    with pytest.raises(lesion.errors.UnitError, match="position 9 is beyond the sequence of 9 positions"):
+        lesion.sweep(model, [ids], ["transformer.h.0.mlp.act:3@9"], lesion.metrics.NextTokenLoss())
     with (
-        pytest.raises(lesion.UnitError, match="position -10 is beyond"),
+        pytest.raises(lesion.errors.UnitError, match="position -10 is beyond"),
         lesion.ablate(model, "transformer.h.1.attn:2@-10"),
     ):
         model(ids)
-    with pytest.raises(lesion.UnitError, match="cannot parse"):
+    with pytest.raises(lesion.errors.UnitError, match="cannot parse"):
         lesion.Lesion("transformer.h.0.attn:headx")
 
 
@@ -419,14 +421,19 @@ def test_patch_and_optimal_on_heads():
     g = torch.Generator().manual_seed(4)
     clean, corrupt = torch.randint(1, V, (6, T), generator=g), torch.randint(1, V, (6, T), generator=g)
     site, proj = "model.layers.1.self_attn", "model.layers.1.self_attn.o_proj"
-    df = lesion.sweep(model, [clean], [Lesion(f"{site}:2", lesion.Patch([corrupt]))], lesion.NextTokenLoss())
+    df = lesion.sweep(
+        model,
+        [clean],
+        [Lesion(f"{site}:2", lesion.replacements.Patch([corrupt]))],
+        lesion.metrics.NextTokenLoss(),
+    )
     src = _channels(model, [{"input_ids": corrupt}], proj, True)
     want = _by_hand(model, [{"input_ids": clean}], "lm", proj, True, list(range(16, 24)),
                     lambda a, ids: src[ids])  # fmt: skip
     assert df.loss[0] == pytest.approx(want, abs=1e-5)
-    reps = [lesion.Zero(), lesion.Mean(), lesion.Optimal(steps=30)]
+    reps = [lesion.replacements.Zero(), lesion.replacements.Mean(), lesion.replacements.Optimal(steps=30)]
     got = lesion.sweep(model, [clean], [Lesion(f"{site}:{h}", r) for r in reps for h in range(4)],
-                       lesion.NextTokenLoss()).loss.to_numpy().reshape(3, 4)  # fmt: skip
+                       lesion.metrics.NextTokenLoss()).loss.to_numpy().reshape(3, 4)  # fmt: skip
     assert (got[2] <= got[:2].min(0) + 1e-4).all()
 
 
@@ -438,7 +445,7 @@ def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(mo
     model, data = _gpt2().eval(), _data("lm")
     units = [f"transformer.h.{b}.mlp.act:{j}" for b in (0, 1) for j in (1, 6, 9)]
     units += [f"transformer.h.{b}.attn:{h}" for b in (0, 1) for h in (0, 3, 1)]  # > CHECKS a site
-    shared = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    shared = lesion.sweep(model, data, units, lesion.metrics.NextTokenLoss(), batch_size=7)
     eng_sites = lesion.find_sites(model, data[0])
     from lesion.core.batch import batches
     from lesion.engine.prefix import PrefixEngine
@@ -449,7 +456,7 @@ def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(mo
     assert eng.share(chosen, 1 << 30) == [ordered]  # one run: a single capture per batch serves all four
     assert eng.share(chosen, 0) == [[n] for n in ordered]
     monkeypatch.setattr(fast, "CACHE_BYTES", 0)
-    alone = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    alone = lesion.sweep(model, data, units, lesion.metrics.NextTokenLoss(), batch_size=7)
     assert shared.attrs["served"]["prefix"] == alone.attrs["served"]["prefix"] == len(units)
     assert (shared.loss - alone.loss).abs().max() < 1e-6
 
@@ -465,7 +472,7 @@ def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
         f"transformer.h.1.attn:{h}" for h in (0, 3, 1)
     ]
     units += [f"transformer.h.1.mlp.act:{j}" for j in (2, 4, 7)]
-    ref = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7, engine=False)
+    ref = lesion.sweep(model, data, units, lesion.metrics.NextTokenLoss(), batch_size=7, engine=False)
     stubs = PrefixEngine.stubs
 
     def refuse(self, site):
@@ -474,7 +481,7 @@ def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
         return stubs(self, site)
 
     monkeypatch.setattr(PrefixEngine, "stubs", refuse)
-    df = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    df = lesion.sweep(model, data, units, lesion.metrics.NextTokenLoss(), batch_size=7)
     assert "refused by the test" in df.attrs["engine_fallbacks"]["prefix:transformer.h.1.attn"]
     assert df.attrs["served"]["prefix"] == 6  # both MLP sites still on the engine (checked)
     assert (df.loss - ref.loss).abs().max() < 1e-5
@@ -497,7 +504,7 @@ def test_the_progress_bar_moves_with_every_batch_of_a_prefix_sweep(monkeypatch):
     model, data = _gpt2().eval(), _data("lm")
     n = sum(len(b["input_ids"]) for b in data)
     units = [f"transformer.h.1.mlp.act:{j}" for j in range(8)]
-    df = lesion.sweep(model, data, units, lesion.NextTokenLoss(), batch_size=7)
+    df = lesion.sweep(model, data, units, lesion.metrics.NextTokenLoss(), batch_size=7)
     assert df.attrs["served"]["prefix"] == 8
     assert updates[0] == int(8 * 7 / n) < 8  # after the first batch of 7 examples
     assert sum(updates) == 8 and all(u > 0 for u in updates)
@@ -539,7 +546,7 @@ def test_prefix_plan_on_two_examples_keeps_constant_outputs_shared(monkeypatch, 
     model = _PairedLM().eval()
     ids = torch.randint(0, V, (5, T), generator=torch.Generator().manual_seed(2))
     units = [f"act:{j}" for j in range(0, 32, 5)]
-    fast = lesion.sweep(model, [ids], units, lesion.NextTokenLoss(), batch_size=5)
-    slow = lesion.sweep(model, [ids], units, lesion.NextTokenLoss(), batch_size=5, engine=False)
+    fast = lesion.sweep(model, [ids], units, lesion.metrics.NextTokenLoss(), batch_size=5)
+    slow = lesion.sweep(model, [ids], units, lesion.metrics.NextTokenLoss(), batch_size=5, engine=False)
     assert fast.attrs["served"]["prefix"] == len(units)
     assert (fast.loss - slow.loss).abs().max() < 1e-6

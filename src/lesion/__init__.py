@@ -1,5 +1,10 @@
 """lesion: delete neurons and feature maps of a trained PyTorch model and measure what that does.
 
+The public surface: a sweep of lesions (``sweep``, ``ablate``, ``Lesion``, ``Unit``, ``find_sites``), the
+paper's analyses (``unit_table``, ``ablation_curves``, ``noise_curves``...), and two namespaces,
+``lesion.metrics`` and ``lesion.replacements``; errors in ``lesion.errors``. Everything else lives in
+the package that defines it (``lesion.analyses``, ``lesion.core``...).
+
 >>> import torch, lesion
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
 >>> [str(s) for s in lesion.find_sites(net, torch.zeros(1, 4))]
@@ -9,14 +14,15 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import TYPE_CHECKING
 
+from lesion.util import VERSION as __version__  # noqa: F401  (public)
+
 if TYPE_CHECKING:
-    from lesion.analyses.attribution import attribution_table, plot_attribution
-    from lesion.analyses.direct import direct_effects, plot_direct
-    from lesion.analyses.evaluation import Evaluation, evaluate
-    from lesion.analyses.measures import auc, correlate, mutual_information, selectivity_index
+    from lesion import errors, metrics, replacements
+    from lesion.analyses.attribution import attribution_table
+    from lesion.analyses.direct import direct_effects
+    from lesion.analyses.evaluation import evaluate
     from lesion.analyses.paper import (
         ablation_curves,
         curve_auc,
@@ -26,123 +32,70 @@ if TYPE_CHECKING:
         unit_table,
     )
     from lesion.analyses.sweep import sweep
-    from lesion.core.batch import Batch
-    from lesion.core.lesions import Lesion, ablate, ablate_directions, add_noise, hooks
-    from lesion.core.metric import MSE, Classification, Metric, Scalar
-    from lesion.core.metric_lm import KL, LogitDiff, NextTokenLoss
-    from lesion.core.replacements import (
-        Constant,
-        Directions,
-        Mean,
-        Noise,
-        Patch,
-        PositionalMean,
-        Replacement,
-        Resample,
-        Zero,
-    )
+    from lesion.core.lesions import Lesion, ablate, ablate_directions, add_noise
     from lesion.core.sites import Site, find_sites
     from lesion.core.stats import collect_stats
-    from lesion.core.units import Unit, UnitSet, parse_units
-    from lesion.engine.optimal import Optimal
-    from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
-
-from lesion.util import VERSION as __version__  # noqa: F401  (public)
+    from lesion.core.units import Unit, parse_units
+    from lesion.errors import LesionError
 
 __all__ = [
-    "KL",
-    "MSE",
-    "Batch",
-    "Classification",
-    "Constant",
-    "DataError",
-    "Directions",
-    "Evaluation",
     "Lesion",
     "LesionError",
-    "LogitDiff",
-    "Mean",
-    "Metric",
-    "ModelFileError",
-    "NextTokenLoss",
-    "Noise",
-    "Optimal",
-    "Patch",
-    "PositionalMean",
-    "Replacement",
-    "Resample",
-    "Scalar",
     "Site",
-    "SiteError",
     "Unit",
-    "UnitError",
-    "UnitSet",
-    "Zero",
     "ablate",
     "ablate_directions",
     "ablation_curves",
     "add_noise",
     "attribution_table",
-    "auc",
     "collect_stats",
-    "correlate",
     "curve_auc",
     "direct_effects",
-    "direction_curves",
-    "direction_information",
+    "errors",
     "evaluate",
     "find_sites",
-    "hooks",
-    "mutual_information",
+    "metrics",
     "noise_curves",
     "parse_units",
     "per_class_drops",
-    "plot_attribution",
-    "plot_direct",
-    "selectivity_index",
+    "replacements",
     "selectivity_vs_importance",
     "sweep",
     "unit_table",
 ]
 
-# Public name -> submodule that defines it. Imported on first access (PEP 562), so that light entry
+# Public name -> the module that defines it, imported on first access (PEP 562), so that light entry
 # points such as ``lesion --help`` do not pay for torch.
 _SOURCES = {
     "lesion.analyses.paper": (
         "ablation_curves", "curve_auc", "noise_curves", "per_class_drops", "selectivity_vs_importance",
         "unit_table",
     ),
-    "lesion.analyses.attribution": ("attribution_table", "plot_attribution"),
-    "lesion.analyses.controls": ("direction_curves", "direction_information"),
-    "lesion.analyses.direct": ("direct_effects", "plot_direct"),
-    "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
-    "lesion.analyses.evaluation": ("Evaluation", "evaluate"),
-    "lesion.core.batch": ("Batch",),
-    "lesion.core.lesions": ("Lesion", "ablate", "ablate_directions", "add_noise", "hooks"),
-    "lesion.core.metric": ("MSE", "Classification", "Metric", "Scalar"),
-    "lesion.core.metric_lm": ("KL", "LogitDiff", "NextTokenLoss"),
-    "lesion.engine.optimal": ("Optimal",),
-    "lesion.core.replacements": (
-        "Constant", "Directions", "Mean", "Noise", "Patch", "PositionalMean", "Replacement", "Resample",
-        "Zero",
-    ),
-    "lesion.core.sites": ("Site", "find_sites"),
+    "lesion.analyses.attribution": ("attribution_table",),
+    "lesion.analyses.direct": ("direct_effects",),
+    "lesion.analyses.evaluation": ("evaluate",),
     "lesion.analyses.sweep": ("sweep",),
-    "lesion.analyses.measures": ("auc", "correlate", "mutual_information", "selectivity_index"),
+    "lesion.core.lesions": ("Lesion", "ablate", "ablate_directions", "add_noise"),
+    "lesion.core.sites": ("Site", "find_sites"),
     "lesion.core.stats": ("collect_stats",),
-    "lesion.core.units": ("Unit", "UnitSet", "parse_units"),
+    "lesion.core.units": ("Unit", "parse_units"),
+    "lesion.errors": ("LesionError",),
 }  # fmt: skip
 _LOCATION = {name: module for module, names in _SOURCES.items() for name in names}
+_NAMESPACES = ("errors", "metrics", "replacements")
 
 
 def __getattr__(name: str):
     module = _LOCATION.get(name)
     if module is not None:
         value = getattr(importlib.import_module(module), name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"lesion.{name}") is not None:
-        value = importlib.import_module(f"lesion.{name}")  # a submodule, as ``import lesion`` once gave
+    elif name in _NAMESPACES:
+        value = importlib.import_module(f"lesion.{name}")
     else:
-        raise AttributeError(f"module 'lesion' has no attribute {name!r}")
+        raise AttributeError(
+            f"module 'lesion' has no attribute {name!r}; the public names are {', '.join(__all__)} "
+            "(metrics in lesion.metrics, replacements in lesion.replacements, errors in lesion.errors)"
+        )
     globals()[name] = value  # cache: later lookups skip this function
     return value
 
