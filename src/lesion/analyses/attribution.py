@@ -10,7 +10,7 @@ misses; ``plot_attribution`` draws them against each other, one panel per layer.
 >>> import torch, lesion
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
 >>> x = torch.randn(20, 3)
->>> m = lesion.Scalar(lambda out, b: out[:, 0], name="out")
+>>> m = lesion.metrics.Scalar(lambda out, b: out[:, 0], name="out")
 >>> df = lesion.attribution_table(net, x, metric=m)
 >>> bool(((df.estimate - df.exact).abs() < 1e-5).all())  # a linear readout: the estimate is exact
 True

@@ -3,8 +3,8 @@
 ``TextExplorer(model, tokens, tokenizer=...)`` evaluates the model's next-token loss on ``tokens``
 (n sequences of equal length) intact and then under any set of deleted heads and neurons, applied with
 ``lesion.ablate`` (zero replacement, or each unit's mean over the same text). It reports the total
-(``lesion.NextTokenLoss`` on the very same outputs) and the loss of every predicted token, so the page
-can colour each token by how much the deletion hurt it. The model is never changed.
+(``lesion.metrics.NextTokenLoss`` on the very same outputs) and the loss of every predicted token, so
+the page can colour each token by how much the deletion hurt it. The model is never changed.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class TextExplorer:
     ``tokens``: token ids (n, seq) or (seq,); ``tokenizer`` (optional, Hugging Face style, with
     ``convert_ids_to_tokens`` or ``decode``) turns them into the strings the page shows. ``answer``:
     an optional pair of token ids (a, b); the page then also shows ``logit[a] - logit[b]`` at the last
-    position (``lesion.LogitDiff``).
+    position (``lesion.metrics.LogitDiff``).
     """
 
     def __init__(
