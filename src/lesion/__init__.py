@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from lesion.core.stats import collect_stats
     from lesion.core.units import Unit, UnitSet, parse_units
     from lesion.engine.optimal import Optimal
-    from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
+    from lesion.errors import DataError, LesionError, LesionNote, ModelFileError, SiteError, UnitError
 
 from lesion.util import VERSION as __version__  # noqa: F401  (public)
 
@@ -59,6 +59,7 @@ __all__ = [
     "Evaluation",
     "Lesion",
     "LesionError",
+    "LesionNote",
     "LogitDiff",
     "Mean",
     "Metric",
@@ -114,7 +115,7 @@ _SOURCES = {
     "lesion.analyses.attribution": ("attribution_table", "plot_attribution"),
     "lesion.analyses.controls": ("direction_curves", "direction_information"),
     "lesion.analyses.direct": ("direct_effects", "plot_direct"),
-    "lesion.errors": ("DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"),
+    "lesion.errors": ("DataError", "LesionError", "LesionNote", "ModelFileError", "SiteError", "UnitError"),
     "lesion.analyses.evaluation": ("Evaluation", "evaluate"),
     "lesion.core.batch": ("Batch",),
     "lesion.core.lesions": ("Lesion", "ablate", "ablate_directions", "add_noise", "hooks"),

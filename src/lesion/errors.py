@@ -30,4 +30,9 @@ class ModelFileError(LesionError, ValueError):
     """A model file that is corrupt, not ours, or pickled (refused)."""
 
 
-__all__ = ["DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"]
+class LesionNote(UserWarning):
+    """A result that is valid but probably not what was meant, e.g. a lesion at positions the metric
+    does not score (it cannot change the number), or a default lesion chose for a missing setting."""
+
+
+__all__ = ["DataError", "LesionError", "LesionNote", "ModelFileError", "SiteError", "UnitError"]

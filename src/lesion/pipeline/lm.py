@@ -35,6 +35,7 @@ class TextConfig:
     seq_len: int | None = None  # default min(64, context)
     sequences: int = 64  # at most this many sequences are used
     allow_pickle: bool = False
+    trust_remote_code: bool = False  # run a model directory's own code (never by default)
 
 
 def is_language_model(info: dict) -> bool:
@@ -222,7 +223,7 @@ def _summary(model, name, data, sites, table, curve, config, text: TextConfig) -
         "settings": {
             **asdict(config),
             "fractions": config.fractions or "all",
-            **{k: v for k, v in asdict(text).items() if k != "allow_pickle"},
+            **{k: v for k, v in asdict(text).items() if k not in ("allow_pickle", "trust_remote_code")},
         },
         "version": __version__,
     }
