@@ -14,15 +14,16 @@ than ``seq_len`` is dropped.
 
 from __future__ import annotations
 
+import codecs
 import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lesion.data._formats import MAX_DATA_BYTES, read_bytes
+from lesion.data._formats import MAX_DATA_BYTES, open_data, read_bytes
+from lesion.data._npy import read_npy_bytes, read_npz
 from lesion.errors import DataError
 
 DEFAULT_SEQ_LEN = 64
@@ -98,37 +99,48 @@ def read_token_ids(path: str | Path) -> np.ndarray:
     return arr.reshape(-1)
 
 
-def tokenize_file(path: str | Path, tokenizer: Any) -> np.ndarray:
-    """The token ids of a UTF-8 text file, by a Hugging Face tokenizer; DataError for an empty text."""
+TEXT_CHUNK = 1 << 20  # characters of text tokenised at a time
+
+
+def tokenize_file(path: str | Path, tokenizer: Any, *, max_tokens: int | None = None) -> np.ndarray:
+    """The token ids of a UTF-8 text file (gzipped or not), by a Hugging Face tokenizer; DataError for an
+    empty text. With ``max_tokens`` the file is read and tokenised in chunks (cut before whitespace)
+    only until that many tokens are there, so a large file costs what is used."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"no text file at {path}")
-    try:
-        text = read_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e})") from None
-    if not text.strip():
+    decoder, ids, pending, read = codecs.getincrementaldecoder("utf-8")(), [], "", 0
+    with open_data(path) as f:
+        while max_tokens is None or len(ids) < max_tokens:
+            raw = f.read(TEXT_CHUNK)
+            read += len(raw)
+            if read > MAX_DATA_BYTES:
+                raise DataError(
+                    f"{path}: more than {MAX_DATA_BYTES:,} bytes of text (lesion.data.MAX_DATA_BYTES)"
+                )
+            try:
+                text = pending + decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not UTF-8 text ({e})") from None
+            cut = len(text) if not raw else max(text.rfind(" "), text.rfind("\n"), 0)
+            cut = len(text) if cut == 0 and len(text) > 4 * TEXT_CHUNK else cut  # no whitespace at all
+            chunk, pending = text[:cut], text[cut:]
+            if chunk.strip():
+                ids += tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            if not raw:
+                break
+    if not ids:
         raise DataError(f"{path} holds no text; expected some text to tokenise")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return np.asarray(ids, dtype=np.int64)
+    return np.asarray(ids[:max_tokens] if max_tokens else ids, dtype=np.int64)
 
 
 def _npy(raw: bytes, path: Path) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy array of ids ({e})") from None
+    return read_npy_bytes(raw, str(path), MAX_DATA_BYTES)
 
 
 def _npz(raw: bytes, path: Path) -> np.ndarray:
-    try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            if sum(i.file_size for i in z.infolist()) > MAX_DATA_BYTES:
-                raise DataError(f"{path}: inflates past {MAX_DATA_BYTES:,} bytes; expected a smaller file")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            return z[_pick(list(z.files), path)]
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz of ids ({e})") from None
+    arrays = read_npz(io.BytesIO(raw), str(path), MAX_DATA_BYTES)
+    return arrays[_pick(list(arrays), path)]
 
 
 def _safetensors(raw: bytes, path: Path) -> np.ndarray:

@@ -99,7 +99,11 @@ def _token_source(f: dict, info: dict, text: TextConfig, split: str):
         if f["tokenizer"] is None:
             raise DataError(f"--text {text.text} needs a tokenizer, and this model has none; pass --tokens "
                             "FILE of token ids instead")  # fmt: skip
-        return tokenize_file(text.text, f["tokenizer"]), Path(text.text).name, f["tokenizer_name"]
+        from lesion.data._text import default_seq_len
+
+        need = (text.seq_len or default_seq_len(f["context"])) * text.sequences  # no more is tokenised
+        ids = tokenize_file(text.text, f["tokenizer"], max_tokens=need)
+        return ids, Path(text.text).name, f["tokenizer_name"]
     meta, own = info.get("metadata") or {}, (info.get("arch") or {}).get("kind") == "gpt"
     tokens = text.tokens or (meta.get("tokens") if own and not meta.get("dataset") else None)
     if tokens:
