@@ -82,7 +82,7 @@ def token_sequences(
 def read_token_ids(path: str | Path) -> np.ndarray:
     """The token ids of a ``.npy`` / ``.npz`` / ``.safetensors`` file or a text file of integers."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"no token file at {path}; expected .npy, .npz, .safetensors or a text file of ids")
     suffix = path.suffix.lower()
     raw = read_bytes(path, limit=MAX_DATA_BYTES)
