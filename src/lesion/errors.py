@@ -31,8 +31,9 @@ class ModelFileError(LesionError, ValueError):
 
 
 class LesionNote(UserWarning):
-    """A result that is valid but probably not what was meant, e.g. a lesion at positions the metric
-    does not score (it cannot change the number), or a default lesion chose for a missing setting."""
+    """Not an error, but worth knowing: something lesion converted or chose for the user (float64 arrays
+    to float32, a default image size, labels as their distinct values), or a result that is valid but
+    probably not what was meant (a lesion at positions the metric does not score cannot change it)."""
 
 
 __all__ = ["DataError", "LesionError", "LesionNote", "ModelFileError", "SiteError", "UnitError"]

@@ -57,26 +57,44 @@ def token_sequences(
     seq_len = default_seq_len(context) if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise DataError(f"seq_len={seq_len!r}; expected an int >= 2 (a next token needs a token before it)")
-    if context is not None and seq_len > context:
-        raise DataError(
-            f"sequences of {seq_len} tokens are longer than the model's context of {context} positions; "
-            f"expected --seq-len at most {context}"
-        )
+    check_token_ids(stream, seq_len=seq_len, vocab_size=vocab_size, context=context, tokenizer=tokenizer)
     if stream.size < 2:
         raise DataError(f"the data holds {stream.size} token(s); expected at least 2 (the text is empty?)")
-    if stream.min() < 0:
-        raise DataError(f"token id {int(stream.min())} is negative; expected ids >= 0 ({tokenizer})")
-    if vocab_size is not None and stream.max() >= vocab_size:
-        raise DataError(
-            f"token id {int(stream.max())} is outside the model's vocabulary of {vocab_size} "
-            f"(ids 0..{vocab_size - 1}); the ids come from {tokenizer}: a tokenizer/vocabulary mismatch"
-        )
     n = max(1, stream.size // seq_len)
     if max_sequences is not None:
         n = min(n, max_sequences)
     width = min(seq_len, stream.size)
     seqs = stream[: n * width].reshape(n, width).astype(np.int64)
     return {"input_ids": torch.from_numpy(np.ascontiguousarray(seqs))}
+
+
+def check_token_ids(
+    ids,
+    *,
+    seq_len: int | None = None,
+    vocab_size: int | None = None,
+    context: int | None = None,
+    tokenizer: str = "token ids",
+) -> None:
+    """DataError for sequences longer than the model's ``context`` or ids outside ``0..vocab_size - 1``
+    (naming where the ids came from); the one check of ``lesion analyze`` and of the Python API (a GPT-2
+    would fail with "index out of range", a Llama would silently run past its positions)."""
+    if context is not None and seq_len is not None and seq_len > context:
+        raise DataError(
+            f"sequences of {seq_len} tokens are longer than the model's context of {context} positions; "
+            f"expected --seq-len at most {context}"
+        )
+    ids = ids if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    if (ids.numel() if isinstance(ids, torch.Tensor) else ids.size) == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0:
+        raise DataError(f"token id {low} is negative; expected ids >= 0 ({tokenizer})")
+    if vocab_size is not None and high >= vocab_size:
+        raise DataError(
+            f"token id {high} is outside the model's vocabulary of {vocab_size} "
+            f"(ids 0..{vocab_size - 1}); the ids come from {tokenizer}: a tokenizer/vocabulary mismatch"
+        )
 
 
 def read_token_ids(path: str | Path) -> np.ndarray:
