@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+PREEXEC = None  # e.g. a resource limit for every child (benchmarks/hostile/run_hostile.py sets one)
 
 
 @dataclass
@@ -41,7 +42,7 @@ def run_child(argv: list[str], *, stdin: str = "y\ny\ny\n", timeout: float = 60.
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         p = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=out,
-                             stderr=subprocess.STDOUT, env=env, cwd=cwd)  # fmt: skip
+                             stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=PREEXEC)  # fmt: skip
         try:
             p.stdin.write(stdin.encode())
             p.stdin.close()
@@ -219,4 +220,27 @@ def lesion_file(path: Path, arch: dict, state: dict | None = None) -> Path:
 
     meta = {"format": "lesion-model", "version": "1", "arch": json.dumps(arch), "metadata": "{}"}
     save_file(state or {"w": torch.zeros(1)}, str(path), metadata=meta)
+    return path
+
+
+def word_tokenizer_dir(path: Path, words: list[str]) -> Path:
+    """A tiny GPT-2 with a word-level tokenizer (built offline with ``tokenizers``) of ``words``."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    gpt2_dir(path, vocab_size=max(50, len(fast)))
+    fast.save_pretrained(path)
+    return path
+
+
+def mlp_file(path: Path) -> Path:
+    """An untrained lesion MLP for 8x8 digits (``--dataset digits``)."""
+    from lesion.models import build_model, save_model
+
+    arch = {"kind": "mlp", "input_shape": [1, 8, 8], "widths": [8], "n_classes": 10}
+    save_model(build_model(arch, seed=0), path, arch=arch, metadata={"dataset": "digits"})
     return path

@@ -76,7 +76,7 @@ def _handshake(conn: socket.socket, address: str, timeout: float) -> None:
     """A Ray head speaks gRPC: to the HTTP/2 client preface it answers with a SETTINGS frame (type 4 on
     stream 0). Anything else, or silence for ``timeout`` seconds, is not Ray."""
     conn.settimeout(timeout)
-    got = b""
+    got, failure = b"", ""
     try:
         conn.sendall(_H2_PREFACE)
         end = time.monotonic() + timeout
@@ -85,10 +85,10 @@ def _handshake(conn: socket.socket, address: str, timeout: float) -> None:
             if not part:
                 break
             got += part
-    except OSError as e:
-        got = got or f"{type(e).__name__}".encode()
+    except OSError as e:  # a timeout, a reset
+        failure = f" ({type(e).__name__})"
     if len(got) < 9 or got[3] != 0x04 or got[5:9] != bytes(4):
-        shown = "nothing" if not got else repr(got[:40])
+        shown = f"nothing{failure}" if not got else repr(got[:40])
         raise LesionError(
             f"{address} accepts connections but is not a Ray head: to the gRPC (HTTP/2) greeting it "
             f"answered {shown} within {timeout:g} s; expected the address of a Ray head (its GCS port, "
