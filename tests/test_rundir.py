@@ -80,6 +80,32 @@ def test_a_folder_without_valid_job_json_is_unfinished_and_replaced(tmp_path, va
         assert run([b], Store(tmp_path)).computed == [b.key]
 
 
+@pytest.mark.parametrize("files", ["none", "some"])
+def test_a_job_json_recording_no_or_too_few_files_is_not_trusted(tmp_path, value_kind, files):
+    """Issue 30, item 5: a job.json with an empty (or partial) file record was trusted forever, and every
+    run then failed with a raw FileNotFoundError; now the job is computed again, with a warning."""
+    a, b = chain()
+    run([b], Store(tmp_path))
+    doc_path = tmp_path / "jobs" / a.key / "job.json"
+    doc = json.loads(doc_path.read_text())
+    doc["files"] = {} if files == "none" else {"sub/note.txt": doc["files"]["sub/note.txt"]}
+    if files == "none":
+        for f in ("value.txt", "sub/note.txt"):
+            (tmp_path / "jobs" / a.key / f).unlink()
+    doc_path.write_text(json.dumps(doc))
+    import shutil
+
+    shutil.rmtree(tmp_path / "jobs" / b.key)  # b must be computed again, from a's outputs
+    match = "records no output files" if files == "none" else "does not record value.txt"
+    with pytest.warns(RunDirWarning, match=match):
+        report = run([b], Store(tmp_path))
+    assert report.computed == [a.key, b.key]
+    assert (tmp_path / "jobs" / a.key / "value.txt").read_text() == "3"
+    with pytest.warns(RunDirWarning, match=match):  # --verify says so too, and does not crash
+        doc_path.write_text(json.dumps(doc))
+        assert Store(tmp_path).verify_all() == [a.key]
+
+
 def test_verify_all_hashes_jobs_outside_the_plan(tmp_path, value_kind):
     a, b = chain()
     store = Store(tmp_path)

@@ -147,7 +147,9 @@ def test_images_are_pngs_of_the_held_out_examples(client):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (8, 8)
     assert client.get("/api/images/360").status_code == 404
-    assert client.get("/api/images/-1").status_code == 422
+    r = client.get("/api/images/-1")  # issue 30: a clear 404 about the index, not a JSON body complaint
+    assert r.status_code == 404 and "index" in r.json()["error"] and "-1" in r.json()["error"], r.text
+    assert "JSON object" not in r.json()["error"]
 
 
 def test_the_page_and_the_openapi_docs_are_served(client):

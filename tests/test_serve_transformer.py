@@ -145,6 +145,14 @@ def test_blocks_of_a_llama_with_grouped_query_attention():
     )
 
 
+def test_request_errors_suggest_this_models_unit_names(client, explorer):
+    """Issue 30, item 7: the language-model explorer never suggests MLP classifier names (relu1:0)."""
+    r = client.post("/api/evaluate", content=b'{"units": ["x"', headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "relu" not in error and f"{explorer.sites[0].name}:0" in error, error
+
+
 def test_model_info(client, explorer):
     info = client.get("/api/model").json()
     assert info["kind"] == "text" and info["name"] == "tiny-gpt"

@@ -248,7 +248,7 @@ def test_sweeps_of_neurons_and_heads_equal_a_hand_written_reference(case, how):
         f"{attn.format(last)}:2": (proj.format(last), True, list(range(2 * hd, 3 * hd)), None),
     }
     if kind == "lm":
-        lesions[f"{act.format(0)}:4@-1"] = (act.format(0), False, [4], -1)
+        lesions[f"{act.format(0)}:4@-2"] = (act.format(0), False, [4], -2)  # @-1 predicts nothing scored
         lesions[f"{attn.format(last)}:1@0"] = (proj.format(last), True, list(range(hd, 2 * hd)), 0)
     r = REPLACEMENTS[how]
     df = lesion.sweep(model, data, [Lesion(u, r) for u in lesions], metric, batch_size=7)

@@ -29,6 +29,8 @@ for _ in range(repeats):
         times[name].append((time.perf_counter() - t, time.process_time() - c))
 for name, ts in times.items():
     wall, cpu = [w for w, _ in ts], [c for _, c in ts]
-    print(f"{name}: wall {[round(w, 2) for w in wall]} (median {np.median(wall):.2f}), cpu median {np.median(cpu):.2f}")
+    print(
+        f"{name}: wall {[round(w, 2) for w in wall]} (median {np.median(wall):.2f}), cpu median {np.median(cpu):.2f}"
+    )
 for name, _ in configs[1:]:
     print(f"max |diff| accuracy, loss ({name} vs graph):", np.abs(values[name] - values["graph"]).max((1, 2)))

@@ -2,9 +2,11 @@ import torch, time
 from lesion.bench.methods import lesion_curves
 from _mlp import FULL, model, sites, x, y
 import _mlp
+
 orders = _mlp.orders(1)
 lesion_curves(model, x, y, sites, orders, FULL.mlp_batch, None, {}, sparsity={})
 from torch.profiler import profile
+
 t = time.perf_counter()
 with profile() as p:
     lesion_curves(model, x, y, sites, orders, FULL.mlp_batch, None, {}, sparsity={})

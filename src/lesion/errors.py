@@ -30,4 +30,10 @@ class ModelFileError(LesionError, ValueError):
     """A model file that is corrupt, not ours, or pickled (refused)."""
 
 
-__all__ = ["DataError", "LesionError", "ModelFileError", "SiteError", "UnitError"]
+class LesionNote(UserWarning):
+    """Not an error, but worth knowing: something lesion converted or chose for the user (float64 arrays
+    to float32, a default image size, labels as their distinct values), or a result that is valid but
+    probably not what was meant (a lesion at positions the metric does not score cannot change it)."""
+
+
+__all__ = ["DataError", "LesionError", "LesionNote", "ModelFileError", "SiteError", "UnitError"]

@@ -37,27 +37,63 @@ Bundle = dict[str, bytes]  # a directory: relative POSIX path -> file contents
 CONNECT_TIMEOUT = 30.0  # seconds to reach a Ray cluster's address before giving up
 
 
+REFUSED_GRACE = 2.0  # seconds a refused port is retried (a head that is starting): not the whole timeout
+HANDSHAKE_TIMEOUT = 5.0  # seconds a Ray head (a gRPC server) has to answer the HTTP/2 preface
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + SETTINGS
+
+
 def wait_reachable(address: str, timeout: float) -> None:
-    """Return once ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP connection; a
-    LesionError if it does not within ``timeout`` seconds (a head still starting gets until then)."""
+    """Return once ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP connection and answers
+    as a Ray head does (gRPC: an HTTP/2 SETTINGS frame); a LesionError if nothing listens within
+    ``timeout`` seconds (a refused port gets ``REFUSED_GRACE``), or if what listens is not Ray."""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit():
         raise LesionError(f"--address {address!r}; expected HOST:PORT of a Ray head, e.g. 127.0.0.1:6379")
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
         left = deadline - time.monotonic()
         try:
-            socket.create_connection((host, int(port)), timeout=max(0.1, min(left, 5.0))).close()
-            return
+            conn = socket.create_connection((host, int(port)), timeout=max(0.1, min(left, 5.0)))
+            break
         except OSError as e:
             reason = e.strerror or str(e) or type(e).__name__
-        if time.monotonic() + 0.25 >= deadline:
+            refused = isinstance(e, ConnectionRefusedError)
+        limit = min(timeout, REFUSED_GRACE) if refused else timeout  # nothing listens: no point waiting
+        if time.monotonic() + 0.25 >= start + limit:
             raise LesionError(
-                f"cannot reach the Ray cluster at {address} within {timeout:g} s ({reason}); expected a "
-                "running Ray head there (start one with `ray start --head`), or raise --connect-timeout"
+                f"cannot reach the Ray cluster at {address} within {limit:g} s ({reason}); expected a "
+                "running Ray head there (start one with `ray start --head`), or raise --connect-timeout "
+                "for a head that is still starting"
             )
         time.sleep(0.25)
+    with conn:
+        _handshake(conn, address, min(HANDSHAKE_TIMEOUT, max(0.5, deadline - time.monotonic())))
+
+
+def _handshake(conn: socket.socket, address: str, timeout: float) -> None:
+    """A Ray head speaks gRPC: to the HTTP/2 client preface it answers with a SETTINGS frame (type 4 on
+    stream 0). Anything else, or silence for ``timeout`` seconds, is not Ray."""
+    conn.settimeout(timeout)
+    got, failure = b"", ""
+    try:
+        conn.sendall(_H2_PREFACE)
+        end = time.monotonic() + timeout
+        while len(got) < 9 and time.monotonic() < end:
+            part = conn.recv(9 - len(got))
+            if not part:
+                break
+            got += part
+    except OSError as e:  # a timeout, a reset
+        failure = f" ({type(e).__name__})"
+    if len(got) < 9 or got[3] != 0x04 or got[5:9] != bytes(4):
+        shown = f"nothing{failure}" if not got else repr(got[:40])
+        raise LesionError(
+            f"{address} accepts connections but is not a Ray head: to the gRPC (HTTP/2) greeting it "
+            f"answered {shown} within {timeout:g} s; expected the address of a Ray head (its GCS port, "
+            "6379 by default, or ray://HOST:10001 for Ray Client)"
+        )
 
 
 class RayBackend:

@@ -27,6 +27,7 @@ from lesion.cli.options import (
     SeqLenOpt,
     TextOpt,
     TokensOpt,
+    TrustRemoteCodeOpt,
 )
 from lesion.errors import LesionError
 from lesion.pipeline import classifier as study
@@ -76,6 +77,7 @@ def layers(
         bool, typer.Option("--all", help="List every module with a tensor output, not only activations.")
     ] = False,
     allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """List the sites of a model (layers with units): name, module type, unit axis, width, shape;
     attention heads (width = heads) with their head dimension."""
@@ -85,7 +87,7 @@ def layers(
     from lesion.core.sites import find_sites
     from lesion.pipeline.lm import example_input
 
-    net, info = study.open_any(model, allow_pickle=allow_pickle)
+    net, info = study.open_any(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     example = example_input(net, info, model)
     sites = find_sites(net, example, "all" if all_ else None)
 
@@ -198,6 +200,7 @@ def analyze(
     seq_len: SeqLenOpt = None,
     sequences: Annotated[int, typer.Option(min=1, help="Language model: at most this many sequences.")] = 64,
     allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     force: ForceOpt = False,
     backend: Annotated[
         Backend, typer.Option(help="local, or ray: the single-unit sweep sharded by unit ranges over Ray.")
@@ -220,7 +223,8 @@ def analyze(
         seed=seed, layers=T.names(layers), backend=backend.value, address=address, shards=shards,
     )  # fmt: skip
     lm = TextConfig(text=str(text) if text else None, tokens=str(tokens) if tokens else None, seq_len=seq_len,
-                    sequences=sequences, allow_pickle=allow_pickle)  # fmt: skip
+                    sequences=sequences, allow_pickle=allow_pickle,
+                    trust_remote_code=trust_remote_code)  # fmt: skip
     summary = study.analyze(model, out, config, force=force, stage=T.stage, text=lm)
     (T.print_lm_summary if summary.get("task") == "causal-lm" else T.print_summary)(summary, out)
 

@@ -48,6 +48,14 @@ AllowPickleOpt = Annotated[
         "--allow-pickle", help="Read a directory's pytorch_model.bin with torch.load(weights_only=True)."
     ),
 ]
+TrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run the Python code a Hugging Face directory ships (auto_map, an unknown model_type). "
+        "Only for directories you trust: that code runs with your permissions.",
+    ),
+]
 TextOpt = Annotated[
     Path | None, typer.Option(help="Language model: a text file, tokenised with the model's tokenizer.")
 ]

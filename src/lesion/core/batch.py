@@ -27,14 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion.errors import DataError
+from lesion.errors import DataError, LesionNote
 
 Data = Any  # see the module docstring
 TARGET_KEYS = ("labels", "label", "y", "target", "targets")
-
-
-class LesionNote(UserWarning):
-    """Something lesion converted for the user (e.g. float64 arrays to float32); not an error."""
 
 
 @dataclass
@@ -175,6 +171,36 @@ def first_batch(data: Data, n: int = 2) -> Batch:
     return b.slice(0, n)
 
 
+def token_limits(model: nn.Module) -> tuple[int | None, int | None]:
+    """(context, vocabulary size) of a language model: a Hugging Face ``config`` (``n_positions`` /
+    ``max_position_embeddings`` / ``n_ctx``, ``vocab_size``) or lesion's gpt (``context``,
+    ``vocab_size``); (None, None) for other models."""
+    config = getattr(model, "config", None)
+    source = config if config is not None else model
+    names = ("n_positions", "max_position_embeddings", "n_ctx") if config is not None else ("context",)
+    context = next((v for n in names if _positive(v := getattr(source, n, None))), None)
+    vocab = getattr(source, "vocab_size", None)
+    return context, vocab if _positive(vocab) else None
+
+
+def check_tokens(b: Batch, limits: tuple[int | None, int | None], k: int = 0) -> None:
+    """DataError for a batch of token ids longer than the model's context or outside its vocabulary:
+    the Python API checks what ``lesion analyze`` checks (``lesion.data.check_token_ids``)."""
+    context, vocab = limits
+    ids = b.kwargs.get("input_ids", b.args[0] if len(b.args) == 1 else None)
+    if (context is None and vocab is None) or not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        return
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        return
+    from lesion.data._text import check_token_ids
+
+    check_token_ids(ids, seq_len=ids.shape[1], vocab_size=vocab, context=context, tokenizer=f"batch {k}")
+
+
+def _positive(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
 def output_tensor(out: Any) -> torch.Tensor:
     """The tensor a metric scores: a tensor itself, ``logits`` of a dict or ModelOutput, or the first of
     a tuple."""
@@ -277,6 +303,12 @@ def _n(x: torch.Tensor, k: int) -> int:
 
 
 def _tensor(v, what: str, k: int) -> torch.Tensor:
+    if (isinstance(v, np.ndarray) and v.dtype.kind == "c") or (
+        isinstance(v, torch.Tensor) and v.is_complex()
+    ):
+        raise DataError(
+            f"batch {k}: {what} are complex ({v.dtype}); expected real numbers (pass x.real or abs(x))"
+        )
     if isinstance(v, np.ndarray):
         if v.dtype == np.float64 or v.dtype == np.uint8:
             warnings.warn(

@@ -65,23 +65,65 @@ def activations(model: nn.Module, data: Data, sites: Sequence[Site]) -> dict[str
 
 
 def positional_means(model: nn.Module, data: Data, sites: Sequence[Site]) -> dict[str, torch.Tensor]:
-    """(positions, channels) mean activity per sequence position, over examples (float64 sums)."""
+    """(positions, channels) mean activity per sequence position, over examples (float64 sums); where the
+    data has an ``attention_mask``, over the examples whose position is not padding (0 where none is)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}
-    for acts, _, _ in grab(model, data, sites):
+    for acts, b, _ in grab(model, data, sites):
+        mask = _mask(b)
         for s in sites:
             a = acts[s.name].movedim(s.unit_dim, -1).double().cpu()  # (batch, t, ..., channels)
-            a = a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1]).sum((0, 2))  # (t, channels)
-            t = a.shape[0]
+            a = a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1])  # (batch, t, rest, channels)
+            t = a.shape[1]
+            w = (
+                mask
+                if mask is not None and mask.shape == a.shape[:2]
+                else torch.ones(a.shape[:2], dtype=a.dtype)
+            )
+            a = (a * w[:, :, None, None]).sum((0, 2))  # (t, channels), padding weighted 0
             old = sums.get(s.name, torch.zeros(0, a.shape[1], dtype=torch.float64))
             if old.shape[0] < t:
                 pad = t - old.shape[0]
                 old = torch.cat([old, torch.zeros(pad, a.shape[1], dtype=torch.float64)])
-                counts[s.name] = torch.cat([counts.get(s.name, torch.zeros(0)), torch.zeros(pad)])
+                counts[s.name] = torch.cat([counts.get(s.name, torch.zeros(0, dtype=torch.float64)),
+                                            torch.zeros(pad, dtype=torch.float64)])  # fmt: skip
             old[:t] += a
             sums[s.name] = old
-            counts[s.name][:t] += acts[s.name].shape[0]
-    return {n: (sums[n] / counts[n][:, None]).float() for n in sums}
+            counts[s.name][:t] += w.sum(0)
+    return {n: (sums[n] / counts[n].clamp(min=1)[:, None]).float() for n in sums}
+
+
+def masked_means(model: nn.Module, data: Data, sites: Sequence[Site]) -> dict[str, torch.Tensor]:
+    """(channels,) mean activity of each site over every position the ``attention_mask`` keeps (padding
+    excluded, as the metrics exclude it); sites without a sequence axis average over examples."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, float] = {}
+    for acts, b, _ in grab(model, data, sites):
+        mask = _mask(b)
+        for s in sites:
+            a = acts[s.name].double().cpu()
+            if s.position_dim is not None and mask is not None and a.ndim >= 3 and mask.shape == a.shape[:2]:
+                a = a.movedim(s.unit_dim, -1)
+                a = a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1])  # (batch, t, rest, channels)
+                total = (a * mask[:, :, None, None]).sum((0, 1)).mean(0)  # (channels,)
+                n = float(mask.sum())
+            else:
+                h = a.movedim(s.unit_dim, 1)
+                total, n = h.reshape(h.shape[0], h.shape[1], -1).mean(2).sum(0), float(h.shape[0])
+            sums[s.name] = sums.get(s.name, 0) + total
+            counts[s.name] = counts.get(s.name, 0.0) + n
+    return {name: sums[name] / max(counts[name], 1.0) for name in sums}
+
+
+def has_mask(data: Data) -> bool:
+    """True when the data's first batch carries an ``attention_mask``."""
+    first = next(iter(batches(data)), None)
+    return first is not None and "attention_mask" in first.fields
+
+
+def _mask(b) -> torch.Tensor | None:
+    m = b.fields.get("attention_mask")
+    return None if m is None else m.detach().cpu().double()
 
 
 def count(data: Data) -> int:

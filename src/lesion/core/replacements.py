@@ -112,7 +112,8 @@ class Constant(Replacement):
 
 @dataclass(frozen=True)
 class Mean(Replacement):
-    """Clamp each unit to its mean over a reference set (per channel for a head view).
+    """Clamp each unit to its mean over a reference set (per channel for a head view); positions that an
+    ``attention_mask`` marks as padding are left out of the mean.
 
     ``stats`` (``lesion.collect_stats``) gives the means directly; otherwise they are measured on
     ``reference``, or on the sweep's own data.
@@ -135,9 +136,12 @@ class Mean(Replacement):
             if missing:
                 raise LesionError(f"the reference statistics have no layer {missing[0]!r}; measure it too")
             return replace(self, means={n: self.stats[n].mean for n in layers})
+        from lesion.core.capture import has_mask, masked_means
         from lesion.core.stats import collect_stats
 
         ref = _need(self.reference if self.reference is not None else data, "Mean()")
+        if has_mask(ref):  # padded positions are left out, as the metrics leave them out
+            return replace(self, means=masked_means(model, ref, [sites[n] for n in layers]))
         st = collect_stats(model, ref, [sites[n] for n in layers], histograms=False, labels=False)
         return replace(self, means={n: st[n].mean for n in layers})
 
@@ -159,7 +163,8 @@ class Mean(Replacement):
 
 @dataclass(frozen=True)
 class PositionalMean(Replacement):
-    """Clamp each unit to its mean at the same sequence position, over a reference set."""
+    """Clamp each unit to its mean at the same sequence position, over a reference set (examples whose
+    position is padding, by the ``attention_mask``, left out)."""
 
     reference: Any = None
     means: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)

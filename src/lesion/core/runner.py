@@ -7,17 +7,19 @@ The fast engine (``lesion.engine.dispatch``) is checked against this path before
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
+from lesion.core.batch import Batch, Data, batches, check_tokens, output_tensor, reusable, token_limits
 from lesion.core.lesions import Applied, Lesion, apply, aside, fit_lesions
 from lesion.core.metric import Classification, Metric
+from lesion.core.metric_lm import NextTokenLoss
 from lesion.core.sites import Site
-from lesion.errors import DataError, LesionError
+from lesion.errors import DataError, LesionError, LesionNote
 from lesion.util import Precision
 from lesion.util.modules import eval_mode, model_device
 
@@ -53,6 +55,7 @@ class Runner:
         self.device = model_device(model)
         self.batch_size, self.use_engine, self.precision = batch_size, engine, precision
         self.data = reusable(data)  # re-iterable data streams on every pass; one-shot iterators are kept
+        self.tokens = token_limits(model)  # (context, vocabulary) of a language model, checked per batch
         self.n: int | None = None
         reuse = measured_intact(measured, self.data, self.metric, batch_size)
         if reuse is not None:  # measured in the statistics pass over the same data: no pass of our own
@@ -69,7 +72,8 @@ class Runner:
 
     def batches(self) -> Iterator[Batch]:
         """The data's validated batches, on the model's device, streamed anew on every call."""
-        for b in batches(self.data, batch_size=self.batch_size):
+        for k, b in enumerate(batches(self.data, batch_size=self.batch_size)):
+            check_tokens(b, self.tokens, k)
             yield b.to(self.device)
 
     def fresh(self, n: int) -> Metric:
@@ -80,7 +84,33 @@ class Runner:
     def fit(self, lesions: Sequence[Lesion]) -> list[Lesion]:
         """Resolve the lesions against the sites and fit their replacements on this data."""
         resolved = [les.resolve(list(self.sites.values())) for les in lesions]
+        self._note_unscored(resolved)
         return fit_lesions(self.model, self.data, self.sites, resolved, metric=self.metric)
+
+    def _note_unscored(self, lesions: Sequence[Lesion]) -> None:
+        """A LesionNote for lesions only at the last position under NextTokenLoss: that position predicts
+        no scored token, so in a causal model such a lesion cannot change the loss (it is always 0)."""
+        if not isinstance(self.metric, NextTokenLoss) or not any(les.units.positional for les in lesions):
+            return
+        first = next(iter(batches(self.data, batch_size=self.batch_size)), None)
+        ids = None if first is None else first.kwargs.get("input_ids", first.args[0] if first.args else None)
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+            return
+        t = ids.shape[1]
+
+        def last_only(les: Lesion) -> bool:
+            where = [les.units.positions(layer) for layer in les.units]
+            return all(p is not None and all(q % t == t - 1 for q in p) for p in where)
+
+        idle = [str(les) for les in lesions if les.units.positional and last_only(les)]
+        if idle:
+            warnings.warn(
+                f"{len(idle)} lesion(s), e.g. {', '.join(idle[:3])}, change only the last position (of {t}), "
+                "whose prediction NextTokenLoss does not score (no token follows it): in a causal model they "
+                "cannot change the loss; choose a position that predicts a scored token, e.g. @-2",
+                LesionNote,
+                stacklevel=4,
+            )
 
     def run(self, lesions: Sequence[Lesion | Sequence[Lesion] | None], *, bar=None) -> dict[str, np.ndarray]:
         """The slow path: each lesion (None: intact; a list: applied together) with hooks, one full pass."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lesion.core.batch import Batch, LesionNote, as_batch
+from lesion.core.batch import Batch, LesionNote, as_batch, check_tokens, token_limits
 from lesion.core.units import unknown_layer
 from lesion.errors import DataError, SiteError
 from lesion.util.modules import eval_mode
@@ -256,6 +256,7 @@ def _dry_run(model: nn.Module, example) -> dict[str, dict]:
     batch = example if isinstance(example, Batch) else as_batch(example)
     if len(batch) == 0:
         raise DataError("example input must hold at least one example")
+    check_tokens(batch, token_limits(model))  # before a GPT-2 fails with "index out of range"
     records: dict[str, dict] = {}
     counter = [0]
     handles = []

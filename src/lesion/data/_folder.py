@@ -14,6 +14,7 @@ from lesion.errors import DataError
 IMAGE_SUFFIXES = frozenset(
     {".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 )
+MAX_IMAGE_PIXELS = 1 << 24  # one image's width x height, checked from its header before decoding
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
@@ -103,15 +104,22 @@ def _opened(image_module, path: Path) -> Iterator:
         with warnings.catch_warnings():
             warnings.simplefilter("error", image_module.DecompressionBombWarning)
             img = image_module.open(path)
-    except bomb as e:
-        raise DataError(
-            f"image {path} is too large to decode safely ({e}); expected at most "
-            f"{image_module.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
-        ) from None
+    except bomb:
+        raise DataError(_too_large(path, "more pixels than Pillow allows")) from None
     except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
         raise DataError(f"cannot read image {path}: {e}") from None
     with img:
+        width, height = img.size  # from the header: nothing decoded yet
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(_too_large(path, f"{width} x {height} = {width * height:,} pixels"))
         yield img
+
+
+def _too_large(path: Path, claim: str) -> str:
+    return (
+        f"image {path} is too large to decode safely: its header claims {claim}; expected at most "
+        f"{MAX_IMAGE_PIXELS:,} pixels (lesion.data._folder.MAX_IMAGE_PIXELS, one limit for every image)"
+    )
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from lesion.errors import DataError
+from lesion.util.files import open_regular
 
 IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # uint8 with 3 dimensions / with 1 dimension
 CIFAR_PIXELS = 3 * 32 * 32  # bytes per image: 1,024 red, then 1,024 green, then 1,024 blue
@@ -48,18 +49,28 @@ def read_bytes(path: str | Path, *, limit: int = MAX_DATA_BYTES) -> bytes:
 
 @contextmanager
 def _open(path: Path) -> Iterator[BinaryIO]:
-    """A binary stream of ``path``'s contents, inflated lazily when it is gzip."""
+    """A binary stream of ``path``'s contents, inflated lazily when it is gzip; only regular files are
+    opened (a FIFO or device would block or never end)."""
     try:
-        f = gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")  # noqa: SIM115
+        raw = open_regular(path, DataError, "data file")
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e
-    with f:
-        yield f
+    with raw:
+        if raw.read(2) == _GZIP_MAGIC:
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                yield f
+        else:
+            raw.seek(0)
+            yield raw
+
+
+open_data = _open
 
 
 def _is_gzip(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, DataError, "data file") as f:
             return f.read(2) == _GZIP_MAGIC
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e

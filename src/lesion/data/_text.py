@@ -14,15 +14,16 @@ than ``seq_len`` is dropped.
 
 from __future__ import annotations
 
+import codecs
 import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lesion.data._formats import MAX_DATA_BYTES, read_bytes
+from lesion.data._formats import MAX_DATA_BYTES, open_data, read_bytes
+from lesion.data._npy import read_npy_bytes, read_npz
 from lesion.errors import DataError
 
 DEFAULT_SEQ_LEN = 64
@@ -56,20 +57,9 @@ def token_sequences(
     seq_len = default_seq_len(context) if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise DataError(f"seq_len={seq_len!r}; expected an int >= 2 (a next token needs a token before it)")
-    if context is not None and seq_len > context:
-        raise DataError(
-            f"sequences of {seq_len} tokens are longer than the model's context of {context} positions; "
-            f"expected --seq-len at most {context}"
-        )
+    check_token_ids(stream, seq_len=seq_len, vocab_size=vocab_size, context=context, tokenizer=tokenizer)
     if stream.size < 2:
         raise DataError(f"the data holds {stream.size} token(s); expected at least 2 (the text is empty?)")
-    if stream.min() < 0:
-        raise DataError(f"token id {int(stream.min())} is negative; expected ids >= 0 ({tokenizer})")
-    if vocab_size is not None and stream.max() >= vocab_size:
-        raise DataError(
-            f"token id {int(stream.max())} is outside the model's vocabulary of {vocab_size} "
-            f"(ids 0..{vocab_size - 1}); the ids come from {tokenizer}: a tokenizer/vocabulary mismatch"
-        )
     n = max(1, stream.size // seq_len)
     if max_sequences is not None:
         n = min(n, max_sequences)
@@ -78,10 +68,39 @@ def token_sequences(
     return {"input_ids": torch.from_numpy(np.ascontiguousarray(seqs))}
 
 
+def check_token_ids(
+    ids,
+    *,
+    seq_len: int | None = None,
+    vocab_size: int | None = None,
+    context: int | None = None,
+    tokenizer: str = "token ids",
+) -> None:
+    """DataError for sequences longer than the model's ``context`` or ids outside ``0..vocab_size - 1``
+    (naming where the ids came from); the one check of ``lesion analyze`` and of the Python API (a GPT-2
+    would fail with "index out of range", a Llama would silently run past its positions)."""
+    if context is not None and seq_len is not None and seq_len > context:
+        raise DataError(
+            f"sequences of {seq_len} tokens are longer than the model's context of {context} positions; "
+            f"expected --seq-len at most {context}"
+        )
+    ids = ids if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    if (ids.numel() if isinstance(ids, torch.Tensor) else ids.size) == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0:
+        raise DataError(f"token id {low} is negative; expected ids >= 0 ({tokenizer})")
+    if vocab_size is not None and high >= vocab_size:
+        raise DataError(
+            f"token id {high} is outside the model's vocabulary of {vocab_size} "
+            f"(ids 0..{vocab_size - 1}); the ids come from {tokenizer}: a tokenizer/vocabulary mismatch"
+        )
+
+
 def read_token_ids(path: str | Path) -> np.ndarray:
     """The token ids of a ``.npy`` / ``.npz`` / ``.safetensors`` file or a text file of integers."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"no token file at {path}; expected .npy, .npz, .safetensors or a text file of ids")
     suffix = path.suffix.lower()
     raw = read_bytes(path, limit=MAX_DATA_BYTES)
@@ -98,37 +117,48 @@ def read_token_ids(path: str | Path) -> np.ndarray:
     return arr.reshape(-1)
 
 
-def tokenize_file(path: str | Path, tokenizer: Any) -> np.ndarray:
-    """The token ids of a UTF-8 text file, by a Hugging Face tokenizer; DataError for an empty text."""
+TEXT_CHUNK = 1 << 20  # characters of text tokenised at a time
+
+
+def tokenize_file(path: str | Path, tokenizer: Any, *, max_tokens: int | None = None) -> np.ndarray:
+    """The token ids of a UTF-8 text file (gzipped or not), by a Hugging Face tokenizer; DataError for an
+    empty text. With ``max_tokens`` the file is read and tokenised in chunks (cut before whitespace)
+    only until that many tokens are there, so a large file costs what is used."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"no text file at {path}")
-    try:
-        text = read_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e})") from None
-    if not text.strip():
+    decoder, ids, pending, read = codecs.getincrementaldecoder("utf-8")(), [], "", 0
+    with open_data(path) as f:
+        while max_tokens is None or len(ids) < max_tokens:
+            raw = f.read(TEXT_CHUNK)
+            read += len(raw)
+            if read > MAX_DATA_BYTES:
+                raise DataError(
+                    f"{path}: more than {MAX_DATA_BYTES:,} bytes of text (lesion.data.MAX_DATA_BYTES)"
+                )
+            try:
+                text = pending + decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not UTF-8 text ({e})") from None
+            cut = len(text) if not raw else max(text.rfind(" "), text.rfind("\n"), 0)
+            cut = len(text) if cut == 0 and len(text) > 4 * TEXT_CHUNK else cut  # no whitespace at all
+            chunk, pending = text[:cut], text[cut:]
+            if chunk.strip():
+                ids += tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            if not raw:
+                break
+    if not ids:
         raise DataError(f"{path} holds no text; expected some text to tokenise")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return np.asarray(ids, dtype=np.int64)
+    return np.asarray(ids[:max_tokens] if max_tokens else ids, dtype=np.int64)
 
 
 def _npy(raw: bytes, path: Path) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy array of ids ({e})") from None
+    return read_npy_bytes(raw, str(path), MAX_DATA_BYTES)
 
 
 def _npz(raw: bytes, path: Path) -> np.ndarray:
-    try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            if sum(i.file_size for i in z.infolist()) > MAX_DATA_BYTES:
-                raise DataError(f"{path}: inflates past {MAX_DATA_BYTES:,} bytes; expected a smaller file")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            return z[_pick(list(z.files), path)]
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz of ids ({e})") from None
+    arrays = read_npz(io.BytesIO(raw), str(path), MAX_DATA_BYTES)
+    return arrays[_pick(list(arrays), path)]
 
 
 def _safetensors(raw: bytes, path: Path) -> np.ndarray:

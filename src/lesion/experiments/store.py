@@ -77,6 +77,11 @@ class Store:
         doc = _read_job(folder / "job.json")
         if doc is None or doc.get("key") != key or not isinstance(doc.get("files"), dict):
             return "its job.json is missing, unreadable or records no file hashes"
+        if not doc["files"]:  # every job writes something: an empty record is not a finished job
+            return "its job.json records no output files"
+        on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+        if unrecorded := sorted(on_disk - {"job.json"} - set(doc["files"])):
+            return f"its job.json does not record {unrecorded[0]}"
         for name, rec in doc["files"].items():
             path = folder / name
             if not isinstance(rec, dict) or not path.is_file() or path.stat().st_size != rec.get("size"):

@@ -15,6 +15,7 @@ from lesion.errors import LesionError, ModelFileError
 from lesion.models._common import check_switches, positive_ints, seeded_init
 from lesion.models._conv import convnet, resnet
 from lesion.models._transformer import gpt, vit
+from lesion.util.limits import MAX_LAYERS, activation_limit, brief, parameter_limit
 
 
 def mlp(
@@ -99,24 +100,77 @@ def build_model(arch: dict[str, Any], *, seed: int | None = None) -> nn.Module:
 
 
 def check_size(kind: str, kwargs: dict[str, Any], builder: Callable[..., nn.Module]) -> None:
-    """Refuse an arch whose input or parameters exceed ``MAX_INPUT_ELEMENTS`` / ``MAX_PARAMETERS``,
-    counted on the meta device (no memory) before anything is allocated."""
+    """Refuse an arch whose layers, input, parameters or largest activation exceed ``MAX_LAYERS``,
+    ``MAX_INPUT_ELEMENTS``, ``MAX_PARAMETERS`` (or half this machine's memory) and 1/16 of this
+    machine's memory per example: counted from the arch, then on the meta device (no memory), before
+    anything is allocated."""
+    layers = _layer_count(kwargs)
+    if layers > MAX_LAYERS:
+        raise LesionError(
+            f"{kind} arch has {layers:,} layers; expected at most {MAX_LAYERS:,} (lesion.util.limits)"
+        )
     shape = kwargs.get("input_shape")
     dims = [shape] if isinstance(shape, int) else shape
     if isinstance(dims, list | tuple) and all(isinstance(d, int) for d in dims):
         n = math.prod(dims)
         if n > MAX_INPUT_ELEMENTS:
             raise LesionError(
-                f"input_shape={list(dims)} has {n:,} elements per example; expected at most "
+                f"input_shape={brief(list(dims))} has {n:,} elements per example; expected at most "
                 f"{MAX_INPUT_ELEMENTS:,} (lesion.models.MAX_INPUT_ELEMENTS)"
             )
     try:
         with torch.device("meta"):
-            count = sum(p.numel() for p in builder(**kwargs, seed=None).parameters())
+            model = builder(**kwargs, seed=None)
     except (RuntimeError, OverflowError, MemoryError) as e:
-        raise LesionError(f"{kind} arch {kwargs!r} is too large to build: {e}") from None
-    if count > MAX_PARAMETERS:
+        raise LesionError(f"{kind} arch {brief(kwargs)} is too large to build: {e}") from None
+    count = sum(p.numel() for p in model.parameters())
+    limit = min(MAX_PARAMETERS, parameter_limit())
+    if count > limit:
         raise LesionError(
-            f"{kind} arch has {count:,} parameters; expected at most {MAX_PARAMETERS:,} "
-            "(lesion.models.MAX_PARAMETERS); check its widths / width_mult"
+            f"{kind} arch has {count:,} parameters; expected at most {limit:,} "
+            "(lesion.models.MAX_PARAMETERS, or half this machine's memory); check its widths / width_mult"
         )
+    largest, where = _largest_activation(model, kind, kwargs)
+    if largest > activation_limit():
+        raise LesionError(
+            f"{kind} arch makes an activation of {largest:,} values per example at {where}; expected at "
+            f"most {activation_limit():,} (1/16 of this machine's memory in float32); check its input_shape"
+        )
+
+
+def _layer_count(kwargs: dict[str, Any]) -> int:
+    n = 0
+    for key in ("widths", "channels", "blocks"):
+        v = kwargs.get(key)
+        if isinstance(v, list | tuple):
+            n = max(n, len(v), sum(d for d in v if isinstance(d, int)) if key == "blocks" else 0)
+    v = kwargs.get("n_layer")
+    return max(n, v) if isinstance(v, int) else n
+
+
+def _largest_activation(model: nn.Module, kind: str, kwargs: dict[str, Any]) -> tuple[int, str]:
+    """(values, module name) of the largest output for one example, by a forward pass on meta tensors."""
+    if kind == "gpt":
+        x = torch.zeros(1, kwargs["context"], dtype=torch.long, device="meta")
+    else:
+        shape = kwargs["input_shape"]
+        x = torch.zeros(1, *([shape] if isinstance(shape, int) else shape), device="meta")
+    largest: list = [0, "the input"]
+
+    def record(name: str):
+        def hook(module, args, output) -> None:
+            if isinstance(output, torch.Tensor) and output.numel() > largest[0]:
+                largest[:] = [output.numel(), name or "the output"]
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except Exception:  # shapes that do not fit the layers fail later, with the builder's own message
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0], largest[1]

@@ -23,6 +23,8 @@ from torch import nn
 
 from lesion.errors import LesionError, ModelFileError
 from lesion.models._arch import build_model
+from lesion.util.files import open_regular
+from lesion.util.limits import brief
 from lesion.util.outputs import replace_into
 
 FORMAT, VERSION = "lesion-model", "1"
@@ -118,7 +120,7 @@ def _extras(extra: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
 def _read_header(path: Path) -> dict[str, Any]:
     """The safetensors header (tensor entries and ``__metadata__``), checked enough to explain garbage."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, ModelFileError, "model file") as f:
             head = f.read(9)
             size = os.fstat(f.fileno()).st_size
             n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
@@ -162,28 +164,48 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def _check_entries(header: dict[str, Any], data_size: int, path: Path) -> None:
-    """Every tensor needs a shape and a byte range inside the file; a truncated file fails here."""
+    """Every tensor needs a shape and a byte range inside the file; a truncated file fails here, and so
+    do ranges with gaps or overlaps (safetensors itself refuses those, with a less clear message)."""
+    spans = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise ModelFileError(f"{path}: corrupt safetensors header; tensor {name!r} has no valid shape")
+            raise ModelFileError(
+                f"{path}: corrupt safetensors header; tensor {brief(name, 80)} has no valid shape"
+            )
         offsets = entry.get("data_offsets")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise ModelFileError(f"{path}: corrupt safetensors header; tensor {name!r} has no data_offsets")
+            raise ModelFileError(
+                f"{path}: corrupt safetensors header; tensor {brief(name, 80)} has no data_offsets"
+            )
         if not 0 <= offsets[0] <= offsets[1] <= data_size:
             raise ModelFileError(
-                f"{path}: tensor {name!r} needs bytes {offsets[0]}..{offsets[1]} but the file holds "
+                f"{path}: tensor {brief(name, 80)} needs bytes {offsets[0]}..{offsets[1]} but the file holds "
                 f"{data_size} bytes of data; the file is truncated or corrupt"
             )
         itemsize = _DTYPE_BYTES.get(entry.get("dtype"))
         need, span = math.prod(shape) * (itemsize or 0), offsets[1] - offsets[0]  # Python ints: no overflow
         if itemsize is not None and span != need:
             raise ModelFileError(
-                f"{path}: tensor {name!r} of shape {shape} ({entry['dtype']}) takes {need:,} bytes, "
+                f"{path}: tensor {brief(name, 80)} of shape {shape} ({entry['dtype']}) takes {need:,} bytes, "
                 f"but its data_offsets span {span:,}; the file is corrupt"
             )
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            raise ModelFileError(
+                f"{path}: tensor {brief(name, 80)} starts at byte {start:,} of the data, where the previous "
+                f"tensor ends at {end:,}; expected contiguous tensors (the file is corrupt)"
+            )
+        end = stop
+    if spans and end != data_size:
+        raise ModelFileError(
+            f"{path}: the tensors end at byte {end:,} of {data_size:,} bytes of data; "
+            "expected them to fill it (the file is corrupt)"
+        )
 
 
 def _lesion_metadata(meta: Any, path: Path) -> tuple[dict, dict]:
@@ -212,7 +234,7 @@ def _check_fits(shapes: dict[str, tuple[int, ...]], arch: dict[str, Any], where:
         with torch.device("meta"):  # no memory, no random draws
             expected = {k: tuple(v.shape) for k, v in build_model(arch).state_dict().items()}
     except LesionError as e:
-        raise ModelFileError(f"{where}: arch {arch!r} cannot be built: {e}") from None
+        raise ModelFileError(f"{where}: arch {brief(arch)} cannot be built: {e}") from None
     got = shapes
     if got == expected:
         return
@@ -222,8 +244,15 @@ def _check_fits(shapes: dict[str, tuple[int, ...]], arch: dict[str, Any], where:
         for k in expected.keys() & got.keys()
         if got[k] != expected[k]
     ]
-    parts = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""]
-    parts.append(f"wrong shapes: {', '.join(sorted(wrong))}" if wrong else "")
+    parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(extra)}" if extra else ""]
+    parts.append(f"wrong shapes: {_few(sorted(wrong), listed=False)}" if wrong else "")
     raise ModelFileError(
         f"{where}: weights do not fit arch {arch.get('kind')!r}: {'; '.join(p for p in parts if p)}"
     )
+
+
+def _few(names: list[str], n: int = 10, *, listed: bool = True) -> str:
+    """At most ``n`` names, each cut short, and how many in all: messages stay short for any file."""
+    cut = [x if len(x) <= 100 else x[:100] + "..." for x in names[:n]]
+    shown = repr(cut) if listed else ", ".join(cut)
+    return shown + (f" ... ({len(names):,} in all)" if len(names) > n else "")

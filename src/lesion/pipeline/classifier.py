@@ -223,7 +223,7 @@ def analyze(
     text = text or TextConfig()
     check_dir_target(out, (*ANALYSIS_FILES, *LM_FILES), force=force)  # before any work
     clock = Clock()
-    net, info = open_any(model, allow_pickle=text.allow_pickle)
+    net, info = open_any(model, allow_pickle=text.allow_pickle, trust_remote_code=text.trust_remote_code)
     if is_language_model(info):
         return analyze_lm(model, out, config, text, force=force, stage=stage, opened=(net, info), clock=clock)
     if (info.get("arch") or {}).get("task") == "sequence-classification":

@@ -35,6 +35,7 @@ class TextConfig:
     seq_len: int | None = None  # default min(64, context)
     sequences: int = 64  # at most this many sequences are used
     allow_pickle: bool = False
+    trust_remote_code: bool = False  # run a model directory's own code (never by default)
 
 
 def is_language_model(info: dict) -> bool:
@@ -98,7 +99,11 @@ def _token_source(f: dict, info: dict, text: TextConfig, split: str):
         if f["tokenizer"] is None:
             raise DataError(f"--text {text.text} needs a tokenizer, and this model has none; pass --tokens "
                             "FILE of token ids instead")  # fmt: skip
-        return tokenize_file(text.text, f["tokenizer"]), Path(text.text).name, f["tokenizer_name"]
+        from lesion.data._text import default_seq_len
+
+        need = (text.seq_len or default_seq_len(f["context"])) * text.sequences  # no more is tokenised
+        ids = tokenize_file(text.text, f["tokenizer"], max_tokens=need)
+        return ids, Path(text.text).name, f["tokenizer_name"]
     meta, own = info.get("metadata") or {}, (info.get("arch") or {}).get("kind") == "gpt"
     tokens = text.tokens or (meta.get("tokens") if own and not meta.get("dataset") else None)
     if tokens:
@@ -222,7 +227,7 @@ def _summary(model, name, data, sites, table, curve, config, text: TextConfig) -
         "settings": {
             **asdict(config),
             "fractions": config.fractions or "all",
-            **{k: v for k, v in asdict(text).items() if k != "allow_pickle"},
+            **{k: v for k, v in asdict(text).items() if k not in ("allow_pickle", "trust_remote_code")},
         },
         "version": __version__,
     }

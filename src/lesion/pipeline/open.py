@@ -9,10 +9,11 @@ from pathlib import Path
 from lesion.errors import ModelFileError
 
 
-def open_any(path: Path, *, allow_pickle: bool = False):
+def open_any(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False):
     """``(model, info)`` of a lesion model file or a local Hugging Face model directory (``config.json``
     + safetensors; a pickle-only directory is refused unless ``allow_pickle``, which reads it with
-    ``torch.load(weights_only=True)``). For a directory ``info`` is ``{"arch": {"kind": "hf",
+    ``torch.load(weights_only=True)``; a directory whose config names code of its own is refused unless
+    ``trust_remote_code``). For a directory ``info`` is ``{"arch": {"kind": "hf",
     "architecture", "task", "input_shape" (image classifiers)}, "metadata": {}, "hf": HFModel}``, so the
     CLI, the explorer and the jobs can all take either."""
     path = Path(path)
@@ -24,13 +25,15 @@ def open_any(path: Path, *, allow_pickle: bool = False):
                 f"{str(path)!r} is a directory; expected a model file written by `lesion train` or a Hugging "
                 "Face model directory (config.json + model.safetensors); it has no config.json"
             )
-        hf = load_hf_dir(path, allow_pickle=allow_pickle)
+        hf = load_hf_dir(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         arch = {"kind": "hf", "architecture": hf.architecture, "task": hf.task}
-        if hf.task == "image-classification":
-            size = getattr(hf.config, "image_size", None)
-            size = list(size) if isinstance(size, list | tuple) else [size, size]
-            arch["input_shape"] = [int(getattr(hf.config, "num_channels", 3)), *map(int, size)]
+        if hf.input_shape is not None:
+            arch["input_shape"] = list(hf.input_shape)
         return hf.model, {"arch": arch, "metadata": {}, "hf": hf}
+    if path.exists() and not path.is_file():
+        from lesion.util.files import check_regular
+
+        check_regular(path, ModelFileError, "model file")
     if not path.is_file():
         raise ModelFileError(
             f"model file {str(path)!r} does not exist; expected a file written by `lesion train` or a "

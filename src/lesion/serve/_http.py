@@ -165,12 +165,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Turn bad JSON, schema mismatches, lesion errors and HTTP errors into ``{"error": ...}``."""
+def install_error_handlers(app: FastAPI, units: Sequence[str] = ("relu1:0", "relu2:5-9")) -> None:
+    """Turn bad JSON, schema mismatches, lesion errors and HTTP errors into ``{"error": ...}``; messages
+    about a request body show ``units`` (addresses of the served model) as the example."""
+    example = f"expected a JSON object like {json.dumps({'units': list(units)})}"
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status, message = _describe(exc.errors(), request.headers.get("content-type"))
+        status, message = _describe(exc.errors(), request.headers.get("content-type"), example)
         return JSONResponse({"error": message}, status_code=status)
 
     @app.exception_handler(LesionError)
@@ -183,14 +185,19 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and message == "There was an error parsing the body":
             message = (  # fastapi's words for a body json.loads gave up on, e.g. nested too deeply
                 "the request body could not be parsed as JSON (malformed, or nested deeper than the "
-                'JSON reader allows); expected a JSON object like {"units": ["relu1:0", "relu2:5-9"]}'
+                f"JSON reader allows); {example}"
             )
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
-def _describe(errors: Any, content_type: str | None) -> tuple[int, str]:
+def _describe(errors: Any, content_type: str | None, example: str) -> tuple[int, str]:
     errors = list(errors)
-    example = 'expected a JSON object like {"units": ["relu1:0", "relu2:5-9"]}'
+    for e in errors:
+        where = tuple(e.get("loc", ()))
+        if where[:1] in (("path",), ("query",)):  # a bad URL, not a bad body: say which part and why
+            name = where[-1] if len(where) > 1 else "parameter"
+            status = 404 if where[0] == "path" else 422
+            return status, f"{where[0]} parameter {name} is {e.get('input')!r}: {e.get('msg', 'invalid')}"
     for e in errors:
         if e.get("type") == "json_invalid":
             where = e["loc"][-1] if len(e.get("loc", ())) > 1 else "?"

@@ -232,7 +232,7 @@ def create_app(
     app.state.explorer = explorer
     app.add_middleware(BodyLimit, max_bytes=max_body, timeout=body_timeout)
     app.add_middleware(HostCheck, allowed=hosts)  # added last: runs first
-    install_error_handlers(app)
+    install_error_handlers(app, [f"{s.name}:0" for s in explorer.sites[:2]] or ["layer:0"])
     app.include_router(text_app.router if text else router)
     for path, page in (("/", "text.html" if text else "index.html"), ("/docs", "api.html")):
         app.add_api_route(path, _page(page), include_in_schema=False, methods=["GET"])
