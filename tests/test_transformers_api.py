@@ -55,8 +55,8 @@ def test_token_ids_outside_the_vocabulary_are_refused(gpt2):
     x = ids(3, 8)
     x[1, 4] = VOCAB + 10
     with pytest.raises(DataError, match=r"token id 60 is outside the model's vocabulary of 50.*batch 0"):
-        lesion.sweep(gpt2, {"input_ids": x}, [f"{ACT}:0"], lesion.metrics.NextTokenLoss(), sites=lesion.find_sites(
-            gpt2, {"input_ids": ids(1, 8)}))  # fmt: skip
+        sites = lesion.find_sites(gpt2, {"input_ids": ids(1, 8)})
+        lesion.sweep(gpt2, {"input_ids": x}, [f"{ACT}:0"], lesion.metrics.NextTokenLoss(), sites=sites)
     with pytest.raises(DataError, match="token id 60 is outside"):
         lesion.find_sites(gpt2, {"input_ids": x})
 
