@@ -25,6 +25,7 @@ from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, find_sites
 from lesion.engine.dispatch import evaluate_lesions  # noqa: F401 - its home was here; imported from here
+from lesion.errors import LesionError
 from lesion.util.progress import progress_bar
 
 
@@ -36,7 +37,7 @@ def sites_for(model: nn.Module, data: Data, layers: Sequence[str] | str | None =
 def sweep(
     model: nn.Module,
     data: Data,
-    lesions: Sequence[Lesion | Any],
+    lesions: Sequence[Lesion | Any] | None = None,
     metric: Metric | None = None,
     *,
     sites: Sequence[Site] | None = None,
@@ -48,6 +49,9 @@ def sweep(
     address: str | None = None,
     shards: int | None = None,
     resume: str | Path | None = None,
+    triage: int | str | None = None,
+    seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> pd.DataFrame:
     """Evaluate every lesion on ``data``: one row per lesion, its metric values and their change.
 
@@ -55,6 +59,13 @@ def sweep(
     ``metric`` defaults to ``Classification()``. Columns: ``lesion`` (its text), one per metric output
     and ``delta_<output>`` (lesioned minus intact). ``df.attrs`` holds the intact values and
     ``engine_fallbacks``. Replacements that need data (mean, resample, optimal) are fitted on ``data``.
+
+    ``triage=budget`` (a number of units, a share ``"10%"`` or a time ``"10min"``): every single-unit
+    lesion (``lesions=None``: every unit of the sites) gets the attribution estimate, and the budget buys
+    exact numbers for the top units by |estimate| and a ``seed``-ed random sample of the rest; columns
+    ``estimate`` and ``source`` (exact / estimated) are added and ``df.attrs["triage"]`` reports the
+    estimated recall of the true top 1% with its interval (``lesion.analyses.triage``).
+    ``max_memory`` (bytes or ``"4GB"``) sizes the batches to fit (``lesion.analyses.memory``).
 
     >>> import torch, lesion
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
@@ -66,6 +77,20 @@ def sweep(
     check_backend(backend, address, shards, resume)
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
+    if lesions is None and triage is None:
+        raise LesionError("lesions=None sweeps every unit only with triage=; expected lesions to evaluate")
+    if max_memory is not None:
+        from lesion.analyses.memory import plan_batch
+
+        batch_size = plan_batch(model, data, sites, max_memory, batch_size)
+    if triage is not None:
+        from lesion.analyses.triage import triage_sweep
+
+        spread = {"backend": backend, "address": address, "shards": shards, "resume": resume}
+        options = {"batch_size": batch_size, "engine": engine, "precision": precision, "progress": progress}
+        return triage_sweep(
+            model, data, lesions, metric, triage, sites=sites, seed=seed, spread=spread, **options
+        )
     runner = Runner(
         model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
     )
