@@ -8,9 +8,11 @@ estimate is useless (saturated units), where the reported recall must be low.
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -176,3 +178,43 @@ def test_bad_budgets_are_refused():
         lesion.sweep(net, data, [lesion.Lesion("1:0"), lesion.Lesion("1:1", 1.0)], triage=1)
     with pytest.raises(LesionError, match="only with triage"):
         lesion.sweep(net, data)
+
+
+def test_cli_analyze_triage_on_a_classifier_and_a_language_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesion.cli import app
+    from tests.test_hf_disk import SENTENCES, tiny_gpt2, word_tokenizer
+
+    run = CliRunner()
+    model = tmp_path / "mlp.safetensors"
+    done = run.invoke(
+        app, ["train", "--widths", "32", "--epochs", "1", "--dataset", "digits", "--out", str(model)]
+    )
+    assert done.exit_code == 0, done.output
+    out = tmp_path / "a"
+    args = ["--repeats", "1", "--fractions", "3", "--noise-repeats", "1", "--triage", "12", "--seed", "3"]
+    done = run.invoke(app, ["analyze", str(model), "--dataset", "digits", "--out", str(out), *args])
+    assert done.exit_code == 0, done.output
+    units = pd.read_parquet(out / "units.parquet")
+    assert (units["source"] == "exact").sum() == 12 and len(units) == 32
+    assert units["selectivity"].notna().any()  # the statistics stay beside the triaged effects
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["triage"]["exact"] == 12 and summary["triage"]["seed"] == 3
+    assert 0 <= summary["triage"]["low"] <= summary["triage"]["high"] <= 1
+    bad = run.invoke(app, ["analyze", str(model), "--dataset", "digits", "--out", str(tmp_path / "b"),
+                           "--triage", "33"])  # fmt: skip
+    assert bad.exit_code == 2 and "larger than the model's 32 units" in bad.stderr
+
+    lm = tmp_path / "gpt2"
+    tiny_gpt2().save_pretrained(lm, safe_serialization=True)
+    word_tokenizer().save_pretrained(lm)
+    (tmp_path / "corpus.txt").write_text(" ".join(SENTENCES * 6) + "\n")
+    done = run.invoke(app, ["analyze", str(lm), "--text", str(tmp_path / "corpus.txt"), "--seq-len", "16",
+                            "--out", str(tmp_path / "lm"), "--repeats", "1", "--fractions", "3",
+                            "--triage", "10%"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    units = pd.read_parquet(tmp_path / "lm" / "units.parquet")
+    assert {"kind", "estimate", "source", "delta_loss"} <= set(units.columns)
+    assert (units["source"] == "exact").sum() == math.ceil(0.1 * len(units))
+    assert "triage" in json.loads((tmp_path / "lm" / "summary.json").read_text())

@@ -51,6 +51,8 @@ def parse_budget(budget: Any, n_units: int) -> tuple[int | None, float | None]:
     if isinstance(budget, int | np.integer):
         return _count(int(budget), n_units, repr(budget)), None
     text = str(budget).strip().lower().replace(" ", "")
+    if re.fullmatch(r"-?\d+", text):  # a count given as text (the command line)
+        return _count(int(text), n_units, repr(budget)), None
     share = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
     if share:
         return _count(math.ceil(float(share.group(1)) / 100 * n_units), n_units, repr(budget)), None

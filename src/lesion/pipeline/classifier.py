@@ -90,6 +90,8 @@ class AnalysisConfig:
     backend: str = "local"  # "ray": the single-unit sweep sharded by unit ranges over a Ray cluster
     address: str | None = None  # the Ray cluster (default: a local instance)
     shards: int | None = None  # unit ranges (default: one per CPU of the cluster)
+    triage: str | None = None  # exact budget of a triaged single-unit sweep (lesion.analyses.triage)
+    max_memory: str | None = None  # memory budget of the sweep's batches (lesion.analyses.memory)
 
     def __post_init__(self) -> None:
         from lesion.backends.ray_sweep import check_backend
@@ -260,7 +262,11 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
     train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
     names = [s.name for s in cand]
     stage(1, f"single-unit ablations: {sum(s.width for s in sites)} units, {len(test[1])} test examples")
-    table = units(net, test, sites=sites, progress=True, **(spread or {}))
+    if config.triage:
+        table = units(net, test, sites=sites, importance=False)
+        table = triaged(table, net, test, sites, None, config, spread)
+    else:
+        table = units(net, test, sites=sites, progress=True, **(spread or {}))
     clock.lap("unit_table")
     n = config.repeats
     stage(2, f"cumulative ablation: {n} random + {len(RANKED_ORDERS)} ranked orders, train split")
@@ -273,6 +279,24 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
                   seed=config.seed, progress=True)  # fmt: skip
     clock.lap("noise_curves")
     return table, curve, noisy
+
+
+def triaged(table, net, data, sites, metric, config: AnalysisConfig, spread: dict | None):
+    """``table`` (one row per unit) with the triaged sweep's numbers: ``estimate``, ``source`` and the
+    metric columns (exact where computed, the estimate in ``delta_<main>`` elsewhere); attrs["triage"]."""
+    from lesion.analyses.sweep import sweep
+
+    tri = sweep(net, data, metric=metric, sites=sites, triage=config.triage, seed=config.seed,
+                max_memory=config.max_memory, progress=True, **(spread or {}))  # fmt: skip
+    tri = tri.set_index(["layer", "unit"])
+    keyed = table.set_index(["layer", "unit"])
+    for col in tri.columns:
+        if col != "lesion":
+            keyed[col] = tri[col].reindex(keyed.index).to_numpy()
+    out = keyed.reset_index()
+    out.attrs.update(table.attrs)
+    out.attrs.update(tri.attrs)
+    return out
 
 
 def dataset_for(info: dict, dataset: str | None, path: Path | None = None):
@@ -335,6 +359,7 @@ def _summary(model: Path, data, sites, cand, units, curves, config: AnalysisConf
         "train_loss": float(intact["loss"]),
         "test_accuracy": float(units.attrs["accuracy"]),
         "test_loss": float(units.attrs["loss"]),
+        **({"triage": units.attrs["triage"]} if "triage" in units.attrs else {}),
         "all_deleted_train_accuracy": float(gone["accuracy"]),
         "all_deleted_train_loss": float(gone["loss"]),
         "auc": _auc_summary(curve_auc(curves)),

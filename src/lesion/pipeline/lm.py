@@ -158,7 +158,13 @@ def analyze_lm(
     n_units = sum(s.width for s in sites)
     stage(1, f"single-unit ablations: {n_units} units, {len(data['input_ids'])} sequences")
     spread = config.spread(out)
-    table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, **spread)
+    if config.triage:
+        from lesion.pipeline.classifier import triaged
+
+        base = unit_table(net, data, sites=sites, metric=metric, importance=False)
+        table = triaged(base, net, data, sites, metric, config, spread)
+    else:
+        table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, **spread)
     table.insert(2, "kind", table["layer"].map({s.name: "head" if s.heads else "neuron" for s in sites}))
     clock.lap("unit_table")
     stage(2, f"cumulative ablation: {config.repeats} random + {len(LM_ORDERS)} ranked orders")
@@ -213,6 +219,7 @@ def _summary(model, name, data, sites, table, curve, config, text: TextConfig) -
         "n_heads": int((table["kind"] == "head").sum()),
         "n_neurons": int((table["kind"] == "neuron").sum()),
         "loss": float(table.attrs["loss"]),
+        **({"triage": table.attrs["triage"]} if "triage" in table.attrs else {}),
         "accuracy": float(table.attrs["accuracy"]),
         "all_deleted_loss": float(gone["loss"]),
         "top_units": [
