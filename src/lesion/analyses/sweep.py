@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from lesion.analyses.memory import plan, retrying
 from lesion.backends.ray_sweep import check_backend, evaluate
 from lesion.core.batch import Data, first_batch, reusable
 from lesion.core.lesions import Lesion, as_lesion
@@ -79,26 +80,43 @@ def sweep(
     sites = list(sites) if sites is not None else sites_for(model, data)
     if lesions is None and triage is None:
         raise LesionError("lesions=None sweeps every unit only with triage=; expected lesions to evaluate")
-    if max_memory is not None:
-        from lesion.analyses.memory import plan_batch
-
-        batch_size = plan_batch(model, data, sites, max_memory, batch_size)
+    memory = memory_plan(model, data, max_memory, batch_size)
+    spread = {"backend": backend, "address": address, "shards": shards, "resume": resume}
     if triage is not None:
         from lesion.analyses.triage import triage_sweep
 
-        spread = {"backend": backend, "address": address, "shards": shards, "resume": resume}
-        options = {"batch_size": batch_size, "engine": engine, "precision": precision, "progress": progress}
-        return triage_sweep(
-            model, data, lesions, metric, triage, sites=sites, seed=seed, spread=spread, **options
-        )
-    runner = Runner(
-        model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
-    )
-    chosen = runner.fit([as_lesion(les) for les in lesions])
-    with progress_bar(None, "lesions", progress, total=len(chosen)) as bar:
-        values = evaluate(runner, chosen, bar=bar, backend=backend, address=address, shards=shards,
-                          resume=resume)  # fmt: skip
-    return table([str(les) for les in chosen], values, runner)
+        options = {"engine": engine, "precision": precision, "progress": progress, "spread": spread}
+
+        def triaged(bs: int) -> pd.DataFrame:
+            return triage_sweep(model, data, lesions, metric, triage, sites=sites, seed=seed, batch_size=bs,
+                                cache_bytes=memory["cache_bytes"], **options)  # fmt: skip
+
+        df = retrying(triaged, memory["batch_size"], memory)
+        df.attrs["memory"] = memory
+        return df
+
+    def run(bs: int) -> tuple[list[Lesion], dict[str, np.ndarray], Runner]:
+        runner = Runner(model, data, sites, metric=metric, batch_size=bs, engine=engine, precision=precision)
+        runner.cache_bytes = memory["cache_bytes"]
+        chosen = runner.fit([as_lesion(les) for les in lesions])
+        with progress_bar(None, "lesions", progress, total=len(chosen)) as bar:
+            return chosen, evaluate(runner, chosen, bar=bar, **spread), runner
+
+    chosen, values, runner = retrying(run, memory["batch_size"], memory)
+    df = table([str(les) for les in chosen], values, runner)
+    df.attrs["memory"] = memory
+    return df
+
+
+def memory_plan(model: nn.Module, data: Data, max_memory: int | str | None, batch_size: int) -> dict:
+    """The batch and cache sizes a memory budget allows (``lesion.analyses.memory``); without a budget,
+    the machine's available memory, and the given batch size where it cannot be measured."""
+    try:
+        return plan(model, data, max_memory, batch_size)
+    except Exception:  # the default plan is advice: a model it cannot measure keeps its batch
+        if max_memory is not None:
+            raise
+    return {"batch_size": batch_size, "cache_bytes": None, "budget": None}
 
 
 def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -> pd.DataFrame:

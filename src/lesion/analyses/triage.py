@@ -151,6 +151,7 @@ def triage_sweep(
     precision: str = "fp32",
     progress: bool = False,
     spread: dict | None = None,
+    cache_bytes: int | None = None,
 ) -> pd.DataFrame:
     """``sweep(..., triage=budget)``: one row per single-unit lesion (default: every unit of ``sites``,
     deleted with zero). Columns: ``lesion``, ``layer``, ``unit``, ``estimate``, ``source`` (exact or

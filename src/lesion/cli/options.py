@@ -71,5 +71,7 @@ TriageOpt = Annotated[
 ]
 MaxMemoryOpt = Annotated[
     str | None,
-    typer.Option(help="Memory budget for the sweep's batches, e.g. 4GB (default: what the machine has free)."),
+    typer.Option(
+        help="Memory budget for the sweep's batches, e.g. 4GB (default: what the machine has free)."
+    ),
 ]

@@ -256,7 +256,8 @@ def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Ite
     firsts = sorted(groups, key=lambda n: runner.sites[n].order)
     try:
         with torch.no_grad(), eval_mode(runner.model):
-            chunks = eng.share([runner.sites[f] for f in firsts], CACHE_BYTES)
+            budget = CACHE_BYTES if runner.cache_bytes is None else min(CACHE_BYTES, runner.cache_bytes)
+            chunks = eng.share([runner.sites[f] for f in firsts], budget)
     except Unsupported:
         chunks = [[f] for f in firsts]
     for chunk in chunks:

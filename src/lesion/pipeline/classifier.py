@@ -23,6 +23,7 @@ from typing import Any
 
 from lesion.errors import DataError, LesionError
 from lesion.pipeline.open import input_shape, open_any
+from lesion.pipeline.scale import batch_for, triaged
 from lesion.util.jsonable import jsonable
 from lesion.util.outputs import atomic_write, check_dir_target, check_file_target, write_folder
 
@@ -266,7 +267,8 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
         table = units(net, test, sites=sites, importance=False)
         table = triaged(table, net, test, sites, None, config, spread)
     else:
-        table = units(net, test, sites=sites, progress=True, **(spread or {}))
+        size = batch_for(net, test, config)
+        table = units(net, test, sites=sites, progress=True, batch_size=size, **(spread or {}))
     clock.lap("unit_table")
     n = config.repeats
     stage(2, f"cumulative ablation: {n} random + {len(RANKED_ORDERS)} ranked orders, train split")
@@ -279,24 +281,6 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
                   seed=config.seed, progress=True)  # fmt: skip
     clock.lap("noise_curves")
     return table, curve, noisy
-
-
-def triaged(table, net, data, sites, metric, config: AnalysisConfig, spread: dict | None):
-    """``table`` (one row per unit) with the triaged sweep's numbers: ``estimate``, ``source`` and the
-    metric columns (exact where computed, the estimate in ``delta_<main>`` elsewhere); attrs["triage"]."""
-    from lesion.analyses.sweep import sweep
-
-    tri = sweep(net, data, metric=metric, sites=sites, triage=config.triage, seed=config.seed,
-                max_memory=config.max_memory, progress=True, **(spread or {}))  # fmt: skip
-    tri = tri.set_index(["layer", "unit"])
-    keyed = table.set_index(["layer", "unit"])
-    for col in tri.columns:
-        if col != "lesion":
-            keyed[col] = tri[col].reindex(keyed.index).to_numpy()
-    out = keyed.reset_index()
-    out.attrs.update(table.attrs)
-    out.attrs.update(tri.attrs)
-    return out
 
 
 def dataset_for(info: dict, dataset: str | None, path: Path | None = None):

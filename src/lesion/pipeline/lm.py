@@ -159,12 +159,16 @@ def analyze_lm(
     stage(1, f"single-unit ablations: {n_units} units, {len(data['input_ids'])} sequences")
     spread = config.spread(out)
     if config.triage:
-        from lesion.pipeline.classifier import triaged
+        from lesion.pipeline.scale import triaged
 
         base = unit_table(net, data, sites=sites, metric=metric, importance=False)
         table = triaged(base, net, data, sites, metric, config, spread)
     else:
-        table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, **spread)
+        from lesion.pipeline.scale import batch_for
+
+        size = batch_for(net, data, config)
+        table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, batch_size=size,
+                           **spread)  # fmt: skip
     table.insert(2, "kind", table["layer"].map({s.name: "head" if s.heads else "neuron" for s in sites}))
     clock.lap("unit_table")
     stage(2, f"cumulative ablation: {config.repeats} random + {len(LM_ORDERS)} ranked orders")
