@@ -28,12 +28,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lesion.analyses.sweep import sites_for, sweep
-from lesion.core.batch import Batch, Data, batches, output_tensor, reusable
+from lesion.backends.ray_sweep import evaluate
+from lesion.core.batch import Batch, Data, batches, first_batch, output_tensor, reusable
 from lesion.core.lesions import Lesion, fit_lesions
-from lesion.core.metric import Classification, Metric
+from lesion.core.metric import Classification, Metric, columns
 from lesion.core.replacements import Context, Replacement, as_replacement
-from lesion.core.sites import Site
+from lesion.core.runner import Runner
+from lesion.core.sites import Site, find_sites
 from lesion.errors import DataError, LesionError
 from lesion.util.modules import eval_mode, model_device
 from lesion.util.progress import progress_bar
@@ -173,7 +174,7 @@ def attribution_table(
     data = reusable(data)
     metric = metric if metric is not None else Classification()
     col = main_column(metric)
-    sites = list(sites) if sites is not None else sites_for(model, data)
+    sites = list(sites) if sites is not None else find_sites(model, first_batch(data))
     r = fitted_replacement(model, data, sites, replacement)
     est = estimates(model, data, sites, metric, r, batch_size=batch_size, progress=progress)
     df = pd.DataFrame({
@@ -184,11 +185,14 @@ def attribution_table(
         "estimate": np.concatenate([est[s.name] for s in sites]),
     })  # fmt: skip
     df.attrs.update(metric=col, replacement=repr(type(r).__name__))
-    if exact:
-        lesions = [Lesion(u, r) for u in df["unit"]]
-        swept = sweep(model, data, lesions, metric, sites=sites, batch_size=batch_size, progress=progress)
-        df["exact"] = swept[f"delta_{col}"].to_numpy()
-        df.attrs.update(intact=swept.attrs["intact"], engine_fallbacks=swept.attrs["engine_fallbacks"])
+    if exact:  # lesion.sweep's evaluation (analyses.sweep imports this module, through triage)
+        runner = Runner(model, data, sites, metric=metric, batch_size=batch_size)
+        chosen = runner.fit([Lesion(u, r) for u in df["unit"]])
+        with progress_bar(None, "lesions", progress, total=len(chosen)) as bar:
+            values = columns(evaluate(runner, chosen, bar=bar))
+        df["exact"] = values[col] - columns(runner.intact)[col][0]
+        intact = {k: float(v[0]) for k, v in columns(runner.intact).items()}
+        df.attrs.update(intact=intact, engine_fallbacks=dict(runner.fallbacks))
         _compare(df)
     return df
 

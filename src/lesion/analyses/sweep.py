@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from lesion.analyses.memory import plan, retrying
 from lesion.backends.ray_sweep import check_backend, evaluate
 from lesion.core.batch import Data, first_batch, reusable
 from lesion.core.lesions import Lesion, as_lesion
@@ -25,6 +26,7 @@ from lesion.core.metric import Metric, columns
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, find_sites
 from lesion.engine.dispatch import evaluate_lesions  # noqa: F401 - its home was here; imported from here
+from lesion.errors import LesionError
 from lesion.util import Backend, Precision
 from lesion.util.progress import progress_bar
 
@@ -37,7 +39,7 @@ def sites_for(model: nn.Module, data: Data, layers: Sequence[str] | str | None =
 def sweep(
     model: nn.Module,
     data: Data,
-    lesions: Sequence[Lesion | Any],
+    lesions: Sequence[Lesion | Any] | None = None,
     metric: Metric | None = None,
     *,
     sites: Sequence[Site] | None = None,
@@ -49,6 +51,9 @@ def sweep(
     address: str | None = None,
     shards: int | None = None,
     resume: str | Path | None = None,
+    triage: int | str | None = None,
+    seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> pd.DataFrame:
     """Evaluate every lesion on ``data``: one row per lesion, its metric values and their change.
 
@@ -56,6 +61,13 @@ def sweep(
     ``metric`` defaults to ``Classification()``. Columns: ``lesion`` (its text), one per metric output
     and ``delta_<output>`` (lesioned minus intact). ``df.attrs`` holds the intact values and
     ``engine_fallbacks``. Replacements that need data (mean, resample, optimal) are fitted on ``data``.
+
+    ``triage=budget`` (a number of units, a share ``"10%"`` or a time ``"10min"``): every single-unit
+    lesion (``lesions=None``: every unit of the sites) gets the attribution estimate, and the budget buys
+    exact numbers for the top units by |estimate| and a ``seed``-ed random sample of the rest; columns
+    ``estimate`` and ``source`` (exact / estimated) are added and ``df.attrs["triage"]`` reports the
+    estimated recall of the true top 1% with its interval (``lesion.analyses.triage``).
+    ``max_memory`` (bytes or ``"4GB"``) sizes the batches to fit (``lesion.analyses.memory``).
 
     >>> import torch, lesion
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
@@ -67,14 +79,45 @@ def sweep(
     check_backend(backend, address, shards, resume)
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data)
-    runner = Runner(
-        model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision
-    )
-    chosen = runner.fit([as_lesion(les) for les in lesions])
-    with progress_bar(None, "lesions", progress, total=len(chosen)) as bar:
-        values = evaluate(runner, chosen, bar=bar, backend=backend, address=address, shards=shards,
-                          resume=resume)  # fmt: skip
-    return table([str(les) for les in chosen], values, runner)
+    if lesions is None and triage is None:
+        raise LesionError("lesions=None sweeps every unit only with triage=; expected lesions to evaluate")
+    memory = memory_plan(model, data, max_memory, batch_size)
+    spread = {"backend": backend, "address": address, "shards": shards, "resume": resume}
+    if triage is not None:
+        from lesion.analyses.triage import triage_sweep
+
+        options = {"engine": engine, "precision": precision, "progress": progress, "spread": spread}
+
+        def triaged(bs: int) -> pd.DataFrame:
+            return triage_sweep(model, data, lesions, metric, triage, sites=sites, seed=seed, batch_size=bs,
+                                cache_bytes=memory["cache_bytes"], **options)  # fmt: skip
+
+        df = retrying(triaged, memory["batch_size"], memory)
+        df.attrs["memory"] = memory
+        return df
+
+    def run(bs: int) -> tuple[list[Lesion], dict[str, np.ndarray], Runner]:
+        runner = Runner(model, data, sites, metric=metric, batch_size=bs, engine=engine, precision=precision)
+        runner.cache_bytes = memory["cache_bytes"]
+        chosen = runner.fit([as_lesion(les) for les in lesions])
+        with progress_bar(None, "lesions", progress, total=len(chosen)) as bar:
+            return chosen, evaluate(runner, chosen, bar=bar, **spread), runner
+
+    chosen, values, runner = retrying(run, memory["batch_size"], memory)
+    df = table([str(les) for les in chosen], values, runner)
+    df.attrs["memory"] = memory
+    return df
+
+
+def memory_plan(model: nn.Module, data: Data, max_memory: int | str | None, batch_size: int) -> dict:
+    """The batch and cache sizes a memory budget allows (``lesion.analyses.memory``); without a budget,
+    the machine's available memory, and the given batch size where it cannot be measured."""
+    try:
+        return plan(model, data, max_memory, batch_size)
+    except Exception:  # the default plan is advice: a model it cannot measure keeps its batch
+        if max_memory is not None:
+            raise
+    return {"batch_size": batch_size, "cache_bytes": None, "budget": None}
 
 
 def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -> pd.DataFrame:

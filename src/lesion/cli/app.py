@@ -21,12 +21,14 @@ from lesion.cli.options import (
     Backend,
     CorruptMode,
     ForceOpt,
+    MaxMemoryOpt,
     ModelArg,
     Optimizer,
     Schedule,
     SeqLenOpt,
     TextOpt,
     TokensOpt,
+    TriageOpt,
     TrustRemoteCodeOpt,
 )
 from lesion.errors import LesionError
@@ -211,6 +213,8 @@ def analyze(
     shards: Annotated[
         int | None, typer.Option(min=1, help="--backend ray: unit ranges (default: one per cluster CPU).")
     ] = None,
+    triage: TriageOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Selectivity and importance of every unit, ablation and noise curves, figures, summary; on a
     language model every head and MLP neuron's change in next-token loss, and loss curves."""
@@ -221,6 +225,7 @@ def analyze(
     config = AnalysisConfig(
         dataset=dataset, repeats=repeats, fractions=T.fractions(fractions), noise_repeats=noise_repeats,
         seed=seed, layers=T.names(layers), backend=backend.value, address=address, shards=shards,
+        triage=triage, max_memory=max_memory,
     )  # fmt: skip
     lm = TextConfig(text=str(text) if text else None, tokens=str(tokens) if tokens else None, seq_len=seq_len,
                     sequences=sequences, allow_pickle=allow_pickle,

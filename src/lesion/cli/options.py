@@ -69,3 +69,17 @@ SeqLenOpt = Annotated[
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Replace existing output files (regular files only, never devices).")
 ]
+TriageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Triage: attribution estimate for every unit, exact effects for a budget of units (a count, a "
+        "share like 10%, or a time like 10min) chosen by the estimate plus a random sample; the table marks "
+        "each number exact or estimated and the summary gives the recall of the top 1% with its interval."
+    ),
+]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Memory budget for the sweep's batches, e.g. 4GB (default: what the machine has free)."
+    ),
+]

@@ -69,6 +69,7 @@ class Runner:
         self.served = {"graph": 0, "prefix": 0}  # lesions each engine evaluated (after its checks)
         self._prefix = None  # the module-prefix engine (lesion.engine.prefix), made when first needed
         self.shard_skip: float | None = None  # skipped(), as the shards of a ray sweep reported it
+        self.cache_bytes: int | None = None  # a memory budget's cap on the engine's recorded outputs
 
     def batches(self) -> Iterator[Batch]:
         """The data's validated batches, on the model's device, streamed anew on every call."""

@@ -159,7 +159,53 @@ def evaluate_lesions(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> 
     done: dict[int, dict[str, np.ndarray]] = {}
     for idxs, values in single_unit_groups(runner, lesions, bar=bar):
         scatter(done, idxs, values)
+    for idxs, values in closed_groups(runner, lesions, done, bar=bar):
+        scatter(done, idxs, values)
     return evaluate_rest(runner, lesions, done, bar=bar)
+
+
+def closed_groups(runner: Runner, lesions: Sequence[Lesion], done: dict, *, bar=None):
+    """(positions, values) of single-unit constant lesions of a last-block MLP site, in closed form
+    (``lesion.engine.lastblock``), each group checked on ``CHECKS`` lesions against the hooked model."""
+    from lesion.engine import Unsupported
+    from lesion.engine.lastblock import closed_form_units, plan_last_block
+
+    if not runner.use_engine or runner.precision != "fp32":
+        return
+    plans = runner.__dict__.setdefault("_closed", {})  # layer: LastBlock, or None where it does not apply
+    groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
+    for i, les in enumerate(lesions):
+        got = None if i in done else engine_fill(runner, les)
+        if got is not None and f"closed:{got[0]}" not in runner.fallbacks:
+            groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
+    for (layer, _), members in groups.items():
+        if layer not in plans:
+            try:
+                plans[layer] = plan_last_block(
+                    runner.model, runner.sites[layer], next(iter(runner.batches()))
+                )
+            except Unsupported:
+                plans[layer] = None
+        if plans[layer] is None:
+            continue
+        fill = _rows(torch.stack([m[2] for m in members]), [u for _, u, _ in members])
+        if plans[layer].gated and bool(fill.any()):
+            continue  # a gated MLP has a closed form for the zero replacement only: the prefix engine's
+        metric = runner.fresh(len(members))
+        chosen = [lesions[i] for i, _, _ in members]
+        try:
+            with torch.no_grad(), eval_mode(runner.model):
+                closed_form_units(plans[layer], runner.model, runner.batches, [u for _, u, _ in members],
+                                  _or_none(fill), metric, runner.metric.needs_intact)  # fmt: skip
+            values = metric.compute()
+            runner.agree(runner.run(chosen[:CHECKS]), {k: v[:CHECKS] for k, v in values.items()})
+        except (Unsupported, Mismatch) as exc:
+            runner.fallbacks[f"closed:{layer}"] = str(exc)
+            continue
+        runner.served["closed"] = runner.served.get("closed", 0) + len(members)
+        if bar is not None:
+            bar.update(len(members))
+        yield [i for i, _, _ in members], values
 
 
 def evaluate_rest(
@@ -272,7 +318,8 @@ def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Ite
     firsts = sorted(groups, key=lambda n: runner.sites[n].order)
     try:
         with torch.no_grad(), eval_mode(runner.model):
-            chunks = eng.share([runner.sites[f] for f in firsts], CACHE_BYTES)
+            budget = CACHE_BYTES if runner.cache_bytes is None else min(CACHE_BYTES, runner.cache_bytes)
+            chunks = eng.share([runner.sites[f] for f in firsts], budget)
     except Unsupported:
         chunks = [[f] for f in firsts]
     for chunk in chunks:

@@ -23,6 +23,7 @@ from typing import Any
 
 from lesion.errors import DataError, LesionError
 from lesion.pipeline.open import input_shape, open_any
+from lesion.pipeline.scale import batch_for, triaged
 from lesion.util.jsonable import jsonable
 from lesion.util.outputs import atomic_write, check_dir_target, check_file_target, write_folder
 
@@ -90,6 +91,8 @@ class AnalysisConfig:
     backend: str = "local"  # "ray": the single-unit sweep sharded by unit ranges over a Ray cluster
     address: str | None = None  # the Ray cluster (default: a local instance)
     shards: int | None = None  # unit ranges (default: one per CPU of the cluster)
+    triage: str | None = None  # exact budget of a triaged single-unit sweep (lesion.analyses.triage)
+    max_memory: str | None = None  # memory budget of the sweep's batches (lesion.analyses.memory)
 
     def __post_init__(self) -> None:
         from lesion.backends.ray_sweep import check_backend
@@ -265,7 +268,12 @@ def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage:
     train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
     names = [s.name for s in cand]
     stage(1, f"single-unit ablations: {sum(s.width for s in sites)} units, {len(test[1])} test examples")
-    table = units(net, test, sites=sites, progress=True, **(spread or {}))
+    if config.triage:
+        table = units(net, test, sites=sites, importance=False)
+        table = triaged(table, net, test, sites, None, config, spread)
+    else:
+        size = batch_for(net, test, config)
+        table = units(net, test, sites=sites, progress=True, batch_size=size, **(spread or {}))
     clock.lap("unit_table")
     n = config.repeats
     stage(2, f"cumulative ablation: {n} random + {len(RANKED_ORDERS)} ranked orders, train split")
@@ -344,6 +352,7 @@ def _summary(model: Path, data, sites, cand, units, curves, config: AnalysisConf
         "train_loss": float(intact["loss"]),
         "test_accuracy": float(units.attrs["accuracy"]),
         "test_loss": float(units.attrs["loss"]),
+        **({"triage": units.attrs["triage"]} if "triage" in units.attrs else {}),
         "all_deleted_train_accuracy": float(gone["accuracy"]),
         "all_deleted_train_loss": float(gone["loss"]),
         "auc": _auc_summary(curve_auc(curves)),

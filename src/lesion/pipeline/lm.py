@@ -163,7 +163,17 @@ def analyze_lm(
     n_units = sum(s.width for s in sites)
     stage(1, f"single-unit ablations: {n_units} units, {len(data['input_ids'])} sequences")
     spread = config.spread(out)
-    table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, **spread)
+    if config.triage:
+        from lesion.pipeline.scale import triaged
+
+        base = unit_table(net, data, sites=sites, metric=metric, importance=False)
+        table = triaged(base, net, data, sites, metric, config, spread)
+    else:
+        from lesion.pipeline.scale import batch_for
+
+        size = batch_for(net, data, config)
+        table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, batch_size=size,
+                           **spread)  # fmt: skip
     table.insert(2, "kind", table["layer"].map({s.name: "head" if s.heads else "neuron" for s in sites}))
     clock.lap("unit_table")
     stage(2, f"cumulative ablation: {config.repeats} random + {len(LM_ORDERS)} ranked orders")
@@ -218,6 +228,7 @@ def _summary(model, name, data, sites, table, curve, config, text: TextConfig) -
         "n_heads": int((table["kind"] == "head").sum()),
         "n_neurons": int((table["kind"] == "neuron").sum()),
         "loss": float(table.attrs["loss"]),
+        **({"triage": table.attrs["triage"]} if "triage" in table.attrs else {}),
         "accuracy": float(table.attrs["accuracy"]),
         "all_deleted_loss": float(gone["loss"]),
         "top_units": [

@@ -1,0 +1,259 @@
+"""Triage: every unit's effect estimated, the likely large ones computed exactly, and the misses counted.
+
+``sweep(model, data, triage=budget)`` lands here. The attribution estimate (one forward and one backward
+pass per batch) ranks every unit; an exact budget of ``B`` lesions goes to the top units by |estimate|
+(``B - m``) and to a seeded uniform random sample of ``m`` of the rest (``sample`` share of the budget).
+The table has every unit: exact numbers where computed (``source == "exact"``), the estimate elsewhere.
+
+The recall of the true top-k (``k`` = the top 1% by |exact effect| by default) is estimated from the
+random sample alone, never from the estimate, so a poor estimate shows as a low recall. Recall is
+``1 - X / k`` with ``X`` the number of top-k units left unexamined. The confidence set for ``X`` inverts
+an exact hypergeometric test (``recall_interval``): under the hypothesis ``X = x`` the top-k threshold is
+the ``(k - x)``-th largest examined |effect|, and the rest ``R`` (every unit outside the top block, of
+which the sample is a uniform draw of ``m``) then holds ``x + c`` units above it, ``c`` of them in the
+sample; ``x`` stays in the set unless ``c`` lies in either ``(1 - level) / 2`` tail of
+Hypergeometric(|R|, x + c, m). The point estimate scales the sample's count to the unexamined units.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from lesion.analyses.attribution import estimates, fitted_replacement, main_column
+from lesion.backends.ray_sweep import evaluate
+from lesion.core.batch import Data
+from lesion.core.lesions import Lesion, as_lesion, replacement_key
+from lesion.core.metric import Classification, Metric, columns
+from lesion.core.runner import Runner
+from lesion.core.sites import Site
+from lesion.errors import LesionError
+from lesion.util.progress import progress_bar
+
+TOP = 0.01  # the recall is of the top 1% of units by |exact effect|
+SAMPLE = 0.5  # share of the exact budget spent on the random sample of the rest (the recall's evidence)
+LEVEL = 0.95  # confidence of the recall interval
+PILOT = 8  # lesions timed to turn a time budget into a number of lesions
+_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_budget(budget: Any, n_units: int) -> tuple[int | None, float | None]:
+    """(lesions, None) for a count or a share (``"10%"``), (None, seconds) for a time (``"10min"``)."""
+    if isinstance(budget, bool) or budget is None:
+        raise LesionError(f"triage={budget!r}; expected a number of units, a share like '10%' or a time")
+    if isinstance(budget, int | np.integer):
+        return _count(int(budget), n_units, repr(budget)), None
+    text = str(budget).strip().lower().replace(" ", "")
+    if re.fullmatch(r"-?\d+", text):  # a count given as text (the command line)
+        return _count(int(text), n_units, repr(budget)), None
+    share = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
+    if share:
+        return _count(math.ceil(float(share.group(1)) / 100 * n_units), n_units, repr(budget)), None
+    timed = re.fullmatch(r"(\d+(?:\.\d+)?)(s|sec|min|m|h)", text)
+    if timed:
+        seconds = float(timed.group(1)) * _UNITS[timed.group(2)]
+        if seconds <= 0:
+            raise LesionError(f"triage={budget!r}: a time budget must be positive")
+        return None, seconds
+    raise LesionError(
+        f"triage={budget!r}; expected a number of units (an int), a share ('10%') or a time ('90s', '10min', "
+        "'1h')"
+    )
+
+
+def _count(b: int, n_units: int, shown: str) -> int:
+    if b < 1:
+        raise LesionError(f"triage={shown}: an exact budget must be at least 1 unit")
+    if b > n_units:
+        raise LesionError(
+            f"triage={shown}: the budget is larger than the model's {n_units} units; expected at most "
+            f"{n_units} (or no triage: an exact sweep of every unit)"
+        )
+    return b
+
+
+def choose(est: np.ndarray, budget: int, *, sample: float = SAMPLE, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """(top, sampled): positions of the top ``budget - m`` units by |estimate| and a seeded uniform
+    sample of ``m = round(sample * budget)`` of the others (none when the budget covers every unit)."""
+    n = len(est)
+    if not 0 <= sample < 1:
+        raise LesionError(f"sample={sample!r}; expected a share of the budget in [0, 1)")
+    m = 0 if budget >= n else min(round(sample * budget), n - (budget - round(sample * budget)))
+    order = np.argsort(-np.abs(est), kind="stable")
+    top = np.sort(order[: budget - m])
+    rest = np.sort(order[budget - m :])
+    rng = np.random.default_rng(seed)
+    sampled = np.sort(rng.choice(rest, size=m, replace=False)) if m else np.zeros(0, dtype=np.int64)
+    return top, sampled
+
+
+def recall_interval(top: np.ndarray, sampled: np.ndarray, rest: int, k: int, level: float = LEVEL) -> dict:
+    """Recall of the true top-``k`` (by |effect|) from the exact |effects| of the ``top`` block and of a
+    uniform ``sampled`` draw from the ``rest`` units outside it (the sample included); see the module doc.
+
+    Returns ``recall`` (point), ``low``, ``high`` (the interval), ``missed`` (point estimate of the top-k
+    units left unexamined), ``missed_high`` and ``threshold`` (the top-k threshold under the point).
+    """
+    from scipy.stats import hypergeom
+
+    sampled = np.abs(np.asarray(sampled, dtype=np.float64))
+    m, unseen = len(sampled), rest - len(sampled)
+    a = np.sort(np.concatenate([np.abs(np.asarray(top, dtype=np.float64)), sampled]))[::-1]
+    ranked = np.concatenate([[math.inf], a, [-math.inf]])  # ranked[i] = a_i, the i-th largest examined
+    tail = (1 - level) / 2
+    xs = range(max(0, k - len(a)), min(k, unseen) + 1)  # the unexamined members of the top k
+    accepted, point = [], (math.nan, math.nan, math.inf)
+    for x in xs:
+        # X = x: the top k are a_1..a_{k-x} and x unexamined units, so of the unexamined units at most x
+        # lie above a_{k-x} and at least x above a_{k-x+1}; the sample's counts above each test both.
+        hi_t, lo_t = ranked[k - x], ranked[k - x + 1]
+        c_hi, c_lo = int((sampled > hi_t).sum()), int((sampled > lo_t).sum())
+        ok = True
+        if m:
+            ok = hypergeom.sf(c_hi - 1, rest, min(rest, x + c_hi), m) > tail  # not too many above a_{k-x}
+            ok = ok and (x + c_lo > rest or hypergeom.cdf(c_lo, rest, x + c_lo, m) > tail)  # nor too few
+            gap = abs(x - c_hi * unseen / m)
+            if gap < point[2]:
+                point = (x, float(hi_t), gap)
+        if ok:
+            accepted.append(x)
+    accepted = accepted or list(xs) or [0]  # no hypothesis survives (ties, tiny samples): claim nothing
+    missed, thr = point[:2]
+    if unseen == 0:
+        missed, thr = 0, float(ranked[min(k, len(a))])
+    return {
+        "recall": 1 - missed / k, "low": 1 - max(accepted) / k, "high": 1 - min(accepted) / k,
+        "missed": missed, "missed_high": max(accepted), "threshold": thr,
+    }  # fmt: skip
+
+
+def triage_sweep(
+    model: nn.Module,
+    data: Data,
+    lesions: Sequence[Lesion | Any] | None,
+    metric: Metric | None,
+    budget: Any,
+    *,
+    sites: Sequence[Site],
+    seed: int = 0,
+    top: float = TOP,
+    sample: float = SAMPLE,
+    level: float = LEVEL,
+    batch_size: int = 1000,
+    engine: bool = True,
+    precision: str = "fp32",
+    progress: bool = False,
+    spread: dict | None = None,
+    cache_bytes: int | None = None,
+) -> pd.DataFrame:
+    """``sweep(..., triage=budget)``: one row per single-unit lesion (default: every unit of ``sites``,
+    deleted with zero). Columns: ``lesion``, ``layer``, ``unit``, ``estimate``, ``source`` (exact or
+    estimated), the metric's columns (NaN where estimated) and ``delta_<column>``; ``delta_<main>`` holds
+    the estimate where no exact number was computed. ``df.attrs["triage"]`` holds the budget, the top
+    block, the sample, k, the recall, its interval and the method."""
+    start = time.perf_counter()
+    metric = metric if metric is not None else Classification()
+    col = main_column(metric)
+    units, raw = _single_units(lesions, sites)
+    by_name = {s.name: s for s in sites}
+    used = [by_name[n] for n in dict.fromkeys(layer for layer, _ in units)]
+    count, seconds = parse_budget(budget, len(units))
+    runner = Runner(
+        model, data, used, metric=metric, batch_size=batch_size, engine=engine, precision=precision
+    )
+    r = fitted_replacement(model, runner.data, used, raw)
+    est_by_site = estimates(model, runner.data, used, metric, r, batch_size=batch_size, progress=progress)
+    est = np.array([est_by_site[layer][j] for layer, j in units])
+    every = runner.fit([Lesion(f"{layer}:{j}", r) for layer, j in units])
+    spread = spread or {}
+    done: dict[int, dict[str, np.ndarray]] = {}
+    if seconds is not None:
+        count = _timed_count(runner, every, est, seconds - (time.perf_counter() - start), done, spread)
+    top_idx, sampled = choose(est, count, sample=sample, seed=seed)
+    todo = [i for i in np.concatenate([top_idx, sampled]).tolist() if i not in done]
+    with progress_bar(None, "exact lesions", progress, total=len(todo)) as bar:
+        values = evaluate(runner, [every[i] for i in todo], bar=bar, **spread) if todo else {}
+    for j, i in enumerate(todo):
+        done[i] = {key: v[j] for key, v in values.items()}
+    df = _table(every, units, est, done, runner, col)
+    k = max(1, math.ceil(top * len(units)))
+    exact = df[f"delta_{col}"].to_numpy()
+    rest = len(units) - len(top_idx)
+    stats = recall_interval(exact[top_idx], exact[sampled], rest, k, level)
+    df.attrs["triage"] = {
+        "budget": str(budget), "units": len(units), "exact": len(done), "top": len(top_idx),
+        "sampled": len(sampled), "seed": seed, "k": k, "top_share": top, "level": level, **stats,
+        "seconds": time.perf_counter() - start,
+        "method": "exact hypergeometric test inverted over the number of top-k units left unexamined, "
+        "from the uniform random sample of the units outside the top block (lesion.analyses.triage)",
+    }  # fmt: skip
+    return df
+
+
+def _single_units(lesions, sites: Sequence[Site]) -> tuple[list[tuple[str, int]], Any]:
+    """The (layer, index) of every lesion (each one unit at every position) and their shared replacement."""
+    if lesions is None:
+        return [(s.name, j) for s in sites for j in range(s.width)], 0.0
+    chosen = [as_lesion(les).resolve(list(sites)) for les in lesions]
+    if not chosen:
+        raise LesionError("triage needs lesions to choose from; got none")
+    keys = {replacement_key(les.replacement) for les in chosen}
+    if len(keys) > 1:
+        raise LesionError("triage ranks units deleted the same way; expected one replacement for all lesions")
+    units = []
+    for les in chosen:
+        items = list(les.units.items())
+        if les.units.positional or len(items) != 1 or items[0][1] is None or len(items[0][1]) != 1:
+            raise LesionError(
+                f"triage estimates single units; lesion {les} is not one unit at every position (expected "
+                "specs like 'relu1:3', or lesions=None for every unit of the sites)"
+            )
+        units.append((items[0][0], items[0][1][0]))
+    return units, chosen[0].replacement
+
+
+def _timed_count(runner, every, est, seconds, done, spread) -> int:
+    """The lesions that fit ``seconds``: the top ``PILOT`` by |estimate| are evaluated (kept in ``done``)
+    and timed; the rest of the time is filled at that rate."""
+    order = np.argsort(-np.abs(est), kind="stable")[: min(PILOT, len(est))].tolist()
+    t0 = time.perf_counter()
+    values = evaluate(runner, [every[i] for i in order], **spread)
+    per = (time.perf_counter() - t0) / len(order)
+    for j, i in enumerate(order):
+        done[i] = {key: v[j] for key, v in values.items()}
+    extra = int(max(0.0, seconds - per * len(order)) / per) if per > 0 else len(est)
+    return min(len(est), len(order) + extra)
+
+
+def _table(every, units, est, done, runner: Runner, col: str) -> pd.DataFrame:
+    intact = columns(runner.intact)
+    exact = sorted(done)
+    got = columns({key: np.stack([done[i][key] for i in exact]) for key in runner.intact}) if exact else {}
+    df = pd.DataFrame({
+        "lesion": [str(les) for les in every], "layer": [u[0] for u in units], "unit": [u[1] for u in units],
+        "estimate": est, "source": np.where(np.isin(np.arange(len(units)), exact), "exact", "estimated"),
+    })  # fmt: skip
+    for name in intact:
+        full = np.full(len(units), np.nan)
+        if exact:
+            full[exact] = got[name]
+        df[name] = full
+    for name in intact:
+        df[f"delta_{name}"] = df[name] - intact[name][0]
+    main = df[f"delta_{col}"].to_numpy().copy()
+    guessed = df["source"].to_numpy() == "estimated"
+    main[guessed] = est[guessed]
+    df[f"delta_{col}"] = main
+    df.attrs.update(intact={k: float(v[0]) for k, v in intact.items()}, n=runner.n, metric=col)
+    df.attrs.update(engine_fallbacks=dict(runner.fallbacks), served=dict(runner.served))
+    return df
+
+
+__all__ = ["choose", "parse_budget", "recall_interval", "triage_sweep"]

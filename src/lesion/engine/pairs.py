@@ -1,0 +1,86 @@
+"""Pair lesions of one layer (two units deleted together) as rank-2 updates through a ReLU head.
+
+Where a site is read by a Linear (``W``, pre-activations ``z``), a ReLU and the model's last Linear (the
+shape ``lesion.engine.kinks`` serves), deleting units i and j moves ``z`` to
+``z - a_i w_i - a_j w_j``: a rank-2 update. Pairs are taken in groups that share their first unit i:
+``z_i = z - a_i w_i`` and the output ``out_i = V relu(z_i) + c`` are computed once (exactly: unit i
+deleted alone), and every partner j of the group is then a rank-1 update of ``z_i``, served by the kink
+shortcut (one GEMM for the mask-held Jacobians plus exact corrections where a pre-activation crosses
+zero), or densely where the shortcut declines. Values equal the dense computation up to float rounding;
+``lesion.analyses.pairs`` checks every call against the double-hooked model on a sample of its pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lesion.core.metric import Metric
+from lesion.engine.graph import Unsupported
+from lesion.engine.sweeps import Engine, _fills
+
+
+def pair_units(
+    engine: Engine,
+    layer: str,
+    pairs: Sequence[tuple[int, int]],
+    fill: torch.Tensor | None,
+    metric: Metric,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Update ``metric`` (lesion p for ``pairs[p]``) with both units of each pair of ``layer`` clamped to
+    ``fill`` ((width,) values; None: zero). Pairs sharing a first unit must be adjacent (sorted)."""
+    engine._site(layer)  # a plain (batch, units) site, or Unsupported
+    cons = engine.consumers[layer]
+    if cons is None:
+        raise Unsupported(f"site {layer!r} has no Linear consumer: pairs go through the hooked model")
+    head = engine._relu_head(cons, cons.node)
+    if head is None:
+        raise Unsupported(f"site {layer!r}: no ReLU and narrow last Linear after its consumer")
+    groups = _groups(pairs)
+    node, start = engine.plan.site[layer], cons.node
+    w = head.inner.weight  # (n, width)
+    done = 0
+    for b in engine.chunks:
+        intact = engine._intact(metric, b.x)
+        vals = engine.plan.prefix(b.x, {node, start})
+        h, z = vals[node], vals[start]
+        if not (isinstance(h, torch.Tensor) and h.ndim == 2 and isinstance(z, torch.Tensor) and z.ndim == 2):
+            raise Unsupported(f"site {layer!r}: pairs need (batch, units) activations")
+        width = h.shape[1]
+        a = h - _fills(h, torch.arange(width), fill).reshape(1, width)  # (batch, width): what each unit adds
+        for i, first, js in groups:
+            zi = torch.addr(z, a[:, i], w[:, i], alpha=-1)  # (batch, n): unit i deleted
+            out_i = head.head(F.relu(zi))  # (batch, c)
+            part = torch.as_tensor(js, dtype=torch.long)
+            got = head.lesions(zi, out_i, a[:, part], part, piece=max(1, engine.budget // 4))
+            if got is None:  # the dense step: every partner's pre-activations at once
+                moved = zi.unsqueeze(0) - a[:, part].T.unsqueeze(2) * w[:, part].T.unsqueeze(
+                    1
+                )  # (k, batch, n)
+                out = head.head(F.relu(moved)).flatten(0, 1)
+            else:
+                out = got[0]
+                engine.kinks += got[1]
+            engine.examples += len(js) * len(b)
+            engine.computed += len(js) * len(b)
+            Engine._update(metric, out, b, len(js), slice(first, first + len(js)), intact)
+        done += len(b)
+        if progress is not None:
+            progress(done)
+
+
+def _groups(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
+    """(first unit, position of its first pair, partners) for runs of pairs sharing their first unit."""
+    out: list[tuple[int, int, list[int]]] = []
+    for p, (i, j) in enumerate(pairs):
+        if out and out[-1][0] == i and out[-1][1] + len(out[-1][2]) == p:
+            out[-1][2].append(int(j))
+        else:
+            out.append((int(i), p, [int(j)]))
+    return out
+
+
+__all__ = ["pair_units"]
