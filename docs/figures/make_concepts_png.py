@@ -15,21 +15,41 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
 INK, MUTED, ACCENT, FILL = "#222222", "#777777", "#c0392b", "#eef3fb"
 
 
 def box(ax, x, y, w, h, text, *, face=FILL, edge=INK, size=10, weight="normal"):
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-                                facecolor=face, edgecolor=edge, linewidth=1.2))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x, y),
+            w,
+            h,
+            boxstyle="round,pad=0.02,rounding_size=0.08",
+            facecolor=face,
+            edgecolor=edge,
+            linewidth=1.2,
+        )
+    )
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, color=INK, weight=weight)
 
 
 def arrow(ax, a, b, *, color=INK, style="-|>", ls="-"):
-    ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color=color, linewidth=1.2,
-                                 linestyle=ls, shrinkA=2, shrinkB=2))
+    ax.add_patch(
+        FancyArrowPatch(
+            a,
+            b,
+            arrowstyle=style,
+            mutation_scale=12,
+            color=color,
+            linewidth=1.2,
+            linestyle=ls,
+            shrinkA=2,
+            shrinkB=2,
+        )
+    )
 
 
 def label(ax, x, y, text, *, color=MUTED, size=9, ha="center", va="center", **kw):
@@ -49,10 +69,21 @@ def draw(out: Path) -> None:
     arrow(ax, (2.7, 3.0), (3.1, 3.0))
 
     # the site: relu1, its units on one axis
-    ax.add_patch(FancyBboxPatch((3.1, 1.1), 1.5, 3.7, boxstyle="round,pad=0.02,rounding_size=0.1",
-                                facecolor="white", edgecolor=INK, linewidth=1.6))
+    ax.add_patch(
+        FancyBboxPatch(
+            (3.1, 1.1),
+            1.5,
+            3.7,
+            boxstyle="round,pad=0.02,rounding_size=0.1",
+            facecolor="white",
+            edgecolor=INK,
+            linewidth=1.6,
+        )
+    )
     label(ax, 3.85, 5.45, "site  relu1", color=INK, size=12, weight="bold")
-    label(ax, 3.85, 5.05, "a name from model.named_modules();\nits output (batch, 6): one unit axis", size=8.5)
+    label(
+        ax, 3.85, 5.05, "a name from model.named_modules();\nits output (batch, 6): one unit axis", size=8.5
+    )
     lesioned = {1, 4}
     for i in range(6):
         y = 4.4 - i * 0.6
@@ -62,15 +93,38 @@ def draw(out: Path) -> None:
         if hit:
             ax.plot([3.36, 3.64], [y - 0.14, y + 0.14], color="white", linewidth=1.8)
             ax.plot([3.36, 3.64], [y + 0.14, y - 0.14], color="white", linewidth=1.8)
-    ax.annotate("a unit: (layer, index),\nwritten relu1:4", xy=(4.45, 2.0), xytext=(5.75, 1.45),
-                fontsize=9, color=INK, ha="center", va="center",
-                arrowprops={"arrowstyle": "-|>", "color": MUTED, "linewidth": 1.0})
+    ax.annotate(
+        "a unit: (layer, index),\nwritten relu1:4",
+        xy=(4.45, 2.0),
+        xytext=(5.75, 1.45),
+        fontsize=9,
+        color=INK,
+        ha="center",
+        va="center",
+        arrowprops={"arrowstyle": "-|>", "color": MUTED, "linewidth": 1.0},
+    )
 
     # the lesion and its replacement, applied by hooks
-    box(ax, 0.3, 0.45, 2.3, 1.15, 'lesion = Lesion(\n  "relu1:1,4", Mean())', face="#fdecea", edge=ACCENT,
-        size=9.5)
-    label(ax, 0.3, 0.12, "a forward hook puts the replacement in place; removed in finally", color=ACCENT,
-          size=8.5, ha="left")
+    box(
+        ax,
+        0.3,
+        0.45,
+        2.3,
+        1.15,
+        'lesion = Lesion(\n  "relu1:1,4", Mean())',
+        face="#fdecea",
+        edge=ACCENT,
+        size=9.5,
+    )
+    label(
+        ax,
+        0.3,
+        0.12,
+        "a forward hook puts the replacement in place; removed in finally",
+        color=ACCENT,
+        size=8.5,
+        ha="left",
+    )
     arrow(ax, (2.6, 1.3), (3.28, 3.75), color=ACCENT)
     arrow(ax, (2.6, 1.1), (3.28, 1.95), color=ACCENT)
 
@@ -81,8 +135,13 @@ def draw(out: Path) -> None:
     box(ax, 6.9, 2.5, 1.0, 1.0, "output\n(logits)")
     label(ax, 6.45, 5.05, "replacement", color=ACCENT, size=10, weight="bold")
     label(ax, 6.45, 4.7, "what the deleted units' activity becomes", color=INK, size=8.5)
-    label(ax, 6.45, 4.1, "Zero() · Constant(c) · Mean()\nPositionalMean() · Resample(seed)\n"
-          "Patch(source) · Optimal()", size=8.5)
+    label(
+        ax,
+        6.45,
+        4.1,
+        "Zero() · Constant(c) · Mean()\nPositionalMean() · Resample(seed)\nPatch(source) · Optimal()",
+        size=8.5,
+    )
 
     # the metric: lesioned against intact
     arrow(ax, (7.9, 3.0), (8.3, 3.0))
@@ -93,15 +152,35 @@ def draw(out: Path) -> None:
 
     # the sweep's table
     arrow(ax, (9.8, 3.0), (10.2, 3.0))
-    rows = [("lesion", "loss", "delta_loss"), ("relu1:1,4", "0.27", "+0.07"), ("relu1:3", "0.21", "+0.01"),
-            ("relu2:0-9", "0.35", "+0.15")]
-    ax.add_patch(FancyBboxPatch((10.2, 1.9), 2.7, 2.2, boxstyle="round,pad=0.02,rounding_size=0.08",
-                                facecolor="white", edgecolor=INK, linewidth=1.2))
+    rows = [
+        ("lesion", "loss", "delta_loss"),
+        ("relu1:1,4", "0.27", "+0.07"),
+        ("relu1:3", "0.21", "+0.01"),
+        ("relu2:0-9", "0.35", "+0.15"),
+    ]
+    ax.add_patch(
+        FancyBboxPatch(
+            (10.2, 1.9),
+            2.7,
+            2.2,
+            boxstyle="round,pad=0.02,rounding_size=0.08",
+            facecolor="white",
+            edgecolor=INK,
+            linewidth=1.2,
+        )
+    )
     for r, row in enumerate(rows):
         y = 3.75 - r * 0.5
         for x, cell in zip((10.75, 11.6, 12.35), row, strict=True):
-            label(ax, x, y, cell, color=ACCENT if r == 1 and x == 10.75 else INK, size=9,
-                  weight="bold" if r == 0 else "normal")
+            label(
+                ax,
+                x,
+                y,
+                cell,
+                color=ACCENT if r == 1 and x == 10.75 else INK,
+                size=9,
+                weight="bold" if r == 0 else "normal",
+            )
     ax.plot([10.3, 12.8], [3.5, 3.5], color=MUTED, linewidth=0.8)
     label(ax, 11.55, 5.45, "sweep(model, data, lesions, metric)", color=INK, size=11, weight="bold")
     label(ax, 11.55, 5.05, "one row per lesion: a tidy DataFrame", size=8.5)
