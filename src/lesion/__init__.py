@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from lesion.core.units import Unit, UnitSet, parse_units
     from lesion.engine.optimal import Optimal
     from lesion.errors import DataError, LesionError, ModelFileError, SiteError, UnitError
+    from lesion.roles import roles
 
 from lesion.util import VERSION as __version__  # noqa: F401  (public)
 
@@ -98,6 +99,7 @@ __all__ = [
     "per_class_drops",
     "plot_attribution",
     "plot_direct",
+    "roles",
     "selectivity_index",
     "selectivity_vs_importance",
     "sweep",
@@ -128,6 +130,7 @@ _SOURCES = {
     "lesion.analyses.sweep": ("sweep",),
     "lesion.analyses.measures": ("auc", "correlate", "mutual_information", "selectivity_index"),
     "lesion.core.stats": ("collect_stats",),
+    "lesion.roles": ("roles",),
     "lesion.core.units": ("Unit", "UnitSet", "parse_units"),
 }  # fmt: skip
 _LOCATION = {name: module for module, names in _SOURCES.items() for name in names}

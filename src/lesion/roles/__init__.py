@@ -1,0 +1,30 @@
+"""The role of every unit: one card per neuron or feature map, and the atlas that shows them all.
+
+A card (``Card``, a frozen record) joins what a unit responds to, what breaks without it (with
+intervals), what it pushes the output towards, who backs it up, its role in words by the stated rules
+of ``lesion.roles.rules``, and scores that let its explanation fail. ``roles(model, data)`` returns one
+row per unit; ``lesion.roles.atlas.write_atlas`` writes the table, the card data and one self-contained
+HTML page, whose card template (``templates/card.js``) the explorer reuses.
+
+May import: analyses, pipeline, training, backends, engine, models, core, data, util, errors; never
+experiments, report, serve or cli.
+"""
+
+import sys
+import types
+
+from lesion.roles.build import Atlas, build, roles
+from lesion.roles.card import Card
+
+__all__ = ["Atlas", "Card", "build", "roles"]
+
+
+class _CallableModule(types.ModuleType):
+    """``lesion.roles`` is both this package and the function ``roles``: calling the package calls it
+    (``import lesion.roles.atlas`` rebinds the name ``lesion.roles`` to the package)."""
+
+    def __call__(self, *args, **kwargs):
+        return roles(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
