@@ -3,7 +3,8 @@
 A card (``Card``, a frozen record) joins what a unit responds to, what breaks without it (with
 intervals), what it pushes the output towards, who backs it up, its role in words by the stated rules
 of ``lesion.roles.rules``, and scores that let its explanation fail. ``roles(model, data)`` returns one
-row per unit; ``lesion.roles.atlas.write_atlas`` writes the table, the card data and one self-contained
+row per unit (``lesion.roles(model, data)``: the package is callable);
+``lesion.roles.atlas.write_atlas`` writes the table, the card data and one self-contained
 HTML page, whose card template (``templates/card.js``) the explorer reuses.
 
 May import: analyses, pipeline, training, backends, engine, models, core, data, util, errors; never
@@ -13,18 +14,20 @@ experiments, report, serve or cli.
 import sys
 import types
 
-from lesion.roles.build import Atlas, build, roles
+from lesion.roles.assemble import Atlas, build
+from lesion.roles.assemble import roles as _roles
 from lesion.roles.card import Card
 
 __all__ = ["Atlas", "Card", "build", "roles"]
 
 
 class _CallableModule(types.ModuleType):
-    """``lesion.roles`` is both this package and the function ``roles``: calling the package calls it
-    (``import lesion.roles.atlas`` rebinds the name ``lesion.roles`` to the package)."""
+    """``lesion.roles`` is this package and, called, ``lesion.roles.assemble.roles``: one name for both, so
+    that importing a submodule (which binds ``lesion.roles`` to the package) never hides the function."""
 
-    def __call__(self, *args, **kwargs):
-        return roles(*args, **kwargs)
+    def __call__(self, model, data, **kwargs):
+        return _roles(model, data, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
+roles = sys.modules[__name__]  # ``from lesion.roles import roles``: this package, callable

@@ -86,18 +86,24 @@ def activity(
     batch_size: int = 1000,
 ) -> tuple[dict[str, Activity], torch.Tensor | None, torch.Tensor]:
     """Stream ``data`` once. ``lo``/``hi``: per-unit range of per-example activity (from
-    ``collect_stats``), the histogram's edges. Returns the findings by site, the labels of the sampled
-    examples (None without labels) and their ids."""
+    ``collect_stats``), the histogram's edges. Returns the findings by site, every example's label
+    (None without labels) and the ids of the sampled examples (the first ``sample``)."""
     found: dict[str, Activity] = {}
     for s in sites:
         w = s.width * s.group
         t = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
         edges = lo[s.name][:, None] + (hi[s.name] - lo[s.name])[:, None] * t[None]
         found[s.name] = Activity(
-            s, TopK(k, w), TopK(k, w, largest=False), torch.zeros(w, dtype=torch.long), edges,
-            torch.zeros(w, bins, dtype=torch.long), torch.empty(0, w),
-            torch.zeros(w, dtype=torch.float64), torch.zeros(w, dtype=torch.float64),
-        )  # fmt: skip
+            s,
+            TopK(k, w),
+            TopK(k, w, largest=False),
+            torch.zeros(w, dtype=torch.long),
+            edges,
+            torch.zeros(w, bins, dtype=torch.long),
+            torch.empty(0, w),
+            torch.zeros(w, dtype=torch.float64),
+            torch.zeros(w, dtype=torch.float64),
+        )
     labels, ids_kept = [], []
     for acts, b, _ in grab(model, data, sites, batch_size=batch_size):
         ids = b.ids.cpu()
@@ -105,7 +111,7 @@ def activity(
         room = max(0, sample - sum(len(i) for i in ids_kept))
         ids_kept.append(ids[:room])
         if y is not None and y.ndim == 1 and not y.dtype.is_floating_point:
-            labels.append(y[:room].cpu().long())
+            labels.append(y.cpu().long())
         for s in sites:
             f = found[s.name]
             h = acts[s.name].float().cpu()
@@ -119,15 +125,18 @@ def activity(
             f.s1 += act.double().sum(0)
             f.s2 += (act.double() ** 2).sum(0)
             f.n += act.shape[0]
-    y_sample = torch.cat(labels) if labels and sum(map(len, labels)) == sum(map(len, ids_kept)) else None
-    return found, y_sample, torch.cat(ids_kept)
+    n = sum(f.n for f in found.values()) // max(len(found), 1)
+    y_all = torch.cat(labels) if labels and sum(map(len, labels)) == n else None
+    return found, y_all, torch.cat(ids_kept)
 
 
 def _histogram(act: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """(units, bins) counts of ``act`` (batch, units) in each unit's equal-width bins (last bin closed)."""
+    """(units, bins) counts of ``act`` (batch, units) in each unit's equal-width bins (last bin closed,
+    as numpy's histogram)."""
     u, b = edges.shape[0], edges.shape[1] - 1
     inner = edges[:, 1:-1].contiguous()
     idx = torch.searchsorted(inner, act.T.contiguous(), right=True).clamp_(0, b - 1)  # (units, batch)
+    idx[edges[:, -1] == edges[:, 0]] = 0  # a unit of constant activity: every example in the first bin
     flat = (torch.arange(u)[:, None] * b + idx).reshape(-1)
     return torch.bincount(flat, minlength=u * b).reshape(u, b)
 

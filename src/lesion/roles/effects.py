@@ -3,8 +3,8 @@
 ``LossChange`` scores a lesion by each example's cross-entropy with the lesion minus without it, and keeps
 the sums of those differences and of their squares (overall, per true class and per group of examples),
 so a mean and a 95% interval (mean +- 1.96 SE) come from one pass on the fast engine or the slow path
-alike. Single units go through ``lesion.sweep``; pairs and the causal test's sets through the runner's
-batched cumulative orders (``cumulative_orders`` runs orders of one length side by side).
+alike. Single units go through ``lesion.sweep``; pairs and the causal test's sets through
+``masked_sets``, many sets of one layer side by side in one pass, checked against the slow path.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesion.analyses.sweep import sweep
-from lesion.core.batch import Data
+from lesion.core.batch import Data, output_tensor
 from lesion.core.capture import grab
 from lesion.core.lesions import Lesion, ablate
-from lesion.core.metric import Metric, check_labels
+from lesion.core.metric import Metric, _cross_entropy, check_labels
 from lesion.core.replacements import Replacement, Zero
-from lesion.core.runner import Runner
+from lesion.core.runner import Mismatch, Runner
 from lesion.core.sites import Site
 from lesion.core.stats import per_example
 from lesion.core.units import Unit
-from lesion.engine.dispatch import cumulative_orders
 from lesion.errors import DataError
+from lesion.util.modules import eval_mode
 
 Z = 1.96  # two-sided 95% normal quantile
 
@@ -55,10 +55,10 @@ class LossChange(Metric):
         check_labels(y, c)
         y = y.long()
         logits = outputs.reshape(k, -1, c).float()
-        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").double().reshape(k, -1)
-        base = intact.reshape(-1, c).float()
-        d = ce - F.cross_entropy(base, y, reduction="none").double()[None]  # (k, batch)
-        right = (logits.argmax(-1) == y).double() - (base.argmax(-1) == y).double()[None]  # (k, batch)
+        ce, pred = _cross_entropy(logits.flatten(0, 1), y.repeat(k))
+        ce0, pred0 = _cross_entropy(intact.reshape(-1, c).float(), y)
+        d = ce.reshape(k, -1).double() - ce0.double()[None]  # (k, batch)
+        right = (pred.reshape(k, -1) == y).double() - (pred0 == y).double()[None]  # (k, batch)
         onehot = F.one_hot(y, self.n_classes).double()  # (batch, C)
         self._add("dsum", lesions, d.sum(1).cpu().numpy())
         self._add("dsq", lesions, (d * d).sum(1).cpu().numpy())
@@ -98,13 +98,26 @@ def _values(df: pd.DataFrame, name: str) -> np.ndarray:
     """The metric output ``name`` back from ``sweep``'s columns: (n,) or (n, c) from ``name_0..``."""
     if name in df:
         return df[name].to_numpy(np.float64)
-    cols = sorted((c for c in df if c.startswith(f"{name}_") and c[len(name) + 1 :].isdigit()),
-                  key=lambda c: int(c[len(name) + 1 :]))  # fmt: skip
+    cols = sorted(
+        (c for c in df if c.startswith(f"{name}_") and c[len(name) + 1 :].isdigit()),
+        key=lambda c: int(c[len(name) + 1 :]),
+    )
     return df[cols].to_numpy(np.float64) if cols else np.zeros((len(df), 0))
 
 
-OUTPUTS = ("dsum", "dsq", "count", "accuracy", "dsum_class", "dsq_class", "count_class", "accuracy_class",
-           "dsum_group", "dsq_group", "count_group")  # fmt: skip
+OUTPUTS = (
+    "dsum",
+    "dsq",
+    "count",
+    "accuracy",
+    "dsum_class",
+    "dsq_class",
+    "count_class",
+    "accuracy_class",
+    "dsum_group",
+    "dsq_group",
+    "count_group",
+)
 
 
 def single_effects(
@@ -128,27 +141,86 @@ def single_effects(
     return {name: _values(df, name) for name in OUTPUTS}, notes
 
 
-def set_effects(runner: Runner, sets: Sequence[Sequence[Unit]]) -> dict[str, np.ndarray]:
-    """Each set of units deleted together (zero), exactly: sets of one size share batched cumulative
-    orders on the engine (checked against the slow path), the rest the slow path. Outputs by set."""
+def set_effects(runner: Runner, sets: Sequence[Sequence[Unit]], *, chunk: int = 32) -> dict[str, np.ndarray]:
+    """Each set of units of one layer deleted together (zero), exactly: ``masked_sets`` runs up to
+    ``chunk`` sets side by side in one pass; its first set is checked against the slow path (a
+    disagreement or an unsupported model sends every set to the slow path). Outputs by set."""
     out: dict[int, dict[str, np.ndarray]] = {}
-    by_size: dict[int, list[int]] = {}
+    by_layer: dict[str, list[int]] = {}
     for i, s in enumerate(sets):
-        by_size.setdefault(len(s), []).append(i)
-    for size, idx in by_size.items():
-        seqs = [[Lesion([u], Zero()) for u in sets[i]] for i in idx]
-        seqs = [runner.fit(q) for q in seqs]
-        got = cumulative_orders(runner, seqs, [size])
-        for i, values in zip(idx, got, strict=True):
-            out[i] = {k: v[0] for k, v in values.items()}
+        by_layer.setdefault(s[0].layer, []).append(i)
+    for layer, idx in by_layer.items():
+        site = runner.sites[layer]
+        masks = torch.zeros(len(idx), site.width, dtype=torch.bool)
+        for r, i in enumerate(idx):
+            masks[r, [u.index for u in sets[i]]] = True
+        lesions = [Lesion(list(sets[i]), Zero()) for i in idx]
+        try:
+            values = masked_sets(runner, site, masks, chunk=chunk)
+            runner.agree(runner.run(lesions[:1]), {k: v[:1] for k, v in values.items()})
+        except (_Unsupported, Mismatch) as exc:
+            runner.fallbacks[f"sets:{layer}"] = str(exc)
+            values = runner.run(lesions)
+        for r, i in enumerate(idx):
+            out[i] = {k: v[r] for k, v in values.items()}
     keys = out[0].keys() if out else ()
     return {k: np.stack([out[i][k] for i in range(len(sets))]) for k in keys}
 
 
+class _Unsupported(Exception):
+    """The side-by-side pass cannot serve this model (its output does not carry the expanded batch)."""
+
+
+def masked_sets(runner: Runner, site: Site, masks: torch.Tensor, *, chunk: int = 32) -> dict[str, np.ndarray]:
+    """Metric values of ``masks`` (k, units) bool: each row's units clamped to 0 together. A hook on the
+    site repeats its output once per row of a chunk (the batch grows k-fold from the site on), so the
+    layers before the site run once per chunk, and each chunk costs one pass of the layers after it."""
+    if site.heads or site.hook != "output" or site.flat:
+        raise _Unsupported(f"site {site.name!r} is a view; sets of its units take the slow path")
+    model = runner.model
+    module = dict(model.named_modules())[site.target]
+    metric = runner.fresh(len(masks))
+    keep = (~masks).float()  # (k, units)
+    with torch.no_grad(), eval_mode(model):
+        for b in runner.batches():
+            intact = output_tensor(b.run(model)) if metric.needs_intact else None
+            for start in range(0, len(masks), chunk):
+                m = keep[start : start + chunk]
+                handle = module.register_forward_hook(lambda _m, _i, out, m=m: _repeat(out, m, site.unit_dim))
+                try:
+                    out = output_tensor(b.run(model))
+                finally:
+                    handle.remove()
+                if out.shape[0] != len(m) * len(b):
+                    raise _Unsupported("the model's output does not carry the repeated batch")
+                metric.update(
+                    out.reshape(len(m), len(b), *out.shape[1:]),
+                    b,
+                    slice(start, start + len(m)),
+                    intact=intact,
+                    fused=True,
+                )
+    return metric.compute()
+
+
+def _repeat(h: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
+    """(k * batch, ...): ``h`` (batch, ...) once per row of ``keep`` (k, units), its units on ``dim``
+    multiplied by that row."""
+    shape = [keep.shape[0]] + [1] * h.ndim
+    shape[1 + dim] = keep.shape[1]
+    out = h.unsqueeze(0) * keep.to(h.dtype).reshape(shape)
+    return out.reshape(-1, *h.shape[1:])
+
+
 def compensation(
-    model: nn.Module, data: Data, sites: Sequence[Site], unit: Unit, intact: dict[str, np.ndarray],
-    *, batch_size: int = 1000,
-) -> dict[str, np.ndarray]:  # fmt: skip
+    model: nn.Module,
+    data: Data,
+    sites: Sequence[Site],
+    unit: Unit,
+    intact: dict[str, np.ndarray],
+    *,
+    batch_size: int = 1000,
+) -> dict[str, np.ndarray]:
     """Mean per-example activity of every unit with ``unit`` deleted (zero) minus ``intact`` (site ->
     (units,) means without the lesion); ``unit`` itself reads 0 change."""
     sums = {s.name: np.zeros(s.width * s.group) for s in sites}

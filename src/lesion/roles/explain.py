@@ -76,9 +76,11 @@ def explain(
         return text, float("nan"), [f"simulation score: the simulator raised {type(exc).__name__}: {exc}"]
     if pred.shape != real.shape or not np.isfinite(pred).all():
         what = f"{pred.shape[0]} values" if pred.shape != real.shape else "non-finite values"
-        return text, float("nan"), [
-            f"simulation score: the simulator returned {what}; expected {len(real)} finite numbers"
-        ]
+        return (
+            text,
+            float("nan"),
+            [f"simulation score: the simulator returned {what}; expected {len(real)} finite numbers"],
+        )
     r = pearson(pred, real)
     if np.isnan(r):
         return text, r, ["simulation score: undefined (the prediction or the activity is constant)"]

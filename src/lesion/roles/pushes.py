@@ -25,9 +25,11 @@ def _leaf_calls(model: nn.Module, example) -> list[tuple[str, nn.Module, torch.T
     handles = []
     for name, m in model.named_modules():
         if not list(m.children()):
-            handles.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: calls.append((name, mod, inp[0] if inp else None, out))
-            ))  # fmt: skip
+            handles.append(
+                m.register_forward_hook(
+                    lambda mod, inp, out, name=name: calls.append((name, mod, inp[0] if inp else None, out))
+                )
+            )
     try:
         with torch.no_grad(), eval_mode(model):
             as_batch(example).run(model)
@@ -56,9 +58,11 @@ def _push(calls, site: Site) -> tuple[torch.Tensor | None, str]:
     product = None
     n_linear = 0
     for name, mod, inp, outp in calls[at[0] + 1 :]:
-        if not isinstance(inp, torch.Tensor) or inp.numel() != prev.numel() or not torch.equal(
-            inp.reshape(-1), prev.reshape(-1)
-        ):  # fmt: skip
+        if (
+            not isinstance(inp, torch.Tensor)
+            or inp.numel() != prev.numel()
+            or not torch.equal(inp.reshape(-1), prev.reshape(-1))
+        ):
             return None, f"the path to the output is not a chain: {name!r} does not take the previous output"
         if isinstance(mod, nn.Linear):
             w = mod.weight.detach().double()

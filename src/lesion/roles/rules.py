@@ -61,8 +61,11 @@ def _worst_class(c: dict) -> int:
 
 def _needed_for_class(c: dict) -> bool:
     j = _worst_class(c)
-    return j >= 0 and _ok(c["loss_zero_lo"]) and c["loss_zero_lo"] > 0 and (
-        -c["class_accuracy_zero"][j] >= THRESHOLDS["class_drop"]
+    return (
+        j >= 0
+        and _ok(c["loss_zero_lo"])
+        and c["loss_zero_lo"] > 0
+        and (-c["class_accuracy_zero"][j] >= THRESHOLDS["class_drop"])
     )
 
 
@@ -79,50 +82,94 @@ class Rule:
 
 
 RULES = (
+    Rule(
+        "memorisation",
+        "loss change on the mislabeled training examples has its interval above 0 and is at least "
+        f"{THRESHOLDS['memorisation_ratio']:g}x that on the others",
+        _memorisation,
+        lambda c: (
+            f"memorisation unit: needed by the mislabeled examples ({c['mem_changed']:+.3g} loss on "
+            f"them, {c['mem_kept']:+.3g} on the others)"
+        ),
+    ),
     Rule("dead", "largest |activity| on the data is exactly 0", lambda c: c["dead"], lambda c: "dead"),
-    Rule("constant", "the same activity on every example (not 0)", lambda c: c["constant"],
-         lambda c: f"constant: {c['mean']:.3g} on every example"
-                   + (f" (a bias: deleting it {_effect(c)})" if _ok(c["loss_zero_lo"]) and c["loss_zero_lo"] > 0
-                      else "")),
-    Rule("memorisation",
-         "loss change on the mislabeled training examples has its interval above 0 and is at least "
-         f"{THRESHOLDS['memorisation_ratio']:g}x that on the others",
-         _memorisation,
-         lambda c: f"memorisation unit: needed by the mislabeled examples ({c['mem_changed']:+.3g} loss on "
-                   f"them, {c['mem_kept']:+.3g} on the others)"),
-    Rule("class detector",
-         f"selectivity >= {THRESHOLDS['selective']:g} for class c, and deleting it (zero) raises the loss "
-         f"on c (interval above 0) and drops accuracy on c by >= {THRESHOLDS['class_drop']:g}",
-         _detector,
-         lambda c: f"class-{c['preferred_class']} detector: fires on {c['preferred_class']} (selectivity "
-                   f"{c['selectivity']:.2f}); necessary for {c['preferred_class']} "
-                   f"({_pct(c['class_accuracy_zero'][c['preferred_class']])} on "
-                   f"{c['preferred_class']}, {_pct(c['accuracy_zero'])} overall)"),
-    Rule("general",
-         f"overall loss change interval above 0, and class loss intervals above 0 for >= "
-         f"{THRESHOLDS['general_share']:.0%} of the classes",
-         _general,
-         lambda c: ("general: hurts every class" if len(_class_hurt(c)) == len(c["class_loss_zero_lo"])
-                    else f"general: hurts {len(_class_hurt(c))} of {len(c['class_loss_zero_lo'])} classes")
-                   + f" ({_effect(c)})"),
-    Rule("needed for a class",
-         f"overall loss change interval above 0 and accuracy on one class drops by >= "
-         f"{THRESHOLDS['class_drop']:g} (not selective for it)",
-         _needed_for_class,
-         lambda c: f"needed for {_worst_class(c)} ({_pct(c['class_accuracy_zero'][_worst_class(c)])} on "
-                   f"{_worst_class(c)}, {_pct(c['accuracy_zero'])} overall)"),
-    Rule("needed", "overall loss change interval above 0", lambda c: _ok(c["loss_zero_lo"]) and
-         c["loss_zero_lo"] > 0, lambda c: f"needed: {_effect(c)}"),
-    Rule("harmful", "overall loss change interval below 0 (deleting it helps)",
-         lambda c: _ok(c["loss_zero_hi"]) and c["loss_zero_hi"] < 0,
-         lambda c: f"deleting it helps: {_effect(c)}"),
-    Rule("selective, not needed", f"selectivity >= {THRESHOLDS['selective']:g}, no measurable effect",
-         lambda c: _ok(c["selectivity"]) and c["selectivity"] >= THRESHOLDS["selective"],
-         lambda c: f"fires on {c['preferred_class']} (selectivity {c['selectivity']:.2f}); no measurable "
-                   "role (effect inside its interval around 0)"),
-    Rule("no measurable role", "otherwise: the effect's interval contains 0 (or was not measured)",
-         lambda c: True, lambda c: "no measurable role (effect inside its interval around 0)"),
-)  # fmt: skip
+    Rule(
+        "constant",
+        "the same activity on every example (not 0)",
+        lambda c: c["constant"],
+        lambda c: (
+            f"constant: {c['mean']:.3g} on every example"
+            + (
+                f" (a bias: deleting it {_effect(c)})"
+                if _ok(c["loss_zero_lo"]) and c["loss_zero_lo"] > 0
+                else ""
+            )
+        ),
+    ),
+    Rule(
+        "class detector",
+        f"selectivity >= {THRESHOLDS['selective']:g} for class c, and deleting it (zero) raises the loss "
+        f"on c (interval above 0) and drops accuracy on c by >= {THRESHOLDS['class_drop']:g}",
+        _detector,
+        lambda c: (
+            f"class-{c['preferred_class']} detector: fires on {c['preferred_class']} (selectivity "
+            f"{c['selectivity']:.2f}); necessary for {c['preferred_class']} "
+            f"({_pct(c['class_accuracy_zero'][c['preferred_class']])} on "
+            f"{c['preferred_class']}, {_pct(c['accuracy_zero'])} overall)"
+        ),
+    ),
+    Rule(
+        "general",
+        f"overall loss change interval above 0, and class loss intervals above 0 for >= "
+        f"{THRESHOLDS['general_share']:.0%} of the classes",
+        _general,
+        lambda c: (
+            (
+                "general: hurts every class"
+                if len(_class_hurt(c)) == len(c["class_loss_zero_lo"])
+                else f"general: hurts {len(_class_hurt(c))} of {len(c['class_loss_zero_lo'])} classes"
+            )
+            + f" ({_effect(c)})"
+        ),
+    ),
+    Rule(
+        "needed for a class",
+        f"overall loss change interval above 0 and accuracy on one class drops by >= "
+        f"{THRESHOLDS['class_drop']:g} (not selective for it)",
+        _needed_for_class,
+        lambda c: (
+            f"needed for {_worst_class(c)} ({_pct(c['class_accuracy_zero'][_worst_class(c)])} on "
+            f"{_worst_class(c)}, {_pct(c['accuracy_zero'])} overall)"
+        ),
+    ),
+    Rule(
+        "needed",
+        "overall loss change interval above 0",
+        lambda c: _ok(c["loss_zero_lo"]) and c["loss_zero_lo"] > 0,
+        lambda c: f"needed: {_effect(c)}",
+    ),
+    Rule(
+        "harmful",
+        "overall loss change interval below 0 (deleting it helps)",
+        lambda c: _ok(c["loss_zero_hi"]) and c["loss_zero_hi"] < 0,
+        lambda c: f"deleting it helps: {_effect(c)}",
+    ),
+    Rule(
+        "selective, not needed",
+        f"selectivity >= {THRESHOLDS['selective']:g}, no measurable effect",
+        lambda c: _ok(c["selectivity"]) and c["selectivity"] >= THRESHOLDS["selective"],
+        lambda c: (
+            f"fires on {c['preferred_class']} (selectivity {c['selectivity']:.2f}); no measurable "
+            "role (effect inside its interval around 0)"
+        ),
+    ),
+    Rule(
+        "no measurable role",
+        "otherwise: the effect's interval contains 0 (or was not measured)",
+        lambda c: True,
+        lambda c: "no measurable role (effect inside its interval around 0)",
+    ),
+)
 
 QUALIFIERS = (
     ("backed up by", f"pair effect - sum of single effects >= {THRESHOLDS['pair']:g} (redundancy)"),
@@ -135,10 +182,16 @@ def role(card: dict) -> tuple[str, str]:
     """(words, rule name) for a card's numbers (a dict of ``Card`` fields)."""
     rule = next(r for r in RULES if r.test(card))
     words = rule.words(card)
-    backs = [p for p, x in zip(card["partners"], card["partner_interaction"], strict=True)
-             if _ok(x) and x >= THRESHOLDS["pair"]]  # fmt: skip
-    syn = [p for p, x in zip(card["partners"], card["partner_interaction"], strict=True)
-           if _ok(x) and x <= -THRESHOLDS["pair"]]  # fmt: skip
+    backs = [
+        p
+        for p, x in zip(card["partners"], card["partner_interaction"], strict=True)
+        if _ok(x) and x >= THRESHOLDS["pair"]
+    ]
+    syn = [
+        p
+        for p, x in zip(card["partners"], card["partner_interaction"], strict=True)
+        if _ok(x) and x <= -THRESHOLDS["pair"]
+    ]
     if backs:
         words += f"; backed up by {', '.join(backs[:3])}"
     if syn:

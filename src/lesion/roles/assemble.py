@@ -127,57 +127,105 @@ def build(
             "simulation and causal scores); effects are measured against the intact model's predictions"
         )
     stats = collect_stats(model, data, sites, labels=labeled, batch_size=batch_size)
-    found, y_sample, ids_sample = activity(
-        model, data, sites, {s.name: stats[s.name].moments.lo for s in sites},
-        {s.name: stats[s.name].moments.hi for s in sites}, k=top, bins=bins, sample=sample,
+    found, y_all, ids_sample = activity(
+        model,
+        data,
+        sites,
+        {s.name: stats[s.name].moments.lo for s in sites},
+        {s.name: stats[s.name].moments.hi for s in sites},
+        k=top,
+        bins=bins,
+        sample=sample,
         batch_size=batch_size,
-    )  # fmt: skip
+    )
     n = stats[sites[0].name].moments.n_examples
     meta["n_examples"] = n
     say.update(1)
     units = [Unit(s.name, j) for s in sites for j in range(s.width)]
-    settings = {"n": n, "units": len(units), "sites": [str(s) for s in sites], "seed": seed,
-                "pair_units": pair_units, "partners": partners, "causal_draws": causal_draws}  # fmt: skip
+    settings = {
+        "n": n,
+        "units": len(units),
+        "sites": [str(s) for s in sites],
+        "seed": seed,
+        "pair_units": pair_units,
+        "partners": partners,
+        "causal_draws": causal_draws,
+    }
     kept = _Keep(Path(keep) if keep is not None else None, settings)
     eff = {}
     for name, rep in (("zero", Zero()), ("mean", Mean(stats=stats))):
-        eff[name] = kept(f"effects-{name}", lambda rep=rep: single_effects(
-            model, data, sites, units, rep, n_classes, batch_size=batch_size, progress=progress)[0])  # fmt: skip
+        eff[name] = kept(
+            f"effects-{name}",
+            lambda rep=rep: single_effects(
+                model, data, sites, units, rep, n_classes, batch_size=batch_size, progress=progress
+            )[0],
+        )
         say.update(1)
     pushed = pushes(model, first_batch(data, 1), sites)
     say.update(1)
-    z_mean, z_lo, z_hi = interval(eff["zero"]["dsum"], eff["zero"]["dsq"], eff["zero"]["count"])
+    z_mean, _, _ = interval(eff["zero"]["dsum"], eff["zero"]["dsq"], eff["zero"]["count"])
     order = [i for i in np.argsort(-np.nan_to_num(z_mean, nan=-np.inf), kind="stable")[:pair_units]]
     samples = {s.name: found[s.name].sample.numpy().astype(np.float64) for s in sites}
     runner = Runner(model, data, sites, metric=LossChange(n_classes), batch_size=batch_size)
     pair_list = _pairs(units, order, samples, z_mean, partners)
-    pair_vals = kept("pairs", lambda: set_effects(runner, [[units[i], units[j]] for i, j in pair_list])
-                     if pair_list else {})  # fmt: skip
+    pair_vals = kept(
+        "pairs",
+        lambda: set_effects(runner, [[units[i], units[j]] for i, j in pair_list]) if pair_list else {},
+    )
     say.update(1)
     intact = {s.name: stats[s.name].moments.mean.numpy() for s in sites}
-    comp = kept("compensation", lambda: _compensation(model, data, sites, [units[i] for i in order], intact,
-                                                      batch_size))  # fmt: skip
+    comp = kept(
+        "compensation",
+        lambda: _compensation(model, data, sites, [units[i] for i in order], intact, batch_size),
+    )
     say.update(1)
-    expl = _explanations(units, found, samples, y_sample, ids_sample, explainer, simulator, labeled)
+    expl = _explanations(units, found, samples, y_all, ids_sample, explainer, simulator, labeled)
     say.update(1)
     si, pref, mi = _class_measures(sites, stats, labeled)
-    causal = kept("causal", lambda: _causal(runner, sites, si, pref, n_classes, causal_draws, seed)
-                  if labeled else {})  # fmt: skip
+    causal = kept(
+        "causal", lambda: _causal(runner, sites, si, pref, n_classes, causal_draws, seed) if labeled else {}
+    )
     say.update(1)
     mem = {}
     if train is not None:
-        mem = kept("memorisation", lambda: _memorisation(model, train, true_labels, sites, units, n_classes,
-                                                        batch_size, progress))  # fmt: skip
+        mem = kept(
+            "memorisation",
+            lambda: _memorisation(model, train, true_labels, sites, units, n_classes, batch_size, progress),
+        )
     elif true_labels is not None:
         raise LesionError("true_labels= needs train= (the data with the labels the network was trained on)")
     say.update(1)
     say.close()
-    meta |= {"rules": rules.table(), "thresholds": dict(rules.THRESHOLDS), "pairs_tried": len(pair_list),
-             "pairs_how": _PAIRS_HOW.format(k=pair_units, p=partners), "sites": [str(s) for s in sites]}  # fmt: skip
-    ctx = dict(found=found, stats=stats, eff=eff, pushed=pushed, pair_list=pair_list, pair_vals=pair_vals,
-               comp=comp, order=order, expl=expl, si=si, pref=pref, mi=mi, causal=causal, mem=mem,
-               labeled=labeled, n=n, units=units, sites={s.name: s for s in sites},
-               pairs_how=meta["pairs_how"])  # fmt: skip
+    meta |= {
+        "rules": rules.table(),
+        "thresholds": dict(rules.THRESHOLDS),
+        "pairs_tried": len(pair_list),
+        "pairs_how": _PAIRS_HOW.format(k=pair_units, p=partners),
+        "sites": [str(s) for s in sites],
+        "site_shapes": {s.name: list(s.shape) for s in sites},
+    }
+    ctx = dict(
+        found=found,
+        stats=stats,
+        eff=eff,
+        pushed=pushed,
+        pair_list=pair_list,
+        pair_vals=pair_vals,
+        comp=comp,
+        order=order,
+        expl=expl,
+        si=si,
+        pref=pref,
+        mi=mi,
+        causal=causal,
+        mem=mem,
+        labeled=labeled,
+        labels=y_all,
+        n=n,
+        units=units,
+        sites={s.name: s for s in sites},
+        pairs_how=meta["pairs_how"],
+    )
     cards = [_card(i, u, ctx) for i, u in enumerate(units)]
     return Atlas(cards, meta)
 
@@ -257,8 +305,11 @@ def _compensation(model, data, sites, chosen, intact, batch_size) -> dict[str, n
         best = sorted(flat, key=lambda t: -t[0])[:5]
         names.append([b[1] for b in best] + [""] * (5 - len(best)))
         values.append([b[2] for b in best] + [math.nan] * (5 - len(best)))
-    return {"units": np.array([str(u) for u in chosen]), "names": np.array(names, dtype=str).reshape(-1, 5),
-            "values": np.array(values, dtype=np.float64).reshape(-1, 5)}  # fmt: skip
+    return {
+        "units": np.array([str(u) for u in chosen]),
+        "names": np.array(names, dtype=str).reshape(-1, 5),
+        "values": np.array(values, dtype=np.float64).reshape(-1, 5),
+    }
 
 
 def _explanations(units, found, samples, y, ids, explainer, simulator, labeled):
@@ -267,11 +318,15 @@ def _explanations(units, found, samples, y, ids, explainer, simulator, labeled):
     explainer = explainer or class_means_explainer
     simulator = simulator or class_means_simulator
     ids = ids.numpy()
-    labels = y.numpy() if (y is not None and labeled) else None
+    labels = y.numpy()[ids] if (y is not None and labeled) else None
     fit, test = np.arange(0, len(ids), 2), np.arange(1, len(ids), 2)
     for i, u in enumerate(units):
         if len(test) == 0:
-            out[i] = ("", math.nan, ["simulation score: needs at least 2 examples (one to explain, one to test)"])
+            out[i] = (
+                "",
+                math.nan,
+                ["simulation score: needs at least 2 examples (one to explain, one to test)"],
+            )
             continue
         a = samples[u.layer][:, u.index]
         top = tuple(int(t) for t in found[u.layer].top.ids[:, u.index])
@@ -289,7 +344,7 @@ def _causal(runner, sites, si, pref, n_classes, draws, seed) -> dict[str, np.nda
     g = np.random.default_rng(seed)
     rows, sets = [], []
     for s in sites:
-        named_all = (np.nan_to_num(si[s.name], nan=-1) >= rules.THRESHOLDS["selective"])
+        named_all = np.nan_to_num(si[s.name], nan=-1) >= rules.THRESHOLDS["selective"]
         for c in range(n_classes):
             named = np.flatnonzero(named_all & (pref[s.name] == c))
             others = np.setdiff1d(np.arange(s.width), named)
@@ -313,9 +368,15 @@ def _causal(runner, sites, si, pref, n_classes, draws, seed) -> dict[str, np.nda
         rand_mean.append(rnd.mean())
         lo.append(diff - half)
         hi.append(diff + half)
-    return {"layer": np.array([r[0] for r in rows]), "cls": np.array([r[1] for r in rows]),
-            "size": np.array([r[2] for r in rows]), "named": np.array(named_eff),
-            "random": np.array(rand_mean), "lo": np.array(lo), "hi": np.array(hi)}  # fmt: skip
+    return {
+        "layer": np.array([r[0] for r in rows]),
+        "cls": np.array([r[1] for r in rows]),
+        "size": np.array([r[2] for r in rows]),
+        "named": np.array(named_eff),
+        "random": np.array(rand_mean),
+        "lo": np.array(lo),
+        "hi": np.array(hi),
+    }
 
 
 def _memorisation(model, train, true_labels, sites, units, n_classes, batch_size, progress):
@@ -330,8 +391,9 @@ def _memorisation(model, train, true_labels, sites, units, n_classes, batch_size
     if not bool(groups.any()):
         raise DataError("no training label differs from its true label: nothing was memorised")
     groups = torch.cat([groups, torch.zeros(0, dtype=torch.long)])
-    got, _ = single_effects(model, train, sites, units, Zero(), n_classes, groups=groups,
-                            batch_size=batch_size, progress=progress)  # fmt: skip
+    got, _ = single_effects(
+        model, train, sites, units, Zero(), n_classes, groups=groups, batch_size=batch_size, progress=progress
+    )
     return {k: got[k] for k in ("dsum_group", "dsq_group", "count_group")}
 
 
@@ -340,22 +402,38 @@ def _card(i: int, u: Unit, ctx: dict) -> Card:
     f, st = ctx["found"][u.layer], ctx["stats"][u.layer]
     j = u.index
     om: list[str] = []
-    c: dict = {"unit": str(u), "layer": u.layer, "index": j, "kind": "feature map" if s.spatial else "neuron",
-               "n_examples": ctx["n"]}  # fmt: skip
+    c: dict = {
+        "unit": str(u),
+        "layer": u.layer,
+        "index": j,
+        "kind": "feature map" if s.spatial else "neuron",
+        "n_examples": ctx["n"],
+    }
     m = st.moments
-    c |= {"mean": float(f.mean[j]), "sd": float(f.sd[j]),
-          "lo": float(m.lo[j]), "hi": float(m.hi[j]), "frequency_active": float(f.active[j]) / max(f.n, 1),
-          "dead": bool(m.max_abs[j] == 0), "hist_edges": tuple(map(float, f.edges[j])),
-          "hist_counts": tuple(map(int, f.counts[j]))}  # fmt: skip
+    c |= {
+        "mean": float(f.mean[j]),
+        "sd": float(f.sd[j]),
+        "lo": float(m.lo[j]),
+        "hi": float(m.hi[j]),
+        "frequency_active": float(f.active[j]) / max(f.n, 1),
+        "dead": bool(m.max_abs[j] == 0),
+        "hist_edges": tuple(map(float, f.edges[j])),
+        "hist_counts": tuple(map(int, f.counts[j])),
+    }
     c["constant"] = bool(m.lo[j] == m.hi[j]) and not c["dead"]
     c |= _examples(f, j, ctx)
     if ctx["labeled"]:
-        c |= {"selectivity": float(ctx["si"][u.layer][j]), "preferred_class": int(ctx["pref"][u.layer][j]),
-              "mutual_info": float(ctx["mi"][u.layer][j]),
-              "class_means": tuple(float(x) for x in st.class_means[:, j])}  # fmt: skip
+        c |= {
+            "selectivity": float(ctx["si"][u.layer][j]),
+            "preferred_class": int(ctx["pref"][u.layer][j]),
+            "mutual_info": float(ctx["mi"][u.layer][j]),
+            "class_means": tuple(float(x) for x in st.class_means[:, j]),
+        }
     else:
-        om.append("class parts: the data has no labels (no selectivity, class means, information, per-class "
-                  "effects or causal score); effects are against the intact model's predictions")  # fmt: skip
+        om.append(
+            "class parts: the data has no labels (no selectivity, class means, information, per-class "
+            "effects or causal score); effects are against the intact model's predictions"
+        )
     c |= _effects(i, ctx, om)
     push, how = ctx["pushed"][u.layer]
     if push is None:
@@ -385,6 +463,10 @@ def _examples(f, j, ctx) -> dict:
         "bottom_index": tuple(int(x) for x in f.bottom.ids[:k, j]),
         "bottom_activity": tuple(float(x) for x in f.bottom.values[:k, j]),
     }
+    if ctx["labeled"] and ctx["labels"] is not None:
+        y = ctx["labels"]
+        out["top_label"] = tuple(int(y[i]) for i in out["top_index"])
+        out["bottom_label"] = tuple(int(y[i]) for i in out["bottom_index"])
     if ctx["sites"][f.site.name].spatial:
         out["top_where"] = tuple(int(x) for x in f.top.where[:k, j])
     return out
@@ -395,16 +477,24 @@ def _effects(i, ctx, om) -> dict:
     for name in ("zero", "mean"):
         e = ctx["eff"][name]
         mean, lo, hi = interval(e["dsum"][i], e["dsq"][i], e["count"][i])
-        out |= {f"loss_{name}": float(mean), f"loss_{name}_lo": float(lo), f"loss_{name}_hi": float(hi),
-                f"accuracy_{name}": float(e["accuracy"][i])}  # fmt: skip
+        out |= {
+            f"loss_{name}": float(mean),
+            f"loss_{name}_lo": float(lo),
+            f"loss_{name}_hi": float(hi),
+            f"accuracy_{name}": float(e["accuracy"][i]),
+        }
         if ctx["labeled"]:
             cm, clo, chi = interval(e["dsum_class"][i], e["dsq_class"][i], e["count_class"][i])
             out[f"class_loss_{name}"] = tuple(map(float, cm))
             out[f"class_accuracy_{name}"] = tuple(map(float, e["accuracy_class"][i]))
             if name == "zero":
-                out |= {"class_loss_zero_lo": tuple(map(float, clo)), "class_loss_zero_hi": tuple(map(float, chi))}
-    out["sign_disagree"] = rules.sign_disagree(*(out[f"loss_{n}{s}"] for n in ("zero", "mean")
-                                                 for s in ("", "_lo", "_hi")))  # fmt: skip
+                out |= {
+                    "class_loss_zero_lo": tuple(map(float, clo)),
+                    "class_loss_zero_hi": tuple(map(float, chi)),
+                }
+    out["sign_disagree"] = rules.sign_disagree(
+        *(out[f"loss_{n}{s}"] for n in ("zero", "mean") for s in ("", "_lo", "_hi"))
+    )
     return out
 
 
@@ -419,16 +509,22 @@ def _partners(i, ctx, om) -> dict:
             pair = pv["dsum"][p] / pv["count"][p]
             rows.append((str(ctx["units"][other]), float(pair), float(pair - single[a] - single[b])))
     rows.sort(key=lambda r: -abs(r[2]))
-    out = {"partners": tuple(r[0] for r in rows), "partner_pair": tuple(r[1] for r in rows),
-           "partner_interaction": tuple(r[2] for r in rows), "pairs_tried": len(rows),
-           "pairs_how": ctx["pairs_how"]}  # fmt: skip
+    out = {
+        "partners": tuple(r[0] for r in rows),
+        "partner_pair": tuple(r[1] for r in rows),
+        "partner_interaction": tuple(r[2] for r in rows),
+        "pairs_tried": len(rows),
+        "pairs_how": ctx["pairs_how"],
+    }
     comp = ctx["comp"]
     where = np.flatnonzero(comp.get("units", np.array([])) == str(ctx["units"][i]))
     if len(where):
         r = where[0]
         keep = [q for q in range(comp["names"].shape[1]) if comp["names"][r, q]]
-        out |= {"compensators": tuple(str(comp["names"][r, q]) for q in keep),
-                "compensation": tuple(float(comp["values"][r, q]) for q in keep)}  # fmt: skip
+        out |= {
+            "compensators": tuple(str(comp["names"][r, q]) for q in keep),
+            "compensation": tuple(float(comp["values"][r, q]) for q in keep),
+        }
     else:
         om.append("compensation: measured only for the units with the largest effects")
     if not rows:
@@ -444,8 +540,14 @@ def _causal_part(u, pref, si, ctx) -> dict:
     if not len(hit):
         return {}
     r = hit[0]
-    return {"causal_class": int(pref), "causal_named": float(cz["named"][r]), "causal_random": float(cz["random"][r]),
-            "causal_lo": float(cz["lo"][r]), "causal_hi": float(cz["hi"][r]), "causal_size": int(cz["size"][r])}  # fmt: skip
+    return {
+        "causal_class": int(pref),
+        "causal_named": float(cz["named"][r]),
+        "causal_random": float(cz["random"][r]),
+        "causal_lo": float(cz["lo"][r]),
+        "causal_hi": float(cz["hi"][r]),
+        "causal_size": int(cz["size"][r]),
+    }
 
 
 def _mem_part(i, ctx) -> dict:
