@@ -25,7 +25,7 @@ def _ok(*xs: float) -> bool:
 
 
 def _pct(x: float) -> str:
-    return f"{x * 100:+.0f}%"
+    return f"{x * 100:+.0f}%" if abs(x) >= 0.01 or x == 0 else f"{x * 100:+.1f}%"
 
 
 def _class_hurt(c: dict) -> list[int]:

@@ -84,6 +84,9 @@
     const a = e.target.closest("a[data-unit]");
     if (a) { e.preventDefault(); open(a.dataset.unit); }
   });
+  window.addEventListener("hashchange", () => {
+    if (location.hash.length > 1) open(decodeURIComponent(location.hash.slice(1)));
+  });
   draw();
   if (location.hash.length > 1) open(decodeURIComponent(location.hash.slice(1)));
 })();
