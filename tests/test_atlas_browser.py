@@ -86,3 +86,35 @@ def test_a_card_opens_from_the_address(page, atlas):
     assert card.query_selector(".headline").inner_text() == "dead"
     assert page.inner_text("[data-stat='memorisation unit']") == "no"  # dead on both splits
     assert page.inner_text("[data-stat='dead']") == "never active on the data"
+
+
+def test_the_explorer_shows_the_same_card(browser):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    import json
+    import urllib.request
+
+    from lesion.serve import create_app, running
+    from tests.serve_support import digits_model, make_explorer
+
+    model, data = digits_model()
+    explorer = make_explorer(model, data)
+    want = {c.unit: c for c in build(model, (data.x_test, data.y_test), sites=explorer.sites).cards}
+    with running(create_app(explorer)) as url:
+        with urllib.request.urlopen(f"{url}/api/cards/relu1:3") as r:
+            doc = json.loads(r.read())
+        assert doc["card"]["role"] == want["relu1:3"].role
+        assert doc["card"]["loss_zero"] == pytest.approx(want["relu1:3"].loss_zero)
+        assert len(doc["images"]) == len({*want["relu1:3"].top_index, *want["relu1:3"].bottom_index})
+        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        problems: list[str] = []
+        pg.on("pageerror", lambda e: problems.append(str(e)))
+        pg.goto(url)
+        pg.wait_for_selector("body[data-ready=true]")
+        pg.click("[data-id='relu1:3']", modifiers=["Shift"])  # inspect without deleting
+        pg.click("#unit-card-open")
+        card = pg.wait_for_selector("#unit-card .lesion-card[data-unit='relu1:3']")
+        assert card.query_selector(".headline").inner_text() == want["relu1:3"].role
+        assert len(card.query_selector_all("[data-examples='top'] img")) == len(want["relu1:3"].top_index)
+        pg.close()
+        assert not problems, problems
