@@ -159,7 +159,10 @@ def test_the_page_and_the_openapi_docs_are_served(client):
         assert client.get(f"/static/{name}").status_code == 200, name
     spec = client.get("/openapi.json").json()
     paths = {"/api/model", "/api/units", "/api/units/{unit}", "/api/evaluate", "/api/curves"}
+    paths |= {"/api/cards/{unit}"}
     assert set(spec["paths"]) == paths | {"/api/images/{index}"}
+    for name in ("card.js", "card.css"):  # the atlas's card template, shared
+        assert client.get(f"/roles/{name}").status_code == 200, name
     schema = spec["components"]["schemas"]["EvaluateRequest"]
     assert schema["properties"]["units"]["type"] == "array"
     docs = client.get("/docs")

@@ -122,3 +122,59 @@ class ToyResidual(nn.Module):
         h = self.act(self.fc(x))
         g = self.branch_act(self.branch(h))
         return self.out((h + g) / 2)
+
+
+class Planted(nn.Module):
+    """Roles planted by hand (lesion.roles' tests). Three classes; an input is (x0, x1, x2, m): x_c = 1
+    for class c, and m = 1 marks a training example whose label was changed (class-2 input, label 0).
+
+    act1: h0 = relu(x0), h1 = h2 = relu(x1) (duplicates), h3 = relu(-x0 - 1) (dead), h4 = relu(m)
+    (carries the mislabeled examples only), h5 = relu(x2).
+    act2: g0 = relu(h0), g1 = relu(h1 + h2), g2 = relu(h1 + h2 - 1), g3 = relu(h5), g4 = relu(h4).
+    Logits: z0 = 4 g0 + 8 g4, z1 = 4 g1 - 4 g2 + 0.5 = 4 min(1, h1 + h2) + 0.5, z2 = 4 g3.
+    Intact: class 0 -> (4, .5, 0), class 1 -> (0, 4.5, 0), class 2 -> (0, .5, 4), mislabeled -> (8, .5, 4).
+    Deleting h1 or h2 alone changes nothing; both: class 1 -> (0, .5, 0), wrong. Deleting h0 (or g0):
+    class 0 -> (0, .5, 0), wrong. Deleting h4: mislabeled -> (0, .5, 4), the label they were trained on
+    lost, every other example unchanged.
+    """
+
+    W1 = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [-1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]])
+    B1 = torch.tensor([0.0, 0, 0, -1, 0, 0])
+    W2 = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1],
+                       [0, 0, 0, 0, 1, 0]])  # fmt: skip
+    B2 = torch.tensor([0.0, 0, -1, 0, 0])
+    W3 = torch.tensor([[4.0, 0, 0, 0, 8], [0, 4, -4, 0, 0], [0, 0, 0, 4, 0]])
+    B3 = torch.tensor([0.0, 0.5, 0])
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act1 = nn.Linear(4, 6), nn.ReLU()
+        self.fc2, self.act2 = nn.Linear(6, 5), nn.ReLU()
+        self.out = nn.Linear(5, 3)
+        with torch.no_grad():
+            layers = (
+                (self.fc1, self.W1, self.B1),
+                (self.fc2, self.W2, self.B2),
+                (self.out, self.W3, self.B3),
+            )
+            for lin, w, b in layers:
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+
+    def forward(self, x):
+        return self.out(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+def planted_data(per_class: int = 10, mislabeled: int = 0):
+    """(x, y) held-out-style data of ``Planted``; with ``mislabeled`` > 0 training data too:
+    ``(x, trained labels, true labels)``."""
+    rows, ys = [], []
+    for c in range(3):
+        rows += [[float(c == 0), float(c == 1), float(c == 2), 0.0]] * per_class
+        ys += [c] * per_class
+    x, y = torch.tensor(rows), torch.tensor(ys)
+    if not mislabeled:
+        return x, y
+    x = torch.cat([x, torch.tensor([[0.0, 0, 1, 1]] * mislabeled)])
+    true = torch.cat([y, torch.full((mislabeled,), 2)])
+    return x, torch.cat([y, torch.zeros(mislabeled, dtype=torch.long)]), true

@@ -1,7 +1,8 @@
 """lesion: delete neurons and feature maps of a trained PyTorch model and measure what that does.
 
 The public surface: a sweep of lesions (``sweep``, ``ablate``, ``Lesion``, ``Unit``, ``find_sites``), the
-paper's analyses (``unit_table``, ``ablation_curves``, ``noise_curves``...), and two namespaces,
+paper's analyses (``unit_table``, ``ablation_curves``, ``noise_curves``...), the role of every unit
+(``roles``), and two namespaces,
 ``lesion.metrics`` and ``lesion.replacements``; errors in ``lesion.errors``. Everything else lives in
 the package that defines it (``lesion.analyses``, ``lesion.core``...).
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from lesion.core.stats import collect_stats
     from lesion.core.units import Unit, parse_units
     from lesion.errors import LesionError
+    from lesion.roles import roles
 
 __all__ = [
     "Lesion",
@@ -59,6 +61,7 @@ __all__ = [
     "parse_units",
     "per_class_drops",
     "replacements",
+    "roles",
     "selectivity_vs_importance",
     "sweep",
     "unit_table",
@@ -80,6 +83,7 @@ _SOURCES = {
     "lesion.core.stats": ("collect_stats",),
     "lesion.core.units": ("Unit", "parse_units"),
     "lesion.errors": ("LesionError",),
+    "lesion.roles": ("roles",),  # the package, callable: lesion.roles(model, data) -> one row per unit
 }  # fmt: skip
 _LOCATION = {name: module for module, names in _SOURCES.items() for name in names}
 _NAMESPACES = ("errors", "metrics", "replacements")

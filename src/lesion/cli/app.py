@@ -235,6 +235,33 @@ def analyze(
 
 
 @_command
+def atlas(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option(help="Directory for roles.parquet, cards.json and atlas.html.")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the model file's).")] = None,
+    examples: Annotated[int | None, typer.Option(min=1, help="A seeded sample of held-out examples.")] = None,
+    layers: Annotated[list[str] | None, typer.Option(help="Layers (default: every activation).")] = None,
+    pairs: Annotated[int, typer.Option(min=0, help="Units (largest effects) given pair lesions.")] = 16,
+    top: Annotated[int, typer.Option(min=1, help="Top and bottom examples per unit.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the sample and the random sets.")] = 0,
+    text: TextOpt = None,
+    tokens: TokensOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """The card of every unit (what it responds to, what breaks without it, who backs it up, its role
+    in words) as roles.parquet, cards.json and one self-contained atlas.html; an interrupted run resumes."""
+    from lesion.cli.atlas import atlas as make_atlas
+    from lesion.cli.atlas import print_summary
+
+    summary = make_atlas(
+        model, out, dataset=dataset, examples=examples, layers=T.names(layers), pair_units=pairs, top=top,
+        seed=seed, force=force, text=text, tokens=tokens, allow_pickle=allow_pickle,
+    )  # fmt: skip
+    print_summary(summary, out)
+
+
+@_command
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 5,

@@ -169,6 +169,20 @@ def unit_detail(unit: UnitPath, ex: Ex) -> dict:
         raise HTTPException(404, str(exc)) from None
 
 
+@router.get(
+    "/cards/{unit}", summary="One unit's card, as atlas.html shows it",
+    responses={404: {"description": "No such unit."}},
+)  # fmt: skip
+def card(unit: UnitPath, ex: Ex) -> dict:
+    """The unit's card (``lesion.roles``): what it responds to, what breaks without it (zero and mean,
+    95% intervals), what it pushes the output towards, who backs it up, its role in words and the scores
+    of its explanation; the rules, and thumbnails of its examples. The first request measures every card."""
+    try:
+        return ex.card(unit)
+    except LesionError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
 @router.post(
     "/evaluate", response_model=Evaluated, summary="Evaluate the model with units deleted",
     responses={400: {"description": "Malformed JSON."}, 413: {"description": "Body over 1 MiB."},
@@ -236,6 +250,8 @@ def create_app(
     app.include_router(text_app.router if text else router)
     for path, page in (("/", "text.html" if text else "index.html"), ("/docs", "api.html")):
         app.add_api_route(path, _page(page), include_in_schema=False, methods=["GET"])
+    for name, kind in (("card.js", "text/javascript"), ("card.css", "text/css")):  # the atlas's card template
+        app.add_api_route(f"/roles/{name}", _template(name, kind), include_in_schema=False, methods=["GET"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -243,6 +259,15 @@ def create_app(
 def _page(name: str):
     def page() -> FileResponse:
         return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+    return page
+
+
+def _template(name: str, kind: str):
+    from lesion.roles.atlas import TEMPLATES
+
+    def page() -> FileResponse:
+        return FileResponse(TEMPLATES / name, media_type=kind, headers={"Cache-Control": "no-cache"})
 
     return page
 

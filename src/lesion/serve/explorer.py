@@ -155,6 +155,25 @@ class Explorer:
             "top_examples": top,
         }  # fmt: skip
 
+    def card(self, address: str) -> dict:
+        """One unit's card, as ``atlas.html`` shows it (``lesion.roles``): the cards of every unit are
+        measured on the held-out data at the first request, under the lesion lock, and kept."""
+        from lesion.roles.assemble import build
+        from lesion.roles.atlas import page_data, thumbnails
+
+        chosen = self.selection([address]).units()
+        if len(chosen) != 1:
+            raise UnitError(f"expected one unit like 'layer:17', got {address!r}")
+        with self._lock:
+            if getattr(self, "_atlas", None) is None:
+                self._atlas = build(self.model, (self.x, self.y), sites=self.sites)
+        card = next(c for c in self._atlas.cards if c.unit == str(chosen[0]))
+        images = thumbnails((self.x, self.y), [*card.top_index, *card.bottom_index])
+        doc = page_data(
+            type(self._atlas)([card], self._atlas.meta), images, title=self.name, classes=self.classes
+        )
+        return {"card": doc["cards"][0], "meta": doc["meta"], "images": doc["images"]}
+
     def unit_rows(self) -> list[dict]:
         """One dict per unit with the columns of ``UNIT_COLUMNS`` (per-class drops left out)."""
         return self.units[list(UNIT_COLUMNS)].to_dict("records")

@@ -67,7 +67,16 @@ export function renderUnit(panel, state, toggle) {
   grid.append(stats(d, classes), means, drops);
   const title = node("p", { class: "thumbs-title" },
     "held-out images it responds to most (green: of its preferred class)");
-  panel.replaceChildren(head, grid, title, thumbs(d, classes));
+  const cardButton = node("button", { type: "button", id: "unit-card-open" }, "its card (as in the atlas)");
+  const cardBox = node("div", { id: "unit-card" });
+  cardButton.addEventListener("click", async () => {
+    cardBox.textContent = "measuring every unit's card (first time only)…";
+    const r = await fetch(`/api/cards/${encodeURIComponent(d.address)}`);
+    const doc = await r.json();
+    cardBox.replaceChildren(r.ok ? window.LesionCard.render(doc.card, { images: doc.images, meta: doc.meta })
+      : node("p", {}, doc.error || "no card"));
+  });
+  panel.replaceChildren(head, grid, title, thumbs(d, classes), cardButton, cardBox);
   classBars(meansSvg, classes, d.class_means, { highlight: d.preferred_class, format: 2 });
   classBars(dropsSvg, classes, d.per_class_delta_accuracy, { signedScale: true, format: 3 });
 }

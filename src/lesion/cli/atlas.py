@@ -1,0 +1,124 @@
+"""``lesion atlas``: the card of every unit of a classifier, as a table, card data and one HTML page.
+
+Resumable: the lesion stages are kept in ``DIR/.partial`` while the atlas is made and reused by a run
+that was interrupted; ``manifest.json`` is written last, so an interrupted atlas never reads as complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from lesion.cli import text as T
+from lesion.errors import LesionError
+from lesion.util.outputs import MANIFEST, OutputError, check_dir_target, read_manifest
+
+PARTIAL = ".partial"
+
+
+def atlas(
+    model: Path,
+    out: Path,
+    *,
+    dataset: str | None,
+    examples: int | None,
+    layers: tuple[str, ...] | None,
+    pair_units: int,
+    top: int,
+    seed: int,
+    force: bool,
+    text: Path | None,
+    tokens: Path | None,
+    allow_pickle: bool,
+) -> dict:
+    """Make the atlas of ``model`` into ``out``; returns a short summary."""
+    if text or tokens:
+        raise LesionError(
+            "lesion atlas covers classifiers (--dataset) so far; cards of language models (--text / "
+            "--tokens) are not implemented yet"
+        )
+    from lesion.roles.atlas import ATLAS_FILES
+
+    _check_out(out, ATLAS_FILES, force)
+    start = time.perf_counter()
+    import torch
+
+    from lesion.pipeline.classifier import dataset_for, open_any
+    from lesion.roles.assemble import build
+    from lesion.roles.atlas import example_ids, thumbnails, write_atlas
+
+    net, info = open_any(model, allow_pickle=allow_pickle)
+    data = dataset_for(info, dataset, model)
+    x, y = data.x_test, data.y_test
+    if examples is not None and examples < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:examples].sort().values
+        x, y = x[keep], y[keep]
+    train, true = _memorisation_data(info, dataset, model, data)
+    T.err().print(
+        f"atlas of {model.name} on {data.name}: {len(y)} held-out examples"
+        + (
+            f", memorisation on {int((train[1] != true).sum())} mislabeled training examples"
+            if train is not None
+            else ""
+        )
+    )
+    result = build(
+        net,
+        (x, y),
+        layers=list(layers) if layers else None,
+        train=train,
+        true_labels=true,
+        top=top,
+        pair_units=pair_units,
+        seed=seed,
+        progress=True,
+        keep=out / PARTIAL,
+    )
+    images = thumbnails((x, y), example_ids(result))
+    write_atlas(out, result, images, title=f"{model.name} on {data.name}", classes=data.classes)
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    roles = [c.role_rule for c in result.cards]
+    return {
+        "units": len(result.cards),
+        "seconds": time.perf_counter() - start,
+        "rules": {r: roles.count(r) for r in dict.fromkeys(roles)},
+    }
+
+
+def _check_out(out: Path, files, force: bool) -> None:
+    """A complete atlas is replaced only with --force; an incomplete one (no manifest) is resumed."""
+    complete = True
+    try:
+        read_manifest(out, verify=False)
+    except OutputError:
+        complete = False
+    if complete and not force:
+        raise OutputError(f"--out {str(out)!r} already holds a complete atlas; pass --force to replace it")
+    if complete and force:
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+    check_dir_target(out, files, force=True)
+
+
+def _memorisation_data(info: dict, dataset: str | None, model: Path, data):
+    """(training data with the labels trained on, true labels) where the model file records training
+    labels that differ from the dataset's; else (None, None)."""
+    labels = (info.get("extra") or {}).get("train_labels")
+    if labels is None:
+        return None, None
+    from lesion.pipeline.classifier import dataset_for
+
+    true = dataset_for({**info, "extra": {}}, dataset, model).y_train
+    if true.shape != data.y_train.shape or bool((true == data.y_train).all()):
+        return None, None
+    return (data.x_train, data.y_train), true
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    T.out().print(
+        f"atlas of {summary['units']} units written to {out} in {summary['seconds']:.1f} s "
+        f"(open {out / 'atlas.html'})"
+    )
+    for rule, k in sorted(summary["rules"].items(), key=lambda kv: -kv[1]):
+        T.out().print(f"  {k:6d}  {rule}")

@@ -1,0 +1,100 @@
+"""The card of one unit: a frozen record of every number the atlas shows, and nothing measured later.
+
+Every field is a number, a string or a tuple of them, so one card is one row of ``roles.parquet``
+(tuples become list columns) and one JSON object of the atlas page. NaN marks a number that was not
+measured; ``omissions`` says why, in words, for each part left out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+NaN = math.nan
+
+
+@dataclass(frozen=True)
+class Card:
+    """One unit's card; the parts follow the issue's letters (a: responds to ... g: explainer)."""
+
+    unit: str  # "layer:index"
+    layer: str
+    index: int
+    kind: str  # "neuron" or "feature map"
+    n_examples: int
+    # a. what it responds to (per-example activity; a feature map averaged over space)
+    mean: float = NaN
+    sd: float = NaN
+    lo: float = NaN
+    hi: float = NaN
+    frequency_active: float = NaN  # share of examples with activity > 0 (a map: anywhere)
+    dead: bool = False  # largest |activity| over every element exactly 0
+    constant: bool = False  # the same per-example activity on every example
+    hist_edges: tuple[float, ...] = ()
+    hist_counts: tuple[int, ...] = ()
+    top_index: tuple[int, ...] = ()  # examples by activity, largest first (ties: lower index first)
+    top_activity: tuple[float, ...] = ()
+    top_label: tuple[int, ...] = ()
+    top_where: tuple[int, ...] = ()  # a feature map: flat position of its maximum in that example
+    bottom_index: tuple[int, ...] = ()  # smallest first
+    bottom_activity: tuple[float, ...] = ()
+    bottom_label: tuple[int, ...] = ()
+    selectivity: float = NaN
+    preferred_class: int = -1
+    mutual_info: float = NaN
+    class_means: tuple[float, ...] = ()
+    # b. what breaks without it: mean per-example loss change (lesioned - intact), 95% interval
+    loss_zero: float = NaN
+    loss_zero_lo: float = NaN
+    loss_zero_hi: float = NaN
+    accuracy_zero: float = NaN  # accuracy change
+    loss_mean: float = NaN
+    loss_mean_lo: float = NaN
+    loss_mean_hi: float = NaN
+    accuracy_mean: float = NaN
+    sign_disagree: bool = False
+    class_loss_zero: tuple[float, ...] = ()
+    class_loss_zero_lo: tuple[float, ...] = ()
+    class_loss_zero_hi: tuple[float, ...] = ()
+    class_accuracy_zero: tuple[float, ...] = ()  # accuracy change on each class's examples
+    class_loss_mean: tuple[float, ...] = ()
+    class_accuracy_mean: tuple[float, ...] = ()
+    # c. what it pushes the output towards
+    push: tuple[float, ...] = ()  # per output class
+    push_path: str = ""
+    # d. who backs it up
+    partners: tuple[str, ...] = ()  # units paired with it, largest |interaction| first
+    partner_pair: tuple[float, ...] = ()  # loss change with both deleted
+    partner_interaction: tuple[float, ...] = ()  # pair - (single + single): > 0 redundancy, < 0 synergy
+    pairs_tried: int = 0
+    pairs_how: str = ""
+    compensators: tuple[str, ...] = ()  # units whose mean activity changes most when it is deleted
+    compensation: tuple[float, ...] = ()  # their mean activity change (lesioned - intact)
+    # e. its role in words
+    role: str = ""
+    role_rule: str = ""
+    # f. scores that let an explanation fail
+    explanation: str = ""
+    simulation: float = NaN  # Pearson r of predicted and real activity on held-out examples
+    causal_class: int = -1  # the class its explanation names, if any
+    causal_named: float = NaN  # class loss change with the layer's units naming that class deleted
+    causal_random: float = NaN  # the same with as many random units of the layer (mean over draws)
+    causal_lo: float = NaN  # 95% interval of named - random over the random draws
+    causal_hi: float = NaN
+    causal_size: int = 0
+    # memorisation (corrupted-label training): effect on the changed examples and on the others
+    mem_changed: float = NaN
+    mem_changed_lo: float = NaN
+    mem_changed_hi: float = NaN
+    mem_kept: float = NaN
+    mem_kept_lo: float = NaN
+    mem_kept_hi: float = NaN
+    memorisation: bool = False
+    omissions: tuple[str, ...] = field(default=())
+
+    def row(self) -> dict:
+        """The card as one table row: tuples as lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+CARD_FIELDS = tuple(f.name for f in fields(Card))
