@@ -6,8 +6,9 @@ The cost of one example is measured, not guessed: one forward pass of one exampl
 (what an attribution pass keeps for its backward) sums every module's output, and a batch is sized so
 that ``FACTOR`` times that (the saved outputs, their gradients, temporaries) fits what is left. The
 engines' own passes are bounded separately (32 MB of outputs per lesioned pass); the module-prefix
-engine's cache of recorded outputs is capped at a quarter of what is left. Without ``max_memory`` the
-default budget is what the process holds plus 80% of the machine's available memory.
+engine's cache of recorded outputs is capped at a quarter of what is left. ``plan`` without
+``max_memory`` budgets what the process holds plus 80% of the machine's available memory; ``sweep``
+without one keeps its batch size and measures nothing (no pass of its own), relying on the retries.
 
 Running out of memory anyway (``MemoryError``, or torch's ``RuntimeError`` "out of memory" / "can't
 allocate memory", however wrapped) retries the same work with half the batch, down to one example;

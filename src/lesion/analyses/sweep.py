@@ -110,14 +110,12 @@ def sweep(
 
 
 def memory_plan(model: nn.Module, data: Data, max_memory: int | str | None, batch_size: int) -> dict:
-    """The batch and cache sizes a memory budget allows (``lesion.analyses.memory``); without a budget,
-    the machine's available memory, and the given batch size where it cannot be measured."""
-    try:
-        return plan(model, data, max_memory, batch_size)
-    except Exception:  # the default plan is advice: a model it cannot measure keeps its batch
-        if max_memory is not None:
-            raise
-    return {"batch_size": batch_size, "cache_bytes": None, "budget": None}
+    """The batch and cache sizes a memory budget allows (``lesion.analyses.memory``, which measures one
+    example's activations with a pass of its own). Without a budget the given batch size is kept, with
+    no extra pass, and running out of memory retries with half the batch (``retrying``)."""
+    if max_memory is None:
+        return {"batch_size": batch_size, "cache_bytes": None, "budget": None}
+    return plan(model, data, max_memory, batch_size)
 
 
 def table(names: Sequence[str], values: dict[str, np.ndarray], runner: Runner) -> pd.DataFrame:

@@ -175,9 +175,12 @@ def closed_groups(runner: Runner, lesions: Sequence[Lesion], done: dict, *, bar=
     plans = runner.__dict__.setdefault("_closed", {})  # layer: LastBlock, or None where it does not apply
     groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
     for i, les in enumerate(lesions):
-        got = None if i in done else engine_fill(runner, les)
+        neurons = all(n in runner.sites and runner.sites[n].group == 1 for n in les.units)  # no head views
+        got = None if i in done or not neurons else engine_fill(runner, les)
         if got is not None and f"closed:{got[0]}" not in runner.fallbacks:
             groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
+    # a layer with CHECKS lesions or fewer: its check would re-run all of them on the slow path
+    groups = {key: members for key, members in groups.items() if len(members) > CHECKS}
     for (layer, _), members in groups.items():
         if layer not in plans:
             try:

@@ -210,7 +210,7 @@ def closed_form_units(
                 delta = (0 if fill is None else fill[js].to(a)) - a if not plan.gated else -a
                 out = plan.logits(x[i : i + n], logits[i : i + n], delta, w[q : q + step])
                 intact = logits[i : i + n] if needs_intact else None
-                metric.update(out, sub, slice(q, q + len(js)), intact=intact, fused=True)
+                metric.update(out, sub, slice(q, q + len(js)), intact=intact)
 
 
 def _capture(model, b: Batch, named, plan: LastBlock) -> dict:

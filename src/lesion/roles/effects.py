@@ -47,7 +47,7 @@ class LossChange(Metric):
     def __init__(self, n_classes: int, groups: torch.Tensor | None = None):
         self.n_classes, self.groups = n_classes, groups
 
-    def update(self, outputs, batch, lesions, intact=None, fused=False):
+    def update(self, outputs, batch, lesions, intact=None):
         y = batch.target
         if y is None or y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
             raise DataError("a unit's effect needs integer class labels (batch,); the data has none")
@@ -198,7 +198,6 @@ def masked_sets(runner: Runner, site: Site, masks: torch.Tensor, *, chunk: int =
                     b,
                     slice(start, start + len(m)),
                     intact=intact,
-                    fused=True,
                 )
     return metric.compute()
 
