@@ -200,7 +200,7 @@ def test_optimal_is_never_worse_than_zero_or_mean():
         opt.step()
     opt.zero_grad()
     losses = {
-        name: lesion.unit_table(model, (x, y), value=rep)["loss"].to_numpy()
+        name: lesion.unit_table(model, (x, y), replacement=rep)["loss"].to_numpy()
         for name, rep in (
             ("zero", lesion.replacements.Zero()),
             ("mean", lesion.replacements.Mean()),

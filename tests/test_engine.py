@@ -190,8 +190,8 @@ def test_random_orders_side_by_side_equal_the_hook_path(kind, value, monkeypatch
     model, x, y = make(kind, seed=3)
     data = (x, y)
     monkeypatch.setattr(Engine, "side_by_side", True, raising=False)
-    fast = lesion.ablation_curves(model, data, repeats=4, value=value, seed=1)
-    slow = lesion.ablation_curves(model, data, repeats=4, value=value, seed=1, engine=False)
+    fast = lesion.ablation_curves(model, data, repeats=4, replacement=value, seed=1)
+    slow = lesion.ablation_curves(model, data, repeats=4, replacement=value, seed=1, engine=False)
     assert fast.attrs["engine_fallbacks"] == {}
     assert fast.attrs["served"]["graph"] == len(fast)  # every point of the 4 orders on the engine
     np.testing.assert_allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-6)
@@ -334,8 +334,8 @@ def test_gathered_cumulative_steps_equal_the_hook_path(kind, value, share, monke
 
     monkeypatch.setattr(curves._CurveState, "_gathered", counting)
     monkeypatch.setattr(curves._CurveState, "gather", share)
-    fast = lesion.ablation_curves(model, (x, y), repeats=2, value=value, seed=2)
-    slow = lesion.ablation_curves(model, (x, y), repeats=2, value=value, seed=2, engine=False)
+    fast = lesion.ablation_curves(model, (x, y), repeats=2, replacement=value, seed=2)
+    slow = lesion.ablation_curves(model, (x, y), repeats=2, replacement=value, seed=2, engine=False)
     assert fast.attrs["engine_fallbacks"] == {} and fast.attrs["served"]["graph"] == len(fast)
     np.testing.assert_allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fast.accuracy, slow.accuracy, atol=1 / len(y) + 1e-9)

@@ -125,12 +125,12 @@ def test_batchnorm_ablation_differs_from_zeroing_weights():
 
 def test_mean_and_constant_ablation():
     model, data = ToyMLP(), toy_data()
-    table = lesion.unit_table(model, data, value="mean")
+    table = lesion.unit_table(model, data, replacement="mean")
     # clamping the constant unit u1 to its mean (1) changes nothing; u2 to its mean 1/2 halves it
     t = table.set_index("unit")
     assert t.loc[1, "delta_loss"] == pytest.approx(0.0, abs=1e-7)
     assert t.loc[2, "delta_loss"] == pytest.approx(mean_loss((2, 2.5), (2, 5.5)) - INTACT, abs=1e-6)
-    with lesion.ablate(model, "act:0", value=5.0):
+    with lesion.ablate(model, "act:0", 5.0):
         assert lesion.evaluate(model, data).loss == pytest.approx(INTACT, abs=1e-6)  # weight 0
 
 

@@ -270,7 +270,7 @@ def test_cumulative_curves_equal_the_reference(case, how):
     order = [f"{act.format(1)}:{j}" for j in (5, 1, 9, 0, 3, 7)]
     heads = [f"{attn.format(0)}:{h}" for h in (2, 0, 3)]
     curves = lesion.ablation_curves(model, data, orders={"n": order, "h": heads}, metric=metric,
-                                    batch_size=7, value=REPLACEMENTS[how])  # fmt: skip
+                                    batch_size=7, replacement=REPLACEMENTS[how])  # fmt: skip
     assert not [k for k in curves.attrs["engine_fallbacks"] if k.startswith("prefix:")]
     assert curves.attrs["served"]["prefix"] == len(order) + len(heads)  # every count but 0 on the engine
     neuron_acts = _channels(model, data, act.format(1), False)

@@ -112,7 +112,7 @@ def ablation_curves(
     seed: int = 0,
     fractions: Sequence[float] | None = None,
     units: pd.DataFrame | None = None,
-    value=0.0,
+    replacement=0.0,
     metric: Metric | None = None,
     reference: Stats | None = None,
     batch_size: int = 1000,
@@ -130,7 +130,7 @@ def ablation_curves(
     metric's values (``accuracy, loss`` against the labels ``data`` yields, by default). Random orders get
     ``repeats`` seeded repeats (an int n: repeats 0..n-1; a list: exactly those repeats, so a large set
     can be split across workers: repeat r's order is drawn from (seed, r) alone); others one, numbered 0.
-    ``value`` is the replacement (a number, ``"mean"`` or a ``Replacement``: constant ones on the graph
+    ``replacement``: a number, ``"mean"`` or a ``Replacement`` (constant ones on the graph
     engine, the rest (positional mean, resample) on the module-prefix engine or the hook path).
     ``reference``: statistics of ``data`` (``collect_stats(..., metric=)``) for the ``"mean"``
     replacement; measured with the same metric on the same tensors, they also stand in for the intact pass.
@@ -144,7 +144,7 @@ def ablation_curves(
     pool = parse_units([f"{s.name}:*" for s in cand_sites], sites).units()
     counts = _counts(len(pool), fractions)
     ref = reference
-    if ref is None and isinstance(value, str) and value == "mean":
+    if ref is None and isinstance(replacement, str) and replacement == "mean":
         ref = collect_stats(model, data, cand_sites, histograms=False, batch_size=batch_size)
     runner = Runner(
         model, data, cand_sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision,
@@ -156,7 +156,7 @@ def ablation_curves(
         layers = frozenset(u.layer for u in seq)
         if layers not in fitted:
             first = list({u.layer: u for u in reversed(seq)}.values()) or pool[:1]
-            lesions = [Lesion([u], as_replacement(value, ref)) for u in first]
+            lesions = [Lesion([u], as_replacement(replacement, ref)) for u in first]
             fitted[layers] = runner.fit(lesions)[0].replacement
         return fitted[layers]
 
@@ -172,8 +172,8 @@ def ablation_curves(
     for members in groups.values():
         seq0 = seqs[members[0]]
         mine = [k for k in counts if k <= len(seq0)] if fractions is not None else list(range(len(seq0) + 1))
-        replacement = replacement_for(seq0)
-        lesions = [[Lesion([u], replacement) for u in seqs[i]] for i in members]
+        deletion = replacement_for(seq0)
+        lesions = [[Lesion([u], deletion) for u in seqs[i]] for i in members]
         for i, values in zip(members, cumulative_orders(runner, lesions, mine), strict=True):
             done[i] = {"counts": mine, "values": values}
         bar.update(len(counts) * len(members))

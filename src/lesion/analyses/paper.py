@@ -50,7 +50,7 @@ def unit_table(
     *,
     sites: Sequence[Site] | None = None,
     units: UnitSpec | None = None,
-    value=0.0,
+    replacement=0.0,
     reference: Stats | None = None,
     metric: Metric | None = None,
     bins: int = 10,
@@ -72,7 +72,7 @@ def unit_table(
     ``Classification`` metric ``loss, accuracy, delta_loss, delta_accuracy`` and
     ``delta_accuracy_class_<c>`` for every class (``per_class_drops`` makes it long). ``delta_*`` are
     lesioned minus intact, so a harmful deletion has positive ``delta_loss`` and negative
-    ``delta_accuracy``. ``value`` is the replacement: a number, ``"mean"`` (means of ``reference``, by
+    ``delta_accuracy``. ``replacement``: a number, ``"mean"`` (means of ``reference``, by
     default of ``data``) or any ``Replacement`` (``Resample()``, ``Optimal()``...). Dead units have NaN
     selectivity and preferred class -1; selectivity and information need class labels and are left out
     for other metrics. ``df.attrs`` holds the intact values and ``engine_fallbacks``. ``precision="bf16"``
@@ -102,8 +102,8 @@ def unit_table(
     if not importance:
         values = {k: np.full((len(todo), *v.shape[1:]), np.nan) for k, v in runner.intact.items()}
     else:
-        replacement = as_replacement(value, reference or stats)
-        lesions = runner.fit([Lesion([u], replacement) for u in todo])
+        deletion = as_replacement(replacement, reference or stats)
+        lesions = runner.fit([Lesion([u], deletion) for u in todo])
         with progress_bar(None, "single-unit ablations", progress, total=len(todo)) as bar:
             values = evaluate(runner, lesions, bar=bar, backend=backend, address=address, shards=shards,
                               resume=resume)  # fmt: skip

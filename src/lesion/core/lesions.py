@@ -143,18 +143,16 @@ class Applied:
 def ablate(
     model: nn.Module,
     units: UnitSpec | Lesion,
+    replacement: Replacement | float | str | None = None,
     *,
-    value: Any = 0.0,
-    replacement: Replacement | None = None,
-    stats: Stats | None = None,
     sites: Sequence[Site] | None = None,
     reference: Any = None,
 ) -> Iterator[nn.Module]:
     """Delete ``units`` inside the block, replacing their activity (default: clamp to 0).
 
-    ``units`` is a unit address, a list of them, or a ``Lesion``. ``replacement`` is any Replacement;
-    ``value`` the shorthand of a number or ``"mean"`` (with ``stats=lesion.collect_stats(...)``).
-    Replacements that need data (mean, resample, patch, optimal) are fitted on ``reference``. Pass
+    ``units`` is a unit address, a list of them, or a ``Lesion``. ``replacement`` is any Replacement
+    (``lesion.replacements``), a number (``Constant``) or ``"mean"`` (``Mean()``). Replacements that need
+    data (mean, resample, patch, optimal) are fitted on ``reference``. Pass
     ``sites`` to validate indices up front; without them the lesioned layers are found on the first
     forward pass (one extra dry run), so every unit axis follows the same rule.
 
@@ -164,11 +162,10 @@ def ablate(
     ...     net(torch.ones(1, 2))[0, :2].tolist()
     [0.0, 0.0]
     """
-    lesion = (
-        units if isinstance(units, Lesion) else Lesion(units, replacement or as_replacement(value, stats))
-    )
+    chosen = as_replacement(0.0 if replacement is None else replacement)
+    lesion = units if isinstance(units, Lesion) else Lesion(units, chosen)
     if isinstance(units, Lesion) and replacement is not None:
-        lesion = lesion.with_replacement(replacement)
+        lesion = lesion.with_replacement(chosen)
     state = Applied()
     if sites is not None:
         lesion = lesion.resolve(sites)

@@ -83,7 +83,7 @@ def replacements_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out:
                 }
             )
         else:
-            t = unit_table(model, data, sites=sites, value=r)
+            t = unit_table(model, data, sites=sites, replacement=r)
             df = t[["layer", "unit", "selectivity", "loss", "delta_loss", "delta_accuracy"]].copy()
         heads = {s.name for s in sites if s.heads}
         df.insert(2, "kind", np.where(df["layer"].isin(heads), "head", "neuron"))

@@ -172,8 +172,8 @@ def analyze_lm(
         from lesion.pipeline.scale import batch_for
 
         size = batch_for(net, data, config)
-        table = unit_table(net, data, sites=sites, metric=metric, value=0.0, progress=True, batch_size=size,
-                           **spread)  # fmt: skip
+        table = unit_table(net, data, sites=sites, metric=metric, replacement=0.0, progress=True,
+                           batch_size=size, **spread)  # fmt: skip
     table.insert(2, "kind", table["layer"].map({s.name: "head" if s.heads else "neuron" for s in sites}))
     clock.lap("unit_table")
     stage(2, f"cumulative ablation: {config.repeats} random + {len(LM_ORDERS)} ranked orders")
@@ -188,7 +188,7 @@ def analyze_lm(
         seed=config.seed,
         fractions=grid,
         units=table,
-        value=0.0,
+        replacement=0.0,
         metric=metric,
         progress=True,
     )
