@@ -428,3 +428,13 @@ def test_kept_stages_are_reused(tmp_path, monkeypatch):
     assert [c.row() for c in again.cards] == [c.row() for c in first.cards] or all(
         a.role == b.role for a, b in zip(again.cards, first.cards, strict=True)
     )
+
+
+def test_the_docs_print_the_rules_table_of_the_code():
+    from pathlib import Path
+
+    from lesion.roles.rules import table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "roles.md").read_text().replace("\\|", "|")
+    for r in table():
+        assert f"| {r['name']} | {r['when']} |" in text, r["name"]
