@@ -110,11 +110,11 @@ def test_an_interrupted_atlas_is_never_complete_and_resumes(model_file, monkeypa
     assert not (out / ".partial").exists()
 
 
-def test_language_model_flags_are_refused_clearly(model_file, tmp_path):
+def test_language_model_flags_on_a_classifier_are_refused_clearly(model_file, tmp_path):
     tokens = tmp_path / "t.txt"
     tokens.write_text("1 2 3")
     result = invoke("atlas", model_file, "--out", tmp_path / "o", "--tokens", tokens)
-    assert result.exit_code == 2 and "not implemented yet" in result.output
+    assert result.exit_code == 2 and "are for language models" in result.output
 
 
 def test_write_atlas_from_the_library(tmp_path):

@@ -438,3 +438,43 @@ def test_the_docs_print_the_rules_table_of_the_code():
     text = (Path(__file__).resolve().parents[1] / "docs" / "roles.md").read_text().replace("\\|", "|")
     for r in table():
         assert f"| {r['name']} | {r['when']} |" in text, r["name"]
+
+
+# ------------------------------------------------------------------------------- a language model
+
+
+def test_a_language_model_card_by_hand():
+    pytest.importorskip("transformers")
+    from tests.text_support import pattern, tiny_gpt
+
+    net, x = tiny_gpt(), pattern(24, seed=7)
+    atlas = build(net, {"input_ids": x}, pair_units=2, partners=1, top=4, batch_size=8)
+    assert atlas.meta["task"] == "causal-lm" and atlas.meta["tokens_per_sequence"] == 12
+    layer, j = "transformer.h.1.mlp.act", 5
+    c = next(c for c in atlas.cards if c.unit == f"{layer}:{j}")
+    module = dict(net.named_modules())[layer]
+    got = {}
+    h = module.register_forward_hook(lambda m, i_, o: got.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        base = net(input_ids=x).logits
+    h.remove()
+    a = got["a"].reshape(-1, got["a"].shape[-1])[:, j].double().numpy()  # (sequences * 12,)
+    assert list(c.top_index) == np.argsort(-a, kind="stable")[:4].tolist()
+    cur = x.reshape(-1).numpy()
+    means = {t: a[cur == t].mean() for t in np.unique(cur)}
+    assert list(c.preferred_tokens) == sorted(means, key=lambda t: (-means[t], t))[:5]
+
+    def seq_loss(logits):  # (sequences,) mean next-token cross-entropy
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(), x[:, 1:].reshape(-1),
+                             reduction="none")  # fmt: skip
+        return ce.reshape(len(x), -1).mean(1).numpy()
+
+    h = module.register_forward_hook(lambda m, i_, o: o.index_fill(-1, torch.tensor([j]), 0.0))
+    with torch.no_grad():
+        lesioned = net(input_ids=x).logits
+    h.remove()
+    m, lo, hi = _interval(seq_loss(lesioned) - seq_loss(base))
+    assert (c.loss_zero, c.loss_zero_lo, c.loss_zero_hi) == pytest.approx((m, lo, hi), rel=1e-3, abs=1e-6)
+    assert c.kind == "neuron (every position)" and math.isfinite(c.direct_zero)
+    assert c.explanation.startswith("activity by token:") and math.isfinite(c.simulation)
+    assert any("language model" in o for o in c.omissions)

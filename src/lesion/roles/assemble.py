@@ -30,7 +30,7 @@ from lesion.core.sites import Site
 from lesion.core.stats import collect_stats, forward
 from lesion.core.units import Unit
 from lesion.errors import DataError, LesionError
-from lesion.roles import fill, rules, stages
+from lesion.roles import fill, rules, stages, tokens
 from lesion.roles.activity import activity
 from lesion.roles.card import Card
 from lesion.roles.effects import LossChange, interval, set_effects, single_effects
@@ -116,28 +116,47 @@ def build(
         sites = [s for s in sites if not s.heads]
     if not sites:
         raise LesionError("the model has no sites with units to make cards of (only attention heads)")
-    say = progress_bar(None, "roles", progress, total=8)
-    labeled, n_classes, data = _labels(model, data, batch_size)
-    meta |= {"labels": labeled, "n_classes": n_classes}
-    if not labeled:
+    say = progress_bar(None, "roles", progress, total=9)
+    lm, labeled, n_classes, data = _task(model, data, batch_size)
+    meta |= {"task": "causal-lm" if lm else "classifier", "labels": labeled, "n_classes": n_classes}
+    if lm:
+        if train is not None or true_labels is not None:
+            raise LesionError(
+                "memorisation (train=, true_labels=) needs a classifier; this is a language model"
+            )
+        meta["omissions"].append(tokens.OMITTED)
+    elif not labeled:
         meta["omissions"].append(
             "no labels: no class parts (selectivity, class means, per-class effects, information, "
             "simulation and causal scores); effects are measured against the intact model's predictions"
         )
     stats = collect_stats(model, data, sites, labels=labeled, batch_size=batch_size)
-    found, y_all, ids_sample = activity(
-        model,
-        data,
-        sites,
-        {s.name: stats[s.name].moments.lo for s in sites},
-        {s.name: stats[s.name].moments.hi for s in sites},
-        k=top,
-        bins=bins,
-        sample=sample,
-        batch_size=batch_size,
-    )
+    token_means = {}
+    if lm:
+        found, token_means, y_sample, ids_sample, per_seq = tokens.token_activity(
+            model, data, sites, n_classes, k=top, bins=bins, sample=sample, batch_size=batch_size
+        )
+        y_all = None
+        meta |= {"tokens_per_sequence": per_seq, "n_tokens": found[sites[0].name].n}
+    else:
+        found, y_all, ids_sample = activity(
+            model,
+            data,
+            sites,
+            {s.name: stats[s.name].moments.lo for s in sites},
+            {s.name: stats[s.name].moments.hi for s in sites},
+            k=top,
+            bins=bins,
+            sample=sample,
+            batch_size=batch_size,
+        )
+        y_sample = y_all[ids_sample] if y_all is not None and labeled else None
     n = stats[sites[0].name].moments.n_examples
     meta["n_examples"] = n
+
+    def metric():
+        return tokens.NextTokenChange(n_classes) if lm else LossChange(n_classes)
+
     say.update(1)
     units = [Unit(s.name, j) for s in sites for j in range(s.width)]
     settings = {
@@ -155,7 +174,7 @@ def build(
         eff[name] = kept(
             f"effects-{name}",
             lambda rep=rep: single_effects(
-                model, data, sites, units, rep, n_classes, batch_size=batch_size, progress=progress
+                model, data, sites, units, rep, metric(), batch_size=batch_size, progress=progress
             )[0],
         )
         say.update(1)
@@ -164,7 +183,7 @@ def build(
     z_mean, _, _ = interval(eff["zero"]["dsum"], eff["zero"]["dsq"], eff["zero"]["count"])
     order = [i for i in np.argsort(-np.nan_to_num(z_mean, nan=-np.inf), kind="stable")[:pair_units]]
     samples = {s.name: found[s.name].sample.numpy().astype(np.float64) for s in sites}
-    runner = Runner(model, data, sites, metric=LossChange(n_classes), batch_size=batch_size)
+    runner = Runner(model, data, sites, metric=metric(), batch_size=batch_size)
     pair_list = stages.pairs(units, order, samples, z_mean, partners)
     pair_vals = kept(
         "pairs",
@@ -177,7 +196,10 @@ def build(
         lambda: stages.compensations(model, data, sites, [units[i] for i in order], intact, batch_size),
     )
     say.update(1)
-    expl = stages.explanations(units, found, samples, y_all, ids_sample, explainer, simulator, labeled)
+    expl = stages.explanations(
+        units, found, samples, y_sample, ids_sample, explainer, simulator, "token" if lm else "class"
+    )
+    direct = kept("direct", lambda: tokens.direct(model, data, sites, batch_size)) if lm else {}
     say.update(1)
     si, pref, mi = _class_measures(sites, stats, labeled)
     causal = kept(
@@ -222,6 +244,9 @@ def build(
         mem=mem,
         labeled=labeled,
         labels=y_all,
+        lm=lm,
+        token_means=token_means,
+        direct=direct,
         n=n,
         units=units,
         sites={s.name: s for s in sites},
@@ -231,25 +256,28 @@ def build(
     return Atlas(cards, meta)
 
 
-def _labels(model: nn.Module, data: Data, batch_size: int) -> tuple[bool, int, Data]:
-    """(labelled, classes, data): without integer labels, the intact model's predictions become the
-    targets (one tensor input needed)."""
+def _task(model: nn.Module, data: Data, batch_size: int) -> tuple[bool, bool, int, Data]:
+    """(language model, labelled, classes or vocabulary, data): a classifier's data without integer
+    labels gets the intact model's predictions as targets (one tensor input needed)."""
     b = first_batch(data)
     out = forward(model, b, check=False)
+    if out.ndim == 3:
+        tokens.input_ids(b)  # token ids, or a clear error
+        return True, False, out.shape[-1], data
     if out.ndim != 2:
         raise DataError(
-            f"the model returned {tuple(out.shape)}; cards need a classifier's logits (batch, classes) "
-            "(language models are not covered yet)"
+            f"the model returned {tuple(out.shape)}; cards need a classifier's logits (batch, classes) or "
+            "a language model's (batch, seq, vocab)"
         )
     c = out.shape[-1]
     y = b.target
     if y is not None and y.ndim == 1 and not y.dtype.is_floating_point and y.dtype != torch.bool:
-        return True, c, data
+        return False, True, c, data
     xs, preds = [], []
     for bb in batches(data, batch_size=batch_size):
         xs.append(bb.x)
         preds.append(forward(model, bb, check=False).argmax(-1))
-    return False, c, (torch.cat(xs), torch.cat(preds))
+    return False, False, c, (torch.cat(xs), torch.cat(preds))
 
 
 def _class_measures(sites, stats, labeled):

@@ -117,6 +117,8 @@ OUTPUTS = (
     "dsum_group",
     "dsq_group",
     "count_group",
+    "dsum_token",
+    "count_token",
 )
 
 
@@ -126,19 +128,17 @@ def single_effects(
     sites: Sequence[Site],
     units: Sequence[Unit],
     replacement: Replacement,
-    n_classes: int,
+    metric: Metric,
     *,
-    groups: torch.Tensor | None = None,
     batch_size: int = 1000,
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Each unit deleted alone with ``replacement``, through ``lesion.sweep`` (the fast engine where it
-    agrees with the slow path): the ``LossChange`` outputs by unit, and the sweep's engine notes."""
-    metric = LossChange(n_classes, groups)
+    agrees with the slow path): the metric's outputs (``LossChange``'s) by unit, and the engine notes."""
     lesions = [Lesion([u], replacement) for u in units]
     df = sweep(model, data, lesions, metric, sites=sites, batch_size=batch_size, progress=progress)
     notes = {k: df.attrs.get(k) for k in ("engine_fallbacks", "served")}
-    return {name: _values(df, name) for name in OUTPUTS}, notes
+    return {name: _values(df, name) for name in OUTPUTS if any(c.startswith(name) for c in df)}, notes
 
 
 def set_effects(runner: Runner, sets: Sequence[Sequence[Unit]], *, chunk: int = 32) -> dict[str, np.ndarray]:
@@ -158,7 +158,7 @@ def set_effects(runner: Runner, sets: Sequence[Sequence[Unit]], *, chunk: int = 
         try:
             values = masked_sets(runner, site, masks, chunk=chunk)
             runner.agree(runner.run(lesions[:1]), {k: v[:1] for k, v in values.items()})
-        except (_Unsupported, Mismatch) as exc:
+        except (_Unsupported, Mismatch, RuntimeError) as exc:  # RuntimeError: a model the repeat breaks
             runner.fallbacks[f"sets:{layer}"] = str(exc)
             values = runner.run(lesions)
         for r, i in enumerate(idx):

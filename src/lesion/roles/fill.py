@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from lesion.core.units import Unit
-from lesion.roles import rules
+from lesion.roles import rules, tokens
 from lesion.roles.card import Card
 from lesion.roles.effects import interval
 
@@ -22,21 +22,21 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
         "unit": str(u),
         "layer": u.layer,
         "index": j,
-        "kind": "feature map" if s.spatial else "neuron",
+        "kind": "neuron (every position)" if ctx["lm"] else "feature map" if s.spatial else "neuron",
         "n_examples": ctx["n"],
     }
     m = st.moments
     c |= {
         "mean": float(f.mean[j]),
         "sd": float(f.sd[j]),
-        "lo": float(m.lo[j]),
-        "hi": float(m.hi[j]),
+        "lo": float(f.edges[j, 0]),
+        "hi": float(f.edges[j, -1]),
         "frequency_active": float(f.active[j]) / max(f.n, 1),
         "dead": bool(m.max_abs[j] == 0),
         "hist_edges": tuple(map(float, f.edges[j])),
         "hist_counts": tuple(map(int, f.counts[j])),
     }
-    c["constant"] = bool(m.lo[j] == m.hi[j]) and not c["dead"]
+    c["constant"] = bool(f.edges[j, 0] == f.edges[j, -1]) and not c["dead"]
     c |= _examples(f, j, ctx)
     if ctx["labeled"]:
         c |= {
@@ -45,6 +45,9 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
             "mutual_info": float(ctx["mi"][u.layer][j]),
             "class_means": tuple(float(x) for x in st.class_means[:, j]),
         }
+    elif ctx["lm"]:
+        om.append(tokens.OMITTED)
+        c |= _token_parts(i, u, ctx, om)
     else:
         om.append(
             "class parts: the data has no labels (no selectivity, class means, information, per-class "
@@ -69,6 +72,35 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
     full["role"], full["role_rule"] = rules.role(full)
     full = {k: tuple(v) if isinstance(v, list) else v for k, v in full.items()}
     return Card(**full)
+
+
+def _token_parts(i: int, u: Unit, ctx: dict, om: list[str]) -> dict:
+    out = {}
+    means = ctx["token_means"]
+    if u.layer in means:
+        counts = means["_counts"]
+        cur, prev = means[u.layer]
+        out["preferred_tokens"], out["preferred_token_means"] = tokens.top_tokens(
+            cur[:, u.index].numpy(), counts[0].numpy()
+        )
+        out["previous_tokens"], out["previous_token_means"] = tokens.top_tokens(
+            prev[:, u.index].numpy(), counts[1].numpy()
+        )
+    else:
+        om.append("preferred tokens: the vocabulary is too large to keep every token's mean activity")
+    e = ctx["eff"]["zero"]
+    if "dsum_token" in e:
+        out["next_tokens"], out["next_token_loss"] = tokens.top_tokens(
+            e["dsum_token"][i], e["count_token"][i]
+        )
+    d = ctx["direct"]
+    if "units" in d:
+        hit = np.flatnonzero(d["units"] == str(u))
+        if len(hit):
+            out["direct_zero"] = float(d["direct"][hit[0]])
+    elif "why" in d:
+        om.append(f"direct effect: {d['why']}")
+    return out
 
 
 def _examples(f, j, ctx) -> dict:

@@ -14,7 +14,7 @@ from lesion.core.units import Unit
 from lesion.errors import DataError, LesionError
 from lesion.roles import rules
 from lesion.roles.activity import correlations
-from lesion.roles.effects import compensation, interval, set_effects, single_effects
+from lesion.roles.effects import LossChange, compensation, interval, set_effects, single_effects
 from lesion.roles.explain import Evidence, class_means_explainer, class_means_simulator, explain
 
 PAIRS_HOW = (
@@ -66,13 +66,14 @@ def compensations(model, data, sites, chosen, intact, batch_size) -> dict[str, n
     }
 
 
-def explanations(units, found, samples, y, ids, explainer, simulator, labeled):
-    """unit position -> (explanation, simulation score, omissions); fit on even, test on odd samples."""
+def explanations(units, found, samples, labels, ids, explainer, simulator, kind):
+    """unit position -> (explanation, simulation score, omissions); fit on even, test on odd samples.
+    ``labels``: the class (``kind`` "class") or current token ("token") of each sampled example, or None."""
     out = {}
     explainer = explainer or class_means_explainer
     simulator = simulator or class_means_simulator
     ids = ids.numpy()
-    labels = y.numpy()[ids] if (y is not None and labeled) else None
+    labels = None if labels is None else labels.numpy()
     fit, test = np.arange(0, len(ids), 2), np.arange(1, len(ids), 2)
     for i, u in enumerate(units):
         if len(test) == 0:
@@ -85,8 +86,8 @@ def explanations(units, found, samples, y, ids, explainer, simulator, labeled):
         a = samples[u.layer][:, u.index]
         top = tuple(int(t) for t in found[u.layer].top.ids[:, u.index])
         lab = (lambda idx: None) if labels is None else (lambda idx: labels[idx])
-        ev_fit = Evidence(str(u), ids[fit], lab(fit), a[fit], top)
-        ev_test = Evidence(str(u), ids[test], lab(test), None, top)
+        ev_fit = Evidence(str(u), ids[fit], lab(fit), a[fit], top, kind)
+        ev_test = Evidence(str(u), ids[test], lab(test), None, top, kind)
         out[i] = explain(ev_fit, ev_test, a[test], explainer, simulator)
     return out
 
@@ -145,7 +146,8 @@ def memorisation(model, train, true_labels, sites, units, n_classes, batch_size,
     if not bool(groups.any()):
         raise DataError("no training label differs from its true label: nothing was memorised")
     groups = torch.cat([groups, torch.zeros(0, dtype=torch.long)])
+    metric = LossChange(n_classes, groups)
     got, _ = single_effects(
-        model, train, sites, units, Zero(), n_classes, groups=groups, batch_size=batch_size, progress=progress
+        model, train, sites, units, Zero(), metric, batch_size=batch_size, progress=progress
     )
     return {k: got[k] for k in ("dsum_group", "dsq_group", "count_group")}

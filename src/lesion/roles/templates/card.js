@@ -27,6 +27,13 @@
     const names = ctx && ctx.meta && ctx.meta.classes;
     return names && names[c] !== undefined && names[c] !== String(c) ? `${c} (${names[c]})` : String(c);
   }
+  function tokenName(t, ctx) {
+    const names = ctx && ctx.meta && ctx.meta.token_names;
+    return names && names[String(t)] !== undefined ? names[String(t)] : `t${t}`;
+  }
+  function tokenList(ts, vs, ctx) {
+    return ts.map((t, i) => `${tokenName(t, ctx)} (${fmt(vs[i], 2)})`).join(", ") || "–";
+  }
   function sparkline(counts, w, h) {
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("width", w); svg.setAttribute("height", h);
@@ -94,7 +101,11 @@
         }
         fig.append(wrap);
       } else if (ctx.texts && ctx.texts[String(id)]) {
-        fig.append(el("div", { class: "text-example" }, ctx.texts[String(id)]));
+        const [ids, at] = ctx.texts[String(id)];
+        const line = el("div", { class: "text-example" });
+        ids.forEach((t, k) => line.append(k === at ? el("mark", {}, tokenName(t, ctx)) : tokenName(t, ctx), " "));
+        fig.classList.add("text");
+        fig.append(line);
       }
       fig.append(el("figcaption", {}, `#${id} · ${fmt(acts[i], 2)}` + label));
       box.append(fig);
@@ -112,6 +123,10 @@
     s.append(t);
     s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
       (c.sign_disagree ? " ⚠ zero and mean replacements disagree in sign." : "")));
+    if (c.next_tokens && c.next_tokens.length) {
+      s.append(dl([["next tokens losing most (Δ loss summed)", tokenList(c.next_tokens, c.next_token_loss, ctx)],
+        ["direct effect (zero), through the residual stream alone", signed(c.direct_zero)]]));
+    }
     if (c.class_loss_zero && c.class_loss_zero.length) {
       const pc = el("table", { class: "per-class" });
       pc.append(el("tr", {}, el("th", {}, "class"), el("th", {}, "Δ loss zero [95%]"), el("th", {}, "Δ acc zero"),
@@ -171,7 +186,9 @@
   }
   function scores(c, ctx) {
     const s = section("f. Scores that let the explanation fail", "scores");
-    const rows = [["explanation", c.explanation || "–"], ["simulation score", fmt(c.simulation, 3)]];
+    const text = c.explanation || "–";
+    const rows = [["explanation", text.length > 300 ? text.slice(0, 300) + " …" : text],
+      ["simulation score", fmt(c.simulation, 3)]];
     if (c.causal_class >= 0) {
       rows.push(["causal score", `deleting the ${c.causal_size} units of ${c.layer} named for ${className(c.causal_class, ctx)}: ` +
         `${signed(c.causal_named)} loss on ${className(c.causal_class, ctx)} vs ${signed(c.causal_random)} for as many random units ` +
@@ -192,6 +209,10 @@
     if (c.selectivity !== null || c.preferred_class >= 0) {
       rows.push(["selectivity", fmt(c.selectivity, 3)], ["preferred class", c.preferred_class >= 0 ? className(c.preferred_class, ctx) : "–"],
         ["mutual information", `${fmt(c.mutual_info, 3)} bits`]);
+    }
+    if (c.preferred_tokens && c.preferred_tokens.length) {
+      rows.push(["preferred tokens (mean activity)", tokenList(c.preferred_tokens, c.preferred_token_means, ctx)],
+        ["previous tokens (mean activity)", tokenList(c.previous_tokens, c.previous_token_means, ctx)]);
     }
     if (c.dead) rows.push(["dead", "never active on the data"]);
     a.append(dl(rows));
@@ -220,5 +241,5 @@
     root.append(om);
     return root;
   }
-  window.LesionCard = { render, fmt, signed, sparkline, className };
+  window.LesionCard = { render, fmt, signed, sparkline, className, tokenName };
 })();
