@@ -123,5 +123,7 @@ def print_summary(summary: dict, out: Path) -> None:
         f"atlas of {summary['units']} units written to {out} in {summary['seconds']:.1f} s "
         f"(open {out / 'atlas.html'})"
     )
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.get("stages", {}).items())
+    T.out().print(f"  stages: {stages}", soft_wrap=True)
     for rule, k in sorted(summary["rules"].items(), key=lambda kv: -kv[1]):
         T.out().print(f"  {k:6d}  {rule}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,19 @@ class Atlas:
         df = pd.DataFrame([c.row() for c in self.cards])
         df.attrs.update(self.meta)
         return df
+
+
+class _Laps:
+    """Seconds per stage (``meta["seconds"]``), and the progress bar moved by one per stage."""
+
+    def __init__(self, bar):
+        self.bar, self.laps, self.t = bar, {}, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 3)
+        self.t = now
+        self.bar.update(1)
 
 
 class _Keep:
@@ -116,7 +130,8 @@ def build(
         sites = [s for s in sites if not s.heads]
     if not sites:
         raise LesionError("the model has no sites with units to make cards of (only attention heads)")
-    say = progress_bar(None, "roles", progress, total=9)
+    bar = progress_bar(None, "roles", progress, total=9)
+    say = _Laps(bar)
     lm, labeled, n_classes, data = _task(model, data, batch_size)
     meta |= {"task": "causal-lm" if lm else "classifier", "labels": labeled, "n_classes": n_classes}
     if lm:
@@ -157,7 +172,7 @@ def build(
     def metric():
         return tokens.NextTokenChange(n_classes) if lm else LossChange(n_classes)
 
-    say.update(1)
+    say.lap("activity")
     units = [Unit(s.name, j) for s in sites for j in range(s.width)]
     settings = {
         "n": n,
@@ -177,9 +192,9 @@ def build(
                 model, data, sites, units, rep, metric(), batch_size=batch_size, progress=progress
             )[0],
         )
-        say.update(1)
+        say.lap(f"effects-{name}")
     pushed = pushes(model, first_batch(data, 1), sites)
-    say.update(1)
+    say.lap("pushes")
     z_mean, _, _ = interval(eff["zero"]["dsum"], eff["zero"]["dsq"], eff["zero"]["count"])
     order = [i for i in np.argsort(-np.nan_to_num(z_mean, nan=-np.inf), kind="stable")[:pair_units]]
     samples = {s.name: found[s.name].sample.numpy().astype(np.float64) for s in sites}
@@ -189,24 +204,24 @@ def build(
         "pairs",
         lambda: set_effects(runner, [[units[i], units[j]] for i, j in pair_list]) if pair_list else {},
     )
-    say.update(1)
+    say.lap("pairs")
     intact = {s.name: stats[s.name].moments.mean.numpy() for s in sites}
     comp = kept(
         "compensation",
         lambda: stages.compensations(model, data, sites, [units[i] for i in order], intact, batch_size),
     )
-    say.update(1)
+    say.lap("compensation")
     expl = stages.explanations(
         units, found, samples, y_sample, ids_sample, explainer, simulator, "token" if lm else "class"
     )
     direct = kept("direct", lambda: tokens.direct(model, data, sites, batch_size)) if lm else {}
-    say.update(1)
+    say.lap("explanations and direct effects")
     si, pref, mi = _class_measures(sites, stats, labeled)
     causal = kept(
         "causal",
         lambda: stages.causal(runner, sites, si, pref, n_classes, causal_draws, seed) if labeled else {},
     )
-    say.update(1)
+    say.lap("causal")
     mem = {}
     if train is not None:
         mem = kept(
@@ -217,8 +232,9 @@ def build(
         )
     elif true_labels is not None:
         raise LesionError("true_labels= needs train= (the data with the labels the network was trained on)")
-    say.update(1)
-    say.close()
+    say.lap("memorisation")
+    bar.close()
+    meta["seconds"] = say.laps
     meta |= {
         "rules": rules.table(),
         "thresholds": dict(rules.THRESHOLDS),
