@@ -47,7 +47,8 @@ def atlas(
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     roles = [c.role_rule for c in result.cards]
     return {"units": len(result.cards), "seconds": time.perf_counter() - start,
-            "rules": {r: roles.count(r) for r in dict.fromkeys(roles)}}  # fmt: skip
+            "rules": {r: roles.count(r) for r in dict.fromkeys(roles)},
+            "stages": result.meta.get("seconds", {})}  # fmt: skip
 
 
 def _classifier(net, info, model: Path, dataset, examples, seed):
