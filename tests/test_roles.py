@@ -478,3 +478,33 @@ def test_a_language_model_card_by_hand():
     assert c.kind == "neuron (every position)" and math.isfinite(c.direct_zero)
     assert c.explanation.startswith("activity by token:") and math.isfinite(c.simulation)
     assert any("language model" in o for o in c.omissions)
+
+
+def test_attention_head_cards_and_their_pattern_scores():
+    pytest.importorskip("transformers")
+    from tests.text_support import pattern, tiny_gpt
+
+    net, x = tiny_gpt(), pattern(16, seed=3)
+    atlas = build(net, {"input_ids": x}, pair_units=0, top=3, batch_size=8)
+    heads = [c for c in atlas.cards if c.kind == "attention head"]
+    assert [c.unit for c in heads] == [f"transformer.h.{b}.attn:{h}" for b in range(2) for h in range(4)]
+    old = net.config._attn_implementation
+    net.config._attn_implementation = "eager"  # this test's reference: the model's own attention weights
+    try:
+        with torch.no_grad():
+            att = net(input_ids=x, output_attentions=True).attentions  # per block (batch, heads, t, t)
+    finally:
+        net.config._attn_implementation = old
+    t = x.shape[1]
+    same = (x[:, :, None] == x[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)
+    has = same.any(-1)
+    for c in heads:
+        block, h = int(c.layer.split(".")[2]), c.index
+        a = att[block][:, h].double()  # (batch, t, t)
+        assert c.head_previous == pytest.approx(
+            a.diagonal(offset=-1, dim1=-2, dim2=-1).mean().item(), abs=1e-5
+        )
+        assert c.head_first == pytest.approx(a[:, 1:, 0].mean().item(), abs=1e-5)
+        dup = (a * same).sum(-1)[has].mean().item()
+        assert c.head_duplicate == pytest.approx(dup, abs=1e-5)
+        assert math.isfinite(c.loss_zero) and c.top_index

@@ -124,15 +124,15 @@ def build(
     data = reusable(data)
     sites = [s for s in (list(sites) if sites is not None else sites_for(model, data, layers))]
     meta: dict = {"omissions": []}
+    lm, labeled, n_classes, data = _task(model, data, batch_size)
     heads = [s.name for s in sites if s.heads]
-    if heads:
-        meta["omissions"].append(f"attention heads ({', '.join(heads)}) have no cards yet")
+    if heads and not lm:
+        meta["omissions"].append(f"attention heads of a classifier ({', '.join(heads)}) have no cards yet")
         sites = [s for s in sites if not s.heads]
     if not sites:
         raise LesionError("the model has no sites with units to make cards of (only attention heads)")
     bar = progress_bar(None, "roles", progress, total=9)
     say = _Laps(bar)
-    lm, labeled, n_classes, data = _task(model, data, batch_size)
     meta |= {"task": "causal-lm" if lm else "classifier", "labels": labeled, "n_classes": n_classes}
     if lm:
         if train is not None or true_labels is not None:
@@ -214,7 +214,10 @@ def build(
     expl = stages.explanations(
         units, found, samples, y_sample, ids_sample, explainer, simulator, "token" if lm else "class"
     )
-    direct = kept("direct", lambda: tokens.direct(model, data, sites, batch_size)) if lm else {}
+    neurons = [s for s in sites if not s.heads]
+    direct = kept("direct", lambda: tokens.direct(model, data, neurons, batch_size)) if lm and neurons else {}
+    head_sites = [s for s in sites if s.heads]
+    patterns = tokens.head_patterns(model, data, head_sites, batch_size) if head_sites else {}
     say.lap("explanations and direct effects")
     si, pref, mi = _class_measures(sites, stats, labeled)
     causal = kept(
@@ -263,6 +266,7 @@ def build(
         lm=lm,
         token_means=token_means,
         direct=direct,
+        patterns=patterns,
         n=n,
         units=units,
         sites={s.name: s for s in sites},

@@ -20,7 +20,7 @@ class Card:
     unit: str  # "layer:index"
     layer: str
     index: int
-    kind: str  # "neuron" or "feature map"
+    kind: str  # "neuron", "feature map", "neuron (every position)" or "attention head"
     n_examples: int
     # a. what it responds to (per-example activity; a feature map averaged over space)
     mean: float = NaN
@@ -47,6 +47,9 @@ class Card:
     preferred_token_means: tuple[float, ...] = ()
     previous_tokens: tuple[int, ...] = ()  # previous tokens of largest mean activity
     previous_token_means: tuple[float, ...] = ()
+    head_previous: float = NaN  # an attention head: mean attention on the previous token
+    head_first: float = NaN  # on the first token
+    head_duplicate: float = NaN  # on earlier copies of the current token (positions that have one)
     # b. what breaks without it: mean per-example loss change (lesioned - intact), 95% interval
     loss_zero: float = NaN
     loss_zero_lo: float = NaN

@@ -223,13 +223,15 @@ def compensation(
 ) -> dict[str, np.ndarray]:
     """Mean per-example activity of every unit with ``unit`` deleted (zero) minus ``intact`` (site ->
     (units,) means without the lesion); ``unit`` itself reads 0 change."""
-    sums = {s.name: np.zeros(s.width * s.group) for s in sites}
+    measured = [s for s in sites if not s.heads]  # a head's channels are not units: heads are not read
+    sums = {s.name: np.zeros(s.width) for s in measured}
     n = 0
     with ablate(model, Lesion([unit], Zero()), sites=list(sites)):
-        for acts, b, _ in grab(model, data, sites, batch_size=batch_size):
-            for s in sites:
+        for acts, b, _ in grab(model, data, measured, batch_size=batch_size):
+            for s in measured:
                 sums[s.name] += per_example(acts[s.name].double().cpu(), s.unit_dim).sum(0).numpy()
             n += len(b)
     change = {k: v / max(n, 1) - intact[k] for k, v in sums.items()}
-    change[unit.layer][unit.index] = 0.0
+    if unit.layer in change:
+        change[unit.layer][unit.index] = 0.0
     return change

@@ -22,7 +22,13 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
         "unit": str(u),
         "layer": u.layer,
         "index": j,
-        "kind": "neuron (every position)" if ctx["lm"] else "feature map" if s.spatial else "neuron",
+        "kind": "attention head"
+        if s.heads
+        else "neuron (every position)"
+        if ctx["lm"]
+        else "feature map"
+        if s.spatial
+        else "neuron",
         "n_examples": ctx["n"],
     }
     m = st.moments
@@ -32,7 +38,7 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
         "lo": float(f.edges[j, 0]),
         "hi": float(f.edges[j, -1]),
         "frequency_active": float(f.active[j]) / max(f.n, 1),
-        "dead": bool(m.max_abs[j] == 0),
+        "dead": bool(f.edges[j, -1] == 0 and f.edges[j, 0] == 0) if s.heads else bool(m.max_abs[j] == 0),
         "hist_edges": tuple(map(float, f.edges[j])),
         "hist_counts": tuple(map(int, f.counts[j])),
     }
@@ -93,6 +99,15 @@ def _token_parts(i: int, u: Unit, ctx: dict, om: list[str]) -> dict:
         out["next_tokens"], out["next_token_loss"] = tokens.top_tokens(
             e["dsum_token"][i], e["count_token"][i]
         )
+    pat = ctx["patterns"].get(u.layer)
+    if ctx["sites"][u.layer].heads:
+        if pat is None or isinstance(pat, str) or "why" in ctx["patterns"]:
+            om.append(f"attention pattern: {ctx['patterns'].get('why', 'not recorded')}")
+        else:
+            out |= {"head_previous": float(pat[0, u.index]), "head_first": float(pat[1, u.index]),
+                    "head_duplicate": float(pat[2, u.index])}  # fmt: skip
+        om.append("a head's activity is the norm of its output at each token")
+        return out
     d = ctx["direct"]
     if "units" in d:
         hit = np.flatnonzero(d["units"] == str(u))

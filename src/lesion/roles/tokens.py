@@ -52,6 +52,8 @@ def _tokens(model, data, sites, batch_size):
                 raise DataError(
                     f"site {s.name!r} has activity {tuple(h.shape)}; expected (batch, seq, units)"
                 )
+            if s.heads:  # a head's activity: the norm of its slice of the attention output
+                h = h.reshape(n, t, s.width, s.group).norm(dim=-1)
             rows[s.name] = h.reshape(n * t, -1)
         yield rows, ids.reshape(-1), prev.reshape(-1), flat, t
 
@@ -163,8 +165,8 @@ class NextTokenChange(Metric):
 
 OMITTED = (
     "language model: an example is a token (a sequence and a position); no class parts, no causal test "
-    "and no output pushes yet (the direct effect on the next-token loss stands beside the total); the "
-    "second replacement is the mean (resample not yet); attention heads have no cards yet"
+    "and no output pushes yet (the direct effect on the next-token loss stands beside the total, for MLP "
+    "neurons); the second replacement is the mean (resample not yet)"
 )
 
 
@@ -189,3 +191,73 @@ def top_tokens(
     seen = np.flatnonzero(counts > 0)
     order = seen[np.argsort(-values[seen], kind="stable")[:k]]
     return tuple(int(t) for t in order), tuple(float(values[t]) for t in order)
+
+
+class _Patterns:
+    """While open, ``F.scaled_dot_product_attention`` also records its attention probabilities (batch,
+    heads, queries, keys), call by call; the function is restored on exit."""
+
+    def __enter__(self):
+        self.calls: list[torch.Tensor] = []
+        self.original = F.scaled_dot_product_attention
+
+        def recording(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+            scores = q.float() @ _repeat_kv(k, q).float().transpose(-2, -1) * (scale or q.shape[-1] ** -0.5)
+            tq, tk = scores.shape[-2:]
+            if is_causal:
+                scores = scores.masked_fill(
+                    ~torch.ones(tq, tk, dtype=torch.bool).tril(tk - tq), float("-inf")
+                )
+            if attn_mask is not None:
+                scores = (
+                    scores.masked_fill(~attn_mask, float("-inf"))
+                    if attn_mask.dtype == torch.bool
+                    else scores + attn_mask.float()
+                )
+            self.calls.append(torch.softmax(scores, -1).nan_to_num(0.0).cpu())
+            return self.original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                 scale=scale, **kw)  # fmt: skip
+
+        F.scaled_dot_product_attention = recording
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self.original
+
+
+def _repeat_kv(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Keys repeated to the query heads (grouped-query attention)."""
+    return k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3) if k.shape[-3] != q.shape[-3] else k
+
+
+def head_patterns(model: nn.Module, data: Data, heads: Sequence[Site], batch_size: int) -> dict:
+    """Per head site, (3, heads) mean attention on the previous token, on the first token, and on earlier
+    copies of the current token (positions that have one); where the model's attention calls cannot be
+    matched to its head sites, ``{"why": ...}``."""
+    from lesion.core.batch import batches
+    from lesion.util.modules import eval_mode
+
+    sums = {s.name: torch.zeros(3, s.width, dtype=torch.float64) for s in heads}
+    counts = torch.zeros(3, dtype=torch.float64)
+    order = sorted(heads, key=lambda s: s.order)
+    for b in batches(data, batch_size=batch_size):
+        ids = input_ids(b).cpu()
+        with torch.no_grad(), eval_mode(model), _Patterns() as rec:
+            b.run(model)
+        if len(rec.calls) != len(order):
+            return {"why": f"{len(rec.calls)} attention calls for {len(order)} head sites; cannot match them"}
+        t = ids.shape[1]
+        same = (ids[:, :, None] == ids[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)  # (b, t, t)
+        has = same.any(-1)  # (b, t): an earlier copy exists
+        counts += torch.tensor([ids.shape[0] * (t - 1), ids.shape[0] * (t - 1), float(has.sum())])
+        for s, a in zip(order, rec.calls, strict=True):
+            if a.shape[1] != s.width or a.shape[-1] != t:
+                return {
+                    "why": f"an attention call gave {tuple(a.shape)}; expected (batch, {s.width}, {t}, {t})"
+                }
+            prev = a.diagonal(offset=-1, dim1=-2, dim2=-1).sum((0, 2))  # (heads,)
+            first = a[:, :, 1:, 0].sum((0, 2))
+            dup = (a * same[:, None]).sum(-1)  # (b, heads, t)
+            dup = (dup * has[:, None]).sum((0, 2))
+            sums[s.name] += torch.stack([prev, first, dup]).double()
+    return {name: (v / counts.clamp_min(1)[:, None]).numpy() for name, v in sums.items()}

@@ -214,6 +214,11 @@
       rows.push(["preferred tokens (mean activity)", tokenList(c.preferred_tokens, c.preferred_token_means, ctx)],
         ["previous tokens (mean activity)", tokenList(c.previous_tokens, c.previous_token_means, ctx)]);
     }
+    if (c.head_previous !== null && c.head_previous !== undefined) {
+      rows.push(["attention on the previous token", fmt(c.head_previous, 3)],
+        ["attention on the first token", fmt(c.head_first, 3)],
+        ["attention on earlier copies of the token", fmt(c.head_duplicate, 3)]);
+    }
     if (c.dead) rows.push(["dead", "never active on the data"]);
     a.append(dl(rows));
     const hist = el("div", { class: "hist" }, el("span", {}, "activity histogram"));
