@@ -53,15 +53,17 @@ class Atlas:
 
 
 class _Laps:
-    """Seconds per stage (``meta["seconds"]``), and the progress bar moved by one per stage."""
+    """Seconds per stage (``meta["seconds"]``; CPU seconds of this process, all threads, in
+    ``meta["cpu_seconds"]``), and the progress bar moved by one per stage."""
 
     def __init__(self, bar):
-        self.bar, self.laps, self.t = bar, {}, time.perf_counter()
+        self.bar, self.laps, self.cpu = bar, {}, {}
+        self.t, self.c = time.perf_counter(), time.process_time()
 
     def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.t, 3)
-        self.t = now
+        now, cpu = time.perf_counter(), time.process_time()
+        self.laps[name], self.cpu[name] = round(now - self.t, 3), round(cpu - self.c, 3)
+        self.t, self.c = now, cpu
         self.bar.update(1)
 
 
@@ -205,10 +207,9 @@ def build(
         lambda: set_effects(runner, [[units[i], units[j]] for i, j in pair_list]) if pair_list else {},
     )
     say.lap("pairs")
-    intact = {s.name: stats[s.name].moments.mean.numpy() for s in sites}
     comp = kept(
         "compensation",
-        lambda: stages.compensations(model, data, sites, [units[i] for i in order], intact, batch_size),
+        lambda: stages.compensations(model, data, sites, [units[i] for i in order], batch_size),
     )
     say.lap("compensation")
     expl = stages.explanations(
@@ -237,7 +238,7 @@ def build(
         raise LesionError("true_labels= needs train= (the data with the labels the network was trained on)")
     say.lap("memorisation")
     bar.close()
-    meta["seconds"] = say.laps
+    meta["seconds"], meta["cpu_seconds"] = say.laps, say.cpu
     meta |= {
         "rules": rules.table(),
         "thresholds": dict(rules.THRESHOLDS),

@@ -212,6 +212,23 @@ def _repeat(h: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
     return out.reshape(-1, *h.shape[1:])
 
 
+def mean_activity(
+    model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int = 1000, limit: int | None = None
+) -> dict[str, np.ndarray]:
+    """(units,) mean per-example activity at each neuron site, over the first ``limit`` examples (the
+    batch that crosses it counted whole); heads are left out (their channels are not units)."""
+    measured = [s for s in sites if not s.heads]
+    sums = {s.name: np.zeros(s.width) for s in measured}
+    n = 0
+    for acts, b, _ in grab(model, data, measured, batch_size=batch_size):
+        for s in measured:
+            sums[s.name] += per_example(acts[s.name].double().cpu(), s.unit_dim).sum(0).numpy()
+        n += len(b)
+        if limit is not None and n >= limit:
+            break
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
 def compensation(
     model: nn.Module,
     data: Data,
@@ -220,18 +237,13 @@ def compensation(
     intact: dict[str, np.ndarray],
     *,
     batch_size: int = 1000,
+    limit: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Mean per-example activity of every unit with ``unit`` deleted (zero) minus ``intact`` (site ->
-    (units,) means without the lesion); ``unit`` itself reads 0 change."""
-    measured = [s for s in sites if not s.heads]  # a head's channels are not units: heads are not read
-    sums = {s.name: np.zeros(s.width) for s in measured}
-    n = 0
+    """Mean per-example activity of every neuron with ``unit`` deleted (zero) minus ``intact`` (its
+    ``mean_activity`` over the same examples: the same ``limit``); ``unit`` itself reads 0 change."""
     with ablate(model, Lesion([unit], Zero()), sites=list(sites)):
-        for acts, b, _ in grab(model, data, measured, batch_size=batch_size):
-            for s in measured:
-                sums[s.name] += per_example(acts[s.name].double().cpu(), s.unit_dim).sum(0).numpy()
-            n += len(b)
-    change = {k: v / max(n, 1) - intact[k] for k, v in sums.items()}
+        lesioned = mean_activity(model, data, sites, batch_size=batch_size, limit=limit)
+    change = {k: v - intact[k] for k, v in lesioned.items()}
     if unit.layer in change:
         change[unit.layer][unit.index] = 0.0
     return change

@@ -14,7 +14,14 @@ from lesion.core.units import Unit
 from lesion.errors import DataError, LesionError
 from lesion.roles import rules
 from lesion.roles.activity import correlations
-from lesion.roles.effects import LossChange, compensation, interval, set_effects, single_effects
+from lesion.roles.effects import (
+    LossChange,
+    compensation,
+    interval,
+    mean_activity,
+    set_effects,
+    single_effects,
+)
 from lesion.roles.explain import Evidence, class_means_explainer, class_means_simulator, explain
 
 PAIRS_HOW = (
@@ -50,11 +57,17 @@ def pairs(units, order, samples, effect, partners) -> list[tuple[int, int]]:
     return chosen
 
 
-def compensations(model, data, sites, chosen, intact, batch_size) -> dict[str, np.ndarray]:
-    """For each chosen unit: its 5 units of largest |mean activity change| and those changes."""
+COMPENSATION_EXAMPLES = 2000  # examples whose mean activity change is measured (paired: the same ones)
+
+
+def compensations(model, data, sites, chosen, batch_size) -> dict[str, np.ndarray]:
+    """For each chosen unit: its 5 units of largest |mean activity change| and those changes, over the
+    first ``COMPENSATION_EXAMPLES`` examples."""
+    limit = COMPENSATION_EXAMPLES
+    intact = mean_activity(model, data, sites, batch_size=batch_size, limit=limit) if chosen else {}
     names, values = [], []
     for u in chosen:
-        change = compensation(model, data, sites, u, intact, batch_size=batch_size)
+        change = compensation(model, data, sites, u, intact, batch_size=batch_size, limit=limit)
         flat = [(abs(v), f"{layer}:{j}", v) for layer, arr in change.items() for j, v in enumerate(arr)]
         best = sorted(flat, key=lambda t: -t[0])[:5]
         names.append([b[1] for b in best] + [""] * (5 - len(best)))
