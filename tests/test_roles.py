@@ -508,3 +508,14 @@ def test_attention_head_cards_and_their_pattern_scores():
         dup = (a * same).sum(-1)[has].mean().item()
         assert c.head_duplicate == pytest.approx(dup, abs=1e-5)
         assert math.isfinite(c.loss_zero) and c.top_index
+
+
+def test_kept_stages_belong_to_one_model_and_one_data(tmp_path):
+    x, y = toy_data(4)
+    build(ToyMLP(), (x, y), pair_units=2, keep=tmp_path)
+    other = ToyMLP()
+    with torch.no_grad():
+        other.out.weight.mul_(2)
+    again = build(other, (x, y), pair_units=2, keep=tmp_path)  # other weights: measured anew
+    direct = build(other, (x, y), pair_units=2)
+    assert [c.loss_zero for c in again.cards] == [c.loss_zero for c in direct.cards]

@@ -185,6 +185,8 @@ def build(
         "partners": partners,
         "causal_draws": causal_draws,
     }
+    if keep is not None:  # kept stages belong to this model and this data only
+        settings["digest"] = _digest(model, data, batch_size)
     kept = _Keep(Path(keep) if keep is not None else None, settings)
     eff = {}
     for name, rep in (("zero", Zero()), ("mean", Mean(stats=stats))):
@@ -275,6 +277,19 @@ def build(
     )
     cards = [fill.card(i, u, ctx) for i, u in enumerate(units)]
     return Atlas(cards, meta)
+
+
+def _digest(model: nn.Module, data: Data, batch_size: int) -> str:
+    """SHA-256 of the model's weights and buffers and of every tensor of the data."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for b in batches(data, batch_size=batch_size):
+        for t in (*b.args, *b.kwargs.values(), b.target):
+            if isinstance(t, torch.Tensor):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _task(model: nn.Module, data: Data, batch_size: int) -> tuple[bool, bool, int, Data]:
