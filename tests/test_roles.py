@@ -519,3 +519,13 @@ def test_kept_stages_belong_to_one_model_and_one_data(tmp_path):
     again = build(other, (x, y), pair_units=2, keep=tmp_path)  # other weights: measured anew
     direct = build(other, (x, y), pair_units=2)
     assert [c.loss_zero for c in again.cards] == [c.loss_zero for c in direct.cards]
+
+
+def test_memorisation_input_errors():
+    x, y = planted_data(4)
+    with pytest.raises(LesionError, match="true_labels"):
+        build(Planted(), (x, y), train=(x, y), pair_units=0)
+    with pytest.raises(LesionError, match="nothing was memorised"):
+        build(Planted(), (x, y), train=(x, y), true_labels=y, pair_units=0)
+    with pytest.raises(LesionError, match="has 3 labels"):
+        build(Planted(), (x, y), train=(x, y), true_labels=y[:3], pair_units=0)

@@ -148,17 +148,22 @@ def causal(runner, sites, si, pref, n_classes, draws, seed) -> dict[str, np.ndar
 
 
 def memorisation(model, train, true_labels, sites, units, n_classes, batch_size, progress):
+    """Each unit deleted (zero) on the training data: the loss-change sums of the examples whose label
+    was changed (group 1) and of the others (group 0), against the labels the network was trained on."""
     if true_labels is None:
         raise LesionError("train= needs true_labels= (the labels before corruption) for memorisation")
     train = reusable(train)
     trained = torch.cat([b.target.cpu() for b in batches(train, batch_size=batch_size)])
     true_labels = torch.as_tensor(true_labels).long().cpu()
+    if trained.dtype.is_floating_point or trained.ndim != 1:
+        raise DataError(
+            f"train= needs integer class labels (examples,); got {trained.dtype} {tuple(trained.shape)}"
+        )
     if trained.shape != true_labels.shape:
         raise DataError(f"true_labels has {len(true_labels)} labels; the training data has {len(trained)}")
     groups = (trained != true_labels).long()  # 1: mislabeled
     if not bool(groups.any()):
         raise DataError("no training label differs from its true label: nothing was memorised")
-    groups = torch.cat([groups, torch.zeros(0, dtype=torch.long)])
     metric = LossChange(n_classes, groups)
     got, _ = single_effects(
         model, train, sites, units, Zero(), metric, batch_size=batch_size, progress=progress
