@@ -124,8 +124,9 @@
     s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
       (c.sign_disagree ? " ⚠ zero and mean replacements disagree in sign." : "")));
     if (c.next_tokens && c.next_tokens.length) {
-      s.append(dl([["next tokens losing most (Δ loss summed)", tokenList(c.next_tokens, c.next_token_loss, ctx)],
-        ["direct effect (zero), through the residual stream alone", signed(c.direct_zero)]]));
+      const rows = [["next tokens losing most (Δ loss summed)", tokenList(c.next_tokens, c.next_token_loss, ctx)]];
+      if (c.direct_zero !== null) rows.push(["direct effect (zero), through the residual stream alone", signed(c.direct_zero)]);
+      s.append(dl(rows));
     }
     if (c.class_loss_zero && c.class_loss_zero.length) {
       const pc = el("table", { class: "per-class" });
@@ -201,7 +202,8 @@
   function render(c, ctx) {
     ctx = ctx || {};
     const root = el("article", { class: "lesion-card", "data-unit": c.unit });
-    root.append(el("h2", {}, `${c.unit} `, el("small", {}, `${c.kind}, ${c.n_examples} examples`)));
+    const per = c.kind === "attention head" || c.kind.includes("every position") ? "sequences" : "examples";
+    root.append(el("h2", {}, `${c.unit} `, el("small", {}, `${c.kind}, ${c.n_examples} ${per}`)));
     root.append(el("p", { class: "role-words headline" }, c.role));
     const a = section("a. What it responds to", "responds");
     const rows = [["mean ± sd", `${fmt(c.mean)} ± ${fmt(c.sd)}`], ["range", `${fmt(c.lo)} … ${fmt(c.hi)}`],
