@@ -91,7 +91,15 @@ class _Keep:
 
 def roles(model: nn.Module, data: Data, **kwargs) -> pd.DataFrame:
     """One row per unit: every number of its card (see ``lesion.roles.Card``); ``df.attrs`` holds the
-    settings, the rules and the stated omissions that hold for all. Keywords as ``build``."""
+    settings, the rules and the stated omissions that hold for all. Keywords as ``build``.
+
+    >>> import torch, lesion
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    >>> x, y = torch.randn(60, 4, generator=torch.Generator().manual_seed(0)), torch.arange(60) % 3
+    >>> df = lesion.roles(net, (x, y), pair_units=2)
+    >>> len(df), list(df.columns[:3]), df.attrs["rules"][0]["name"]
+    (6, ['unit', 'layer', 'index'], 'memorisation')
+    """
     return build(model, data, **kwargs).table()
 
 
