@@ -233,7 +233,11 @@ def build(
     si, pref, mi = _class_measures(sites, stats, labeled)
     causal = kept(
         "causal",
-        lambda: stages.causal(runner, sites, si, pref, n_classes, causal_draws, seed) if labeled else {},
+        lambda: (
+            stages.causal(model, data, sites, si, pref, n_classes, causal_draws, seed, metric(), batch_size)
+            if labeled
+            else {}
+        ),
     )
     say.lap("causal")
     mem = {}

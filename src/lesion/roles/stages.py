@@ -10,6 +10,7 @@ import torch
 
 from lesion.core.batch import batches, reusable
 from lesion.core.replacements import Zero
+from lesion.core.runner import Runner
 from lesion.core.units import Unit
 from lesion.errors import DataError, LesionError
 from lesion.roles import rules
@@ -105,10 +106,11 @@ def explanations(units, found, samples, labels, ids, explainer, simulator, kind)
     return out
 
 
-def causal(runner, sites, si, pref, n_classes, draws, seed) -> dict[str, np.ndarray]:
+def causal(model, data, sites, si, pref, n_classes, draws, seed, metric, batch_size) -> dict[str, np.ndarray]:
     """Bau et al.'s necessity test per (layer, class): the units whose explanation names the class
     (selectivity >= the rules' threshold, preferred class c) deleted together, against ``draws`` random
-    sets of as many other units of the layer. Arrays by (layer, class) row."""
+    sets of as many other units of the layer, scored on the examples of class c only (the others do not
+    enter a class-c loss). Arrays by (layer, class) row."""
     g = np.random.default_rng(seed)
     rows, sets = [], []
     for s in sites:
@@ -124,11 +126,18 @@ def causal(runner, sites, si, pref, n_classes, draws, seed) -> dict[str, np.ndar
                 sets.append([Unit(s.name, int(j)) for j in g.choice(others, len(named), replace=False)])
     if not rows:
         return {}
-    v = set_effects(runner, sets)
-    m, _, _ = interval(v["dsum_class"], v["dsq_class"], v["count_class"])  # (sets, C)
+    m = np.full(len(sets), np.nan)  # class-c loss change of each set
+    for c in sorted({r[1] for r in rows}):
+        idx = [r * (draws + 1) + q for r, row in enumerate(rows) if row[1] == c for q in range(draws + 1)]
+        subset = _of_class(data, c, batch_size)
+        if isinstance(subset, tuple) and len(subset[1]) == 0:
+            continue  # no example of class c: no score (NaN)
+        runner = Runner(model, subset, sites, metric=metric, batch_size=batch_size)
+        v = set_effects(runner, [sets[i] for i in idx])
+        m[idx] = interval(v["dsum_class"][:, c], v["dsq_class"][:, c], v["count_class"][:, c])[0]
     named_eff, rand_mean, lo, hi = [], [], [], []
-    for r, (_, c, _) in enumerate(rows):
-        block = m[r * (draws + 1) : (r + 1) * (draws + 1), c]
+    for r in range(len(rows)):
+        block = m[r * (draws + 1) : (r + 1) * (draws + 1)]
         rnd = block[1:]
         diff = block[0] - rnd.mean()
         half = 1.96 * rnd.std(ddof=1) / math.sqrt(len(rnd)) if len(rnd) > 1 else math.nan
@@ -145,6 +154,19 @@ def causal(runner, sites, si, pref, n_classes, draws, seed) -> dict[str, np.ndar
         "lo": np.array(lo),
         "hi": np.array(hi),
     }
+
+
+def _of_class(data, c: int, batch_size: int):
+    """The examples of class ``c`` as one (inputs, labels) pair where the batches have one tensor input;
+    else ``data`` itself (every example scored; the class-c columns are the same)."""
+    xs, ys = [], []
+    for b in batches(data, batch_size=batch_size):
+        if len(b.args) != 1 or b.kwargs or not isinstance(b.args[0], torch.Tensor):
+            return data
+        keep = b.target == c
+        xs.append(b.args[0][keep])
+        ys.append(b.target[keep])
+    return torch.cat(xs), torch.cat(ys)
 
 
 def memorisation(model, train, true_labels, sites, units, n_classes, batch_size, progress):
