@@ -110,11 +110,11 @@ def test_an_interrupted_atlas_is_never_complete_and_resumes(model_file, monkeypa
     assert not (out / ".partial").exists()
 
 
-def test_language_model_flags_are_refused_clearly(model_file, tmp_path):
+def test_language_model_flags_on_a_classifier_are_refused_clearly(model_file, tmp_path):
     tokens = tmp_path / "t.txt"
     tokens.write_text("1 2 3")
     result = invoke("atlas", model_file, "--out", tmp_path / "o", "--tokens", tokens)
-    assert result.exit_code == 2 and "not implemented yet" in result.output
+    assert result.exit_code == 2 and "are for language models" in result.output
 
 
 def test_write_atlas_from_the_library(tmp_path):
@@ -131,3 +131,34 @@ def test_write_atlas_from_the_library(tmp_path):
     assert df.loc[df.unit == "act1:3", "role"].item() == "dead"
     img = torch.rand(3, 1, 8, 8)
     assert len(thumbnails((img, torch.zeros(3, dtype=torch.long)), [0, 2])) == 2
+
+
+def test_a_language_model_atlas_shows_tokens_in_context(tmp_path):
+    pytest.importorskip("transformers")
+    from lesion.roles import build
+    from lesion.roles.atlas import token_texts, write_atlas
+    from tests.text_support import ToyTokenizer, pattern, tiny_gpt
+
+    x = pattern(16, seed=5)
+    atlas = build(tiny_gpt(), {"input_ids": x}, pair_units=2, batch_size=8, top=3)
+    windows, names = token_texts({"input_ids": x}, atlas, decode=ToyTokenizer().convert_ids_to_tokens)
+    for c in atlas.cards:
+        for i in c.top_index:
+            ids, at = windows[str(i)]
+            assert ids[at] == int(x.reshape(-1)[i])  # the marked token is the example itself
+    assert names["5"] == "t5"
+    write_atlas(tmp_path / "a", atlas, title="gpt", texts=(windows, names))
+    doc = json.loads((tmp_path / "a" / "cards.json").read_text())
+    assert doc["meta"]["task"] == "causal-lm" and doc["texts"] and doc["meta"]["token_names"]["5"] == "t5"
+
+
+@pytest.mark.slow
+def test_lesion_atlas_of_a_language_model_file(tmp_path):
+    model = tmp_path / "gpt.safetensors"
+    result = invoke("train", "--arch", "gpt", "--epochs", "1", "--out", model)
+    assert result.exit_code == 0, result.output
+    result = invoke("atlas", model, "--out", tmp_path / "a", "--sequences", "16", "--pairs", "2")
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "a" / "roles.parquet")
+    assert set(df.kind) == {"neuron (every position)", "attention head"}
+    assert df.loc[df.kind == "attention head", "head_previous"].notna().all()

@@ -428,3 +428,104 @@ def test_kept_stages_are_reused(tmp_path, monkeypatch):
     assert [c.row() for c in again.cards] == [c.row() for c in first.cards] or all(
         a.role == b.role for a, b in zip(again.cards, first.cards, strict=True)
     )
+
+
+def test_the_docs_print_the_rules_table_of_the_code():
+    from pathlib import Path
+
+    from lesion.roles.rules import table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "roles.md").read_text().replace("\\|", "|")
+    for r in table():
+        assert f"| {r['name']} | {r['when']} |" in text, r["name"]
+
+
+# ------------------------------------------------------------------------------- a language model
+
+
+def test_a_language_model_card_by_hand():
+    pytest.importorskip("transformers")
+    from tests.text_support import pattern, tiny_gpt
+
+    net, x = tiny_gpt(), pattern(24, seed=7)
+    atlas = build(net, {"input_ids": x}, pair_units=2, partners=1, top=4, batch_size=8)
+    assert atlas.meta["task"] == "causal-lm" and atlas.meta["tokens_per_sequence"] == 12
+    layer, j = "transformer.h.1.mlp.act", 5
+    c = next(c for c in atlas.cards if c.unit == f"{layer}:{j}")
+    module = dict(net.named_modules())[layer]
+    got = {}
+    h = module.register_forward_hook(lambda m, i_, o: got.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        base = net(input_ids=x).logits
+    h.remove()
+    a = got["a"].reshape(-1, got["a"].shape[-1])[:, j].double().numpy()  # (sequences * 12,)
+    assert list(c.top_index) == np.argsort(-a, kind="stable")[:4].tolist()
+    cur = x.reshape(-1).numpy()
+    means = {t: a[cur == t].mean() for t in np.unique(cur)}
+    assert list(c.preferred_tokens) == sorted(means, key=lambda t: (-means[t], t))[:5]
+
+    def seq_loss(logits):  # (sequences,) mean next-token cross-entropy
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(), x[:, 1:].reshape(-1),
+                             reduction="none")  # fmt: skip
+        return ce.reshape(len(x), -1).mean(1).numpy()
+
+    h = module.register_forward_hook(lambda m, i_, o: o.index_fill(-1, torch.tensor([j]), 0.0))
+    with torch.no_grad():
+        lesioned = net(input_ids=x).logits
+    h.remove()
+    m, lo, hi = _interval(seq_loss(lesioned) - seq_loss(base))
+    assert (c.loss_zero, c.loss_zero_lo, c.loss_zero_hi) == pytest.approx((m, lo, hi), rel=1e-3, abs=1e-6)
+    assert c.kind == "neuron (every position)" and math.isfinite(c.direct_zero)
+    assert c.explanation.startswith("activity by token:") and math.isfinite(c.simulation)
+    assert any("language model" in o for o in c.omissions)
+
+
+def test_attention_head_cards_and_their_pattern_scores():
+    pytest.importorskip("transformers")
+    from tests.text_support import pattern, tiny_gpt
+
+    net, x = tiny_gpt(), pattern(16, seed=3)
+    atlas = build(net, {"input_ids": x}, pair_units=0, top=3, batch_size=8)
+    heads = [c for c in atlas.cards if c.kind == "attention head"]
+    assert [c.unit for c in heads] == [f"transformer.h.{b}.attn:{h}" for b in range(2) for h in range(4)]
+    old = net.config._attn_implementation
+    net.config._attn_implementation = "eager"  # this test's reference: the model's own attention weights
+    try:
+        with torch.no_grad():
+            att = net(input_ids=x, output_attentions=True).attentions  # per block (batch, heads, t, t)
+    finally:
+        net.config._attn_implementation = old
+    t = x.shape[1]
+    same = (x[:, :, None] == x[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)
+    has = same.any(-1)
+    for c in heads:
+        block, h = int(c.layer.split(".")[2]), c.index
+        a = att[block][:, h].double()  # (batch, t, t)
+        assert c.head_previous == pytest.approx(
+            a.diagonal(offset=-1, dim1=-2, dim2=-1).mean().item(), abs=1e-5
+        )
+        assert c.head_first == pytest.approx(a[:, 1:, 0].mean().item(), abs=1e-5)
+        dup = (a * same).sum(-1)[has].mean().item()
+        assert c.head_duplicate == pytest.approx(dup, abs=1e-5)
+        assert math.isfinite(c.loss_zero) and c.top_index
+
+
+def test_kept_stages_belong_to_one_model_and_one_data(tmp_path):
+    x, y = toy_data(4)
+    build(ToyMLP(), (x, y), pair_units=2, keep=tmp_path)
+    other = ToyMLP()
+    with torch.no_grad():
+        other.out.weight.mul_(2)
+    again = build(other, (x, y), pair_units=2, keep=tmp_path)  # other weights: measured anew
+    direct = build(other, (x, y), pair_units=2)
+    assert [c.loss_zero for c in again.cards] == [c.loss_zero for c in direct.cards]
+
+
+def test_memorisation_input_errors():
+    x, y = planted_data(4)
+    with pytest.raises(LesionError, match="true_labels"):
+        build(Planted(), (x, y), train=(x, y), pair_units=0)
+    with pytest.raises(LesionError, match="nothing was memorised"):
+        build(Planted(), (x, y), train=(x, y), true_labels=y, pair_units=0)
+    with pytest.raises(LesionError, match="has 3 labels"):
+        build(Planted(), (x, y), train=(x, y), true_labels=y[:3], pair_units=0)

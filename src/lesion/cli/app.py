@@ -246,6 +246,8 @@ def atlas(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sample and the random sets.")] = 0,
     text: TextOpt = None,
     tokens: TokensOpt = None,
+    seq_len: SeqLenOpt = None,
+    sequences: Annotated[int, typer.Option(min=1, help="Language model: at most this many sequences.")] = 64,
     allow_pickle: AllowPickleOpt = False,
     force: ForceOpt = False,
 ) -> None:
@@ -256,7 +258,8 @@ def atlas(
 
     summary = make_atlas(
         model, out, dataset=dataset, examples=examples, layers=T.names(layers), pair_units=pairs, top=top,
-        seed=seed, force=force, text=text, tokens=tokens, allow_pickle=allow_pickle,
+        seed=seed, force=force, text=text, tokens=tokens, allow_pickle=allow_pickle, seq_len=seq_len,
+        sequences=sequences,
     )  # fmt: skip
     print_summary(summary, out)
 

@@ -18,72 +18,76 @@ PARTIAL = ".partial"
 
 
 def atlas(
-    model: Path,
-    out: Path,
-    *,
-    dataset: str | None,
-    examples: int | None,
-    layers: tuple[str, ...] | None,
-    pair_units: int,
-    top: int,
-    seed: int,
-    force: bool,
-    text: Path | None,
-    tokens: Path | None,
-    allow_pickle: bool,
-) -> dict:
+    model: Path, out: Path, *, dataset: str | None, examples: int | None, layers: tuple[str, ...] | None,
+    pair_units: int, top: int, seed: int, force: bool, text: Path | None, tokens: Path | None,
+    allow_pickle: bool, seq_len: int | None = None, sequences: int = 64,
+) -> dict:  # fmt: skip
     """Make the atlas of ``model`` into ``out``; returns a short summary."""
-    if text or tokens:
-        raise LesionError(
-            "lesion atlas covers classifiers (--dataset) so far; cards of language models (--text / "
-            "--tokens) are not implemented yet"
-        )
     from lesion.roles.atlas import ATLAS_FILES
 
     _check_out(out, ATLAS_FILES, force)
     start = time.perf_counter()
-    import torch
-
-    from lesion.pipeline.classifier import dataset_for, open_any
-    from lesion.roles.assemble import build
-    from lesion.roles.atlas import example_ids, thumbnails, write_atlas
+    from lesion.pipeline.classifier import open_any
+    from lesion.pipeline.lm import is_language_model
 
     net, info = open_any(model, allow_pickle=allow_pickle)
+    if is_language_model(info):
+        made = _language_model(net, info, model, text, tokens, seq_len, sequences)
+    elif text or tokens:
+        raise LesionError(f"--text / --tokens are for language models; {model} is a classifier (--dataset)")
+    else:
+        made = _classifier(net, info, model, dataset, examples, seed)
+    data, title, kw, extra = made
+    from lesion.roles.assemble import build
+    from lesion.roles.atlas import write_atlas
+
+    result = build(net, data, layers=list(layers) if layers else None, top=top, pair_units=pair_units,
+                   seed=seed, progress=True, keep=out / PARTIAL, **kw)  # fmt: skip
+    write_atlas(out, result, title=title, **extra(result))
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    roles = [c.role_rule for c in result.cards]
+    return {"units": len(result.cards), "seconds": time.perf_counter() - start,
+            "rules": {r: roles.count(r) for r in dict.fromkeys(roles)},
+            "stages": result.meta.get("seconds", {})}  # fmt: skip
+
+
+def _classifier(net, info, model: Path, dataset, examples, seed):
+    import torch
+
+    from lesion.pipeline.classifier import dataset_for
+    from lesion.roles.atlas import example_ids, thumbnails
+
     data = dataset_for(info, dataset, model)
     x, y = data.x_test, data.y_test
     if examples is not None and examples < len(y):
         keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:examples].sort().values
         x, y = x[keep], y[keep]
     train, true = _memorisation_data(info, dataset, model, data)
-    T.err().print(
-        f"atlas of {model.name} on {data.name}: {len(y)} held-out examples"
-        + (
-            f", memorisation on {int((train[1] != true).sum())} mislabeled training examples"
-            if train is not None
-            else ""
-        )
-    )
-    result = build(
-        net,
-        (x, y),
-        layers=list(layers) if layers else None,
-        train=train,
-        true_labels=true,
-        top=top,
-        pair_units=pair_units,
-        seed=seed,
-        progress=True,
-        keep=out / PARTIAL,
-    )
-    images = thumbnails((x, y), example_ids(result))
-    write_atlas(out, result, images, title=f"{model.name} on {data.name}", classes=data.classes)
-    shutil.rmtree(out / PARTIAL, ignore_errors=True)
-    roles = [c.role_rule for c in result.cards]
-    return {
-        "units": len(result.cards),
-        "seconds": time.perf_counter() - start,
-        "rules": {r: roles.count(r) for r in dict.fromkeys(roles)},
-    }
+    T.err().print(f"atlas of {model.name} on {data.name}: {len(y)} held-out examples"
+                  + (f", memorisation on {int((train[1] != true).sum())} mislabeled training examples"
+                     if train is not None else ""))  # fmt: skip
+
+    def extra(result):
+        return {"images": thumbnails((x, y), example_ids(result)), "classes": data.classes}
+
+    return (x, y), f"{model.name} on {data.name}", {"train": train, "true_labels": true}, extra
+
+
+def _language_model(net, info, model: Path, text, tokens, seq_len, sequences):
+    from lesion.pipeline.lm import TextConfig, facts, lm_data
+    from lesion.roles.atlas import token_texts
+
+    config = TextConfig(text=str(text) if text else None, tokens=str(tokens) if tokens else None,
+                        seq_len=seq_len, sequences=sequences)  # fmt: skip
+    data, name = lm_data(net, info, config)
+    tok = facts(net, info)["tokenizer"]
+    decode = getattr(tok, "convert_ids_to_tokens", None)
+    T.err().print(f"atlas of {model.name} on {name}: {len(data['input_ids'])} sequences")
+
+    def extra(result):
+        return {"images": {}, "texts": token_texts(data, result, decode=decode)}
+
+    return data, f"{model.name} on {name}", {"batch_size": 64}, extra
 
 
 def _check_out(out: Path, files, force: bool) -> None:
@@ -120,5 +124,7 @@ def print_summary(summary: dict, out: Path) -> None:
         f"atlas of {summary['units']} units written to {out} in {summary['seconds']:.1f} s "
         f"(open {out / 'atlas.html'})"
     )
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.get("stages", {}).items())
+    T.out().print(f"  stages: {stages}", soft_wrap=True)
     for rule, k in sorted(summary["rules"].items(), key=lambda kv: -kv[1]):
         T.out().print(f"  {k:6d}  {rule}")

@@ -22,13 +22,13 @@ class TopK:
 
     def __init__(self, k: int, width: int, largest: bool = True):
         self.k, self.largest = k, largest
-        self.values = torch.empty(0, width, dtype=torch.float64)
+        self.values = torch.empty(0, width)  # float32: the activity as the model computed it
         self.ids = torch.empty(0, width, dtype=torch.long)
         self.where = torch.empty(0, width, dtype=torch.long)
 
     def update(self, act: torch.Tensor, ids: torch.Tensor, where: torch.Tensor) -> None:
         """Add ``act`` (batch, units) of examples ``ids`` (batch,), later ids than any seen before."""
-        v = torch.cat([self.values, act.double()])
+        v = torch.cat([self.values, act.float()])
         i = torch.cat([self.ids, ids[:, None].expand_as(act)])
         w = torch.cat([self.where, where])
         order = torch.sort(v, dim=0, descending=self.largest, stable=True).indices[: self.k]

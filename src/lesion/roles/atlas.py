@@ -70,19 +70,49 @@ def _png(Image, img: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def page_data(atlas: Atlas, images: dict[int, str], *, title: str, classes=None) -> dict:
-    """What the page (and the explorer's card) renders: the cards, the rules, the thumbnails."""
+def token_texts(
+    data: Data, atlas: Atlas, *, before: int = 8, after: int = 3, decode=None
+) -> tuple[dict, dict]:
+    """A language model's atlas: ``({token id: [token ids of its context window, position of the token
+    in it]}, {token id: its text})`` for every token a card shows; ``decode(ids) -> strings`` (a
+    tokenizer's ``convert_ids_to_tokens``) names tokens, else ``t<id>``."""
+    per = int(atlas.meta.get("tokens_per_sequence") or 0)
+    want = example_ids(atlas)
+    if not per or not want:
+        return {}, {}
+    seqs = {i // per for i in want}
+    rows: dict[int, list[int]] = {}
+    for b in batches(data, batch_size=256):
+        ids = b.kwargs.get("input_ids", b.args[0] if b.args else None)
+        for row, s in enumerate(b.ids.tolist()):
+            if s in seqs:
+                rows[s] = ids[row].tolist()
+    windows, used = {}, set()
+    for i in want:
+        seq, pos = rows[i // per], i % per
+        lo = max(0, pos - before)
+        windows[str(i)] = [seq[lo : pos + after + 1], pos - lo]
+        used.update(seq[lo : pos + after + 1])
+    for c in atlas.cards:
+        used.update(c.preferred_tokens, c.previous_tokens, c.next_tokens)
+    used = sorted(used)
+    names = list(decode(used)) if decode is not None else [f"t{t}" for t in used]
+    return windows, {str(t): str(n) for t, n in zip(used, names, strict=True)}
+
+
+def page_data(atlas: Atlas, images: dict[int, str], *, title: str, classes=None, texts=None) -> dict:
+    """What the page (and the explorer's card) renders: the cards, the rules, the thumbnails, and for a
+    language model the context windows of the tokens shown and the tokens' names (``texts``, the pair
+    ``token_texts`` returns)."""
     meta = dict(atlas.meta)
     if classes is not None:
         meta["classes"] = [str(c) for c in classes]
-    return jsonable(
-        {
-            "title": title,
-            "meta": meta,
-            "cards": [c.row() for c in atlas.cards],
-            "images": {str(k): v for k, v in images.items()},
-        }
-    )
+    windows, names = texts or ({}, {})
+    if names:
+        meta["token_names"] = names
+    doc = {"title": title, "meta": meta, "cards": [c.row() for c in atlas.cards]}
+    doc |= {"images": {str(k): v for k, v in images.items()}, "texts": windows}
+    return jsonable(doc)
 
 
 def script_json(doc: dict) -> str:
@@ -113,10 +143,16 @@ def render(doc: dict) -> str:
 
 
 def write_atlas(
-    out: str | Path, atlas: Atlas, images: dict[int, str], *, title: str, classes=None
+    out: str | Path,
+    atlas: Atlas,
+    images: dict[int, str] | None = None,
+    *,
+    title: str,
+    classes=None,
+    texts=None,
 ) -> list[str]:
     """Write the atlas folder completely (manifest last); returns the file names."""
-    doc = page_data(atlas, images, title=title, classes=classes)
+    doc = page_data(atlas, images or {}, title=title, classes=classes, texts=texts)
 
     def write(folder: Path) -> None:
         df = atlas.table()

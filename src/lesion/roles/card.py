@@ -20,7 +20,7 @@ class Card:
     unit: str  # "layer:index"
     layer: str
     index: int
-    kind: str  # "neuron" or "feature map"
+    kind: str  # "neuron", "feature map", "neuron (every position)" or "attention head"
     n_examples: int
     # a. what it responds to (per-example activity; a feature map averaged over space)
     mean: float = NaN
@@ -43,6 +43,13 @@ class Card:
     preferred_class: int = -1
     mutual_info: float = NaN
     class_means: tuple[float, ...] = ()
+    preferred_tokens: tuple[int, ...] = ()  # a language model: current tokens of largest mean activity
+    preferred_token_means: tuple[float, ...] = ()
+    previous_tokens: tuple[int, ...] = ()  # previous tokens of largest mean activity
+    previous_token_means: tuple[float, ...] = ()
+    head_previous: float = NaN  # an attention head: mean attention on the previous token
+    head_first: float = NaN  # on the first token
+    head_duplicate: float = NaN  # on earlier copies of the current token (positions that have one)
     # b. what breaks without it: mean per-example loss change (lesioned - intact), 95% interval
     loss_zero: float = NaN
     loss_zero_lo: float = NaN
@@ -59,6 +66,9 @@ class Card:
     class_accuracy_zero: tuple[float, ...] = ()  # accuracy change on each class's examples
     class_loss_mean: tuple[float, ...] = ()
     class_accuracy_mean: tuple[float, ...] = ()
+    next_tokens: tuple[int, ...] = ()  # a language model: target tokens whose loss rises most (zero)
+    next_token_loss: tuple[float, ...] = ()  # their summed loss change over the data
+    direct_zero: float = NaN  # a language model: next-token loss change through the residual stream alone
     # c. what it pushes the output towards
     push: tuple[float, ...] = ()  # per output class
     push_path: str = ""

@@ -117,6 +117,8 @@ OUTPUTS = (
     "dsum_group",
     "dsq_group",
     "count_group",
+    "dsum_token",
+    "count_token",
 )
 
 
@@ -126,19 +128,17 @@ def single_effects(
     sites: Sequence[Site],
     units: Sequence[Unit],
     replacement: Replacement,
-    n_classes: int,
+    metric: Metric,
     *,
-    groups: torch.Tensor | None = None,
     batch_size: int = 1000,
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Each unit deleted alone with ``replacement``, through ``lesion.sweep`` (the fast engine where it
-    agrees with the slow path): the ``LossChange`` outputs by unit, and the sweep's engine notes."""
-    metric = LossChange(n_classes, groups)
+    agrees with the slow path): the metric's outputs (``LossChange``'s) by unit, and the engine notes."""
     lesions = [Lesion([u], replacement) for u in units]
     df = sweep(model, data, lesions, metric, sites=sites, batch_size=batch_size, progress=progress)
     notes = {k: df.attrs.get(k) for k in ("engine_fallbacks", "served")}
-    return {name: _values(df, name) for name in OUTPUTS}, notes
+    return {name: _values(df, name) for name in OUTPUTS if any(c.startswith(name) for c in df)}, notes
 
 
 def set_effects(runner: Runner, sets: Sequence[Sequence[Unit]], *, chunk: int = 32) -> dict[str, np.ndarray]:
@@ -158,7 +158,7 @@ def set_effects(runner: Runner, sets: Sequence[Sequence[Unit]], *, chunk: int = 
         try:
             values = masked_sets(runner, site, masks, chunk=chunk)
             runner.agree(runner.run(lesions[:1]), {k: v[:1] for k, v in values.items()})
-        except (_Unsupported, Mismatch) as exc:
+        except (_Unsupported, Mismatch, RuntimeError) as exc:  # RuntimeError: a model the repeat breaks
             runner.fallbacks[f"sets:{layer}"] = str(exc)
             values = runner.run(lesions)
         for r, i in enumerate(idx):
@@ -211,6 +211,23 @@ def _repeat(h: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
     return out.reshape(-1, *h.shape[1:])
 
 
+def mean_activity(
+    model: nn.Module, data: Data, sites: Sequence[Site], *, batch_size: int = 1000, limit: int | None = None
+) -> dict[str, np.ndarray]:
+    """(units,) mean per-example activity at each neuron site, over the first ``limit`` examples (the
+    batch that crosses it counted whole); heads are left out (their channels are not units)."""
+    measured = [s for s in sites if not s.heads]
+    sums = {s.name: np.zeros(s.width) for s in measured}
+    n = 0
+    for acts, b, _ in grab(model, data, measured, batch_size=batch_size):
+        for s in measured:
+            sums[s.name] += per_example(acts[s.name].double().cpu(), s.unit_dim).sum(0).numpy()
+        n += len(b)
+        if limit is not None and n >= limit:
+            break
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
 def compensation(
     model: nn.Module,
     data: Data,
@@ -219,16 +236,13 @@ def compensation(
     intact: dict[str, np.ndarray],
     *,
     batch_size: int = 1000,
+    limit: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Mean per-example activity of every unit with ``unit`` deleted (zero) minus ``intact`` (site ->
-    (units,) means without the lesion); ``unit`` itself reads 0 change."""
-    sums = {s.name: np.zeros(s.width * s.group) for s in sites}
-    n = 0
+    """Mean per-example activity of every neuron with ``unit`` deleted (zero) minus ``intact`` (its
+    ``mean_activity`` over the same examples: the same ``limit``); ``unit`` itself reads 0 change."""
     with ablate(model, Lesion([unit], Zero()), sites=list(sites)):
-        for acts, b, _ in grab(model, data, sites, batch_size=batch_size):
-            for s in sites:
-                sums[s.name] += per_example(acts[s.name].double().cpu(), s.unit_dim).sum(0).numpy()
-            n += len(b)
-    change = {k: v / max(n, 1) - intact[k] for k, v in sums.items()}
-    change[unit.layer][unit.index] = 0.0
+        lesioned = mean_activity(model, data, sites, batch_size=batch_size, limit=limit)
+    change = {k: v - intact[k] for k, v in lesioned.items()}
+    if unit.layer in change:
+        change[unit.layer][unit.index] = 0.0
     return change

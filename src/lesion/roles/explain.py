@@ -29,6 +29,7 @@ class Evidence:
     labels: np.ndarray | None  # (n,) class labels, or None without labels
     activity: np.ndarray | None  # (n,)
     top: tuple[int, ...] = ()  # ids of its most active examples over all the data
+    kind: str = "class"  # what the labels are: "class" (a classifier) or "token" (the current token)
 
 
 Explainer = Callable[[Evidence], str]
@@ -36,13 +37,13 @@ Simulator = Callable[[str, Evidence], np.ndarray]
 
 
 def class_means_explainer(ev: Evidence) -> str:
-    """'activity by class: c=mean; ...' from the explanation examples; needs labels."""
+    """'activity by class: c=mean; ...' (or 'by token') from the explanation examples; needs labels."""
     if ev.labels is None:
-        raise ValueError("the rule-based explainer needs class labels")
+        raise ValueError("the rule-based explainer needs class labels (the data has none)")
     parts = []
     for c in np.unique(ev.labels):
         parts.append(f"{int(c)}={float(ev.activity[ev.labels == c].mean()):.6g}")
-    return "activity by class: " + "; ".join(parts)
+    return f"activity by {ev.kind}: " + "; ".join(parts)
 
 
 _PAIR = re.compile(r"(-?\d+)\s*=\s*([-+0-9.eE]+|nan|inf)")

@@ -2,7 +2,8 @@
 
 One forward pass records the leaf modules that run after the site. Where they form a chain (each takes
 the previous one's output) of Linear layers, elementwise activations, dropout, identity and flatten,
-the push of unit j is column j of the product of the Linear weights: exact for the last hidden layer
+the push of unit j is column j of the product of the Linear weights (global average pooling passes a
+map's uniform change through): exact for the last hidden layer
 (the output layer's own weights, the direct path), a linear approximation through deeper ones
 (nonlinearities ignored). A feature map's push sums its positions (the whole map raised by 1). Any
 other module on the way (a convolution, a norm, a residual join) leaves the push out, saying why.
@@ -39,6 +40,12 @@ def _leaf_calls(model: nn.Module, example) -> list[tuple[str, nn.Module, torch.T
     return calls
 
 
+def _global_average(mod: nn.Module) -> bool:
+    """Average pooling to one value per map: a map raised by 1 everywhere raises its pooled value by 1."""
+    size = getattr(mod, "output_size", None)
+    return isinstance(mod, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d) and size in (1, (1, 1))
+
+
 def pushes(model: nn.Module, example, sites: list[Site]) -> dict[str, tuple[torch.Tensor | None, str]]:
     """site -> ((outputs, units) push matrix or None, the path in words or why it is missing)."""
     calls = _leaf_calls(model, example)
@@ -68,7 +75,7 @@ def _push(calls, site: Site) -> tuple[torch.Tensor | None, str]:
             w = mod.weight.detach().double()
             product = w if product is None else w @ product
             n_linear += 1
-        elif not (isinstance(mod, PASS) or is_activation(mod)):
+        elif not (isinstance(mod, PASS) or is_activation(mod) or _global_average(mod)):
             return None, f"the path to the output passes through {type(mod).__name__} ({name!r}); no weights"
         prev = outp
     if product is None:

@@ -3,7 +3,7 @@
   "use strict";
   const doc = JSON.parse(document.getElementById("atlas-data").textContent);
   const cards = doc.cards;
-  const ctx = { images: doc.images, meta: doc.meta };
+  const ctx = { images: doc.images, meta: doc.meta, texts: doc.texts };
   const byUnit = new Map(cards.map((c) => [c.unit, c]));
   const MAX_ROWS = 500;
   let key = "loss_zero", dir = -1, query = "";
@@ -11,9 +11,13 @@
   const fmt = LesionCard.fmt;
   const meta = doc.meta;
   document.getElementById("summary").textContent =
-    `${cards.length} units, ${meta.n_examples} examples` + (meta.labels ? "" : " (no labels)") +
+    `${cards.length} units, ` + (meta.task === "causal-lm" ? `${meta.n_examples} sequences, ${meta.n_tokens} tokens`
+      : `${meta.n_examples} examples` + (meta.labels ? "" : " (no labels)")) +
     `; ${meta.pairs_tried} pairs tried. Click a unit for its card; click a heading to sort.`;
 
+  function sig(x, digits = 2) {
+    return x === null || x === undefined ? "–" : String(Number(x.toPrecision(digits)));
+  }
   function cell(text, cls) {
     const td = document.createElement("td");
     td.textContent = text;
@@ -23,10 +27,11 @@
   function row(c) {
     const tr = document.createElement("tr");
     tr.dataset.unit = c.unit;
-    const ci = c.loss_zero_lo === null ? "" : ` [${fmt(c.loss_zero_lo, 2)}, ${fmt(c.loss_zero_hi, 2)}]`;
-    tr.append(cell(c.unit), cell(c.role, "role"), cell(fmt(c.loss_zero, 3) + ci, "num"),
+    const ci = c.loss_zero_lo === null ? "" : ` [${sig(c.loss_zero_lo)}, ${sig(c.loss_zero_hi)}]`;
+    tr.append(cell(c.unit), cell(c.role, "role"), cell(sig(c.loss_zero, 3) + ci, "num"),
       cell(fmt(c.accuracy_zero, 3), "num"), cell(fmt(c.selectivity, 2), "num"),
-      cell(c.preferred_class >= 0 ? LesionCard.className(c.preferred_class, ctx) : "–"),
+      cell(c.preferred_class >= 0 ? LesionCard.className(c.preferred_class, ctx)
+        : c.preferred_tokens && c.preferred_tokens.length ? LesionCard.tokenName(c.preferred_tokens[0], ctx) : "–"),
       cell(fmt(c.frequency_active, 2), "num"), cell(fmt(c.simulation, 2), "num"));
     const td = document.createElement("td");
     td.append(LesionCard.sparkline(c.hist_counts, 60, 16));

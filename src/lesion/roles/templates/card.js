@@ -27,6 +27,13 @@
     const names = ctx && ctx.meta && ctx.meta.classes;
     return names && names[c] !== undefined && names[c] !== String(c) ? `${c} (${names[c]})` : String(c);
   }
+  function tokenName(t, ctx) {
+    const names = ctx && ctx.meta && ctx.meta.token_names;
+    return names && names[String(t)] !== undefined ? names[String(t)] : `t${t}`;
+  }
+  function tokenList(ts, vs, ctx) {
+    return ts.map((t, i) => `${tokenName(t, ctx)} (${fmt(vs[i], 2)})`).join(", ") || "–";
+  }
   function sparkline(counts, w, h) {
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("width", w); svg.setAttribute("height", h);
@@ -94,7 +101,11 @@
         }
         fig.append(wrap);
       } else if (ctx.texts && ctx.texts[String(id)]) {
-        fig.append(el("div", { class: "text-example" }, ctx.texts[String(id)]));
+        const [ids, at] = ctx.texts[String(id)];
+        const line = el("div", { class: "text-example" });
+        ids.forEach((t, k) => line.append(k === at ? el("mark", {}, tokenName(t, ctx)) : tokenName(t, ctx), " "));
+        fig.classList.add("text");
+        fig.append(line);
       }
       fig.append(el("figcaption", {}, `#${id} · ${fmt(acts[i], 2)}` + label));
       box.append(fig);
@@ -112,6 +123,11 @@
     s.append(t);
     s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
       (c.sign_disagree ? " ⚠ zero and mean replacements disagree in sign." : "")));
+    if (c.next_tokens && c.next_tokens.length) {
+      const rows = [["next tokens losing most (Δ loss summed)", tokenList(c.next_tokens, c.next_token_loss, ctx)]];
+      if (c.direct_zero !== null) rows.push(["direct effect (zero), through the residual stream alone", signed(c.direct_zero)]);
+      s.append(dl(rows));
+    }
     if (c.class_loss_zero && c.class_loss_zero.length) {
       const pc = el("table", { class: "per-class" });
       pc.append(el("tr", {}, el("th", {}, "class"), el("th", {}, "Δ loss zero [95%]"), el("th", {}, "Δ acc zero"),
@@ -171,7 +187,9 @@
   }
   function scores(c, ctx) {
     const s = section("f. Scores that let the explanation fail", "scores");
-    const rows = [["explanation", c.explanation || "–"], ["simulation score", fmt(c.simulation, 3)]];
+    const text = c.explanation || "–";
+    const rows = [["explanation", text.length > 300 ? text.slice(0, 300) + " …" : text],
+      ["simulation score", fmt(c.simulation, 3)]];
     if (c.causal_class >= 0) {
       rows.push(["causal score", `deleting the ${c.causal_size} units of ${c.layer} named for ${className(c.causal_class, ctx)}: ` +
         `${signed(c.causal_named)} loss on ${className(c.causal_class, ctx)} vs ${signed(c.causal_random)} for as many random units ` +
@@ -184,7 +202,8 @@
   function render(c, ctx) {
     ctx = ctx || {};
     const root = el("article", { class: "lesion-card", "data-unit": c.unit });
-    root.append(el("h2", {}, `${c.unit} `, el("small", {}, `${c.kind}, ${c.n_examples} examples`)));
+    const per = c.kind === "attention head" || c.kind.includes("every position") ? "sequences" : "examples";
+    root.append(el("h2", {}, `${c.unit} `, el("small", {}, `${c.kind}, ${c.n_examples} ${per}`)));
     root.append(el("p", { class: "role-words headline" }, c.role));
     const a = section("a. What it responds to", "responds");
     const rows = [["mean ± sd", `${fmt(c.mean)} ± ${fmt(c.sd)}`], ["range", `${fmt(c.lo)} … ${fmt(c.hi)}`],
@@ -192,6 +211,15 @@
     if (c.selectivity !== null || c.preferred_class >= 0) {
       rows.push(["selectivity", fmt(c.selectivity, 3)], ["preferred class", c.preferred_class >= 0 ? className(c.preferred_class, ctx) : "–"],
         ["mutual information", `${fmt(c.mutual_info, 3)} bits`]);
+    }
+    if (c.preferred_tokens && c.preferred_tokens.length) {
+      rows.push(["preferred tokens (mean activity)", tokenList(c.preferred_tokens, c.preferred_token_means, ctx)],
+        ["previous tokens (mean activity)", tokenList(c.previous_tokens, c.previous_token_means, ctx)]);
+    }
+    if (c.head_previous !== null && c.head_previous !== undefined) {
+      rows.push(["attention on the previous token", fmt(c.head_previous, 3)],
+        ["attention on the first token", fmt(c.head_first, 3)],
+        ["attention on earlier copies of the token", fmt(c.head_duplicate, 3)]);
     }
     if (c.dead) rows.push(["dead", "never active on the data"]);
     a.append(dl(rows));
@@ -220,5 +248,5 @@
     root.append(om);
     return root;
   }
-  window.LesionCard = { render, fmt, signed, sparkline, className };
+  window.LesionCard = { render, fmt, signed, sparkline, className, tokenName };
 })();
