@@ -27,7 +27,7 @@ def open_any(path: Path, *, allow_pickle: bool = False):
         hf = load_hf_dir(path, allow_pickle=allow_pickle)
         arch = {"kind": "hf", "architecture": hf.architecture, "task": hf.task}
         if hf.task == "image-classification":
-            size = getattr(hf.config, "image_size", None)
+            size = getattr(hf.config, "image_size", None) or 224  # ResNet configs name no size: ImageNet's
             size = list(size) if isinstance(size, list | tuple) else [size, size]
             arch["input_shape"] = [int(getattr(hf.config, "num_channels", 3)), *map(int, size)]
         return hf.model, {"arch": arch, "metadata": {}, "hf": hf}
