@@ -163,3 +163,21 @@ def test_quiet_machine_protocol_retimes_busy_runs_and_withholds_their_ratios(mon
     s = _summary(ctx, {"lesion": lesion_t, "A": a_t, "B": b_t}, {"lesion": 1.0})
     assert s["ratios"]["A/lesion"] is not None and s["ratios"]["B/lesion"] is None
     assert s["unsteady"] == ["B"]
+
+
+def test_real_size_workloads_run_in_quick_mode():
+    """W8-W11 (GPT-2 small heads, a block's neurons, the whole model by triage, the ~1 B Llama's heads) at
+    their quick sizes: they run beside the hook loop, agree with it, and report units/s and peak memory."""
+    pytest.importorskip("transformers")
+    r = bench.run(quick=True, repeats=1, threads=1, only=["W8", "W9", "W10", "W11"])
+    assert list(r["workloads"]) == ["W8", "W9", "W10", "W11"]
+    for name, w in r["workloads"].items():
+        assert w["seconds"]["lesion"] > 0 and w["seconds"]["hook_loop"] > 0, name
+        assert w["max_abs_diff"]["hook_loop"]["loss"] < 1e-4, name
+        assert w["peak_rss_mb"] > 0 and w["gpu"]["status"] == "not measured", name
+    assert r["workloads"]["W9"]["engine"]["served"].get("closed") == r["workloads"]["W9"]["n_lesions"]
+    w10 = r["workloads"]["W10"]
+    assert 0 <= w10["recall"]["low"] <= w10["recall"]["high"] <= 1 and w10["n_exact"] < w10["n_lesions"]
+    console = Console(file=io.StringIO(), width=200)
+    console.print(bench.table(r))
+    assert "units/s" in console.file.getvalue()
