@@ -6,7 +6,9 @@ shape ``lesion.engine.kinks`` serves), deleting units i and j moves ``z`` to
 ``z_i = z - a_i w_i`` and the output ``out_i = V relu(z_i) + c`` are computed once (exactly: unit i
 deleted alone), and every partner j of the group is then a rank-1 update of ``z_i``, served by the kink
 shortcut (one GEMM for the mask-held Jacobians plus exact corrections where a pre-activation crosses
-zero), or densely where the shortcut declines. Values equal the dense computation up to float rounding;
+zero), or densely where the shortcut declines. Examples on which unit i already holds its replacement
+value (a ReLU unit at rest: about half of them) take each partner's single-unit output unchanged, from
+one single-unit pass per chunk. Values equal the dense computation up to float rounding;
 ``lesion.analyses.pairs`` checks every call against the double-hooked model on a sample of its pairs.
 """
 
@@ -51,25 +53,38 @@ def pair_units(
             raise Unsupported(f"site {layer!r}: pairs need (batch, units) activations")
         width = h.shape[1]
         a = h - _fills(h, torch.arange(width), fill).reshape(1, width)  # (batch, width): what each unit adds
+        piece = max(1, engine.budget // 4)
+        singles = _singles(head, z, a, w, piece)  # (width, batch, c): each unit deleted alone
         for i, first, js in groups:
-            zi = torch.addr(z, a[:, i], w[:, i], alpha=-1)  # (batch, n): unit i deleted
-            out_i = head.head(F.relu(zi))  # (batch, c)
             part = torch.as_tensor(js, dtype=torch.long)
-            got = head.lesions(zi, out_i, a[:, part], part, piece=max(1, engine.budget // 4))
-            if got is None:  # the dense step: every partner's pre-activations at once
-                moved = zi.unsqueeze(0) - a[:, part].T.unsqueeze(2) * w[:, part].T.unsqueeze(
-                    1
-                )  # (k, batch, n)
-                out = head.head(F.relu(moved)).flatten(0, 1)
-            else:
-                out = got[0]
-                engine.kinks += got[1]
+            out = singles[part].clone()  # where unit i adds nothing the pair is its partner alone
+            rows = (a[:, i] != 0).nonzero().squeeze(1)
+            if len(rows):
+                zi = torch.addr(z[rows], a[rows, i], w[:, i], alpha=-1)  # (rows, n): unit i deleted
+                got = _partners(head, zi, a[rows][:, part], part, w, piece)
+                out[:, rows] = got.view(len(js), len(rows), -1)
             engine.examples += len(js) * len(b)
-            engine.computed += len(js) * len(b)
-            Engine._update(metric, out, b, len(js), slice(first, first + len(js)), intact)
+            engine.computed += len(js) * len(rows)
+            Engine._update(metric, out.flatten(0, 1), b, len(js), slice(first, first + len(js)), intact)
         done += len(b)
         if progress is not None:
             progress(done)
+
+
+def _partners(head, zi, a, part, w, piece) -> torch.Tensor:
+    """(k * rows, c): the output with each partner of ``part`` deleted on top of the base ``zi``."""
+    out_i = head.head(F.relu(zi))  # (rows, c)
+    got = head.lesions(zi, out_i, a, part, piece=piece)
+    if got is not None:
+        return got[0]
+    moved = zi.unsqueeze(0) - a.T.unsqueeze(2) * w[:, part].T.unsqueeze(1)  # (k, rows, n): the dense step
+    return head.head(F.relu(moved)).flatten(0, 1)
+
+
+def _singles(head, z, a, w, piece) -> torch.Tensor:
+    """(width, batch, c): the output with each unit of the site deleted alone."""
+    units = torch.arange(a.shape[1])
+    return _partners(head, z, a, units, w, piece).view(len(units), len(z), -1)
 
 
 def _groups(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
