@@ -167,6 +167,7 @@ def closed_groups(runner: Runner, lesions: Sequence[Lesion], done: dict, *, bar=
     if not CLOSED_FORM or not runner.use_engine or runner.precision != "fp32":
         return
     plans = runner.__dict__.setdefault("_closed", {})  # layer: LastBlock, or None where it does not apply
+    memo = runner.__dict__.setdefault("_closed_memo", {})  # one recorded pass (2 examples) for all sites
     groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
     for i, les in enumerate(lesions):
         layers = list(les.units)
@@ -181,9 +182,8 @@ def closed_groups(runner: Runner, lesions: Sequence[Lesion], done: dict, *, bar=
     for (layer, _), members in groups.items():
         if layer not in plans:
             try:
-                plans[layer] = plan_last_block(
-                    runner.model, runner.sites[layer], next(iter(runner.batches()))
-                )
+                probe = next(iter(runner.batches())).slice(0, 2)
+                plans[layer] = plan_last_block(runner.model, runner.sites[layer], probe, memo)
             except Unsupported:
                 plans[layer] = None
         if plans[layer] is None:
