@@ -57,11 +57,29 @@ def test_singles_and_interaction_add_up():
     np.testing.assert_allclose(df["loss"], hooked(net, data, df)["loss"], rtol=1e-5, atol=1e-6)
 
 
-def test_a_layer_without_the_relu_head_goes_through_the_hooked_model():
+def test_layers_without_the_relu_head_run_through_the_traced_graph():
     net, data = mlp(2, width=8)
-    df = pair_effects(net, data, layer="3")  # read by the last Linear directly: no rank-2 path
-    assert "pairs" in df.attrs["engine_fallbacks"]
+    df = pair_effects(net, data, layer="3")  # read by the last Linear directly: no ReLU head after it
+    assert df.attrs["engine_fallbacks"] == {} and df.attrs["served"]["graph"] >= len(df)
     np.testing.assert_allclose(df["loss"], hooked(net, data, df)["loss"], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(4)  # a GELU and a LayerNorm after the consumer: the graph's later layers
+    net = nn.Sequential(
+        nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 9), nn.GELU(), nn.LayerNorm(9), nn.Linear(9, 4)
+    )
+    df = pair_effects(net.eval(), data, layer="1")
+    assert df.attrs["engine_fallbacks"] == {} and df.attrs["served"]["graph"] >= len(df) == 66
+    np.testing.assert_allclose(df["loss"], hooked(net, data, df)["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_the_engine_cannot_serve_goes_through_the_hooked_model():
+    torch.manual_seed(5)  # conv channels: read by a Conv2d, not a Linear
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.Linear(48, 4)
+    ).eval()
+    x, y = torch.randn(50, 1, 8, 8), torch.arange(50) % 4
+    df = pair_effects(net, (x, y), layer="1")
+    assert len(df) == 6 and "Linear consumer" in df.attrs["engine_fallbacks"]["pairs"]
+    np.testing.assert_allclose(df["loss"], hooked(net, (x, y), df)["loss"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_disagreeing_engine_is_replaced_by_the_hooked_answer(monkeypatch):

@@ -270,6 +270,31 @@ def test_user_sweep_on_ray_equals_local(head):
     assert list(ray["lesion"]) == list(local["lesion"])
 
 
+def test_triaged_sweep_on_ray_equals_one_process(head):
+    """sweep(..., triage=) with backend='ray': the same estimates, the same units chosen (seeded), the same
+    exact numbers and the same recall interval as in one process, on an MLP and a tiny GPT-2."""
+    import numpy as np
+
+    import lesion
+    from tests.text_support import pattern, tiny_gpt
+
+    net, data = _mlp()
+    local = lesion.sweep(net, data, triage=10, seed=4)
+    ray = lesion.sweep(net, data, triage=10, seed=4, backend="ray", address=head, shards=3)
+    pd.testing.assert_frame_equal(ray, local)
+    assert ray.attrs["triage"]["low"] == local.attrs["triage"]["low"]
+    gpt, tokens, metric = tiny_gpt(), {"input_ids": pattern(24, seed=7)}, lesion.metrics.NextTokenLoss()
+    local = lesion.sweep(gpt, tokens, metric=metric, triage="20%", seed=1)
+    ray = lesion.sweep(
+        gpt, tokens, metric=metric, triage="20%", seed=1, backend="ray", address=head, shards=4
+    )
+    assert list(ray["source"]) == list(local["source"]) and list(ray["lesion"]) == list(local["lesion"])
+    np.testing.assert_array_equal(ray["estimate"], local["estimate"])
+    np.testing.assert_allclose(ray["delta_loss"], local["delta_loss"], rtol=1e-6, atol=1e-7)
+    keys = ("exact", "top", "sampled", "k", "recall", "low", "high")
+    assert {k: ray.attrs["triage"][k] for k in keys} == {k: local.attrs["triage"][k] for k in keys}
+
+
 def test_user_sweep_on_ray_resumes_and_refuses_foreign_or_tampered_shards(head, tmp_path):
     import lesion
     from lesion.errors import LesionError

@@ -253,7 +253,8 @@ def test_sweeps_of_neurons_and_heads_equal_a_hand_written_reference(case, how):
     r = REPLACEMENTS[how]
     df = lesion.sweep(model, data, [Lesion(u, r) for u in lesions], metric, batch_size=7)
     assert not [k for k in df.attrs["engine_fallbacks"] if k.startswith("prefix:")], df.attrs
-    assert df.attrs["served"]["prefix"] == len(lesions)  # every lesion on the fast path (checked)
+    served = df.attrs["served"]  # the last block's neurons in closed form (lesion.engine.lastblock)
+    assert served["prefix"] + served.get("closed", 0) == len(lesions)  # every lesion on a fast path (checked)
     for (u, (module, head, chans, pos)), got in zip(lesions.items(), df.loss, strict=True):
         acts = _channels(model, data, module, head)
         want = _by_hand(model, data, kind, module, head, chans, _values(how, acts), pos)
@@ -442,6 +443,8 @@ def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(mo
     those of each site run alone (budget 0), and a site the engine cannot run falls back alone."""
     import lesion.engine.dispatch as fast
 
+    monkeypatch.setattr(fast, "CLOSED_FORM", False)  # the last block on the prefix engine
+
     model, data = _gpt2().eval(), _data("lm")
     units = [f"transformer.h.{b}.mlp.act:{j}" for b in (0, 1) for j in (1, 6, 9)]
     units += [f"transformer.h.{b}.attn:{h}" for b in (0, 1) for h in (0, 3, 1)]  # > CHECKS a site
@@ -465,6 +468,9 @@ def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(mo
 def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
     """The engine refuses one site (as it would a module that does not run once per pass): the sweep
     keeps the other sites on the engine, that one on the slow path with the reason, values unchanged."""
+    import lesion.engine.dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "CLOSED_FORM", False)  # the last block on the prefix engine
     from lesion.engine import Unsupported
     from lesion.engine.prefix import PrefixEngine
 
@@ -492,6 +498,9 @@ def test_a_site_the_engine_cannot_run_falls_back_alone(monkeypatch):
 def test_the_progress_bar_moves_with_every_batch_of_a_prefix_sweep(monkeypatch):
     """The module-prefix engine streams every batch per pass: the bar advances by each batch's share of
     the examples (not all at once on the first batch) and ends at the number of lesions."""
+    import lesion.engine.dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "CLOSED_FORM", False)  # the last block on the prefix engine
     import contextlib
 
     import lesion.analyses.sweep as sw

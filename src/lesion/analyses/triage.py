@@ -191,6 +191,8 @@ def triage_sweep(
         "budget": str(budget), "units": len(units), "exact": len(done), "top": len(top_idx),
         "sampled": len(sampled), "seed": seed, "k": k, "top_share": top, "level": level, **stats,
         "seconds": time.perf_counter() - start,
+        "claim": f"recall of the top {k} >= {stats['low']:.2f} at {level:.0%} confidence (point "
+        f"{stats['recall']:.2f}; the point is unreliable when the sample holds no top-{k} unit)",
         "method": "exact hypergeometric test inverted over the number of top-k units left unexamined, "
         "from the uniform random sample of the units outside the top block (lesion.analyses.triage)",
     }  # fmt: skip

@@ -13,6 +13,10 @@ Workloads (full sizes; ``quick=True`` shrinks each one):
   neurons, 8 heads) deleted alone, next-token loss on 64 sequences of 128 tokens: lesion vs a hook loop,
   Captum, TransformerLens and nnsight (``lesion.bench.lm``); W7: the attribution estimate of every W5
   neuron against the exact sweep.
+- W8-W11 (real sizes from configs, random weights; not in the default run, ``--only W8`` etc.): every
+  head of GPT-2 small (W8), every neuron of its last block (W9), every unit of it by triage (W10), and
+  every head of a ~1 B Llama-style GQA model (W11), each beside a hook loop, with units/s and peak memory
+  (``lesion.bench._real``); GPU variants are listed as not measured.
 - S1: W1's time with lesion alone against the number of examples (1,000-60,000) and the layer width
   (128-2,048), with fitted power-law exponents (``lesion.bench.scaling``; ``plot_scaling`` draws it).
 
@@ -63,10 +67,15 @@ from lesion.bench.w1 import w1
 from lesion.bench.w2 import w2
 from lesion.bench.w3 import w3
 from lesion.bench.w4 import memory_child, w4
+from lesion.bench.w8 import w8
+from lesion.bench.w9 import w9
+from lesion.bench.w10 import w10
+from lesion.bench.w11 import w11
 from lesion.errors import LesionError
 from lesion.util.alloc import tune_allocator
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1", "W8", "W9", "W10", "W11")
+DEFAULT = WORKLOADS[:8]  # the real-size workloads W8-W11 run when named (--only): hours at full size on a CPU
 
 
 def run(
@@ -142,7 +151,7 @@ def machine(threads: int, tuned: bool, load_start: tuple[float, ...]) -> dict:
 
 def _choose(only: Sequence[str] | None) -> tuple[str, ...]:
     if only is None:
-        return WORKLOADS
+        return DEFAULT
     names = tuple(dict.fromkeys(n.strip().upper() for n in only if n.strip()))
     bad = [n for n in names if n not in WORKLOADS]
     if bad or not names:
@@ -151,7 +160,8 @@ def _choose(only: Sequence[str] | None) -> tuple[str, ...]:
 
 
 _WORKLOADS: dict[str, Callable[[_Context], dict]] = {
-    "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "S1": s1,
+    "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "S1": s1, "W8": w8, "W9": w9,
+    "W10": w10, "W11": w11,
 }  # fmt: skip
 
 __all__ = [

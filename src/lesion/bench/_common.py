@@ -48,13 +48,21 @@ class Sizes:
     lm_batch: int = 64
     lm_units: int = 1024  # W5, W7: neurons per block deleted
     lm_peer_units: int = 64  # W5, W6: units each peer is timed on, then extrapolated (one pass per unit)
+    real_quick: bool = False  # W8-W11: the real configs (GPT-2 small, ~1 B Llama); True: 2-block stand-ins
+    real_sequences: int = 8  # W8-W11: sequences of real_tokens seeded random tokens
+    real_tokens: int = 128
+    real_batch: int = 8
+    real_peer_units: int = 12  # W8, W9, W11: units the hook loop is timed on, then extrapolated
+    real_triage: str = "1%"  # W10: the exact budget of the triaged whole-model sweep
 
 
 FULL = Sizes()
 QUICK = Sizes(examples=1_000, units=32, orders=2, hook_stride=4, conv_examples=50, conv_channels=4,
               captum_conv_channels=2, memory_examples=6_000, gemm=1024, check_units=1,
               mlp_epochs=1, lm_layers=2, lm_width=64, lm_neurons=128, lm_heads=4, lm_vocab=256,
-              lm_sequences=8, lm_tokens=32, lm_batch=8, lm_units=16, lm_peer_units=8)  # fmt: skip
+              lm_sequences=8, lm_tokens=32, lm_batch=8, lm_units=16, lm_peer_units=8, real_quick=True,
+              real_sequences=4, real_tokens=16, real_batch=4, real_peer_units=3,
+              real_triage="10%")  # fmt: skip
 
 
 class Mismatch(RuntimeError):

@@ -54,6 +54,13 @@ def table(results: dict):
 
 
 def _row_note(w: dict, method: str) -> str:
+    if "units_per_second" in w and method == "lesion":  # W8-W11
+        ups = next(v for k, v in w["units_per_second"].items() if k.startswith("lesion"))
+        recall = w.get("recall")
+        said = (
+            f", recall {recall['recall']:.2f} [{recall['low']:.2f}, {recall['high']:.2f}]" if recall else ""
+        )
+        return f"{ups:.3g} units/s, peak {w['peak_rss_mb']:.0f} MB{said}; GPU not measured"
     if method in w.get("unsteady", ()):
         return "no ratio: timed on a busier machine"
     if "peer_units_timed" in w and method != "lesion":

@@ -16,6 +16,9 @@ from lesion.core.lesions import Lesion, replacement_key
 from lesion.core.runner import CHECKS, Mismatch, Runner
 from lesion.util.modules import eval_mode
 
+# the last block's MLP neurons through the final norm and the unembedding in closed form (lesion.engine.
+# lastblock; checked like every fast path); False leaves them to the module-prefix engine
+CLOSED_FORM = True
 CACHE_BYTES = 512 << 20  # recorded outputs the module-prefix engine keeps at once for sites sharing passes
 
 
@@ -170,13 +173,19 @@ def closed_groups(runner: Runner, lesions: Sequence[Lesion], done: dict, *, bar=
     from lesion.engine import Unsupported
     from lesion.engine.lastblock import closed_form_units, plan_last_block
 
-    if not runner.use_engine or runner.precision != "fp32":
+    if not CLOSED_FORM or not runner.use_engine or runner.precision != "fp32":
         return
     plans = runner.__dict__.setdefault("_closed", {})  # layer: LastBlock, or None where it does not apply
+    memo = runner.__dict__.setdefault("_closed_memo", {})  # one recorded pass (2 examples) for all sites
     groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
     for i, les in enumerate(lesions):
-        neurons = all(n in runner.sites and runner.sites[n].group == 1 for n in les.units)  # no head views
-        got = None if i in done or not neurons else engine_fill(runner, les)
+        layers = list(les.units)
+        if i in done or len(layers) != 1 or layers[0] not in runner.sites or plans.get(layers[0], 1) is None:
+            continue
+        s = runner.sites[layers[0]]
+        if s.heads or s.group != 1 or s.hook != "output" or len(s.shape) != 2:
+            continue  # only (position, neuron) MLP sites have the closed form
+        got = engine_fill(runner, les)
         if got is not None and f"closed:{got[0]}" not in runner.fallbacks:
             groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
     # a layer with CHECKS lesions or fewer: its check would re-run all of them on the slow path
@@ -184,9 +193,8 @@ def closed_groups(runner: Runner, lesions: Sequence[Lesion], done: dict, *, bar=
     for (layer, _), members in groups.items():
         if layer not in plans:
             try:
-                plans[layer] = plan_last_block(
-                    runner.model, runner.sites[layer], next(iter(runner.batches()))
-                )
+                probe = next(iter(runner.batches())).slice(0, 2)
+                plans[layer] = plan_last_block(runner.model, runner.sites[layer], probe, memo)
             except Unsupported:
                 plans[layer] = None
         if plans[layer] is None:

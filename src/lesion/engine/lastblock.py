@@ -90,9 +90,10 @@ def _eps(norm: nn.Module) -> float:
     raise Unsupported(f"final norm {type(norm).__name__} has no eps")
 
 
-def plan_last_block(model: nn.Module, site: Site, batch: Batch) -> LastBlock:
-    """The closed form for ``site``, read off one recorded pass on ``batch``; Unsupported where the site
-    is not an MLP neuron site of the last block before a LayerNorm/RMSNorm and a Linear unembedding."""
+def plan_last_block(model: nn.Module, site: Site, batch: Batch, memo: dict | None = None) -> LastBlock:
+    """The closed form for ``site``, read off one recorded pass on ``batch`` (kept in ``memo`` for the
+    other sites of the same sweep); Unsupported where the site is not an MLP neuron site of the last
+    block before a LayerNorm/RMSNorm and a Linear unembedding."""
     if site.hook != "output" or site.heads or site.group != 1 or site.flat or len(site.shape) != 2:
         raise Unsupported(f"site {site.name!r} is not a (position, neuron) MLP site")
     if site.unit_dim not in (-1, 2):
@@ -103,7 +104,10 @@ def plan_last_block(model: nn.Module, site: Site, batch: Batch) -> LastBlock:
         raise Unsupported("the model has no Linear output embedding (get_output_embeddings)")
     named = dict(model.named_modules())
     head_name = next(n for n, m in named.items() if m is head)
-    calls, ids = _record(model, batch, named)
+    memo = {} if memo is None else memo
+    if "record" not in memo:
+        memo["record"] = _record(model, batch, named)
+    calls, ids = memo["record"]
     norm_name = next((n for n, (_, _, out_id, _) in calls.items() if out_id == ids[head_name][0]), None)
     if norm_name is None or norm_name == head_name:
         raise Unsupported("no single module feeds the output embedding")
