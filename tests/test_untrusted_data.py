@@ -161,3 +161,17 @@ def test_token_id_arrays_are_still_read(tmp_path):
     np.save(tmp_path / "o.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="Python objects"):
         read_token_ids(tmp_path / "o.npy")
+
+
+@pytest.mark.parametrize("side", [5_000, 12_000, 100_000], ids=["lesion", "pillow-warning", "pillow-error"])
+def test_one_pixel_limit_for_every_image(tmp_path, side):
+    """Issue 30, item 7: one limit (lesion.data._folder.MAX_IMAGE_PIXELS, 2^24) and one message, whether
+    lesion's header check or Pillow's bomb check fires; 5,000 x 5,000 passed Pillow's before."""
+    from lesion.data import read_image_folder
+    from lesion.data._folder import MAX_IMAGE_PIXELS
+    from tests.test_bombs import png_claiming
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "big.png").write_bytes(png_claiming(side, side))
+    with pytest.raises(DataError, match=rf"too large to decode safely.*at most {MAX_IMAGE_PIXELS:,} pixels"):
+        read_image_folder(tmp_path)
