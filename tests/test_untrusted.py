@@ -240,3 +240,18 @@ def test_ordinary_directories_still_open_without_notes(gpt2):
         warnings.simplefilter("error")
         hf = load_hf_dir(gpt2)
     assert hf.notes == [] and hf.task == "causal-lm"
+
+
+def test_a_dangling_weights_link_or_missing_shard_is_a_model_file_error(gpt2, tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text((gpt2 / "config.json").read_text())
+    (model / "model.safetensors").symlink_to(model / "gone.safetensors")  # inside, but dangling
+    with pytest.raises(ModelFileError, match="not a readable file"):
+        load_hf_dir(model)
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "part-1.safetensors"}})
+    )
+    with pytest.raises(ModelFileError, match=r"names 'part-1\.safetensors', which is not a readable file"):
+        load_hf_dir(model)
