@@ -7,6 +7,7 @@ configs with ``transformers`` (no hub).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -244,3 +245,27 @@ def mlp_file(path: Path) -> Path:
     arch = {"kind": "mlp", "input_shape": [1, 8, 8], "widths": [8], "n_classes": 10}
     save_model(build_model(arch, seed=0), path, arch=arch, metadata={"dataset": "digits"})
     return path
+
+
+def finishes(fn, fifos: list[Path], seconds: float = 20.0):
+    """``fn()``'s exception (or None) if it returns within ``seconds``; an AssertionError if it blocks,
+    after unblocking it by opening each FIFO for writing (so a regression fails instead of hanging)."""
+    box: list = []
+
+    def run() -> None:
+        try:
+            fn()
+            box.append(None)
+        except BaseException as e:
+            box.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for f in fifos:
+            with contextlib.suppress(OSError):  # no reader: nothing was blocked on this one
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        raise AssertionError(f"blocked for more than {seconds} s on a FIFO")
+    return box[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import warnings
 
 import pytest
@@ -19,6 +20,7 @@ from lesion.models.hf import load_hf_dir
 from lesion.pipeline.open import open_any
 from tests.hostile_support import (
     edit_config,
+    finishes,
     gpt2_dir,
     lesion_cases,
     lesion_cli,
@@ -122,20 +124,20 @@ def test_a_fifo_weights_file_is_refused_without_blocking(gpt2, tmp_path):
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text((gpt2 / "config.json").read_text())
-    os.mkfifo(model / "model.safetensors")
-    os.mkfifo(tmp_path / "own.safetensors")
-    os.mkfifo(tmp_path / "config-fifo")
-    found, ran = lesion_cases([("hf", ["layers", model]), ("own", ["layers", tmp_path / "own.safetensors"])],
-                              timeout=60)  # fmt: skip
-    assert not ran.timed_out and set(found) == {"hf", "own"}, ran.out[-2000:]
-    for case in found.values():
-        assert case.rc == 2 and "FIFO" in case.out and case.seconds < MAX_SECONDS, case.out
+    fifos = [model / "model.safetensors", tmp_path / "own.safetensors", tmp_path / "config-fifo"]
+    for f in fifos:
+        os.mkfifo(f)
+    start = time.perf_counter()
+    for fn in (lambda: load_hf_dir(model), lambda: open_any(tmp_path / "own.safetensors")):
+        error = finishes(fn, fifos)
+        assert isinstance(error, ModelFileError) and "FIFO" in str(error), error
     (model / "model.safetensors").unlink()
     (model / "model.safetensors").write_bytes((gpt2 / "model.safetensors").read_bytes())
     (model / "config.json").unlink()
     (model / "config.json").symlink_to(tmp_path / "config-fifo")
-    with pytest.raises(ModelFileError, match="FIFO"):
-        load_hf_dir(model)
+    error = finishes(lambda: load_hf_dir(model), fifos)
+    assert isinstance(error, ModelFileError) and "FIFO" in str(error), error
+    assert time.perf_counter() - start < MAX_SECONDS
 
 
 def test_weights_outside_the_directory_are_refused(gpt2, tmp_path):
@@ -238,3 +240,18 @@ def test_ordinary_directories_still_open_without_notes(gpt2):
         warnings.simplefilter("error")
         hf = load_hf_dir(gpt2)
     assert hf.notes == [] and hf.task == "causal-lm"
+
+
+def test_a_dangling_weights_link_or_missing_shard_is_a_model_file_error(gpt2, tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text((gpt2 / "config.json").read_text())
+    (model / "model.safetensors").symlink_to(model / "gone.safetensors")  # inside, but dangling
+    with pytest.raises(ModelFileError, match="not a readable file"):
+        load_hf_dir(model)
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "part-1.safetensors"}})
+    )
+    with pytest.raises(ModelFileError, match=r"names 'part-1\.safetensors', which is not a readable file"):
+        load_hf_dir(model)

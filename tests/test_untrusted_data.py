@@ -15,7 +15,7 @@ import torch
 
 from lesion.data import from_arrays, from_npz, read_token_ids, tokenize_file
 from lesion.errors import DataError, LesionNote
-from tests.hostile_support import python_code
+from tests.hostile_support import finishes, python_code
 
 BOMBS = """
 import json, resource, sys, time
@@ -140,17 +140,14 @@ def test_text_is_tokenised_only_as_far_as_needed(tmp_path):
 
 
 def test_a_fifo_data_file_is_refused_without_blocking(tmp_path):
-    for name in ("ids.npy", "ids.txt", "d.npz"):
-        os.mkfifo(tmp_path / name)
-    code = (
-        "from lesion.data import read_token_ids, from_npz, tokenize_file\n"
-        "from lesion.errors import LesionError\n"
-        "for fn, p in ((read_token_ids, 'ids.npy'), (read_token_ids, 'ids.txt'), (from_npz, 'd.npz'),\n"
-        "              (lambda p: tokenize_file(p, str.split), 'ids.txt')):\n"
-        "    try:\n        fn(p)\n    except LesionError as e:\n        print('REFUSED', e)\n"
-    )
-    ran = python_code(code, cwd=tmp_path, timeout=30)
-    assert not ran.timed_out and ran.out.count("REFUSED") == 4 and ran.out.count("FIFO") == 4, ran.out
+    fifos = [tmp_path / name for name in ("ids.npy", "ids.txt", "d.npz")]
+    for f in fifos:
+        os.mkfifo(f)
+    calls = [lambda: read_token_ids(fifos[0]), lambda: read_token_ids(fifos[1]), lambda: from_npz(fifos[2]),
+             lambda: tokenize_file(fifos[1], CountingTokenizer())]  # fmt: skip
+    for fn in calls:
+        error = finishes(fn, fifos)
+        assert isinstance(error, DataError) and "FIFO" in str(error), error
 
 
 def test_token_id_arrays_are_still_read(tmp_path):
@@ -164,3 +161,17 @@ def test_token_id_arrays_are_still_read(tmp_path):
     np.save(tmp_path / "o.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="Python objects"):
         read_token_ids(tmp_path / "o.npy")
+
+
+@pytest.mark.parametrize("side", [5_000, 12_000, 100_000], ids=["lesion", "pillow-warning", "pillow-error"])
+def test_one_pixel_limit_for_every_image(tmp_path, side):
+    """Issue 30, item 7: one limit (lesion.data._folder.MAX_IMAGE_PIXELS, 2^24) and one message, whether
+    lesion's header check or Pillow's bomb check fires; 5,000 x 5,000 passed Pillow's before."""
+    from lesion.data import read_image_folder
+    from lesion.data._folder import MAX_IMAGE_PIXELS
+    from tests.test_bombs import png_claiming
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "big.png").write_bytes(png_claiming(side, side))
+    with pytest.raises(DataError, match=rf"too large to decode safely.*at most {MAX_IMAGE_PIXELS:,} pixels"):
+        read_image_folder(tmp_path)

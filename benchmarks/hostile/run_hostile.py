@@ -208,7 +208,8 @@ API = """
 import json, warnings
 import torch, transformers
 import lesion
-from lesion.errors import LesionError, LesionNote
+from lesion.errors import LesionError
+from lesion.core.batch import LesionNote  # where it lived before lesion.errors
 config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=4, vocab_size=50, n_positions=16)
 torch.manual_seed(0)
 gpt2 = transformers.GPT2LMHeadModel(config).eval()
@@ -312,6 +313,9 @@ def main() -> int:
     ap.add_argument("--src", type=Path, default=ROOT / "src", help="lesion source tree to test")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--memory-limit-gb", type=float, default=8.0, help="address-space cap of each child")
+    ap.add_argument("--isolate", action="store_true",
+                    help="run every command in a child of its own with a 60 s deadline (slower; for old "
+                    "trees whose bombs would stall the shared child)")  # fmt: skip
     args = ap.parse_args()
     H.SRC = args.src.resolve()
     limit = int(args.memory_limit_gb * 2**30)
@@ -323,16 +327,27 @@ def main() -> int:
         inputs = {k: v for k, v in digest(d).items() if not k.startswith(("bombs/", "keep/"))}
         before_keep = digest(p["keep"])
         cases = cli_cases(p, d)
-        found, ran = H.lesion_cases([(n, a) for n, a, _ in cases], timeout=600)
+        if args.isolate:
+            found, ran = {}, None
+            for name, cli, _ in cases:
+                one, ran = H.lesion_cases([(name, cli)], timeout=60)
+                found |= one
+                if name not in one:
+                    found[name] = H.Case(
+                        name, -9 if ran.timed_out else ran.rc, ran.seconds, ran.rss_mb, ran.out
+                    )
+        else:
+            found, ran = H.lesion_cases([(n, a) for n, a, _ in cases], timeout=600)
         for name, _, expect in cases:
             c = found.get(name)
             if c is None:
                 rows.append(dict(name=name, rc=None, seconds=None, rss_mb=ran.rss_mb, traceback=ran.traceback,
                                  hang=ran.timed_out, ok=False, tail=ran.out[-300:]))  # fmt: skip
                 continue
-            raw = c.traceback or c.rc not in (0, 2)
+            hang = c.rc == -9
+            raw = c.traceback or (c.rc not in (0, 2) and not hang)
             rows.append(dict(name=name, rc=c.rc, seconds=round(c.seconds, 2), rss_mb=round(c.rss_mb),
-                             traceback=raw, hang=False, ok=expect in c.out and not raw,
+                             traceback=raw, hang=hang, ok=expect in c.out and not raw and not hang,
                              tail=c.out.strip().splitlines()[-1][:300] if c.out.strip() else ""))  # fmt: skip
         server, port = fake_ray()
         closed = socket.create_server(("127.0.0.1", 0))

@@ -82,9 +82,10 @@ def check_fields(path: Path, config: dict) -> None:
     where = path / "config.json"
     if not isinstance(config, dict):
         raise ModelFileError(f"{where} holds a JSON {type(config).__name__}; expected a JSON object")
-    for name in INT_FIELDS:
+    for name in INT_FIELDS:  # some models give a list per layer (intermediate_size) or per axis (patch_size)
         v = config.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+        if v is not None and not (_positive(v) or (isinstance(v, list) and 0 < len(v) <= MAX_LAYERS
+                                                   and all(_positive(d) for d in v))):  # fmt: skip
             raise ModelFileError(f"{where}: {name} is {brief(v, 60)}; expected a positive int")
     for name in (*LIST_FIELDS, "image_size"):
         v = config.get(name)
@@ -117,6 +118,33 @@ def check_fields(path: Path, config: dict) -> None:
     if id2label is not None and not isinstance(id2label, dict):
         raise ModelFileError(
             f"{where}: id2label is {brief(id2label, 60)}; expected an object of index -> name"
+        )
+
+
+def _positive(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def check_json_depth(path: Path, limit: int = 64) -> None:
+    """ModelFileError for a JSON file (a tokenizer.json of many megabytes) nested deeper than ``limit``,
+    found without parsing it: brackets outside strings, counted with numpy."""
+    import re
+
+    import numpy as np
+
+    try:
+        with open_regular(path, ModelFileError, "JSON file") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise ModelFileError(f"{path} is larger than {MAX_JSON_BYTES:,} bytes; expected a smaller JSON file")
+    bare = np.frombuffer(re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', raw), dtype=np.uint8)
+    steps = np.isin(bare, (ord("["), ord("{"))).astype(np.int64) - np.isin(bare, (ord("]"), ord("}")))
+    depth = int(np.cumsum(steps).max()) if len(steps) else 0
+    if depth > limit:
+        raise ModelFileError(
+            f"{path} is JSON nested {depth:,} deep; expected at most {limit} (nested too deeply)"
         )
 
 

@@ -199,7 +199,11 @@ def _inside(path: Path, name: object, where: Path) -> Path:
             f"{where} names {brief(name, 80)}, which leads outside {path} (to {brief(str(f), 120)}); "
             "expected weights files inside the model directory"
         )
-    check_regular(f, ModelFileError, "weights file")
+    try:
+        check_regular(f, ModelFileError, "weights file")
+    except OSError as e:
+        raise ModelFileError(f"{where} names {brief(name, 80)}, which is not a readable file in {path} "
+                             f"({e.strerror or e})") from None  # fmt: skip
     return f
 
 
