@@ -83,29 +83,9 @@ def layers(
 ) -> None:
     """List the sites of a model (layers with units): name, module type, unit axis, width, shape;
     attention heads (width = heads) with their head dimension."""
-    from rich.table import Table
+    from lesion.cli.commands import list_sites
 
-    from lesion.core.batch import as_batch
-    from lesion.core.sites import find_sites
-    from lesion.pipeline.lm import example_input
-
-    net, info = study.open_any(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    example = example_input(net, info, model)
-    sites = find_sites(net, example, "all" if all_ else None)
-
-    heads = any(s.heads for s in sites)
-    table = Table(title=f"{model.name}: {len(sites)} sites, input {as_batch(example).shapes()}")
-    table.add_column("name", no_wrap=True)  # whole names, to copy into unit addresses
-    for col, justify in (("module", "left"), ("unit axis", "right")):
-        table.add_column(col, justify=justify)
-    table.add_column("width", justify="right")
-    table.add_column("per-example shape", justify="right")
-    if heads:
-        table.add_column("head dim", justify="right")
-    for s in sites:
-        row = [s.name, s.module_type, str(s.unit_dim), str(s.width), str(s.shape)]
-        table.add_row(*row, *([str(s.group) if s.heads else ""] if heads else []))
-    T.out().print(table)
+    list_sites(model, all_=all_, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
 
 @_command
@@ -410,37 +390,10 @@ def serve(
 ) -> None:
     """Explore a model in the browser: delete units with a click, watch accuracy and confusion change;
     on a language model delete heads and MLP neurons and watch each token's next-token loss."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise LesionError("lesion serve needs fastapi and uvicorn: pip install 'lesion[serve]'") from None
-    from lesion.serve import LOCAL_HOSTS, bind, create_app, explorer_for, is_loopback, server, url_of
+    from lesion.cli.commands import run_explorer
 
-    sock = bind(host, port)  # before the measurements: a taken port fails at once
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    if not is_loopback(host):
-        T.err().print(
-            f"warning: listening on {host}: anyone who can reach this machine can use the explorer and see "
-            "the model and its data (there is no authentication); the default --host 127.0.0.1 is local only",
-            style="yellow", markup=False, highlight=False, soft_wrap=True,
-        )  # fmt: skip
-    try:
-        hosts = (*LOCAL_HOSTS, host) if is_loopback(host) else None  # local: refuse DNS rebinding
-        from lesion.serve.text import explorer_for_file
-
-        state = explorer_for_file(
-            model, text=text, tokens=tokens, sequences=sequences, layers=T.names(layers), say=T.note
-        ) or explorer_for(model, dataset, examples, T.names(layers), say=T.note)
-        app = create_app(state, hosts=hosts)
-        url = url_of(sock)
-        T.out().print(f"lesion explorer: {url}  (API: {url}/docs; Ctrl+C stops it)", soft_wrap=True)
-        server(app).run(sockets=[sock])
-    finally:
-        sock.close()
+    run_explorer(model, dataset=dataset, port=port, host=host, examples=examples, layers=layers,
+                 threads=threads, text=text, tokens=tokens, sequences=sequences)  # fmt: skip
 
 
 if __name__ == "__main__":
