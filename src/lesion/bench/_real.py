@@ -63,7 +63,7 @@ def tokens(sizes, vocab: int) -> list[dict]:
 
 def lesion_sweep(model, data, units: Sequence[str], **kw):
     from lesion.analyses.sweep import sweep
-    from lesion.core.metric import NextTokenLoss
+    from lesion.core.metric_lm import NextTokenLoss
 
     return sweep(model, data, list(units), NextTokenLoss(), batch_size=len(data[0]["input_ids"]), **kw)
 

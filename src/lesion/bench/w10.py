@@ -12,7 +12,7 @@ from lesion.bench._real import GPU, gpt2_small, hook_loop, peak_mb, shared, toke
 
 def w10(ctx: _Context) -> dict:
     from lesion.analyses.sweep import sweep
-    from lesion.core.metric import NextTokenLoss
+    from lesion.core.metric_lm import NextTokenLoss
 
     model = shared(ctx, "gpt2_small", gpt2_small)
     data = tokens(ctx.sizes, model.config.vocab_size)

@@ -19,7 +19,8 @@ from torch import nn
 
 from lesion.core.batch import Batch, Data
 from lesion.core.capture import grab
-from lesion.core.metric import Metric, _next_token
+from lesion.core.metric import Metric
+from lesion.core.metric_lm import _next_token
 from lesion.core.sites import Site
 from lesion.errors import DataError
 from lesion.roles.activity import Activity, TopK, _histogram
