@@ -475,6 +475,22 @@ def test_a_language_model_card_by_hand():
     h.remove()
     m, lo, hi = _interval(seq_loss(lesioned) - seq_loss(base))
     assert (c.loss_zero, c.loss_zero_lo, c.loss_zero_hi) == pytest.approx((m, lo, hi), rel=1e-3, abs=1e-6)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # Resample(seed=0)
+    other = got["a"][perm][..., j]  # (sequences, 12): each sequence takes another's activity
+
+    def resample(m, i_, o):
+        o = o.clone()
+        o[..., j] = other
+        return o
+
+    h = module.register_forward_hook(resample)
+    with torch.no_grad():
+        resampled = net(input_ids=x).logits
+    h.remove()
+    m, lo, hi = _interval(seq_loss(resampled) - seq_loss(base))
+    assert (c.loss_resample, c.loss_resample_lo, c.loss_resample_hi) == pytest.approx(
+        (m, lo, hi), rel=1e-3, abs=1e-6
+    )
     assert c.kind == "neuron (every position)" and math.isfinite(c.direct_zero)
     assert c.explanation.startswith("activity by token:") and math.isfinite(c.simulation)
     assert any("language model" in o for o in c.omissions)

@@ -25,7 +25,7 @@ from torch import nn
 from lesion.analyses.measures import mutual_information, selectivity_index
 from lesion.analyses.sweep import sites_for
 from lesion.core.batch import Data, batches, first_batch, reusable
-from lesion.core.replacements import Mean, Zero
+from lesion.core.replacements import Mean, Resample, Zero
 from lesion.core.runner import Runner
 from lesion.core.sites import Site
 from lesion.core.stats import collect_stats, forward
@@ -141,7 +141,7 @@ def build(
         sites = [s for s in sites if not s.heads]
     if not sites:
         raise LesionError("the model has no sites with units to make cards of (only attention heads)")
-    bar = progress_bar(None, "roles", progress, total=9)
+    bar = progress_bar(None, "roles", progress, total=10 if lm else 9)
     say = _Laps(bar)
     meta |= {"task": "causal-lm" if lm else "classifier", "labels": labeled, "n_classes": n_classes}
     if lm:
@@ -197,7 +197,10 @@ def build(
         settings["digest"] = _digest(model, data, batch_size)
     kept = _Keep(Path(keep) if keep is not None else None, settings)
     eff = {}
-    for name, rep in (("zero", Zero()), ("mean", Mean(stats=stats))):
+    replacements = [("zero", Zero()), ("mean", Mean(stats=stats))]
+    if lm:  # transformers: the resampled activity of another sequence too (Resample, seeded)
+        replacements.append(("resample", Resample(seed=seed)))
+    for name, rep in replacements:
         eff[name] = kept(
             f"effects-{name}",
             lambda rep=rep: single_effects(

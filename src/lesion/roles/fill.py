@@ -137,7 +137,7 @@ def _examples(f, j, ctx) -> dict:
 
 def _effects(i, ctx, om) -> dict:
     out = {}
-    for name in ("zero", "mean"):
+    for name in [n for n in ("zero", "mean", "resample") if n in ctx["eff"]]:
         e = ctx["eff"][name]
         mean, lo, hi = interval(e["dsum"][i], e["dsq"][i], e["count"][i])
         out |= {
@@ -155,8 +155,9 @@ def _effects(i, ctx, om) -> dict:
                     "class_loss_zero_lo": tuple(map(float, clo)),
                     "class_loss_zero_hi": tuple(map(float, chi)),
                 }
+    second = "resample" if "resample" in ctx["eff"] else "mean"  # transformers: resample against zero
     out["sign_disagree"] = rules.sign_disagree(
-        *(out[f"loss_{n}{s}"] for n in ("zero", "mean") for s in ("", "_lo", "_hi"))
+        *(out[f"loss_{n}{s}"] for n in ("zero", second) for s in ("", "_lo", "_hi"))
     )
     return out
 

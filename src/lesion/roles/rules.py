@@ -204,7 +204,8 @@ QUALIFIERS = (
     ("synergy with", f"pair effect - sum of single effects <= -{THRESHOLDS['pair']:g}"),
     (
         "replacements disagree",
-        "zero and mean effects have opposite signs, one interval excludes 0 and the "
+        "zero and mean (resample for a language model) effects have opposite signs, one interval "
+        "excludes 0 and the "
         f"larger effect is >= {THRESHOLDS['effect']:g} nats",
     ),
 )
@@ -229,7 +230,8 @@ def role(card: dict) -> tuple[str, str]:
     if syn:
         words += f"; synergy with {', '.join(syn[:3])}"
     if card["sign_disagree"]:
-        words += "; zero and mean replacements disagree in sign"
+        other = "resample" if _ok(card.get("loss_resample", math.nan)) else "mean"
+        words += f"; zero and {other} replacements disagree in sign"
     return words, rule.name
 
 

@@ -166,7 +166,7 @@ class NextTokenChange(Metric):
 OMITTED = (
     "language model: an example is a token (a sequence and a position); no class parts, no causal test "
     "and no output pushes yet (the direct effect on the next-token loss stands beside the total, for MLP "
-    "neurons); the second replacement is the mean (resample not yet)"
+    "neurons); effects under zero, mean and resample (another sequence's activity, seeded)"
 )
 
 
