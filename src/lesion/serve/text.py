@@ -204,7 +204,9 @@ class TextExplorer:
         with self._lock:
             if getattr(self, "_atlas", None) is None:
                 self._atlas = build(self.model, data, sites=self.sites, batch_size=self.batch_size)
-        card = next(c for c in self._atlas.cards if c.unit == str(chosen[0]))
+        card = next((c for c in self._atlas.cards if c.unit == str(chosen[0])), None)
+        if card is None:
+            raise UnitError(f"{chosen[0]} has no card: {'; '.join(self._atlas.meta['omissions'])}")
         one = Atlas([card], self._atlas.meta)
         names = {int(t): w for row, ws in zip(self.tokens.tolist(), self.strings, strict=False)
                  for t, w in zip(row, ws, strict=False)}  # fmt: skip
