@@ -32,7 +32,7 @@ from lesion.core.stats import collect_stats, forward
 from lesion.core.units import Unit
 from lesion.errors import DataError, LesionError
 from lesion.roles import fill, rules, stages, tokens
-from lesion.roles.activity import activity
+from lesion.roles.activity import activity, head_ranges
 from lesion.roles.card import Card
 from lesion.roles.effects import LossChange, interval, set_effects, single_effects
 from lesion.roles.pushes import pushes
@@ -135,12 +135,8 @@ def build(
     sites = [s for s in (list(sites) if sites is not None else sites_for(model, data, layers))]
     meta: dict = {"omissions": []}
     lm, labeled, n_classes, data = _task(model, data, batch_size)
-    heads = [s.name for s in sites if s.heads]
-    if heads and not lm:
-        meta["omissions"].append(f"attention heads of a classifier ({', '.join(heads)}) have no cards yet")
-        sites = [s for s in sites if not s.heads]
     if not sites:
-        raise LesionError("the model has no sites with units to make cards of (only attention heads)")
+        raise LesionError("the model has no sites with units to make cards of")
     bar = progress_bar(None, "roles", progress, total=10 if lm else 9)
     say = _Laps(bar)
     meta |= {"task": "causal-lm" if lm else "classifier", "labels": labeled, "n_classes": n_classes}
@@ -164,16 +160,18 @@ def build(
         y_all = None
         meta |= {"tokens_per_sequence": per_seq, "n_tokens": found[sites[0].name].n}
     else:
+        lo, hi = head_ranges(model, data, sites, batch_size)  # heads: the range of their output norm
         found, y_all, ids_sample = activity(
             model,
             data,
             sites,
-            {s.name: stats[s.name].moments.lo for s in sites},
-            {s.name: stats[s.name].moments.hi for s in sites},
+            {s.name: lo[s.name] if s.heads else stats[s.name].moments.lo for s in sites},
+            {s.name: hi[s.name] if s.heads else stats[s.name].moments.hi for s in sites},
             k=top,
             bins=bins,
             sample=sample,
             batch_size=batch_size,
+            n_classes=n_classes if labeled else 0,
         )
         y_sample = y_all[ids_sample] if y_all is not None and labeled else None
     n = stats[sites[0].name].moments.n_examples
@@ -226,14 +224,14 @@ def build(
     )
     say.lap("compensation")
     expl = stages.explanations(
-        units, found, samples, y_sample, ids_sample, explainer, simulator, "token" if lm else "class"
+        units, found, samples, y_sample, ids_sample, explainer, simulator, "token" if lm else "class", seed
     )
     neurons = [s for s in sites if not s.heads]
     direct = kept("direct", lambda: tokens.direct(model, data, neurons, batch_size)) if lm and neurons else {}
     head_sites = [s for s in sites if s.heads]
     patterns = tokens.head_patterns(model, data, head_sites, batch_size) if head_sites else {}
     say.lap("explanations and direct effects")
-    si, pref, mi = _class_measures(sites, stats, labeled)
+    si, pref, mi = _class_measures(sites, stats, found, labeled)
     causal = kept(
         "causal",
         lambda: (
@@ -331,13 +329,23 @@ def _task(model: nn.Module, data: Data, batch_size: int) -> tuple[bool, bool, in
     return False, False, c, (torch.cat(xs), torch.cat(preds))
 
 
-def _class_measures(sites, stats, labeled):
+def _class_measures(sites, stats, found, labeled):
+    """Selectivity, preferred class and information per unit; a head's class means are of its output
+    norm (the activity pass), and it has no information (no joint histogram)."""
     si, pref, mi = {}, {}, {}
     for s in sites:
         w = s.width
-        if labeled and (~torch.isnan(stats[s.name].class_means).any(1)).sum() >= 2:
-            si[s.name], pref[s.name] = selectivity_index(stats[s.name].class_means)
-            mi[s.name] = mutual_information(stats[s.name].histogram.counts)
+        means = None
+        if labeled:
+            f = found.get(s.name)
+            means = (
+                (f.class_sum / f.class_count[:, None])
+                if s.heads and f is not None
+                else stats[s.name].class_means
+            )
+        if means is not None and (~torch.isnan(means).any(1)).sum() >= 2:
+            si[s.name], pref[s.name] = selectivity_index(means)
+            mi[s.name] = np.full(w, np.nan) if s.heads else mutual_information(stats[s.name].histogram.counts)
         else:
             si[s.name], pref[s.name], mi[s.name] = np.full(w, np.nan), np.full(w, -1), np.full(w, np.nan)
     return si, pref, mi

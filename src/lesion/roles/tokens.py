@@ -241,12 +241,15 @@ def head_patterns(model: nn.Module, data: Data, heads: Sequence[Site], batch_siz
     counts = torch.zeros(3, dtype=torch.float64)
     order = sorted(heads, key=lambda s: s.order)
     for b in batches(data, batch_size=batch_size):
-        ids = input_ids(b).cpu()
         with torch.no_grad(), eval_mode(model), _Patterns() as rec:
             b.run(model)
         if len(rec.calls) != len(order):
             return {"why": f"{len(rec.calls)} attention calls for {len(order)} head sites; cannot match them"}
-        t = ids.shape[1]
+        t = rec.calls[0].shape[-1]
+        try:
+            ids = input_ids(b).cpu()
+        except DataError:  # not tokens (image patches): no copies of a token
+            ids = torch.arange(len(b) * t).reshape(len(b), t)
         same = (ids[:, :, None] == ids[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)  # (b, t, t)
         has = same.any(-1)  # (b, t): an earlier copy exists
         counts += torch.tensor([ids.shape[0] * (t - 1), ids.shape[0] * (t - 1), float(has.sum())])
