@@ -132,7 +132,7 @@ def build(
     compensation part. ``explainer``/``simulator``: see ``lesion.roles.explain``.
     """
     data = reusable(data)
-    sites = [s for s in (list(sites) if sites is not None else sites_for(model, data, layers))]
+    sites = list(sites) if sites is not None else sites_for(model, data, layers)
     meta: dict = {"omissions": []}
     lm, labeled, n_classes, data = _task(model, data, batch_size)
     if not sites:
