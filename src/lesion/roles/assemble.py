@@ -140,8 +140,13 @@ def build(
     bar = progress_bar(None, "roles", progress, total=10 if lm else 9)
     say = _Laps(bar)
     meta |= {"task": "causal-lm" if lm else "classifier", "labels": labeled, "n_classes": n_classes}
+    if (train is None) != (true_labels is None):
+        raise LesionError(
+            "memorisation needs both train= (the data with the labels the network was trained on) and "
+            "true_labels= (the labels before corruption)"
+        )
     if lm:
-        if train is not None or true_labels is not None:
+        if train is not None:
             raise LesionError(
                 "memorisation (train=, true_labels=) needs a classifier; this is a language model"
             )
@@ -249,8 +254,6 @@ def build(
                 model, train, true_labels, sites, units, n_classes, batch_size, progress
             ),
         )
-    elif true_labels is not None:
-        raise LesionError("true_labels= needs train= (the data with the labels the network was trained on)")
     say.lap("memorisation")
     bar.close()
     meta["seconds"], meta["cpu_seconds"] = say.laps, say.cpu
