@@ -195,7 +195,9 @@ def top_tokens(
 
 class _Patterns:
     """While open, ``F.scaled_dot_product_attention`` also records its attention probabilities (batch,
-    heads, queries, keys), call by call; the function is restored on exit."""
+    heads, queries, keys), call by call; the function is restored on exit. It replaces a module attribute
+    for the whole process: not for use while another thread runs attention (the explorer holds its lesion
+    lock)."""
 
     def __enter__(self):
         self.calls: list[torch.Tensor] = []
