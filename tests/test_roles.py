@@ -394,7 +394,10 @@ def test_role_rules_use_the_thresholds_table():
     card = {k: v for k, v in planted_like().items()}
     assert role(card)[1] == "class detector"
     card["class_accuracy_zero"] = (-THRESHOLDS["class_drop"] / 2, 0.0)
-    assert role(card)[1] == "selective, not needed" or role(card)[1].startswith("needed")
+    assert role(card)[1] == "needed"  # the class drop is under the threshold: no detector, no class named
+    card["loss_zero"] = THRESHOLDS["effect"] / 2
+    words = "fires on 0 (selectivity 0.90); negligible role (+0.0005 loss [+0.1, +0.5], under 0.001)"
+    assert role(card) == (words, "selective, not needed")
 
 
 def planted_like() -> dict:
