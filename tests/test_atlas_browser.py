@@ -118,3 +118,39 @@ def test_the_explorer_shows_the_same_card(browser):
         assert len(card.query_selector_all("[data-examples='top'] img")) == len(want["relu1:3"].top_index)
         pg.close()
         assert not problems, problems
+
+
+def test_the_transformer_explorer_shows_the_same_card(browser):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("transformers")
+    import json
+    import urllib.request
+
+    from lesion.serve import create_app, explorer_for_text, running
+    from lesion.serve.text import model_input
+    from tests.text_support import ToyTokenizer, pattern, tiny_gpt
+
+    model, tokens = tiny_gpt(), pattern(6, seed=1)
+    explorer = explorer_for_text(model, tokens, ToyTokenizer(), name="tiny-gpt")
+    head = "transformer.h.0.attn:3"
+    want = next(c for c in build(model, model_input(model, explorer.tokens), sites=explorer.sites,
+                                 batch_size=explorer.batch_size).cards if c.unit == head)  # fmt: skip
+    with running(create_app(explorer)) as url:
+        with urllib.request.urlopen(f"{url}/api/cards/{head}") as r:
+            doc = json.loads(r.read())
+        assert doc["card"]["role"] == want.role
+        assert doc["card"]["head_previous"] == pytest.approx(want.head_previous)
+        assert all(doc["texts"][str(i)][0] for i in want.top_index)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        problems: list[str] = []
+        pg.on("pageerror", lambda e: problems.append(str(e)))
+        pg.goto(url)
+        pg.wait_for_selector("body[data-ready=true]")
+        pg.click(f"[data-id='{head}']", modifiers=["Shift"])  # shift-click: the card, no deletion
+        card = pg.wait_for_selector(f"#unit-card .lesion-card[data-unit='{head}']")
+        assert card.query_selector(".headline").inner_text() == want.role
+        assert pg.get_attribute(f"[data-id='{head}']", "aria-pressed") == "false"
+        assert "attention on the previous token" in card.inner_text()
+        assert card.query_selector_all("[data-examples='top'] mark")  # the token marked in its context
+        pg.close()
+        assert not problems, problems

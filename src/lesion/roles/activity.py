@@ -49,6 +49,8 @@ class Activity:
     s1: torch.Tensor | None = None  # (units,) sum of per-example activity (float64)
     s2: torch.Tensor | None = None  # (units,) sum of its squares
     n: int = 0
+    class_sum: torch.Tensor | None = None  # (classes, units) sums of activity by label
+    class_count: torch.Tensor | None = None  # (classes,)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -59,18 +61,44 @@ class Activity:
         return (self.s2 / max(self.n, 1) - self.mean**2).clamp_min(0).sqrt()
 
 
-def _where(h: torch.Tensor, site: Site) -> torch.Tensor:
-    """(batch, units) flat position of each unit's maximum in a feature map; 0 for a neuron."""
-    if not site.spatial:
-        return torch.zeros(h.shape[0], h.shape[site.unit_dim], dtype=torch.long)
-    h = h.movedim(site.unit_dim, 1)
+def _where(h: torch.Tensor, site: Site, dim: int) -> torch.Tensor:
+    """(batch, units) flat position of each unit's maximum in a feature map (a head: the token where it
+    writes most); 0 for a neuron."""
+    if not (site.spatial or site.heads):
+        return torch.zeros(h.shape[0], h.shape[dim], dtype=torch.long)
+    h = h.movedim(dim, 1)
     return h.reshape(h.shape[0], h.shape[1], -1).argmax(2)
 
 
-def _any_active(h: torch.Tensor, site: Site) -> torch.Tensor:
+def _any_active(h: torch.Tensor, dim: int) -> torch.Tensor:
     """(batch, units): whether the unit is above 0 anywhere in the example."""
-    h = h.movedim(site.unit_dim, 1)
+    h = h.movedim(dim, 1)
     return (h.reshape(h.shape[0], h.shape[1], -1) > 0).any(2)
+
+
+def head_norms(h: torch.Tensor, site: Site) -> torch.Tensor:
+    """(batch, tokens, heads): the norm of each head's slice of the attention output at each token."""
+    h = h.movedim(site.unit_dim, -1)
+    return h.reshape(*h.shape[:-1], site.width, site.group).norm(dim=-1).reshape(h.shape[0], -1, site.width)
+
+
+def _view(h: torch.Tensor, site: Site) -> tuple[torch.Tensor, int]:
+    """(activity with one channel per unit, its unit axis): a head site becomes (batch, tokens, heads)."""
+    return (head_norms(h, site).transpose(1, 2), 1) if site.heads else (h, site.unit_dim)
+
+
+def head_ranges(model, data, sites, batch_size) -> tuple[dict, dict]:
+    """Per head site, the (heads,) range of per-example activity (the mean over tokens of each head's
+    output norm): the histogram's edges for heads, whose statistics ``collect_stats`` keeps by channel."""
+    heads = [s for s in sites if s.heads]
+    lo = {s.name: torch.full((s.width,), float("inf"), dtype=torch.float64) for s in heads}
+    hi = {s.name: torch.full((s.width,), -float("inf"), dtype=torch.float64) for s in heads}
+    for acts, _, _ in grab(model, data, heads, batch_size=batch_size) if heads else ():
+        for s in heads:
+            act = head_norms(acts[s.name].float().cpu(), s).mean(1).double()  # (batch, heads)
+            lo[s.name] = torch.minimum(lo[s.name], act.amin(0))
+            hi[s.name] = torch.maximum(hi[s.name], act.amax(0))
+    return lo, hi
 
 
 def activity(
@@ -84,13 +112,16 @@ def activity(
     bins: int = 20,
     sample: int = 4000,
     batch_size: int = 1000,
+    n_classes: int = 0,
 ) -> tuple[dict[str, Activity], torch.Tensor | None, torch.Tensor]:
     """Stream ``data`` once. ``lo``/``hi``: per-unit range of per-example activity (from
-    ``collect_stats``), the histogram's edges. Returns the findings by site, every example's label
-    (None without labels) and the ids of the sampled examples (the first ``sample``)."""
+    ``collect_stats``; ``head_ranges`` for heads), the histogram's edges. An attention head's activity
+    is the mean over tokens of the norm of its output. Returns the findings by site (with class sums of
+    the activity over ``n_classes`` classes where there are labels), every example's label (None
+    without labels) and the ids of the sampled examples (the first ``sample``)."""
     found: dict[str, Activity] = {}
     for s in sites:
-        w = s.width * s.group
+        w = s.width if s.heads else s.width * s.group
         t = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
         edges = lo[s.name][:, None] + (hi[s.name] - lo[s.name])[:, None] * t[None]
         found[s.name] = Activity(
@@ -104,27 +135,33 @@ def activity(
             torch.zeros(w, dtype=torch.float64),
             torch.zeros(w, dtype=torch.float64),
         )
+        found[s.name].class_sum = torch.zeros(n_classes, w, dtype=torch.float64)
+        found[s.name].class_count = torch.zeros(n_classes, dtype=torch.float64)
     labels, ids_kept = [], []
     for acts, b, _ in grab(model, data, sites, batch_size=batch_size):
         ids = b.ids.cpu()
         y = b.target
         room = max(0, sample - sum(len(i) for i in ids_kept))
         ids_kept.append(ids[:room])
-        if y is not None and y.ndim == 1 and not y.dtype.is_floating_point:
+        labelled = y is not None and y.ndim == 1 and not y.dtype.is_floating_point
+        if labelled:
             labels.append(y.cpu().long())
         for s in sites:
             f = found[s.name]
-            h = acts[s.name].float().cpu()
-            act = per_example(h, s.unit_dim)  # (batch, units)
-            where = _where(h, s)
+            h, dim = _view(acts[s.name].float().cpu(), s)
+            act = per_example(h, dim)  # (batch, units)
+            where = _where(h, s, dim)
             f.top.update(act, ids, where)
             f.bottom.update(act, ids, where)
-            f.active += _any_active(h, s).sum(0)
+            f.active += _any_active(h, dim).sum(0)
             f.counts += _histogram(act.double(), f.edges)
             f.sample = torch.cat([f.sample, act[:room]])
             f.s1 += act.double().sum(0)
             f.s2 += (act.double() ** 2).sum(0)
             f.n += act.shape[0]
+            if labelled and n_classes:
+                f.class_sum.index_add_(0, y.cpu().long(), act.double())
+                f.class_count += torch.bincount(y.cpu().long(), minlength=n_classes).double()
     n = sum(f.n for f in found.values()) // max(len(found), 1)
     y_all = torch.cat(labels) if labels and sum(map(len, labels)) == n else None
     return found, y_all, torch.cat(ids_kept)

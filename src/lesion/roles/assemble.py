@@ -25,14 +25,14 @@ from torch import nn
 from lesion.analyses.measures import mutual_information, selectivity_index
 from lesion.analyses.sweep import sites_for
 from lesion.core.batch import Data, batches, first_batch, reusable
-from lesion.core.replacements import Mean, Zero
+from lesion.core.replacements import Mean, Resample, Zero
 from lesion.core.runner import Runner
 from lesion.core.sites import Site
 from lesion.core.stats import collect_stats, forward
 from lesion.core.units import Unit
 from lesion.errors import DataError, LesionError
 from lesion.roles import fill, rules, stages, tokens
-from lesion.roles.activity import activity
+from lesion.roles.activity import activity, head_ranges
 from lesion.roles.card import Card
 from lesion.roles.effects import LossChange, interval, set_effects, single_effects
 from lesion.roles.pushes import pushes
@@ -103,6 +103,21 @@ def roles(model: nn.Module, data: Data, **kwargs) -> pd.DataFrame:
     return build(model, data, **kwargs).table()
 
 
+@dataclass(frozen=True)
+class _Options:
+    top: int
+    bins: int
+    sample: int
+    pair_units: int
+    partners: int
+    causal_draws: int
+    explainer: object
+    simulator: object
+    seed: int
+    batch_size: int
+    progress: bool
+
+
 def build(
     model: nn.Module,
     data: Data,
@@ -129,166 +144,159 @@ def build(
     ``train`` with ``true_labels``: the training data with the (corrupted) labels the network was trained
     on and the true labels, for the memorisation parts. ``pair_units`` units with the largest effects get
     pair lesions with ``partners`` candidates by activity correlation and as many by effect, and the
-    compensation part. ``explainer``/``simulator``: see ``lesion.roles.explain``.
+    compensation part. ``explainer``/``simulator``: see ``lesion.roles.explain``. ``keep``: a folder
+    where the lesion stages are kept and from which a later run with the same settings, model and data
+    takes them.
     """
+    opt = _Options(top, bins, sample, pair_units, partners, causal_draws, explainer, simulator, seed,
+                   batch_size, progress)  # fmt: skip
     data = reusable(data)
-    sites = [s for s in (list(sites) if sites is not None else sites_for(model, data, layers))]
-    meta: dict = {"omissions": []}
+    sites = list(sites) if sites is not None else sites_for(model, data, layers)
     lm, labeled, n_classes, data = _task(model, data, batch_size)
-    heads = [s.name for s in sites if s.heads]
-    if heads and not lm:
-        meta["omissions"].append(f"attention heads of a classifier ({', '.join(heads)}) have no cards yet")
-        sites = [s for s in sites if not s.heads]
     if not sites:
-        raise LesionError("the model has no sites with units to make cards of (only attention heads)")
-    bar = progress_bar(None, "roles", progress, total=9)
+        raise LesionError("the model has no sites with units to make cards of")
+    meta = _start(lm, labeled, n_classes, train, true_labels)
+    bar = progress_bar(None, "roles", progress, total=10 if lm else 9)
     say = _Laps(bar)
-    meta |= {"task": "causal-lm" if lm else "classifier", "labels": labeled, "n_classes": n_classes}
-    if lm:
-        if train is not None or true_labels is not None:
-            raise LesionError(
-                "memorisation (train=, true_labels=) needs a classifier; this is a language model"
-            )
-        meta["omissions"].append(tokens.OMITTED)
-    elif not labeled:
-        meta["omissions"].append(
-            "no labels: no class parts (selectivity, class means, per-class effects, information, "
-            "simulation and causal scores); effects are measured against the intact model's predictions"
-        )
-    stats = collect_stats(model, data, sites, labels=labeled, batch_size=batch_size)
-    token_means = {}
-    if lm:
-        found, token_means, y_sample, ids_sample, per_seq = tokens.token_activity(
-            model, data, sites, n_classes, k=top, bins=bins, sample=sample, batch_size=batch_size
-        )
-        y_all = None
-        meta |= {"tokens_per_sequence": per_seq, "n_tokens": found[sites[0].name].n}
-    else:
-        found, y_all, ids_sample = activity(
-            model,
-            data,
-            sites,
-            {s.name: stats[s.name].moments.lo for s in sites},
-            {s.name: stats[s.name].moments.hi for s in sites},
-            k=top,
-            bins=bins,
-            sample=sample,
-            batch_size=batch_size,
-        )
-        y_sample = y_all[ids_sample] if y_all is not None and labeled else None
-    n = stats[sites[0].name].moments.n_examples
-    meta["n_examples"] = n
+    ctx = _responds(model, data, sites, lm, labeled, n_classes, opt, meta)
+    ctx |= {"lm": lm, "labeled": labeled, "sites": {s.name: s for s in sites}}
+    say.lap("activity")
+    ctx["units"] = [Unit(s.name, j) for s in sites for j in range(s.width)]
+    settings = {"n": ctx["n"], "units": len(ctx["units"]), "sites": [str(s) for s in sites]}
+    settings |= {k: getattr(opt, k) for k in ("seed", "pair_units", "partners", "causal_draws")}
+    if keep is not None:  # kept stages belong to this model and this data only
+        settings["digest"] = _digest(model, data, batch_size)
+    kept = _Keep(Path(keep) if keep is not None else None, settings)
 
     def metric():
         return tokens.NextTokenChange(n_classes) if lm else LossChange(n_classes)
 
-    say.lap("activity")
-    units = [Unit(s.name, j) for s in sites for j in range(s.width)]
-    settings = {
-        "n": n,
-        "units": len(units),
-        "sites": [str(s) for s in sites],
-        "seed": seed,
-        "pair_units": pair_units,
-        "partners": partners,
-        "causal_draws": causal_draws,
-    }
-    if keep is not None:  # kept stages belong to this model and this data only
-        settings["digest"] = _digest(model, data, batch_size)
-    kept = _Keep(Path(keep) if keep is not None else None, settings)
-    eff = {}
-    for name, rep in (("zero", Zero()), ("mean", Mean(stats=stats))):
-        eff[name] = kept(
-            f"effects-{name}",
-            lambda rep=rep: single_effects(
-                model, data, sites, units, rep, metric(), batch_size=batch_size, progress=progress
-            )[0],
-        )
-        say.lap(f"effects-{name}")
-    pushed = pushes(model, first_batch(data, 1), sites)
-    say.lap("pushes")
-    z_mean, _, _ = interval(eff["zero"]["dsum"], eff["zero"]["dsq"], eff["zero"]["count"])
-    order = [i for i in np.argsort(-np.nan_to_num(z_mean, nan=-np.inf), kind="stable")[:pair_units]]
-    samples = {s.name: found[s.name].sample.numpy().astype(np.float64) for s in sites}
-    runner = Runner(model, data, sites, metric=metric(), batch_size=batch_size)
-    pair_list = stages.pairs(units, order, samples, z_mean, partners)
-    pair_vals = kept(
-        "pairs",
-        lambda: set_effects(runner, [[units[i], units[j]] for i, j in pair_list]) if pair_list else {},
-    )
-    say.lap("pairs")
-    comp = kept(
-        "compensation",
-        lambda: stages.compensations(model, data, sites, [units[i] for i in order], batch_size),
-    )
-    say.lap("compensation")
-    expl = stages.explanations(
-        units, found, samples, y_sample, ids_sample, explainer, simulator, "token" if lm else "class"
-    )
-    neurons = [s for s in sites if not s.heads]
-    direct = kept("direct", lambda: tokens.direct(model, data, neurons, batch_size)) if lm and neurons else {}
-    head_sites = [s for s in sites if s.heads]
-    patterns = tokens.head_patterns(model, data, head_sites, batch_size) if head_sites else {}
-    say.lap("explanations and direct effects")
-    si, pref, mi = _class_measures(sites, stats, labeled)
-    causal = kept(
-        "causal",
-        lambda: (
-            stages.causal(model, data, sites, si, pref, n_classes, causal_draws, seed, metric(), batch_size)
-            if labeled
-            else {}
-        ),
-    )
-    say.lap("causal")
+    ctx |= _lesions(model, data, sites, ctx, opt, kept, say, metric)
+    ctx |= _scores(model, data, sites, ctx, opt, kept, say, metric, n_classes)
     mem = {}
     if train is not None:
-        mem = kept(
-            "memorisation",
-            lambda: stages.memorisation(
-                model, train, true_labels, sites, units, n_classes, batch_size, progress
-            ),
-        )
-    elif true_labels is not None:
-        raise LesionError("true_labels= needs train= (the data with the labels the network was trained on)")
+        mem = kept("memorisation", lambda: stages.memorisation(
+            model, train, true_labels, sites, ctx["units"], n_classes, batch_size, progress))  # fmt: skip
     say.lap("memorisation")
     bar.close()
     meta["seconds"], meta["cpu_seconds"] = say.laps, say.cpu
     meta |= {
         "rules": rules.table(),
         "thresholds": dict(rules.THRESHOLDS),
-        "pairs_tried": len(pair_list),
+        "pairs_tried": len(ctx["pair_list"]),
         "pairs_how": stages.PAIRS_HOW.format(k=pair_units, p=partners),
         "sites": [str(s) for s in sites],
         "site_shapes": {s.name: list(s.shape) for s in sites},
     }
-    ctx = dict(
-        found=found,
-        stats=stats,
-        eff=eff,
-        pushed=pushed,
-        pair_list=pair_list,
-        pair_vals=pair_vals,
-        comp=comp,
-        order=order,
-        expl=expl,
-        si=si,
-        pref=pref,
-        mi=mi,
-        causal=causal,
-        mem=mem,
-        labeled=labeled,
-        labels=y_all,
-        lm=lm,
-        token_means=token_means,
-        direct=direct,
-        patterns=patterns,
-        n=n,
-        units=units,
-        sites={s.name: s for s in sites},
-        pairs_how=meta["pairs_how"],
-    )
-    cards = [fill.card(i, u, ctx) for i, u in enumerate(units)]
+    ctx |= {"mem": mem, "pairs_how": meta["pairs_how"]}
+    cards = [fill.card(i, u, ctx) for i, u in enumerate(ctx["units"])]
     return Atlas(cards, meta)
+
+
+def _start(lm: bool, labeled: bool, n_classes: int, train, true_labels) -> dict:
+    """The atlas's first facts and omissions; memorisation's arguments checked before any work."""
+    meta: dict = {"omissions": [], "task": "causal-lm" if lm else "classifier", "labels": labeled}
+    meta["n_classes"] = n_classes
+    if (train is None) != (true_labels is None):
+        raise LesionError(
+            "memorisation needs both train= (the data with the labels the network was trained on) and "
+            "true_labels= (the labels before corruption)"
+        )
+    if lm:
+        if train is not None:
+            raise LesionError("memorisation (train=, true_labels=) needs a classifier, not a language model")
+        meta["omissions"].append(tokens.OMITTED)
+    elif not labeled:
+        meta["omissions"].append(
+            "no labels: no class parts (selectivity, class means, per-class effects, information, "
+            "simulation and causal scores); effects are measured against the intact model's predictions"
+        )
+    return meta
+
+
+def _responds(model, data, sites, lm, labeled, n_classes, opt: _Options, meta: dict) -> dict:
+    """Part a, streamed: statistics, top examples, histograms, samples (tokens for a language model)."""
+    k = {"k": opt.top, "bins": opt.bins, "sample": opt.sample, "batch_size": opt.batch_size}
+    stats = collect_stats(model, data, sites, labels=labeled, batch_size=opt.batch_size)
+    token_means, y_all = {}, None
+    if lm:
+        found, token_means, y_sample, ids_sample, per_seq = tokens.token_activity(
+            model, data, sites, n_classes, **k
+        )
+        meta |= {"tokens_per_sequence": per_seq, "n_tokens": found[sites[0].name].n}
+    else:
+        lo, hi = head_ranges(model, data, sites, opt.batch_size)  # heads: the range of their output norm
+        lo = {s.name: lo[s.name] if s.heads else stats[s.name].moments.lo for s in sites}
+        hi = {s.name: hi[s.name] if s.heads else stats[s.name].moments.hi for s in sites}
+        found, y_all, ids_sample = activity(
+            model, data, sites, lo, hi, n_classes=n_classes if labeled else 0, **k
+        )
+        y_sample = y_all[ids_sample] if y_all is not None and labeled else None
+    meta["n_examples"] = n = stats[sites[0].name].moments.n_examples
+    samples = {s.name: found[s.name].sample.numpy().astype(np.float64) for s in sites}
+    return {"stats": stats, "found": found, "token_means": token_means, "labels": y_all, "n": n,
+            "y_sample": y_sample, "ids_sample": ids_sample, "samples": samples}  # fmt: skip
+
+
+def _lesions(model, data, sites, ctx, opt: _Options, kept, say, metric) -> dict:
+    """Parts b to d: single-unit effects under each replacement (``sweep``), pushes, pairs and
+    compensation for the units with the largest effects."""
+    units, eff = ctx["units"], {}
+    replacements = [("zero", Zero()), ("mean", Mean(stats=ctx["stats"]))]
+    if isinstance(metric(), tokens.NextTokenChange):  # transformers: another sequence's activity too
+        replacements.append(("resample", Resample(seed=opt.seed)))
+    for name, rep in replacements:
+        eff[name] = kept(
+            f"effects-{name}",
+            lambda rep=rep: single_effects(
+                model, data, sites, units, rep, metric(), batch_size=opt.batch_size, progress=opt.progress
+            )[0],
+        )
+        say.lap(f"effects-{name}")
+    pushed = pushes(model, first_batch(data, 1), sites)
+    say.lap("pushes")
+    z_mean, _, _ = interval(eff["zero"]["dsum"], eff["zero"]["dsq"], eff["zero"]["count"])
+    order = [i for i in np.argsort(-np.nan_to_num(z_mean, nan=-np.inf), kind="stable")[: opt.pair_units]]
+    runner = Runner(model, data, sites, metric=metric(), batch_size=opt.batch_size)
+    pair_list = stages.pairs(units, order, ctx["samples"], z_mean, opt.partners)
+    pair_vals = kept("pairs", lambda: set_effects(runner, [[units[i], units[j]] for i, j in pair_list])
+                     if pair_list else {})  # fmt: skip
+    say.lap("pairs")
+    comp = kept("compensation", lambda: stages.compensations(
+        model, data, sites, [units[i] for i in order], opt.batch_size))  # fmt: skip
+    say.lap("compensation")
+    return {"eff": eff, "pushed": pushed, "order": order, "pair_list": pair_list, "pair_vals": pair_vals,
+            "comp": comp}  # fmt: skip
+
+
+def _scores(model, data, sites, ctx, opt: _Options, kept, say, metric, n_classes) -> dict:
+    """Parts f and the transformer extras: explanations and simulation scores, direct effects, attention
+    patterns, class measures and the causal test."""
+    lm = isinstance(metric(), tokens.NextTokenChange)
+    kind = "token" if lm else "class"
+    expl = stages.explanations(
+        ctx["units"], ctx["found"], ctx["samples"], ctx["y_sample"], ctx["ids_sample"], opt.explainer,
+        opt.simulator, kind, opt.seed,
+    )  # fmt: skip
+    neurons = [s for s in sites if not s.heads]
+    direct = (
+        kept("direct", lambda: tokens.direct(model, data, neurons, opt.batch_size)) if lm and neurons else {}
+    )
+    head_sites = [s for s in sites if s.heads]
+    patterns = tokens.head_patterns(model, data, head_sites, opt.batch_size) if head_sites else {}
+    say.lap("explanations and direct effects")
+    labeled = ctx["labeled"]
+    si, pref, mi = _class_measures(sites, ctx["stats"], ctx["found"], labeled)
+
+    def causal_test():
+        return stages.causal(
+            model, data, sites, si, pref, n_classes, opt.causal_draws, opt.seed, metric(), opt.batch_size
+        )
+
+    causal = kept("causal", causal_test) if labeled else {}
+    say.lap("causal")
+    return {"expl": expl, "direct": direct, "patterns": patterns, "si": si, "pref": pref, "mi": mi,
+            "causal": causal}  # fmt: skip
 
 
 def _digest(model: nn.Module, data: Data, batch_size: int) -> str:
@@ -328,13 +336,23 @@ def _task(model: nn.Module, data: Data, batch_size: int) -> tuple[bool, bool, in
     return False, False, c, (torch.cat(xs), torch.cat(preds))
 
 
-def _class_measures(sites, stats, labeled):
+def _class_measures(sites, stats, found, labeled):
+    """Selectivity, preferred class and information per unit; a head's class means are of its output
+    norm (the activity pass), and it has no information (no joint histogram)."""
     si, pref, mi = {}, {}, {}
     for s in sites:
         w = s.width
-        if labeled and (~torch.isnan(stats[s.name].class_means).any(1)).sum() >= 2:
-            si[s.name], pref[s.name] = selectivity_index(stats[s.name].class_means)
-            mi[s.name] = mutual_information(stats[s.name].histogram.counts)
+        means = None
+        if labeled:
+            f = found.get(s.name)
+            means = (
+                (f.class_sum / f.class_count[:, None])
+                if s.heads and f is not None
+                else stats[s.name].class_means
+            )
+        if means is not None and (~torch.isnan(means).any(1)).sum() >= 2:
+            si[s.name], pref[s.name] = selectivity_index(means)
+            mi[s.name] = np.full(w, np.nan) if s.heads else mutual_information(stats[s.name].histogram.counts)
         else:
             si[s.name], pref[s.name], mi[s.name] = np.full(w, np.nan), np.full(w, -1), np.full(w, np.nan)
     return si, pref, mi

@@ -59,6 +59,10 @@ class Card:
     loss_mean_lo: float = NaN
     loss_mean_hi: float = NaN
     accuracy_mean: float = NaN
+    loss_resample: float = NaN  # a language model: the activity of another sequence (Resample, seeded)
+    loss_resample_lo: float = NaN
+    loss_resample_hi: float = NaN
+    accuracy_resample: float = NaN
     sign_disagree: bool = False
     class_loss_zero: tuple[float, ...] = ()
     class_loss_zero_lo: tuple[float, ...] = ()

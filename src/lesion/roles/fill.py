@@ -49,7 +49,7 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
             "selectivity": float(ctx["si"][u.layer][j]),
             "preferred_class": int(ctx["pref"][u.layer][j]),
             "mutual_info": float(ctx["mi"][u.layer][j]),
-            "class_means": tuple(float(x) for x in st.class_means[:, j]),
+            "class_means": tuple(float(x) for x in _class_means(f, st, s)[:, j]),
         }
     elif ctx["lm"]:
         om.append(tokens.OMITTED)
@@ -59,6 +59,8 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
             "class parts: the data has no labels (no selectivity, class means, information, per-class "
             "effects or causal score); effects are against the intact model's predictions"
         )
+    if s.heads and not ctx["lm"]:
+        c |= _head_parts(u, ctx, om)
     c |= _effects(i, ctx, om)
     push, how = ctx["pushed"][u.layer]
     if push is None:
@@ -78,6 +80,10 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
     full["role"], full["role_rule"] = rules.role(full)
     full = {k: tuple(v) if isinstance(v, list) else v for k, v in full.items()}
     return Card(**full)
+
+
+def _class_means(f, st, s):
+    return f.class_sum / f.class_count[:, None] if s.heads else st.class_means
 
 
 def _token_parts(i: int, u: Unit, ctx: dict, om: list[str]) -> dict:
@@ -118,6 +124,17 @@ def _token_parts(i: int, u: Unit, ctx: dict, om: list[str]) -> dict:
     return out
 
 
+def _head_parts(u: Unit, ctx: dict, om: list[str]) -> dict:
+    """Where a classifier's head attends (previous and first token; no copies of a token in images)."""
+    pat = ctx["patterns"].get(u.layer)
+    om.append("a head's activity is the mean over tokens of the norm of its output; no information "
+              "(mutual_info) for heads")  # fmt: skip
+    if pat is None or "why" in ctx["patterns"]:
+        om.append(f"attention pattern: {ctx['patterns'].get('why', 'not recorded')}")
+        return {}
+    return {"head_previous": float(pat[0, u.index]), "head_first": float(pat[1, u.index])}
+
+
 def _examples(f, j, ctx) -> dict:
     k = min(f.top.values.shape[0], f.n)
     out = {
@@ -130,14 +147,14 @@ def _examples(f, j, ctx) -> dict:
         y = ctx["labels"]
         out["top_label"] = tuple(int(y[i]) for i in out["top_index"])
         out["bottom_label"] = tuple(int(y[i]) for i in out["bottom_index"])
-    if ctx["sites"][f.site.name].spatial:
+    if ctx["sites"][f.site.name].spatial or ctx["sites"][f.site.name].heads:
         out["top_where"] = tuple(int(x) for x in f.top.where[:k, j])
     return out
 
 
 def _effects(i, ctx, om) -> dict:
     out = {}
-    for name in ("zero", "mean"):
+    for name in [n for n in ("zero", "mean", "resample") if n in ctx["eff"]]:
         e = ctx["eff"][name]
         mean, lo, hi = interval(e["dsum"][i], e["dsq"][i], e["count"][i])
         out |= {
@@ -155,8 +172,9 @@ def _effects(i, ctx, om) -> dict:
                     "class_loss_zero_lo": tuple(map(float, clo)),
                     "class_loss_zero_hi": tuple(map(float, chi)),
                 }
+    second = "resample" if "resample" in ctx["eff"] else "mean"  # transformers: resample against zero
     out["sign_disagree"] = rules.sign_disagree(
-        *(out[f"loss_{n}{s}"] for n in ("zero", "mean") for s in ("", "_lo", "_hi"))
+        *(out[f"loss_{n}{s}"] for n in ("zero", second) for s in ("", "_lo", "_hi"))
     )
     return out
 

@@ -17,6 +17,7 @@ THRESHOLDS = {
     "general_share": 0.8,  # share of classes hurt (class loss interval above 0) for "general"
     "pair": 0.01,  # |pair - sum of singles| in loss (nats) for redundancy ("backed up by") or synergy
     "memorisation_ratio": 3.0,  # loss change on mislabeled examples at least this times the others'
+    "effect": 0.001,  # |mean loss change| (nats) below which an effect with its interval off 0 is negligible
 }
 
 
@@ -48,10 +49,30 @@ def _memorisation(c: dict) -> bool:
     return ch >= THRESHOLDS["memorisation_ratio"] * max(kept, 0.0) and (not _ok(kept_hi) or kept_hi < ch)
 
 
+def _up(c: dict) -> bool:
+    """The overall effect's interval is above 0 and the effect is not negligible."""
+    return (
+        _ok(c["loss_zero_lo"], c["loss_zero"])
+        and c["loss_zero_lo"] > 0
+        and c["loss_zero"] >= THRESHOLDS["effect"]
+    )
+
+
+def _down(c: dict) -> bool:
+    return (
+        _ok(c["loss_zero_hi"], c["loss_zero"])
+        and c["loss_zero_hi"] < 0
+        and -c["loss_zero"] >= THRESHOLDS["effect"]
+    )
+
+
+def _off_zero(c: dict) -> bool:
+    return _ok(c["loss_zero_lo"], c["loss_zero_hi"]) and (c["loss_zero_lo"] > 0 or c["loss_zero_hi"] < 0)
+
+
 def _general(c: dict) -> bool:
     n = len(c["class_loss_zero_lo"])
-    lo = c["loss_zero_lo"]
-    return n > 0 and _ok(lo) and lo > 0 and len(_class_hurt(c)) >= THRESHOLDS["general_share"] * n
+    return n > 0 and _up(c) and len(_class_hurt(c)) >= THRESHOLDS["general_share"] * n
 
 
 def _worst_class(c: dict) -> int:
@@ -61,12 +82,13 @@ def _worst_class(c: dict) -> int:
 
 def _needed_for_class(c: dict) -> bool:
     j = _worst_class(c)
-    return (
-        j >= 0
-        and _ok(c["loss_zero_lo"])
-        and c["loss_zero_lo"] > 0
-        and (-c["class_accuracy_zero"][j] >= THRESHOLDS["class_drop"])
-    )
+    return j >= 0 and _up(c) and -c["class_accuracy_zero"][j] >= THRESHOLDS["class_drop"]
+
+
+def _small(c: dict) -> str:
+    if _off_zero(c):
+        return f"negligible role ({_effect(c)}, under {THRESHOLDS['effect']:g})"
+    return "no measurable role (effect inside its interval around 0)"
 
 
 def _effect(c: dict) -> str:
@@ -120,7 +142,8 @@ RULES = (
     ),
     Rule(
         "general",
-        f"overall loss change interval above 0, and class loss intervals above 0 for >= "
+        f"overall loss change interval above 0 (and >= {THRESHOLDS['effect']:g} nats), and class loss "
+        f"intervals above 0 for >= "
         f"{THRESHOLDS['general_share']:.0%} of the classes",
         _general,
         lambda c: (
@@ -134,7 +157,8 @@ RULES = (
     ),
     Rule(
         "needed for a class",
-        f"overall loss change interval above 0 and accuracy on one class drops by >= "
+        f"overall loss change interval above 0 (and >= {THRESHOLDS['effect']:g} nats) and accuracy on one "
+        f"class drops by >= "
         f"{THRESHOLDS['class_drop']:g} (not selective for it)",
         _needed_for_class,
         lambda c: (
@@ -144,24 +168,28 @@ RULES = (
     ),
     Rule(
         "needed",
-        "overall loss change interval above 0",
-        lambda c: _ok(c["loss_zero_lo"]) and c["loss_zero_lo"] > 0,
+        f"overall loss change interval above 0, and the change >= {THRESHOLDS['effect']:g} nats",
+        _up,
         lambda c: f"needed: {_effect(c)}",
     ),
     Rule(
         "harmful",
-        "overall loss change interval below 0 (deleting it helps)",
-        lambda c: _ok(c["loss_zero_hi"]) and c["loss_zero_hi"] < 0,
+        f"overall loss change interval below 0, and the change <= -{THRESHOLDS['effect']:g} nats "
+        "(deleting it helps)",
+        _down,
         lambda c: f"deleting it helps: {_effect(c)}",
     ),
     Rule(
         "selective, not needed",
-        f"selectivity >= {THRESHOLDS['selective']:g}, no measurable effect",
+        f"selectivity >= {THRESHOLDS['selective']:g}, no effect of {THRESHOLDS['effect']:g} nats or more",
         lambda c: _ok(c["selectivity"]) and c["selectivity"] >= THRESHOLDS["selective"],
-        lambda c: (
-            f"fires on {c['preferred_class']} (selectivity {c['selectivity']:.2f}); no measurable "
-            "role (effect inside its interval around 0)"
-        ),
+        lambda c: f"fires on {c['preferred_class']} (selectivity {c['selectivity']:.2f}); " + _small(c),
+    ),
+    Rule(
+        "negligible",
+        f"the overall loss change interval excludes 0 but the change is under {THRESHOLDS['effect']:g} nats",
+        _off_zero,
+        lambda c: _small(c),
     ),
     Rule(
         "no measurable role",
@@ -174,7 +202,12 @@ RULES = (
 QUALIFIERS = (
     ("backed up by", f"pair effect - sum of single effects >= {THRESHOLDS['pair']:g} (redundancy)"),
     ("synergy with", f"pair effect - sum of single effects <= -{THRESHOLDS['pair']:g}"),
-    ("replacements disagree", "zero and mean effects have opposite signs and one interval excludes 0"),
+    (
+        "replacements disagree",
+        "zero and mean (resample for a language model) effects have opposite signs, one interval "
+        "excludes 0 and the "
+        f"larger effect is >= {THRESHOLDS['effect']:g} nats",
+    ),
 )
 
 
@@ -197,13 +230,15 @@ def role(card: dict) -> tuple[str, str]:
     if syn:
         words += f"; synergy with {', '.join(syn[:3])}"
     if card["sign_disagree"]:
-        words += "; zero and mean replacements disagree in sign"
+        other = "resample" if _ok(card.get("loss_resample", math.nan)) else "mean"
+        words += f"; zero and {other} replacements disagree in sign"
     return words, rule.name
 
 
 def sign_disagree(zero: float, zlo: float, zhi: float, mean: float, mlo: float, mhi: float) -> bool:
-    """Opposite signs, and at least one of the two intervals excludes 0."""
-    if not _ok(zero, mean) or zero * mean >= 0:
+    """Opposite signs, at least one of the two intervals excludes 0, and the larger of the two effects
+    is not negligible."""
+    if not _ok(zero, mean) or zero * mean >= 0 or max(abs(zero), abs(mean)) < THRESHOLDS["effect"]:
         return False
     return (_ok(zlo, zhi) and (zlo > 0 or zhi < 0)) or (_ok(mlo, mhi) and (mlo > 0 or mhi < 0))
 

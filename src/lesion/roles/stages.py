@@ -52,7 +52,7 @@ def pairs(units, order, samples, effect, partners) -> list[tuple[int, int]]:
         by_eff = np.argsort(-eff, kind="stable")[:partners]
         for j in [*by_corr, *by_eff]:
             key = tuple(sorted((i, base + int(j))))
-            if key not in seen and width > 1:
+            if key not in seen and int(j) != u.index:
                 seen.add(key)
                 chosen.append(key)
     return chosen
@@ -80,7 +80,14 @@ def compensations(model, data, sites, chosen, batch_size) -> dict[str, np.ndarra
     }
 
 
-def explanations(units, found, samples, labels, ids, explainer, simulator, kind):
+def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sample split in two by a seeded permutation (each half in data order): the explanation is
+    made from the first and scored on the second."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: (n + 1) // 2]), np.sort(perm[(n + 1) // 2 :])
+
+
+def explanations(units, found, samples, labels, ids, explainer, simulator, kind, seed=0):
     """unit position -> (explanation, simulation score, omissions); fit on even, test on odd samples.
     ``labels``: the class (``kind`` "class") or current token ("token") of each sampled example, or None."""
     out = {}
@@ -88,7 +95,7 @@ def explanations(units, found, samples, labels, ids, explainer, simulator, kind)
     simulator = simulator or class_means_simulator
     ids = ids.numpy()
     labels = None if labels is None else labels.numpy()
-    fit, test = np.arange(0, len(ids), 2), np.arange(1, len(ids), 2)
+    fit, test = halves(len(ids), seed)
     for i, u in enumerate(units):
         if len(test) == 0:
             out[i] = (

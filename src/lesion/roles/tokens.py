@@ -167,7 +167,7 @@ class NextTokenChange(Metric):
 OMITTED = (
     "language model: an example is a token (a sequence and a position); no class parts, no causal test "
     "and no output pushes yet (the direct effect on the next-token loss stands beside the total, for MLP "
-    "neurons); the second replacement is the mean (resample not yet)"
+    "neurons); effects under zero, mean and resample (another sequence's activity, seeded)"
 )
 
 
@@ -196,7 +196,9 @@ def top_tokens(
 
 class _Patterns:
     """While open, ``F.scaled_dot_product_attention`` also records its attention probabilities (batch,
-    heads, queries, keys), call by call; the function is restored on exit."""
+    heads, queries, keys), call by call; the function is restored on exit. It replaces a module attribute
+    for the whole process: not for use while another thread runs attention (the explorer holds its lesion
+    lock)."""
 
     def __enter__(self):
         self.calls: list[torch.Tensor] = []
@@ -242,12 +244,15 @@ def head_patterns(model: nn.Module, data: Data, heads: Sequence[Site], batch_siz
     counts = torch.zeros(3, dtype=torch.float64)
     order = sorted(heads, key=lambda s: s.order)
     for b in batches(data, batch_size=batch_size):
-        ids = input_ids(b).cpu()
         with torch.no_grad(), eval_mode(model), _Patterns() as rec:
             b.run(model)
         if len(rec.calls) != len(order):
             return {"why": f"{len(rec.calls)} attention calls for {len(order)} head sites; cannot match them"}
-        t = ids.shape[1]
+        t = rec.calls[0].shape[-1]
+        try:
+            ids = input_ids(b).cpu()
+        except DataError:  # not tokens (image patches): no copies of a token
+            ids = torch.arange(len(b) * t).reshape(len(b), t)
         same = (ids[:, :, None] == ids[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)  # (b, t, t)
         has = same.any(-1)  # (b, t): an earlier copy exists
         counts += torch.tensor([ids.shape[0] * (t - 1), ids.shape[0] * (t - 1), float(has.sum())])

@@ -167,7 +167,9 @@ class Explorer:
         with self._lock:
             if getattr(self, "_atlas", None) is None:
                 self._atlas = build(self.model, (self.x, self.y), sites=self.sites)
-        card = next(c for c in self._atlas.cards if c.unit == str(chosen[0]))
+        card = next((c for c in self._atlas.cards if c.unit == str(chosen[0])), None)
+        if card is None:
+            raise UnitError(f"{chosen[0]} has no card: {'; '.join(self._atlas.meta['omissions'])}")
         images = thumbnails((self.x, self.y), [*card.top_index, *card.bottom_index])
         doc = page_data(
             type(self._atlas)([card], self._atlas.meta), images, title=self.name, classes=self.classes

@@ -30,7 +30,7 @@ from lesion.core.metric_lm import LogitDiff, NextTokenLoss
 from lesion.core.replacements import Mean
 from lesion.core.sites import Site, find_sites
 from lesion.core.units import UnitSet, parse_units
-from lesion.errors import DataError, LesionError
+from lesion.errors import DataError, LesionError, UnitError
 from lesion.util.modules import eval_mode, model_device
 
 REPLACEMENTS = ("zero", "mean")
@@ -190,6 +190,29 @@ class TextExplorer:
                     out[s.name] = delta[end - s.width : end]  # (width,)
                 self._importance = out
             return self._importance
+
+    def card(self, address: str) -> dict:
+        """One unit's card, as ``atlas.html`` shows it (``lesion.roles``): every card is measured on the
+        text at the first request, under the lesion lock, and kept."""
+        from lesion.roles.assemble import Atlas, build
+        from lesion.roles.atlas import page_data, token_texts
+
+        chosen = self.selection([address]).units()
+        if len(chosen) != 1:
+            raise UnitError(f"expected one unit like 'layer:17', got {address!r}")
+        data = model_input(self.model, self.tokens)
+        with self._lock:
+            if getattr(self, "_atlas", None) is None:
+                self._atlas = build(self.model, data, sites=self.sites, batch_size=self.batch_size)
+        card = next((c for c in self._atlas.cards if c.unit == str(chosen[0])), None)
+        if card is None:
+            raise UnitError(f"{chosen[0]} has no card: {'; '.join(self._atlas.meta['omissions'])}")
+        one = Atlas([card], self._atlas.meta)
+        names = {int(t): w for row, ws in zip(self.tokens.tolist(), self.strings, strict=False)
+                 for t, w in zip(row, ws, strict=False)}  # fmt: skip
+        texts = token_texts(data, one, decode=lambda ids: [names.get(int(t), f"t{t}") for t in ids])
+        doc = page_data(one, {}, title=self.name, texts=texts)
+        return {"card": doc["cards"][0], "meta": doc["meta"], "images": {}, "texts": doc["texts"]}
 
     def _replacement(self, kind: str):
         if kind == "zero":

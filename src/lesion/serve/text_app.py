@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
+from lesion.errors import LesionError
 from lesion.serve.explorer import compact
 from lesion.serve.text import TextExplorer, TextResult
 from lesion.util.jsonable import jsonable
@@ -129,6 +131,20 @@ def evaluate(body: TextEvaluateRequest, ex: Ex) -> dict:
         "delta_accuracy": result.accuracy - intact.accuracy, "delta_logit_diff": diff,
         "token_delta": jsonable((result.token_loss[:shown] - intact.token_loss[:shown]).tolist()),
     }  # fmt: skip
+
+
+@router.get(
+    "/cards/{unit}", summary="One unit's card, as atlas.html shows it",
+    responses={404: {"description": "No such unit."}},
+)  # fmt: skip
+def card(unit: str, ex: Ex) -> dict:
+    """The unit's card (``lesion.roles``): the tokens it responds to in context, what breaks without it
+    (zero and mean, intervals over sequences), which next tokens lose most, where a head attends, who
+    backs it up and its role in words. The first request measures every card."""
+    try:
+        return ex.card(unit)
+    except LesionError as exc:
+        raise HTTPException(404, str(exc)) from None
 
 
 @router.get("/importance", response_model=Importance, summary="Every unit deleted alone")

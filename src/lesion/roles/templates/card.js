@@ -120,9 +120,13 @@
       el("td", {}, signed(c.loss_zero) + ci(c.loss_zero_lo, c.loss_zero_hi)), el("td", {}, signed(c.accuracy_zero))));
     t.append(el("tr", { "data-replacement": "mean" }, el("td", {}, "mean"),
       el("td", {}, signed(c.loss_mean) + ci(c.loss_mean_lo, c.loss_mean_hi)), el("td", {}, signed(c.accuracy_mean))));
+    if (c.loss_resample !== null && c.loss_resample !== undefined) {
+      t.append(el("tr", { "data-replacement": "resample" }, el("td", {}, "resample"),
+        el("td", {}, signed(c.loss_resample) + ci(c.loss_resample_lo, c.loss_resample_hi)), el("td", {}, signed(c.accuracy_resample))));
+    }
     s.append(t);
     s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
-      (c.sign_disagree ? " ⚠ zero and mean replacements disagree in sign." : "")));
+      (c.sign_disagree ? " ⚠ the replacements disagree in sign." : "")));
     if (c.next_tokens && c.next_tokens.length) {
       const rows = [["next tokens losing most (Δ loss summed)", tokenList(c.next_tokens, c.next_token_loss, ctx)]];
       if (c.direct_zero !== null) rows.push(["direct effect (zero), through the residual stream alone", signed(c.direct_zero)]);

@@ -29,8 +29,19 @@ function cell(id, cls, label, title) {
   b.title = title;
   b.setAttribute("aria-pressed", "false");
   if (label !== null) b.textContent = label;
-  b.addEventListener("click", () => toggle(id));
+  b.addEventListener("click", (e) => (e.shiftKey ? openCard(id) : toggle(id)));
   return b;
+}
+
+async function openCard(id) {  // the unit's card, rendered by the atlas's template (card.js)
+  $("card-panel").hidden = false;
+  $("unit-card").textContent = "measuring every unit's card (first time only)…";
+  try {
+    const doc = await api(`/api/cards/${encodeURIComponent(id)}`);
+    $("unit-card").replaceChildren(window.LesionCard.render(doc.card, doc));
+  } catch (err) {
+    $("unit-card").textContent = String(err.message || err);
+  }
 }
 
 function neuronColumns(n) {
