@@ -16,7 +16,6 @@ Not run, and why:
 - "Quick start": ``pip install ...`` would change the environment these tests run in (and needs the
   network); ``lesion reproduce`` takes about 8 minutes on a quiet 2-core CPU; ``python -m pytest`` is
   this suite. CI runs the second line itself (``test_ci_runs_the_readmes_test_command`` checks that).
-- "Roles": ``lesion atlas MODEL --out atlas/`` names a placeholder ``MODEL``, not a file.
 """
 
 from __future__ import annotations
@@ -138,7 +137,7 @@ def test_ci_runs_the_readmes_test_command():
 
 def test_the_tour_runs_as_written(tmp_path, env):
     steps = tour_steps(README.read_text())
-    assert [lang for lang, _ in steps] == ["bash", "python", "bash"], "the tour's blocks changed: update me"
+    assert [lang for lang, _ in steps] == ["bash", "python", "bash", "bash"], "the tour's blocks changed"
     for i, (lang, code) in enumerate(steps):
         if lang == "python":
             script = tmp_path / f"readme_block_{i}.py"
@@ -151,6 +150,8 @@ def test_the_tour_runs_as_written(tmp_path, env):
                 assert 0 <= answer["accuracy"] <= 1 and answer["delta_loss"] != 0, answer
             else:
                 run(["bash", "-c", line], tmp_path, env)
+    manifest = json.loads((tmp_path / "atlas" / "manifest.json").read_text())  # the atlas step, complete
+    assert manifest and (tmp_path / "atlas" / "atlas.html").stat().st_size > 0
 
 
 @pytest.mark.slow
