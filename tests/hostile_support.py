@@ -36,13 +36,38 @@ class Ran:
         return "Traceback (most recent call last)" in self.out
 
 
+PEAK = """
+import atexit as _atexit, resource as _resource, sys as _sys
+def peak_mb():
+    # this process's own peak RSS: VmHWM (getrusage's ru_maxrss also counts the parent's RSS at fork)
+    try:
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError, ValueError):
+        return _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024
+_atexit.register(lambda: print("PEAK_RSS_MB", peak_mb(), flush=True))
+"""
+
+
+def _wrapped(argv: list[str]) -> list[str]:
+    """``python -m mod args`` or ``python -c code`` as ``python -c`` that reports its own peak RSS at exit."""
+    if argv[0] == "-m":
+        run = f"runpy.run_module({argv[1]!r}, run_name='__main__', alter_sys=True)"
+        body = f"import runpy\n_sys.argv = {argv[1:]!r}\n{run}\n"
+    else:
+        body = argv[1]
+    return ["-c", PEAK + body]
+
+
 def run_child(argv: list[str], *, stdin: str = "y\ny\ny\n", timeout: float = 60.0, cwd=None) -> Ran:
-    """Run ``python argv...`` with this tree's ``src`` first on the path; stdin answers "y"."""
+    """Run ``python argv...`` (``-m module ...`` or ``-c code``) with this tree's ``src`` first on the path;
+    stdin answers "y". ``rss_mb`` is the child's own peak (VmHWM, printed at exit; if it was killed,
+    getrusage's ru_maxrss, which also counts the parent's RSS at fork)."""
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env |= {"TRANSFORMERS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        p = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=out,
+        p = subprocess.Popen([sys.executable, *_wrapped(argv)], stdin=subprocess.PIPE, stdout=out,
                              stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=PREEXEC)  # fmt: skip
         try:
             p.stdin.write(stdin.encode())
@@ -63,11 +88,15 @@ def run_child(argv: list[str], *, stdin: str = "y\ny\ny\n", timeout: float = 60.
         seconds = time.perf_counter() - start
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
-    return Ran(p.returncode, text, seconds, usage.ru_maxrss / 1024, killed.is_set())
+    lines = text.splitlines(keepends=True)
+    peaks = [float(line.split()[1]) for line in lines if line.startswith("PEAK_RSS_MB ")]
+    text = "".join(line for line in lines if not line.startswith("PEAK_RSS_MB "))
+    rss = peaks[-1] if peaks else usage.ru_maxrss / 1024
+    return Ran(p.returncode, text, seconds, rss, killed.is_set())
 
 
 CASES = """
-import json, resource, sys, time
+import json, sys, time
 import torch
 try:
     import transformers.modeling_utils, transformers.models.gpt2.modeling_gpt2
@@ -90,8 +119,7 @@ for name, args in CASES_LIST:
         traceback.print_exc()
         code = 99
     sys.stderr.flush()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("CASE_END", json.dumps([name, code, time.perf_counter() - start, peak]), flush=True)
+    print("CASE_END", json.dumps([name, code, time.perf_counter() - start, peak_mb()]), flush=True)
 """
 
 

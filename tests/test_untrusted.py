@@ -1,7 +1,7 @@
 """A model directory or model file is untrusted input (issue 30): no code of it runs, no size it claims
 is allocated before it is checked against this machine's memory, no open blocks, and every refusal is a
 short LesionError. The bombs run in one child process each group, measured: exit code, seconds after
-the imports, peak RSS (``os.wait4`` / ``getrusage`` of the child)."""
+the imports, peak RSS (the child's own VmHWM: see ``tests.hostile_support.PEAK``)."""
 
 from __future__ import annotations
 
