@@ -56,12 +56,15 @@ class Metric:
       batches, is the ``main`` column; needed by attribution and the optimal replacement only.
     - ``close(reference, fast, n)``: whether the engine's values agree with the slow path's; the name
       and values of the first disagreement, or None.
+    - ``unscored_last``: the outputs at the last sequence position count for nothing (next-token loss:
+      no token follows it), so a lesion there alone cannot change the metric (a ``LesionNote`` says so).
     """
 
     main: str = "value"
     curve: str | None = None
     classes = False  # targets are class labels: per-class parts and selectivity apply
     higher_is_better = False
+    unscored_last = False
     needs_intact = False  # update() is also given the intact model's outputs
 
     def reset(self, n: int) -> None:

@@ -39,7 +39,7 @@ class NextTokenLoss(Metric):
     """Causal language modelling: mean cross-entropy ``loss`` of each next token and top-1 ``accuracy``,
     over valid positions (``attention_mask`` honoured; ``labels`` of -100 ignored, as in Hugging Face)."""
 
-    main, curve, discrete = "loss", "loss", ("accuracy",)
+    main, curve, discrete, unscored_last = "loss", "loss", ("accuracy",), True
 
     def update(self, outputs, batch, lesions, intact=None):
         logits, target, valid = _next_token(outputs, batch)

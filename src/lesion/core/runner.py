@@ -17,7 +17,6 @@ from torch import nn
 from lesion.core.batch import Batch, Data, batches, check_tokens, output_tensor, reusable, token_limits
 from lesion.core.lesions import Applied, Lesion, apply, aside, fit_lesions
 from lesion.core.metric import Classification, Metric
-from lesion.core.metric_lm import NextTokenLoss
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError, LesionNote
 from lesion.util import Precision
@@ -89,9 +88,10 @@ class Runner:
         return fit_lesions(self.model, self.data, self.sites, resolved, metric=self.metric)
 
     def _note_unscored(self, lesions: Sequence[Lesion]) -> None:
-        """A LesionNote for lesions only at the last position under NextTokenLoss: that position predicts
-        no scored token, so in a causal model such a lesion cannot change the loss (it is always 0)."""
-        if not isinstance(self.metric, NextTokenLoss) or not any(les.units.positional for les in lesions):
+        """A LesionNote for lesions only at the last position under a metric that does not score it
+        (``unscored_last``: next-token loss, where no token follows), so in a causal model such a lesion
+        cannot change the metric (it is always 0)."""
+        if not self.metric.unscored_last or not any(les.units.positional for les in lesions):
             return
         first = next(iter(batches(self.data, batch_size=self.batch_size)), None)
         ids = None if first is None else first.kwargs.get("input_ids", first.args[0] if first.args else None)
@@ -107,7 +107,8 @@ class Runner:
         if idle:
             warnings.warn(
                 f"{len(idle)} lesion(s), e.g. {', '.join(idle[:3])}, change only the last position (of {t}), "
-                "whose prediction NextTokenLoss does not score (no token follows it): in a causal model they "
+                f"whose prediction {type(self.metric).__name__} does not score (no token follows it): in a "
+                "causal model they "
                 "cannot change the loss; choose a position that predicts a scored token, e.g. @-2",
                 LesionNote,
                 stacklevel=4,
