@@ -56,12 +56,14 @@ def main() -> None:
 
 
 def _command(fn: Callable) -> Callable:
-    """Register ``fn`` as a command whose LesionErrors become ``error: ...`` and exit code 2."""
+    """Register ``fn`` as a command whose LesionErrors become ``error: ...`` and exit code 2, and whose
+    LesionNotes (what lesion assumed or converted) are printed as ``note: ...``."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with T.notes():
+                return fn(*args, **kwargs)
         except LesionError as exc:
             T.err().print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None

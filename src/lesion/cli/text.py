@@ -6,6 +6,9 @@ Nothing here imports torch; the commands in ``lesion.cli`` call these.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lesion.errors import LesionError
@@ -141,6 +144,25 @@ def _print_summary_table(table, rows, seconds: dict, folder: Path) -> None:
 
 def note(text: str) -> None:
     err().print(text, highlight=False)
+
+
+@contextmanager
+def notes() -> Iterator[None]:
+    """Inside: every LesionNote (what lesion assumed or converted) is printed as ``note: ...``."""
+    from lesion.errors import LesionNote
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, LesionNote):
+            note(f"note: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", LesionNote)
+        warnings.showwarning = show
+        yield
 
 
 def stage(k: int, text: str) -> None:
