@@ -245,8 +245,18 @@ def analyze(
     stage(4, f"writing tables and figures to {out}")
     summary = _summary(model, data, sites, cand, table, curve, config)
 
+    title = f"{model.name} on {data.name}"
+    return publish(out, summary, clock, spread, lambda d: _write_outputs(d, table, curve, noisy, title=title))
+
+
+def publish(
+    out: Path, summary: dict, clock: Clock, spread: dict, write_tables: Callable[[Path], None]
+) -> dict:
+    """Write an analysis into ``out`` completely or not at all: its tables and figures, then
+    ``summary.json`` with the time of every step; the finished Ray shards kept for a rerun go."""
+
     def write(folder: Path) -> None:
-        _write_outputs(folder, table, curve, noisy, title=f"{model.name} on {data.name}")
+        write_tables(folder)
         clock.lap("outputs")
         summary["seconds"] = clock.laps
         (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lesion.errors import DataError, LesionError
-from lesion.util.jsonable import jsonable
-from lesion.util.outputs import check_dir_target, write_folder
+from lesion.util.outputs import check_dir_target
 
 LM_FILES = (
     "units.parquet",
@@ -196,20 +195,15 @@ def analyze_lm(
     stage(4, f"writing tables and figures to {out}")
     summary = _summary(model, name, data, sites, table, curve, config, text)
 
-    def write(folder: Path) -> None:
+    def write_tables(folder: Path) -> None:
         table.to_parquet(folder / "units.parquet", index=False)
         curve.to_parquet(folder / "curves.parquet", index=False)
         plot_loss_curves(curve, folder / "curves.png", title=f"Cumulative ablation: {model.name} on {name}")
         plot_unit_effects(table, folder / "unit_effects.png", title=f"Single-unit deletions: {model.name}")
-        clock.lap("outputs")
-        summary["seconds"] = clock.laps
-        (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
 
-    write_folder(out, write, kind="lesion analyze")
-    from lesion.backends.ray_sweep import drop_shards
+    from lesion.pipeline.classifier import publish
 
-    drop_shards(spread)
-    return summary
+    return publish(out, summary, clock, spread, write_tables)
 
 
 def _summary(model, name, data, sites, table, curve, config, text: TextConfig) -> dict:
