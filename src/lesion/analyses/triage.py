@@ -231,7 +231,8 @@ def _timed_count(runner, every, est, seconds, done, spread) -> int:
     for j, i in enumerate(order):
         done[i] = {key: v[j] for key, v in values.items()}
     extra = int(max(0.0, seconds - per * len(order)) / per) if per > 0 else len(est)
-    return min(len(est), len(order) + extra)
+    # at least twice the pilot: the top block (half the budget) then holds the pilot's units
+    return min(len(est), max(len(order) + extra, 2 * len(order)))
 
 
 def _table(every, units, est, done, runner: Runner, col: str) -> pd.DataFrame:
