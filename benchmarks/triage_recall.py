@@ -36,7 +36,7 @@ def main() -> None:
         opt.step()
     m.eval()
     print("trained", round(time.time() - start), "s, loss", float(loss.detach()))
-    data, metric = {"input_ids": pattern(64, seed=9)}, lesion.NextTokenLoss()
+    data, metric = {"input_ids": pattern(64, seed=9)}, lesion.metrics.NextTokenLoss()
     units = [f"{s.name}:{j}" for s in lesion.find_sites(m, data) for j in range(s.width)]
     full = lesion.sweep(m, data, units, metric)
     k = math.ceil(0.01 * len(units))
