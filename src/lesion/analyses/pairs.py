@@ -121,7 +121,7 @@ def _pair_values(runner: Runner, chosen, r: Replacement, seed: int, progress: bo
     rng = np.random.default_rng(seed)
     checked = np.sort(rng.choice(len(chosen), size=min(CHECK_PAIRS, len(chosen)), replace=False))
     layers = {u.layer for p in chosen for u in p}
-    if len(layers) == 1 and r.constant and getattr(r, "repeats", 1) == 1:
+    if len(layers) == 1 and r.constant and r.repeats == 1:
         got = _on_engine(runner, chosen, r, progress)
         if got is not None:
             try:
