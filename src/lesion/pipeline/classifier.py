@@ -24,8 +24,7 @@ from typing import Any
 from lesion.errors import DataError, LesionError
 from lesion.pipeline.open import input_shape, open_any
 from lesion.pipeline.scale import batch_for, triaged
-from lesion.util.jsonable import jsonable
-from lesion.util.outputs import atomic_write, check_dir_target, check_file_target, write_folder
+from lesion.util.outputs import atomic_write, check_dir_target, check_file_target
 
 ARCHS = ("mlp", "convnet", "resnet", "gpt", "vit")
 RANKED_ORDERS = ("selectivity_high", "selectivity_low", "importance_high")
@@ -245,27 +244,10 @@ def analyze(
     stage(4, f"writing tables and figures to {out}")
     summary = _summary(model, data, sites, cand, table, curve, config)
 
+    from lesion.pipeline.folder import publish
+
     title = f"{model.name} on {data.name}"
     return publish(out, summary, clock, spread, lambda d: _write_outputs(d, table, curve, noisy, title=title))
-
-
-def publish(
-    out: Path, summary: dict, clock: Clock, spread: dict, write_tables: Callable[[Path], None]
-) -> dict:
-    """Write an analysis into ``out`` completely or not at all: its tables and figures, then
-    ``summary.json`` with the time of every step; the finished Ray shards kept for a rerun go."""
-
-    def write(folder: Path) -> None:
-        write_tables(folder)
-        clock.lap("outputs")
-        summary["seconds"] = clock.laps
-        (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
-
-    write_folder(out, write, kind="lesion analyze")
-    from lesion.backends.ray_sweep import drop_shards
-
-    drop_shards(spread)
-    return summary
 
 
 def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage: Stage = _quiet,

@@ -201,7 +201,7 @@ def analyze_lm(
         plot_loss_curves(curve, folder / "curves.png", title=f"Cumulative ablation: {model.name} on {name}")
         plot_unit_effects(table, folder / "unit_effects.png", title=f"Single-unit deletions: {model.name}")
 
-    from lesion.pipeline.classifier import publish
+    from lesion.pipeline.folder import publish
 
     return publish(out, summary, clock, spread, write_tables)
 
