@@ -67,6 +67,8 @@ class Runner:
         self._engine = None
         self.served = {"graph": 0, "prefix": 0}  # lesions each engine evaluated (after its checks)
         self._prefix = None  # the module-prefix engine (lesion.engine.prefix), made when first needed
+        self._closed: dict = {}  # the closed-form last block's plan by layer (None: it does not apply)
+        self._closed_memo: dict = {}  # its one recorded pass (2 examples), shared by every site
         self.shard_skip: float | None = None  # skipped(), as the shards of a ray sweep reported it
         self.cache_bytes: int | None = None  # a memory budget's cap on the engine's recorded outputs
 

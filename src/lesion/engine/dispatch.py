@@ -7,13 +7,14 @@ to the slow path and records why in ``runner.fallbacks``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from lesion.core.lesions import Lesion, replacement_key
 from lesion.core.runner import CHECKS, Mismatch, Runner
+from lesion.core.sites import Site
 from lesion.util.modules import eval_mode
 
 # the last block's MLP neurons through the final norm and the unembedding in closed form (lesion.engine.
@@ -58,19 +59,29 @@ def single_unit_groups(
         return
     from lesion.engine.sweeps import _plain
 
-    groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
-    for i, les in enumerate(lesions):
-        plain = all(n in runner.sites and _plain(runner.sites[n]) for n in les.units)
-        got = engine_fill(runner, les) if plain else None  # the graph engine serves channel sites only
-        if got is not None:
-            groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
-    groups = {key: members for key, members in groups.items() if len(members) > CHECKS}
+    groups = fill_groups(runner, lesions, _plain)  # the graph engine serves channel sites only
     if not groups or engine_of(runner) is None:
         return
     for (layer, _), members in groups.items():
         values = _engine_layer(runner, layer, members, [lesions[i] for i, _, _ in members], bar)
         if values is not None:
             yield [i for i, _, _ in members], values
+
+
+def fill_groups(
+    runner: Runner, lesions: Sequence[Lesion], serves: Callable[[Site], bool], skip: Container[int] = ()
+) -> dict[tuple, list[tuple[int, int, torch.Tensor]]]:
+    """Single-unit constant lesions (``engine_fill``) on sites ``serves`` accepts, positions in ``skip``
+    aside, grouped by (layer, replacement) as ``[(position, unit, fill)]``. Only groups of more than
+    ``CHECKS`` lesions are kept: a smaller group's check would re-run every one of them on the slow path."""
+    groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
+    for i, les in enumerate(lesions):
+        if i in skip or not all(n in runner.sites and serves(runner.sites[n]) for n in les.units):
+            continue
+        got = engine_fill(runner, les)
+        if got is not None:
+            groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
+    return {key: members for key, members in groups.items() if len(members) > CHECKS}
 
 
 def _engine_layer(runner, layer, members, lesions, bar) -> dict | None:
@@ -175,22 +186,13 @@ def closed_groups(runner: Runner, lesions: Sequence[Lesion], done: dict, *, bar=
 
     if not CLOSED_FORM or not runner.use_engine or runner.precision != "fp32":
         return
-    plans = runner.__dict__.setdefault("_closed", {})  # layer: LastBlock, or None where it does not apply
-    memo = runner.__dict__.setdefault("_closed_memo", {})  # one recorded pass (2 examples) for all sites
-    groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
-    for i, les in enumerate(lesions):
-        layers = list(les.units)
-        if i in done or len(layers) != 1 or layers[0] not in runner.sites or plans.get(layers[0], 1) is None:
-            continue
-        s = runner.sites[layers[0]]
-        if s.heads or s.group != 1 or s.hook != "output" or len(s.shape) != 2:
-            continue  # only (position, neuron) MLP sites have the closed form
-        got = engine_fill(runner, les)
-        if got is not None and f"closed:{got[0]}" not in runner.fallbacks:
-            groups.setdefault((got[0], replacement_key(les.replacement)), []).append((i, got[1], got[2]))
-    # a layer with CHECKS lesions or fewer: its check would re-run all of them on the slow path
-    groups = {key: members for key, members in groups.items() if len(members) > CHECKS}
-    for (layer, _), members in groups.items():
+    plans, memo = runner._closed, runner._closed_memo
+
+    def serves(s: Site) -> bool:  # only (position, neuron) MLP sites have the closed form
+        neuron = not s.heads and s.group == 1 and s.hook == "output" and len(s.shape) == 2
+        return neuron and plans.get(s.name, 1) is not None and f"closed:{s.name}" not in runner.fallbacks
+
+    for (layer, _), members in fill_groups(runner, lesions, serves, skip=done).items():
         if layer not in plans:
             try:
                 probe = next(iter(runner.batches())).slice(0, 2)
