@@ -107,3 +107,19 @@ def test_nan_activations_are_refused():
     x = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
     with pytest.raises(lesion.errors.DataError, match="NaN"):
         lesion.collect_stats(net, (x, torch.tensor([0, 1])), lesion.find_sites(net, x[1:]))
+
+
+def test_same_metric_compares_settings_and_takes_tensor_settings_by_identity():
+    """Intact values are reused only for an equal metric; a setting that is a tensor (a metric's example
+    groups) cannot be compared by value, so only the metric itself counts as equal."""
+    import torch
+
+    from lesion.core.stats import same_metric
+    from lesion.metrics import Classification
+    from lesion.roles.effects import LossChange
+
+    assert same_metric(Classification(), Classification())
+    assert not same_metric(Classification(3), Classification())
+    groups = torch.arange(5)
+    m = LossChange(3, groups)
+    assert same_metric(m, m) and not same_metric(m, LossChange(3, groups.clone()))

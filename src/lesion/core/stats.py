@@ -205,7 +205,12 @@ def data_key(data) -> tuple | None:
 def same_metric(a, b) -> bool:
     """Two metrics that compute the same values: the same class with the same settings."""
     settings = lambda m: {k: v for k, v in vars(m).items() if k not in ("sums", "n")}  # noqa: E731
-    return type(a) is type(b) and settings(a) == settings(b)
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(settings(a) == settings(b))
+    except (RuntimeError, TypeError, ValueError):  # tensors or arrays among the settings: only itself
+        return a is b
 
 
 class Stats(Mapping[str, SiteStats]):
