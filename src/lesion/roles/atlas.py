@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lesion.core.batch import Data, batches
+from lesion.errors import UnitError
 from lesion.roles.assemble import Atlas
 from lesion.util.jsonable import jsonable
 from lesion.util.outputs import write_folder
@@ -23,6 +24,15 @@ from lesion.util.outputs import write_folder
 TEMPLATES = Path(__file__).parent / "templates"
 ATLAS_FILES = ("roles.parquet", "cards.json", "atlas.html")
 THUMB = 64  # thumbnail side in pixels at most (small images are scaled up, pixelated, by the page)
+
+
+def one_card(atlas: Atlas, unit: str) -> Atlas:
+    """The atlas of ``unit``'s card alone (the explorers show one card at a time); a UnitError naming
+    why where the unit has none."""
+    card = next((c for c in atlas.cards if c.unit == unit), None)
+    if card is None:
+        raise UnitError(f"{unit} has no card: {'; '.join(atlas.meta['omissions'])}")
+    return Atlas([card], atlas.meta)
 
 
 def example_ids(atlas: Atlas) -> list[int]:

@@ -103,6 +103,7 @@ class Explorer:
         self._cache: OrderedDict[tuple[str, ...], Evaluation] = OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
+        self._atlas = None  # every unit's card (lesion.roles), measured at the first card request
         self._lo, self._hi = _display_range(self.x)
 
     @property
@@ -159,21 +160,18 @@ class Explorer:
         """One unit's card, as ``atlas.html`` shows it (``lesion.roles``): the cards of every unit are
         measured on the held-out data at the first request, under the lesion lock, and kept."""
         from lesion.roles.assemble import build
-        from lesion.roles.atlas import page_data, thumbnails
+        from lesion.roles.atlas import one_card, page_data, thumbnails
 
         chosen = self.selection([address]).units()
         if len(chosen) != 1:
             raise UnitError(f"expected one unit like 'layer:17', got {address!r}")
         with self._lock:
-            if getattr(self, "_atlas", None) is None:
+            if self._atlas is None:
                 self._atlas = build(self.model, (self.x, self.y), sites=self.sites)
-        card = next((c for c in self._atlas.cards if c.unit == str(chosen[0])), None)
-        if card is None:
-            raise UnitError(f"{chosen[0]} has no card: {'; '.join(self._atlas.meta['omissions'])}")
+        one = one_card(self._atlas, str(chosen[0]))
+        card = one.cards[0]
         images = thumbnails((self.x, self.y), [*card.top_index, *card.bottom_index])
-        doc = page_data(
-            type(self._atlas)([card], self._atlas.meta), images, title=self.name, classes=self.classes
-        )
+        doc = page_data(one, images, title=self.name, classes=self.classes)
         return {"card": doc["cards"][0], "meta": doc["meta"], "images": doc["images"]}
 
     def unit_rows(self) -> list[dict]:

@@ -142,6 +142,7 @@ class TextExplorer:
         self.blocks = blocks_of(self.sites)
         self.strings = token_strings(self.tokens, tokenizer)
         self._lock = threading.Lock()  # one lesion's hooks on the shared model at a time
+        self._atlas = None  # every unit's card (lesion.roles), measured at the first card request
         self._cache: OrderedDict[tuple, TextResult] = OrderedDict()
         self._cache_size = cache_size
         self._mean: Mean | None = None
@@ -194,20 +195,17 @@ class TextExplorer:
     def card(self, address: str) -> dict:
         """One unit's card, as ``atlas.html`` shows it (``lesion.roles``): every card is measured on the
         text at the first request, under the lesion lock, and kept."""
-        from lesion.roles.assemble import Atlas, build
-        from lesion.roles.atlas import page_data, token_texts
+        from lesion.roles.assemble import build
+        from lesion.roles.atlas import one_card, page_data, token_texts
 
         chosen = self.selection([address]).units()
         if len(chosen) != 1:
             raise UnitError(f"expected one unit like 'layer:17', got {address!r}")
         data = model_input(self.model, self.tokens)
         with self._lock:
-            if getattr(self, "_atlas", None) is None:
+            if self._atlas is None:
                 self._atlas = build(self.model, data, sites=self.sites, batch_size=self.batch_size)
-        card = next((c for c in self._atlas.cards if c.unit == str(chosen[0])), None)
-        if card is None:
-            raise UnitError(f"{chosen[0]} has no card: {'; '.join(self._atlas.meta['omissions'])}")
-        one = Atlas([card], self._atlas.meta)
+        one = one_card(self._atlas, str(chosen[0]))
         names = {int(t): w for row, ws in zip(self.tokens.tolist(), self.strings, strict=False)
                  for t, w in zip(row, ws, strict=False)}  # fmt: skip
         texts = token_texts(data, one, decode=lambda ids: [names.get(int(t), f"t{t}") for t in ids])
