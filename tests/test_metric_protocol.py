@@ -129,3 +129,61 @@ def test_a_metric_without_a_loss_is_refused_by_attribution_by_name(setup):
 
     with pytest.raises(LesionError, match="Plain has no differentiable loss"):
         lesion.attribution_table(net, (x, y), metric=Plain(), exact=False)
+
+
+def test_the_explorer_measures_the_metric_beside_loss_and_accuracy(setup):
+    from lesion.serve import Explorer
+
+    net, x, y = setup
+    ex = Explorer(net, (x, y), metric=TrueClassProb(), curve_repeats=2, curve_points=5)
+    _, result = ex.evaluate(["1:0-3"])
+    assert result.values["p_true"] == pytest.approx(by_hand(net, x, y, [0, 1, 2, 3]), abs=1e-6)
+    assert ex.intact.values["p_true"] == pytest.approx(by_hand(net, x, y, []), abs=1e-6)
+    assert result.accuracy == lesion.sweep(net, (x, y), ["1:0-3"]).accuracy[0]  # the page's own parts
+    # importance is the harm in the metric's main value (higher p_true is better: its negated delta)
+    rows = {r["unit"]: r for r in ex.unit_rows()}
+    for j in range(8):
+        delta = by_hand(net, x, y, [j]) - by_hand(net, x, y, [])
+        assert rows[j]["delta_main"] == pytest.approx(delta, abs=1e-6)
+        assert rows[j]["importance"] == pytest.approx(-delta, abs=1e-6)
+    first = ex.curves[ex.curves.order == "importance_high"].groupby("n_ablated").p_true.mean()
+    top = sorted(range(8), key=lambda j: -rows[j]["importance"])[:2]
+    assert first[2] == pytest.approx(by_hand(net, x, y, top), abs=1e-6)  # most harmful by p_true first
+    summary = {c["order"]: c for c in ex.curve_summary()}
+    assert summary["random"]["value"][0] == pytest.approx(by_hand(net, x, y, []), abs=1e-6)
+
+
+def test_the_explorers_api_reports_the_metric(setup):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from lesion.serve import Explorer, create_app, running
+
+    net, x, y = setup
+    ex = Explorer(net, (x, y), metric=TrueClassProb(), curve_repeats=1, curve_points=3)
+    with running(create_app(ex)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        info = c.get("/api/model").json()
+        assert info["metric"] == {"main": "p_true", "curve": "p_true", "higher_is_better": True}
+        got = c.post("/api/evaluate", json={"units": ["1:2"]}).json()
+        assert got["values"]["p_true"] == pytest.approx(by_hand(net, x, y, [2]), abs=1e-6)
+        assert c.get("/api/curves").json()["column"] == "p_true"
+        unit = c.get("/api/units/1:2").json()
+        assert unit["delta_main"] == pytest.approx(by_hand(net, x, y, [2]) - by_hand(net, x, y, []), abs=1e-6)
+
+
+def test_joint_metrics_refuse_clashing_columns_and_copy_their_parts(setup):
+    import copy
+
+    from lesion.core.stats import same_metric
+
+    a = lesion.metrics.Joint(TrueClassProb(), lesion.metrics.Classification())
+    b = copy.copy(a)
+    assert b.parts[0] is not a.parts[0]  # a runner's copy accumulates on its own
+    assert same_metric(a, b) and not same_metric(a, lesion.metrics.Joint(TrueClassProb()))
+    net, x, y = setup
+    both = lesion.sweep(net, (x, y), ["1:0", "1:1-2"], a)
+    alone = lesion.sweep(net, (x, y), ["1:0", "1:1-2"])
+    assert both.p_true[1] == pytest.approx(by_hand(net, x, y, [1, 2]), abs=1e-6)
+    assert both.loss.tolist() == alone.loss.tolist() and both.accuracy.tolist() == alone.accuracy.tolist()
+    clash = lesion.metrics.Joint(lesion.metrics.Classification(), lesion.metrics.Classification())
+    with pytest.raises(LesionError, match="gives the column"):
+        lesion.sweep(net, (x, y), ["1:0"], clash)

@@ -137,7 +137,8 @@ def test_model_and_curves(setup, client):
     assert set(orders) == {"random", "selectivity_high", "importance_high"}
     assert orders["random"]["repeats"] == 2 and orders["random"]["n_ablated"][0] == 0
     assert orders["random"]["n_ablated"][-1] == 56
-    assert orders["random"]["accuracy"][0] == pytest.approx(intact.accuracy)
+    assert curves["column"] == "accuracy" and info["metric"]["main"] == "loss"
+    assert orders["random"]["value"][0] == pytest.approx(intact.accuracy)
 
 
 def test_images_are_pngs_of_the_held_out_examples(client):

@@ -18,7 +18,7 @@ from lesion.analyses.measures import auc
 from lesion.analyses.sweep import sites_for
 from lesion.core.batch import Data, reusable
 from lesion.core.lesions import Lesion
-from lesion.core.metric import Metric
+from lesion.core.metric import Classification, Metric
 from lesion.core.replacements import Replacement, as_replacement
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates
@@ -43,13 +43,16 @@ def unit_order(
     model: nn.Module | None = None,
     seed: int = 0,
     repeat: int = 0,
+    metric: Metric | None = None,
 ) -> list[Unit]:
     """The candidate units in the order they are deleted for a cumulative curve.
 
     ``random`` draws a permutation from (seed, repeat); ranked orders sort by a column of the unit table
-    (``selectivity``, ``importance`` = ``delta_loss``, ``mutual_info``) or by the L2 norm of each unit's
-    incoming weights, ``_high`` first or ``_low`` first; ties keep candidate order, NaN (dead) go last.
-    A sequence of units is taken as the order itself.
+    (``selectivity``, ``mutual_info``, ``importance``: the harm of deleting the unit alone in the
+    ``metric``'s main value, ``delta_<main>`` negated where higher is better; ``delta_loss`` for the
+    default Classification) or by the L2 norm of each unit's incoming weights, ``_high`` first or
+    ``_low`` first; ties keep candidate order, NaN (dead) go last. A sequence of units is taken as the
+    order itself.
     """
     if not isinstance(order, str):
         given = [u for item in order for u in parse_units(item).units()]
@@ -65,25 +68,31 @@ def unit_order(
     if order not in ORDERS:
         raise LesionError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)} or a unit list")
     key, _, direction = order.rpartition("_")
-    score = _scores(key, candidates, units, model)
+    score = _scores(key, candidates, units, model, metric if metric is not None else Classification())
     rank = np.where(np.isnan(score), np.inf, -score if direction == "high" else score)
     return [candidates[i] for i in np.argsort(rank, kind="stable")]
 
 
-def _scores(key: str, candidates: list[Unit], units, model) -> np.ndarray:
+def _scores(key: str, candidates: list[Unit], units, model, metric: Metric) -> np.ndarray:
     if key == "weight_norm":
         if model is None:
             raise LesionError("weight_norm orders need the model")
         norms = {layer: incoming_weight_norms(model, layer) for layer in {u.layer for u in candidates}}
         return np.array([norms[u.layer][u.index] for u in candidates])
-    column = {"importance": "delta_loss"}.get(key, key)
+    column = f"delta_{metric.main}" if key == "importance" else key
     if units is None:
         raise LesionError(f"order by {key} needs the unit table: pass units=unit_table(...)")
+    if column not in units.columns:
+        raise LesionError(
+            f"order by {key} needs the unit table's column {column!r}; expected a unit table measured "
+            f"with the curves' metric ({type(metric).__name__})"
+        )
     table = units.set_index(["layer", "unit"])[column]
     try:
-        return np.array([table.loc[(u.layer, u.index)] for u in candidates], dtype=np.float64)
+        score = np.array([table.loc[(u.layer, u.index)] for u in candidates], dtype=np.float64)
     except KeyError as exc:
         raise LesionError(f"the unit table has no row for candidate unit {exc}") from None
+    return -score if key == "importance" and metric.higher_is_better else score
 
 
 def incoming_weight_norms(model: nn.Module, layer: str) -> np.ndarray:
@@ -164,7 +173,8 @@ def ablation_curves(
     jobs = [(n, o, r) for n, o in named for r in (ids if isinstance(o, str) and o == "random" else [0])]
     rows = []
     bar = progress_bar(None, "ablation curves", progress, total=len(jobs) * len(counts))
-    seqs = [unit_order(o, pool, units=units, model=model, seed=seed, repeat=r) for _, o, r in jobs]
+    seqs = [unit_order(o, pool, units=units, model=model, seed=seed, repeat=r, metric=runner.metric)
+            for _, o, r in jobs]  # fmt: skip
     groups: dict[tuple, list[int]] = {}  # orders of one name and length run side by side on the engine
     for i, (name, _, _) in enumerate(jobs):
         groups.setdefault((name, len(seqs[i])), []).append(i)

@@ -7,7 +7,7 @@ lesioned model. It is ``sweep``'s slow path with the ``Classification`` metric.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
@@ -27,13 +27,16 @@ class Evaluation:
     accuracy: float
     per_class_accuracy: np.ndarray  # (classes,), NaN for a class absent from the data
     confusion: np.ndarray  # (classes, classes): rows true class, columns predicted
+    values: dict[str, float] = field(default_factory=dict)  # every scalar the metric gave (its own columns)
 
 
 def as_evaluation(values: Mapping[str, np.ndarray], i: int = 0) -> Evaluation:
-    """The ``i``-th lesion's Classification values as an Evaluation."""
+    """The ``i``-th lesion's Classification values as an Evaluation (with any other metric's scalars
+    measured alongside in ``values``)."""
     conf = values["confusion"][i]
+    scalars = {k: float(v[i]) for k, v in values.items() if np.ndim(v) == 1}
     return Evaluation(int(conf.sum()), float(values["loss"][i]), float(values["accuracy"][i]),
-                      values["accuracy_class"][i], conf)  # fmt: skip
+                      values["accuracy_class"][i], conf, scalars)  # fmt: skip
 
 
 def evaluate(

@@ -16,6 +16,7 @@ adds another accumulator's sums (another shard of the data). Scalar outputs (n,)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -286,6 +287,69 @@ class Scalar(Metric):
 
     def compute(self):
         return {self.name: self.sums[self.name] / self.sums["count"]}
+
+
+class Joint(Metric):
+    """Several metrics measured on the same outputs in one pass: ``first`` decides what effects are
+    reported in (``main``, ``curve``, ``higher_is_better``, ``loss``), the others add their columns.
+    Column names must not collide.
+
+    >>> import torch
+    >>> m = Joint(MSE(), Scalar(lambda out, batch: out[:, 0], name="first")); m.reset(1)
+    >>> b = Batch((torch.zeros(2, 1),), target=torch.zeros(2, 1))
+    >>> m.update(torch.tensor([[[1.0], [3.0]]]), b, slice(0, 1))
+    >>> {k: v.tolist() for k, v in m.compute().items()}, m.main
+    ({'mse': [5.0], 'first': [2.0]}, 'mse')
+    """
+
+    def __init__(self, first: Metric, *others: Metric):
+        parts = (first, *others)
+        for part in parts:
+            if not isinstance(part, Metric):
+                raise MetricError(f"Joint({type(part).__name__}): expected lesion.metrics.Metric instances")
+        self.parts = parts
+        self.main, self.curve, self.higher_is_better = first.main, first.curve, first.higher_is_better
+        self.classes = any(p.classes for p in parts)
+        self.unscored_last = first.unscored_last
+        self.needs_intact = any(p.needs_intact for p in parts)
+        # the engine's agreement check (``close``) applies every part's rules to the columns
+        self.discrete = tuple(k for p in parts for k in p.discrete)
+        self.exempt = tuple(k for p in parts for k in p.exempt)
+
+    def reset(self, n: int) -> None:
+        super().reset(n)
+        for part in self.parts:
+            part.reset(n)
+
+    def update(self, outputs, batch, lesions, intact=None):
+        for part in self.parts:
+            part.update(outputs, batch, lesions, intact=intact if part.needs_intact else None)
+
+    def merge(self, other: Metric) -> Metric:
+        if not isinstance(other, Joint) or len(other.parts) != len(self.parts):
+            raise MetricError(f"cannot merge a {type(other).__name__} into a Joint of {len(self.parts)} metrics")
+        for mine, theirs in zip(self.parts, other.parts, strict=True):
+            mine.merge(theirs)
+        return self
+
+    def compute(self):
+        out: dict[str, np.ndarray] = {}
+        for part in self.parts:
+            values = part.compute()
+            clash = sorted(set(values) & set(out))
+            if clash:
+                raise MetricError(
+                    f"Joint: {type(part).__name__} gives the column(s) {clash} another metric gives too; "
+                    "expected metrics with distinct column names"
+                )
+            out |= values
+        return out
+
+    def loss(self, output, batch):
+        return self.parts[0].loss(output, batch)
+
+    def __copy__(self) -> Joint:  # a runner copies its metric per run: each part gets its own sums
+        return Joint(*(copy.copy(p) for p in self.parts))
 
 
 def columns(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from lesion.core.batch import Data, output_tensor, reusable
 from lesion.core.capture import grab
-from lesion.core.metric import check_labels
+from lesion.core.metric import Metric, check_labels
 from lesion.core.sites import Site
 from lesion.errors import DataError, LesionError
 from lesion.util import Binning
@@ -203,14 +203,28 @@ def data_key(data) -> tuple | None:
 
 
 def same_metric(a, b) -> bool:
-    """Two metrics that compute the same values: the same class with the same settings."""
-    settings = lambda m: {k: v for k, v in vars(m).items() if k not in ("sums", "n")}  # noqa: E731
+    """Two metrics that compute the same values: the same class with the same settings (metrics among
+    the settings, as a ``Joint``'s parts, compared the same way)."""
+
     if type(a) is not type(b):
         return False
-    try:
-        return bool(settings(a) == settings(b))
-    except (RuntimeError, TypeError, ValueError):  # tensors or arrays among the settings: only itself
-        return a is b
+    mine, theirs = ({k: v for k, v in vars(m).items() if k not in ("sums", "n")} for m in (a, b))
+    if mine.keys() != theirs.keys():
+        return False
+    for key, x in mine.items():
+        y = theirs[key]
+        if isinstance(x, tuple | list) and x and all(isinstance(v, Metric) for v in x):
+            if not isinstance(y, tuple | list) or len(x) != len(y):
+                return False
+            if not all(same_metric(u, v) for u, v in zip(x, y, strict=True)):
+                return False
+            continue
+        try:
+            if not bool(x == y):
+                return False
+        except (RuntimeError, TypeError, ValueError):  # tensors or arrays among the settings: only itself
+            return a is b
+    return True
 
 
 class Stats(Mapping[str, SiteStats]):

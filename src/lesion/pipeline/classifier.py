@@ -112,20 +112,20 @@ class AnalysisConfig:
 
 def units(
     model, test, *, sites=None, units=None, importance: bool = True, batch_size: int = 1000,
-    progress: bool = False, reference=None, **spread,
+    progress: bool = False, reference=None, metric=None, **spread,
 ):  # fmt: skip
     """The unit table on held-out ``test`` data (``importance=False``: statistics only); ``spread``:
     ``backend``, ``address``, ``shards``, ``resume`` of ``unit_table``."""
     from lesion.analyses.paper import unit_table
 
     return unit_table(model, test, sites=sites, units=units, importance=importance, batch_size=batch_size,
-                      progress=progress, reference=reference, **spread)  # fmt: skip
+                      progress=progress, reference=reference, metric=metric, **spread)  # fmt: skip
 
 
 def curves(
     model, train, *, sites=None, candidates: Sequence[str] | None = None, orders=("random",), repeats=10,
     seed: int = 0, fractions: int | None = None, units=None, batch_size: int = 1000, progress: bool = False,
-    reference=None,
+    reference=None, metric=None,
 ):  # fmt: skip
     """Cumulative ablation curves on ``train`` (the labels trained on), at ``fractions`` evenly spaced
     points (None: every unit count)."""
@@ -137,6 +137,7 @@ def curves(
     return ablation_curves(
         model, train, sites=sites, candidates=candidates, orders=orders, repeats=repeats, seed=seed,
         fractions=grid, units=units, batch_size=batch_size, progress=progress, reference=reference,
+        metric=metric,
     )  # fmt: skip
 
 

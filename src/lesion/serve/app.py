@@ -53,6 +53,15 @@ class Scores(BaseModel):
     loss: float = Field(description="Mean cross-entropy.")
     per_class_accuracy: list[float | None] = Field(description="Accuracy per class (null: absent).")
     confusion: list[list[int]] = Field(description="Counts: rows true class, columns predicted class.")
+    values: dict[str, float | None] = Field(
+        description="Every scalar the explorer's metric gives (loss and accuracy, and a metric's own)."
+    )
+
+
+class MetricInfo(BaseModel):
+    main: str = Field(description="The column effects are reported in (a unit's importance is its delta).")
+    curve: str = Field(description="The column the cumulative deletion curves show.")
+    higher_is_better: bool
 
 
 class ModelInfo(BaseModel):
@@ -63,6 +72,7 @@ class ModelInfo(BaseModel):
     n_units: int
     sites: list[Site]
     intact: Scores = Field(description="The intact model on the held-out data.")
+    metric: MetricInfo
 
 
 class UnitRow(BaseModel):
@@ -77,8 +87,11 @@ class UnitRow(BaseModel):
     dead: bool = Field(description="True when the unit never responds on the held-out data.")
     loss: float = Field(description="Loss with this unit alone deleted.")
     accuracy: float = Field(description="Accuracy with this unit alone deleted.")
-    delta_loss: float = Field(description="Importance: loss deleted minus intact.")
+    delta_loss: float = Field(description="Loss deleted minus intact.")
     delta_accuracy: float = Field(description="Accuracy deleted minus intact.")
+    main: float = Field(description="The metric's main column with this unit alone deleted (loss by default).")
+    delta_main: float = Field(description="Its change against the intact model.")
+    importance: float = Field(description="Harm when deleted alone: delta_main, negated where higher is better.")
 
 
 class TopExample(BaseModel):
@@ -114,13 +127,14 @@ class Curve(BaseModel):
     order: str = Field(description="random, selectivity_high (most selective first) or importance_high.")
     repeats: int
     n_ablated: list[int]
-    accuracy: list[float] = Field(description="Mean over repeats.")
-    accuracy_sd: list[float]
+    value: list[float] = Field(description="The curve column (see Curves.column), mean over repeats.")
+    value_sd: list[float]
 
 
 class Curves(BaseModel):
     candidates: list[str] = Field(description="Layers whose units the curves delete.")
     n_candidates: int
+    column: str = Field(description="The metric's column the curves show (accuracy by default).")
     curves: list[Curve]
 
 
@@ -147,6 +161,8 @@ def model_info(ex: Ex) -> dict:
         "name": ex.name, "dataset": ex.dataset, "classes": list(ex.classes),
         "input_shape": list(ex.x.shape[1:]), "n_units": len(ex.units),
         "sites": sites, "intact": _scores(ex.intact),
+        "metric": {"main": ex.metric.main, "curve": ex.metric.curve_column,
+                   "higher_is_better": bool(ex.metric.higher_is_better)},
     }  # fmt: skip
 
 
@@ -202,11 +218,13 @@ def evaluate(body: EvaluateRequest, ex: Ex) -> dict:
 
 @router.get("/curves", response_model=Curves, summary="Cumulative deletion curves")
 def curves(ex: Ex) -> dict:
-    """Accuracy as candidate units are deleted one after another, at random (mean and SD over repeats),
-    most selective first, and most important first; measured on the held-out data at startup."""
+    """Accuracy (or the metric's curve column) as candidate units are deleted one after another, at
+    random (mean and SD over repeats), most selective first, and most important first; measured on the
+    held-out data at startup."""
     names = [s.name for s in ex.candidates]
     n = sum(s.width for s in ex.candidates)
-    return {"candidates": names, "n_candidates": n, "curves": ex.curve_summary()}
+    return {"candidates": names, "n_candidates": n, "column": ex.metric.curve_column,
+            "curves": ex.curve_summary()}  # fmt: skip
 
 
 @router.get(
@@ -276,5 +294,5 @@ def _scores(result) -> dict:
     return jsonable({
         "n": result.n, "accuracy": result.accuracy, "correct": int(result.confusion.trace()),
         "loss": result.loss, "per_class_accuracy": result.per_class_accuracy.tolist(),
-        "confusion": result.confusion.astype(int).tolist(),
+        "confusion": result.confusion.astype(int).tolist(), "values": result.values,
     })  # fmt: skip

@@ -2,9 +2,11 @@
 
 ``Explorer`` measures everything a page needs when it is built (the unit table, cumulative curves, each
 unit's class means and top-activating examples) and then answers one question per click: accuracy,
-loss, per-class accuracy and confusion matrix under a lesion. Every lesion is applied with forward hooks
-on the one shared model under a lock, so concurrent requests never see each other's hooks, and the
-model is never changed.
+loss, per-class accuracy and confusion matrix under a lesion, and the values of a ``metric=`` of the
+user's own, measured in the same passes (``lesion.metrics.Joint``): its ``main`` column is the unit
+table's importance beside loss and accuracy, its curve column the curves' axis. Every lesion is applied
+with forward hooks on the one shared model under a lock, so concurrent requests never see each other's
+hooks, and the model is never changed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 from lesion.analyses.evaluation import Evaluation, as_evaluation
 from lesion.core.capture import grab
 from lesion.core.lesions import Lesion
-from lesion.core.metric import Classification
+from lesion.core.metric import Classification, Joint, Metric
 from lesion.core.runner import Runner
 from lesion.core.sites import Site, default_candidates, find_sites
 from lesion.core.stats import collect_stats, per_example
@@ -77,6 +79,7 @@ class Explorer:
         top_k: int = 12,
         cache_size: int = 512,
         progress: bool = False,
+        metric: Metric | None = None,
     ):
         self.model, self.name, self.dataset = model, name, dataset
         self.x, self.y = _pair(data)
@@ -86,17 +89,20 @@ class Explorer:
         self.candidates = default_candidates(self.sites)
         self._lock = threading.Lock()  # one lesion's hooks on the shared model at a time
         xy = (self.x, self.y)
+        # the page's classification parts, and a metric of the user's own beside them in the same passes
+        self.metric = _scored(metric)
         # one intact pass: the statistics and the intact model, shared by the runner, the unit table
         # and the curves
-        stats = collect_stats(model, xy, self.sites, batch_size=batch_size, metric=Classification())
-        self._runner = Runner(model, xy, self.sites, batch_size=batch_size, measured=stats)
+        stats = collect_stats(model, xy, self.sites, batch_size=batch_size, metric=self.metric)
+        self._runner = Runner(model, xy, self.sites, metric=self.metric, batch_size=batch_size, measured=stats)
         self.intact: Evaluation = as_evaluation(self._runner.intact)
         self.classes = _class_names(classes, self.n_classes)
         self.units = study.units(model, xy, sites=self.sites, batch_size=batch_size, progress=progress,
-                                 reference=stats)  # fmt: skip
+                                 reference=stats, metric=self.metric)  # fmt: skip
         self.curves = study.curves(
             model, xy, sites=self.sites, orders=CURVE_ORDERS, repeats=curve_repeats, units=self.units,
             fractions=curve_points, batch_size=batch_size, progress=progress, reference=stats,
+            metric=self.metric,
         )  # fmt: skip
         self.activity = _activity(model, self.x, self.y, self.sites, self.n_classes, top_k, batch_size)
         self._rows = self.units.set_index(["layer", "unit"])
@@ -148,9 +154,12 @@ class Explorer:
             for i, v in zip(act.top_index[:, unit.index], act.top_value[:, unit.index], strict=True)
         ]
         drops = [row[f"delta_accuracy_class_{c}"] for c in range(self.n_classes)]
+        main = self.metric.main
         return {
             "layer": unit.layer, "unit": unit.index, "address": str(unit),
             **{k: row[k] for k in UNIT_COLUMNS[2:]},
+            "main": row[main], "delta_main": row[f"delta_{main}"],
+            "importance": -row[f"delta_{main}"] if self.metric.higher_is_better else row[f"delta_{main}"],
             "per_class_delta_accuracy": drops,
             "class_means": act.class_means[:, unit.index].tolist(),
             "top_examples": top,
@@ -174,21 +183,33 @@ class Explorer:
         doc = page_data(one, images, title=self.name, classes=self.classes)
         return {"card": doc["cards"][0], "meta": doc["meta"], "images": doc["images"]}
 
+    def importance(self):
+        """Each unit's harm when deleted alone, in the metric's ``main`` column: its delta, negated where
+        higher is better (Classification: ``delta_loss``)."""
+        delta = self.units[f"delta_{self.metric.main}"]
+        return -delta if self.metric.higher_is_better else delta
+
     def unit_rows(self) -> list[dict]:
-        """One dict per unit with the columns of ``UNIT_COLUMNS`` (per-class drops left out)."""
-        return self.units[list(UNIT_COLUMNS)].to_dict("records")
+        """One dict per unit with the columns of ``UNIT_COLUMNS`` (per-class drops left out), ``importance``
+        and the metric's own ``main`` value and delta under the keys ``main`` and ``delta_main``."""
+        main = self.metric.main
+        rows = self.units[list(UNIT_COLUMNS)].assign(
+            importance=self.importance(), main=self.units[main], delta_main=self.units[f"delta_{main}"]
+        )
+        return rows.to_dict("records")
 
     def curve_summary(self) -> list[dict]:
-        """Per order: units deleted and accuracy (mean and SD over repeats) at each measured count."""
+        """Per order: units deleted and the metric's curve column (``self.metric.curve_column``: accuracy
+        by default), mean and SD over repeats, at each measured count."""
         out = []
         for order, g in self.curves.groupby("order", sort=False):
-            stats = g.groupby("n_ablated")["accuracy"].agg(["mean", "std", "count"]).reset_index()
+            stats = g.groupby("n_ablated")[self.metric.curve_column].agg(["mean", "std", "count"]).reset_index()
             out.append({
                 "order": str(order),
                 "repeats": int(stats["count"].max()),
                 "n_ablated": stats["n_ablated"].astype(int).tolist(),
-                "accuracy": stats["mean"].tolist(),
-                "accuracy_sd": stats["std"].fillna(0.0).tolist(),
+                "value": stats["mean"].tolist(),
+                "value_sd": stats["std"].fillna(0.0).tolist(),
             })  # fmt: skip
         return out
 
@@ -208,6 +229,15 @@ class Explorer:
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
         return buf.getvalue()
+
+
+def _scored(metric: Metric | None) -> Metric:
+    """Classification, with ``metric`` first where it is another (its columns must not be loss/accuracy)."""
+    if metric is None or type(metric) is Classification:
+        return metric or Classification()
+    if not isinstance(metric, Metric):
+        raise DataError(f"metric is a {type(metric).__name__}; expected a lesion.metrics.Metric")
+    return Joint(metric, Classification())
 
 
 def _pair(data) -> tuple[torch.Tensor, torch.Tensor]:

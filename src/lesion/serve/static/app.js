@@ -89,7 +89,7 @@ function deleteMore(kind) {
       [pool[i], pool[j]] = [pool[j], pool[i]];
     }
   } else {
-    const key = kind === "selective" ? (u) => u.selectivity : (u) => u.delta_loss;
+    const key = kind === "selective" ? (u) => u.selectivity : (u) => u.importance;
     pool = pool.filter((u) => key(u) !== null).sort((a, b) => key(b) - key(a));
   }
   for (const u of pool.slice(0, k)) state.lesion.add(u.id);
@@ -137,9 +137,20 @@ function render(result) {
   $("loss").dataset.value = String(result.loss);
   $("loss-intact").textContent = fmt(intact.loss);
   setDelta($("loss-delta"), result.loss - intact.loss, false);
+  const metric = state.model.metric;
+  if (ownMetric()) {  // a metric of the user's own, measured beside loss and accuracy
+    $("own-metric").hidden = false;
+    $("own-name").textContent = metric.main;
+    $("own").textContent = fmt(result.values[metric.main]);
+    $("own").dataset.value = String(result.values[metric.main]);
+    $("own-intact").textContent = fmt(intact.values[metric.main]);
+    setDelta($("own-delta"), result.values[metric.main] - intact.values[metric.main], metric.higher_is_better);
+  }
   drawCharts();
   network.shadeOutputs(result.per_class_accuracy, intact.per_class_accuracy);
 }
+
+const ownMetric = () => !["loss", "accuracy"].includes(state.model.metric.main);
 
 function setDelta(node, d, higherIsBetter) {
   node.textContent = `Δ ${signed(d)}`;
@@ -157,7 +168,7 @@ function drawCharts() {
   charts.confusion($("confusion"), m.classes, r.confusion, m.intact.confusion, state.confusion, tooltip);
   const candidates = new Set(state.curves.candidates);
   const n = r.units.filter((id) => candidates.has(id.slice(0, id.lastIndexOf(":")))).length;
-  charts.curve($("curve"), state.curves, { n, accuracy: r.accuracy });
+  charts.curve($("curve"), state.curves, { n, value: r.values[state.curves.column] });
 }
 
 // ---------------------------------------------------------------------------------------- units
@@ -181,7 +192,8 @@ function unitTooltip(id) {
   const status = state.lesion.has(id) ? " · <b>deleted</b>" : "";
   return `<b>${esc(id)}</b>${status}<br>selectivity ${fmt(u.selectivity, 3)} · prefers ${cls}<br>` +
     `mutual information ${fmt(u.mutual_info, 3)} bits<br>deleted alone: Δ loss ${signed(u.delta_loss)}, ` +
-    `Δ accuracy ${signed(u.delta_accuracy)}`;
+    `Δ accuracy ${signed(u.delta_accuracy)}` +
+    (ownMetric() ? `, Δ ${esc(state.model.metric.main)} ${signed(u.delta_main)}` : "");
 }
 
 function onUnitClick(id, evt) {
@@ -208,7 +220,7 @@ function tooltip(html, evt) {
 }
 
 function recolour() {
-  const scale = unitScale(state.colour, state.units, state.model.classes.length);
+  const scale = unitScale(state.colour, state.units, state.model.classes.length, state.model.metric.main);
   network.recolour(state.units, scale);
   charts.legend($("legend"), scale, state.model.classes);
 }
@@ -263,6 +275,10 @@ async function start() {
   $("model-name").textContent = `${model.name} · ${model.dataset} · ${model.intact.n} held-out examples · ` +
     `${model.n_units} units in ${model.sites.length} layers`;
   $("curve-note").textContent = `held-out; deleting ${curves.candidates.join(", ")}`;
+  if (ownMetric()) {
+    $("colour-mode").querySelector("option[value=importance]").textContent = `importance (harm to ${model.metric.main})`;
+    $("delete-important").title = `delete the k units whose deletion alone harms ${model.metric.main} most`;
+  }
   const params = new URLSearchParams(location.search);
   state.colour = ["selectivity", "importance", "preferred"].includes(params.get("colour")) ? params.get("colour")
     : "selectivity";

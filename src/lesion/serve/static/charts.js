@@ -130,42 +130,57 @@ const CURVE_STYLE = {
   importance_high: { colour: "#dc2626", name: "most important first", dash: "2 2" },
 };
 
-// Accuracy against units deleted; the current lesion as a marked point.
+// The curve column (accuracy by default) against units deleted; the current lesion as a marked point.
 export function curve(svg, data, current) {
   const height = 190;
   const width = sized(svg, height);
-  const m = { l: 34, r: 10, t: 26, b: 28 };
+  const m = { l: 40, r: 10, t: 26, b: 28 };
   const n = data.n_candidates;
+  const [lo, hi] = curveRange(data, current);
   const x = (k) => m.l + ((width - m.l - m.r) * k) / n;
-  const y = (v) => m.t + (height - m.t - m.b) * (1 - v);
-  for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+  const y = (v) => m.t + (height - m.t - m.b) * (1 - (v - lo) / (hi - lo));
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
     el("line", { x1: m.l, x2: width - m.r, y1: y(v), y2: y(v), class: "grid" }, svg);
-    label(svg, m.l - 4, y(v) + 3, v.toFixed(2), { "text-anchor": "end" });
+    label(svg, m.l - 4, y(v) + 3, smart(v, 2), { "text-anchor": "end" });
   }
   for (const [k, anchor] of [[0, "start"], [Math.round(n / 2), "middle"], [n, "end"]]) {
     label(svg, x(k), height - 14, String(k), { "text-anchor": anchor });
   }
-  label(svg, (m.l + width - m.r) / 2, height - 2, "units deleted", { "text-anchor": "middle" });
+  label(svg, (m.l + width - m.r) / 2, height - 2, `units deleted (y: ${data.column})`, { "text-anchor": "middle" });
+  const clip = (v) => Math.min(hi, Math.max(lo, v));
   for (const c of data.curves) {
     const s = CURVE_STYLE[c.order] || { colour: "#6b7280", name: c.order };
     if (c.order === "random" && c.repeats > 1) {
-      const up = c.n_ablated.map((k, i) => `${x(k)},${y(Math.min(1, c.accuracy[i] + c.accuracy_sd[i]))}`);
-      const lo = c.n_ablated.map((k, i) => `${x(k)},${y(Math.max(0, c.accuracy[i] - c.accuracy_sd[i]))}`).reverse();
-      el("polygon", { points: [...up, ...lo].join(" "), fill: s.colour, opacity: 0.15 }, svg);
+      const up = c.n_ablated.map((k, i) => `${x(k)},${y(clip(c.value[i] + c.value_sd[i]))}`);
+      const down = c.n_ablated.map((k, i) => `${x(k)},${y(clip(c.value[i] - c.value_sd[i]))}`).reverse();
+      el("polygon", { points: [...up, ...down].join(" "), fill: s.colour, opacity: 0.15 }, svg);
     }
-    const pts = c.n_ablated.map((k, i) => `${x(k)},${y(c.accuracy[i])}`).join(" ");
+    const pts = c.n_ablated.map((k, i) => `${x(k)},${y(c.value[i])}`).join(" ");
     el("polyline", { points: pts, fill: "none", stroke: s.colour, "stroke-width": 1.6,
       "stroke-dasharray": s.dash || "none" }, svg);
   }
   drawCurveLegend(svg, data, width);
-  if (current) {
+  if (current && Number.isFinite(current.value)) {
     const cx = x(Math.min(n, current.n));
     el("line", { x1: cx, x2: cx, y1: m.t, y2: height - m.b, stroke: "#f97316", "stroke-dasharray": "3 3" }, svg);
-    el("circle", { cx, cy: y(current.accuracy), r: 5, fill: "#f97316", stroke: "#fff", "stroke-width": 1.5,
+    el("circle", { cx, cy: y(clip(current.value)), r: 5, fill: "#f97316", stroke: "#fff", "stroke-width": 1.5,
       id: "curve-marker" }, svg);
-    label(svg, cx + (cx > width - 90 ? -8 : 8), y(current.accuracy) - 8, "this lesion",
+    label(svg, cx + (cx > width - 90 ? -8 : 8), y(clip(current.value)) - 8, "this lesion",
       { "text-anchor": cx > width - 90 ? "end" : "start", fill: "#c2410c" });
   }
+}
+
+// The y range: 0..1 for accuracy, else the curves' (and the current lesion's) range, padded.
+function curveRange(data, current) {
+  if (data.column === "accuracy") return [0, 1];
+  const vals = data.curves.flatMap((c) => c.value.flatMap((v, i) => [v - c.value_sd[i], v + c.value_sd[i]]));
+  if (current && Number.isFinite(current.value)) vals.push(current.value);
+  let lo = Math.min(...vals);
+  let hi = Math.max(...vals);
+  if (!(hi > lo)) [lo, hi] = [lo - 0.5, hi + 0.5];
+  const pad = 0.05 * (hi - lo);
+  return [lo - pad, hi + pad];
 }
 
 // One row above the plot, so that it never hides a curve.

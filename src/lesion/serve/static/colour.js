@@ -55,15 +55,17 @@ export function quantile(values, q) {
 }
 
 // A unit -> colour function for a colour mode, and the legend describing it.
-export function unitScale(mode, units, nClasses) {
+export function unitScale(mode, units, nClasses, main = "loss") {
   if (mode === "preferred") {
     return { colour: (u) => (u.dead ? DEAD : categorical(u.preferred_class, nClasses)), kind: "classes" };
   }
   if (mode === "importance") {
-    const span = Math.max(1e-9, quantile(units.map((u) => Math.abs(u.delta_loss)), 0.98));
+    const span = Math.max(1e-9, quantile(units.map((u) => Math.abs(u.importance)), 0.98));
     return {
-      colour: (u) => (u.dead ? DEAD : diverging(u.delta_loss / span)),
-      kind: "diverging", lo: -span, hi: span, label: "Δ loss when deleted alone (grey: dead unit)",
+      colour: (u) => (u.dead ? DEAD : diverging(u.importance / span)),
+      kind: "diverging", lo: -span, hi: span,
+      label: main === "loss" ? "Δ loss when deleted alone (grey: dead unit)"
+        : `harm to ${main} when deleted alone (grey: dead unit)`,
     };
   }
   return {

@@ -8,7 +8,7 @@ function node(tag, attrs = {}, text = null) {
   return n;
 }
 
-function stats(d, classes) {
+function stats(d, classes, metric) {
   const dl = node("dl", { class: "stats" });
   const rows = [
     ["selectivity", fmt(d.selectivity)],
@@ -19,6 +19,9 @@ function stats(d, classes) {
     ["Δ accuracy, deleted alone", signed(d.delta_accuracy)],
     ["accuracy, deleted alone", fmt(d.accuracy, 4)],
   ];
+  if (metric && !["loss", "accuracy"].includes(metric.main)) {
+    rows.push([`Δ ${metric.main}, deleted alone`, signed(d.delta_main)], [`${metric.main}, deleted alone`, fmt(d.main, 4)]);
+  }
   if (d.dead) rows.push(["dead", "never responds on the held-out data"]);
   for (const [k, v] of rows) {
     dl.append(node("dt", {}, k), node("dd", { "data-stat": k }, v));
@@ -64,7 +67,7 @@ export function renderUnit(panel, state, toggle) {
   const grid = node("div", { class: "unit-grid" });
   const [means, meansSvg] = chartBox("mean activity per class", "unit-means");
   const [drops, dropsSvg] = chartBox("accuracy change per class when deleted alone", "unit-drops");
-  grid.append(stats(d, classes), means, drops);
+  grid.append(stats(d, classes, state.model.metric), means, drops);
   const title = node("p", { class: "thumbs-title" },
     "held-out images it responds to most (green: of its preferred class)");
   const cardButton = node("button", { type: "button", id: "unit-card-open" }, "its card (as in the atlas)");
