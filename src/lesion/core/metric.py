@@ -327,7 +327,9 @@ class Joint(Metric):
 
     def merge(self, other: Metric) -> Metric:
         if not isinstance(other, Joint) or len(other.parts) != len(self.parts):
-            raise MetricError(f"cannot merge a {type(other).__name__} into a Joint of {len(self.parts)} metrics")
+            raise MetricError(
+                f"cannot merge a {type(other).__name__} into a Joint of {len(self.parts)} metrics"
+            )
         for mine, theirs in zip(self.parts, other.parts, strict=True):
             mine.merge(theirs)
         return self

@@ -89,9 +89,9 @@ class UnitRow(BaseModel):
     accuracy: float = Field(description="Accuracy with this unit alone deleted.")
     delta_loss: float = Field(description="Loss deleted minus intact.")
     delta_accuracy: float = Field(description="Accuracy deleted minus intact.")
-    main: float = Field(description="The metric's main column with this unit alone deleted (loss by default).")
+    main: float = Field(description="The metric's main value with this unit alone deleted (default: loss).")
     delta_main: float = Field(description="Its change against the intact model.")
-    importance: float = Field(description="Harm when deleted alone: delta_main, negated where higher is better.")
+    importance: float = Field(description="Harm when deleted alone: delta_main, negated if higher is better.")
 
 
 class TopExample(BaseModel):

@@ -94,7 +94,8 @@ class Explorer:
         # one intact pass: the statistics and the intact model, shared by the runner, the unit table
         # and the curves
         stats = collect_stats(model, xy, self.sites, batch_size=batch_size, metric=self.metric)
-        self._runner = Runner(model, xy, self.sites, metric=self.metric, batch_size=batch_size, measured=stats)
+        self._runner = Runner(model, xy, self.sites, metric=self.metric, batch_size=batch_size,
+                              measured=stats)  # fmt: skip
         self.intact: Evaluation = as_evaluation(self._runner.intact)
         self.classes = _class_names(classes, self.n_classes)
         self.units = study.units(model, xy, sites=self.sites, batch_size=batch_size, progress=progress,
@@ -203,7 +204,8 @@ class Explorer:
         by default), mean and SD over repeats, at each measured count."""
         out = []
         for order, g in self.curves.groupby("order", sort=False):
-            stats = g.groupby("n_ablated")[self.metric.curve_column].agg(["mean", "std", "count"]).reset_index()
+            column = g.groupby("n_ablated")[self.metric.curve_column]
+            stats = column.agg(["mean", "std", "count"]).reset_index()
             out.append({
                 "order": str(order),
                 "repeats": int(stats["count"].max()),
