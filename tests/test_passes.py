@@ -57,21 +57,23 @@ def test_lesion_analyze_runs_the_intact_model_once_per_split(monkeypatch):
     net = build_model({"kind": "mlp", "input_shape": [1, 8, 8], "widths": [16, 16], "n_classes": 10}, seed=0)
     split = {id(data.y_train): "train", id(data.y_test): "test"}
     passes = {"train": 0, "test": 0}
-    real_run, real_collect = runner_module.Runner.run, stats_module.collect_stats
+    real_into, real_collect = runner_module.Runner._into, stats_module.collect_stats
 
-    def run(self, lesions, **kw):
-        passes[split[id(self.data[1])]] += sum(les is None for les in lesions)
-        return real_run(self, lesions, **kw)
+    def into(self, metric, lesion, i):  # one pass of the slow path; lesion None: the intact model
+        passes[split[id(self.data[1])]] += lesion is None
+        return real_into(self, metric, lesion, i)
 
     def collect(model, d, *a, **k):
         passes[split[id(d[1])]] += 1
         return real_collect(model, d, *a, **k)
 
-    monkeypatch.setattr(runner_module.Runner, "run", run)
+    monkeypatch.setattr(runner_module.Runner, "_into", into)
     for where in ("lesion.core.stats", "lesion.analyses.paper", "lesion.analyses.curves"):
         monkeypatch.setattr(f"{where}.collect_stats", collect)
     config = study.AnalysisConfig(repeats=1, noise_repeats=1, fractions=5)
-    study.measure(net, data, *study._sites(net, data, None), config, study.Clock())
+    from lesion.pipeline.spine import measure
+
+    measure(net, study.classifier_study(data, *study._sites(net, data, None)), config, study.Clock())
     assert passes == {"train": 1, "test": 1}
 
 
@@ -86,20 +88,59 @@ def test_the_explorer_measures_the_intact_model_once(monkeypatch):
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     x, y = torch.randn(60, 4), torch.arange(60) % 3
     count = [0]
-    real_run, real_collect = runner_module.Runner.run, stats_module.collect_stats
+    real_into, real_collect = runner_module.Runner._into, stats_module.collect_stats
 
-    def run(self, lesions, **kw):
-        count[0] += sum(les is None for les in lesions)
-        return real_run(self, lesions, **kw)
+    def into(self, metric, lesion, i):  # one pass of the slow path; lesion None: the intact model
+        count[0] += lesion is None
+        return real_into(self, metric, lesion, i)
 
     def collect(*a, **k):
         count[0] += 1
         return real_collect(*a, **k)
 
-    monkeypatch.setattr(runner_module.Runner, "run", run)
+    monkeypatch.setattr(runner_module.Runner, "_into", into)
     for where in ("lesion.core.stats", "lesion.analyses.paper", "lesion.analyses.curves",
                   "lesion.serve.explorer"):  # fmt: skip
         monkeypatch.setattr(f"{where}.collect_stats", collect)
     ex = Explorer(net, (x, y), curve_repeats=1, curve_points=3)
     assert count[0] == 1
     assert ex.intact.n == 60 and len(ex.units) == 6
+
+
+def test_a_language_models_analysis_runs_the_intact_model_once(monkeypatch):
+    """lesion analyze on a language model: the unit table and the curves share the one intact pass of
+    their one set of sequences (the spine's statistics pass, lesion.pipeline.spine)."""
+    transformers = pytest.importorskip("transformers")
+    from lesion.core import runner as runner_module
+    from lesion.core import stats as stats_module
+    from lesion.pipeline import classifier as study
+    from lesion.pipeline.spine import Study, measure
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, n_inner=8, vocab_size=30, n_positions=8)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    data = {"input_ids": torch.randint(0, 30, (6, 8))}
+    sites = lesion.find_sites(model, data, ["transformer.h.0.mlp.act"])
+    intact = [0]
+    real_into, real_collect = runner_module.Runner._into, stats_module.collect_stats
+
+    def into(self, metric, lesion, i):  # one pass of the slow path; lesion None: the intact model
+        intact[0] += lesion is None
+        return real_into(self, metric, lesion, i)
+
+    def collect(*a, **k):
+        intact[0] += 1
+        return real_collect(*a, **k)
+
+    monkeypatch.setattr(runner_module.Runner, "_into", into)
+    monkeypatch.setattr("lesion.core.stats.collect_stats", collect)
+    metric = lesion.metrics.NextTokenLoss()
+    plan = Study(test=data, train=data, sites=sites, candidates=[s.name for s in sites], metric=metric,
+                 orders=("importance_high",))  # fmt: skip
+    config = study.AnalysisConfig(repeats=1, fractions=3)
+    table, curve, noisy = measure(model, plan, config, study.Clock())
+    assert intact[0] == 1 and noisy is None
+    want = lesion.sweep(model, data, [f"transformer.h.0.mlp.act:{j}" for j in range(8)], metric)
+    assert table.delta_loss.tolist() == pytest.approx(want.delta_loss.tolist(), abs=1e-9)
+    start = curve[curve.n_ablated == 0].loss.tolist()  # random and importance_high
+    assert start == pytest.approx([want.attrs["intact"]["loss"]] * 2, abs=1e-9)

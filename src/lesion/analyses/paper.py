@@ -94,6 +94,8 @@ def unit_table(
         else:
             stats = collect_stats(model, data, sites, bins=bins, binning=binning, batch_size=batch_size,
                                   metric=metric)  # fmt: skip
+    elif measured_intact(reference, data, metric, batch_size) is not None:
+        stats = reference  # no class parts: only its intact values stand in for the runner's intact pass
     runner = Runner(
         model, data, sites, metric=metric, batch_size=batch_size, engine=engine, precision=precision,
         measured=stats,
@@ -119,7 +121,7 @@ def _table(units: list[Unit], stats: Stats | None, runner: Runner, values: dict)
     df = pd.DataFrame({"layer": [u.layer for u in units], "unit": [u.index for u in units]})
     if any(u.position is not None for u in units):
         df["position"] = [u.position for u in units]
-    if stats is not None:
+    if stats is not None and runner.metric.classes:
         _unit_stats(df, units, stats)
     cols = columns(values)
     intact = columns(runner.intact)

@@ -117,7 +117,24 @@ class Runner:
             )
 
     def run(self, lesions: Sequence[Lesion | Sequence[Lesion] | None], *, bar=None) -> dict[str, np.ndarray]:
-        """The slow path: each lesion (None: intact; a list: applied together) with hooks, one full pass."""
+        """The slow path: each lesion (None: intact; a list: applied together) with hooks, one full pass;
+        the intact model is measured once per runner, and a None among ``lesions`` takes those values."""
+        intact = getattr(self, "intact", None)
+        if intact is not None and any(les is None for les in lesions):
+            keep = [i for i, les in enumerate(lesions) if les is not None]
+            got = self.run([lesions[i] for i in keep], bar=bar) if keep else {}
+            if bar is not None:
+                bar.update(len(lesions) - len(keep))
+            out = {}
+            for key, whole in intact.items():
+                part = got.get(key, whole[:0])
+                if part.shape[1:] != whole.shape[1:]:
+                    break  # shapes that grew with the data seen (more classes): measure them all anew
+                values = np.repeat(whole[:1], len(lesions), axis=0).astype(np.result_type(whole, part))
+                values[keep] = part
+                out[key] = values
+            else:
+                return out
         metric = self.fresh(len(lesions))
         for i, les in enumerate(lesions):
             for r, draw in enumerate(_draws(les)):

@@ -23,7 +23,7 @@ from typing import Any
 
 from lesion.errors import DataError, LesionError
 from lesion.pipeline.open import input_shape, open_any
-from lesion.pipeline.scale import batch_for, triaged
+from lesion.pipeline.spine import Stage, _quiet
 from lesion.util.outputs import atomic_write, check_dir_target, check_file_target
 
 ARCHS = ("mlp", "convnet", "resnet", "gpt", "vit")
@@ -33,13 +33,6 @@ ANALYSIS_FILES = (  # what `analyze` writes into its folder
     *(f"{n}.{ext}" for n in ("curves", "noise", "selectivity_importance") for ext in ("png", "svg")),
 )  # fmt: skip
 DATA_SEED = 0  # the train/test split of every dataset; a model's metadata records the one it used
-Stage = Callable[[int, str], None]  # (step of 4, what happens now): progress reporting
-
-
-def _quiet(k: int, text: str) -> None:
-    return None
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """What ``lesion train`` builds and how it trains it."""
@@ -241,7 +234,9 @@ def analyze(
     sites, cand = _sites(net, data, config.layers)
     clock.lap("load")
     spread = config.spread(out)
-    table, curve, noisy = measure(net, data, sites, cand, config, clock, stage, spread)
+    from lesion.pipeline.spine import measure
+
+    table, curve, noisy = measure(net, classifier_study(data, sites, cand), config, clock, stage, spread)
     stage(4, f"writing tables and figures to {out}")
     summary = _summary(model, data, sites, cand, table, curve, config)
 
@@ -251,38 +246,18 @@ def analyze(
     return publish(out, summary, clock, spread, lambda d: _write_outputs(d, table, curve, noisy, title=title))
 
 
-def measure(net, data, sites, cand, config: AnalysisConfig, clock: Clock, stage: Stage = _quiet,
-            spread: dict | None = None):  # fmt: skip
-    """Unit table on the test split; ablation and noise curves on the train split (labels trained on).
-    The model runs intact once per split: the statistics pass of each split measures it too."""
+def classifier_study(data, sites, cand):
+    """The classifier's ``Study`` (``lesion.pipeline.spine``): unit table on the test split; curves, in
+    the paper's orders, and per-unit noise on the train split (the labels trained on)."""
     from lesion.core.metric import Classification
-    from lesion.core.stats import collect_stats
+    from lesion.pipeline.spine import Study
 
-    train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
     names = [s.name for s in cand]
-    stage(1, f"single-unit ablations: {sum(s.width for s in sites)} units, {len(test[1])} test examples")
-    if config.triage:
-        table = units(net, test, sites=sites, importance=False)
-        table = triaged(table, net, test, sites, None, config, spread)
-    else:
-        size = batch_for(net, test, config)
-        table = units(net, test, sites=sites, progress=True, batch_size=size, **(spread or {}))
-    clock.lap("unit_table")
-    n = config.repeats
-    stage(2, f"cumulative ablation: {n} random + {len(RANKED_ORDERS)} ranked orders, train split")
-    noisy_names = [s.name for s in cand if not s.heads] or names  # Noise needs one channel per unit
-    noisy_sites = [s for s in sites if s.name in noisy_names]
-    # one pass over the train split: the noise SDs and the intact model, for the curves and the noise
-    measured = collect_stats(net, train, noisy_sites, histograms=False, metric=Classification())
-    curve = curves(net, train, sites=sites, candidates=names, orders=("random", *RANKED_ORDERS), repeats=n,
-                   seed=config.seed, fractions=config.fractions, units=table, progress=True,
-                   reference=measured)  # fmt: skip
-    clock.lap("ablation_curves")
-    stage(3, f"per-unit noise: {config.noise_repeats} draws per scale, train split")
-    noisy = noise(net, train, sites=sites, candidates=noisy_names, repeats=config.noise_repeats,
-                  seed=config.seed, progress=True, reference=measured)  # fmt: skip
-    clock.lap("noise_curves")
-    return table, curve, noisy
+    return Study(
+        test=(data.x_test, data.y_test), train=(data.x_train, data.y_train), sites=sites, candidates=names,
+        metric=Classification(), orders=RANKED_ORDERS, noise=True,
+        noise_sites=[s.name for s in cand if not s.heads] or names,  # noise needs one channel per unit
+    )  # fmt: skip
 
 
 def dataset_for(info: dict, dataset: str | None, path: Path | None = None):

@@ -140,11 +140,11 @@ def analyze_lm(
     stage=lambda k, text: None,
 ) -> dict:
     """Unit table (every head and MLP neuron deleted alone, zero replacement, next-token loss) and
-    cumulative ablation curves in loss, written into ``out`` completely or not at all."""
-    import numpy as np
-
-    from lesion.analyses.paper import ablation_curves, unit_table
+    cumulative ablation curves in loss on the same sequences (``lesion.pipeline.spine``: one intact
+    pass), written into ``out`` completely or not at all."""
     from lesion.core.metric_lm import NextTokenLoss
+    from lesion.core.sites import find_sites
+    from lesion.pipeline.spine import Study, measure
 
     check_dir_target(out, LM_FILES, force=force)  # before any work
     if config.dataset:
@@ -152,46 +152,15 @@ def analyze_lm(
                           "on --text FILE or --tokens FILE")  # fmt: skip
     net, info = opened  # (model, info) of lesion.pipeline.classifier.open_any
     data, name = lm_data(net, info, text)
-    from lesion.core.sites import find_sites
-
     sites = find_sites(
         net, {"input_ids": data["input_ids"][:2]}, list(config.layers) if config.layers else None
     )
     clock.lap("load")
-    metric = NextTokenLoss()
-    n_units = sum(s.width for s in sites)
-    stage(1, f"single-unit ablations: {n_units} units, {len(data['input_ids'])} sequences")
+    study = Study(test=data, train=data, sites=sites, candidates=[s.name for s in sites],
+                  metric=NextTokenLoss(), orders=LM_ORDERS, examples="sequences")  # fmt: skip
     spread = config.spread(out)
-    if config.triage:
-        from lesion.pipeline.scale import triaged
-
-        base = unit_table(net, data, sites=sites, metric=metric, importance=False)
-        table = triaged(base, net, data, sites, metric, config, spread)
-    else:
-        from lesion.pipeline.scale import batch_for
-
-        size = batch_for(net, data, config)
-        table = unit_table(net, data, sites=sites, metric=metric, replacement=0.0, progress=True,
-                           batch_size=size, **spread)  # fmt: skip
+    table, curve, _ = measure(net, study, config, clock, stage, spread)
     table.insert(2, "kind", table["layer"].map({s.name: "head" if s.heads else "neuron" for s in sites}))
-    clock.lap("unit_table")
-    stage(2, f"cumulative ablation: {config.repeats} random + {len(LM_ORDERS)} ranked orders")
-    grid = None if config.fractions is None else np.linspace(0.0, 1.0, int(config.fractions))
-    curve = ablation_curves(
-        net,
-        data,
-        sites=sites,
-        candidates=[s.name for s in sites],
-        orders=("random", *LM_ORDERS),
-        repeats=config.repeats,
-        seed=config.seed,
-        fractions=grid,
-        units=table,
-        replacement=0.0,
-        metric=metric,
-        progress=True,
-    )
-    clock.lap("ablation_curves")
     stage(4, f"writing tables and figures to {out}")
     summary = _summary(model, name, data, sites, table, curve, config, text)
 
