@@ -33,6 +33,8 @@ ANALYSIS_FILES = (  # what `analyze` writes into its folder
     *(f"{n}.{ext}" for n in ("curves", "noise", "selectivity_importance") for ext in ("png", "svg")),
 )  # fmt: skip
 DATA_SEED = 0  # the train/test split of every dataset; a model's metadata records the one it used
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What ``lesion train`` builds and how it trains it."""
