@@ -22,7 +22,7 @@ from torch import nn
 from lesion.core.batch import Batch, as_batch
 from lesion.core.replacements import Context, Directions, Noise, Replacement, as_replacement
 from lesion.core.sites import DRY_RUN, Site, find_sites, hook_site
-from lesion.core.units import UnitSet, UnitSpec, parse_units
+from lesion.core.units import UnitSet, UnitSpec, fold, parse_units
 from lesion.errors import LesionError, SiteError, UnitError
 from lesion.util import Scaling
 
@@ -65,16 +65,7 @@ def compact(units: UnitSet) -> str:
     for layer, idx in units.items():
         pos = units.positions(layer)
         tail = "" if pos is None else "@" + ",".join(map(str, pos))
-        if idx is None:
-            parts.append(f"{layer}:*{tail}")
-            continue
-        runs, start = [], None
-        for a, b in zip(idx, (*idx[1:], None), strict=True):
-            start = a if start is None else start
-            if b != a + 1:
-                runs.append(str(a) if a == start else f"{start}-{a}")
-                start = None
-        parts.append(f"{layer}:{','.join(runs)}{tail}")
+        parts.append(f"{layer}:{'*' if idx is None else fold(idx)}{tail}")
     return " ".join(parts)
 
 

@@ -372,22 +372,22 @@ def _parse_indices(sel: str, text: str, limit: int, layer: str = "") -> tuple[in
     return tuple(i for lo, hi in merged for i in range(lo, hi + 1))
 
 
+def fold(indices) -> str:
+    """Indices with runs folded into ranges: ``fold([0, 1, 2, 3, 7]) == "0-3,7"`` (the one place ranges
+    are folded; the explorer's page has its own copy in JavaScript)."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def compact(selection: UnitSet) -> list[str]:
     """Unit addresses with runs folded into ranges, one string per layer: ``['fc1:0-9,17', 'fc2:5']``.
 
     >>> compact(parse_units(["fc1:0-3", "fc1:7", "fc2:5"]))
     ['fc1:0-3,7', 'fc2:5']
     """
-    out = []
-    for layer, idx in selection.items():
-        idx = sorted(idx or ())
-        runs: list[list[int]] = []
-        for i in idx:
-            if runs and i == runs[-1][1] + 1:
-                runs[-1][1] = i
-            else:
-                runs.append([i, i])
-        parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
-        if parts:
-            out.append(f"{layer}:{','.join(parts)}")
-    return out
+    return [f"{layer}:{fold(idx)}" for layer, idx in selection.items() if idx]
