@@ -1,0 +1,137 @@
+"""Triage recall on trained decoders where the exact truth is affordable (issue 28's acceptance).
+
+Models (``--model``):
+- ``w5``: W5's shape (HF GPT-2 architecture, 4 blocks, d_model 256, 8 heads, 1,024 MLP neurons a block:
+  4,096 neurons + 32 heads), trained on the built-in ``repeat`` corpus (induction: the second half of each
+  sequence repeats the first, so attention heads and MLP neurons both carry the task).
+- ``t34``: the T3/T4 decoder of ``lesion reproduce --profile quick`` (lesion's GPT, d 32, 2 blocks,
+  4 heads, 128 neurons a block), trained as its job trains it (``markov`` corpus, 512 sequences of 32
+  tokens, 6 epochs).
+
+For each: the exact single-unit sweep of every head and MLP neuron (zero replacement, next-token loss) is
+the truth; ``lesion.sweep(..., triage="10%", seed=s)`` for seeds 0-9 gives exact effects for 10% of the
+units; recall = the share of the true top 1% by |delta_loss| that triage computed exactly, against the
+recall triage reports (point and 95% interval). The same for the first block's heads alone, where the
+first-order estimate is known to be poor. Results: ``--out FILE`` (JSON).
+
+Usage: python benchmarks/triage_recall_trained.py --model w5 --out benchmarks/results/DATE-triage-recall-w5.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+
+import lesion
+from lesion.analyses.attribution import spearman
+from lesion.data import builtin_tokens
+
+
+def w5_model(steps: int):
+    import transformers
+
+    seqs, vocab = builtin_tokens("repeat", n=4096, seq_len=32, seed=0)
+    cfg = transformers.GPT2Config(n_layer=4, n_embd=256, n_head=8, n_inner=1024, vocab_size=vocab,
+                                  n_positions=32, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)  # fmt: skip
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    train, test = torch.as_tensor(seqs[:3584]), torch.as_tensor(seqs[3584:])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = train[torch.randint(0, len(train), (32,), generator=g)]
+        loss = m(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        held = float(m(input_ids=test[:64], labels=test[:64]).loss)
+    return m, {"input_ids": test[:64]}, {"train_loss": float(loss.detach()), "test_loss": held,
+                                         "steps": steps, "corpus": "repeat"}  # fmt: skip
+
+
+def t34_model():
+    from lesion.training.lm import train_decoder
+
+    seqs, vocab = builtin_tokens("markov", n=512, seq_len=32, seed=0)
+    net, _, history = train_decoder(seqs, vocab, {"d_model": 32, "n_layer": 2, "n_head": 4}, seed=0,
+                                    epochs=6, lr=3e-3, batch_size=32)  # fmt: skip
+    net.eval()
+    test = torch.as_tensor(seqs[len(seqs) * 3 // 4 :])[:32]  # the quick profile's t34_lm_sequences
+    final = history.iloc[-1]
+    return net, {"input_ids": test}, {"train_loss": float(final.train_loss), "test_loss": float(final.test_loss),
+                                      "corpus": "markov"}  # fmt: skip
+
+
+def recall_rows(model, data, metric, sites, seeds, budget="10%"):
+    units = [f"{s.name}:{j}" for s in sites for j in range(s.width)]
+    start = time.time()
+    full = lesion.sweep(model, data, units, metric, sites=sites)
+    exact_seconds = time.time() - start
+    k = max(1, math.ceil(0.01 * len(units)))
+    best = set(np.argsort(-full.delta_loss.abs().to_numpy(), kind="stable")[:k].tolist())
+    est = lesion.attribution_table(model, data, metric=metric, sites=sites, exact=False)
+    rows = []
+    for seed in seeds:
+        t0 = time.time()
+        df = lesion.sweep(model, data, metric=metric, sites=sites, triage=budget, seed=seed)
+        exact = set(np.flatnonzero(df.source.to_numpy() == "exact").tolist())
+        t = df.attrs["triage"]
+        rows.append({"seed": seed, "true_recall": len(best & exact) / k, "reported": t["recall"],
+                     "low": t["low"], "high": t["high"], "seconds": time.time() - t0})  # fmt: skip
+    covered = sum(r["low"] - 1e-9 <= r["true_recall"] <= r["high"] + 1e-9 for r in rows)
+    return {
+        "units": len(units), "top_k": k, "budget": budget, "exact_sweep_seconds": exact_seconds,
+        "spearman_estimate_vs_exact": float(spearman(est.estimate, full.delta_loss)),
+        "mean_true_recall": float(np.mean([r["true_recall"] for r in rows])),
+        "min_true_recall": float(np.min([r["true_recall"] for r in rows])),
+        "interval_covers_truth": f"{covered}/{len(rows)}", "seeds": rows,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["w5", "t34"], required=True)
+    ap.add_argument("--steps", type=int, default=600, help="w5: training steps (batches of 32)")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.time()
+    model, data, trained = w5_model(args.steps) if args.model == "w5" else t34_model()
+    train_seconds = time.time() - t0
+    metric = lesion.metrics.NextTokenLoss()
+    sites = lesion.find_sites(model, data)
+    seeds = list(range(args.seeds))
+    result = {
+        "model": args.model, "trained": trained, "train_seconds": train_seconds,
+        "sites": [s.name for s in sites], "machine": {"platform": platform.platform(), "cpus": 2,
+                                                     "load_at_start": list(__import__("os").getloadavg())},
+        "all_units": recall_rows(model, data, metric, sites, seeds),
+    }  # fmt: skip
+    first_heads = [s for s in sites if s.heads][:1]
+    if first_heads:
+        result["first_block_heads"] = recall_rows(model, data, metric, first_heads, seeds, budget="25%")
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    a = result["all_units"]
+    print(f"{args.model}: {a['units']} units, top {a['top_k']}: mean true recall {a['mean_true_recall']:.3f} "
+          f"(min {a['min_true_recall']:.3f}), interval covers the truth {a['interval_covers_truth']}, "
+          f"spearman {a['spearman_estimate_vs_exact']:.3f}")  # fmt: skip
+    if "first_block_heads" in result:
+        h = result["first_block_heads"]
+        print(
+            f"first block's heads: mean true recall {h['mean_true_recall']:.3f}, covers "
+            f"{h['interval_covers_truth']}, reported {[round(r['reported'], 2) for r in h['seeds']]}"
+        )
+
+
+if __name__ == "__main__":
+    main()
