@@ -97,6 +97,26 @@ def test_tiny_gpt_triage_matches_the_exact_sweep():
     assert df["loss"][guessed].isna().all() and df["loss"][~guessed].notna().all()
 
 
+def test_heads_are_examined_exactly_first_where_they_fit_half_the_budget():
+    from lesion.analyses.triage import heads_first, triage_sweep
+    from tests.text_support import pattern, tiny_gpt
+
+    model = tiny_gpt()
+    data = {"input_ids": pattern(24, seed=7)}
+    sites = lesion.find_sites(model, data)
+    units = [(s.name, j) for s in sites for j in range(s.width)]
+    heads = [i for i, (layer, _) in enumerate(units) if layer.endswith("attn")]
+    assert heads and heads_first(units, sites, 2 * len(heads)).tolist() == heads
+    assert heads_first(units, sites, 2 * len(heads) - 1).size == 0  # more than half the budget: ranked
+    metric = lesion.metrics.NextTokenLoss()
+    df = triage_sweep(model, data, None, metric, 2 * len(heads) + 4, sites=sites, seed=0)
+    assert (df.source.to_numpy()[heads] == "exact").all() and df.attrs["triage"]["heads_first"] == len(heads)
+    top, sampled = choose(np.arange(10.0), 6, sample=0.5, always=[0, 1])
+    assert set(top.tolist()) >= {0, 1} and len(top) + len(sampled) == 6 and not set(top) & set(sampled)
+    alone = triage_sweep(model, data, None, metric, 2 * len(heads) + 4, sites=sites, exhaust_heads=False)
+    assert alone.attrs["triage"]["heads_first"] == 0
+
+
 class Saturated(nn.Module):
     """``out = sum_j w_j (h_j - 1)^2`` with every ``h_j`` near 1: the gradient at the intact model is near 0
     while deleting ``h_j`` (to 0) changes the output by about ``w_j``: the estimate ranks units at random."""

@@ -1,8 +1,10 @@
 """Triage: every unit's effect estimated, the likely large ones computed exactly, and the misses counted.
 
 ``sweep(model, data, triage=budget)`` lands here. The attribution estimate (one forward and one backward
-pass per batch) ranks every unit; an exact budget of ``B`` lesions goes to the top units by |estimate|
-(``B - m``) and to a seeded uniform random sample of ``m`` of the rest (``sample`` share of the budget).
+pass per batch) ranks every unit; an exact budget of ``B`` lesions goes first to every attention head
+where the heads take at most half of it (the estimate is known to fail for heads; ``heads_first``), then
+to the top units by |estimate| and to a seeded uniform random sample of ``m`` of the rest (``sample``
+share of what is left). The heads and the top units form the top block.
 The table has every unit: exact numbers where computed (``source == "exact"``), the estimate elsewhere.
 
 The recall of the true top-k (``k`` = the top 1% by |exact effect| by default) is estimated from the
@@ -79,19 +81,36 @@ def _count(b: int, n_units: int, shown: str) -> int:
     return b
 
 
-def choose(est: np.ndarray, budget: int, *, sample: float = SAMPLE, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """(top, sampled): positions of the top ``budget - m`` units by |estimate| and a seeded uniform
-    sample of ``m = round(sample * budget)`` of the others (none when the budget covers every unit)."""
+def choose(
+    est: np.ndarray, budget: int, *, sample: float = SAMPLE, seed: int = 0, always: Sequence[int] = ()
+) -> tuple[np.ndarray, ...]:
+    """(top, sampled): the ``always`` positions (examined whatever their estimate), the top units of the
+    others by |estimate| and a seeded uniform sample of ``m = round(sample * b)`` of the rest, ``b`` the
+    budget left after ``always`` (no sample when the budget covers every unit)."""
     n = len(est)
     if not 0 <= sample < 1:
         raise LesionError(f"sample={sample!r}; expected a share of the budget in [0, 1)")
-    m = 0 if budget >= n else min(round(sample * budget), n - (budget - round(sample * budget)))
-    order = np.argsort(-np.abs(est), kind="stable")
-    top = np.sort(order[: budget - m])
-    rest = np.sort(order[budget - m :])
+    fixed = np.unique(np.asarray(always, dtype=np.int64))
+    left, others = budget - len(fixed), np.setdiff1d(np.arange(n), fixed)
+    if left < 0:
+        raise LesionError(f"{len(fixed)} units to examine always exceed the exact budget of {budget}")
+    m = 0 if left >= len(others) else min(round(sample * left), len(others) - (left - round(sample * left)))
+    order = others[np.argsort(-np.abs(est[others]), kind="stable")]
+    top = np.sort(np.concatenate([fixed, order[: left - m]]))
+    rest = np.sort(order[left - m :])
     rng = np.random.default_rng(seed)
     sampled = np.sort(rng.choice(rest, size=m, replace=False)) if m else np.zeros(0, dtype=np.int64)
     return top, sampled
+
+
+def heads_first(units: Sequence[tuple[str, int]], sites: Sequence[Site], budget: int) -> np.ndarray:
+    """Positions of the attention heads among ``units``, examined exactly whatever their estimate where
+    they take at most half the budget: the first-order estimate is known to fail for heads (attention
+    saturates; Kramar et al. 2024's AtP* and the T4 study's first block), and heads are few (144 of
+    GPT-2 small's 37,008 units)."""
+    heads = {s.name for s in sites if s.heads}
+    idx = np.array([i for i, (layer, _) in enumerate(units) if layer in heads], dtype=np.int64)
+    return idx if 0 < len(idx) <= budget // 2 else np.zeros(0, dtype=np.int64)
 
 
 def recall_interval(top: np.ndarray, sampled: np.ndarray, rest: int, k: int, level: float = LEVEL) -> dict:
@@ -152,12 +171,14 @@ def triage_sweep(
     progress: bool = False,
     spread: dict | None = None,
     cache_bytes: int | None = None,
+    exhaust_heads: bool = True,
 ) -> pd.DataFrame:
     """``sweep(..., triage=budget)``: one row per single-unit lesion (default: every unit of ``sites``,
     deleted with zero). Columns: ``lesion``, ``layer``, ``unit``, ``estimate``, ``source`` (exact or
     estimated), the metric's columns (NaN where estimated) and ``delta_<column>``; ``delta_<main>`` holds
     the estimate where no exact number was computed. ``df.attrs["triage"]`` holds the budget, the top
-    block, the sample, k, the recall, its interval and the method."""
+    block, the sample, k, the recall, its interval and the method. ``exhaust_heads=False`` ranks heads
+    by their estimate like any unit (to measure how the recall interval reports a poor estimate)."""
     start = time.perf_counter()
     metric = metric if metric is not None else Classification()
     col = main_column(metric)
@@ -176,7 +197,8 @@ def triage_sweep(
     done: dict[int, dict[str, np.ndarray]] = {}
     if seconds is not None:
         count = _timed_count(runner, every, est, seconds - (time.perf_counter() - start), done, spread)
-    top_idx, sampled = choose(est, count, sample=sample, seed=seed)
+    always = heads_first(units, used, count) if exhaust_heads else np.zeros(0, dtype=np.int64)
+    top_idx, sampled = choose(est, count, sample=sample, seed=seed, always=always)
     todo = [i for i in np.concatenate([top_idx, sampled]).tolist() if i not in done]
     with progress_bar(None, "exact lesions", progress, total=len(todo)) as bar:
         values = evaluate(runner, [every[i] for i in todo], bar=bar, **spread) if todo else {}
@@ -189,12 +211,14 @@ def triage_sweep(
     stats = recall_interval(exact[top_idx], exact[sampled], rest, k, level)
     df.attrs["triage"] = {
         "budget": str(budget), "units": len(units), "exact": len(done), "top": len(top_idx),
+        "heads_first": len(always),
         "sampled": len(sampled), "seed": seed, "k": k, "top_share": top, "level": level, **stats,
         "seconds": time.perf_counter() - start,
         "claim": f"recall of the top {k} >= {stats['low']:.2f} at {level:.0%} confidence (point "
         f"{stats['recall']:.2f}; the point is unreliable when the sample holds no top-{k} unit)",
         "method": "exact hypergeometric test inverted over the number of top-k units left unexamined, "
-        "from the uniform random sample of the units outside the top block (lesion.analyses.triage)",
+        "from the uniform random sample of the units outside the top block (lesion.analyses.triage); "
+        "attention heads examined exactly first where they take at most half the budget",
     }  # fmt: skip
     return df
 
@@ -259,4 +283,4 @@ def _table(every, units, est, done, runner: Runner, col: str) -> pd.DataFrame:
     return df
 
 
-__all__ = ["choose", "parse_budget", "recall_interval", "triage_sweep"]
+__all__ = ["choose", "heads_first", "parse_budget", "recall_interval", "triage_sweep"]
