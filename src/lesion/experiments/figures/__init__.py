@@ -2,7 +2,9 @@
 
 A study is one ``Figure`` (its jobs, the analysis of their outputs into tables and claims, and, if it
 draws its own plot, ``draw``); ``register`` adds it, and ``lesion reproduce`` runs whatever is registered.
-Sizes a study needs beyond the shared ones come from ``Profile.size(study, key, default)``.
+The sizes a study alone uses it declares with their defaults (``Figure(..., sizes={"ensemble": 12})``) and
+reads with ``STUDY.size(profile, key)``; a profile changes them in ``Profile.sizes[study id]``, and
+``check_sizes`` refuses a size no registered study declares.
 """
 
 from lesion.errors import LesionError
@@ -15,6 +17,7 @@ from lesion.experiments.figures.replacements import T3, T4
 from lesion.experiments.figures.scale import SIZE
 from lesion.experiments.figures.units import F5A, F5B, F6, F7
 from lesion.experiments.figures.vit_grokking import T1, T2
+from lesion.experiments.profiles import Profile
 
 STUDIES: dict[str, Figure] = {}  # id -> study, in registration (= report) order
 
@@ -34,10 +37,22 @@ def registered() -> tuple[Figure, ...]:
     return tuple(STUDIES.values())
 
 
+def check_sizes(p: Profile) -> None:
+    """Refuse a profile that sets sizes of a study not registered, or a size its study does not declare."""
+    unknown = [s for s in p.sizes if s not in STUDIES]
+    if unknown:
+        raise LesionError(
+            f"profile {p.name!r} sets sizes of {', '.join(map(repr, unknown))}; expected registered studies "
+            f"({', '.join(STUDIES)})"
+        )
+    for study in p.sizes:
+        STUDIES[study].sizes_in(p)
+
+
 for _study in (F1, F2, F3, F4, F4C, F5A, F5B, F6, F7, SIZE, ZHOU, AMJAD, LEAVITT, ROTATION, MEYES, BAU2020,
                T1, T2, T3, T4):  # fmt: skip
     register(_study)
 
 FIGURES: tuple[Figure, ...] = registered()  # the built-in studies
 
-__all__ = ["FIGURES", "STUDIES", "Figure", "Outcome", "register", "registered"]
+__all__ = ["FIGURES", "STUDIES", "Figure", "Outcome", "check_sizes", "register", "registered"]

@@ -194,13 +194,14 @@ AMJAD = Figure(
 
 # ---- Leavitt & Morcos 2020: a selectivity regulariser
 
+LEAVITT_SIZES = {"alphas": (-10.0, -1.0, 0.0, 1.0, 10.0), "epochs": 10}  # regulariser strengths, epochs
+
 
 def _reg_nets(p: Profile) -> dict[tuple[float, int], Job]:
+    epochs = LEAVITT.size(p, "epochs")
     return {
-        (a, s): train(
-            p, p.small_widths, seed=s, until=False, epochs=p.alpha_epochs, select_reg=a, subset=True
-        )
-        for a in p.alphas
+        (a, s): train(p, p.small_widths, seed=s, until=False, epochs=epochs, select_reg=a, subset=True)
+        for a in LEAVITT.size(p, "alphas")
         for s in p.seeds
     }
 
@@ -314,6 +315,7 @@ LEAVITT = Figure(
     "Leavitt & Morcos 2020",
     leavitt_jobs,
     leavitt_analyse,
+    sizes=LEAVITT_SIZES,
 )
 
 
@@ -322,11 +324,8 @@ LEAVITT = Figure(
 
 def rotation_jobs(p: Profile) -> dict[str, Job]:
     net = train(p, corrupt=0.0, seed=p.seeds[0])
-    return {
-        "rotation": Job(
-            "rotation", {"repeats": p.rotation_repeats, "fractions": p.fractions, "seed": 0}, {"model": net}
-        )
-    }
+    params = {"repeats": ROTATION.size(p, "repeats"), "fractions": p.fractions, "seed": 0}
+    return {"rotation": Job("rotation", params, {"model": net})}
 
 
 def rotation_analyse(p: Profile, out: Outputs) -> Outcome:
@@ -376,5 +375,10 @@ def rotation_analyse(p: Profile, out: Outputs) -> Outcome:
 
 
 ROTATION = Figure(
-    "bau-rotation", "Random-rotation control", "Bau et al. 2017", rotation_jobs, rotation_analyse
+    "bau-rotation",
+    "Random-rotation control",
+    "Bau et al. 2017",
+    rotation_jobs,
+    rotation_analyse,
+    sizes={"repeats": 3},  # random orders per basis (the units', a random rotation's)
 )

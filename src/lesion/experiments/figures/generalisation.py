@@ -115,10 +115,13 @@ def corruption_checks(groups: dict, what: str) -> list:
 
 # ---- F2: per-unit noise against label corruption
 
+F2_SIZES = {"repeats": 2, "scales": 11}  # noise draws per scale; scales log-spaced 10^-1.5 .. 10^1
+
 
 def f2_jobs(p: Profile) -> dict[str, Job]:
-    scales = list(np.logspace(-1.5, 1, p.noise_scales)) if p.noise_scales != len(DEFAULT_SCALES) else None
-    params = {"repeats": p.noise_repeats} | ({"scales": scales} if scales else {})
+    n = F2.size(p, "scales")
+    scales = list(np.logspace(-1.5, 1, n)) if n != len(DEFAULT_SCALES) else None
+    params = {"repeats": F2.size(p, "repeats")} | ({"scales": scales} if scales else {})
     return {_name(c, s): Job("noise", params, {"model": net}) for (c, s), net in _corruption_nets(p).items()}
 
 
@@ -171,16 +174,22 @@ def f2_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"noise": table.drop(columns="log10_scale"), "robustness": rob}, [c])
 
 
-F2 = Figure("F2", "Per-unit noise vs label corruption", "Morcos et al. 2018, Fig. 2", f2_jobs, f2_analyse)
+F2 = Figure("F2", "Per-unit noise vs label corruption", "Morcos et al. 2018, Fig. 2", f2_jobs, f2_analyse,
+            sizes=F2_SIZES)  # fmt: skip
 
 
 # ---- F3: an ensemble of clean-label networks, best vs worst generalisers
 
+# networks differing only in seed (100, 101, ...), trained for ``epochs``; the best and worst ``extremes``
+# generalisers are compared
+F3_SIZES = {"ensemble": 12, "extremes": 3, "epochs": 10}
+
 
 def _ensemble(p: Profile) -> dict[int, Job]:
+    epochs = F3.size(p, "epochs")
     return {
-        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=p.ensemble_epochs, subset=True)
-        for s in range(p.ensemble)
+        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=epochs, subset=True)
+        for s in range(F3.size(p, "ensemble"))
     }
 
 
@@ -191,11 +200,12 @@ def f3_jobs(p: Profile) -> dict[str, Job]:
 
 
 def f3_analyse(p: Profile, out: Outputs) -> Outcome:
-    table = gather(out, {f"net{s}": {"net": s} for s in range(p.ensemble)}, "curves.parquet")
-    nets = pd.DataFrame([{"net": s, **final_metrics(out, f"train/net{s}")} for s in range(p.ensemble)])
+    ensemble = range(F3.size(p, "ensemble"))
+    table = gather(out, {f"net{s}": {"net": s} for s in ensemble}, "curves.parquet")
+    nets = pd.DataFrame([{"net": s, **final_metrics(out, f"train/net{s}")} for s in ensemble])
     nets = nets.merge(aucs(table, ["net", "repeat"]).groupby("net", as_index=False)["auc"].mean(), on="net")
     nets = nets.sort_values("test_accuracy", ascending=False, ignore_index=True)
-    k = p.extremes
+    k = F3.size(p, "extremes")
     nets["group"] = ["best"] * k + ["middle"] * (len(nets) - 2 * k) + ["worst"] * k
     best, worst = nets[nets.group == "best"], nets[nets.group == "worst"]
     stat = corr(nets["test_accuracy"], nets["auc"])
@@ -251,20 +261,25 @@ F3 = Figure(
     "Morcos et al. 2018, Fig. 3",
     f3_jobs,
     f3_analyse,
+    sizes=F3_SIZES,
 )
 
 
 # ---- F4c: a hyperparameter sweep, AUC against test accuracy
 
+# every learning rate x batch size x seed, each net trained for ``epochs``
+F4C_SIZES = {"lrs": (1e-4, 3e-4, 1e-3, 3e-3), "batch_sizes": (32, 512), "seeds": (0, 1), "epochs": 8}
+
 
 def _sweep(p: Profile) -> dict[str, Job]:
+    z = F4C.sizes_in(p)
     return {
         f"lr{lr:g}/bs{bs}/seed{s}": train(
-            p, p.sweep_widths, seed=s, until=False, epochs=p.sweep_epochs, lr=lr, batch_size=bs, subset=True
+            p, p.sweep_widths, seed=s, until=False, epochs=z["epochs"], lr=lr, batch_size=bs, subset=True
         )
-        for lr in p.sweep_lrs
-        for bs in p.sweep_batch_sizes
-        for s in p.sweep_seeds
+        for lr in z["lrs"]
+        for bs in z["batch_sizes"]
+        for s in z["seeds"]
     }
 
 
@@ -276,7 +291,7 @@ def f4c_jobs(p: Profile) -> dict[str, Job]:
 
 
 def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
-    rows = []
+    z, rows = F4C.sizes_in(p), []
     for name, job in _sweep(p).items():
         opts = job.params["train"]
         a = aucs(read(out, f"curves/{name}", "curves.parquet"), ["repeat"])["auc"]
@@ -296,8 +311,8 @@ def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
         "Across hyperparameter settings, ablation AUC predicts test accuracy (criterion: Pearson r > 0: "
         "its 95% interval above 0)",
         "96 CIFAR-10 settings x 2 seeds: r = 0.914",
-        f"Pearson r (AUC, test accuracy) over {stat['n']} nets ({len(p.sweep_lrs)} learning rates x "
-        f"{len(p.sweep_batch_sizes)} batch sizes x {len(p.sweep_seeds)} seeds) = {fmt(stat['pearson_r'], 3)} "
+        f"Pearson r (AUC, test accuracy) over {stat['n']} nets ({len(z['lrs'])} learning rates x "
+        f"{len(z['batch_sizes'])} batch sizes x {len(z['seeds'])} seeds) = {fmt(stat['pearson_r'], 3)} "
         f"(p = {pval(stat['pearson_p'])}); Spearman rho = {fmt(stat['spearman_rho'], 2)}",
         {k: stat[k] for k in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "n")},
         [
@@ -315,5 +330,10 @@ def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
 
 
 F4C = Figure(
-    "F4c", "Hyperparameter sweep: AUC vs test accuracy", "Morcos et al. 2018, Fig. 4c", f4c_jobs, f4c_analyse
+    "F4c",
+    "Hyperparameter sweep: AUC vs test accuracy",
+    "Morcos et al. 2018, Fig. 4c",
+    f4c_jobs,
+    f4c_analyse,
+    sizes=F4C_SIZES,
 )

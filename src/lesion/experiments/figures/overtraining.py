@@ -30,16 +30,19 @@ from lesion.experiments.figures.common import (
 from lesion.experiments.profiles import Profile
 
 OPTIMIZERS = ("adam", "sgd")
+# measured at each checkpoint (epochs) of nets trained for ``epochs``, on past the test-loss minimum; the
+# SGD net with momentum 0.9 at ``sgd_lr``, as the paper's replications trained
+F4_SIZES = {"checkpoints": (0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "epochs": 32, "sgd_lr": 0.01}
 
 
 def _long(p: Profile, optimizer: str = "adam") -> Job:
-    opts = {"optimizer": "sgd", "lr": p.sgd_lr} if optimizer == "sgd" else {}
+    opts = {"optimizer": "sgd", "lr": F4.size(p, "sgd_lr")} if optimizer == "sgd" else {}
     return train(
         p,
         p.long_widths,
         until=False,
-        epochs=p.long_epochs,
-        checkpoints=list(p.checkpoints),
+        epochs=F4.size(p, "epochs"),
+        checkpoints=list(F4.size(p, "checkpoints")),
         subset=True,
         **opts,
     )
@@ -55,7 +58,7 @@ def f4_jobs(p: Profile) -> dict[str, Job]:
     jobs = {}
     for opt in OPTIMIZERS:
         net = _long(p, opt)
-        for e in p.checkpoints:
+        for e in F4.size(p, "checkpoints"):
             jobs[f"{opt}/curves/{e:g}"] = curves(p, net, checkpoint=_ckpt(e))
             jobs[f"{opt}/metrics/{e:g}"] = Job("evaluate", {"checkpoint": _ckpt(e)}, {"model": net})
     return jobs
@@ -63,7 +66,7 @@ def f4_jobs(p: Profile) -> dict[str, Job]:
 
 def _checkpoints(p: Profile, out: Outputs, opt: str, per_curve: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for e in p.checkpoints:
+    for e in F4.size(p, "checkpoints"):
         m = read(out, f"{opt}/metrics/{e:g}", "metrics.parquet").set_index("split")
         a = per_curve[per_curve.epoch == e]["auc"]
         rows.append(
@@ -123,7 +126,9 @@ def _over_training_checks(ep: pd.DataFrame, per_curve: pd.DataFrame, opt: str) -
 
 def f4_analyse(p: Profile, out: Outputs) -> Outcome:
     names = {
-        f"{o}/curves/{e:g}": {"optimizer": o, "epoch": float(e)} for o in OPTIMIZERS for e in p.checkpoints
+        f"{o}/curves/{e:g}": {"optimizer": o, "epoch": float(e)}
+        for o in OPTIMIZERS
+        for e in F4.size(p, "checkpoints")
     }
     table = gather(out, names, "curves.parquet")
     eps, claims = [], []
@@ -162,7 +167,7 @@ def f4_analyse(p: Profile, out: Outputs) -> Outcome:
 
 def _f4a_claim(p: Profile, opt: str, ep: pd.DataFrame, checks: list) -> dict:
     i_auc, i_loss = int(ep["auc"].idxmax()), int(ep["test_loss"].idxmin())
-    name = "Adam" if opt == "adam" else f"SGD (momentum 0.9, lr {p.sgd_lr:g})"
+    name = "Adam" if opt == "adam" else f"SGD (momentum 0.9, lr {F4.size(p, 'sgd_lr'):g})"
     still = " (test loss still falling at the last checkpoint)" if i_loss == len(ep) - 1 else ""
     return claim(
         "F4a" if opt == "adam" else "F4a-sgd",
@@ -196,4 +201,5 @@ F4 = Figure(
     "Morcos et al. 2018, Fig. 4a-b",
     f4_jobs,
     f4_analyse,
+    sizes=F4_SIZES,
 )

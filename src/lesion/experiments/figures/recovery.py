@@ -21,13 +21,17 @@ from lesion.experiments.profiles import Profile
 
 # ---- Meyes et al. 2019: ablate a group, retrain the rest with the group held at 0
 
+# the fractions of units deleted as a group, random groups per fraction, retraining epochs with the group
+# held at 0
+MEYES_SIZES = {"fractions": (0.1, 0.25, 0.5, 0.75, 0.9), "repeats": 3, "epochs": 2}
+
 
 def meyes_jobs(p: Profile) -> dict[str, Job]:
     net = train(p, corrupt=0.0, seed=p.seeds[0])
     params = {
-        "fractions": list(p.recovery_fractions),
-        "repeats": p.recovery_repeats,
-        "epochs": p.recovery_epochs,
+        "fractions": list(MEYES.size(p, "fractions")),
+        "repeats": MEYES.size(p, "repeats"),
+        "epochs": MEYES.size(p, "epochs"),
         "lr": p.lr,
         "batch_size": p.batch_size,
         "seed": 0,
@@ -39,7 +43,7 @@ def meyes_analyse(p: Profile, out: Outputs) -> Outcome:
     t = read(out, "recovery", "recovery.parquet")
     t["gain"] = t["after"] - t["before"]
     by = t.groupby("fraction")[["before", "after", "gain"]].mean()
-    intact = float(t["intact"].iloc[0])
+    intact, epochs = float(t["intact"].iloc[0]), MEYES.size(p, "epochs")
     gains = {f: g["gain"].to_numpy() for f, g in t.groupby("fraction")}
     est, ci = bootstrap_rows(gains, lambda m: float(np.mean(list(m.values()))))
     gain = make_check(
@@ -64,7 +68,7 @@ def meyes_analyse(p: Profile, out: Outputs) -> Outcome:
         unit="deleted groups",
     )
     measured = (
-        f"intact test accuracy {fmt(intact)}; right after deleting / after {p.recovery_epochs} epochs of "
+        f"intact test accuracy {fmt(intact)}; right after deleting / after {epochs} epochs of "
         "retraining: "
         + ", ".join(f"{f:.0%} deleted {fmt(r.before)} / {fmt(r.after)}" for f, r in by.iterrows())
         + f"; mean gain {interval(gain)}; share of the loss recovered at the largest fraction "
@@ -85,11 +89,19 @@ def meyes_analyse(p: Profile, out: Outputs) -> Outcome:
 
 
 MEYES = Figure(
-    "meyes-recovery", "Recovery by retraining after deletion", "Meyes et al. 2019", meyes_jobs, meyes_analyse
+    "meyes-recovery",
+    "Recovery by retraining after deletion",
+    "Meyes et al. 2019",
+    meyes_jobs,
+    meyes_analyse,
+    sizes=MEYES_SIZES,
 )
 
 
 # ---- Bau et al. 2020: the few units a class needs, and whether they suffice
+
+# the k top units per class (those below the layer's width are measured), random k-unit controls
+BAU_SIZES = {"ks": (1, 2, 5, 10, 20, 50, 100, 200), "repeats": 2}
 
 
 def _layer(p: Profile) -> str:
@@ -98,14 +110,15 @@ def _layer(p: Profile) -> str:
 
 def claim_k(p: Profile) -> int:
     """The k of the claim: Bau et al.'s 20 of 512 units (4%), the nearest k measured."""
-    ks = [k for k in p.class_ks if k <= p.widths[-1]]
+    ks = [k for k in BAU2020.size(p, "ks") if k <= p.widths[-1]]
     return min(ks, key=lambda k: abs(k - 0.04 * p.widths[-1]))
 
 
 def bau_jobs(p: Profile) -> dict[str, Job]:
     net = train(p, corrupt=0.0, seed=p.seeds[0])
-    ks = [k for k in p.class_ks if k < p.widths[-1]]
-    params = {"layer": _layer(p), "ks": ks, "repeats": p.class_repeats, "seed": 0, "rank_examples": 5000}
+    ks = [k for k in BAU2020.size(p, "ks") if k < p.widths[-1]]
+    repeats = BAU2020.size(p, "repeats")
+    params = {"layer": _layer(p), "ks": ks, "repeats": repeats, "seed": 0, "rank_examples": 5000}
     return {"class_units": Job("class_units", params, {"model": net})}
 
 
@@ -170,4 +183,5 @@ BAU2020 = Figure(
     "Bau et al. 2020",
     bau_jobs,
     bau_analyse,
+    sizes=BAU_SIZES,
 )

@@ -23,20 +23,28 @@ RANK_CRITERION = 0.9  # "agree only partly": mean Spearman between methods below
 HIGH = 0.8  # T4 "high overall agreement": Spearman (estimate, exact) above this
 TOP = 0.10  # T4: the top 10% of units by |exact| effect, and the estimate's top 10%
 MISS_CRITERION = 0.1  # T4 "systematic misses": more than 1 in 10 of the top units missed
+# T3's sizes, which T4 reads too (it measures T3's networks on T3's examples): a GPT-style decoder (d_model,
+# layers, heads) joins F7's MLP and convnet, trained on a built-in corpus (3/4 train, 1/4 held out);
+# resample draws per unit; Adam steps fitting each optimal constant (from the better of 0 and the mean);
+# the held-out examples every unit is measured on (None: all; the convnet's optimal constants cost most)
+T3_SIZES = {"corpus": "markov", "sequences": 512, "seq_len": 32, "gpt": (32, 2, 4), "gpt_epochs": 6,
+            "resample_repeats": 3, "optimal_steps": 10, "examples": 500, "lm_sequences": 32,
+            "conv_examples": 100}  # fmt: skip
 
 
 def gpt_train(p: Profile) -> Job:
     """lesion's GPT-style decoder on the profile's built-in corpus (the ``train`` job's gpt branch)."""
-    d, layers, heads = p.t34_gpt
+    z = T3.sizes_in(p)
+    d, layers, heads = z["gpt"]
     arch = {"kind": "gpt", "d_model": d, "n_layer": layers, "n_head": heads, "dropout": 0.0}
-    train = {"epochs": p.t34_gpt_epochs, "lr": 3e-3, "batch_size": 32}
+    train = {"epochs": z["gpt_epochs"], "lr": 3e-3, "batch_size": 32}
     if p.device != "cpu":  # a GPU run: a different job, as for every trained network
         train["device"] = p.device
     params = {
         "arch": arch,
-        "dataset": p.t34_corpus,
-        "sequences": p.t34_sequences,
-        "seq_len": p.t34_seq_len,
+        "dataset": z["corpus"],
+        "sequences": z["sequences"],
+        "seq_len": z["seq_len"],
         "corrupt": 0.0,
         "seed": 0,
         "train": train,
@@ -54,9 +62,9 @@ def nets(p: Profile) -> dict[str, Job]:
 def t3_jobs(p: Profile) -> dict[str, Job]:
     params = {
         "methods": list(METHODS),
-        "resample_repeats": p.t34_resample_repeats,
+        "resample_repeats": T3.size(p, "resample_repeats"),
         "seed": 0,
-        "optimal_steps": p.t34_optimal_steps,
+        "optimal_steps": T3.size(p, "optimal_steps"),
     }
     trained = nets(p)
     return {n: Job("replacements", params | _data(p, n), {"model": j}) for n, j in trained.items()} | {
@@ -67,8 +75,8 @@ def t3_jobs(p: Profile) -> dict[str, Job]:
 def _data(p: Profile, net: str) -> dict:
     """Which held-out examples a network's units are measured on (the same in T3 and T4)."""
     if net == "gpt":
-        return {"test_sequences": p.t34_lm_sequences}
-    return {"test_examples": p.t34_conv_examples if net == "convnet" else p.t34_examples}
+        return {"test_sequences": T3.size(p, "lm_sequences")}
+    return {"test_examples": T3.size(p, "conv_examples" if net == "convnet" else "examples")}
 
 
 def t3_analyse(p: Profile, out: Outputs) -> Outcome:
@@ -159,7 +167,7 @@ def rho_draws(x: np.ndarray, pairs, idx: np.ndarray) -> np.ndarray:
 
 def _optimal_claim(p: Profile, wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
     """Is the optimal constant's loss change the smallest of the four methods, unit by unit?"""
-    rows = []
+    rows, steps = [], T3.size(p, "optimal_steps")
     for n, w in wide.items():
         others = w[[m for m in METHODS if m != "optimal"]]
         gap = w["optimal"] - others.min(axis=1)  # > 0: another method deletes the unit more gently
@@ -184,7 +192,7 @@ def _optimal_claim(p: Profile, wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFr
     worst = t.loc[t.gap.idxmax()]
     per = t.groupby("net", sort=False)[["smallest", "below_constants"]].mean()
     measured = (
-        f"optimal constants fitted on the measured examples ({p.t34_optimal_steps} Adam steps from the "
+        f"optimal constants fitted on the measured examples ({steps} Adam steps from the "
         "better of 0 and the mean); smallest for "
         f"{interval(check)} of {len(t)} units ("
         + ", ".join(f"{NETS[n]} {fmt(r.smallest, 2)}" for n, r in per.iterrows())
@@ -265,6 +273,7 @@ T3 = Figure(
     "Li & Janson 2024; Pochinkov et al. 2024 (beyond the paper)",
     t3_jobs,
     t3_analyse,
+    sizes=T3_SIZES,
 )
 
 

@@ -36,7 +36,7 @@ def _full_size(p: Profile) -> int:
 
 def _nets(p: Profile) -> dict[tuple[int, float, int], Job]:
     full = _full_size(p)
-    sizes = sorted({min(n, full) for n in p.size_study})
+    sizes = sorted({min(n, full) for n in SIZE.size(p, "train_sizes")})
     return {
         (n, c, s): train(p, corrupt=c, seed=s, train_size=None if n >= full else n)  # the full set: F1's nets
         for n in sizes
@@ -133,4 +133,5 @@ SIZE = Figure(
     "Morcos et al. 2018, Fig. 1 at several training-set sizes",
     size_jobs,
     size_analyse,
+    sizes={"train_sizes": (1000, 2000, 4000)},  # training-set sizes (one at or above the full set: F1's nets)
 )

@@ -42,18 +42,21 @@ CHANCE = 0.1  # ten classes in every dataset of the profiles
 
 # ---- F5a: dropout protects memorising nets only up to the dropout fraction
 
+# dropout slows memorisation: random-label nets train to ``until`` train accuracy (at most ``max_epochs``)
+F5A_SIZES = {"dropouts": (0.1, 0.2, 0.3), "until": 0.95, "max_epochs": 150}
+
 
 def _dropout_nets(p: Profile) -> dict[tuple[float, float], Job]:
     nets = {}
-    for d in p.dropouts:
+    for d in F5A.size(p, "dropouts"):
         arch = {"kind": "mlp", "widths": list(p.long_widths), "dropout": d}
         nets[(d, 0.0)] = train(p, arch=arch, subset=True)
         nets[(d, 1.0)] = train(
             p,
             arch=arch,
             corrupt=1.0,
-            until_train_acc=p.dropout_until,
-            max_epochs=p.dropout_max_epochs,
+            until_train_acc=F5A.size(p, "until"),
+            max_epochs=F5A.size(p, "max_epochs"),
             subset=True,
         )
     return nets
@@ -67,7 +70,7 @@ def f5a_jobs(p: Profile) -> dict[str, Job]:
 
 
 def f5a_analyse(p: Profile, out: Outputs) -> Outcome:
-    keys = [(d, c) for d in p.dropouts for c in (0.0, 1.0)]
+    keys = [(d, c) for d in F5A.size(p, "dropouts") for c in (0.0, 1.0)]
     table = gather(
         out, {f"dropout{d:g}/corrupt{c:g}": {"dropout": d, "corrupt": c} for d, c in keys}, "curves.parquet"
     )
@@ -119,7 +122,7 @@ def f5a_analyse(p: Profile, out: Outputs) -> Outcome:
 
 def _dropout_checks(p: Profile, table: pd.DataFrame, keys) -> list:
     """Bootstrap over random orders: each net's hold point recomputed from resampled curves."""
-    arrays = {}
+    dropouts, arrays = F5A.size(p, "dropouts"), {}
     for d, c in keys:
         sub = table[(table.dropout == d) & (table.corrupt == c)]
         arrays[(d, c)] = sub.pivot_table(index="repeat", columns="fraction", values="accuracy").to_numpy()
@@ -132,7 +135,7 @@ def _dropout_checks(p: Profile, table: pd.DataFrame, keys) -> list:
         return float(fractions[below[0]]) if len(below) else 1.0
 
     def gap(m) -> float:
-        return min(hold(m, (d, 0.0)) - hold(m, (d, 1.0)) for d in p.dropouts)
+        return min(hold(m, (d, 0.0)) - hold(m, (d, 1.0)) for d in dropouts)
 
     est, ci = bootstrap_rows(arrays, gap)
     out = [
@@ -146,8 +149,8 @@ def _dropout_checks(p: Profile, table: pd.DataFrame, keys) -> list:
             unit="random orders per network",
         )
     ]
-    if len(p.dropouts) > 1:
-        lo, hi = min(p.dropouts), max(p.dropouts)
+    if len(dropouts) > 1:
+        lo, hi = min(dropouts), max(dropouts)
         est, ci = bootstrap_rows(arrays, lambda m: hold(m, (hi, 1.0)) - hold(m, (lo, 1.0)))
         out.append(
             make_check(
@@ -163,10 +166,13 @@ def _dropout_checks(p: Profile, table: pd.DataFrame, keys) -> list:
     return out
 
 
-F5A = Figure("F5a", "Dropout and memorisation", "Morcos et al. 2018, Fig. 5a", f5a_jobs, f5a_analyse)
+F5A = Figure("F5a", "Dropout and memorisation", "Morcos et al. 2018, Fig. 5a", f5a_jobs, f5a_analyse,
+             sizes=F5A_SIZES)  # fmt: skip
 
 
 # ---- F5b: batch norm makes nets more robust to ablation
+
+F5B_SIZES = {"repeats": 3, "fractions": 11}  # the convnets' curves: random orders, points per curve
 
 
 def _conv_nets(p: Profile) -> dict[tuple[bool, int], Job]:
@@ -179,7 +185,8 @@ def _bn(bn: bool) -> str:
 
 def f5b_jobs(p: Profile) -> dict[str, Job]:
     nets = _conv_nets(p)
-    return {f"{_bn(bn)}/seed{s}": curves(p, n, conv=True) for (bn, s), n in nets.items()} | {
+    shape = F5B.sizes_in(p)
+    return {f"{_bn(bn)}/seed{s}": curves(p, n, **shape) for (bn, s), n in nets.items()} | {
         f"train/{_bn(bn)}/seed{s}": n for (bn, s), n in nets.items()
     }
 
@@ -227,7 +234,8 @@ def f5b_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"curves": table}, [c])
 
 
-F5B = Figure("F5b", "Batch norm and robustness", "Morcos et al. 2018, Fig. 5b", f5b_jobs, f5b_analyse)
+F5B = Figure("F5b", "Batch norm and robustness", "Morcos et al. 2018, Fig. 5b", f5b_jobs, f5b_analyse,
+             sizes=F5B_SIZES)  # fmt: skip
 
 
 # ---- F6: batch norm lowers selectivity and raises mutual information

@@ -38,51 +38,65 @@ KINDS = {"neurons": "MLP neurons", "heads": "attention heads"}
 
 # ---- T1: a ViT's neurons and heads against label corruption
 
+T1_SIZES = {
+    "dataset": "digits",
+    "vit": {"patch": 2, "d_model": 32, "n_layer": 2, "n_head": 4},
+    "corruptions": (0.0, 0.5, 1.0),
+    "seeds": (0, 1),
+    "train_size": 720,  # training images (None: all); memorising shuffled labels is the cost
+    "lr": 3e-3,
+    "until": 0.95,  # train accuracy target, corrupted labels too (at most max_epochs)
+    "max_epochs": 80,
+    "repeats": 4,  # random deletion orders per network and unit kind
+    "fractions": 11,  # points per neuron curve (head curves: every head count)
+}
+
 
 def _t1_net(p: Profile, c: float, s: int) -> Job:
+    z = T1.sizes_in(p)
     return train(
         p,
-        arch={"kind": "vit", **p.t1_vit},
-        dataset=p.t1_dataset,
+        arch={"kind": "vit", **z["vit"]},
+        dataset=z["dataset"],
         corrupt=c,
         seed=s,
-        train_size=p.t1_train_size,
-        lr=p.t1_lr,
-        until_train_acc=p.t1_until,
-        max_epochs=p.t1_max_epochs,
+        train_size=z["train_size"],
+        lr=z["lr"],
+        until_train_acc=z["until"],
+        max_epochs=z["max_epochs"],
     )
 
 
 def _layers(p: Profile, units: str) -> list[str]:
     site = "mlp.act" if units == "neurons" else "attn"
-    return [f"h.{i}.{site}" for i in range(int(p.t1_vit["n_layer"]))]
+    return [f"h.{i}.{site}" for i in range(int(T1.size(p, "vit")["n_layer"]))]
 
 
 def t1_jobs(p: Profile) -> dict[str, Job]:
-    jobs = {}
-    for c in p.t1_corruptions:
-        for s in p.t1_seeds:
+    z, jobs = T1.sizes_in(p), {}
+    for c in z["corruptions"]:
+        for s in z["seeds"]:
             net = _t1_net(p, c, s)
             jobs[f"vit_c{c:g}_s{s}"] = net
             for units in KINDS:
-                frac = p.t1_fractions if units == "neurons" else None  # heads: every head count
+                frac = z["fractions"] if units == "neurons" else None  # heads: every head count
                 jobs[f"{units}_c{c:g}_s{s}"] = curves(
-                    p, net, repeats=p.t1_repeats, fractions=frac, candidates=_layers(p, units)
+                    p, net, repeats=z["repeats"], fractions=frac, candidates=_layers(p, units)
                 )
     return jobs
 
 
 def t1_analyse(p: Profile, out: Outputs) -> Outcome:
-    frames, nets = [], []
-    for c in p.t1_corruptions:
-        for s in p.t1_seeds:
+    z, frames, nets = T1.sizes_in(p), [], []
+    for c in z["corruptions"]:
+        for s in z["seeds"]:
             nets.append({"corrupt": c, "seed": s, **final_metrics(out, f"vit_c{c:g}_s{s}")})
             for units in KINDS:
                 frames.append(gather(out, {f"{units}_c{c:g}_s{s}": {"units": units, "corrupt": c, "seed": s}},
                                      "curves.parquet"))  # fmt: skip
     table = pd.concat(frames, ignore_index=True)
     nets = pd.DataFrame(nets)
-    nets["memorised"] = nets["train_accuracy"] >= p.t1_until
+    nets["memorised"] = nets["train_accuracy"] >= z["until"]
     per_curve = aucs(table, ["units", "corrupt", "seed", "repeat"])
     claims = []
     for units, what in KINDS.items():
@@ -91,8 +105,8 @@ def t1_analyse(p: Profile, out: Outputs) -> Outcome:
         by_c = sub.groupby(["corrupt", "seed"])["auc"].mean().groupby("corrupt").mean()
         n_units = int(table[table.units == units]["n_ablated"].max())
         measured = (
-            f"{len(p.t1_seeds)} ViT(s) per corruption level, {n_units} {what} deleted in random order "
-            f"({p.t1_repeats} orders each); AUC by corruption: "
+            f"{len(z['seeds'])} ViT(s) per corruption level, {n_units} {what} deleted in random order "
+            f"({z['repeats']} orders each); AUC by corruption: "
             + ", ".join(f"{fmt(v)} ({c:.0%})" for c, v in by_c.items())
             + f"; clean minus fully shuffled {interval(checks[1])}; Spearman rho (corruption, AUC) "
             f"{interval(checks[0])}; train accuracy reached: "
@@ -128,6 +142,7 @@ T1 = Figure(
     "beyond the paper: Morcos et al. 2018 Fig. 1 asked of a ViT",
     t1_jobs,
     t1_analyse,
+    sizes=T1_SIZES,
 )
 
 
@@ -135,15 +150,23 @@ T1 = Figure(
 
 MEMORISED = 0.95  # train accuracy at which a network counts as having memorised its training pairs
 RELATIVE_FROM = 0.5  # relative AUC (AUC / intact train accuracy) only where intact accuracy reaches this
+T2_SIZES = {
+    # the one-layer decoder and its full-batch training on a+b mod p (``every``: steps between checkpoints)
+    "grok": {"p": 59, "frac": 0.5, "d_model": 64, "n_head": 4, "lr": 3e-3, "weight_decay": 1.0, "steps": 1000,
+             "every": 50},
+    "seeds": (0, 1),
+    "repeats": 3,
+    "fractions": 11,
+}  # fmt: skip
 
 
 def t2_jobs(p: Profile) -> dict[str, Job]:
-    jobs = {}
-    for s in p.t2_seeds:
+    z, jobs = T2.sizes_in(p), {}
+    for s in z["seeds"]:
         device = {"device": p.device} if p.device != "cpu" else {}  # a GPU run: a different job
-        net = Job("grok", {**p.t2_grok, "seed": int(s), "data_seed": 0, **device})
+        net = Job("grok", {**z["grok"], "seed": int(s), "data_seed": 0, **device})
         jobs[f"grok_s{s}"] = net
-        params = {"repeats": p.t2_repeats, "fractions": p.t2_fractions, "seed": 0}
+        params = {"repeats": z["repeats"], "fractions": z["fractions"], "seed": 0}
         jobs[f"curves_s{s}"] = Job("grok_curves", params, {"model": net})
     return jobs
 
@@ -198,8 +221,9 @@ def jump_step(h: pd.DataFrame) -> tuple[float, float]:
 
 
 def t2_analyse(p: Profile, out: Outputs) -> Outcome:
-    hist = gather(out, {f"grok_s{s}": {"seed": s} for s in p.t2_seeds}, "history.parquet")
-    table = gather(out, {f"curves_s{s}": {"seed": s} for s in p.t2_seeds}, "curves.parquet")
+    seeds, grok = T2.size(p, "seeds"), T2.size(p, "grok")
+    hist = gather(out, {f"grok_s{s}": {"seed": s} for s in seeds}, "history.parquet")
+    table = gather(out, {f"curves_s{s}": {"seed": s} for s in seeds}, "curves.parquet")
     per_curve = aucs(table, ["seed", "step", "units", "repeat"])
     keys = ["seed", "step", "units", "repeat"]
     intact = table[table.n_ablated == 0][[*keys, "accuracy"]].rename(columns={"accuracy": "intact"})
@@ -208,7 +232,7 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
     fits = per_curve["intact"] >= RELATIVE_FROM
     per_curve["relative_auc"] = (per_curve["auc"] / per_curve["intact"].clip(lower=1e-9)).where(fits)
     events, leads = [], []
-    for s in p.t2_seeds:
+    for s in seeds:
         h = hist[hist.seed == s].sort_values("step")
         mem, jump = jump_step(h)
         steps = settled(h)["step"].to_numpy()
@@ -226,7 +250,7 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
             "auc_memorised", "auc_final"]  # fmt: skip
     leads = pd.DataFrame(leads, columns=cols)
     events = pd.DataFrame(events)
-    every = int(p.t2_grok["every"])
+    every = int(grok["every"])
     grokked = events.test_jump_step.notna()
     claims = []
     for units, what in KINDS.items():
@@ -241,8 +265,8 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
         )
         by_step = per_curve[per_curve.units == units].groupby("step")["relative_auc"].mean().dropna()
         measured = (
-            f"{int(grokked.sum())} of {len(events)} runs grokked (a+b mod {p.t2_grok['p']}, "
-            f"{p.t2_grok['frac']:.0%} of pairs trained on, {p.t2_grok['steps']} full-batch steps, "
+            f"{int(grokked.sum())} of {len(events)} runs grokked (a+b mod {grok['p']}, "
+            f"{grok['frac']:.0%} of pairs trained on, {grok['steps']} full-batch steps, "
             f"checkpoints every {every}); memorised at step "
             + ", ".join(fmt(v, 0) for v in events.memorised_step)
             + "; test-accuracy jump at step "
@@ -307,6 +331,7 @@ T2 = Figure(
     "beyond the paper: Nanda et al. 2023 grokking, measured by deletion",
     t2_jobs,
     t2_analyse,
+    sizes=T2_SIZES,
 )
 
 __all__ = ["T1", "T2", "crossing", "jump_step"]
