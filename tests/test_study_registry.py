@@ -75,6 +75,6 @@ def test_a_study_in_a_test_file_registers_in_one_place_and_runs(toy, tmp_path):
 
 def test_registering_an_id_twice_is_refused(toy):
     with pytest.raises(LesionError, match="registered already"):
-        registry.register(Figure("toy", "another", "-", _jobs, _analyse))
+        registry.register(Figure("toy", "another", "-", _jobs, _analyse, _draw))
     with pytest.raises(LesionError, match=r"expected a lesion\.experiments\.figures\.Figure"):
         registry.register("toy")

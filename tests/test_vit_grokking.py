@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lesion.core.batch import Batch
-from lesion.experiments.figures.vit_grokking import T2, jump_step, t2_analyse
+from lesion.experiments.figures.grokking import T2, jump_step, t2_analyse
 from lesion.experiments.jobs_vit_grokking import Answer, pairs, unit_kinds
 from lesion.experiments.profiles import get_profile
 from lesion.models import load_model

@@ -26,7 +26,7 @@ from lesion.experiments.figures import Figure, check_sizes, registered
 from lesion.experiments.figures.generalisation import F3, F4C
 from lesion.experiments.jobs import write_table
 from lesion.experiments.profiles import Profile, get_profile
-from lesion.report import DRAW, Section, write_html, write_markdown
+from lesion.report import Section, write_html, write_markdown
 from lesion.util.progress import progress_bar
 
 
@@ -86,8 +86,7 @@ def reproduce(
         outcome = f.analyse(p, {name: store.path(j.key) for name, j in named[f.id].items()})
         for name, df in outcome.tables.items():
             tables[f"{f.id}_{name}"] = df
-        draw = f.draw or DRAW[f.id]
-        png = draw(outcome.tables, _staging(out, "figures") / f.id)[0]
+        png = f.draw(outcome.tables, _staging(out, "figures") / f.id)[0]
         sections.append(Section(f.id, f.title, f.source, png, outcome.claims))
         claims += outcome.claims
     _publish_dir(out, "tables", lambda d: [write_table(df, d / f"{k}.parquet") for k, df in tables.items()])

@@ -1,4 +1,4 @@
-"""What a figure of ``lesion reproduce`` is: the jobs it needs and the analysis of their outputs."""
+"""What a study of ``lesion reproduce`` is (``Figure``), and the job builders and readers studies share."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Figure:
-    """One experiment: ``jobs(profile)`` names the work, ``analyse(profile, outputs)`` reads it back.
+    """One experiment: ``jobs(profile)`` names the work, ``analyse(profile, outputs)`` reads it back into
+    tables and claims, ``draw(tables, stem)`` plots the tables (to ``stem``.png first, returning the files).
 
     ``sizes`` declares the study's own sizes and their defaults (``{"ensemble": 12}``); a profile changes
     them in ``Profile.sizes[id]``, and the study reads them with ``size(profile, key)``. Sizes several
@@ -41,8 +42,7 @@ class Figure:
     source: str  # where in the literature: "Morcos et al. 2018, Fig. 1"
     jobs: Callable[[Profile], dict[str, Job]]
     analyse: Callable[[Profile, Outputs], Outcome]
-    # (tables, path stem) -> [written files, PNG first]; None: the report's own drawing for this id
-    draw: Callable[[dict[str, pd.DataFrame], Path], list[Path]] | None = None
+    draw: Callable[[dict[str, pd.DataFrame], Path], list[Path]]  # (tables, path stem) -> [PNG, ...]
     sizes: Mapping[str, Any] = field(default_factory=dict)
 
     def size(self, p: Profile, key: str) -> Any:

@@ -1,18 +1,18 @@
-"""Figures 1-4: robustness to deletion against memorisation, generalisation and training time."""
+"""Figures 3 and 4c: robustness to deletion against generalisation, among clean-label networks."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lesion.analyses.paper import DEFAULT_SCALES
 from lesion.experiments.claims import bootstrap, correlation_check, make_check
 from lesion.experiments.figures.common import (
     Figure,
     Job,
     Outcome,
     Outputs,
-    accuracy_at,
     aucs,
     by_net,
     claim,
@@ -24,159 +24,18 @@ from lesion.experiments.figures.common import (
     interval,
     pval,
     read,
-    spearman,
     train,
 )
-from lesion.experiments.profiles import Profile
-
-
-def _corruption_nets(p: Profile) -> dict[tuple[float, int], Job]:
-    return {(c, s): train(p, corrupt=c, seed=s) for c in p.corruptions for s in p.seeds}
-
-
-def _name(c: float, s: int) -> str:
-    return f"corrupt{c:g}/seed{s}"
-
-
-# ---- F1: cumulative ablation against label corruption
-
-
-def f1_jobs(p: Profile) -> dict[str, Job]:
-    return {_name(c, s): curves(p, net) for (c, s), net in _corruption_nets(p).items()}
-
-
-def f1_analyse(p: Profile, out: Outputs) -> Outcome:
-    cols = {_name(c, s): {"corrupt": c, "seed": s} for c in p.corruptions for s in p.seeds}
-    table = gather(out, cols, "curves.parquet")
-    per_curve = aucs(table, ["corrupt", "seed", "repeat"])
-    per_net = per_curve.groupby(["corrupt", "seed"], as_index=False)["auc"].mean()
-    stat = corr(per_net["corrupt"], per_net["auc"])
-    by_c = per_net.groupby("corrupt")["auc"].mean()
-    lo, hi = by_c.index.min(), by_c.index.max()
-    at = accuracy_at(table, 0.39, ["corrupt"])  # the paper reads its MNIST curves at 400 of 1024 units
-    checks = corruption_checks(by_net(per_curve, "corrupt", ["seed"], "auc"), "AUC")
-    measured = (
-        f"AUC {fmt(by_c[lo])} at {lo:.0%} corrupted vs {fmt(by_c[hi])} at {hi:.0%} (difference "
-        f"{interval(checks[1])}); Spearman rho (corruption, AUC) = {interval(checks[0])} over {stat['n']} "
-        "nets; accuracy at 39% ablated: " + ", ".join(f"{fmt(v, 2)} ({c:.0%})" for c, v in at.items())
-    )
-    c = claim(
-        "F1",
-        "More corrupted labels, so more memorisation: accuracy falls sooner under cumulative "
-        "ablation (criterion: Spearman rho of corruption vs AUC < -0.8 and AUC(0%) > AUC(100%))",
-        "MNIST 2x512, at 400 of 1024 units ablated: accuracy ~0.97 (0% corrupted), ~0.70 (20%), ~0.30 (100%)",
-        measured,
-        {
-            "spearman_rho": stat["spearman_rho"],
-            "spearman_p": stat["spearman_p"],
-            "n": stat["n"],
-            "auc_clean": by_c[lo],
-            "auc_corrupted": by_c[hi],
-            "auc_by_corruption": {f"{k:g}": v for k, v in by_c.items()},
-        },
-        checks,
-    )
-    return Outcome({"curves": table, "auc": per_curve}, [c])
-
-
-F1 = Figure(
-    "F1", "Cumulative ablation vs label corruption", "Morcos et al. 2018, Fig. 1", f1_jobs, f1_analyse
+from lesion.experiments.figures.plot import (
+    Tables,
+    band,
+    chance_line,
+    curve_axes,
+    fig_axes,
+    ramp,
+    save,
 )
-
-
-def corruption_checks(groups: dict, what: str) -> list:
-    """Spearman rho (corruption, per-net ``what``) <= -0.8 and clean minus fully corrupted > 0, each with
-    a bootstrap interval over networks (within each corruption level) and their repeats."""
-    levels = sorted(groups)
-    lo, hi = levels[0], levels[-1]
-    n = sum(len(v) for v in groups.values())
-
-    def rho(m) -> float:
-        return spearman(
-            np.concatenate([[c] * len(m[c]) for c in levels]), np.concatenate([m[c] for c in levels])
-        )
-
-    est, ci = bootstrap(groups, rho)
-    a = make_check(
-        f"Spearman rho (corruption, {what})", est, ci, criterion=-0.8, direction="<", n=n, unit="networks"
-    )
-    est, ci = bootstrap({lo: groups[lo], hi: groups[hi]}, lambda m: m[lo].mean() - m[hi].mean())
-    b = make_check(
-        f"{what} at {lo:.0%} minus at {hi:.0%} corrupted",
-        est,
-        ci,
-        criterion=0.0,
-        direction=">",
-        n=len(groups[lo]) + len(groups[hi]),
-        unit="networks",
-    )
-    return [a, b]
-
-
-# ---- F2: per-unit noise against label corruption
-
-F2_SIZES = {"repeats": 2, "scales": 11}  # noise draws per scale; scales log-spaced 10^-1.5 .. 10^1
-
-
-def f2_jobs(p: Profile) -> dict[str, Job]:
-    n = F2.size(p, "scales")
-    scales = list(np.logspace(-1.5, 1, n)) if n != len(DEFAULT_SCALES) else None
-    params = {"repeats": F2.size(p, "repeats")} | ({"scales": scales} if scales else {})
-    return {_name(c, s): Job("noise", params, {"model": net}) for (c, s), net in _corruption_nets(p).items()}
-
-
-def f2_analyse(p: Profile, out: Outputs) -> Outcome:
-    cols = {_name(c, s): {"corrupt": c, "seed": s} for c in p.corruptions for s in p.seeds}
-    table = gather(out, cols, "noise.parquet")
-    table["log10_scale"] = np.log10(table["scale"])
-    span = table["log10_scale"].max() - table["log10_scale"].min()
-    rob = (
-        table.groupby(["corrupt", "seed", "repeat"])
-        .apply(
-            lambda g: (
-                np.trapezoid(g.sort_values("scale")["accuracy"], g.sort_values("scale")["log10_scale"]) / span
-            ),
-            include_groups=False,
-        )
-        .rename("robustness")
-        .reset_index()
-    )
-    per_net = rob.groupby(["corrupt", "seed"], as_index=False)["robustness"].mean()
-    stat = corr(per_net["corrupt"], per_net["robustness"])
-    scales = np.sort(table["scale"].unique())
-    one = scales[np.argmin(np.abs(np.log10(scales)))]
-    at1 = table[table["scale"] == one].groupby("corrupt")["accuracy"].mean()
-    lo, hi = at1.index.min(), at1.index.max()
-    checks = corruption_checks(by_net(rob, "corrupt", ["seed"], "robustness"), "noise robustness")
-    measured = (
-        f"accuracy at noise scale {one:.2g}: {fmt(at1[lo], 2)} ({lo:.0%} corrupted) vs {fmt(at1[hi], 2)} "
-        f"({hi:.0%}); Spearman rho (corruption, mean accuracy over log scale) = "
-        f"{interval(checks[0])} over {stat['n']} nets; robustness clean minus fully corrupted "
-        f"{interval(checks[1])}"
-    )
-    c = claim(
-        "F2",
-        "Per-unit Gaussian noise tells the same story: memorising nets are less robust "
-        "(criterion: Spearman rho of corruption vs robustness < -0.8 and clean more robust than fully "
-        "corrupted)",
-        "MNIST at noise scale 1.0: accuracy ~0.7 (0% corrupted) vs ~0.35 (100%)",
-        measured,
-        {
-            "spearman_rho": stat["spearman_rho"],
-            "spearman_p": stat["spearman_p"],
-            "n": stat["n"],
-            "scale": one,
-            "accuracy_clean": at1[lo],
-            "accuracy_corrupted": at1[hi],
-        },
-        checks,
-    )
-    return Outcome({"noise": table.drop(columns="log10_scale"), "robustness": rob}, [c])
-
-
-F2 = Figure("F2", "Per-unit noise vs label corruption", "Morcos et al. 2018, Fig. 2", f2_jobs, f2_analyse,
-            sizes=F2_SIZES)  # fmt: skip
-
+from lesion.experiments.profiles import Profile
 
 # ---- F3: an ensemble of clean-label networks, best vs worst generalisers
 
@@ -255,6 +114,30 @@ def f3_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"curves": table.merge(nets[["net", "group"]], on="net"), "nets": nets}, [c])
 
 
+def draw_f3(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax, ax2) = fig_axes(2)
+    nets, cur = t["nets"], t["curves"]
+    for group, col in (("best", "C0"), ("worst", "C3")):
+        sub = nets[nets.group == group]
+        band(
+            ax,
+            cur[cur.group == group],
+            "fraction",
+            "accuracy",
+            color=col,
+            label=f"{group} {len(sub)} (test error {1 - sub.test_accuracy.mean():.3f})",
+        )
+    chance_line(ax)
+    curve_axes(ax, "Best vs worst generalisers (mean ± SD over nets and orders)")
+    ax.legend(fontsize=8, frameon=False)
+    for group, col in (("best", "C0"), ("middle", "0.6"), ("worst", "C3")):
+        sub = nets[nets.group == group]
+        ax2.scatter(sub.test_accuracy, sub.auc, color=col, s=24, label=f"{group} ({len(sub)})")
+    ax2.legend(fontsize=8, frameon=False)
+    ax2.set(xlabel="Test accuracy", ylabel="Area under the ablation curve", title="Each network")
+    return save(fig, stem)
+
+
 F3 = Figure(
     "F3",
     "Best vs worst generalisers among clean-label networks",
@@ -262,6 +145,7 @@ F3 = Figure(
     f3_jobs,
     f3_analyse,
     sizes=F3_SIZES,
+    draw=draw_f3,
 )
 
 
@@ -329,6 +213,24 @@ def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"nets": nets}, [c])
 
 
+def draw_f4c(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax,) = fig_axes(1, 7.0)
+    nets = t["nets"]
+    markers = dict(zip(sorted(nets.batch_size.unique()), "os^Dv", strict=False))
+    lrs = sorted(nets.lr.unique())
+    for lr, col in zip(lrs, ramp(len(lrs)), strict=True):
+        for bs, mk in markers.items():
+            sub = nets[(nets.lr == lr) & (nets.batch_size == bs)]
+            ax.scatter(sub.auc, sub.test_accuracy, color=col, marker=mk, s=30, label=f"lr {lr:g}, batch {bs}")
+    ax.set(
+        xlabel="Area under the ablation curve",
+        ylabel="Test accuracy",
+        title="Hyperparameter sweep: robustness vs generalisation",
+    )
+    ax.legend(fontsize=7, frameon=False, ncols=2)
+    return save(fig, stem)
+
+
 F4C = Figure(
     "F4c",
     "Hyperparameter sweep: AUC vs test accuracy",
@@ -336,4 +238,5 @@ F4C = Figure(
     f4c_jobs,
     f4c_analyse,
     sizes=F4C_SIZES,
+    draw=draw_f4c,
 )

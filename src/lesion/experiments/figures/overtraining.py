@@ -7,6 +7,8 @@ test-loss minimum is tested per optimiser with a bootstrap over random ablation 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -26,6 +28,11 @@ from lesion.experiments.figures.common import (
     pval,
     read,
     train,
+)
+from lesion.experiments.figures.plot import (
+    Tables,
+    fig_axes,
+    save,
 )
 from lesion.experiments.profiles import Profile
 
@@ -195,6 +202,39 @@ def _f4a_claim(p: Profile, opt: str, ep: pd.DataFrame, checks: list) -> dict:
     )
 
 
+def draw_f4a(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax, ax3) = fig_axes(2)
+    ax2 = ax.twinx()
+    ep = t["checkpoints"]
+    for k, (opt, sub) in enumerate(ep.groupby("optimizer", sort=True)):
+        sub = sub.reset_index(drop=True)
+        col, name = f"C{2 * k}", "Adam" if opt == "adam" else "SGD"
+        top = sub.auc.max()
+        ax.errorbar(
+            sub.epoch,
+            sub.auc_normalised,
+            yerr=sub.auc_sd / top,
+            fmt="o-",
+            color=col,
+            ms=4,
+            capsize=2,
+            label=f"{name}: ablation AUC / its max",
+        )
+        ax2.plot(sub.epoch, sub.test_loss, "s--", color=col, ms=3, alpha=0.7, label=f"{name}: test loss")
+        ax.axvline(sub.epoch[sub.test_loss.idxmin()], color=col, lw=0.8, ls=":")
+        ax3.scatter(sub.test_loss, sub.auc_normalised, color=col, s=26, label=name)
+    ax.set(
+        xscale="log",
+        xlabel="Epoch (log axis; dotted: test-loss minimum)",
+        ylabel="Ablation AUC, normalised by its maximum",
+        title="Over training: AUC and test loss",
+    )
+    ax2.set_ylabel("Test loss (cross-entropy, nats), dashed")
+    fig.legend(loc="outside lower center", ncols=4, frameon=False, fontsize=8)
+    ax3.set(xlabel="Test loss (nats)", ylabel="Ablation AUC / its max", title="Checkpoints")
+    return save(fig, stem)
+
+
 F4 = Figure(
     "F4a",
     "AUC and test loss over training (Adam and SGD)",
@@ -202,4 +242,5 @@ F4 = Figure(
     f4_jobs,
     f4_analyse,
     sizes=F4_SIZES,
+    draw=draw_f4a,
 )

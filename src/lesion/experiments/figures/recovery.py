@@ -3,6 +3,8 @@ necessity and sufficiency of a few units (Bau et al. 2020)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from lesion.experiments.claims import bootstrap_rows, make_check
@@ -16,6 +18,13 @@ from lesion.experiments.figures.common import (
     interval,
     read,
     train,
+)
+from lesion.experiments.figures.plot import (
+    Tables,
+    band,
+    chance_line,
+    fig_axes,
+    save,
 )
 from lesion.experiments.profiles import Profile
 
@@ -88,6 +97,24 @@ def meyes_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"recovery": t}, [c])
 
 
+def draw_meyes(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax,) = fig_axes(1, 7.0)
+    r = t["recovery"]
+    band(ax, r, "fraction", "before", color="C3", marker="o", label="right after deletion")
+    band(ax, r, "fraction", "after", color="C0", marker="o", label="after retraining the rest")
+    ax.axhline(r["intact"].iloc[0], color="0.3", lw=1, ls="--", label="intact")
+    chance_line(ax)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="Fraction of hidden units deleted (random groups)",
+        ylabel="Test accuracy",
+        title="Recovery by retraining, deleted units held at 0",
+    )
+    ax.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 MEYES = Figure(
     "meyes-recovery",
     "Recovery by retraining after deletion",
@@ -95,6 +122,7 @@ MEYES = Figure(
     meyes_jobs,
     meyes_analyse,
     sizes=MEYES_SIZES,
+    draw=draw_meyes,
 )
 
 
@@ -177,6 +205,35 @@ def _class_boot(values: np.ndarray) -> tuple[float, tuple[float, float]]:
     return bootstrap_rows({"c": v}, lambda m: float(m["c"]))
 
 
+def draw_bau(t: Tables, stem: Path) -> list[Path]:
+    fig, axes = fig_axes(2)
+    t = t["class_units"]
+    for ax, test, title in zip(
+        axes,
+        ("necessity", "sufficiency"),
+        ("Delete a class's top k units", "Keep only a class's top k units"),
+        strict=True,
+    ):
+        for order, col in (("top", "C3"), ("random", "0.5")):
+            sub = t[(t.test == test) & (t.order == order)]
+            band(ax, sub, "k", "relative", color=col, marker="o", label=f"{order} k: that class")
+            if test == "sufficiency":
+                m = sub.groupby("k")["other_accuracy"].mean()
+                ax.plot(
+                    m.index, m.to_numpy(), ls=":", color=col, label=f"{order} k: other classes (accuracy)"
+                )
+        ax.set(
+            xscale="log",
+            ylim=(0, 1.1),
+            xlabel="k units (log axis)",
+            title=title,
+            ylabel="Class accuracy / intact (mean ± SD over classes)",
+        )
+        ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
+        ax.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 BAU2020 = Figure(
     "bau-class-units",
     "Necessity and sufficiency of a class's top units",
@@ -184,4 +241,5 @@ BAU2020 = Figure(
     bau_jobs,
     bau_analyse,
     sizes=BAU_SIZES,
+    draw=draw_bau,
 )

@@ -1,16 +1,14 @@
-"""Beyond the paper, T1 and T2: the paper's question asked of transformers.
+"""Beyond the paper, T2: single directions through grokking.
 
-T1: does generalisation predict robustness in a ViT? Small ViT-style classifiers trained on clean, half
-and fully shuffled labels; cumulative deletion curves (random orders) of the MLP neurons and, separately,
-of the attention heads; AUC against the corruption fraction (the paper's F1 claim, per unit kind).
-
-T2: single directions through grokking. A one-layer decoder learns a + b mod p (full batch, AdamW with
-weight decay 1, Nanda et al. 2023 scaled down); at every checkpoint, the cumulative-deletion AUC of its
-MLP neurons and of its heads on the training pairs, against train and test accuracy: does robustness to
-deletion rise at or before the jump in test accuracy, i.e. flag generalisation without a test set?
+A one-layer decoder learns a + b mod p (full batch, AdamW with weight decay 1, Nanda et al. 2023 scaled
+down); at every checkpoint, the cumulative-deletion AUC of its MLP neurons and of its heads on the training
+pairs, against train and test accuracy: does robustness to deletion rise at or before the jump in test
+accuracy, i.e. flag generalisation without a test set?
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,129 +20,21 @@ from lesion.experiments.figures.common import (
     Outcome,
     Outputs,
     aucs,
-    by_net,
     claim,
-    curves,
-    final_metrics,
     fmt,
     gather,
     interval,
-    train,
 )
-from lesion.experiments.figures.generalisation import corruption_checks
+from lesion.experiments.figures.plot import (
+    ACC,
+    Tables,
+    band,
+    fig_axes,
+    ramp,
+    save,
+)
+from lesion.experiments.figures.vit import KINDS
 from lesion.experiments.profiles import Profile
-
-KINDS = {"neurons": "MLP neurons", "heads": "attention heads"}
-
-# ---- T1: a ViT's neurons and heads against label corruption
-
-T1_SIZES = {
-    "dataset": "digits",
-    "vit": {"patch": 2, "d_model": 32, "n_layer": 2, "n_head": 4},
-    "corruptions": (0.0, 0.5, 1.0),
-    "seeds": (0, 1),
-    "train_size": 720,  # training images (None: all); memorising shuffled labels is the cost
-    "lr": 3e-3,
-    "until": 0.95,  # train accuracy target, corrupted labels too (at most max_epochs)
-    "max_epochs": 80,
-    "repeats": 4,  # random deletion orders per network and unit kind
-    "fractions": 11,  # points per neuron curve (head curves: every head count)
-}
-
-
-def _t1_net(p: Profile, c: float, s: int) -> Job:
-    z = T1.sizes_in(p)
-    return train(
-        p,
-        arch={"kind": "vit", **z["vit"]},
-        dataset=z["dataset"],
-        corrupt=c,
-        seed=s,
-        train_size=z["train_size"],
-        lr=z["lr"],
-        until_train_acc=z["until"],
-        max_epochs=z["max_epochs"],
-    )
-
-
-def _layers(p: Profile, units: str) -> list[str]:
-    site = "mlp.act" if units == "neurons" else "attn"
-    return [f"h.{i}.{site}" for i in range(int(T1.size(p, "vit")["n_layer"]))]
-
-
-def t1_jobs(p: Profile) -> dict[str, Job]:
-    z, jobs = T1.sizes_in(p), {}
-    for c in z["corruptions"]:
-        for s in z["seeds"]:
-            net = _t1_net(p, c, s)
-            jobs[f"vit_c{c:g}_s{s}"] = net
-            for units in KINDS:
-                frac = z["fractions"] if units == "neurons" else None  # heads: every head count
-                jobs[f"{units}_c{c:g}_s{s}"] = curves(
-                    p, net, repeats=z["repeats"], fractions=frac, candidates=_layers(p, units)
-                )
-    return jobs
-
-
-def t1_analyse(p: Profile, out: Outputs) -> Outcome:
-    z, frames, nets = T1.sizes_in(p), [], []
-    for c in z["corruptions"]:
-        for s in z["seeds"]:
-            nets.append({"corrupt": c, "seed": s, **final_metrics(out, f"vit_c{c:g}_s{s}")})
-            for units in KINDS:
-                frames.append(gather(out, {f"{units}_c{c:g}_s{s}": {"units": units, "corrupt": c, "seed": s}},
-                                     "curves.parquet"))  # fmt: skip
-    table = pd.concat(frames, ignore_index=True)
-    nets = pd.DataFrame(nets)
-    nets["memorised"] = nets["train_accuracy"] >= z["until"]
-    per_curve = aucs(table, ["units", "corrupt", "seed", "repeat"])
-    claims = []
-    for units, what in KINDS.items():
-        sub = per_curve[per_curve.units == units]
-        checks = corruption_checks(by_net(sub, "corrupt", ["seed"], "auc"), f"AUC ({what})")
-        by_c = sub.groupby(["corrupt", "seed"])["auc"].mean().groupby("corrupt").mean()
-        n_units = int(table[table.units == units]["n_ablated"].max())
-        measured = (
-            f"{len(z['seeds'])} ViT(s) per corruption level, {n_units} {what} deleted in random order "
-            f"({z['repeats']} orders each); AUC by corruption: "
-            + ", ".join(f"{fmt(v)} ({c:.0%})" for c, v in by_c.items())
-            + f"; clean minus fully shuffled {interval(checks[1])}; Spearman rho (corruption, AUC) "
-            f"{interval(checks[0])}; train accuracy reached: "
-            + ", ".join(
-                f"{fmt(r.train_accuracy, 2)} ({r.corrupt:.0%}, seed {r.seed})" for r in nets.itertuples()
-            )
-            + f"; test accuracy (clean labels): {fmt(nets[nets.corrupt == 0].test_accuracy.mean(), 2)}"
-        )
-        claims.append(
-            claim(
-                f"T1-{units}",
-                f"In a ViT, networks trained on more corrupted labels depend more on single {what}: "
-                "accuracy falls sooner under cumulative deletion (criterion as F1: Spearman rho of "
-                "corruption vs AUC < -0.8 and AUC(0%) > AUC(100%))",
-                "Morcos et al. 2018 (Fig. 1, MLPs and convnets): memorising networks depend more on single "
-                "directions; not measured on transformers",
-                measured,
-                {
-                    "auc_by_corruption": {f"{k:g}": v for k, v in by_c.items()},
-                    "units": n_units,
-                    "nets_memorised": int(nets.memorised.sum()),
-                    "nets": len(nets),
-                },
-                checks,
-            )
-        )
-    return Outcome({"curves": table, "auc": per_curve, "nets": nets}, claims)
-
-
-T1 = Figure(
-    "T1",
-    "A ViT's MLP neurons and heads vs label corruption",
-    "beyond the paper: Morcos et al. 2018 Fig. 1 asked of a ViT",
-    t1_jobs,
-    t1_analyse,
-    sizes=T1_SIZES,
-)
-
 
 # ---- T2: single directions through grokking
 
@@ -325,6 +215,48 @@ def _seed_check(df: pd.DataFrame, col: str, name: str, criterion: float, runs: i
     return make_check(name, est, ci, criterion=criterion, direction=">", n=n, unit="runs (seeds)")
 
 
+def draw_t2(t: Tables, stem: Path) -> list[Path]:
+    fig, axes = fig_axes(2, 6.5)
+    ax = axes[0]
+    hist, auc, ev = t["history"], t["auc"], t["events"]
+    band(ax, hist, "step", "train_accuracy", color="0.35", ls="--", label="train accuracy")
+    band(ax, hist, "step", "test_accuracy", color="C2", label="test accuracy")
+    per_run = auc.groupby(["units", "seed", "step"], as_index=False)["relative_auc"].mean()
+    for (units, what), col in zip(KINDS.items(), ("C0", "C3"), strict=True):
+        band(ax, per_run[per_run.units == units].dropna(), "step", "relative_auc", color=col, marker="o",
+             label=f"deletion AUC / intact, {what} (train acc. >= 0.5)")  # fmt: skip
+    for v in ev.test_jump_step.dropna():
+        ax.axvline(v, color="C2", lw=0.8, ls=":")
+    for v in ev.memorised_step.dropna():
+        ax.axvline(v, color="0.35", lw=0.8, ls=":")
+    ax.set(
+        ylim=(0, 1.4),
+        yticks=np.linspace(0, 1, 6),
+        xlabel="Training step (full batch); dotted: memorised (grey), test jump (green)",
+        ylabel="Accuracy / relative AUC",
+        title="Grokking a+b mod p: accuracy and deletion robustness",
+    )
+    ax.legend(fontsize=7, frameon=False, loc="upper center", ncol=2)
+    ax = axes[1]
+    cur = t["curves"]
+    cur = cur[(cur.units == "neurons") & (cur.seed == cur.seed.min())]
+    steps = np.sort(cur.step.unique())
+    e = ev[ev.seed == ev.seed.min()].iloc[0]
+    marks = [steps[0], e.memorised_step, e.test_jump_step, steps[-1]]
+    shown = list(dict.fromkeys(int(steps[np.argmin(np.abs(steps - m))]) for m in marks if np.isfinite(m)))
+    for s, col in zip(shown, ramp(len(shown)), strict=True):
+        band(ax, cur[cur.step == s], "fraction", "accuracy", color=col, label=f"step {s}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="Fraction of MLP neurons deleted (random order)",
+        ylabel=ACC + ", training pairs",
+        title=f"Deletion curves at checkpoints (seed {int(e.seed)})",
+    )
+    ax.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 T2 = Figure(
     "T2",
     "Single directions through grokking (a+b mod p)",
@@ -332,6 +264,7 @@ T2 = Figure(
     t2_jobs,
     t2_analyse,
     sizes=T2_SIZES,
+    draw=draw_t2,
 )
 
-__all__ = ["T1", "T2", "crossing", "jump_step"]
+__all__ = ["T2", "crossing", "jump_step"]
