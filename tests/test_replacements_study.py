@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesion.experiments.figures.replacements import _false_negatives, rank_corr, rho_draws, unit_draws
+from lesion.experiments.figures.attribution import _false_negatives
+from lesion.experiments.figures.replacements import rank_corr, rho_draws, unit_draws
 from lesion.report.reproduce import reproduce
 
 KEYS = {

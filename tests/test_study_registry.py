@@ -29,7 +29,7 @@ def _squares(params, inputs, out: Path) -> None:
 
 
 def _jobs(p):
-    return {"squares": Job("toy-squares", {"n": p.size("toy", "n", 4)})}
+    return {"squares": Job("toy-squares", {"n": TOY.size(p, "n")})}
 
 
 def _analyse(p, outputs):
@@ -49,7 +49,7 @@ def _draw(tables, stem: Path) -> list[Path]:
     return [path]
 
 
-TOY = Figure("toy", "A toy study", "this test", _jobs, _analyse, _draw)
+TOY = Figure("toy", "A toy study", "this test", _jobs, _analyse, _draw, sizes={"n": 4})
 
 
 @pytest.fixture
@@ -60,10 +60,8 @@ def toy(monkeypatch):
 
 def test_a_study_in_a_test_file_registers_in_one_place_and_runs(toy, tmp_path):
     assert select("toy") == [TOY] and registry.registered()[-1] is TOY
-    tiny = get_profile("tiny")
-    from dataclasses import replace
-
-    sized = replace(tiny, sizes={"toy": {"n": 6}})  # the study's own size, from the profile
+    assert TOY.size(get_profile("tiny"), "n") == 4  # the default the study declares
+    sized = get_profile("tiny").resize("toy", n=6)  # the study's own size, from the profile
     manifest = reproduce(sized, only="toy", out=tmp_path / "run")
     out = tmp_path / "run"
     table = pd.read_parquet(out / "tables" / "toy_squares.parquet")
@@ -77,6 +75,6 @@ def test_a_study_in_a_test_file_registers_in_one_place_and_runs(toy, tmp_path):
 
 def test_registering_an_id_twice_is_refused(toy):
     with pytest.raises(LesionError, match="registered already"):
-        registry.register(Figure("toy", "another", "-", _jobs, _analyse))
+        registry.register(Figure("toy", "another", "-", _jobs, _analyse, _draw))
     with pytest.raises(LesionError, match=r"expected a lesion\.experiments\.figures\.Figure"):
         registry.register("toy")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from lesion.core.batch import Batch
-from lesion.experiments.figures.vit_grokking import T2, jump_step, t2_analyse
+from lesion.experiments.figures.grokking import T2, jump_step, t2_analyse
 from lesion.experiments.jobs_vit_grokking import Answer, pairs, unit_kinds
 from lesion.experiments.profiles import get_profile
 from lesion.models import load_model
@@ -74,7 +73,8 @@ def test_jump_step_and_the_lead_on_a_history_known_on_paper(tmp_path):
         hist.to_parquet(g / "history.parquet")
         pd.DataFrame(rows, columns=cols).to_parquet(c / "curves.parquet")
         out |= {f"grok_s{s}": g, f"curves_s{s}": c}
-    p = replace(get_profile("tiny"), t2_seeds=(0, 1), t2_grok={**get_profile("tiny").t2_grok, "every": 100})
+    tiny = get_profile("tiny")
+    p = tiny.resize("T2", seeds=(0, 1), grok={**T2.size(tiny, "grok"), "every": 100})
     outcome = t2_analyse(p, out)
     neurons, heads = outcome.claims
     assert neurons["id"] == "T2-neurons" and neurons["estimate"] == 100.0

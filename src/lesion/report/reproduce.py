@@ -22,10 +22,11 @@ from typing import Any
 from lesion.errors import LesionError
 from lesion.experiments import Job, Store, run, write_json_atomic
 from lesion.experiments.backends import get_backend
-from lesion.experiments.figures import Figure, registered
+from lesion.experiments.figures import Figure, check_sizes, registered
+from lesion.experiments.figures.generalisation import F3, F4C
 from lesion.experiments.jobs import write_table
 from lesion.experiments.profiles import Profile, get_profile
-from lesion.report import DRAW, Section, write_html, write_markdown
+from lesion.report import Section, write_html, write_markdown
 from lesion.util.progress import progress_bar
 
 
@@ -69,6 +70,7 @@ def reproduce(
     start, load_start = time.perf_counter(), _load()
     p = get_profile(profile) if isinstance(profile, str) else profile
     figures = select(only)
+    check_sizes(p)
     chosen = get_backend(backend, workers=workers, threads=threads, address=address,
                          connect_timeout=connect_timeout)  # fmt: skip
     _check_data(p)
@@ -84,8 +86,7 @@ def reproduce(
         outcome = f.analyse(p, {name: store.path(j.key) for name, j in named[f.id].items()})
         for name, df in outcome.tables.items():
             tables[f"{f.id}_{name}"] = df
-        draw = f.draw or DRAW[f.id]
-        png = draw(outcome.tables, _staging(out, "figures") / f.id)[0]
+        png = f.draw(outcome.tables, _staging(out, "figures") / f.id)[0]
         sections.append(Section(f.id, f.title, f.source, png, outcome.claims))
         claims += outcome.claims
     _publish_dir(out, "tables", lambda d: [write_table(df, d / f"{k}.parquet") for k, df in tables.items()])
@@ -219,7 +220,7 @@ def _manifest(p, figures, named, store, done, start, workers, threads, models) -
         for k in done.paths
     ]
     return {
-        "profile": p.as_dict(),
+        "profile": p.as_dict() | {"sizes": {f.id: f.sizes_in(p) for f in figures if f.sizes}},
         "figures": [f.id for f in figures],
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
@@ -233,8 +234,8 @@ def _manifest(p, figures, named, store, done, start, workers, threads, models) -
         "backend": done.backend,
         "seeds": {
             "networks": list(p.seeds),
-            "ensemble": [100 + i for i in range(p.ensemble)],
-            "sweep": list(p.sweep_seeds),
+            "ensemble": [100 + i for i in range(F3.size(p, "ensemble"))],
+            "sweep": list(F4C.size(p, "seeds")),
             "conv": list(p.conv_seeds),
             "orders": 0,
         },

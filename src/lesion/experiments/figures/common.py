@@ -1,9 +1,9 @@
-"""What a figure of ``lesion reproduce`` is: the jobs it needs and the analysis of their outputs."""
+"""What a study of ``lesion reproduce`` is (``Figure``), and the job builders and readers studies share."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lesion.analyses.measures import auc, correlate
+from lesion.errors import LesionError
 from lesion.experiments.claims import Check, combine
 from lesion.experiments.job import Job
 from lesion.experiments.profiles import Profile
@@ -29,15 +30,43 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Figure:
-    """One experiment: ``jobs(profile)`` names the work, ``analyse(profile, outputs)`` reads it back."""
+    """One experiment: ``jobs(profile)`` names the work, ``analyse(profile, outputs)`` reads it back into
+    tables and claims, ``draw(tables, stem)`` plots the tables (to ``stem``.png first, returning the files).
+
+    ``sizes`` declares the study's own sizes and their defaults (``{"ensemble": 12}``); a profile changes
+    them in ``Profile.sizes[id]``, and the study reads them with ``size(profile, key)``. Sizes several
+    studies share (widths, seeds, repeats, ...) are the profile's own fields."""
 
     id: str
     title: str
     source: str  # where in the literature: "Morcos et al. 2018, Fig. 1"
     jobs: Callable[[Profile], dict[str, Job]]
     analyse: Callable[[Profile, Outputs], Outcome]
-    # (tables, path stem) -> [written files, PNG first]; None: the report's own drawing for this id
-    draw: Callable[[dict[str, pd.DataFrame], Path], list[Path]] | None = None
+    draw: Callable[[dict[str, pd.DataFrame], Path], list[Path]]  # (tables, path stem) -> [PNG, ...]
+    sizes: Mapping[str, Any] = field(default_factory=dict)
+
+    def size(self, p: Profile, key: str) -> Any:
+        """This study's size ``key`` in profile ``p``: the profile's value, else the declared default."""
+        if key not in self.sizes:
+            raise LesionError(
+                f"study {self.id!r} declares no size {key!r}; expected one of {_keys(self.sizes)}"
+            )
+        return self.sizes_in(p)[key]
+
+    def sizes_in(self, p: Profile) -> dict[str, Any]:
+        """Every size of this study in profile ``p``; a size the study does not declare is an error."""
+        given = p.sizes.get(self.id, {})
+        unknown = [k for k in given if k not in self.sizes]
+        if unknown:
+            raise LesionError(
+                f"profile {p.name!r} sets size(s) {', '.join(map(repr, unknown))} of study {self.id!r}, "
+                f"which declares {_keys(self.sizes)}"
+            )
+        return {**self.sizes, **given}
+
+
+def _keys(sizes: Mapping[str, Any]) -> str:
+    return ", ".join(map(repr, sizes)) or "none"
 
 
 def claim(
@@ -134,20 +163,10 @@ def conv_train(p: Profile, *, batchnorm: bool, seed: int) -> Job:
 
 
 def curves(
-    p: Profile,
-    model: Job,
-    *,
-    orders: Sequence[str] = ("random",),
-    units: Job | None = None,
-    conv: bool = False,
-    **params,
+    p: Profile, model: Job, *, orders: Sequence[str] = ("random",), units: Job | None = None, **params
 ) -> Job:
-    base = {
-        "orders": list(orders),
-        "repeats": p.conv_repeats if conv else p.repeats,
-        "fractions": p.conv_fractions if conv else p.fractions,
-        "seed": 0,
-    }
+    """Ablation curves of ``model``: the profile's repeats and fractions unless ``params`` set them."""
+    base = {"orders": list(orders), "repeats": p.repeats, "fractions": p.fractions, "seed": 0}
     if p.curve_examples is not None:  # curves on the first n training examples (large training sets)
         base["examples"] = p.curve_examples
     deps = {"units": units} if units is not None else {}

@@ -1,13 +1,14 @@
-"""The follow-up papers: per-class drops, information-ordered ablation, selectivity regulariser, rotation."""
+"""Follow-up papers on F1's and F7's networks: per-class drops (Zhou et al. 2018), information-ordered
+ablation (Amjad et al. 2018), the random-rotation control (Bau et al. 2017)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import pandas as pd
 
 from lesion.analyses.paper import per_class_drops
 from lesion.experiments.claims import (
-    bootstrap,
     bootstrap_medians,
     bootstrap_rows,
     correlation_check,
@@ -22,14 +23,20 @@ from lesion.experiments.figures.common import (
     claim,
     corr,
     curves,
-    final_metrics,
     fmt,
     gather,
     interval,
     read,
-    spearman,
     train,
     units,
+)
+from lesion.experiments.figures.plot import (
+    Tables,
+    band,
+    chance_line,
+    curve_axes,
+    fig_axes,
+    save,
 )
 from lesion.experiments.figures.units import f7_nets
 from lesion.experiments.profiles import Profile
@@ -114,8 +121,40 @@ def zhou_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"units": t, "class_drops": drops}, [c])
 
 
+def draw_zhou(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax, ax2) = fig_axes(2)
+    u = t["units"].nlargest(40, "max_class_drop")
+    cls = [c for c in t["units"].columns if c.startswith("delta_accuracy_class_")]
+    mat = -u[cls].to_numpy()
+    im = ax.imshow(mat, aspect="auto", cmap="magma_r", vmin=0, vmax=max(mat.max(), 1e-6))
+    ax.set_xticks(range(len(cls)), [c.rsplit("_", 1)[1] for c in cls])
+    ax.set_yticks(range(len(u)), [f"{a}:{b}" for a, b in zip(u.layer, u.unit, strict=True)], fontsize=5)
+    ax.set(xlabel="Class", title="Accuracy drop per class, 40 most damaging units")
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label="Drop in class accuracy")
+    a = t["units"]
+    last = [layer for layer in dict.fromkeys(a.layer) if layer != "relu_fc"][-1]
+    rest, top = a[a.layer != last], a[a.layer == last]
+    ax2.scatter(
+        rest.selectivity, rest.preferred_class_drop, s=8, alpha=0.5, lw=0, color="0.65", label="other layers"
+    )
+    ax2.scatter(top.selectivity, top.preferred_class_drop, s=14, alpha=0.8, lw=0, color="C3", label=last)
+    ax2.set(
+        xlabel="Class selectivity index",
+        ylabel="Accuracy drop on the unit's preferred class",
+        title="Selectivity vs drop on the preferred class",
+    )
+    ax2.legend(fontsize=8, frameon=False, markerscale=2)
+    return save(fig, stem)
+
+
 ZHOU = Figure(
-    "zhou-class-drops", "Per-unit x per-class accuracy drops", "Zhou et al. 2018", zhou_jobs, zhou_analyse
+    "zhou-class-drops",
+    "Per-unit x per-class accuracy drops",
+    "Zhou et al. 2018",
+    zhou_jobs,
+    zhou_analyse,
+    draw=draw_zhou,
 )
 
 
@@ -183,137 +222,40 @@ def amjad_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"curves": table}, [c])
 
 
+def draw_amjad(t: Tables, stem: Path) -> list[Path]:
+    cur = t["curves"]
+    layers = list(dict.fromkeys(cur.layer))
+    fig, axes = fig_axes(len(layers), 5.5)
+    styles = {
+        "mutual_info_high": ("C3", "-"),
+        "mutual_info_low": ("C3", "--"),
+        "selectivity_high": ("C0", "-"),
+        "selectivity_low": ("C0", "--"),
+    }
+    for ax, layer in zip(axes, layers, strict=True):
+        sub = cur[cur.layer == layer]
+        band(
+            ax, sub[sub.order == "random"], "fraction", "accuracy", color="black", label="random (mean ± SD)"
+        )
+        for order, (col, ls) in styles.items():
+            c = sub[sub.order == order].sort_values("fraction")
+            ax.plot(
+                c.fraction, c.accuracy, color=col, ls=ls, lw=1.6, label=order.replace("_", " ") + " first"
+            )
+        chance_line(ax)
+        curve_axes(ax, f"Ordered ablation within {layer}")
+        ax.set_xlabel(f"Fraction of {layer}'s units ablated")
+    axes[0].legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 AMJAD = Figure(
     "amjad-info-order",
     "Information-ordered ablation vs random",
     "Amjad et al. 2018",
     amjad_jobs,
     amjad_analyse,
-)
-
-
-# ---- Leavitt & Morcos 2020: a selectivity regulariser
-
-
-def _reg_nets(p: Profile) -> dict[tuple[float, int], Job]:
-    return {
-        (a, s): train(
-            p, p.small_widths, seed=s, until=False, epochs=p.alpha_epochs, select_reg=a, subset=True
-        )
-        for a in p.alphas
-        for s in p.seeds
-    }
-
-
-def leavitt_jobs(p: Profile) -> dict[str, Job]:
-    nets = _reg_nets(p)
-    return {f"units/a{a:g}/s{s}": units(p, n, importance=False) for (a, s), n in nets.items()} | {
-        f"train/a{a:g}/s{s}": n for (a, s), n in nets.items()
-    }
-
-
-def leavitt_analyse(p: Profile, out: Outputs) -> Outcome:
-    rows = []
-    for a, s in _reg_nets(p):
-        u = read(out, f"units/a{a:g}/s{s}", "units.parquet")
-        rows.append(
-            {
-                "alpha": a,
-                "seed": s,
-                "mean_selectivity": u.selectivity.mean(),
-                "dead": int(u.dead.sum()),
-                **final_metrics(out, f"train/a{a:g}/s{s}"),
-            }
-        )
-    nets = pd.DataFrame(rows)
-    by = nets.groupby("alpha")[["mean_selectivity", "test_accuracy"]].mean()
-    lo, zero, hi = by.index.min(), 0.0 if 0.0 in by.index else by.index[len(by) // 2], by.index.max()
-    stat = corr(nets.alpha, nets.mean_selectivity)
-    acc = by.test_accuracy
-    checks = _leavitt_checks(nets, lo, zero, hi)
-    measured = (
-        "mean selectivity "
-        + ", ".join(f"{fmt(v, 2)} (alpha {k:g})" for k, v in by.mean_selectivity.items())
-        + "; test accuracy "
-        + ", ".join(f"{fmt(v, 3)} (alpha {k:g})" for k, v in acc.items())
-        + f"; Spearman rho (alpha, selectivity) {interval(checks[0])}; accuracy change at alpha {lo:g} "
-        f"{interval(checks[1])}, at alpha {hi:g} {interval(checks[2])}"
-    )
-    c = claim(
-        "leavitt-selectivity-reg",
-        "A selectivity regulariser moves selectivity as asked; lowering it does not "
-        "hurt test accuracy, raising it does (criterion: Spearman rho(alpha, mean SI) > 0.8, accuracy at the "
-        "lowest alpha >= accuracy at alpha 0 - 0.01, accuracy at the highest alpha < accuracy at alpha 0)",
-        "Leavitt & Morcos 2020: reducing class selectivity has little effect on or even improves test "
-        "accuracy; increasing it impairs accuracy",
-        measured,
-        {
-            "spearman_rho_alpha_si": stat["spearman_rho"],
-            "accuracy_by_alpha": {f"{k:g}": v for k, v in acc.items()},
-            "selectivity_by_alpha": {f"{k:g}": v for k, v in by.mean_selectivity.items()},
-        },
-        checks,
-    )
-    return Outcome({"nets": nets}, [c])
-
-
-def _leavitt_checks(nets: pd.DataFrame, lo: float, zero: float, hi: float) -> list:
-    """Bootstrap over the networks (seeds) of each alpha."""
-    alphas = sorted(nets.alpha.unique())
-    si = {a: [[v] for v in nets[nets.alpha == a].mean_selectivity] for a in alphas}
-    acc = {a: [[v] for v in nets[nets.alpha == a].test_accuracy] for a in (lo, zero, hi)}
-    n = len(nets)
-
-    def rho(m) -> float:
-        return spearman(
-            np.concatenate([[a] * len(m[a]) for a in alphas]), np.concatenate([m[a] for a in alphas])
-        )
-
-    est, ci = bootstrap(si, rho)
-    out = [
-        make_check(
-            "Spearman rho (alpha, mean selectivity)",
-            est,
-            ci,
-            criterion=0.8,
-            direction=">",
-            n=n,
-            unit="networks",
-        )
-    ]
-    est, ci = bootstrap(acc, lambda m: m[lo].mean() - m[zero].mean())
-    out.append(
-        make_check(
-            f"test accuracy at alpha {lo:g} minus at {zero:g}",
-            est,
-            ci,
-            criterion=-0.01,
-            direction=">",
-            n=n,
-            unit="networks",
-        )
-    )
-    est, ci = bootstrap(acc, lambda m: m[hi].mean() - m[zero].mean())
-    out.append(
-        make_check(
-            f"test accuracy at alpha {hi:g} minus at {zero:g}",
-            est,
-            ci,
-            criterion=0.0,
-            direction="<",
-            n=n,
-            unit="networks",
-        )
-    )
-    return out
-
-
-LEAVITT = Figure(
-    "leavitt-selectivity-reg",
-    "Selectivity regulariser sweep",
-    "Leavitt & Morcos 2020",
-    leavitt_jobs,
-    leavitt_analyse,
+    draw=draw_amjad,
 )
 
 
@@ -322,11 +264,8 @@ LEAVITT = Figure(
 
 def rotation_jobs(p: Profile) -> dict[str, Job]:
     net = train(p, corrupt=0.0, seed=p.seeds[0])
-    return {
-        "rotation": Job(
-            "rotation", {"repeats": p.rotation_repeats, "fractions": p.fractions, "seed": 0}, {"model": net}
-        )
-    }
+    params = {"repeats": ROTATION.size(p, "repeats"), "fractions": p.fractions, "seed": 0}
+    return {"rotation": Job("rotation", params, {"model": net})}
 
 
 def rotation_analyse(p: Profile, out: Outputs) -> Outcome:
@@ -375,6 +314,48 @@ def rotation_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"curves": table, "information": info}, [c])
 
 
+def draw_rotation(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax, ax2) = fig_axes(2)
+    cur = t["curves"]
+    band(ax, cur[cur.basis == "units"], "fraction", "accuracy", color="C0", label="units")
+    band(
+        ax,
+        cur[cur.basis == "random"],
+        "fraction",
+        "accuracy",
+        color="C1",
+        label="random orthonormal directions",
+    )
+    chance_line(ax)
+    curve_axes(ax, "Deleting units vs random directions")
+    ax.set_xlabel("Fraction of each layer's dimensions deleted")
+    ax.legend(fontsize=8, frameon=False)
+    info = t["information"]
+    bins = np.linspace(0, max(info.mutual_info.max(), 1e-6), 30)
+    for basis, col in (("units", "C0"), ("random", "C1")):
+        ax2.hist(
+            info[info.basis == basis].mutual_info,
+            bins=bins,
+            alpha=0.5,
+            color=col,
+            density=True,
+            label="units" if basis == "units" else "random directions",
+        )
+    ax2.set(
+        xlabel="Mutual information with the label (bits)",
+        ylabel="Density",
+        title="Class information per direction",
+    )
+    ax2.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 ROTATION = Figure(
-    "bau-rotation", "Random-rotation control", "Bau et al. 2017", rotation_jobs, rotation_analyse
+    "bau-rotation",
+    "Random-rotation control",
+    "Bau et al. 2017",
+    rotation_jobs,
+    rotation_analyse,
+    sizes={"repeats": 3},  # random orders per basis (the units', a random rotation's)
+    draw=draw_rotation,
 )

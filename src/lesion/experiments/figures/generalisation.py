@@ -1,18 +1,18 @@
-"""Figures 1-4: robustness to deletion against memorisation, generalisation and training time."""
+"""Figures 3 and 4c: robustness to deletion against generalisation, among clean-label networks."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lesion.analyses.paper import DEFAULT_SCALES
 from lesion.experiments.claims import bootstrap, correlation_check, make_check
 from lesion.experiments.figures.common import (
     Figure,
     Job,
     Outcome,
     Outputs,
-    accuracy_at,
     aucs,
     by_net,
     claim,
@@ -24,163 +24,31 @@ from lesion.experiments.figures.common import (
     interval,
     pval,
     read,
-    spearman,
     train,
+)
+from lesion.experiments.figures.plot import (
+    Tables,
+    band,
+    chance_line,
+    curve_axes,
+    fig_axes,
+    ramp,
+    save,
 )
 from lesion.experiments.profiles import Profile
 
-
-def _corruption_nets(p: Profile) -> dict[tuple[float, int], Job]:
-    return {(c, s): train(p, corrupt=c, seed=s) for c in p.corruptions for s in p.seeds}
-
-
-def _name(c: float, s: int) -> str:
-    return f"corrupt{c:g}/seed{s}"
-
-
-# ---- F1: cumulative ablation against label corruption
-
-
-def f1_jobs(p: Profile) -> dict[str, Job]:
-    return {_name(c, s): curves(p, net) for (c, s), net in _corruption_nets(p).items()}
-
-
-def f1_analyse(p: Profile, out: Outputs) -> Outcome:
-    cols = {_name(c, s): {"corrupt": c, "seed": s} for c in p.corruptions for s in p.seeds}
-    table = gather(out, cols, "curves.parquet")
-    per_curve = aucs(table, ["corrupt", "seed", "repeat"])
-    per_net = per_curve.groupby(["corrupt", "seed"], as_index=False)["auc"].mean()
-    stat = corr(per_net["corrupt"], per_net["auc"])
-    by_c = per_net.groupby("corrupt")["auc"].mean()
-    lo, hi = by_c.index.min(), by_c.index.max()
-    at = accuracy_at(table, 0.39, ["corrupt"])  # the paper reads its MNIST curves at 400 of 1024 units
-    checks = corruption_checks(by_net(per_curve, "corrupt", ["seed"], "auc"), "AUC")
-    measured = (
-        f"AUC {fmt(by_c[lo])} at {lo:.0%} corrupted vs {fmt(by_c[hi])} at {hi:.0%} (difference "
-        f"{interval(checks[1])}); Spearman rho (corruption, AUC) = {interval(checks[0])} over {stat['n']} "
-        "nets; accuracy at 39% ablated: " + ", ".join(f"{fmt(v, 2)} ({c:.0%})" for c, v in at.items())
-    )
-    c = claim(
-        "F1",
-        "More corrupted labels, so more memorisation: accuracy falls sooner under cumulative "
-        "ablation (criterion: Spearman rho of corruption vs AUC < -0.8 and AUC(0%) > AUC(100%))",
-        "MNIST 2x512, at 400 of 1024 units ablated: accuracy ~0.97 (0% corrupted), ~0.70 (20%), ~0.30 (100%)",
-        measured,
-        {
-            "spearman_rho": stat["spearman_rho"],
-            "spearman_p": stat["spearman_p"],
-            "n": stat["n"],
-            "auc_clean": by_c[lo],
-            "auc_corrupted": by_c[hi],
-            "auc_by_corruption": {f"{k:g}": v for k, v in by_c.items()},
-        },
-        checks,
-    )
-    return Outcome({"curves": table, "auc": per_curve}, [c])
-
-
-F1 = Figure(
-    "F1", "Cumulative ablation vs label corruption", "Morcos et al. 2018, Fig. 1", f1_jobs, f1_analyse
-)
-
-
-def corruption_checks(groups: dict, what: str) -> list:
-    """Spearman rho (corruption, per-net ``what``) <= -0.8 and clean minus fully corrupted > 0, each with
-    a bootstrap interval over networks (within each corruption level) and their repeats."""
-    levels = sorted(groups)
-    lo, hi = levels[0], levels[-1]
-    n = sum(len(v) for v in groups.values())
-
-    def rho(m) -> float:
-        return spearman(
-            np.concatenate([[c] * len(m[c]) for c in levels]), np.concatenate([m[c] for c in levels])
-        )
-
-    est, ci = bootstrap(groups, rho)
-    a = make_check(
-        f"Spearman rho (corruption, {what})", est, ci, criterion=-0.8, direction="<", n=n, unit="networks"
-    )
-    est, ci = bootstrap({lo: groups[lo], hi: groups[hi]}, lambda m: m[lo].mean() - m[hi].mean())
-    b = make_check(
-        f"{what} at {lo:.0%} minus at {hi:.0%} corrupted",
-        est,
-        ci,
-        criterion=0.0,
-        direction=">",
-        n=len(groups[lo]) + len(groups[hi]),
-        unit="networks",
-    )
-    return [a, b]
-
-
-# ---- F2: per-unit noise against label corruption
-
-
-def f2_jobs(p: Profile) -> dict[str, Job]:
-    scales = list(np.logspace(-1.5, 1, p.noise_scales)) if p.noise_scales != len(DEFAULT_SCALES) else None
-    params = {"repeats": p.noise_repeats} | ({"scales": scales} if scales else {})
-    return {_name(c, s): Job("noise", params, {"model": net}) for (c, s), net in _corruption_nets(p).items()}
-
-
-def f2_analyse(p: Profile, out: Outputs) -> Outcome:
-    cols = {_name(c, s): {"corrupt": c, "seed": s} for c in p.corruptions for s in p.seeds}
-    table = gather(out, cols, "noise.parquet")
-    table["log10_scale"] = np.log10(table["scale"])
-    span = table["log10_scale"].max() - table["log10_scale"].min()
-    rob = (
-        table.groupby(["corrupt", "seed", "repeat"])
-        .apply(
-            lambda g: (
-                np.trapezoid(g.sort_values("scale")["accuracy"], g.sort_values("scale")["log10_scale"]) / span
-            ),
-            include_groups=False,
-        )
-        .rename("robustness")
-        .reset_index()
-    )
-    per_net = rob.groupby(["corrupt", "seed"], as_index=False)["robustness"].mean()
-    stat = corr(per_net["corrupt"], per_net["robustness"])
-    scales = np.sort(table["scale"].unique())
-    one = scales[np.argmin(np.abs(np.log10(scales)))]
-    at1 = table[table["scale"] == one].groupby("corrupt")["accuracy"].mean()
-    lo, hi = at1.index.min(), at1.index.max()
-    checks = corruption_checks(by_net(rob, "corrupt", ["seed"], "robustness"), "noise robustness")
-    measured = (
-        f"accuracy at noise scale {one:.2g}: {fmt(at1[lo], 2)} ({lo:.0%} corrupted) vs {fmt(at1[hi], 2)} "
-        f"({hi:.0%}); Spearman rho (corruption, mean accuracy over log scale) = "
-        f"{interval(checks[0])} over {stat['n']} nets; robustness clean minus fully corrupted "
-        f"{interval(checks[1])}"
-    )
-    c = claim(
-        "F2",
-        "Per-unit Gaussian noise tells the same story: memorising nets are less robust "
-        "(criterion: Spearman rho of corruption vs robustness < -0.8 and clean more robust than fully "
-        "corrupted)",
-        "MNIST at noise scale 1.0: accuracy ~0.7 (0% corrupted) vs ~0.35 (100%)",
-        measured,
-        {
-            "spearman_rho": stat["spearman_rho"],
-            "spearman_p": stat["spearman_p"],
-            "n": stat["n"],
-            "scale": one,
-            "accuracy_clean": at1[lo],
-            "accuracy_corrupted": at1[hi],
-        },
-        checks,
-    )
-    return Outcome({"noise": table.drop(columns="log10_scale"), "robustness": rob}, [c])
-
-
-F2 = Figure("F2", "Per-unit noise vs label corruption", "Morcos et al. 2018, Fig. 2", f2_jobs, f2_analyse)
-
-
 # ---- F3: an ensemble of clean-label networks, best vs worst generalisers
+
+# networks differing only in seed (100, 101, ...), trained for ``epochs``; the best and worst ``extremes``
+# generalisers are compared
+F3_SIZES = {"ensemble": 12, "extremes": 3, "epochs": 10}
 
 
 def _ensemble(p: Profile) -> dict[int, Job]:
+    epochs = F3.size(p, "epochs")
     return {
-        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=p.ensemble_epochs, subset=True)
-        for s in range(p.ensemble)
+        s: train(p, p.sweep_widths, seed=100 + s, until=False, epochs=epochs, subset=True)
+        for s in range(F3.size(p, "ensemble"))
     }
 
 
@@ -191,11 +59,12 @@ def f3_jobs(p: Profile) -> dict[str, Job]:
 
 
 def f3_analyse(p: Profile, out: Outputs) -> Outcome:
-    table = gather(out, {f"net{s}": {"net": s} for s in range(p.ensemble)}, "curves.parquet")
-    nets = pd.DataFrame([{"net": s, **final_metrics(out, f"train/net{s}")} for s in range(p.ensemble)])
+    ensemble = range(F3.size(p, "ensemble"))
+    table = gather(out, {f"net{s}": {"net": s} for s in ensemble}, "curves.parquet")
+    nets = pd.DataFrame([{"net": s, **final_metrics(out, f"train/net{s}")} for s in ensemble])
     nets = nets.merge(aucs(table, ["net", "repeat"]).groupby("net", as_index=False)["auc"].mean(), on="net")
     nets = nets.sort_values("test_accuracy", ascending=False, ignore_index=True)
-    k = p.extremes
+    k = F3.size(p, "extremes")
     nets["group"] = ["best"] * k + ["middle"] * (len(nets) - 2 * k) + ["worst"] * k
     best, worst = nets[nets.group == "best"], nets[nets.group == "worst"]
     stat = corr(nets["test_accuracy"], nets["auc"])
@@ -245,26 +114,56 @@ def f3_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"curves": table.merge(nets[["net", "group"]], on="net"), "nets": nets}, [c])
 
 
+def draw_f3(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax, ax2) = fig_axes(2)
+    nets, cur = t["nets"], t["curves"]
+    for group, col in (("best", "C0"), ("worst", "C3")):
+        sub = nets[nets.group == group]
+        band(
+            ax,
+            cur[cur.group == group],
+            "fraction",
+            "accuracy",
+            color=col,
+            label=f"{group} {len(sub)} (test error {1 - sub.test_accuracy.mean():.3f})",
+        )
+    chance_line(ax)
+    curve_axes(ax, "Best vs worst generalisers (mean ± SD over nets and orders)")
+    ax.legend(fontsize=8, frameon=False)
+    for group, col in (("best", "C0"), ("middle", "0.6"), ("worst", "C3")):
+        sub = nets[nets.group == group]
+        ax2.scatter(sub.test_accuracy, sub.auc, color=col, s=24, label=f"{group} ({len(sub)})")
+    ax2.legend(fontsize=8, frameon=False)
+    ax2.set(xlabel="Test accuracy", ylabel="Area under the ablation curve", title="Each network")
+    return save(fig, stem)
+
+
 F3 = Figure(
     "F3",
     "Best vs worst generalisers among clean-label networks",
     "Morcos et al. 2018, Fig. 3",
     f3_jobs,
     f3_analyse,
+    sizes=F3_SIZES,
+    draw=draw_f3,
 )
 
 
 # ---- F4c: a hyperparameter sweep, AUC against test accuracy
 
+# every learning rate x batch size x seed, each net trained for ``epochs``
+F4C_SIZES = {"lrs": (1e-4, 3e-4, 1e-3, 3e-3), "batch_sizes": (32, 512), "seeds": (0, 1), "epochs": 8}
+
 
 def _sweep(p: Profile) -> dict[str, Job]:
+    z = F4C.sizes_in(p)
     return {
         f"lr{lr:g}/bs{bs}/seed{s}": train(
-            p, p.sweep_widths, seed=s, until=False, epochs=p.sweep_epochs, lr=lr, batch_size=bs, subset=True
+            p, p.sweep_widths, seed=s, until=False, epochs=z["epochs"], lr=lr, batch_size=bs, subset=True
         )
-        for lr in p.sweep_lrs
-        for bs in p.sweep_batch_sizes
-        for s in p.sweep_seeds
+        for lr in z["lrs"]
+        for bs in z["batch_sizes"]
+        for s in z["seeds"]
     }
 
 
@@ -276,7 +175,7 @@ def f4c_jobs(p: Profile) -> dict[str, Job]:
 
 
 def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
-    rows = []
+    z, rows = F4C.sizes_in(p), []
     for name, job in _sweep(p).items():
         opts = job.params["train"]
         a = aucs(read(out, f"curves/{name}", "curves.parquet"), ["repeat"])["auc"]
@@ -296,8 +195,8 @@ def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
         "Across hyperparameter settings, ablation AUC predicts test accuracy (criterion: Pearson r > 0: "
         "its 95% interval above 0)",
         "96 CIFAR-10 settings x 2 seeds: r = 0.914",
-        f"Pearson r (AUC, test accuracy) over {stat['n']} nets ({len(p.sweep_lrs)} learning rates x "
-        f"{len(p.sweep_batch_sizes)} batch sizes x {len(p.sweep_seeds)} seeds) = {fmt(stat['pearson_r'], 3)} "
+        f"Pearson r (AUC, test accuracy) over {stat['n']} nets ({len(z['lrs'])} learning rates x "
+        f"{len(z['batch_sizes'])} batch sizes x {len(z['seeds'])} seeds) = {fmt(stat['pearson_r'], 3)} "
         f"(p = {pval(stat['pearson_p'])}); Spearman rho = {fmt(stat['spearman_rho'], 2)}",
         {k: stat[k] for k in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "n")},
         [
@@ -314,6 +213,30 @@ def f4c_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"nets": nets}, [c])
 
 
+def draw_f4c(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax,) = fig_axes(1, 7.0)
+    nets = t["nets"]
+    markers = dict(zip(sorted(nets.batch_size.unique()), "os^Dv", strict=False))
+    lrs = sorted(nets.lr.unique())
+    for lr, col in zip(lrs, ramp(len(lrs)), strict=True):
+        for bs, mk in markers.items():
+            sub = nets[(nets.lr == lr) & (nets.batch_size == bs)]
+            ax.scatter(sub.auc, sub.test_accuracy, color=col, marker=mk, s=30, label=f"lr {lr:g}, batch {bs}")
+    ax.set(
+        xlabel="Area under the ablation curve",
+        ylabel="Test accuracy",
+        title="Hyperparameter sweep: robustness vs generalisation",
+    )
+    ax.legend(fontsize=7, frameon=False, ncols=2)
+    return save(fig, stem)
+
+
 F4C = Figure(
-    "F4c", "Hyperparameter sweep: AUC vs test accuracy", "Morcos et al. 2018, Fig. 4c", f4c_jobs, f4c_analyse
+    "F4c",
+    "Hyperparameter sweep: AUC vs test accuracy",
+    "Morcos et al. 2018, Fig. 4c",
+    f4c_jobs,
+    f4c_analyse,
+    sizes=F4C_SIZES,
+    draw=draw_f4c,
 )

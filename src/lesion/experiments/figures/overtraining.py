@@ -7,6 +7,8 @@ test-loss minimum is tested per optimiser with a bootstrap over random ablation 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -27,19 +29,27 @@ from lesion.experiments.figures.common import (
     read,
     train,
 )
+from lesion.experiments.figures.plot import (
+    Tables,
+    fig_axes,
+    save,
+)
 from lesion.experiments.profiles import Profile
 
 OPTIMIZERS = ("adam", "sgd")
+# measured at each checkpoint (epochs) of nets trained for ``epochs``, on past the test-loss minimum; the
+# SGD net with momentum 0.9 at ``sgd_lr``, as the paper's replications trained
+F4_SIZES = {"checkpoints": (0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "epochs": 32, "sgd_lr": 0.01}
 
 
 def _long(p: Profile, optimizer: str = "adam") -> Job:
-    opts = {"optimizer": "sgd", "lr": p.sgd_lr} if optimizer == "sgd" else {}
+    opts = {"optimizer": "sgd", "lr": F4.size(p, "sgd_lr")} if optimizer == "sgd" else {}
     return train(
         p,
         p.long_widths,
         until=False,
-        epochs=p.long_epochs,
-        checkpoints=list(p.checkpoints),
+        epochs=F4.size(p, "epochs"),
+        checkpoints=list(F4.size(p, "checkpoints")),
         subset=True,
         **opts,
     )
@@ -55,7 +65,7 @@ def f4_jobs(p: Profile) -> dict[str, Job]:
     jobs = {}
     for opt in OPTIMIZERS:
         net = _long(p, opt)
-        for e in p.checkpoints:
+        for e in F4.size(p, "checkpoints"):
             jobs[f"{opt}/curves/{e:g}"] = curves(p, net, checkpoint=_ckpt(e))
             jobs[f"{opt}/metrics/{e:g}"] = Job("evaluate", {"checkpoint": _ckpt(e)}, {"model": net})
     return jobs
@@ -63,7 +73,7 @@ def f4_jobs(p: Profile) -> dict[str, Job]:
 
 def _checkpoints(p: Profile, out: Outputs, opt: str, per_curve: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for e in p.checkpoints:
+    for e in F4.size(p, "checkpoints"):
         m = read(out, f"{opt}/metrics/{e:g}", "metrics.parquet").set_index("split")
         a = per_curve[per_curve.epoch == e]["auc"]
         rows.append(
@@ -123,7 +133,9 @@ def _over_training_checks(ep: pd.DataFrame, per_curve: pd.DataFrame, opt: str) -
 
 def f4_analyse(p: Profile, out: Outputs) -> Outcome:
     names = {
-        f"{o}/curves/{e:g}": {"optimizer": o, "epoch": float(e)} for o in OPTIMIZERS for e in p.checkpoints
+        f"{o}/curves/{e:g}": {"optimizer": o, "epoch": float(e)}
+        for o in OPTIMIZERS
+        for e in F4.size(p, "checkpoints")
     }
     table = gather(out, names, "curves.parquet")
     eps, claims = [], []
@@ -162,7 +174,7 @@ def f4_analyse(p: Profile, out: Outputs) -> Outcome:
 
 def _f4a_claim(p: Profile, opt: str, ep: pd.DataFrame, checks: list) -> dict:
     i_auc, i_loss = int(ep["auc"].idxmax()), int(ep["test_loss"].idxmin())
-    name = "Adam" if opt == "adam" else f"SGD (momentum 0.9, lr {p.sgd_lr:g})"
+    name = "Adam" if opt == "adam" else f"SGD (momentum 0.9, lr {F4.size(p, 'sgd_lr'):g})"
     still = " (test loss still falling at the last checkpoint)" if i_loss == len(ep) - 1 else ""
     return claim(
         "F4a" if opt == "adam" else "F4a-sgd",
@@ -190,10 +202,45 @@ def _f4a_claim(p: Profile, opt: str, ep: pd.DataFrame, checks: list) -> dict:
     )
 
 
+def draw_f4a(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax, ax3) = fig_axes(2)
+    ax2 = ax.twinx()
+    ep = t["checkpoints"]
+    for k, (opt, sub) in enumerate(ep.groupby("optimizer", sort=True)):
+        sub = sub.reset_index(drop=True)
+        col, name = f"C{2 * k}", "Adam" if opt == "adam" else "SGD"
+        top = sub.auc.max()
+        ax.errorbar(
+            sub.epoch,
+            sub.auc_normalised,
+            yerr=sub.auc_sd / top,
+            fmt="o-",
+            color=col,
+            ms=4,
+            capsize=2,
+            label=f"{name}: ablation AUC / its max",
+        )
+        ax2.plot(sub.epoch, sub.test_loss, "s--", color=col, ms=3, alpha=0.7, label=f"{name}: test loss")
+        ax.axvline(sub.epoch[sub.test_loss.idxmin()], color=col, lw=0.8, ls=":")
+        ax3.scatter(sub.test_loss, sub.auc_normalised, color=col, s=26, label=name)
+    ax.set(
+        xscale="log",
+        xlabel="Epoch (log axis; dotted: test-loss minimum)",
+        ylabel="Ablation AUC, normalised by its maximum",
+        title="Over training: AUC and test loss",
+    )
+    ax2.set_ylabel("Test loss (cross-entropy, nats), dashed")
+    fig.legend(loc="outside lower center", ncols=4, frameon=False, fontsize=8)
+    ax3.set(xlabel="Test loss (nats)", ylabel="Ablation AUC / its max", title="Checkpoints")
+    return save(fig, stem)
+
+
 F4 = Figure(
     "F4a",
     "AUC and test loss over training (Adam and SGD)",
     "Morcos et al. 2018, Fig. 4a-b",
     f4_jobs,
     f4_analyse,
+    sizes=F4_SIZES,
+    draw=draw_f4a,
 )

@@ -1,42 +1,52 @@
-"""Two studies beyond the paper on F7's MLP and convnet and a small GPT-style decoder.
-
-T3 (Li & Janson 2024; Pochinkov et al. 2024): how a unit is deleted (zero, mean, resample, optimal
-constant) changes which units matter. T4 (Kramar et al. 2024, AtP*): the first-order attribution estimate
-of every unit's deletion effect against the exact effect.
+"""Beyond the paper, T3 (Li & Janson 2024; Pochinkov et al. 2024): how a unit is deleted (zero, mean,
+resample, optimal constant) changes which units matter, on F7's MLP and convnet and a small GPT-style
+decoder. T4 (``attribution``) measures the same networks on the same examples: they and the bootstrap
+over units are here.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lesion.experiments.claims import BOOT, SEED, correlation_check, make_check, percentile
 from lesion.experiments.figures.common import Figure, Job, Outcome, Outputs, claim, fmt, interval, read
+from lesion.experiments.figures.plot import (
+    Tables,
+    fig_axes,
+    save,
+)
 from lesion.experiments.figures.units import f7_nets
 from lesion.experiments.profiles import Profile
 
 NETS = {"mlp": "MLP", "convnet": "convnet (BN)", "gpt": "GPT decoder"}
 METHODS = ("zero", "mean", "resample", "optimal")
 RANK_CRITERION = 0.9  # "agree only partly": mean Spearman between methods below this
-HIGH = 0.8  # T4 "high overall agreement": Spearman (estimate, exact) above this
-TOP = 0.10  # T4: the top 10% of units by |exact| effect, and the estimate's top 10%
-MISS_CRITERION = 0.1  # T4 "systematic misses": more than 1 in 10 of the top units missed
+# T3's sizes, which T4 reads too (it measures T3's networks on T3's examples): a GPT-style decoder (d_model,
+# layers, heads) joins F7's MLP and convnet, trained on a built-in corpus (3/4 train, 1/4 held out);
+# resample draws per unit; Adam steps fitting each optimal constant (from the better of 0 and the mean);
+# the held-out examples every unit is measured on (None: all; the convnet's optimal constants cost most)
+T3_SIZES = {"corpus": "markov", "sequences": 512, "seq_len": 32, "gpt": (32, 2, 4), "gpt_epochs": 6,
+            "resample_repeats": 3, "optimal_steps": 10, "examples": 500, "lm_sequences": 32,
+            "conv_examples": 100}  # fmt: skip
 
 
 def gpt_train(p: Profile) -> Job:
     """lesion's GPT-style decoder on the profile's built-in corpus (the ``train`` job's gpt branch)."""
-    d, layers, heads = p.t34_gpt
+    z = T3.sizes_in(p)
+    d, layers, heads = z["gpt"]
     arch = {"kind": "gpt", "d_model": d, "n_layer": layers, "n_head": heads, "dropout": 0.0}
-    train = {"epochs": p.t34_gpt_epochs, "lr": 3e-3, "batch_size": 32}
+    train = {"epochs": z["gpt_epochs"], "lr": 3e-3, "batch_size": 32}
     if p.device != "cpu":  # a GPU run: a different job, as for every trained network
         train["device"] = p.device
     params = {
         "arch": arch,
-        "dataset": p.t34_corpus,
-        "sequences": p.t34_sequences,
-        "seq_len": p.t34_seq_len,
+        "dataset": z["corpus"],
+        "sequences": z["sequences"],
+        "seq_len": z["seq_len"],
         "corrupt": 0.0,
         "seed": 0,
         "train": train,
@@ -54,21 +64,21 @@ def nets(p: Profile) -> dict[str, Job]:
 def t3_jobs(p: Profile) -> dict[str, Job]:
     params = {
         "methods": list(METHODS),
-        "resample_repeats": p.t34_resample_repeats,
+        "resample_repeats": T3.size(p, "resample_repeats"),
         "seed": 0,
-        "optimal_steps": p.t34_optimal_steps,
+        "optimal_steps": T3.size(p, "optimal_steps"),
     }
     trained = nets(p)
-    return {n: Job("replacements", params | _data(p, n), {"model": j}) for n, j in trained.items()} | {
+    return {n: Job("replacements", params | examples_of(p, n), {"model": j}) for n, j in trained.items()} | {
         f"train/{n}": j for n, j in trained.items()
     }
 
 
-def _data(p: Profile, net: str) -> dict:
+def examples_of(p: Profile, net: str) -> dict:
     """Which held-out examples a network's units are measured on (the same in T3 and T4)."""
     if net == "gpt":
-        return {"test_sequences": p.t34_lm_sequences}
-    return {"test_examples": p.t34_conv_examples if net == "convnet" else p.t34_examples}
+        return {"test_sequences": T3.size(p, "lm_sequences")}
+    return {"test_examples": T3.size(p, "conv_examples" if net == "convnet" else "examples")}
 
 
 def t3_analyse(p: Profile, out: Outputs) -> Outcome:
@@ -159,7 +169,7 @@ def rho_draws(x: np.ndarray, pairs, idx: np.ndarray) -> np.ndarray:
 
 def _optimal_claim(p: Profile, wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
     """Is the optimal constant's loss change the smallest of the four methods, unit by unit?"""
-    rows = []
+    rows, steps = [], T3.size(p, "optimal_steps")
     for n, w in wide.items():
         others = w[[m for m in METHODS if m != "optimal"]]
         gap = w["optimal"] - others.min(axis=1)  # > 0: another method deletes the unit more gently
@@ -171,7 +181,7 @@ def _optimal_claim(p: Profile, wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFr
     tol = 1e-6
     t["smallest"] = t.gap <= tol
     t["below_constants"] = t.gap_constants <= tol
-    est, ci = _fraction_ci(t.smallest.to_numpy())
+    est, ci = fraction_ci(t.smallest.to_numpy())
     check = make_check(
         "fraction of units whose optimal-constant loss change is the smallest of the four methods",
         est,
@@ -184,7 +194,7 @@ def _optimal_claim(p: Profile, wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFr
     worst = t.loc[t.gap.idxmax()]
     per = t.groupby("net", sort=False)[["smallest", "below_constants"]].mean()
     measured = (
-        f"optimal constants fitted on the measured examples ({p.t34_optimal_steps} Adam steps from the "
+        f"optimal constants fitted on the measured examples ({steps} Adam steps from the "
         "better of 0 and the mean); smallest for "
         f"{interval(check)} of {len(t)} units ("
         + ", ".join(f"{NETS[n]} {fmt(r.smallest, 2)}" for n, r in per.iterrows())
@@ -213,7 +223,7 @@ def _optimal_claim(p: Profile, wide: dict[str, pd.DataFrame]) -> tuple[pd.DataFr
     return t, c
 
 
-def _fraction_ci(x: np.ndarray) -> tuple[float, tuple[float, float]]:
+def fraction_ci(x: np.ndarray) -> tuple[float, tuple[float, float]]:
     rng = np.random.default_rng(SEED)
     boots = [x[rng.integers(0, len(x), len(x))].mean() for _ in range(BOOT)]
     return float(x.mean()), percentile(boots)
@@ -259,134 +269,82 @@ def _f7_claim(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return t, c
 
 
+def draw_t3(t: Tables, stem: Path) -> list[Path]:
+    """Left: Spearman rho between each pair of methods, per network, with 95% intervals; middle: zero
+    vs optimal loss change per unit; right: F7's pooled Pearson r under each method."""
+    fig, (ax, ax2, ax3) = fig_axes(3, 5.0)
+    r = t["rank_agreement"]
+    pairs = list(dict.fromkeys(zip(r.a, r.b, strict=True)))
+    nets = list(dict.fromkeys(r.net))
+    width = 0.8 / max(1, len(nets))
+    for i, n in enumerate(nets):
+        g = r[r.net == n].set_index(["a", "b"]).loc[pairs]
+        x = np.arange(len(pairs)) + (i - (len(nets) - 1) / 2) * width
+        err = np.vstack([g.spearman - g.ci_low, g.ci_high - g.spearman]).clip(min=0)
+        ax.bar(x, g.spearman, width, yerr=err, capsize=2, color=f"C{i}", label=NETS.get(n, n))
+    ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(pairs)), [f"{a}\nvs {b}" for a, b in pairs], fontsize=7)
+    ax.set(
+        ylim=(min(0.0, float(r.ci_low.min()) - 0.05), 1.25),
+        ylabel="Spearman rho of unit importance",
+        title="Rank agreement between deletion methods",
+    )
+    ax.legend(fontsize=7, frameon=False, loc="upper left", ncols=3)
+    imp = t["importance"]
+    for i, n in enumerate(nets):
+        w = imp[imp.net == n].pivot_table(index=["layer", "unit"], columns="method", values="delta_loss")
+        ax2.scatter(w["zero"], w["optimal"], s=6, alpha=0.6, color=f"C{i}", label=NETS.get(n, n))
+    lo = float(np.nanmin(imp.delta_loss))
+    hi = float(np.nanmax(imp.delta_loss))
+    ax2.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--")
+    ax2.set(
+        xlabel="Loss change, zero replacement (symlog)",
+        ylabel="Loss change, optimal constant (symlog)",
+        title="Optimal constant vs zero, per unit",
+    )
+    symlog(ax2, imp.delta_loss)
+    ax2.legend(fontsize=7, frameon=False)
+    s = t["selectivity"]
+    cls = list(dict.fromkeys(s.net))
+    for n in cls:
+        g = s[s.net == n].set_index("method").loc[list(METHODS)]
+        ax3.plot(np.arange(len(METHODS)), g.pearson_r, "o-", color=f"C{nets.index(n)}", label=NETS.get(n, n))
+    ax3.axhspan(-0.5, 0.5, color="0.92", zorder=0, label="|r| < 0.5 (criterion)")
+    ax3.axhline(0, color="0.4", lw=0.8)
+    ax3.set_xticks(np.arange(len(METHODS)), list(METHODS))
+    ax3.set(
+        ylim=(-1, 1),
+        xlabel="Deletion method",
+        ylabel="Pearson r (selectivity, loss change)",
+        title="F7 under each method",
+    )
+    ax3.legend(fontsize=7, frameon=False)
+    return save(fig, stem)
+
+
+def symlog(ax, values) -> None:
+    """Both axes symlog, linear within the smallest quarter of the nonzero magnitudes (many tiny effects,
+    a few large ones)."""
+    from matplotlib.ticker import FuncFormatter
+
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v) & (v > 0)]
+    lt = float(np.quantile(v, 0.25)) if len(v) else 1.0
+    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        scale("symlog", linthresh=lt)
+        base = axis.get_major_formatter()
+        # the ticks at +-linthresh sit right beside 0: label 0 and the decades outside the linear range only
+        axis.set_major_formatter(
+            FuncFormatter(lambda t, pos, base=base: "" if 0 < abs(t) <= lt * 1.001 else base(t, pos))
+        )
+
+
 T3 = Figure(
     "T3",
     "How a unit is deleted changes which units matter",
     "Li & Janson 2024; Pochinkov et al. 2024 (beyond the paper)",
     t3_jobs,
     t3_analyse,
-)
-
-
-# ---- T4: the attribution estimate against the exact effect
-
-
-def t4_jobs(p: Profile) -> dict[str, Job]:
-    trained = nets(p)
-    return {n: Job("attribution", _data(p, n), {"model": j}) for n, j in trained.items()} | {
-        f"train/{n}": j for n, j in trained.items()
-    }
-
-
-def t4_analyse(p: Profile, out: Outputs) -> Outcome:
-    table = pd.concat([read(out, n, "attribution.parquet").assign(net=n) for n in NETS], ignore_index=True)
-    frames = {n: table[table.net == n] for n in NETS}
-    rows, overall = [], []
-    for k, (n, f) in enumerate(frames.items()):
-        for i, (layer, g) in enumerate([("all", f), *f.groupby("layer", sort=False)]):
-            x = g[["estimate", "exact"]].to_numpy(np.float64)
-            d = rho_draws(x, [(0, 1)], unit_draws(len(x), 100 * k + i))[:, 0]
-            est, ci = rank_corr(x), percentile(d)
-            if layer == "all":
-                overall.append((est, d))
-            rows.append(
-                {
-                    "net": n,
-                    "layer": layer,
-                    "kind": "all" if layer == "all" else g.kind.iloc[0],
-                    "spearman": est,
-                    "ci_low": ci[0],
-                    "ci_high": ci[1],
-                    "n": len(g),
-                }
-            )
-    per_layer = pd.DataFrame(rows)
-    est = float(np.mean([e for e, _ in overall]))
-    ci = percentile(np.mean([d for _, d in overall], axis=0))
-    n_units = len(table)
-    agree = make_check(
-        "mean over the 3 networks of Spearman rho (estimate, exact loss change), all units",
-        est,
-        ci,
-        criterion=HIGH,
-        direction=">",
-        n=n_units,
-        unit="units",
-        method=f"bootstrap over units within each network ({BOOT:,} resamples, seed {SEED})",
-    )
-    misses = pd.concat([_false_negatives(f) for f in frames.values()], ignore_index=True)
-    table = table.merge(
-        misses[["net", "unit", "top_exact", "false_negative"]], on=["net", "unit"], how="left"
-    )
-    top = table[table.top_exact.fillna(False).astype(bool)]
-    share, ci_m = _fraction_ci(top.false_negative.to_numpy(bool))
-    miss = make_check(
-        f"share of the top {TOP:.0%} units by |exact| that the estimate ranks outside its top {TOP:.0%}",
-        share,
-        ci_m,
-        criterion=MISS_CRITERION,
-        direction=">",
-        n=len(top),
-        unit="top units",
-    )
-    fn = top[top.false_negative]
-    where = fn.groupby(["net", "kind"]).size()
-    under = float((fn.exact > fn.estimate).mean()) if len(fn) else float("nan")
-    overall = per_layer[per_layer.layer == "all"].set_index("net")
-    measured = (
-        f"Spearman rho (estimate, exact), mean over networks {interval(agree)}: "
-        + ", ".join(
-            f"{NETS[n]} {fmt(r.spearman)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]" for n, r in overall.iterrows()
-        )
-        + "; per layer from "
-        + f"{fmt(per_layer.spearman.min(), 2)} to {fmt(per_layer.spearman.max(), 2)}"
-        + f"; false negatives: {len(fn)} of {len(top)} top-{TOP:.0%} units ({interval(miss)})"
-        + (": " + ", ".join(f"{NETS[n]} {k}s {v}" for (n, k), v in where.items()) if len(fn) else "")
-        + (f"; {fmt(under, 2)} of them underestimated (exact above estimate)" if len(fn) else "")
-    )
-    c = claim(
-        "T4",
-        f"The gradient (attribution) estimate of a unit's deletion effect agrees highly with the "
-        f"exact effect overall, with systematic misses (criteria: mean Spearman rho over the networks "
-        f"above {HIGH}; more than {MISS_CRITERION:.0%} of the units with the largest exact effect, the "
-        f"top {TOP:.0%}, ranked outside the estimate's top {TOP:.0%}; 95% intervals over units)",
-        "Kramar et al. 2024 (AtP*): attribution patching is a good first approximation but has false "
-        "negatives, large effects it underestimates (attention saturation, cancellation)",
-        measured,
-        {
-            "mean_spearman": est,
-            "false_negative_share": share,
-            "false_negatives_underestimated": under,
-            "false_negatives": list(fn.unit.astype(str)),
-            "per_net": overall.spearman.to_dict(),
-        },
-        [agree, miss],
-    )
-    return Outcome({"attribution": table, "spearman": per_layer}, [c])
-
-
-def _false_negatives(f: pd.DataFrame) -> pd.DataFrame:
-    """Units in the top ``TOP`` by |exact| that the estimate ranks outside its top ``TOP`` by |estimate|."""
-    k = max(1, int(np.ceil(TOP * len(f))))
-    ex, es = f.exact.abs().to_numpy(), f.estimate.abs().to_numpy()
-    top_exact = np.zeros(len(f), bool)
-    top_exact[np.argsort(-ex, kind="stable")[:k]] = True
-    top_est = np.zeros(len(f), bool)
-    top_est[np.argsort(-es, kind="stable")[:k]] = True
-    return pd.DataFrame(
-        {
-            "net": f.net.to_numpy(),
-            "unit": f.unit.to_numpy(),
-            "top_exact": top_exact,
-            "false_negative": top_exact & ~top_est,
-        }
-    )
-
-
-T4 = Figure(
-    "T4",
-    "The gradient estimate against the exact effect",
-    "Kramar et al. 2024, AtP* (beyond the paper)",
-    t4_jobs,
-    t4_analyse,
+    sizes=T3_SIZES,
+    draw=draw_t3,
 )

@@ -6,6 +6,8 @@ training set, read at 400 of 1,024 units deleted (39%), where the paper reports 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from lesion.experiments.claims import bootstrap, make_check
@@ -23,6 +25,15 @@ from lesion.experiments.figures.common import (
     interval,
     train,
 )
+from lesion.experiments.figures.plot import (
+    ACC,
+    Tables,
+    band,
+    chance_line,
+    fig_axes,
+    ramp,
+    save,
+)
 from lesion.experiments.profiles import Profile
 
 AT = 400 / 1024  # the paper reads its MNIST curves at 400 of 1,024 units deleted
@@ -36,7 +47,7 @@ def _full_size(p: Profile) -> int:
 
 def _nets(p: Profile) -> dict[tuple[int, float, int], Job]:
     full = _full_size(p)
-    sizes = sorted({min(n, full) for n in p.size_study})
+    sizes = sorted({min(n, full) for n in SIZE.size(p, "train_sizes")})
     return {
         (n, c, s): train(p, corrupt=c, seed=s, train_size=None if n >= full else n)  # the full set: F1's nets
         for n in sizes
@@ -127,10 +138,61 @@ def size_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"curves": table, "at_39pct": at, "nets": nets}, [c])
 
 
+def draw_size(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax, ax2) = fig_axes(2)
+    cur = t["curves"]
+    sizes = sorted(cur.train_size.unique())
+    for n, col in zip(sizes, ramp(len(sizes)), strict=True):
+        for c, ls, what in ((0.0, "-", "clean"), (1.0, "--", "100% shuffled")):
+            sub = cur[(cur.train_size == n) & (cur.corrupt == c)]
+            band(ax, sub, "fraction", "accuracy", color=col, ls=ls, label=f"{n:,} images, {what}")
+    ax.axvline(400 / 1024, color="0.4", lw=0.8, ls=":")
+    chance_line(ax)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="Fraction of hidden units ablated (dotted: 400 of 1,024)",
+        ylabel=ACC + ", trained labels",
+        title="Cumulative ablation by training-set size",
+    )
+    ax.legend(fontsize=7, frameon=False)
+    at = t["at_39pct"]
+    for c, col, what in ((0.0, "C0", "clean labels"), (1.0, "C3", "100% shuffled")):
+        per_net = at[at.corrupt == c].groupby(["train_size", "seed"])["accuracy"].mean().reset_index()
+        m = per_net.groupby("train_size")["accuracy"].mean()
+        ax2.plot(m.index, m.to_numpy(), "o-", color=col, label=what)
+        ax2.scatter(per_net.train_size, per_net.accuracy, color=col, s=12, alpha=0.6)
+    if "nets" in t:
+        short = t["nets"][~t["nets"].memorised]
+        acc = at.groupby(["train_size", "corrupt", "seed"])["accuracy"].mean()
+        if len(short):
+            ys = [acc[(r.train_size, r.corrupt, r.seed)] for r in short.itertuples()]
+            ax2.scatter(
+                short.train_size,
+                ys,
+                marker="x",
+                color="black",
+                s=60,
+                zorder=4,
+                label="did not reach the training-accuracy target",
+            )
+    ax2.set(
+        xscale="log",
+        ylim=(0, 1.02),
+        xlabel="Training images (log axis)",
+        ylabel="Accuracy at 39% of units deleted",
+        title="Reliance on single directions vs data size",
+    )
+    ax2.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 SIZE = Figure(
     "size-study",
     "Training-set size and reliance on single directions",
     "Morcos et al. 2018, Fig. 1 at several training-set sizes",
     size_jobs,
     size_analyse,
+    sizes={"train_sizes": (1000, 2000, 4000)},  # training-set sizes (one at or above the full set: F1's nets)
+    draw=draw_size,
 )

@@ -1,6 +1,8 @@
-"""Figures 5-7: dropout, batch norm, and whether selective units matter more."""
+"""Figures 5b-7: batch norm, and whether selective units matter more."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,6 @@ from scipy import stats as sps
 from lesion.experiments.claims import (
     bootstrap,
     bootstrap_medians,
-    bootstrap_rows,
     correlation_check,
     fisher_ci,
     make_check,
@@ -28,145 +29,24 @@ from lesion.experiments.figures.common import (
     curves,
     fmt,
     gather,
-    hold_fraction,
     interval,
     pval,
-    read,
     train,
     units,
 )
+from lesion.experiments.figures.plot import (
+    Tables,
+    band,
+    chance_line,
+    curve_axes,
+    fig_axes,
+    save,
+)
 from lesion.experiments.profiles import Profile
 
-CHANCE = 0.1  # ten classes in every dataset of the profiles
-
-
-# ---- F5a: dropout protects memorising nets only up to the dropout fraction
-
-
-def _dropout_nets(p: Profile) -> dict[tuple[float, float], Job]:
-    nets = {}
-    for d in p.dropouts:
-        arch = {"kind": "mlp", "widths": list(p.long_widths), "dropout": d}
-        nets[(d, 0.0)] = train(p, arch=arch, subset=True)
-        nets[(d, 1.0)] = train(
-            p,
-            arch=arch,
-            corrupt=1.0,
-            until_train_acc=p.dropout_until,
-            max_epochs=p.dropout_max_epochs,
-            subset=True,
-        )
-    return nets
-
-
-def f5a_jobs(p: Profile) -> dict[str, Job]:
-    nets = _dropout_nets(p)
-    return {f"dropout{d:g}/corrupt{c:g}": curves(p, n) for (d, c), n in nets.items()} | {
-        f"train/dropout{d:g}/corrupt{c:g}": n for (d, c), n in nets.items()
-    }
-
-
-def f5a_analyse(p: Profile, out: Outputs) -> Outcome:
-    keys = [(d, c) for d in p.dropouts for c in (0.0, 1.0)]
-    table = gather(
-        out, {f"dropout{d:g}/corrupt{c:g}": {"dropout": d, "corrupt": c} for d, c in keys}, "curves.parquet"
-    )
-    rows = []
-    for d, c in keys:
-        h = read(out, f"train/dropout{d:g}/corrupt{c:g}", "history.parquet").iloc[-1]
-        sub = table[(table.dropout == d) & (table.corrupt == c)]
-        rows.append(
-            {
-                "dropout": d,
-                "corrupt": c,
-                "hold_fraction": hold_fraction(sub, CHANCE),
-                "train_accuracy": h.train_accuracy,
-                "epochs": int(h.epoch),
-            }
-        )
-    holds_t = pd.DataFrame(rows)
-    rand = holds_t[holds_t.corrupt == 1.0].set_index("dropout")["hold_fraction"]
-    clean = holds_t[holds_t.corrupt == 0.0].set_index("dropout")["hold_fraction"]
-    checks = _dropout_checks(p, table, keys)
-    measured = (
-        "fraction ablated where accuracy falls halfway to chance: random labels "
-        + ", ".join(f"{rand[d]:.2f} (dropout {d:g})" for d in rand.index)
-        + "; clean labels "
-        + ", ".join(f"{clean[d]:.2f} (dropout {d:g})" for d in clean.index)
-        + f"; smallest clean minus random gap {interval(checks[0])}"
-        + (
-            f"; random-label rise from lowest to highest dropout {interval(checks[1])}"
-            if len(checks) > 1
-            else ""
-        )
-    )
-    c = claim(
-        "F5a",
-        "Dropout protects memorising (random-label) nets only up to about the dropout fraction; clean "
-        "nets hold far longer (criterion: the random-label hold point rises from the lowest to the highest "
-        "dropout and stays below the clean net's at every dropout)",
-        "2x2048 MNIST MLPs, dropout 0.1/0.2/0.3: random-label nets hold until ~500/900/1300 of 4096 units "
-        "(0.12/0.22/0.32); clean nets until ~2500 (0.61)",
-        measured,
-        {
-            "hold_random": {f"{d:g}": v for d, v in rand.items()},
-            "hold_clean": {f"{d:g}": v for d, v in clean.items()},
-        },
-        checks,
-    )
-    return Outcome({"curves": table, "hold": holds_t}, [c])
-
-
-def _dropout_checks(p: Profile, table: pd.DataFrame, keys) -> list:
-    """Bootstrap over random orders: each net's hold point recomputed from resampled curves."""
-    arrays = {}
-    for d, c in keys:
-        sub = table[(table.dropout == d) & (table.corrupt == c)]
-        arrays[(d, c)] = sub.pivot_table(index="repeat", columns="fraction", values="accuracy").to_numpy()
-    fractions = np.sort(table.fraction.unique())
-    n = min(len(a) for a in arrays.values())
-
-    def hold(m, key) -> float:
-        curve = m[key]
-        below = np.nonzero(curve < CHANCE + 0.5 * (curve[0] - CHANCE))[0]
-        return float(fractions[below[0]]) if len(below) else 1.0
-
-    def gap(m) -> float:
-        return min(hold(m, (d, 0.0)) - hold(m, (d, 1.0)) for d in p.dropouts)
-
-    est, ci = bootstrap_rows(arrays, gap)
-    out = [
-        make_check(
-            "smallest hold point of clean minus random-label nets",
-            est,
-            ci,
-            criterion=0.0,
-            direction=">",
-            n=n,
-            unit="random orders per network",
-        )
-    ]
-    if len(p.dropouts) > 1:
-        lo, hi = min(p.dropouts), max(p.dropouts)
-        est, ci = bootstrap_rows(arrays, lambda m: hold(m, (hi, 1.0)) - hold(m, (lo, 1.0)))
-        out.append(
-            make_check(
-                f"random-label hold point at dropout {hi:g} minus at {lo:g}",
-                est,
-                ci,
-                criterion=0.0,
-                direction=">",
-                n=n,
-                unit="random orders per network",
-            )
-        )
-    return out
-
-
-F5A = Figure("F5a", "Dropout and memorisation", "Morcos et al. 2018, Fig. 5a", f5a_jobs, f5a_analyse)
-
-
 # ---- F5b: batch norm makes nets more robust to ablation
+
+F5B_SIZES = {"repeats": 3, "fractions": 11}  # the convnets' curves: random orders, points per curve
 
 
 def _conv_nets(p: Profile) -> dict[tuple[bool, int], Job]:
@@ -179,7 +59,8 @@ def _bn(bn: bool) -> str:
 
 def f5b_jobs(p: Profile) -> dict[str, Job]:
     nets = _conv_nets(p)
-    return {f"{_bn(bn)}/seed{s}": curves(p, n, conv=True) for (bn, s), n in nets.items()} | {
+    shape = F5B.sizes_in(p)
+    return {f"{_bn(bn)}/seed{s}": curves(p, n, **shape) for (bn, s), n in nets.items()} | {
         f"train/{_bn(bn)}/seed{s}": n for (bn, s), n in nets.items()
     }
 
@@ -227,7 +108,20 @@ def f5b_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"curves": table}, [c])
 
 
-F5B = Figure("F5b", "Batch norm and robustness", "Morcos et al. 2018, Fig. 5b", f5b_jobs, f5b_analyse)
+def draw_f5b(t: Tables, stem: Path) -> list[Path]:
+    fig, (ax,) = fig_axes(1, 7.0)
+    cur = t["curves"]
+    for bn, col, label in ((True, "C0", "with batch norm"), (False, "C3", "without batch norm")):
+        band(ax, cur[cur.batchnorm == bn], "fraction", "accuracy", color=col, label=label)
+    chance_line(ax)
+    curve_axes(ax, "Convnet, feature maps of the last three conv layers")
+    ax.set_xlabel("Fraction of candidate feature maps ablated")
+    ax.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
+F5B = Figure("F5b", "Batch norm and robustness", "Morcos et al. 2018, Fig. 5b", f5b_jobs, f5b_analyse,
+             sizes=F5B_SIZES, draw=draw_f5b)  # fmt: skip
 
 
 # ---- F6: batch norm lowers selectivity and raises mutual information
@@ -290,12 +184,33 @@ def f6_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"units": table}, [c])
 
 
+def draw_f6(t: Tables, stem: Path) -> list[Path]:
+    fig, axes = fig_axes(2)
+    u = t["units"]
+    u = u[(u.layer != "relu_fc") & ~u.dead]
+    for ax, col, xlabel in zip(
+        axes,
+        ("selectivity", "mutual_info"),
+        ("Class selectivity index", "Mutual information with the label (bits)"),
+        strict=True,
+    ):
+        bins = np.linspace(0, 1, 26) if col == "selectivity" else np.linspace(0, max(u[col].max(), 1e-6), 26)
+        for bn, c, label in ((True, "C0", "with batch norm"), (False, "C3", "without batch norm")):
+            ax.hist(u[u.batchnorm == bn][col], bins=bins, density=True, alpha=0.5, color=c, label=label)
+        ax.set(
+            xlabel=xlabel, ylabel="Density (feature maps)", title=f"{xlabel.split(' (')[0]}, all conv layers"
+        )
+        ax.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 F6 = Figure(
     "F6",
     "Selectivity and information with and without batch norm",
     "Morcos et al. 2018, Fig. 6",
     f6_jobs,
     f6_analyse,
+    draw=draw_f6,
 )
 
 
@@ -361,4 +276,34 @@ def f7_analyse(p: Profile, out: Outputs) -> Outcome:
     return Outcome({"units": table, "correlations": pd.DataFrame(corrs)}, claims)
 
 
-F7 = Figure("F7", "Selectivity vs importance", "Morcos et al. 2018, Fig. 7", f7_jobs, f7_analyse)
+def draw_f7(t: Tables, stem: Path) -> list[Path]:
+    fig, axes = fig_axes(2)
+    u = t["units"]
+    corrs = t["correlations"].set_index(["net", "layer"])
+    for ax, net in zip(axes, ("mlp", "convnet"), strict=True):
+        sub = u[(u.net == net) & np.isfinite(u.selectivity)]
+        pooled = corrs.loc[(net, "all"), "pearson_r"]
+        for k, (layer, g) in enumerate(sub.groupby("layer", sort=False)):
+            r = corrs.loc[(net, layer), "pearson_r"]
+            ax.scatter(
+                g.selectivity,
+                g.delta_loss,
+                s=9,
+                alpha=0.6,
+                lw=0,
+                color=f"C{k}",
+                label=f"{layer} (r={r:+.2f})",
+            )
+        ax.axhline(0, color="0.5", lw=0.8, zorder=0)
+        ax.set(
+            xlabel="Class selectivity index",
+            ylabel="Δ test loss when deleted alone (nats)",
+            title=f"{'MLP' if net == 'mlp' else 'Convnet (BN)'}: pooled r = {pooled:+.3f}",
+        )
+        ax.legend(fontsize=7, frameon=False, markerscale=2)
+    return save(fig, stem)
+
+
+F7 = Figure(
+    "F7", "Selectivity vs importance", "Morcos et al. 2018, Fig. 7", f7_jobs, f7_analyse, draw=draw_f7
+)

@@ -1,16 +1,14 @@
-"""Beyond the paper, T1 and T2: the paper's question asked of transformers.
+"""Beyond the paper, T2: single directions through grokking.
 
-T1: does generalisation predict robustness in a ViT? Small ViT-style classifiers trained on clean, half
-and fully shuffled labels; cumulative deletion curves (random orders) of the MLP neurons and, separately,
-of the attention heads; AUC against the corruption fraction (the paper's F1 claim, per unit kind).
-
-T2: single directions through grokking. A one-layer decoder learns a + b mod p (full batch, AdamW with
-weight decay 1, Nanda et al. 2023 scaled down); at every checkpoint, the cumulative-deletion AUC of its
-MLP neurons and of its heads on the training pairs, against train and test accuracy: does robustness to
-deletion rise at or before the jump in test accuracy, i.e. flag generalisation without a test set?
+A one-layer decoder learns a + b mod p (full batch, AdamW with weight decay 1, Nanda et al. 2023 scaled
+down); at every checkpoint, the cumulative-deletion AUC of its MLP neurons and of its heads on the training
+pairs, against train and test accuracy: does robustness to deletion rise at or before the jump in test
+accuracy, i.e. flag generalisation without a test set?
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,128 +20,43 @@ from lesion.experiments.figures.common import (
     Outcome,
     Outputs,
     aucs,
-    by_net,
     claim,
-    curves,
-    final_metrics,
     fmt,
     gather,
     interval,
-    train,
 )
-from lesion.experiments.figures.generalisation import corruption_checks
+from lesion.experiments.figures.plot import (
+    ACC,
+    Tables,
+    band,
+    fig_axes,
+    ramp,
+    save,
+)
+from lesion.experiments.figures.vit import KINDS
 from lesion.experiments.profiles import Profile
-
-KINDS = {"neurons": "MLP neurons", "heads": "attention heads"}
-
-# ---- T1: a ViT's neurons and heads against label corruption
-
-
-def _t1_net(p: Profile, c: float, s: int) -> Job:
-    return train(
-        p,
-        arch={"kind": "vit", **p.t1_vit},
-        dataset=p.t1_dataset,
-        corrupt=c,
-        seed=s,
-        train_size=p.t1_train_size,
-        lr=p.t1_lr,
-        until_train_acc=p.t1_until,
-        max_epochs=p.t1_max_epochs,
-    )
-
-
-def _layers(p: Profile, units: str) -> list[str]:
-    site = "mlp.act" if units == "neurons" else "attn"
-    return [f"h.{i}.{site}" for i in range(int(p.t1_vit["n_layer"]))]
-
-
-def t1_jobs(p: Profile) -> dict[str, Job]:
-    jobs = {}
-    for c in p.t1_corruptions:
-        for s in p.t1_seeds:
-            net = _t1_net(p, c, s)
-            jobs[f"vit_c{c:g}_s{s}"] = net
-            for units in KINDS:
-                frac = p.t1_fractions if units == "neurons" else None  # heads: every head count
-                jobs[f"{units}_c{c:g}_s{s}"] = curves(
-                    p, net, repeats=p.t1_repeats, fractions=frac, candidates=_layers(p, units)
-                )
-    return jobs
-
-
-def t1_analyse(p: Profile, out: Outputs) -> Outcome:
-    frames, nets = [], []
-    for c in p.t1_corruptions:
-        for s in p.t1_seeds:
-            nets.append({"corrupt": c, "seed": s, **final_metrics(out, f"vit_c{c:g}_s{s}")})
-            for units in KINDS:
-                frames.append(gather(out, {f"{units}_c{c:g}_s{s}": {"units": units, "corrupt": c, "seed": s}},
-                                     "curves.parquet"))  # fmt: skip
-    table = pd.concat(frames, ignore_index=True)
-    nets = pd.DataFrame(nets)
-    nets["memorised"] = nets["train_accuracy"] >= p.t1_until
-    per_curve = aucs(table, ["units", "corrupt", "seed", "repeat"])
-    claims = []
-    for units, what in KINDS.items():
-        sub = per_curve[per_curve.units == units]
-        checks = corruption_checks(by_net(sub, "corrupt", ["seed"], "auc"), f"AUC ({what})")
-        by_c = sub.groupby(["corrupt", "seed"])["auc"].mean().groupby("corrupt").mean()
-        n_units = int(table[table.units == units]["n_ablated"].max())
-        measured = (
-            f"{len(p.t1_seeds)} ViT(s) per corruption level, {n_units} {what} deleted in random order "
-            f"({p.t1_repeats} orders each); AUC by corruption: "
-            + ", ".join(f"{fmt(v)} ({c:.0%})" for c, v in by_c.items())
-            + f"; clean minus fully shuffled {interval(checks[1])}; Spearman rho (corruption, AUC) "
-            f"{interval(checks[0])}; train accuracy reached: "
-            + ", ".join(
-                f"{fmt(r.train_accuracy, 2)} ({r.corrupt:.0%}, seed {r.seed})" for r in nets.itertuples()
-            )
-            + f"; test accuracy (clean labels): {fmt(nets[nets.corrupt == 0].test_accuracy.mean(), 2)}"
-        )
-        claims.append(
-            claim(
-                f"T1-{units}",
-                f"In a ViT, networks trained on more corrupted labels depend more on single {what}: "
-                "accuracy falls sooner under cumulative deletion (criterion as F1: Spearman rho of "
-                "corruption vs AUC < -0.8 and AUC(0%) > AUC(100%))",
-                "Morcos et al. 2018 (Fig. 1, MLPs and convnets): memorising networks depend more on single "
-                "directions; not measured on transformers",
-                measured,
-                {
-                    "auc_by_corruption": {f"{k:g}": v for k, v in by_c.items()},
-                    "units": n_units,
-                    "nets_memorised": int(nets.memorised.sum()),
-                    "nets": len(nets),
-                },
-                checks,
-            )
-        )
-    return Outcome({"curves": table, "auc": per_curve, "nets": nets}, claims)
-
-
-T1 = Figure(
-    "T1",
-    "A ViT's MLP neurons and heads vs label corruption",
-    "beyond the paper: Morcos et al. 2018 Fig. 1 asked of a ViT",
-    t1_jobs,
-    t1_analyse,
-)
-
 
 # ---- T2: single directions through grokking
 
 MEMORISED = 0.95  # train accuracy at which a network counts as having memorised its training pairs
 RELATIVE_FROM = 0.5  # relative AUC (AUC / intact train accuracy) only where intact accuracy reaches this
+T2_SIZES = {
+    # the one-layer decoder and its full-batch training on a+b mod p (``every``: steps between checkpoints)
+    "grok": {"p": 59, "frac": 0.5, "d_model": 64, "n_head": 4, "lr": 3e-3, "weight_decay": 1.0, "steps": 1000,
+             "every": 50},
+    "seeds": (0, 1),
+    "repeats": 3,
+    "fractions": 11,
+}  # fmt: skip
 
 
 def t2_jobs(p: Profile) -> dict[str, Job]:
-    jobs = {}
-    for s in p.t2_seeds:
+    z, jobs = T2.sizes_in(p), {}
+    for s in z["seeds"]:
         device = {"device": p.device} if p.device != "cpu" else {}  # a GPU run: a different job
-        net = Job("grok", {**p.t2_grok, "seed": int(s), "data_seed": 0, **device})
+        net = Job("grok", {**z["grok"], "seed": int(s), "data_seed": 0, **device})
         jobs[f"grok_s{s}"] = net
-        params = {"repeats": p.t2_repeats, "fractions": p.t2_fractions, "seed": 0}
+        params = {"repeats": z["repeats"], "fractions": z["fractions"], "seed": 0}
         jobs[f"curves_s{s}"] = Job("grok_curves", params, {"model": net})
     return jobs
 
@@ -198,8 +111,9 @@ def jump_step(h: pd.DataFrame) -> tuple[float, float]:
 
 
 def t2_analyse(p: Profile, out: Outputs) -> Outcome:
-    hist = gather(out, {f"grok_s{s}": {"seed": s} for s in p.t2_seeds}, "history.parquet")
-    table = gather(out, {f"curves_s{s}": {"seed": s} for s in p.t2_seeds}, "curves.parquet")
+    seeds, grok = T2.size(p, "seeds"), T2.size(p, "grok")
+    hist = gather(out, {f"grok_s{s}": {"seed": s} for s in seeds}, "history.parquet")
+    table = gather(out, {f"curves_s{s}": {"seed": s} for s in seeds}, "curves.parquet")
     per_curve = aucs(table, ["seed", "step", "units", "repeat"])
     keys = ["seed", "step", "units", "repeat"]
     intact = table[table.n_ablated == 0][[*keys, "accuracy"]].rename(columns={"accuracy": "intact"})
@@ -208,7 +122,7 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
     fits = per_curve["intact"] >= RELATIVE_FROM
     per_curve["relative_auc"] = (per_curve["auc"] / per_curve["intact"].clip(lower=1e-9)).where(fits)
     events, leads = [], []
-    for s in p.t2_seeds:
+    for s in seeds:
         h = hist[hist.seed == s].sort_values("step")
         mem, jump = jump_step(h)
         steps = settled(h)["step"].to_numpy()
@@ -226,7 +140,7 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
             "auc_memorised", "auc_final"]  # fmt: skip
     leads = pd.DataFrame(leads, columns=cols)
     events = pd.DataFrame(events)
-    every = int(p.t2_grok["every"])
+    every = int(grok["every"])
     grokked = events.test_jump_step.notna()
     claims = []
     for units, what in KINDS.items():
@@ -241,8 +155,8 @@ def t2_analyse(p: Profile, out: Outputs) -> Outcome:
         )
         by_step = per_curve[per_curve.units == units].groupby("step")["relative_auc"].mean().dropna()
         measured = (
-            f"{int(grokked.sum())} of {len(events)} runs grokked (a+b mod {p.t2_grok['p']}, "
-            f"{p.t2_grok['frac']:.0%} of pairs trained on, {p.t2_grok['steps']} full-batch steps, "
+            f"{int(grokked.sum())} of {len(events)} runs grokked (a+b mod {grok['p']}, "
+            f"{grok['frac']:.0%} of pairs trained on, {grok['steps']} full-batch steps, "
             f"checkpoints every {every}); memorised at step "
             + ", ".join(fmt(v, 0) for v in events.memorised_step)
             + "; test-accuracy jump at step "
@@ -301,12 +215,56 @@ def _seed_check(df: pd.DataFrame, col: str, name: str, criterion: float, runs: i
     return make_check(name, est, ci, criterion=criterion, direction=">", n=n, unit="runs (seeds)")
 
 
+def draw_t2(t: Tables, stem: Path) -> list[Path]:
+    fig, axes = fig_axes(2, 6.5)
+    ax = axes[0]
+    hist, auc, ev = t["history"], t["auc"], t["events"]
+    band(ax, hist, "step", "train_accuracy", color="0.35", ls="--", label="train accuracy")
+    band(ax, hist, "step", "test_accuracy", color="C2", label="test accuracy")
+    per_run = auc.groupby(["units", "seed", "step"], as_index=False)["relative_auc"].mean()
+    for (units, what), col in zip(KINDS.items(), ("C0", "C3"), strict=True):
+        band(ax, per_run[per_run.units == units].dropna(), "step", "relative_auc", color=col, marker="o",
+             label=f"deletion AUC / intact, {what} (train acc. >= 0.5)")  # fmt: skip
+    for v in ev.test_jump_step.dropna():
+        ax.axvline(v, color="C2", lw=0.8, ls=":")
+    for v in ev.memorised_step.dropna():
+        ax.axvline(v, color="0.35", lw=0.8, ls=":")
+    ax.set(
+        ylim=(0, 1.4),
+        yticks=np.linspace(0, 1, 6),
+        xlabel="Training step (full batch); dotted: memorised (grey), test jump (green)",
+        ylabel="Accuracy / relative AUC",
+        title="Grokking a+b mod p: accuracy and deletion robustness",
+    )
+    ax.legend(fontsize=7, frameon=False, loc="upper center", ncol=2)
+    ax = axes[1]
+    cur = t["curves"]
+    cur = cur[(cur.units == "neurons") & (cur.seed == cur.seed.min())]
+    steps = np.sort(cur.step.unique())
+    e = ev[ev.seed == ev.seed.min()].iloc[0]
+    marks = [steps[0], e.memorised_step, e.test_jump_step, steps[-1]]
+    shown = list(dict.fromkeys(int(steps[np.argmin(np.abs(steps - m))]) for m in marks if np.isfinite(m)))
+    for s, col in zip(shown, ramp(len(shown)), strict=True):
+        band(ax, cur[cur.step == s], "fraction", "accuracy", color=col, label=f"step {s}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="Fraction of MLP neurons deleted (random order)",
+        ylabel=ACC + ", training pairs",
+        title=f"Deletion curves at checkpoints (seed {int(e.seed)})",
+    )
+    ax.legend(fontsize=8, frameon=False)
+    return save(fig, stem)
+
+
 T2 = Figure(
     "T2",
     "Single directions through grokking (a+b mod p)",
     "beyond the paper: Nanda et al. 2023 grokking, measured by deletion",
     t2_jobs,
     t2_analyse,
+    sizes=T2_SIZES,
+    draw=draw_t2,
 )
 
-__all__ = ["T1", "T2", "crossing", "jump_step"]
+__all__ = ["T2", "crossing", "jump_step"]
