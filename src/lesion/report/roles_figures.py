@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from lesion.report.figures import Tables, _save
 from lesion.roles.rules import RULES
@@ -45,7 +46,7 @@ def _role_bars(ax, roles) -> None:
     ax.set(ylim=(0, 1), xlabel="Fraction of training labels shuffled (MLPs of Figure 1)",
            ylabel="Share of units (mean over seeds)",
            title="Each unit's role (the card's rule), on the labels it was trained on")  # fmt: skip
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4)
 
 
 def _shares(ax, nets) -> None:
@@ -100,9 +101,9 @@ def _necessity(ax, sets) -> None:
     ax.axhline(0, color="0.4", lw=0.8)
     ax.set_xticks(np.arange(len(s)), [f"{r.layer}:{r['class']}" for _, r in s.iterrows()], rotation=90,
                   fontsize=7)  # fmt: skip
-    ax.bar([], [], color="C3", label="the set holds a class detector (the claim)")
-    ax.bar([], [], color="0.6", label="named units, no detector")
-    ax.set(xlabel="(layer : class) sets of the convnet's units whose explanation names the class",
+    kinds = [Patch(color="C3", label="the set holds a class detector (the claim)"),
+             Patch(color="0.6", label="named units, no detector")]  # fmt: skip
+    ax.set(xlabel="Convnet layer : class named by the units' explanations",
            ylabel="Class loss change, named minus random (nats)",
-           title="Necessity test: named units vs as many random units (95% interval)")  # fmt: skip
-    ax.legend(fontsize=8, frameon=False)
+           title="Necessity test, named units vs as many random ones")  # fmt: skip
+    ax.legend(handles=kinds, fontsize=8, frameon=False)
