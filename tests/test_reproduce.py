@@ -56,7 +56,10 @@ def test_run_directory_has_every_part(tiny_run):
         assert c["verdict"] in ("holds", "does not hold", "inconclusive") and c["holds"] == (
             c["verdict"] == "holds"
         )
-        assert c["tests"] and c["n"] == c["tests"][0]["n"] > 0
+        assert c["tests"] and c["n"] == c["tests"][0]["n"]
+        # n = 0 only where there was nothing to measure (tiny's untrained convnet has no class detector
+        # for ROLES-necessity): then there is no estimate and the verdict is inconclusive
+        assert c["n"] > 0 or (c["estimate"] is None and c["verdict"] == "inconclusive")
         if c["ci_low"] is not None:
             assert c["ci_low"] <= c["estimate"] <= c["ci_high"]
     for f in FIGURES:

@@ -7,7 +7,7 @@ memorisation parts against the true labels; and F7's batch-norm convnet, its car
 images, whose atlas (``atlas.html``) the report links. Sizes of this study (``profile.size("ROLES", key,
 default)``): ``examples`` (training examples the MLPs' cards are made on; default the profile's
 ``curve_examples``, where F1 reads its curves), ``conv_examples`` (held-out images of the convnet's
-cards, default 2,000), ``pairs`` (units with pair lesions in the convnet's atlas, default 16),
+cards, the first n; default all), ``pairs`` (units with pair lesions in the convnet's atlas, default 16),
 ``mlp_pairs`` (the same for the MLPs, default 0: no claim reads them), ``draws`` (random sets of the
 necessity test, default 8).
 """
@@ -51,7 +51,7 @@ def roles_jobs(p: Profile) -> dict[str, Job]:
         mlp["examples"] = int(n)
     conv = {"split": "test", "pair_units": int(p.size(ID, "pairs", 16)), "seed": 0, "atlas": True}
     conv |= {"causal_draws": int(p.size(ID, "draws", 8))}
-    m = p.size(ID, "conv_examples", 2000)
+    m = p.size(ID, "conv_examples", None)
     if m is not None:
         conv["examples"] = int(m)
     nets = _corruption_nets(p)
