@@ -109,6 +109,7 @@ PAPER = Profile(
         },
         "T3": {"sequences": 4096, "seq_len": 64, "gpt": (128, 4, 8), "gpt_epochs": 20, "resample_repeats": 10,
                "examples": 2000, "lm_sequences": 256, "optimal_steps": 60, "conv_examples": 500},
+        "ROLES": {"examples": 10000, "conv_examples": 2000},  # the full-width convnet's cards cost most
     },
 )  # fmt: skip
 

@@ -35,13 +35,15 @@ VERDICTS = ("holds", "does not hold", "inconclusive")
 
 @dataclass(frozen=True)
 class Section:
-    """One figure of the report: its id, title, source, image (PNG) and its claims."""
+    """One figure of the report: its id, title, source, image (PNG), its claims, and links to what the
+    study wrote beside its tables ((text, address relative to the run directory): an atlas)."""
 
     id: str
     title: str
     source: str
     png: Path
     claims: Sequence[dict[str, Any]]
+    links: Sequence[tuple[str, str]] = ()
 
 
 def write_html(path: Path, sections: Sequence[Section], manifest: dict[str, Any]) -> None:
@@ -50,7 +52,7 @@ def write_html(path: Path, sections: Sequence[Section], manifest: dict[str, Any]
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lesion reproduce: "
         f"{_e(manifest['profile']['name'])}</title><style>{CSS}</style></head><body>",
         _header(claims, manifest),
-        _claims_table(claims),
+        _claims_table(claims, {c["id"]: s.id for s in sections for c in s.claims}),
     ]
     for s in sections:
         img = base64.b64encode(s.png.read_bytes()).decode()
@@ -60,6 +62,9 @@ def write_html(path: Path, sections: Sequence[Section], manifest: dict[str, Any]
         parts.append(
             f"<figure><img alt='{_e(s.id)}: {_e(s.title)}' src='data:image/png;base64,{img}'></figure>"
         )
+        if s.links:
+            items = ", ".join(f"<a href='{_e(href)}'>{_e(text)}</a>" for text, href in s.links)
+            parts.append(f"<p class='links'>Open {items} (written by this run, beside its jobs).</p>")
         for c in s.claims:
             parts.append(
                 f"<p><span class='badge {_cls(c)}'>{c['id']}: {c['verdict']}</span> {_e(c['claim'])}</p>"
@@ -136,9 +141,10 @@ def _header(claims, m) -> str:
     )
 
 
-def _claims_table(claims) -> str:
+def _claims_table(claims, section_of: dict[str, str]) -> str:
     rows = "".join(
-        f"<tr><td><a href='#{_e(_section_of(c['id']))}'>{_e(c['id'])}</a></td><td>{_e(c['claim'])}</td>"
+        f"<tr><td><a href='#{_e(section_of.get(c['id'], c['id']))}'>{_e(c['id'])}</a></td>"
+        f"<td>{_e(c['claim'])}</td>"
         f"<td>{_e(c['paper'])}</td><td>{_e(c['measured'])}</td><td>{_interval_html(c)}</td><td "
         f"class='{_cls(c)}'>{_e(c['verdict'])}{_e(_claim_power(c))}"
         "</td></tr>"
@@ -223,6 +229,7 @@ def write_markdown(path: Path, sections: Sequence[Section], manifest: dict[str, 
             f"![{s.id}](figures/{s.png.name})",
             "",
         ]
+        lines += [f"[{text}]({href})" for text, href in s.links] + ([""] if s.links else [])
         for c in s.claims:
             lines.append(f"- **{c['id']}** ({c['verdict']}): measured {c['measured']}")
             lines += [
@@ -232,10 +239,6 @@ def write_markdown(path: Path, sections: Sequence[Section], manifest: dict[str, 
                 for t in c["tests"]
             ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _section_of(claim_id: str) -> str:
-    return {"F4b": "F4a", "F4a-sgd": "F4a", "F7-conv": "F7"}.get(claim_id, claim_id)
 
 
 def _cls(c) -> str:

@@ -87,11 +87,12 @@ def reproduce(
         for name, df in outcome.tables.items():
             tables[f"{f.id}_{name}"] = df
         png = f.draw(outcome.tables, _staging(out, "figures") / f.id)[0]
-        sections.append(Section(f.id, f.title, f.source, png, outcome.claims))
+        sections.append(Section(f.id, f.title, f.source, png, outcome.claims, _links(outcome.tables)))
         claims += outcome.claims
     _publish_dir(out, "tables", lambda d: [write_table(df, d / f"{k}.parquet") for k, df in tables.items()])
     _publish_staged(out, "figures")
-    sections = [Section(s.id, s.title, s.source, out / "figures" / s.png.name, s.claims) for s in sections]
+    sections = [Section(s.id, s.title, s.source, out / "figures" / s.png.name, s.claims, s.links)
+                for s in sections]  # fmt: skip
     models = _link_models(out, store, jobs)
     manifest = _manifest(p, figures, named, store, done, start, workers, threads, models)
     manifest["machine"]["load"] = {"start": load_start, "end": _load()}
@@ -102,6 +103,15 @@ def reproduce(
     manifest["machine"]["load"] = {"start": load_start, "end": _load()}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+def _links(tables: dict) -> list[tuple[str, str]]:
+    """A study's table ``links`` (columns ``text``, ``href``: an address relative to the run directory,
+    such as an atlas in ``jobs/<key>/``) becomes links under its figure in the report."""
+    df = tables.get("links")
+    if df is None or not {"text", "href"} <= set(df.columns):
+        return []
+    return [(str(t), str(h)) for t, h in zip(df["text"], df["href"], strict=True)]
 
 
 def _load() -> list[float]:

@@ -25,6 +25,7 @@ from lesion.experiments.figures.overtraining import F4
 from lesion.experiments.figures.recovery import BAU2020, MEYES
 from lesion.experiments.figures.regulariser import LEAVITT
 from lesion.experiments.figures.replacements import T3
+from lesion.experiments.figures.roles import ROLES
 from lesion.experiments.figures.scale import SIZE
 from lesion.experiments.figures.units import F5B, F6, F7
 from lesion.experiments.figures.vit import T1
@@ -61,7 +62,7 @@ def check_sizes(p: Profile) -> None:
 
 
 for _study in (F1, F2, F3, F4, F4C, F5A, F5B, F6, F7, SIZE, ZHOU, AMJAD, LEAVITT, ROTATION, MEYES, BAU2020,
-               T1, T2, T3, T4):  # fmt: skip
+               T1, T2, T3, T4, ROLES):  # fmt: skip
     register(_study)
 
 FIGURES: tuple[Figure, ...] = registered()  # the built-in studies
