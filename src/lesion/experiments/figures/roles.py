@@ -19,7 +19,7 @@ import pandas as pd
 
 from lesion.experiments import jobs_roles as _jobs_roles  # noqa: F401  (registers the job kind)
 from lesion.experiments.figures.common import Figure, Job, Outcome, Outputs, final_metrics, read
-from lesion.experiments.figures.generalisation import _corruption_nets
+from lesion.experiments.figures.corruption import _corruption_nets
 from lesion.experiments.figures.roles_claims import (
     memorisation_claim,
     necessity_claim,
