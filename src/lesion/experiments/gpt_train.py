@@ -1,6 +1,7 @@
 """Training lesion's GPT-style decoder as a ``train`` job (``lesion.training.lm.train_decoder``, the path
 ``lesion train --arch gpt`` takes too): kept apart from the job kinds so that ``lesion.experiments.jobs``
-can call it without an import circle."""
+can call it without an import circle. ``lesion train --arch gpt`` writes its model file through
+``lesion.pipeline.lm.train_gpt``; both train with ``train_decoder``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 
-def train_gpt(params: Mapping[str, Any], out: Path) -> None:
+def decoder_job(params: Mapping[str, Any], out: Path) -> None:
     """A ``train`` job for ``arch["kind"] == "gpt"``: next-token training on a built-in corpus
     (``params["dataset"]``, e.g. ``markov``; ``params["sequences"]`` of ``params["seq_len"]`` tokens, 3/4
     train, 1/4 test, as ``lesion train --arch gpt``), saved with the metadata ``lesion serve`` reads."""

@@ -38,9 +38,9 @@ def train_job(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path) 
     from lesion.training.loop import train
 
     if params["arch"]["kind"] == "gpt":  # a decoder on a token corpus (beyond the paper, T3/T4)
-        from lesion.experiments.gpt_train import train_gpt
+        from lesion.experiments.gpt_train import decoder_job
 
-        return train_gpt(params, out)
+        return decoder_job(params, out)
     data = _dataset(params)
     arch = {**params["arch"], "input_shape": list(data.input_shape), "n_classes": data.n_classes}
     seed = int(params.get("seed", 0))

@@ -2,7 +2,8 @@
 (T3: zero, mean, resample, optimal constant; Li & Janson 2024, Pochinkov et al. 2024), and the
 attribution estimate against the exact effect (T4; Kramar et al. 2024), on a trained MLP, a convnet and
 lesion's small GPT-style decoder. The decoder is trained by the ``train`` job (``arch["kind"] ==
-"gpt"``: ``train_gpt`` below), so it is saved in the run's models like every trained network.
+"gpt"``: ``lesion.experiments.gpt_train.decoder_job``), so it is saved in the run's models like every
+trained network.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from lesion.experiments.gpt_train import corpus as _corpus
-from lesion.experiments.gpt_train import train_gpt as train_gpt
 from lesion.experiments.job import kind
 from lesion.experiments.jobs import model_and_data, write_table
 
