@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from lesion.experiments import plan
-from lesion.experiments.figures.generalisation import f1_jobs
+from lesion.experiments.figures.corruption import f1_jobs
 from lesion.experiments.figures.roles import ROLES, necessity_sets, roles_jobs
 from lesion.experiments.figures.roles_claims import memorisation_claim, necessity_claim, no_role_claim
 from lesion.experiments.figures.units import f7_nets
