@@ -31,8 +31,11 @@
     const names = ctx && ctx.meta && ctx.meta.token_names;
     return names && names[String(t)] !== undefined ? names[String(t)] : `t${t}`;
   }
+  function short(x) {  // two significant digits: small logit changes stay readable
+    return x === null || x === undefined || Number.isNaN(x) ? "–" : String(Number(x.toPrecision(2)));
+  }
   function tokenList(ts, vs, ctx) {
-    return ts.map((t, i) => `${tokenName(t, ctx)} (${fmt(vs[i], 2)})`).join(", ") || "–";
+    return ts.map((t, i) => `${tokenName(t, ctx)} (${short(vs[i])})`).join(", ") || "–";
   }
   function sparkline(counts, w, h) {
     // one path of bars (sqrt scale): one element per histogram, cheap for a table of hundreds of rows
@@ -122,8 +125,10 @@
     t.append(el("tr", {}, el("th", {}, "replacement"), el("th", {}, "Δ loss [95% interval]"), el("th", {}, "Δ accuracy")));
     t.append(el("tr", { "data-replacement": "zero" }, el("td", {}, "zero"),
       el("td", {}, signed(c.loss_zero) + ci(c.loss_zero_lo, c.loss_zero_hi)), el("td", {}, signed(c.accuracy_zero))));
-    t.append(el("tr", { "data-replacement": "mean" }, el("td", {}, "mean"),
-      el("td", {}, signed(c.loss_mean) + ci(c.loss_mean_lo, c.loss_mean_hi)), el("td", {}, signed(c.accuracy_mean))));
+    if (c.loss_mean !== null || c.loss_resample === null || c.loss_resample === undefined) {
+      t.append(el("tr", { "data-replacement": "mean" }, el("td", {}, "mean"),
+        el("td", {}, signed(c.loss_mean) + ci(c.loss_mean_lo, c.loss_mean_hi)), el("td", {}, signed(c.accuracy_mean))));
+    }
     if (c.loss_resample !== null && c.loss_resample !== undefined) {
       t.append(el("tr", { "data-replacement": "resample" }, el("td", {}, "resample"),
         el("td", {}, signed(c.loss_resample) + ci(c.loss_resample_lo, c.loss_resample_hi)), el("td", {}, signed(c.accuracy_resample))));
@@ -137,8 +142,10 @@
         s.append(el("p", { class: "note", "data-source": "exact" }, `Measured exactly (triage chose it); its attribution estimate was ${signed(c.loss_zero_estimate)}.`));
       }
     }
-    s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
-      (c.sign_disagree ? " ⚠ the replacements disagree in sign." : "")));
+    if (c.effect_source !== "estimated") {
+      s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
+        (c.sign_disagree ? " ⚠ the replacements disagree in sign." : "")));
+    }
     if (c.next_tokens && c.next_tokens.length) {
       const rows = [["next tokens losing most (Δ loss summed)", tokenList(c.next_tokens, c.next_token_loss, ctx)]];
       if (c.direct_zero !== null) rows.push(["direct effect (zero), through the residual stream alone", signed(c.direct_zero)]);
