@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from lesion.cli import app
 from lesion.roles.atlas import ATLAS_FILES, render, script_json
+from lesion.roles.page import cards_of
 from lesion.util.outputs import OutputError, read_manifest
 
 runner = CliRunner()
@@ -50,13 +51,14 @@ def test_the_atlas_folder_is_complete_and_its_files_agree(atlas_dir):
     assert set(doc["files"]) == set(ATLAS_FILES)
     df = pd.read_parquet(atlas_dir / "roles.parquet")
     cards = json.loads((atlas_dir / "cards.json").read_text())
-    assert len(df) == 16 == len(cards["cards"])
-    assert list(df.unit) == [c["unit"] for c in cards["cards"]] == [f"relu1:{j}" for j in range(16)]
-    assert list(df.role) == [c["role"] for c in cards["cards"]]
+    back = cards_of(cards)
+    assert len(df) == 16 == len(back)
+    assert list(df.unit) == [c["unit"] for c in back] == [f"relu1:{j}" for j in range(16)]
+    assert list(df.role) == [c["role"] for c in back]
     assert (df.n_examples == 200).all()
     assert df.mem_changed.notna().all()  # the model file's training labels differ from the true ones
     assert cards["meta"]["classes"] == [str(c) for c in range(10)]
-    shown = {i for c in cards["cards"] for i in c["top_index"] + c["bottom_index"]}
+    shown = {i for c in back for i in c["top_index"] + c["bottom_index"]}
     assert set(map(int, cards["images"])) == shown
     assert all(v.startswith("data:image/png;base64,") for v in cards["images"].values())
 
@@ -66,14 +68,14 @@ def test_the_page_is_self_contained(atlas_dir):
     assert "<script src" not in page and "<link" not in page and "http://" not in page.split("<style>")[0]
     data = page.split('<script type="application/json" id="atlas-data">')[1].split("</script>")[0]
     doc = json.loads(data)
-    assert [c["unit"] for c in doc["cards"]] == [f"relu1:{j}" for j in range(16)]
+    assert [c["unit"] for c in cards_of(doc)] == [f"relu1:{j}" for j in range(16)]
     assert "window.LesionCard" in page
 
 
 def test_data_cannot_close_the_script_element():
     text = script_json({"role": "</script><script>alert(1)</script>"})
     assert "</script>" not in text and json.loads(text)["role"].startswith("</script>")
-    page = render({"title": "<b>t</b>", "meta": {}, "cards": [], "images": {}})
+    page = render({"title": "<b>t</b>", "meta": {}, "n": 0, "images": {}})
     assert "<b>t</b>" not in page  # the title is escaped
 
 
@@ -84,8 +86,8 @@ def test_a_complete_atlas_is_replaced_only_with_force(atlas_dir, model_file):
 
 def test_an_interrupted_atlas_is_never_complete_and_resumes(model_file, monkeypatch):
     out = model_file.parent / "interrupted"
-    import lesion.roles.assemble as assemble
     import lesion.roles.atlas as atlas_module
+    import lesion.roles.stages_run as assemble
 
     def crash(doc):
         raise KeyboardInterrupt

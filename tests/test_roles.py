@@ -427,7 +427,7 @@ def test_kept_stages_are_reused(tmp_path, monkeypatch):
     x, y = toy_data(4)
     first = build(ToyMLP(), (x, y), pair_units=3, keep=tmp_path)
     assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.npz"))
-    import lesion.roles.assemble as B
+    import lesion.roles.stages_run as B
 
     monkeypatch.setattr(B, "single_effects", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     again = build(ToyMLP(), (x, y), pair_units=3, keep=tmp_path)

@@ -90,8 +90,29 @@ class Writer:
 
     site: Site
     proj: str
-    w_out: torch.Tensor  # (width, d_model)
+    w_out: torch.Tensor  # (neurons, d_model): the rows of the neurons ``rows``
     gate: str | None = None  # module whose output multiplies the activation before the projection
+    rows: list[int] | None = None  # the site's neurons measured (None: every one)
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = list(range(self.site.width))
+
+
+def _only(writers: list[Writer], units: Sequence[str]) -> list[Writer]:
+    """The writers restricted to ``units`` (text ``layer:index``); sites without any of them left out."""
+    want = [str(u).rpartition(":") for u in units]
+    rows = {w.site.name: sorted({int(j) for layer, _, j in want if layer == w.site.name}) for w in writers}
+    return [Writer(w.site, w.proj, w.w_out[rows[w.site.name]], w.gate, rows[w.site.name])
+            for w in writers if rows[w.site.name]]  # fmt: skip
+
+
+def readout(model: nn.Module, data: Data) -> Readout:
+    """The final norm and the unembedding of a decoder language model, found and checked on one intact
+    pass of the first examples of ``data`` (as ``direct_effects`` finds them)."""
+    batch = next(batches(data, batch_size=8)).to(model_device(model))
+    rec, logits = _probe(model, batch)
+    return _readout(model, rec, logits)
 
 
 def direct_effects(
@@ -104,8 +125,10 @@ def direct_effects(
     total: bool = True,
     batch_size: int = 1000,
     progress: bool = False,
+    units: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per MLP neuron of a decoder language model: ``unit``, ``layer``, ``index``, ``direct``
+    """One row per MLP neuron of a decoder language model (``units``: only these, as ``"layer:index"``
+    text): ``unit``, ``layer``, ``index``, ``direct``
     (change of the metric's main column through the residual stream alone, final norm scale frozen) and,
     with ``total=True``, ``total`` (the exact change, ``lesion.sweep``) and ``ratio`` = direct / total.
 
@@ -120,6 +143,8 @@ def direct_effects(
     if sites is None:  # every MLP activation: the head views are left out
         sites = [s for s in sites_for(model, data) if not s.heads]
     readout, writers = locate(model, data, sites)
+    if units is not None:
+        writers = _only(writers, units)
     sites = [w.site for w in writers]
     r = fitted_replacement(model, data, sites, replacement)
     if r.repeats > 1:
@@ -129,9 +154,9 @@ def direct_effects(
         )
     direct, intact = _direct(model, data, readout, writers, metric, r, batch_size, progress)
     df = pd.DataFrame({
-        "unit": [f"{s.name}:{j}" for s in sites for j in range(s.width)],
-        "layer": [s.name for s in sites for _ in range(s.width)],
-        "index": [j for s in sites for j in range(s.width)],
+        "unit": [f"{w.site.name}:{j}" for w in writers for j in w.rows],
+        "layer": [w.site.name for w in writers for _ in w.rows],
+        "index": [j for w in writers for j in w.rows],
         "direct": direct[col] - intact[col][0],
     })  # fmt: skip
     df.attrs.update(
@@ -352,7 +377,7 @@ def _direct(model, data, readout: Readout, writers: list[Writer], metric: Metric
         handles.append(named[readout.norm].register_forward_hook(_keep(readout.norm, got, True)))
     units = [readout.through(w.w_out) for w in writers]  # (width, vocab) per site
     values, intact = copy.copy(metric), copy.copy(metric)
-    values.reset(sum(w.site.width for w in writers))
+    values.reset(sum(len(w.rows) for w in writers))
     intact.reset(1)
     try:
         with torch.no_grad(), eval_mode(model):
@@ -389,14 +414,15 @@ def _score(values: Metric, out, b: Batch, k: int, writers, units, got, inv, r) -
         d = replacement_delta(r, w.site, got[w.site.target], b, k)[..., 0]  # (batch, t, width)
         if w.gate:
             d = d * got[w.gate]
-        c = (d.double() * inv.double()[..., None]).permute(2, 0, 1)  # (width, batch, t)
+        d = d[..., w.rows] if len(w.rows) != w.site.width else d  # (batch, t, neurons measured)
+        c = (d.double() * inv.double()[..., None]).permute(2, 0, 1)  # (neurons, batch, t)
         step = max(1, MAX_LOGITS // out.numel())
         base = out.double()[None]
-        for j in range(0, w.site.width, step):
-            jj = min(j + step, w.site.width)
+        for j in range(0, len(w.rows), step):
+            jj = min(j + step, len(w.rows))
             lesioned = base + c[j:jj, ..., None] * u[j:jj, None, None, :]  # (k, batch, t, vocab)
             values.update(lesioned.to(out.dtype), b, slice(offset + j, offset + jj), intact=out)
-        offset += w.site.width
+        offset += len(w.rows)
 
 
 __all__ = ["direct_effects", "plot_direct"]

@@ -223,7 +223,9 @@ def atlas(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: the model file's).")] = None,
     examples: Annotated[int | None, typer.Option(min=1, help="A seeded sample of held-out examples.")] = None,
     layers: Annotated[list[str] | None, typer.Option(help="Layers (default: every activation).")] = None,
-    pairs: Annotated[int, typer.Option(min=0, help="Units (largest effects) given pair lesions.")] = 16,
+    pairs: Annotated[
+        int | None, typer.Option(min=0, help="Units (largest effects) given pair lesions (16; 8 by triage).")
+    ] = None,
     top: Annotated[int, typer.Option(min=1, help="Top and bottom examples per unit.")] = 8,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sample and the random sets.")] = 0,
     text: TextOpt = None,
@@ -232,16 +234,39 @@ def atlas(
     sequences: Annotated[int, typer.Option(min=1, help="Language model: at most this many sequences.")] = 64,
     allow_pickle: AllowPickleOpt = False,
     force: ForceOpt = False,
+    triage: Annotated[
+        str,
+        typer.Option(
+            help="auto (every unit exactly up to 4096 units, above that triage with an exact budget of 0.5% "
+            "of the units), off, or an exact budget (a count, a share like 1%, a time like 20min): the "
+            "attribution estimate for every unit, exact effects for the top units and a random sample; "
+            "each card says exact or estimated, the atlas records the recall of the top units."
+        ),
+    ] = "auto",
+    backend: Annotated[
+        Backend, typer.Option(help="local, or ray: the exact single-unit lesions sharded over Ray.")
+    ] = Backend.local,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local instance).")
+    ] = None,
+    shards: Annotated[
+        int | None, typer.Option(min=1, help="--backend ray: unit ranges (default: one per cluster CPU).")
+    ] = None,
 ) -> None:
     """The card of every unit (what it responds to, what breaks without it, who backs it up, its role
     in words) as roles.parquet, cards.json and one self-contained atlas.html; an interrupted run resumes."""
     from lesion.cli.atlas import atlas as make_atlas
     from lesion.cli.atlas import print_summary
 
+    if backend == "local" and (address or shards):
+        raise LesionError(
+            "--address and --shards shard the lesions over Ray; expected --backend ray with them"
+        )
     summary = make_atlas(
         model, out, dataset=dataset, examples=examples, layers=T.names(layers), pair_units=pairs, top=top,
         seed=seed, force=force, text=text, tokens=tokens, allow_pickle=allow_pickle, seq_len=seq_len,
-        sequences=sequences,
+        sequences=sequences, triage=triage, spread={"backend": backend.value, "address": address,
+                                                    "shards": shards},
     )  # fmt: skip
     print_summary(summary, out)
 

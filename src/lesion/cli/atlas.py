@@ -1,4 +1,7 @@
-"""``lesion atlas``: the card of every unit of a classifier, as a table, card data and one HTML page.
+"""``lesion atlas``: the card of every unit of a model, as a table, card data and one HTML page.
+
+Above 4,096 units (``--triage auto``) the effects come by triage (``lesion.roles.scale``); ``--backend
+ray`` shards the exact single-unit lesions over a Ray cluster.
 
 Resumable: the lesion stages are kept in ``DIR/.partial`` while the atlas is made and reused by a run
 that was interrupted; ``manifest.json`` is written last, so an interrupted atlas never reads as complete.
@@ -19,8 +22,9 @@ PARTIAL = ".partial"
 
 def atlas(
     model: Path, out: Path, *, dataset: str | None, examples: int | None, layers: tuple[str, ...] | None,
-    pair_units: int, top: int, seed: int, force: bool, text: Path | None, tokens: Path | None,
-    allow_pickle: bool, seq_len: int | None = None, sequences: int = 64,
+    pair_units: int | None, top: int, seed: int, force: bool, text: Path | None, tokens: Path | None,
+    allow_pickle: bool, seq_len: int | None = None, sequences: int = 64, triage: str = "auto",
+    spread: dict | None = None,
 ) -> dict:  # fmt: skip
     """Make the atlas of ``model`` into ``out``; returns a short summary."""
     from lesion.roles.atlas import ATLAS_FILES
@@ -42,13 +46,16 @@ def atlas(
     from lesion.roles.atlas import write_atlas
 
     result = build(net, data, layers=list(layers) if layers else None, top=top, pair_units=pair_units,
-                   seed=seed, progress=True, keep=out / PARTIAL, **kw)  # fmt: skip
+                   seed=seed, progress=True, keep=out / PARTIAL, triage=triage, **(spread or {}),
+                   **kw)  # fmt: skip
+    measured = time.perf_counter() - start
     write_atlas(out, result, title=title, **extra(result))
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     roles = [c.role_rule for c in result.cards]
-    return {"units": len(result.cards), "seconds": time.perf_counter() - start,
+    return {"units": len(result.cards), "seconds": time.perf_counter() - start, "measured": measured,
             "rules": {r: roles.count(r) for r in dict.fromkeys(roles)},
-            "stages": result.meta.get("seconds", {})}  # fmt: skip
+            "stages": result.meta.get("seconds", {}), "triage": result.meta.get("triage"),
+            "bytes": (out / "atlas.html").stat().st_size}  # fmt: skip
 
 
 def _classifier(net, info, model: Path, dataset, examples, seed):
@@ -122,8 +129,17 @@ def _memorisation_data(info: dict, dataset: str | None, model: Path, data):
 def print_summary(summary: dict, out: Path) -> None:
     T.out().print(
         f"atlas of {summary['units']} units written to {out} in {summary['seconds']:.1f} s "
-        f"(open {out / 'atlas.html'})"
+        f"(open {out / 'atlas.html'}, {summary['bytes'] / 1e6:.1f} MB)"
     )
+    tri = summary.get("triage")
+    if tri:
+        T.out().print(
+            f"  effects by triage (budget {tri['budget']}): exact for {tri['exact']} units (the top "
+            f"{tri['top']} by attribution estimate and a random sample of {tri['sampled']}), estimated for "
+            f"the rest; recall of the true top {tri['k']} estimated {tri['recall']:.2f} "
+            f"[{tri['low']:.2f}, {tri['high']:.2f}] ({tri['level']:.0%})",
+            soft_wrap=True,
+        )
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.get("stages", {}).items())
     T.out().print(f"  stages: {stages}", soft_wrap=True)
     for rule, k in sorted(summary["rules"].items(), key=lambda kv: -kv[1]):

@@ -189,6 +189,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def correlations(sample: np.ndarray) -> np.ndarray:
     """(units, units) Pearson correlations of per-example activity (n, units); 0 for constant units."""
+    sample = np.asarray(sample, dtype=np.float64)
     x = sample - sample.mean(0)
     norm = np.sqrt((x * x).sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -10,32 +10,24 @@ can be kept in a folder (``keep=``) and are then reused by a later run with the 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from lesion.analyses.measures import mutual_information, selectivity_index
 from lesion.analyses.sweep import sites_for
 from lesion.core.batch import Data, batches, first_batch, reusable
-from lesion.core.replacements import Mean, Resample, Zero
-from lesion.core.runner import Runner
 from lesion.core.sites import Site
 from lesion.core.stats import collect_stats, forward
 from lesion.core.units import Unit
 from lesion.errors import DataError, LesionError
 from lesion.roles import fill, rules, stages, tokens
 from lesion.roles.activity import activity, head_ranges
-from lesion.roles.card import Card
-from lesion.roles.effects import LossChange, interval, set_effects, single_effects
-from lesion.roles.pushes import pushes
+from lesion.roles.card import CARD_FIELDS, Card
+from lesion.roles.keep import Keep, Laps, digest
 from lesion.util.progress import progress_bar
 
 
@@ -47,46 +39,14 @@ class Atlas:
     meta: dict = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        df = pd.DataFrame([c.row() for c in self.cards])
+        """One row per card (tuples as list columns), built column by column; ``attrs``: the meta."""
+        cols = {}
+        for f in CARD_FIELDS:
+            values = [getattr(c, f) for c in self.cards]
+            cols[f] = [list(v) for v in values] if values and isinstance(values[0], tuple) else values
+        df = pd.DataFrame(cols)
         df.attrs.update(self.meta)
         return df
-
-
-class _Laps:
-    """Seconds per stage (``meta["seconds"]``; CPU seconds of this process, all threads, in
-    ``meta["cpu_seconds"]``), and the progress bar moved by one per stage."""
-
-    def __init__(self, bar):
-        self.bar, self.laps, self.cpu = bar, {}, {}
-        self.t, self.c = time.perf_counter(), time.process_time()
-
-    def lap(self, name: str) -> None:
-        now, cpu = time.perf_counter(), time.process_time()
-        self.laps[name], self.cpu[name] = round(now - self.t, 3), round(cpu - self.c, 3)
-        self.t, self.c = now, cpu
-        self.bar.update(1)
-
-
-class _Keep:
-    """Lesion stages kept as .npz files in a folder, reused when the settings' fingerprint matches."""
-
-    def __init__(self, folder: Path | None, settings: dict):
-        self.folder = folder
-        self.tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, name: str, compute) -> dict[str, np.ndarray]:
-        path = None if self.folder is None else self.folder / f"{name}-{self.tag}.npz"
-        if path is not None and path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        got = compute()
-        if path is not None:
-            tmp = path.with_name(f".{path.stem}.tmp.npz")
-            np.savez(tmp, **got)
-            tmp.replace(path)
-        return got
 
 
 def roles(model: nn.Module, data: Data, **kwargs) -> pd.DataFrame:
@@ -104,7 +64,9 @@ def roles(model: nn.Module, data: Data, **kwargs) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class _Options:
+class Options:
+    """The settings of one ``build`` (the stages read them)."""
+
     top: int
     bins: int
     sample: int
@@ -116,6 +78,8 @@ class _Options:
     seed: int
     batch_size: int
     progress: bool
+    budget: object = None  # the triage budget (None: every unit exactly)
+    spread: dict = field(default_factory=dict)  # where the exact lesions run (local or ray)
 
 
 def build(
@@ -129,8 +93,8 @@ def build(
     top: int = 8,
     bins: int = 20,
     sample: int = 4000,
-    pair_units: int = 16,
-    partners: int = 3,
+    pair_units: int | None = None,
+    partners: int | None = None,
     causal_draws: int = 8,
     explainer=None,
     simulator=None,
@@ -138,41 +102,51 @@ def build(
     batch_size: int = 1000,
     progress: bool = False,
     keep: str | Path | None = None,
+    triage: int | str | None = "auto",
+    backend: str = "local",
+    address: str | None = None,
+    shards: int | None = None,
 ) -> Atlas:
     """The card of every unit of ``model`` (its activation sites, or ``sites``/``layers``) on ``data``.
 
     ``train`` with ``true_labels``: the training data with the (corrupted) labels the network was trained
     on and the true labels, for the memorisation parts. ``pair_units`` units with the largest effects get
     pair lesions with ``partners`` candidates by activity correlation and as many by effect, and the
-    compensation part. ``explainer``/``simulator``: see ``lesion.roles.explain``. ``keep``: a folder
+    compensation part (default 16 and 3; 8 and 2 in an atlas made by triage, whose lesions are dear).
+    ``explainer``/``simulator``: see ``lesion.roles.explain``. ``keep``: a folder
     where the lesion stages are kept and from which a later run with the same settings, model and data
-    takes them.
+    takes them. ``triage``: ``"auto"`` (exact up to ``lesion.roles.scale.AUTO_UNITS`` units, then triage),
+    None for every unit exactly, or an exact budget as ``lesion.sweep(..., triage=)`` takes it (a count,
+    ``"1%"``, ``"20min"``); see ``lesion.roles.scale``. ``backend="ray"`` (with ``address``, ``shards``)
+    shards the exact single-unit lesions over Ray as ``lesion.sweep`` does.
     """
-    opt = _Options(top, bins, sample, pair_units, partners, causal_draws, explainer, simulator, seed,
-                   batch_size, progress)  # fmt: skip
+    from lesion.roles import scale, stages_run
+
+    spread = scale.check_backend(backend, address, shards)
     data = reusable(data)
     sites = list(sites) if sites is not None else sites_for(model, data, layers)
     lm, labeled, n_classes, data = _task(model, data, batch_size)
     if not sites:
         raise LesionError("the model has no sites with units to make cards of")
+    budget = scale.plan(triage, sum(s.width for s in sites))
+    pair_units, partners = scale.pair_defaults(pair_units, partners, budget)
+    opt = Options(top, bins, sample, pair_units, partners, causal_draws, explainer, simulator, seed,
+                  batch_size, progress, budget, spread)  # fmt: skip
     meta = _start(lm, labeled, n_classes, train, true_labels)
     bar = progress_bar(None, "roles", progress, total=10 if lm else 9)
-    say = _Laps(bar)
+    say = Laps(bar)
     ctx = _responds(model, data, sites, lm, labeled, n_classes, opt, meta)
-    ctx |= {"lm": lm, "labeled": labeled, "sites": {s.name: s for s in sites}}
+    ctx |= {"lm": lm, "labeled": labeled, "sites": {s.name: s for s in sites}, "n_classes": n_classes}
     say.lap("activity")
     ctx["units"] = [Unit(s.name, j) for s in sites for j in range(s.width)]
     settings = {"n": ctx["n"], "units": len(ctx["units"]), "sites": [str(s) for s in sites]}
     settings |= {k: getattr(opt, k) for k in ("seed", "pair_units", "partners", "causal_draws")}
+    settings["triage"] = None if budget is None else str(budget)
     if keep is not None:  # kept stages belong to this model and this data only
-        settings["digest"] = _digest(model, data, batch_size)
-    kept = _Keep(Path(keep) if keep is not None else None, settings)
-
-    def metric():
-        return tokens.NextTokenChange(n_classes) if lm else LossChange(n_classes)
-
-    ctx |= _lesions(model, data, sites, ctx, opt, kept, say, metric)
-    ctx |= _scores(model, data, sites, ctx, opt, kept, say, metric, n_classes)
+        settings["digest"] = digest(model, data, batch_size)
+    kept = Keep(Path(keep) if keep is not None else None, settings)
+    ctx |= stages_run.lesions(model, data, sites, ctx, opt, kept, say)
+    ctx |= stages_run.scores(model, data, sites, ctx, opt, kept, say)
     mem = {}
     if train is not None:
         mem = kept("memorisation", lambda: stages.memorisation(
@@ -184,11 +158,13 @@ def build(
         "rules": rules.table(),
         "thresholds": dict(rules.THRESHOLDS),
         "pairs_tried": len(ctx["pair_list"]),
-        "pairs_how": stages.PAIRS_HOW.format(k=pair_units, p=partners),
+        "pairs_how": ctx["pairs_how"],
         "sites": [str(s) for s in sites],
         "site_shapes": {s.name: list(s.shape) for s in sites},
+        "triage": ctx["triage"],
+        "backend": backend,
     }
-    ctx |= {"mem": mem, "pairs_how": meta["pairs_how"]}
+    ctx["mem"] = mem
     cards = [fill.card(i, u, ctx) for i, u in enumerate(ctx["units"])]
     return Atlas(cards, meta)
 
@@ -214,16 +190,17 @@ def _start(lm: bool, labeled: bool, n_classes: int, train, true_labels) -> dict:
     return meta
 
 
-def _responds(model, data, sites, lm, labeled, n_classes, opt: _Options, meta: dict) -> dict:
+def _responds(model, data, sites, lm, labeled, n_classes, opt: Options, meta: dict) -> dict:
     """Part a, streamed: statistics, top examples, histograms, samples (tokens for a language model)."""
     k = {"k": opt.top, "bins": opt.bins, "sample": opt.sample, "batch_size": opt.batch_size}
     stats = collect_stats(model, data, sites, labels=labeled, batch_size=opt.batch_size)
-    token_means, y_all = {}, None
+    token_parts, y_all = {}, None
     if lm:
-        found, token_means, y_sample, ids_sample, per_seq = tokens.token_activity(
+        found, token_parts, y_sample, ids_sample, per_seq = tokens.token_activity(
             model, data, sites, n_classes, **k
         )
         meta |= {"tokens_per_sequence": per_seq, "n_tokens": found[sites[0].name].n}
+        meta["sample"] = len(ids_sample)
     else:
         lo, hi = head_ranges(model, data, sites, opt.batch_size)  # heads: the range of their output norm
         lo = {s.name: lo[s.name] if s.heads else stats[s.name].moments.lo for s in sites}
@@ -233,83 +210,11 @@ def _responds(model, data, sites, lm, labeled, n_classes, opt: _Options, meta: d
         )
         y_sample = y_all[ids_sample] if y_all is not None and labeled else None
     meta["n_examples"] = n = stats[sites[0].name].moments.n_examples
-    samples = {s.name: found[s.name].sample.numpy().astype(np.float64) for s in sites}
-    return {"stats": stats, "found": found, "token_means": token_means, "labels": y_all, "n": n,
+    samples = {s.name: found[s.name].sample.numpy() for s in sites}  # float32: (sample, units)
+    for s in sites:
+        found[s.name].sample = None  # kept once, in ``samples``
+    return {"stats": stats, "found": found, "token_parts": token_parts, "labels": y_all, "n": n,
             "y_sample": y_sample, "ids_sample": ids_sample, "samples": samples}  # fmt: skip
-
-
-def _lesions(model, data, sites, ctx, opt: _Options, kept, say, metric) -> dict:
-    """Parts b to d: single-unit effects under each replacement (``sweep``), pushes, pairs and
-    compensation for the units with the largest effects."""
-    units, eff = ctx["units"], {}
-    replacements = [("zero", Zero()), ("mean", Mean(stats=ctx["stats"]))]
-    if isinstance(metric(), tokens.NextTokenChange):  # transformers: another sequence's activity too
-        replacements.append(("resample", Resample(seed=opt.seed)))
-    for name, rep in replacements:
-        eff[name] = kept(
-            f"effects-{name}",
-            lambda rep=rep: single_effects(
-                model, data, sites, units, rep, metric(), batch_size=opt.batch_size, progress=opt.progress
-            )[0],
-        )
-        say.lap(f"effects-{name}")
-    pushed = pushes(model, first_batch(data, 1), sites)
-    say.lap("pushes")
-    z_mean, _, _ = interval(eff["zero"]["dsum"], eff["zero"]["dsq"], eff["zero"]["count"])
-    order = [i for i in np.argsort(-np.nan_to_num(z_mean, nan=-np.inf), kind="stable")[: opt.pair_units]]
-    runner = Runner(model, data, sites, metric=metric(), batch_size=opt.batch_size)
-    pair_list = stages.pairs(units, order, ctx["samples"], z_mean, opt.partners)
-    pair_vals = kept("pairs", lambda: set_effects(runner, [[units[i], units[j]] for i, j in pair_list])
-                     if pair_list else {})  # fmt: skip
-    say.lap("pairs")
-    comp = kept("compensation", lambda: stages.compensations(
-        model, data, sites, [units[i] for i in order], opt.batch_size))  # fmt: skip
-    say.lap("compensation")
-    return {"eff": eff, "pushed": pushed, "order": order, "pair_list": pair_list, "pair_vals": pair_vals,
-            "comp": comp}  # fmt: skip
-
-
-def _scores(model, data, sites, ctx, opt: _Options, kept, say, metric, n_classes) -> dict:
-    """Parts f and the transformer extras: explanations and simulation scores, direct effects, attention
-    patterns, class measures and the causal test."""
-    lm = isinstance(metric(), tokens.NextTokenChange)
-    kind = "token" if lm else "class"
-    expl = stages.explanations(
-        ctx["units"], ctx["found"], ctx["samples"], ctx["y_sample"], ctx["ids_sample"], opt.explainer,
-        opt.simulator, kind, opt.seed,
-    )  # fmt: skip
-    neurons = [s for s in sites if not s.heads]
-    direct = (
-        kept("direct", lambda: tokens.direct(model, data, neurons, opt.batch_size)) if lm and neurons else {}
-    )
-    head_sites = [s for s in sites if s.heads]
-    patterns = tokens.head_patterns(model, data, head_sites, opt.batch_size) if head_sites else {}
-    say.lap("explanations and direct effects")
-    labeled = ctx["labeled"]
-    si, pref, mi = _class_measures(sites, ctx["stats"], ctx["found"], labeled)
-
-    def causal_test():
-        return stages.causal(
-            model, data, sites, si, pref, n_classes, opt.causal_draws, opt.seed, metric(), opt.batch_size
-        )
-
-    causal = kept("causal", causal_test) if labeled else {}
-    say.lap("causal")
-    return {"expl": expl, "direct": direct, "patterns": patterns, "si": si, "pref": pref, "mi": mi,
-            "causal": causal}  # fmt: skip
-
-
-def _digest(model: nn.Module, data: Data, batch_size: int) -> str:
-    """SHA-256 of the model's weights and buffers and of every tensor of the data."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    for b in batches(data, batch_size=batch_size):
-        for t in (*b.args, *b.kwargs.values(), b.target):
-            if isinstance(t, torch.Tensor):
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _task(model: nn.Module, data: Data, batch_size: int) -> tuple[bool, bool, int, Data]:
@@ -334,25 +239,3 @@ def _task(model: nn.Module, data: Data, batch_size: int) -> tuple[bool, bool, in
         xs.append(bb.x)
         preds.append(forward(model, bb, check=False).argmax(-1))
     return False, False, c, (torch.cat(xs), torch.cat(preds))
-
-
-def _class_measures(sites, stats, found, labeled):
-    """Selectivity, preferred class and information per unit; a head's class means are of its output
-    norm (the activity pass), and it has no information (no joint histogram)."""
-    si, pref, mi = {}, {}, {}
-    for s in sites:
-        w = s.width
-        means = None
-        if labeled:
-            f = found.get(s.name)
-            means = (
-                (f.class_sum / f.class_count[:, None])
-                if s.heads and f is not None
-                else stats[s.name].class_means
-            )
-        if means is not None and (~torch.isnan(means).any(1)).sum() >= 2:
-            si[s.name], pref[s.name] = selectivity_index(means)
-            mi[s.name] = np.full(w, np.nan) if s.heads else mutual_information(stats[s.name].histogram.counts)
-        else:
-            si[s.name], pref[s.name], mi[s.name] = np.full(w, np.nan), np.full(w, -1), np.full(w, np.nan)
-    return si, pref, mi

@@ -1,6 +1,7 @@
-"""The atlas on disk: ``roles.parquet`` (one row per unit), ``cards.json`` (the card data, with the
-examples' thumbnails) and ``atlas.html``, one self-contained page (the data embedded as JSON, the card
-template ``templates/card.js`` inlined) that works from a file. Written completely or visibly not at
+"""The atlas on disk: ``roles.parquet`` (one row per unit), ``cards.json`` (the card data by column, with
+the examples' thumbnails: ``lesion.roles.page``; ``cards_of`` reads the cards back) and ``atlas.html``, one
+self-contained page (the same data embedded as JSON, the card template ``templates/card.js`` inlined)
+that works from a file. Written completely or visibly not at
 all: the files are staged and ``manifest.json`` comes last (``lesion.util.outputs.write_folder``).
 """
 
@@ -18,6 +19,7 @@ import torch
 from lesion.core.batch import Data, batches
 from lesion.errors import UnitError
 from lesion.roles.assemble import Atlas
+from lesion.roles.page import page_cards
 from lesion.util.jsonable import jsonable
 from lesion.util.outputs import write_folder
 
@@ -114,15 +116,21 @@ def page_data(atlas: Atlas, images: dict[int, str], *, title: str, classes=None,
     """What the page (and the explorer's card) renders: the cards, the rules, the thumbnails, and for a
     language model the context windows of the tokens shown and the tokens' names (``texts``, the pair
     ``token_texts`` returns)."""
+    doc = page_frame(atlas, images, title=title, classes=classes, texts=texts)
+    return jsonable(doc | {"cards": [c.row() for c in atlas.cards]})
+
+
+def page_frame(atlas: Atlas, images: dict[int, str], *, title: str, classes=None, texts=None) -> dict:
+    """Everything of the page's document but the cards: the title, the meta (with the class names and
+    the tokens' names), the thumbnails and the tokens' context windows."""
     meta = dict(atlas.meta)
     if classes is not None:
         meta["classes"] = [str(c) for c in classes]
     windows, names = texts or ({}, {})
     if names:
         meta["token_names"] = names
-    doc = {"title": title, "meta": meta, "cards": [c.row() for c in atlas.cards]}
-    doc |= {"images": {str(k): v for k, v in images.items()}, "texts": windows}
-    return jsonable(doc)
+    doc = {"title": title, "meta": meta}
+    return jsonable(doc | {"images": {str(k): v for k, v in images.items()}, "texts": windows})
 
 
 def script_json(doc: dict) -> str:
@@ -132,7 +140,7 @@ def script_json(doc: dict) -> str:
 
 
 def render(doc: dict) -> str:
-    """atlas.html: the page template with the card template, styles and data inlined."""
+    """atlas.html: the page template with the card template, styles and data (``page_cards``) inlined."""
     import jinja2
 
     env = jinja2.Environment(
@@ -144,7 +152,7 @@ def render(doc: dict) -> str:
     return env.get_template("atlas.html.j2").render(
         title=doc["title"],
         data=script_json(doc),
-        n=len(doc["cards"]),
+        n=doc["n"],
         card_js=parts["card.js"],
         card_css=parts["card.css"],
         atlas_js=parts["atlas.js"],
@@ -162,13 +170,13 @@ def write_atlas(
     texts=None,
 ) -> list[str]:
     """Write the atlas folder completely (manifest last); returns the file names."""
-    doc = page_data(atlas, images or {}, title=title, classes=classes, texts=texts)
+    doc = page_frame(atlas, images or {}, title=title, classes=classes, texts=texts) | page_cards(atlas.cards)
 
     def write(folder: Path) -> None:
         df = atlas.table()
         df.attrs = {}
         df.to_parquet(folder / "roles.parquet", index=False)
-        (folder / "cards.json").write_text(json.dumps(doc, allow_nan=False))
+        (folder / "cards.json").write_text(json.dumps(doc, separators=(",", ":"), allow_nan=False))
         (folder / "atlas.html").write_text(render(doc), encoding="utf-8")
 
     return write_folder(Path(out), write, kind="lesion atlas")

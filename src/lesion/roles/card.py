@@ -8,7 +8,7 @@ measured; ``omissions`` says why, in words, for each part left out.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 NaN = math.nan
 
@@ -50,7 +50,11 @@ class Card:
     head_previous: float = NaN  # an attention head: mean attention on the previous token
     head_first: float = NaN  # on the first token
     head_duplicate: float = NaN  # on earlier copies of the current token (positions that have one)
+    token_selectivity: float = NaN  # a language model: selectivity over tokens seen at least 3 times
+    preferred_token: int = -1  # ... and the token it prefers (the one the causal test names)
     # b. what breaks without it: mean per-example loss change (lesioned - intact), 95% interval
+    effect_source: str = "exact"  # "estimated": loss_zero is the attribution estimate (triage), no interval
+    loss_zero_estimate: float = NaN  # the attribution estimate of loss_zero (atlases made by triage)
     loss_zero: float = NaN
     loss_zero_lo: float = NaN
     loss_zero_hi: float = NaN
@@ -75,6 +79,10 @@ class Card:
     direct_zero: float = NaN  # a language model: next-token loss change through the residual stream alone
     # c. what it pushes the output towards
     push: tuple[float, ...] = ()  # per output class
+    promotes: tuple[int, ...] = ()  # a language model: tokens whose logits its output raises most
+    promotes_by: tuple[float, ...] = ()  # by how much, per unit of its activity
+    suppresses: tuple[int, ...] = ()  # tokens it lowers most
+    suppresses_by: tuple[float, ...] = ()
     push_path: str = ""
     # d. who backs it up
     partners: tuple[str, ...] = ()  # units paired with it, largest |interaction| first
@@ -91,7 +99,8 @@ class Card:
     explanation: str = ""
     simulation: float = NaN  # Pearson r of predicted and real activity on held-out examples
     causal_class: int = -1  # the class its explanation names, if any
-    causal_named: float = NaN  # class loss change with the layer's units naming that class deleted
+    causal_token: int = -1  # a language model: the token it is named for (its preferred token)
+    causal_named: float = NaN  # class (token) loss change with the layer's units naming it deleted
     causal_random: float = NaN  # the same with as many random units of the layer (mean over draws)
     causal_lo: float = NaN  # 95% interval of named - random over the random draws
     causal_hi: float = NaN
@@ -107,8 +116,8 @@ class Card:
     omissions: tuple[str, ...] = field(default=())
 
     def row(self) -> dict:
-        """The card as one table row: tuples as lists."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The card as one table row: tuples as lists (every field is flat: no deep copy is needed)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k in CARD_FIELDS for v in (getattr(self, k),)}
 
 
 CARD_FIELDS = tuple(f.name for f in fields(Card))

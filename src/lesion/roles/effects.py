@@ -37,15 +37,22 @@ class LossChange(Metric):
     """Per-example loss change (lesioned - intact) against integer labels: sums and sums of squares.
 
     ``groups`` (examples,) gives each example id a group 0..G-1 (e.g. mislabeled or not). Outputs:
-    ``dsum``/``dsq`` (n,), ``accuracy`` (n,) the mean change in correctness, ``count`` (n,), per class
+    ``dsum``/``dsq`` (n,), ``loss`` (n,) their mean (the main column, which ``triage`` ranks), ``accuracy``
+    (n,) the mean change in correctness, ``count`` (n,), per class
     ``dsum_class``/``dsq_class``/``count_class`` (n, C) and ``accuracy_class`` (n, C), per group
     ``dsum_group``/``dsq_group``/``count_group`` (n, G).
     """
 
-    needs_intact = True
+    main, needs_intact = "loss", True
 
     def __init__(self, n_classes: int, groups: torch.Tensor | None = None):
         self.n_classes, self.groups = n_classes, groups
+
+    def loss(self, output, batch):
+        """The batch's summed cross-entropy and its size: the attribution estimate of ``loss`` (the mean
+        change) is the gradient of the mean loss, whose intact value the change is taken from."""
+        y = batch.target.long()
+        return F.cross_entropy(output.float(), y, reduction="sum"), float(len(y))
 
     def update(self, outputs, batch, lesions, intact=None):
         y = batch.target
@@ -79,6 +86,7 @@ class LossChange(Metric):
         with np.errstate(invalid="ignore", divide="ignore"):
             out = {k: v for k, v in s.items() if k not in ("right", "right_class")}
             out["accuracy"] = s["right"] / s["count"]
+            out["loss"] = s["dsum"] / s["count"]
             out["accuracy_class"] = s["right_class"] / s["count_class"]
         return out
 
@@ -117,8 +125,9 @@ OUTPUTS = (
     "dsum_group",
     "dsq_group",
     "count_group",
-    "dsum_token",
-    "count_token",
+    "loss",
+    "next_token_ids",
+    "next_token_loss",
 )
 
 
@@ -132,11 +141,14 @@ def single_effects(
     *,
     batch_size: int = 1000,
     progress: bool = False,
+    spread: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Each unit deleted alone with ``replacement``, through ``lesion.sweep`` (the fast engine where it
-    agrees with the slow path): the metric's outputs (``LossChange``'s) by unit, and the engine notes."""
+    agrees with the slow path; ``spread``: its ``backend``, ``address``, ``shards``, ``resume``): the
+    metric's outputs (``LossChange``'s) by unit, and the engine notes."""
     lesions = [Lesion([u], replacement) for u in units]
-    df = sweep(model, data, lesions, metric, sites=sites, batch_size=batch_size, progress=progress)
+    df = sweep(model, data, lesions, metric, sites=sites, batch_size=batch_size, progress=progress,
+               **(spread or {}))  # fmt: skip
     notes = {k: df.attrs.get(k) for k in ("engine_fallbacks", "served")}
     return {name: _values(df, name) for name in OUTPUTS if any(c.startswith(name) for c in df)}, notes
 

@@ -3,9 +3,11 @@ turns text back into predicted activity, and the simulation score is the correla
 with the real activity on held-out examples (Bills et al. 2023, without a language model by default).
 
 The default explainer writes the unit's mean activity per class on the explanation half of the sample
-("activity by class: 0=0.12; 1=2.31"); the default simulator reads those numbers back and predicts each
-held-out example's activity as its class's. Either may be replaced by any callable (for example one that
-asks a language model); one that raises or returns nonsense becomes a stated omission, never a crash.
+("activity by class: 0=0.12; 1=2.31"; for a language model the 10 current tokens of largest mean and
+the mean over the other tokens, "activity by token: 17=2.3; ...; else=0.04"); the default simulator
+reads those numbers back and predicts each held-out example's activity as its class's (or token's).
+Either may be replaced by any callable (for example one that asks a language model); one that raises or
+returns nonsense becomes a stated omission, never a crash.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Evidence:
 
 
 Explainer = Callable[[Evidence], str]
+NAMED_TOKENS = 10  # tokens the default explanation of a language model's unit names
 Simulator = Callable[[str, Evidence], np.ndarray]
 
 
@@ -40,23 +43,44 @@ def class_means_explainer(ev: Evidence) -> str:
     """'activity by class: c=mean; ...' (or 'by token') from the explanation examples; needs labels."""
     if ev.labels is None:
         raise ValueError("the rule-based explainer needs class labels (the data has none)")
-    parts = []
-    for c in np.unique(ev.labels):
-        parts.append(f"{int(c)}={float(ev.activity[ev.labels == c].mean()):.6g}")
-    return f"activity by {ev.kind}: " + "; ".join(parts)
+    classes, inv = np.unique(ev.labels, return_inverse=True)
+    counts = np.bincount(inv, minlength=len(classes))
+    means = np.bincount(inv, weights=np.asarray(ev.activity, np.float64), minlength=len(classes)) / counts
+    return describe(ev.kind, classes, means, counts)
+
+
+def describe(kind: str, classes: np.ndarray, means: np.ndarray, counts: np.ndarray) -> str:
+    """The default explanation from the mean activity per class (or token): every class; for tokens
+    the ``NAMED_TOKENS`` of largest mean (ties: the lower id first) and the mean over the rest ("else")."""
+    if kind == "token" and len(classes) > NAMED_TOKENS:
+        top = np.argsort(-means, kind="stable")[:NAMED_TOKENS]
+        rest = np.ones(len(classes), dtype=bool)
+        rest[top] = False
+        other = float((means[rest] * counts[rest]).sum() / counts[rest].sum())
+        parts = [f"{int(classes[i])}={float(means[i]):.6g}" for i in top] + [f"else={other:.6g}"]
+    else:
+        parts = [f"{int(c)}={float(m):.6g}" for c, m in zip(classes, means, strict=True)]
+    return f"activity by {kind}: " + "; ".join(parts)
 
 
 _PAIR = re.compile(r"(-?\d+)\s*=\s*([-+0-9.eE]+|nan|inf)")
+_ELSE = re.compile(r"\belse\s*=\s*([-+0-9.eE]+|nan|inf)")
 
 
 def class_means_simulator(explanation: str, ev: Evidence) -> np.ndarray:
-    """Each example's activity predicted as the number the explanation gives its class (0 if none)."""
+    """Each example's activity predicted as the number the explanation gives its class (the "else"
+    number for a class it does not name, else 0)."""
     if ev.labels is None:
         raise ValueError("the rule-based simulator needs class labels")
     table = {int(c): float(v) for c, v in _PAIR.findall(explanation)}
     if not table:
         raise ValueError("the explanation names no 'class=value' pairs")
-    return np.array([table.get(int(c), 0.0) for c in ev.labels])
+    other = _ELSE.search(explanation)
+    keys = np.array(sorted(table))
+    vals = np.array([table[k] for k in keys])
+    labels = np.asarray(ev.labels).astype(np.int64)
+    pos = np.searchsorted(keys, labels).clip(0, len(keys) - 1)
+    return np.where(keys[pos] == labels, vals[pos], float(other.group(1)) if other else 0.0)
 
 
 def explain(

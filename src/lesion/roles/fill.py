@@ -65,13 +65,16 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
     push, how = ctx["pushed"][u.layer]
     if push is None:
         om.append(f"output push: {how}")
+    elif isinstance(push, dict):  # a language model: the tokens it raises and lowers most
+        c |= {k: tuple((int if k in ("promotes", "suppresses") else float)(x) for x in v[j])
+              for k, v in push.items()} | {"push_path": how}  # fmt: skip
     else:
         c |= {"push": tuple(float(x) for x in push[:, j]), "push_path": how}
     c |= _partners(i, ctx, om)
     text, score, why = ctx["expl"][i]
     c |= {"explanation": text, "simulation": float(score)}
     om += why
-    c |= _causal_part(u, c.get("preferred_class", -1), c.get("selectivity", math.nan), ctx)
+    c |= _causal_part(u, c, ctx)
     c |= _mem_part(i, ctx)
     if ctx["n"] < 2:
         om.append("intervals: one example gives no interval over examples")
@@ -88,23 +91,22 @@ def _class_means(f, st, s):
 
 def _token_parts(i: int, u: Unit, ctx: dict, om: list[str]) -> dict:
     out = {}
-    means = ctx["token_means"]
-    if u.layer in means:
-        counts = means["_counts"]
-        cur, prev = means[u.layer]
-        out["preferred_tokens"], out["preferred_token_means"] = tokens.top_tokens(
-            cur[:, u.index].numpy(), counts[0].numpy()
-        )
-        out["previous_tokens"], out["previous_token_means"] = tokens.top_tokens(
-            prev[:, u.index].numpy(), counts[1].numpy()
-        )
+    parts = ctx["token_parts"].get(u.layer, {})
+    j = u.index
+    if "current_ids" in parts:
+        for name, key in (("preferred", "current"), ("previous", "previous")):
+            ids, means = parts[f"{key}_ids"][:, j], parts[f"{key}_means"][:, j]
+            out[f"{name}_tokens"] = tuple(int(t) for t in ids if t >= 0)
+            out[f"{name}_token_means"] = tuple(float(v) for t, v in zip(ids, means, strict=True) if t >= 0)
+        out["token_selectivity"] = float(parts["selectivity"][j])
+        out["preferred_token"] = int(parts["preferred"][j])
     else:
-        om.append("preferred tokens: the vocabulary is too large to keep every token's mean activity")
+        om.append("preferred tokens: the per-token tables of this layer did not fit the memory cap")
     e = ctx["eff"]["zero"]
-    if "dsum_token" in e:
-        out["next_tokens"], out["next_token_loss"] = tokens.top_tokens(
-            e["dsum_token"][i], e["count_token"][i]
-        )
+    if "next_token_ids" in e and np.isfinite(e["next_token_ids"][i]).all():
+        ids, loss = e["next_token_ids"][i], e["next_token_loss"][i]
+        out["next_tokens"] = tuple(int(t) for t in ids if t >= 0)
+        out["next_token_loss"] = tuple(float(v) for t, v in zip(ids, loss, strict=True) if t >= 0)
     pat = ctx["patterns"].get(u.layer)
     if ctx["sites"][u.layer].heads:
         if pat is None or isinstance(pat, str) or "why" in ctx["patterns"]:
@@ -176,19 +178,28 @@ def _effects(i, ctx, om) -> dict:
     out["sign_disagree"] = rules.sign_disagree(
         *(out[f"loss_{n}{s}"] for n in ("zero", second) for s in ("", "_lo", "_hi"))
     )
+    zero = ctx["eff"]["zero"]
+    if "estimate" in zero:  # an atlas by triage
+        out["loss_zero_estimate"] = float(zero["estimate"][i])
+        if not ctx["exact"][i]:
+            out |= {"effect_source": "estimated", "loss_zero": float(zero["estimate"][i])}
+            om.append("effects: estimated by attribution only (triage); loss_zero is the estimate, without "
+                      "an interval; no other replacement or class part measured")  # fmt: skip
+        elif math.isnan(out[f"loss_{second}"]):
+            om.append(f"{second} replacement and direct effect: measured for the triage's top block only "
+                      "(this unit is in its random sample)")  # fmt: skip
+        if ctx["lm"] and "mean" not in ctx["eff"]:
+            om.append("mean replacement: not measured in an atlas made by triage (resample is the second)")
     return out
 
 
 def _partners(i, ctx, om) -> dict:
-    zero = ctx["eff"]["zero"]
-    single = zero["dsum"] / zero["count"]
     rows = []
     pv = ctx["pair_vals"]
     for p, (a, b) in enumerate(ctx["pair_list"]):
         if i in (a, b):
             other = b if a == i else a
-            pair = pv["dsum"][p] / pv["count"][p]
-            rows.append((str(ctx["units"][other]), float(pair), float(pair - single[a] - single[b])))
+            rows.append((str(ctx["units"][other]), float(pv["pair"][p]), float(pv["interaction"][p])))
     rows.sort(key=lambda r: -abs(r[2]))
     out = {
         "partners": tuple(r[0] for r in rows),
@@ -213,16 +224,21 @@ def _partners(i, ctx, om) -> dict:
     return out
 
 
-def _causal_part(u, pref, si, ctx) -> dict:
+def _causal_part(u, c: dict, ctx) -> dict:
+    """The causal score of the group the unit is named in: its preferred class (a classifier) or token (a
+    language model), with selectivity at or above the rules' threshold."""
     cz = ctx["causal"]
-    if not cz or pref < 0 or not (si >= rules.THRESHOLDS["selective"]):
+    lm = ctx["lm"]
+    named = c.get("preferred_token" if lm else "preferred_class", -1)
+    si = c.get("token_selectivity" if lm else "selectivity", math.nan)
+    if not cz or named < 0 or not (si >= rules.THRESHOLDS["selective"]):
         return {}
-    hit = np.flatnonzero((cz["layer"] == u.layer) & (cz["cls"] == pref))
+    hit = np.flatnonzero((cz["layer"] == u.layer) & (cz["cls"] == named))
     if not len(hit):
         return {}
     r = hit[0]
     return {
-        "causal_class": int(pref),
+        "causal_token" if lm else "causal_class": int(named),
         "causal_named": float(cz["named"][r]),
         "causal_random": float(cz["random"][r]),
         "causal_lo": float(cz["lo"][r]),

@@ -7,10 +7,14 @@ map's uniform change through): exact for the last hidden layer
 (the output layer's own weights, the direct path), a linear approximation through deeper ones
 (nonlinearities ignored). A feature map's push sums its positions (the whole map raised by 1). Any
 other module on the way (a convolution, a norm, a residual join) leaves the push out, saying why.
+
+A language model's unit (``lm_pushes``) pushes tokens through the direct path: its output direction
+through the final norm (centring and gain) and the unembedding, the tokens it raises and lowers most.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -91,3 +95,72 @@ def _push(calls, site: Site) -> tuple[torch.Tensor | None, str]:
         else f"product of the {n_linear} later Linear layers' weights, nonlinearities ignored (approximate)"
     )
     return push, how
+
+
+# ------------------------------------------------------------------------------- language models
+
+TOP_TOKENS = 5  # tokens promoted and suppressed, kept per unit
+CHUNK = 256  # units whose logit directions (units x vocabulary) are computed at once
+LM_HOW = (
+    "direct path: the unit's output direction in the residual stream through the final norm's centring "
+    "and gain and the unembedding (per unit of activity; the norm's division by the residual's scale, a "
+    "positive factor per position, is left out, so the ranking and signs are those of the direct path)"
+)
+HEAD_HOW = LM_HOW.replace("the unit's output direction", "the head's mean output (its mean attention "
+                          "output over the data through its rows of the output projection)")  # fmt: skip
+
+
+def lm_pushes(model: nn.Module, data, sites: list[Site], token_parts: dict) -> dict[str, tuple]:
+    """site -> ({"promotes", "promotes_by", "suppresses", "suppresses_by"}: (units, 5) token ids and
+    logit changes, or None, the path in words or why it is missing). A neuron's direction is its row of
+    the MLP's output projection (``lesion.analyses.direct``); a head's, its mean output, from the sums
+    of ``token_parts``."""
+    from lesion.analyses.direct import locate, readout
+    from lesion.errors import LesionError
+
+    out: dict[str, tuple] = {}
+    try:
+        r = readout(model, data)
+        neurons = [s for s in sites if not s.heads]
+        writers = {w.site.name: w for w in locate(model, data, neurons)[1]} if neurons else {}
+    except (LesionError, RuntimeError) as exc:
+        return {s.name: (None, f"no direct path found: {exc}") for s in sites}
+    named = dict(model.named_modules())
+    for s in sites:
+        if s.heads:
+            mean = token_parts.get(s.name, {}).get("mean_input")
+            if mean is None or s.hook != "input":
+                out[s.name] = (None, "the head's output projection or its mean output was not recorded")
+                continue
+            m = named[s.target]
+            rows = (m.weight.T if isinstance(m, nn.Linear) else m.weight).detach().float()  # (h * d, d_model)
+            z = torch.as_tensor(mean, dtype=torch.float32).reshape(s.width, s.group)
+            directions = torch.einsum("hd,hdm->hm", z, rows.reshape(s.width, s.group, -1))
+            out[s.name] = (_top_tokens(r, directions), HEAD_HOW)
+        elif s.name in writers:
+            out[s.name] = (_top_tokens(r, writers[s.name].w_out.float()), LM_HOW)
+        else:
+            out[s.name] = (None, "no output projection found for this site")
+    return out
+
+
+def _top_tokens(r, directions: torch.Tensor) -> dict[str, np.ndarray]:
+    """The ``TOP_TOKENS`` tokens each direction (units, d_model) raises and lowers most through the
+    readout ``r`` (float32, ``CHUNK`` units at a time)."""
+    rows = r.rows.float()
+    gamma = None if r.gamma is None else r.gamma.float()
+    got = {k: [] for k in ("promotes", "promotes_by", "suppresses", "suppresses_by")}
+    for i in range(0, len(directions), CHUNK):
+        w = directions[i : i + CHUNK].float()
+        if r.norm is not None and not r.rms:
+            w = w - w.mean(-1, keepdim=True)
+        if gamma is not None:
+            w = w * gamma
+        logits = w @ rows  # (chunk, vocab)
+        k = min(TOP_TOKENS, logits.shape[1])
+        up, down = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
+        got["promotes"].append(up.indices)
+        got["promotes_by"].append(up.values)
+        got["suppresses"].append(down.indices)
+        got["suppresses_by"].append(down.values)
+    return {k: torch.cat(v).numpy() for k, v in got.items()}

@@ -129,6 +129,13 @@ RULES = (
         ),
     ),
     Rule(
+        "estimated",
+        "its effect was only estimated (attribution, in an atlas made by triage): no interval, so no role "
+        "from effects",
+        lambda c: c.get("effect_source") == "estimated",
+        lambda c: f"not measured exactly: estimated {c['loss_zero_estimate']:+.3g} loss (attribution)",
+    ),
+    Rule(
         "class detector",
         f"selectivity >= {THRESHOLDS['selective']:g} for class c, and deleting it (zero) raises the loss "
         f"on c (interval above 0) and drops accuracy on c by >= {THRESHOLDS['class_drop']:g}",

@@ -23,16 +23,19 @@ from lesion.roles.effects import (
     set_effects,
     single_effects,
 )
-from lesion.roles.explain import Evidence, class_means_explainer, class_means_simulator, explain
+from lesion.roles.explain import Evidence, class_means_explainer, class_means_simulator, describe, explain
 
 PAIRS_HOW = (
     "the {k} units with the largest single effect (zero), each with the {p} units of its layer most "
-    "correlated in activity (|r|) and the {p} with the largest effects; every pair deleted together, exactly"
+    "correlated in activity (|r|) and the {p} with the largest effects; every pair deleted together, "
+    "exactly (lesion.analyses.pairs.pair_effects)"
 )
+PAIRS_TRIAGED = "; under triage only units whose effects were measured exactly, as candidates and partners"
 
 
-def pairs(units, order, samples, effect, partners) -> list[tuple[int, int]]:
-    """Unordered pairs (i, j) of unit positions: each chosen unit with its candidates, deduplicated."""
+def pairs(units, order, samples, effect, partners, eligible=None) -> list[tuple[int, int]]:
+    """Unordered pairs (i, j) of unit positions: each chosen unit with its candidates, deduplicated.
+    ``eligible`` (units,) bool: the units that may be partners (default: all)."""
     first = {}
     for i, u in enumerate(units):
         first.setdefault(u.layer, i)
@@ -44,18 +47,42 @@ def pairs(units, order, samples, effect, partners) -> list[tuple[int, int]]:
             corr_of[u.layer] = np.abs(correlations(samples[u.layer]))
         base = first[u.layer]
         r = corr_of[u.layer][u.index].copy()
-        r[u.index] = -1
         width = len(r)
-        by_corr = np.argsort(-r, kind="stable")[:partners]
+        ok = (
+            np.ones(width, dtype=bool)
+            if eligible is None
+            else np.array(eligible[base : base + width], dtype=bool)
+        )
+        ok[u.index] = False
+        r[~ok] = -np.inf
+        by_corr = [j for j in np.argsort(-r, kind="stable")[:partners] if ok[j]]
         eff = np.nan_to_num(effect[base : base + width], nan=-np.inf).copy()
-        eff[u.index] = -np.inf
-        by_eff = np.argsort(-eff, kind="stable")[:partners]
+        eff[~ok] = -np.inf
+        by_eff = [j for j in np.argsort(-eff, kind="stable")[:partners] if ok[j]]
         for j in [*by_corr, *by_eff]:
             key = tuple(sorted((i, base + int(j))))
-            if key not in seen and int(j) != u.index:
+            if key not in seen:
                 seen.add(key)
                 chosen.append(key)
     return chosen
+
+
+def pair_values(model, data, units, chosen, metric, batch_size, seed) -> dict[str, np.ndarray]:
+    """``pair`` (the mean loss change with both deleted) and ``interaction`` (pair minus each alone) of
+    every pair of ``chosen``, through ``lesion.analyses.pairs.pair_effects``, one call per layer (a layer's
+    pairs share its batched pair path)."""
+    from lesion.analyses.pairs import pair_effects
+
+    out = {k: np.full(len(chosen), np.nan) for k in ("pair", "interaction")}
+    by_layer: dict[str, list[int]] = {}
+    for p, (i, _) in enumerate(chosen):
+        by_layer.setdefault(units[i].layer, []).append(p)
+    for ps in by_layer.values():
+        asked = [(str(units[chosen[p][0]]), str(units[chosen[p][1]])) for p in ps]
+        df = pair_effects(model, data, asked, metric=metric(), batch_size=batch_size, seed=seed)
+        out["pair"][ps] = df["delta_loss"].to_numpy(np.float64)
+        out["interaction"][ps] = df["interaction_loss"].to_numpy(np.float64)
+    return out
 
 
 COMPENSATION_EXAMPLES = 2000  # examples whose mean activity change is measured (paired: the same ones)
@@ -88,14 +115,18 @@ def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def explanations(units, found, samples, labels, ids, explainer, simulator, kind, seed=0):
-    """unit position -> (explanation, simulation score, omissions); fit on even, test on odd samples.
-    ``labels``: the class (``kind`` "class") or current token ("token") of each sampled example, or None."""
+    """unit position -> (explanation, simulation score, omissions); fit on one half of the sample, test
+    on the other. ``labels``: the class (``kind`` "class") or current token ("token") of each sampled
+    example, or None. The default explainer's texts are made for a whole layer at once (the same text
+    ``class_means_explainer`` writes for each unit)."""
     out = {}
+    default = explainer is None and simulator is None
     explainer = explainer or class_means_explainer
     simulator = simulator or class_means_simulator
     ids = ids.numpy()
     labels = None if labels is None else labels.numpy()
     fit, test = halves(len(ids), seed)
+    texts = _default_texts(units, samples, labels[fit], fit, kind) if default and labels is not None else {}
     for i, u in enumerate(units):
         if len(test) == 0:
             out[i] = (
@@ -109,8 +140,27 @@ def explanations(units, found, samples, labels, ids, explainer, simulator, kind,
         lab = (lambda idx: None) if labels is None else (lambda idx: labels[idx])
         ev_fit = Evidence(str(u), ids[fit], lab(fit), a[fit], top, kind)
         ev_test = Evidence(str(u), ids[test], lab(test), None, top, kind)
-        out[i] = explain(ev_fit, ev_test, a[test], explainer, simulator)
+        said = (lambda ev, text=texts[i]: text) if i in texts else explainer
+        out[i] = explain(ev_fit, ev_test, a[test], said, simulator)
     return out
+
+
+def _default_texts(units, samples, labels, fit, kind) -> dict[int, str]:
+    """unit position -> the default explanation, from each layer's class (token) means on ``fit``."""
+    if len(fit) == 0:
+        return {}
+    classes, inv = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inv, minlength=len(classes))
+    means, texts = {}, {}
+    for i, u in enumerate(units):
+        if u.layer not in means:
+            a = torch.from_numpy(np.asarray(samples[u.layer][fit], dtype=np.float64))  # (fit, width)
+            sums = torch.zeros(len(classes), a.shape[1], dtype=torch.float64).index_add_(
+                0, torch.from_numpy(inv.astype(np.int64)), a
+            )
+            means = {u.layer: (sums / torch.from_numpy(counts)[:, None]).numpy()}
+        texts[i] = describe(kind, classes, means[u.layer][:, u.index], counts)
+    return texts
 
 
 def causal(model, data, sites, si, pref, n_classes, draws, seed, metric, batch_size) -> dict[str, np.ndarray]:
@@ -142,6 +192,13 @@ def causal(model, data, sites, si, pref, n_classes, draws, seed, metric, batch_s
         runner = Runner(model, subset, sites, metric=metric, batch_size=batch_size)
         v = set_effects(runner, [sets[i] for i in idx])
         m[idx] = interval(v["dsum_class"][:, c], v["dsq_class"][:, c], v["count_class"][:, c])[0]
+    return necessity(rows, m, draws)
+
+
+def necessity(rows, m: np.ndarray, draws: int) -> dict[str, np.ndarray]:
+    """The test's rows: each (layer, class or token, size) row's named-set effect (``m`` in blocks of
+    ``draws + 1``: the named set, then the random sets), the random sets' mean and a 95% interval of
+    the difference (1.96 SE over the random draws)."""
     named_eff, rand_mean, lo, hi = [], [], [], []
     for r in range(len(rows)):
         block = m[r * (draws + 1) : (r + 1) * (draws + 1)]

@@ -31,22 +31,29 @@
     const names = ctx && ctx.meta && ctx.meta.token_names;
     return names && names[String(t)] !== undefined ? names[String(t)] : `t${t}`;
   }
+  function short(x) {  // two significant digits: small logit changes stay readable
+    return x === null || x === undefined || Number.isNaN(x) ? "–" : String(Number(x.toPrecision(2)));
+  }
   function tokenList(ts, vs, ctx) {
-    return ts.map((t, i) => `${tokenName(t, ctx)} (${fmt(vs[i], 2)})`).join(", ") || "–";
+    return ts.map((t, i) => `${tokenName(t, ctx)} (${short(vs[i])})`).join(", ") || "–";
   }
   function sparkline(counts, w, h) {
+    // one path of bars (sqrt scale): one element per histogram, cheap for a table of hundreds of rows
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("width", w); svg.setAttribute("height", h);
     svg.setAttribute("class", "spark");
-    const max = Math.max(1, ...(counts || []));
-    const bw = w / Math.max(1, (counts || []).length);
-    (counts || []).forEach((v, i) => {
-      const r = document.createElementNS(SVG, "rect");
-      const bh = v > 0 ? Math.max(1, (h * Math.sqrt(v)) / Math.sqrt(max)) : 0;
-      r.setAttribute("x", (i * bw).toFixed(2)); r.setAttribute("width", Math.max(0.5, bw - 0.5).toFixed(2));
-      r.setAttribute("y", (h - bh).toFixed(2)); r.setAttribute("height", bh.toFixed(2));
-      svg.append(r);
+    const cs = counts || [];
+    const max = Math.max(1, ...cs);
+    const bw = w / Math.max(1, cs.length);
+    let d = "";
+    cs.forEach((v, i) => {
+      if (v <= 0) return;
+      const bh = Math.max(1, (h * Math.sqrt(v)) / Math.sqrt(max));
+      d += `M${(i * bw).toFixed(2)} ${h}h${Math.max(0.5, bw - 0.5).toFixed(2)}v${(-bh).toFixed(2)}h${(-Math.max(0.5, bw - 0.5)).toFixed(2)}z`;
     });
+    const path = document.createElementNS(SVG, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
     return svg;
   }
   function bars(values, labels, w = 300) {
@@ -118,15 +125,27 @@
     t.append(el("tr", {}, el("th", {}, "replacement"), el("th", {}, "Δ loss [95% interval]"), el("th", {}, "Δ accuracy")));
     t.append(el("tr", { "data-replacement": "zero" }, el("td", {}, "zero"),
       el("td", {}, signed(c.loss_zero) + ci(c.loss_zero_lo, c.loss_zero_hi)), el("td", {}, signed(c.accuracy_zero))));
-    t.append(el("tr", { "data-replacement": "mean" }, el("td", {}, "mean"),
-      el("td", {}, signed(c.loss_mean) + ci(c.loss_mean_lo, c.loss_mean_hi)), el("td", {}, signed(c.accuracy_mean))));
+    if (c.loss_mean !== null || c.loss_resample === null || c.loss_resample === undefined) {
+      t.append(el("tr", { "data-replacement": "mean" }, el("td", {}, "mean"),
+        el("td", {}, signed(c.loss_mean) + ci(c.loss_mean_lo, c.loss_mean_hi)), el("td", {}, signed(c.accuracy_mean))));
+    }
     if (c.loss_resample !== null && c.loss_resample !== undefined) {
       t.append(el("tr", { "data-replacement": "resample" }, el("td", {}, "resample"),
         el("td", {}, signed(c.loss_resample) + ci(c.loss_resample_lo, c.loss_resample_hi)), el("td", {}, signed(c.accuracy_resample))));
     }
-    s.append(t);
-    s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
-      (c.sign_disagree ? " ⚠ the replacements disagree in sign." : "")));
+    if (c.effect_source === "estimated") {
+      s.append(el("p", { class: "estimated", "data-source": "estimated" }, `Estimated, not measured: ≈ ${signed(c.loss_zero_estimate)} loss ` +
+        "by the attribution estimate (this atlas was made by triage; only the units it chose were deleted exactly)."));
+    } else {
+      s.append(t);
+      if (c.loss_zero_estimate !== null && c.loss_zero_estimate !== undefined) {
+        s.append(el("p", { class: "note", "data-source": "exact" }, `Measured exactly (triage chose it); its attribution estimate was ${signed(c.loss_zero_estimate)}.`));
+      }
+    }
+    if (c.effect_source !== "estimated") {
+      s.append(el("p", { class: "note" }, "Mean over examples of (loss with the unit deleted − loss intact); interval: mean ± 1.96 SE." +
+        (c.sign_disagree ? " ⚠ the replacements disagree in sign." : "")));
+    }
     if (c.next_tokens && c.next_tokens.length) {
       const rows = [["next tokens losing most (Δ loss summed)", tokenList(c.next_tokens, c.next_token_loss, ctx)]];
       if (c.direct_zero !== null) rows.push(["direct effect (zero), through the residual stream alone", signed(c.direct_zero)]);
@@ -148,6 +167,13 @@
   }
   function pushes(c, ctx) {
     const s = section("c. What it pushes the output towards", "push");
+    if (c.promotes && c.promotes.length) {
+      s.append(dl([["promotes (direct path)", tokenList(c.promotes, c.promotes_by, ctx)],
+        ["suppresses (direct path)", tokenList(c.suppresses, c.suppresses_by, ctx)],
+        ["beside: next tokens losing most when deleted (b)", c.next_tokens && c.next_tokens.length ? tokenList(c.next_tokens, c.next_token_loss, ctx) : "–"],
+        ["path", c.push_path]]));
+      return s;
+    }
     if (!c.push || !c.push.length) { s.append(el("p", { class: "note" }, "not available (see omissions)")); return s; }
     const order = c.push.map((v, j) => [v, j]).sort((a, b) => b[0] - a[0]);
     const up = order.slice(0, 3).filter((p) => p[0] > 0), down = order.slice(-3).reverse().filter((p) => p[0] < 0);
@@ -194,6 +220,12 @@
     const text = c.explanation || "–";
     const rows = [["explanation", text.length > 300 ? text.slice(0, 300) + " …" : text],
       ["simulation score", fmt(c.simulation, 3)]];
+    if (c.causal_token !== undefined && c.causal_token >= 0) {
+      const t = tokenName(c.causal_token, ctx);
+      rows.push(["causal score", `deleting the ${c.causal_size} units of ${c.layer} whose preferred token is ${t}: ` +
+        `${signed(c.causal_named)} loss predicting ${t} vs ${signed(c.causal_random)} for as many random units ` +
+        `(difference ${ci(c.causal_lo, c.causal_hi).trim()})`]);
+    }
     if (c.causal_class >= 0) {
       rows.push(["causal score", `deleting the ${c.causal_size} units of ${c.layer} named for ${className(c.causal_class, ctx)}: ` +
         `${signed(c.causal_named)} loss on ${className(c.causal_class, ctx)} vs ${signed(c.causal_random)} for as many random units ` +
@@ -218,7 +250,8 @@
     }
     if (c.preferred_tokens && c.preferred_tokens.length) {
       rows.push(["preferred tokens (mean activity)", tokenList(c.preferred_tokens, c.preferred_token_means, ctx)],
-        ["previous tokens (mean activity)", tokenList(c.previous_tokens, c.previous_token_means, ctx)]);
+        ["previous tokens (mean activity)", tokenList(c.previous_tokens, c.previous_token_means, ctx)],
+        ["token selectivity", c.token_selectivity === null ? "– (fewer than 2 tokens seen 3 times)" : fmt(c.token_selectivity, 3)]);
     }
     if (c.head_previous !== null && c.head_previous !== undefined) {
       rows.push(["attention on the previous token", fmt(c.head_previous, 3)],
