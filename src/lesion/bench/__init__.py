@@ -16,7 +16,8 @@ Workloads (full sizes; ``quick=True`` shrinks each one):
 - W8-W11 (real sizes from configs, random weights; not in the default run, ``--only W8`` etc.): every
   head of GPT-2 small (W8), every neuron of its last block (W9), every unit of it by triage (W10), and
   every head of a ~1 B Llama-style GQA model (W11), each beside a hook loop, with units/s and peak memory
-  (``lesion.bench._real``); GPU variants are listed as not measured.
+  (``lesion.bench._real``); ``device="cuda", precision="bf16"`` runs them on a GPU, and until one has,
+  their GPU rows are listed as not measured.
 - S1: W1's time with lesion alone against the number of examples (1,000-60,000) and the layer width
   (128-2,048), with fitted power-law exponents (``lesion.bench.scaling``; ``plot_scaling`` draws it).
 
@@ -76,6 +77,7 @@ from lesion.util.alloc import tune_allocator
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1", "W8", "W9", "W10", "W11")
 DEFAULT = WORKLOADS[:8]  # the real-size workloads W8-W11 run when named (--only): hours at full size on a CPU
+REAL = WORKLOADS[8:]  # the ones that also run on another device or in bf16 (``device=``, ``precision=``)
 
 
 def run(
@@ -85,21 +87,29 @@ def run(
     threads: int = 2,
     only: Sequence[str] | None = None,
     progress: bool = False,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict:
     """Run the chosen workloads (default: all) and return the results as a JSON-able dict.
 
-    Sets torch's thread count to ``threads`` for the run (restored afterwards) and tunes glibc malloc.
-    Raises LesionError for unknown workload names, Mismatch where a method disagrees with lesion.
+    ``device`` (cpu, cuda, cuda:1, ...) and ``precision`` (fp32, bf16) apply to the real-size workloads
+    W8-W11, which run alone when either is not the default and ``only`` is None. Sets torch's thread
+    count to ``threads`` for the run (restored afterwards) and tunes glibc malloc. Raises LesionError for
+    unknown workload names, a device or precision the chosen workloads do not take or this machine does
+    not have (before any timing), Mismatch where a method disagrees with lesion.
     """
-    chosen = _choose(only)
+    chosen = _choose(only, default=REAL if (device, precision) != ("cpu", "fp32") else DEFAULT)
     if repeats < 1 or threads < 1:
         raise LesionError(f"repeats={repeats}, threads={threads}; expected positive ints")
+    check_device(device, precision, chosen)
     tuned = tune_allocator()
     load_start = os.getloadavg()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ctx = _Context(QUICK if quick else FULL, repeats, threads, progress)
+        ctx = _Context(
+            QUICK if quick else FULL, repeats, threads, progress, device=device, precision=precision
+        )
         workloads = {}
         for name in chosen:
             start = time.perf_counter()
@@ -109,7 +119,7 @@ def run(
     return {
         "machine": machine(threads, tuned, load_start),
         "settings": {"quick": quick, "repeats": repeats, "threads": threads, "workloads": list(chosen)}
-        | {"sizes": asdict(ctx.sizes)},
+        | {"device": device, "precision": precision, "sizes": asdict(ctx.sizes)},
         "gemm": ctx.gemm,
         "setup_seconds": ctx.setup_seconds,
         "quiet_machine": {
@@ -149,9 +159,34 @@ def machine(threads: int, tuned: bool, load_start: tuple[float, ...]) -> dict:
     }  # fmt: skip
 
 
-def _choose(only: Sequence[str] | None) -> tuple[str, ...]:
+def check_device(device: str, precision: str, chosen: Sequence[str]) -> None:
+    """LesionError unless ``precision`` is fp32 or bf16, ``device`` is cpu or cuda[:N] and present here,
+    and every chosen workload takes them (W1-W7 and S1 run on the CPU in fp32; W1 has its own bf16 row)."""
+    if precision not in ("fp32", "bf16"):
+        raise LesionError(f"precision {precision!r}; expected fp32 or bf16")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise LesionError(f"device {device!r}; expected cpu, cuda or cuda:N")
+    other = [n for n in chosen if n not in REAL]
+    if (device, precision) != ("cpu", "fp32") and other:
+        raise LesionError(
+            f"--device {device} --precision {precision} apply to the real-size workloads {', '.join(REAL)}; "
+            f"{', '.join(other)} run on the CPU in fp32 (W1 times bf16 itself): expected --only among "
+            f"{', '.join(REAL)}"
+        )
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise LesionError(
+                f"--device {device}: no CUDA device here (torch.cuda.is_available() is False); the GPU "
+                "rows of W8-W11 stay 'not measured' until the bench runs on a machine with one"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise LesionError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+
+
+def _choose(only: Sequence[str] | None, default: tuple[str, ...] = DEFAULT) -> tuple[str, ...]:
     if only is None:
-        return DEFAULT
+        return default
     names = tuple(dict.fromkeys(n.strip().upper() for n in only if n.strip()))
     bad = [n for n in names if n not in WORKLOADS]
     if bad or not names:
@@ -167,9 +202,11 @@ _WORKLOADS: dict[str, Callable[[_Context], dict]] = {
 __all__ = [
     "FULL",
     "QUICK",
+    "REAL",
     "WORKLOADS",
     "Mismatch",
     "Sizes",
+    "check_device",
     "memory_child",
     "plot_scaling",
     "run",

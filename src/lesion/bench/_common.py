@@ -114,8 +114,10 @@ def calibrated_convnet(x: torch.Tensor, batch: int) -> nn.Sequential:
 class _Context:
     """Sizes, settings, the GEMM rate, and the models and data the workloads share (built once)."""
 
-    def __init__(self, sizes: Sizes, repeats: int, threads: int, progress: bool):
+    def __init__(self, sizes: Sizes, repeats: int, threads: int, progress: bool, *, device: str = "cpu",
+                 precision: str = "fp32"):  # fmt: skip
         self.sizes, self.repeats, self.threads, self.progress = sizes, repeats, threads, progress
+        self.device, self.precision = device, precision  # of the real-size workloads W8-W11
         self.gemm = gemm_rate(sizes.gemm)
         self.setup_seconds: dict[str, float] = {}
         self.quietest = float("inf")  # the fewest cores others kept busy during any timed run

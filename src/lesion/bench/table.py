@@ -45,6 +45,9 @@ def table(results: dict):
             cells = [_fmt(sec), _fmt(w["floor_seconds"].get(peer)), _fmt(ratio, "x")]
             cells += [_fmt(diff.get(k), sci=True) for k in ("accuracy", "loss")]
             t.add_row(name, method, *cells, _row_note(w, method))
+        if w.get("gpu", {}).get("status") == "not measured":  # W8-W11 until a run on a GPU fills them
+            gpu = w["gpu"]
+            t.add_row(name, f"lesion {gpu['device']} {gpu['precision']}", "not measured", "", "", "", "", "")
         if "bf16" in w:
             b, d = w["bf16"], w["bf16"]["max_abs_diff_from_fp32"]
             note = f"time {b['seconds'] / w['seconds']['lesion']:.2f}x fp32's"
@@ -60,7 +63,12 @@ def _row_note(w: dict, method: str) -> str:
         said = (
             f", recall {recall['recall']:.2f} [{recall['low']:.2f}, {recall['high']:.2f}]" if recall else ""
         )
-        return f"{ups:.3g} units/s, peak {w['peak_rss_mb']:.0f} MB{said}; GPU not measured"
+        gpu = w["gpu"]
+        where = f"on {gpu['name']}, {gpu['precision']}" if gpu["status"] == "measured" else "GPU not measured"
+        peak = f"peak {w['peak_rss_mb']:.0f} MB" + (
+            f", GPU {w['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in w else ""
+        )
+        return f"{ups:.3g} units/s, {peak}{said}; {where}"
     if method in w.get("unsteady", ()):
         return "no ratio: timed on a busier machine"
     if "peer_units_timed" in w and method != "lesion":

@@ -4,10 +4,8 @@ top 1%; the hook loop's time for every unit extrapolated from a timed subset."""
 
 from __future__ import annotations
 
-import time
-
 from lesion.bench._common import _Context
-from lesion.bench._real import GPU, gpt2_small, hook_loop, peak_mb, shared, tokens
+from lesion.bench._real import agree, clock, gpt2_small, hook_loop, on_device, shared, tokens
 
 
 def w10(ctx: _Context) -> dict:
@@ -15,25 +13,18 @@ def w10(ctx: _Context) -> dict:
     from lesion.core.metric_lm import NextTokenLoss
 
     model = shared(ctx, "gpt2_small", gpt2_small)
-    data = tokens(ctx.sizes, model.config.vocab_size)
-    start = time.perf_counter()
-    df = sweep(
-        model,
-        data,
-        metric=NextTokenLoss(),
-        triage=ctx.sizes.real_triage,
-        batch_size=len(data[0]["input_ids"]),
-    )
-    seconds = time.perf_counter() - start
+    data = tokens(ctx.sizes, model.config.vocab_size, ctx.device)
+    start = clock(ctx)
+    df = sweep(model, data, metric=NextTokenLoss(), triage=ctx.sizes.real_triage,
+               batch_size=len(data[0]["input_ids"]), precision=ctx.precision)  # fmt: skip
+    seconds = clock(ctx) - start
     tri = df.attrs["triage"]
     exact = df[df["source"] == "exact"]
     sample = list(exact["lesion"][:: max(1, len(exact) // ctx.sizes.real_peer_units)])
-    t0 = time.perf_counter()
-    ref = hook_loop(model, data, sample)
-    per_unit = (time.perf_counter() - t0) / len(sample)
-    diff = float(abs(ref - exact.set_index("lesion").loc[sample, "loss"].to_numpy()).max())
-    if diff > 1e-4 * max(1.0, float(abs(ref).max())):
-        raise RuntimeError(f"W10: the hook loop's loss differs from lesion's exact rows by {diff:.3g}")
+    t0 = clock(ctx)
+    ref = hook_loop(model, data, sample, ctx)
+    per_unit = (clock(ctx) - t0) / len(sample)
+    diff = agree(ctx, "W10 (exact rows)", ref, exact.set_index("lesion").loc[sample, "loss"].to_numpy())
     t_hook = per_unit * len(df)
     return {
         "description": "every MLP neuron and attention head of GPT-2 small by triage: estimate for all, "
@@ -43,7 +34,7 @@ def w10(ctx: _Context) -> dict:
         "ratios": {"hook_loop/lesion": t_hook / seconds, "lesion/floor": None},
         "units_per_second": {"lesion_triaged": len(df) / seconds, "hook_loop": 1 / per_unit},
         "recall": {k: tri[k] for k in ("k", "recall", "low", "high", "level")},
-        "max_abs_diff": {"hook_loop": {"loss": diff}}, "peak_rss_mb": peak_mb(), "gpu": GPU,
+        "max_abs_diff": {"hook_loop": {"loss": diff}}, **on_device(ctx),
         "notes": "hook_loop: one full pass per unit for every unit, extrapolated from the units timed; "
                  "lesion: the triaged sweep (its exact rows equal the hook loop on the units timed)",
     }  # fmt: skip

@@ -10,7 +10,7 @@ from lesion.bench._real import beside_hook_loop, llama_1b, shared, tokens
 def w11(ctx: _Context) -> dict:
     model = shared(ctx, "llama_1b", llama_1b)
     c = model.config
-    data = tokens(ctx.sizes, c.vocab_size)
+    data = tokens(ctx.sizes, c.vocab_size, ctx.device)
     units = [f"model.layers.{b}.self_attn:{h}" for b in range(c.num_hidden_layers)
              for h in range(c.num_attention_heads)]  # fmt: skip
     what = "every attention head of a Llama-3.2-1B-shaped model (grouped-query attention) deleted alone"

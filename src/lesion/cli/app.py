@@ -19,11 +19,14 @@ from lesion.cli.options import (
     AllowPickleOpt,
     Arch,
     Backend,
+    BenchDeviceOpt,
+    BenchPrecisionOpt,
     CorruptMode,
     ForceOpt,
     MaxMemoryOpt,
     ModelArg,
     Optimizer,
+    Precision,
     Schedule,
     SeqLenOpt,
     TextOpt,
@@ -366,6 +369,8 @@ def bench(
     figure: Annotated[
         Path | None, typer.Option(help="S1: draw the log-log scaling plot as this PNG.")
     ] = None,
+    device: BenchDeviceOpt = "cpu",
+    precision: BenchPrecisionOpt = Precision.fp32,
 ) -> None:
     """Time lesion against Captum and a hook loop on the same workloads, after checking they agree."""
     from lesion import bench as lesion_bench
@@ -377,7 +382,8 @@ def bench(
     names = T.names(only, "--only")
     if figure is not None and names is not None and "S1" not in {n.strip().upper() for n in names}:
         raise LesionError("--figure draws the S1 scaling scan; expected S1 among the workloads (--only S1)")
-    results = lesion_bench.run(quick=quick, repeats=repeats, threads=threads, only=names, progress=True)
+    results = lesion_bench.run(quick=quick, repeats=repeats, threads=threads, only=names, progress=True,
+                               device=device, precision=precision.value)  # fmt: skip
     if out is not None:
         lesion_bench.save(results, out)
     if figure is not None:

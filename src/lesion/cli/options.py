@@ -36,6 +36,11 @@ class Backend(StrEnum):
     ray = "ray"
 
 
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 ModelArg = Annotated[
     Path,
     typer.Argument(
@@ -82,4 +87,14 @@ MaxMemoryOpt = Annotated[
     typer.Option(
         help="Memory budget for the sweep's batches, e.g. 4GB (default: what the machine has free)."
     ),
+]
+BenchDeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Device of the real-size workloads W8-W11 (cpu, cuda, cuda:1); with cuda and no --only they "
+        "run alone. Their GPU rows read 'not measured' until a run on a GPU fills them."
+    ),
+]
+BenchPrecisionOpt = Annotated[
+    Precision, typer.Option(help="W8-W11: fp32, or bf16 (autocast, for lesion and the hook loop alike).")
 ]

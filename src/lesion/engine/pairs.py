@@ -1,17 +1,19 @@
 """Pair lesions of one layer (two units deleted together) as rank-2 updates of its consumer.
 
-Where a site is read by a Linear (``W``, pre-activations ``z``), a ReLU and the model's last Linear (the
-shape ``lesion.engine.kinks`` serves), deleting units i and j moves ``z`` to
-``z - a_i w_i - a_j w_j``: a rank-2 update. Pairs are taken in groups that share their first unit i:
-``z_i = z - a_i w_i`` and the output ``out_i = V relu(z_i) + c`` are computed once (exactly: unit i
-deleted alone), and every partner j of the group is then a rank-1 update of ``z_i``, served by the kink
-shortcut (one GEMM for the mask-held Jacobians plus exact corrections where a pre-activation crosses
-zero), or densely where the shortcut declines. Examples on which unit i already holds its replacement
-value (a ReLU unit at rest: about half of them) take each partner's single-unit output unchanged, from
-one single-unit pass per chunk. Any other traced model after a Linear consumer runs the rank-2
-pre-activations of many pairs per pass through its later layers. Values equal the dense computation up
-to float rounding; ``lesion.analyses.pairs`` checks every call against the double-hooked model on
-a sample of its pairs.
+Where a site is read by a Linear (``W``, pre-activations ``z``), deleting units i and j moves ``z`` to
+``z - a_i w_i - a_j w_j``: a rank-2 update. Pairs are taken in groups that share their first unit i.
+
+- The consumer is the model's output (a classifier's last hidden layer): the logits in closed form,
+  ``out - a_i w_i - a_j w_j``, O(classes) per pair and example.
+- A ReLU and the model's last, narrow Linear follow (the shape ``lesion.engine.kinks`` serves; an MLP's
+  earlier hidden layers): every unit alone once per chunk (Jacobians plus the kinks it causes), and a
+  pair as ``out_i + out_j - out`` plus the hinges where the pair's kinks differ from j's own, on the
+  examples where unit i adds something; elsewhere the pair is j alone (``lesion.engine.pairhead``).
+- Any other traced model: the rank-2 pre-activations of many pairs per pass through the later layers.
+
+Outputs are written class-major, ``(classes, pairs, examples)``, the layout the metric reads without a
+copy. Values equal the dense computation up to float rounding; ``lesion.analyses.pairs`` checks every
+call against the double-hooked model on a sample of its pairs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from lesion.core.metric import Metric
 from lesion.engine.graph import Unsupported
+from lesion.engine.pairhead import candidates, dense, hinges, jacobians, reach
 from lesion.engine.sweeps import Engine, _fills
 
 
@@ -38,8 +41,9 @@ def pair_units(
     """Update ``metric`` (lesion p for ``pairs[p]``) with both units of each pair of ``layer`` clamped to
     ``fill`` ((width,) values; None: zero). Pairs sharing a first unit must be adjacent (sorted).
 
-    Through a ReLU head: the kink shortcut per first unit; any other model after a Linear consumer: the
-    consumer's rank-2 pre-activations run through the traced later layers, many pairs per pass."""
+    A consumer that is the model's output: the logits in closed form; through a ReLU head: the kink
+    shortcut per first unit; any other model after a Linear consumer: the consumer's rank-2
+    pre-activations run through the traced later layers, many pairs per pass."""
     engine._site(layer)  # a plain (batch, units) site, or Unsupported
     cons = engine.consumers[layer]
     if cons is None or not isinstance(cons.module, nn.Linear):
@@ -49,8 +53,8 @@ def pair_units(
     node, start = engine.plan.site[layer], cons.node
     front = engine.plan.frontier([start])
     down = engine.plan.downstream(start)
+    last = engine.plan.output.args[0] is start and list(start.users) == [engine.plan.output]
     w = cons.module.weight  # (n, width)
-    piece = max(1, engine.budget // 4)
     done = 0
     for b in engine.chunks:
         intact = engine._intact(metric, b.x)
@@ -60,28 +64,90 @@ def pair_units(
             raise Unsupported(f"site {layer!r}: pairs need (batch, units) activations")
         width = h.shape[1]
         a = h - _fills(h, torch.arange(width), fill).reshape(1, width)  # (batch, width): what each unit adds
-        if head is None:
+        if last and z.dtype == w.dtype:
+            _closed(engine, groups, z, a, w, metric, b, intact)
+        elif head is None or z.dtype != head.head.weight.dtype or a.dtype != z.dtype:
             _through_graph(engine, groups, vals, front, down, start, z, a, w, metric, b, intact)
         else:
-            _through_head(engine, head, groups, z, a, w, piece, metric, b, intact)
+            _through_head(engine, head, groups, z, a, w, metric, b, intact)
         done += len(b)
         if progress is not None:
             progress(done)
 
 
-def _through_head(engine, head, groups, z, a, w, piece, metric, b, intact) -> None:
-    singles = _singles(head, z, a, w, piece)  # (width, batch, c): each unit deleted alone
+def _closed(engine, groups, z, a, w, metric, b, intact) -> None:
+    """The consumer is the model's output: pair (i, j) gives ``z - a_i w_i - a_j w_j`` exactly, O(classes)
+    per pair and example, written class-major (the layout the metric reads without a copy)."""
+    batch = len(z)
+    k_max = max(1, engine.budget // max(1, 4 * batch * z.shape[1]))
     for i, first, js in groups:
-        part = torch.as_tensor(js, dtype=torch.long)
-        out = singles[part].clone()  # where unit i adds nothing the pair is its partner alone
+        zi = torch.addr(z, a[:, i], w[:, i], alpha=-1).T.unsqueeze(1)  # (c, 1, batch)
+        for q in range(0, len(js), k_max):
+            part = torch.as_tensor(js[q : q + k_max], dtype=torch.long, device=z.device)
+            aj = a.index_select(1, part).T.unsqueeze(0)  # (1, k, batch)
+            out = torch.addcmul(zi, w.index_select(1, part).unsqueeze(2), aj, value=-1)  # (c, k, batch)
+            engine.examples += len(part) * batch
+            engine.computed += len(part) * batch
+            _score(engine, metric, out, b, first + q, intact)
+
+
+def _through_head(engine, head, groups, z, a, w, metric, b, intact) -> None:
+    """Pairs through the ReLU head (``lesion.engine.pairhead``): every unit alone once per chunk, then
+    per first unit i, on the examples where unit i adds something, its output plus each partner's change
+    alone plus the hinges where the pair's kinks differ from the partner's own; elsewhere the partner's
+    single-unit output as it is."""
+    piece = max(1, engine.budget // 4)
+    v = head.head.weight
+    batch, width = a.shape
+    bounds = reach(a, w)
+    out = F.linear(F.relu(z), v, head.head.bias)  # (batch, c): the intact output
+    jac = jacobians(head, z)  # (batch, c, width)
+    near = candidates(bounds, z)
+    lin = torch.empty(batch, width, v.shape[0], dtype=z.dtype, device=z.device)  # (batch, width, c)
+    torch.addcmul(out.unsqueeze(1), a.unsqueeze(2), jac.transpose(1, 2), value=-1, out=lin)  # masks held
+    if near is None:
+        engine.declined += 1
+        single = dense(head, z, a, w, piece)
+        kinks = single - lin  # what the ReLU's kinks add to each unit's own lesion
+    else:
+        kinks = torch.zeros(lin.shape, dtype=z.dtype, device=z.device)
+        hinges(kinks, z, a, w, v, near, piece=piece)
+        single = lin + kinks
+    del jac, lin
+    singles = single.permute(2, 1, 0).contiguous()  # (c, width, batch): class-major
+    kinks = kinks.view(batch * width, -1)
+    for i, first, js in groups:
+        part = torch.as_tensor(js, dtype=torch.long, device=z.device)
+        res = singles.index_select(1, part)  # (c, k, batch): where unit i adds nothing, the partner alone
         rows = (a[:, i] != 0).nonzero().squeeze(1)
         if len(rows):
-            zi = torch.addr(z[rows], a[rows, i], w[:, i], alpha=-1)  # (rows, n): unit i deleted
-            got = _partners(head, zi, a[rows][:, part], part, w, piece)
-            out[:, rows] = got.view(len(js), len(rows), -1)
+            zr = z.index_select(0, rows)
+            zi = torch.addr(zr, a[rows, i], w[:, i], alpha=-1)  # (rows, n): unit i deleted
+            ar = a.index_select(0, rows).index_select(1, part)
+            wk = w.index_select(1, part)
+            near = candidates(bounds, zi, rows)
+            if near is None:  # the bound flags too many: the dense step is cheaper
+                engine.declined += 1
+                got = dense(head, zi, ar, wk, piece)  # (rows, k, c)
+                res.index_copy_(2, rows, got.permute(2, 1, 0))
+            else:
+                flip = (zi > 0) != (zr > 0)
+                # out_i - out + (the pair's hinges) - (the partner's own), added to the partner alone
+                at = (rows.unsqueeze(1) * width + part.unsqueeze(0)).view(-1)
+                delta = kinks.index_select(0, at).view(len(rows), len(part), -1).neg_()
+                shift = singles[:, i].index_select(1, rows).T - out.index_select(0, rows)  # out_i - out
+                const = hinges(delta, zi, ar, wk, v, near, flip, piece)
+                delta += (shift if const is None else shift - const).unsqueeze(1)
+                res.index_add_(2, rows, delta.permute(2, 1, 0))
         engine.examples += len(js) * len(b)
         engine.computed += len(js) * len(rows)
-        Engine._update(metric, out.flatten(0, 1), b, len(js), slice(first, first + len(js)), intact)
+        _score(engine, metric, res, b, first, intact)
+
+
+def _score(engine, metric, out, b, first, intact) -> None:
+    """Score ``out`` (c, k, batch), class-major, as lesions ``first ..`` of ``metric``."""
+    k = out.shape[1]
+    Engine._update(metric, out.permute(1, 2, 0).flatten(0, 1), b, k, slice(first, first + k), intact)
 
 
 def _through_graph(engine, groups, vals, front, down, start, z, a, w, metric, b, intact) -> None:
@@ -102,22 +168,6 @@ def _through_graph(engine, groups, vals, front, down, start, z, a, w, metric, b,
             engine.examples += k * batch
             engine.computed += k * batch
             Engine._update(metric, out, b, k, slice(first + q, first + q + k), intact)
-
-
-def _partners(head, zi, a, part, w, piece) -> torch.Tensor:
-    """(k * rows, c): the output with each partner of ``part`` deleted on top of the base ``zi``."""
-    out_i = head.head(F.relu(zi))  # (rows, c)
-    got = head.lesions(zi, out_i, a, part, piece=piece)
-    if got is not None:
-        return got[0]
-    moved = zi.unsqueeze(0) - a.T.unsqueeze(2) * w[:, part].T.unsqueeze(1)  # (k, rows, n): the dense step
-    return head.head(F.relu(moved)).flatten(0, 1)
-
-
-def _singles(head, z, a, w, piece) -> torch.Tensor:
-    """(width, batch, c): the output with each unit of the site deleted alone."""
-    units = torch.arange(a.shape[1])
-    return _partners(head, z, a, units, w, piece).view(len(units), len(z), -1)
 
 
 def _groups(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
