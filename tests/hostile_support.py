@@ -103,7 +103,7 @@ try:
     import transformers.models.resnet.modeling_resnet
 except ImportError:
     pass
-from lesion.cli.app import main
+from lesion.cli import main
 for name, args in CASES_LIST:
     print("CASE_START", name, flush=True)
     print("CASE_START", name, file=sys.stderr, flush=True)

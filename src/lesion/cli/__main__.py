@@ -1,5 +1,5 @@
 """``python -m lesion.cli``: the command line."""
 
-from lesion.cli.app import main
+from lesion.cli import main
 
 main()

@@ -1,5 +1,6 @@
 """The bodies of the commands that do more than call the library: ``lesion layers`` (a table of the
-sites) and ``lesion serve`` (bind, measure, serve). ``lesion.cli.app`` holds their flags."""
+sites) and ``lesion serve`` (bind, measure, serve). ``lesion.cli.model`` and ``lesion.cli.runs`` hold
+their flags."""
 
 from __future__ import annotations
 
