@@ -115,7 +115,7 @@ def lm_pushes(model: nn.Module, data, sites: list[Site], token_parts: dict) -> d
     logit changes, or None, the path in words or why it is missing). A neuron's direction is its row of
     the MLP's output projection (``lesion.analyses.direct``); a head's, its mean output, from the sums
     of ``token_parts``."""
-    from lesion.analyses.direct import locate, readout
+    from lesion.analyses.readout import locate, readout
     from lesion.errors import LesionError
 
     out: dict[str, tuple] = {}
