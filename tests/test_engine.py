@@ -16,7 +16,7 @@ from lesion.core.replacements import as_replacement
 from lesion.core.runner import Runner
 from lesion.core.units import Unit
 from lesion.engine import Engine, Plan, Unsupported
-from lesion.engine.dispatch import cumulative, engine_of, prefix
+from lesion.engine.dispatch import cumulative, engine_of, first_k
 from tests.test_reference import make
 
 
@@ -68,7 +68,7 @@ def test_engine_equals_reference(kind, value, seed, chunk):
     seq = [lesions[i] for i in np.random.default_rng(seed).permutation(len(units))]
     counts = [0, 1, 2, len(seq) // 2, len(seq)]
     got = cumulative(ev, seq, counts)
-    want = ev.run([prefix(seq, k) for k in counts])
+    want = ev.run([first_k(seq, k) for k in counts])
     np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-5)
     np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=1e-5)
     assert ev.fallbacks == {}
@@ -234,7 +234,7 @@ def test_transposed_last_layer_and_folded_masks_equal_the_hook_path(value, monke
     np.testing.assert_array_equal(fast["confusion"], ref["confusion"])
     seq = [lesions[i] for i in np.random.default_rng(0).permutation(len(lesions))]
     counts = list(range(len(seq) + 1))
-    got, want = cumulative(ev, seq, counts), ev.run([prefix(seq, k) for k in counts])
+    got, want = cumulative(ev, seq, counts), ev.run([first_k(seq, k) for k in counts])
     np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-5)
     np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=1e-9)
     assert ev.fallbacks == {}
@@ -272,7 +272,7 @@ def test_cumulative_step_of_a_dead_unit_recomputes_nothing_and_stays_exact():
     seq = [Lesion([units[i]]) for i in np.random.default_rng(1).permutation(len(units))]
     counts = list(range(len(seq) + 1))
     got = cumulative(ev, seq, counts)
-    want = ev.run([prefix(seq, k) for k in counts])
+    want = ev.run([first_k(seq, k) for k in counts])
     np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
     np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=1e-9)
     eng = engine_of(ev)

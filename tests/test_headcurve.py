@@ -20,8 +20,8 @@ from lesion.core.runner import Runner
 from lesion.core.units import Unit
 from lesion.engine import cumulative as curves
 from lesion.engine import headcurve
-from lesion.engine.dispatch import cumulative, prefix
-from lesion.engine.sweeps import Engine
+from lesion.engine.batched import Engine
+from lesion.engine.dispatch import cumulative, first_k
 
 
 def mlp(seed: int = 0, dtype=torch.float32, dead=()):
@@ -83,7 +83,7 @@ def test_orders_over_both_sites_equal_the_hook_path_at_every_count(value, gather
     seq = ev.fit([Lesion([units[i]], as_replacement(value, stats)) for i in perm])
     counts = list(range(len(seq) + 1))
     got = cumulative(ev, seq, counts)
-    want = Runner(model, (x, y), sites, engine=False).run([prefix(seq, k) for k in counts])
+    want = Runner(model, (x, y), sites, engine=False).run([first_k(seq, k) for k in counts])
     assert ev.fallbacks == {} and calls and all(calls)  # every chunk on the lean loop
     np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
     np.testing.assert_array_equal(got["confusion"], want["confusion"])

@@ -229,7 +229,7 @@ def test_a_classifier_with_dropout_before_its_last_layer_takes_both_shortcuts_ex
     """Dropout between the last ReLU and the classifier (identity in eval mode, where every sweep runs,
     even of a model left in training mode): single units through the kink shortcut, cumulative orders
     through the lean head loop, both equal to the hook path."""
-    from lesion.engine.dispatch import cumulative, prefix
+    from lesion.engine.dispatch import cumulative, first_k
 
     torch.manual_seed(2)
     layers = [nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Dropout(0.5), nn.Linear(24, 4)]
@@ -253,7 +253,7 @@ def test_a_classifier_with_dropout_before_its_last_layer_takes_both_shortcuts_ex
     seq = [lesions[i] for i in np.random.default_rng(0).permutation(len(lesions))]
     counts = list(range(len(seq) + 1))
     got = cumulative(runner, seq, counts)
-    want = Runner(model, (x, y), sites, engine=False).run([prefix(seq, k) for k in counts])
+    want = Runner(model, (x, y), sites, engine=False).run([first_k(seq, k) for k in counts])
     assert runner.fallbacks == {} and served == [True, True]  # both chunks on the lean loop
     np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6)
     np.testing.assert_array_equal(got["confusion"], want["confusion"])

@@ -106,7 +106,7 @@ def test_imports_run_one_way():
     [
         ("lesion.core.runner", "from lesion.engine import Engine"),
         ("lesion.core.lesions", "    from lesion.analyses.sweep import sweep"),  # lazy, inside a function
-        ("lesion.engine.sweeps", "import lesion.analyses.curves"),
+        ("lesion.engine.batched", "import lesion.analyses.curves"),
         ("lesion.backends.ray", "from lesion.experiments.job import execute"),
         ("lesion.analyses.paper", "from lesion.experiments.store import Store"),
         ("lesion.data._text", "from lesion import sweep"),

@@ -9,7 +9,7 @@ import numpy as np
 from _mlp import FULL, model, orders, sites, x, y
 
 import lesion.engine.headcurve as H
-import lesion.engine.sweeps as S
+import lesion.engine.batched as S
 from lesion.bench.methods import lesion_curves
 
 n_orders = int(sys.argv[1]) if len(sys.argv) > 1 else 1

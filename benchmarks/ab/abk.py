@@ -1,5 +1,5 @@
 import time, sys, torch
-import lesion.engine.sweeps as S
+import lesion.engine.batched as S
 from lesion.bench.methods import lesion_single, lesion_curves
 from _mlp import FULL, model, sites, units, x, y
 import _mlp

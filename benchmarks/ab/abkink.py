@@ -7,7 +7,7 @@ import time
 import numpy as np
 from _mlp import FULL, model, sites, units, x, y
 
-import lesion.engine.sweeps as S
+import lesion.engine.batched as S
 from lesion.bench.methods import lesion_single
 from lesion.core.lesions import Lesion
 from lesion.core.runner import Runner

@@ -15,9 +15,9 @@ from torch import nn
 from torch.fx.node import map_arg
 
 from lesion.core.metric import Metric
+from lesion.engine.batched import Engine, _Pending, _tensor_out
 from lesion.engine.graph import Consumer, Unsupported, plain_linear
 from lesion.engine.headcurve import curve_head, run_chunk
-from lesion.engine.sweeps import Engine, _Pending, _tensor_out
 
 
 def cumulative(
@@ -40,7 +40,7 @@ def cumulative(
         if spec is not None and run_chunk(engine, spec, order, counts, fills, metric, b, intact):
             continue
         state = _CurveState(engine, site_nodes, fills, x.device)
-        env = engine.plan.prefix(x, keep_nodes, state.edits, state.raw, state.calls)
+        env = engine.plan.run_until(x, keep_nodes, state.edits, state.raw, state.calls)
         pending = _Pending(engine, metric, b, intact)
         j = 0
         if counts[0] == 0:
@@ -77,7 +77,7 @@ def cumulative_many(
         x, batch = b.x, len(b)
         intact = engine._intact(metric, x)
         state = _ManyState(engine, site_nodes, fills, x.device, n_orders, batch)
-        env = plan.prefix(x.repeat(n_orders, *[1] * (x.ndim - 1)), keep_nodes, state.edits, state.raw)
+        env = plan.run_until(x.repeat(n_orders, *[1] * (x.ndim - 1)), keep_nodes, state.edits, state.raw)
         pending = _Pending(engine, metric, b, intact)
         j = 0
         if counts[0] == 0:

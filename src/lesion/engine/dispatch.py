@@ -57,7 +57,7 @@ def single_unit_groups(
     of them there anyway, so the engine is not even built for it."""
     if not runner.use_engine:
         return
-    from lesion.engine.sweeps import _plain
+    from lesion.engine.batched import _plain
 
     groups = fill_groups(runner, lesions, _plain)  # the graph engine serves channel sites only
     if not groups or engine_of(runner) is None:
@@ -136,7 +136,7 @@ def _or_none(fill: torch.Tensor) -> torch.Tensor | None:
 def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> dict[str, np.ndarray]:
     """Metric values after deleting the first k units of ``seq`` (single-unit lesions), per k in counts.
 
-    ``seq`` holds one single-unit lesion per step with a shared replacement; the prefix of k steps is
+    ``seq`` holds one single-unit lesion per step with a shared replacement; its first k steps are
     ``Lesion(first k units, replacement)``.
     """
     from lesion.engine import Unsupported
@@ -155,15 +155,15 @@ def cumulative(runner: Runner, seq: Sequence[Lesion], counts: Sequence[int]) -> 
                 on_engine(eng, [(f[0], f[1]) for f in fills], counts, None if zero else by_layer, metric)
             values = metric.compute()
             checks = list(range(len(counts)))[-CHECKS:]
-            ref = runner.run([prefix(seq, counts[j]) for j in checks])
+            ref = runner.run([first_k(seq, counts[j]) for j in checks])
             runner.agree(ref, {k: v[checks] for k, v in values.items()})
             runner.served["graph"] += len(counts)
             return values
         except (Unsupported, Mismatch) as exc:
             runner.fallbacks[key] = str(exc)
-    steps = [prefix(seq, k) for k in counts]
+    steps = [first_k(seq, k) for k in counts]
     if sum(prefix_served(runner, les) for les in steps) > CHECKS:
-        values = evaluate_rest(runner, steps[::-1], {})  # reversed: the checks re-run the largest prefixes
+        values = evaluate_rest(runner, steps[::-1], {})  # reversed: the checks re-run the longest deletions
         return {k: v[::-1].copy() for k, v in values.items()}
     return runner.run(steps)
 
@@ -271,7 +271,7 @@ def cumulative_orders(
             out = [{k: v[r::n] for k, v in values.items()} for r in range(n)]
             checks = list(range(m))[-CHECKS:]
             for seq, got in zip(seqs, out, strict=True):
-                ref = runner.run([prefix(seq, counts[j]) for j in checks])
+                ref = runner.run([first_k(seq, counts[j]) for j in checks])
                 runner.agree(ref, {k: v[checks] for k, v in got.items()})
             runner.served["graph"] += n * m
             return out
@@ -296,7 +296,7 @@ def prefix_served(runner: Runner, lesion: Lesion | None, *, plan: bool = True) -
         return False
     if not plan:
         return True
-    from lesion.engine.sweeps import _plain
+    from lesion.engine.batched import _plain
 
     # the graph engine (or the slow path, as before) serves channel sites of traced models
     return engine_of(runner) is None or not all(_plain(runner.sites[n]) for n in lesion.units)
@@ -390,8 +390,9 @@ def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
     return [{k: v[o : o + n] for k, v in values.items()} for o, n in zip(offsets, sizes, strict=True)]
 
 
-def prefix(seq: Sequence[Lesion], k: int) -> Lesion | None:
-    """One lesion deleting the first ``k`` units of ``seq`` together (None for k = 0: intact)."""
+def first_k(seq: Sequence[Lesion], k: int) -> Lesion | None:
+    """One lesion deleting the first ``k`` units of a deletion order ``seq`` together (None for k = 0:
+    intact)."""
     if k == 0:
         return None
     units = [u for les in seq[:k] for u in les.units.units()]

@@ -278,7 +278,7 @@ class Plan:
             return _transposed_linear(x, w, b)
         return F.linear(x, w, b)
 
-    def prefix(self, x: torch.Tensor, keep: Iterable[fx.Node], edits=None, raw=None, calls=None) -> dict:
+    def run_until(self, x: torch.Tensor, keep: Iterable[fx.Node], edits=None, raw=None, calls=None) -> dict:
         """Run the graph on ``x`` far enough to know every node in ``keep``; return those values."""
         keep = set(keep)
         last = max(self.pos[n] for n in keep)

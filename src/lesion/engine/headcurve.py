@@ -27,8 +27,8 @@ import torch.fx as fx
 
 from lesion.core.batch import Batch
 from lesion.core.metric import Metric
+from lesion.engine.batched import _fills, _Pending
 from lesion.engine.kinks import ReluHead
-from lesion.engine.sweeps import _fills, _Pending
 
 PAD = 16  # the last Linear's outputs padded to a multiple of this: 1,000 x 512 -> 10 runs 1.5-2x faster
 GATHER = 0.25  # an A-step changing at most this share of the chunk's examples updates those alone
@@ -88,7 +88,7 @@ def run_chunk(engine, spec, order, counts: Sequence[int], fills, metric: Metric,
     name_a, name_b, head, cons = spec
     plan = engine.plan
     node_a = plan.site[name_a]
-    env = plan.prefix(b.x, {node_a, cons, plan.output})
+    env = plan.run_until(b.x, {node_a, cons, plan.output})
     a, z, out = env.get(node_a), env.get(cons), env.get(plan.output)
     if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in (a, z, out)):
         return False

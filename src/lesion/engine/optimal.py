@@ -177,7 +177,7 @@ class _Forward:
             self.front = self.plan.frontier([self.node])
             self.down = self.plan.downstream(self.node)
             with torch.no_grad():
-                self.cache = self.plan.prefix(batch.args[0], set(self.front))
+                self.cache = self.plan.run_until(batch.args[0], set(self.front))
             self.copy_bytes = _bytes([self.cache[f] for f in self.front if f in self.plan.batched])
             self.path = "layers after the site"
             return

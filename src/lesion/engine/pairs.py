@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesion.core.metric import Metric
+from lesion.engine.batched import Engine, _fills
 from lesion.engine.graph import Unsupported
 from lesion.engine.pairhead import candidates, dense, hinges, jacobians, reach
-from lesion.engine.sweeps import Engine, _fills
 
 
 def pair_units(
@@ -58,7 +58,7 @@ def pair_units(
     done = 0
     for b in engine.chunks:
         intact = engine._intact(metric, b.x)
-        vals = engine.plan.prefix(b.x, set(front) | {node})
+        vals = engine.plan.run_until(b.x, set(front) | {node})
         h, z = vals[node], vals[start]
         if not (isinstance(h, torch.Tensor) and h.ndim == 2 and isinstance(z, torch.Tensor) and z.ndim == 2):
             raise Unsupported(f"site {layer!r}: pairs need (batch, units) activations")

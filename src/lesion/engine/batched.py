@@ -127,7 +127,7 @@ class Engine:
         for b in self.chunks:
             x, y = b.x, b.ids
             intact = self._intact(metric, x)
-            vals = self.plan.prefix(x, set(front) | {node})
+            vals = self.plan.run_until(x, set(front) | {node})
             h = vals[node]
             if not isinstance(h, torch.Tensor):
                 raise Unsupported(f"site {layer!r} did not produce a tensor in the traced graph")
