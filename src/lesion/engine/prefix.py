@@ -19,8 +19,7 @@ is checked against the hook path on the sweep's own data by the caller (``lesion
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,12 +31,23 @@ from lesion.core.lesions import Applied, Lesion, replace_units
 from lesion.core.metric import Metric
 from lesion.core.sites import Site, hook_site
 from lesion.engine.graph import Unsupported
+from lesion.engine.prefixstubs import (
+    _forwards,
+    _leaves,
+    _recorded,
+    attention_of,
+    head_output,
+    stub_fits,
+)
 
 # the largest output of one lesioned pass (k x batch x ... floats). Measured 2026-12-01 (2-core Xeon, 2
 # threads, the bench's GPT-2 on 64 x 128 tokens, 32 MB of logits per lesion): every head alone in 9.8 s
 # at one lesion per pass (32 MB) against 14.4 s at eight (256 MB), 256 neurons 36.6 s against 44.0 s - the
 # k-fold MLP temporaries fall out of cache; small models still pass many lesions at once.
 MAX_PASS_BYTES = 32 << 20
+# heads deleted in closed form through the attention's output projection (``lesion.engine.prefixheads``;
+# W6 at 16 x 128 tokens, 1 thread, alternately: see docs/engine.md); False: the attention re-runs
+HEAD_STUB = True
 
 
 @dataclass
@@ -115,6 +125,9 @@ class PrefixEngine:
             small = batch.slice(0, 2)
             self.order = self._record_order(small)
             self._rank1 = self._find_rank1(small, list(self.sites.values()))
+            self._heads = {
+                s.name: a for s in self.sites.values() if (a := attention_of(self.named, self.order, s))
+            }
 
     def share(self, sites: Sequence[Site], budget: int) -> list[list[str]]:
         """``sites`` (in model order) in runs that can share their passes: the outputs recorded for a
@@ -233,8 +246,9 @@ class PrefixEngine:
             self._plan(b, [site for site, _ in groups])
             stub_names = {n for site, _ in groups for n in self.stubs(site)}
             proj = [p for site, _ in groups if (p := self.rank1(site)) is not None]
+            heads = {s.target: a for s, _ in groups if HEAD_STUB and (a := self._heads.get(s.name))}
             with torch.no_grad():
-                cache = self._capture(b, stub_names, proj)
+                cache = self._capture(b, stub_names | set(heads.values()), proj + list(heads))
             intact = output_tensor(cache["__output__"]) if metric.needs_intact else None
             for (site, lesions), offset in zip(groups, offsets, strict=True):
                 step = _chunk(cache["__output__"], len(lesions))
@@ -255,9 +269,16 @@ class PrefixEngine:
         state.sites = dict(self.sites)
         state.batch, state.batch_index = b, k
         projection = self.rank1(site) if _single_constant(lesions, site) else None
+        attn = self._heads.get(site.name) if HEAD_STUB and _single_constant(lesions, site) else None
         with self._stubbed(site, n, cache):
             if projection is not None:  # the site and its projection: intact output + rank-1 updates
                 with self._rank1_stub(projection, site, lesions, n, cache):
+                    out = output_tensor(big.run(self.model))
+            elif attn in cache and stub_fits(cache[attn], cache[site.target]):  # heads: closed form
+                got = head_output(
+                    self.named[site.target], site, lesions, cache[attn], cache[site.target], state
+                )
+                with _forwards({self.named[attn]: lambda *args, **kwargs: got}):
                     out = output_tensor(big.run(self.model))
             else:
                 with self._lesioned(lesions, state, n, len(b)):
@@ -321,35 +342,6 @@ class PrefixEngine:
             yield
 
 
-@contextmanager
-def _forwards(replacements: Mapping[nn.Module, Callable]):
-    """Inside the block, each module's forward is replaced, in this thread only: another thread using
-    the model meanwhile runs the module's own forward. Set past any ``__setattr__`` a wrapper defines."""
-    me = threading.get_ident()
-    saved = []
-    try:
-        for module, fn in replacements.items():
-            own = module.forward
-
-            def forward(*args, _fn=fn, _own=own, **kwargs):
-                return _fn(*args, **kwargs) if threading.get_ident() == me else _own(*args, **kwargs)
-
-            saved.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
-            object.__setattr__(module, "forward", forward)
-        yield
-    finally:
-        for module, had, old in saved:
-            if had:
-                object.__setattr__(module, "forward", old)
-            else:
-                object.__delattr__(module, "forward")
-
-
-def _recorded(out, flags: list[bool], n: int, *args, **kwargs):
-    """A stubbed module's forward: its recorded output, batched leaves repeated for ``n`` lesions."""
-    return _rebuild(out, flags, n)
-
-
 def _chunk(out, lesions: int) -> int:
     """Lesions per pass: as many as keep the pass's output under ``MAX_PASS_BYTES``."""
     return max(1, min(lesions, MAX_PASS_BYTES // max(1, output_tensor(out).numel() * 4)))
@@ -364,33 +356,3 @@ def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
         if not les.replacement.constant or les.replacement.edit is not None:
             return False
     return True
-
-
-def _leaves(out) -> list:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [x for v in out.values() for x in _leaves(v)]
-    if isinstance(out, list | tuple):
-        return [x for v in out for x in _leaves(v)]
-    return [out]
-
-
-def _rebuild(out, flags: list[bool], n: int):
-    """``out`` with each batched tensor leaf repeated ``n`` times along its batch axis (fresh copies)."""
-    it = iter(flags)
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            return o.repeat(n, *[1] * (o.ndim - 1)) if next(it) else o.clone()
-        if isinstance(o, dict):
-            vals = {key: walk(v) for key, v in o.items()}
-            return type(o)(**vals) if type(o) is not dict else vals
-        if isinstance(o, tuple) and hasattr(o, "_fields"):
-            return type(o)(*[walk(v) for v in o])
-        if isinstance(o, list | tuple):
-            return type(o)(walk(v) for v in o)
-        next(it)
-        return o
-
-    return walk(out)
