@@ -45,7 +45,7 @@ from lesion.engine.prefixstubs import (
 # at one lesion per pass (32 MB) against 14.4 s at eight (256 MB), 256 neurons 36.6 s against 44.0 s - the
 # k-fold MLP temporaries fall out of cache; small models still pass many lesions at once.
 MAX_PASS_BYTES = 32 << 20
-# heads deleted in closed form through the attention's output projection (``lesion.engine.prefixheads``;
+# heads deleted in closed form through the attention's output projection (``lesion.engine.prefixstubs``;
 # W6 at 16 x 128 tokens, 1 thread, alternately: see docs/engine.md); False: the attention re-runs
 HEAD_STUB = True
 
