@@ -106,6 +106,12 @@ class Metric:
             "Scalar(fn) with a differentiable fn"
         )
 
+    def losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The differentiable mean ``main`` value of each of k copies of the model's output (k, batch, ...)
+        -> (k,), as ``loss`` gives it copy by copy; a metric may compute all copies at once."""
+        parts = [self.loss(o, batch) for o in outputs]
+        return torch.stack([total / max(count, 1.0) for total, count in parts])
+
     def close(
         self, reference: dict[str, np.ndarray], fast: dict[str, np.ndarray], n: int | None
     ) -> str | None:
@@ -187,6 +193,11 @@ class Classification(Metric):
         logits = output.float().reshape(-1, output.shape[-1])
         return F.cross_entropy(logits, y.reshape(-1).long(), reduction="sum"), float(y.numel())
 
+    def losses(self, outputs, batch):  # every copy in one cross-entropy call
+        y, k, c = batch.field("target"), outputs.shape[0], outputs.shape[-1]
+        ce = F.cross_entropy(outputs.reshape(-1, c).float(), y.reshape(-1).long().repeat(k), reduction="none")
+        return ce.reshape(k, -1).mean(1)
+
 
 def _finite(t: torch.Tensor) -> bool:
     """Whether every element is finite: one read pass to two scalars (NaN propagates through both),
@@ -224,6 +235,10 @@ class MSE(Metric):
         y = batch.field("target")
         err = (output.float() - y.float().reshape(output.shape)) ** 2
         return err.sum(), float(err.numel())
+
+    def losses(self, outputs, batch):
+        y, k = batch.field("target"), outputs.shape[0]
+        return ((outputs.float() - y.float().reshape(outputs.shape[1:])[None]) ** 2).reshape(k, -1).mean(1)
 
     def update(self, outputs, batch, lesions, intact=None):
         y = batch.target

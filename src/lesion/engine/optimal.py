@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lesion.core.batch import Batch, batches, output_tensor
 from lesion.core.replacements import Replacement
@@ -311,26 +310,17 @@ def metric_loss(metric) -> LossFn:
     sign = -1.0 if metric.higher_is_better else 1.0
 
     def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:  # (k, batch, ...) -> (k,)
-        parts = [metric.loss(o, batch) for o in out]
-        return torch.stack([sign * total / max(count, 1.0) for total, count in parts])
+        return sign * metric.losses(out, batch)
 
     return loss
 
 
 def _default_loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean loss per copy: cross-entropy (integer targets), MSE (float targets), or next-token loss."""
-    k = out.shape[0]
-    y = batch.target
-    if y is None:
-        from lesion.core.metric_lm import _next_token
+    """Mean loss per copy without a metric: cross-entropy (integer targets), MSE (float targets), or
+    next-token loss (no targets), each as its metric computes it (``Metric.losses``)."""
+    from lesion.core.metric import MSE, Classification
+    from lesion.core.metric_lm import NextTokenLoss
 
-        logits, target, valid = _next_token(out, batch)
-        ce = F.cross_entropy(
-            logits[:, valid].flatten(0, 1).float(), target[valid].repeat(k), reduction="none"
-        )
-        return ce.reshape(k, -1).mean(1)
-    if y.dtype.is_floating_point:
-        return ((out.float() - y.float().reshape(out.shape[1:])[None]) ** 2).reshape(k, -1).mean(1)
-    c = out.shape[-1]
-    ce = F.cross_entropy(out.reshape(-1, c).float(), y.reshape(-1).long().repeat(k), reduction="none")
-    return ce.reshape(k, -1).mean(1)
+    y = batch.target
+    metric = NextTokenLoss() if y is None else MSE() if y.dtype.is_floating_point else Classification()
+    return metric.losses(out, batch)
