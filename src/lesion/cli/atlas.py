@@ -48,11 +48,12 @@ def atlas(
     result = build(net, data, layers=list(layers) if layers else None, top=top, pair_units=pair_units,
                    seed=seed, progress=True, keep=out / PARTIAL, triage=triage, **(spread or {}),
                    **kw)  # fmt: skip
-    measured = time.perf_counter() - start
+    measured = time.perf_counter()
     write_atlas(out, result, title=title, **extra(result))
+    result.meta.setdefault("seconds", {})["write"] = round(time.perf_counter() - measured, 3)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     roles = [c.role_rule for c in result.cards]
-    return {"units": len(result.cards), "seconds": time.perf_counter() - start, "measured": measured,
+    return {"units": len(result.cards), "seconds": time.perf_counter() - start,
             "rules": {r: roles.count(r) for r in dict.fromkeys(roles)},
             "stages": result.meta.get("seconds", {}), "triage": result.meta.get("triage"),
             "bytes": (out / "atlas.html").stat().st_size}  # fmt: skip

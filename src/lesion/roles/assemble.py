@@ -133,7 +133,7 @@ def build(
     opt = Options(top, bins, sample, pair_units, partners, causal_draws, explainer, simulator, seed,
                   batch_size, progress, budget, spread)  # fmt: skip
     meta = _start(lm, labeled, n_classes, train, true_labels)
-    bar = progress_bar(None, "roles", progress, total=10 if lm else 9)
+    bar = progress_bar(None, "roles", progress, total=11 if lm else 10)
     say = Laps(bar)
     ctx = _responds(model, data, sites, lm, labeled, n_classes, opt, meta)
     ctx |= {"lm": lm, "labeled": labeled, "sites": {s.name: s for s in sites}, "n_classes": n_classes}
@@ -152,6 +152,9 @@ def build(
         mem = kept("memorisation", lambda: stages.memorisation(
             model, train, true_labels, sites, ctx["units"], n_classes, batch_size, progress))  # fmt: skip
     say.lap("memorisation")
+    ctx["mem"] = mem
+    cards = [fill.card(i, u, ctx) for i, u in enumerate(ctx["units"])]
+    say.lap("cards")
     bar.close()
     meta["seconds"], meta["cpu_seconds"] = say.laps, say.cpu
     meta |= {
@@ -164,8 +167,6 @@ def build(
         "triage": ctx["triage"],
         "backend": backend,
     }
-    ctx["mem"] = mem
-    cards = [fill.card(i, u, ctx) for i, u in enumerate(ctx["units"])]
     return Atlas(cards, meta)
 
 

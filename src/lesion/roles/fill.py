@@ -33,8 +33,8 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
     }
     m = st.moments
     c |= {
-        "mean": float(f.mean[j]),
-        "sd": float(f.sd[j]),
+        "mean": _mean_sd(f, j)[0],  # one unit's (f.mean and f.sd compute every unit of the site)
+        "sd": _mean_sd(f, j)[1],
         "lo": float(f.edges[j, 0]),
         "hi": float(f.edges[j, -1]),
         "frequency_active": float(f.active[j]) / max(f.n, 1),
@@ -83,6 +83,12 @@ def card(i: int, u: Unit, ctx: dict) -> Card:
     full["role"], full["role_rule"] = rules.role(full)
     full = {k: tuple(v) if isinstance(v, list) else v for k, v in full.items()}
     return Card(**full)
+
+
+def _mean_sd(f, j: int) -> tuple[float, float]:
+    n = max(f.n, 1)
+    mean = float(f.s1[j]) / n
+    return mean, max(float(f.s2[j]) / n - mean * mean, 0.0) ** 0.5
 
 
 def _class_means(f, st, s):
