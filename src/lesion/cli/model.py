@@ -15,6 +15,7 @@ import typer
 from lesion.cli import text as T
 from lesion.cli.base import _command
 from lesion.cli.options import (
+    AddressOpt,
     AllowPickleOpt,
     Arch,
     Backend,
@@ -25,12 +26,13 @@ from lesion.cli.options import (
     Optimizer,
     Schedule,
     SeqLenOpt,
+    ShardsOpt,
     TextOpt,
     TokensOpt,
     TriageOpt,
     TrustRemoteCodeOpt,
+    check_ray_flags,
 )
-from lesion.errors import LesionError
 from lesion.pipeline import classifier as study
 from lesion.pipeline.classifier import ANALYSIS_FILES, AnalysisConfig, TrainConfig
 from lesion.util.outputs import check_dir_target
@@ -153,12 +155,8 @@ def analyze(
     backend: Annotated[
         Backend, typer.Option(help="local, or ray: the single-unit sweep sharded by unit ranges over Ray.")
     ] = Backend.local,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local instance).")
-    ] = None,
-    shards: Annotated[
-        int | None, typer.Option(min=1, help="--backend ray: unit ranges (default: one per cluster CPU).")
-    ] = None,
+    address: AddressOpt = None,
+    shards: ShardsOpt = None,
     triage: TriageOpt = None,
     max_memory: MaxMemoryOpt = None,
 ) -> None:
@@ -166,8 +164,7 @@ def analyze(
     language model every head and MLP neuron's change in next-token loss, and loss curves."""
     from lesion.pipeline.lm import TextConfig
 
-    if backend == "local" and (address or shards):
-        raise LesionError("--address and --shards shard the sweep over Ray; expected --backend ray with them")
+    check_ray_flags(backend, address, shards)
     config = AnalysisConfig(
         dataset=dataset, repeats=repeats, fractions=T.fractions(fractions), noise_repeats=noise_repeats,
         seed=seed, layers=T.names(layers), backend=backend.value, address=address, shards=shards,
@@ -210,22 +207,15 @@ def atlas(
     backend: Annotated[
         Backend, typer.Option(help="local, or ray: the exact single-unit lesions sharded over Ray.")
     ] = Backend.local,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local instance).")
-    ] = None,
-    shards: Annotated[
-        int | None, typer.Option(min=1, help="--backend ray: unit ranges (default: one per cluster CPU).")
-    ] = None,
+    address: AddressOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """The card of every unit (what it responds to, what breaks without it, who backs it up, its role
     in words) as roles.parquet, cards.json and one self-contained atlas.html; an interrupted run resumes."""
     from lesion.cli.atlas import atlas as make_atlas
     from lesion.cli.atlas import print_summary
 
-    if backend == "local" and (address or shards):
-        raise LesionError(
-            "--address and --shards shard the lesions over Ray; expected --backend ray with them"
-        )
+    check_ray_flags(backend, address, shards)
     summary = make_atlas(
         model, out, dataset=dataset, examples=examples, layers=T.names(layers), pair_units=pairs, top=top,
         seed=seed, force=force, text=text, tokens=tokens, allow_pickle=allow_pickle, seq_len=seq_len,

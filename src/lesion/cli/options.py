@@ -98,3 +98,20 @@ BenchDeviceOpt = Annotated[
 BenchPrecisionOpt = Annotated[
     Precision, typer.Option(help="W8-W11: fp32, or bf16 (autocast, for lesion and the hook loop alike).")
 ]
+
+AddressOpt = Annotated[
+    str | None, typer.Option(help="Ray cluster HOST:PORT for --backend ray (default: a local instance).")
+]
+ShardsOpt = Annotated[
+    int | None, typer.Option(min=1, help="--backend ray: unit ranges (default: one per cluster CPU).")
+]
+
+
+def check_ray_flags(backend, address: str | None, shards: int | None) -> None:
+    """--address and --shards only with --backend ray (``lesion analyze``, ``lesion atlas``)."""
+    from lesion.errors import LesionError
+
+    if getattr(backend, "value", backend) == "local" and (address or shards):
+        raise LesionError(
+            "--address and --shards shard the lesions over Ray; expected --backend ray with them"
+        )
