@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -22,30 +17,16 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # head, workers and drive
 os.environ["RAY_AUTH_MODE"] = "disabled"  # the test head runs without token authentication (see test_ray)
 
 from lesion.roles import build
+from tests.ray_support import ray_head
 
 NUMBERS = ("loss_zero", "loss_zero_lo", "loss_zero_hi", "loss_mean", "loss_resample", "accuracy_zero",
            "loss_zero_estimate")  # fmt: skip
 
 
-def _ray(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def head():
-    """A Ray head with 2 CPUs on 127.0.0.1 (a free port, a private temp dir); stopped afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    temp = tempfile.mkdtemp(prefix="lesion-ray-", dir="/tmp")  # Ray's socket paths must stay short
-    try:
-        _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}")  # fmt: skip
-        yield f"127.0.0.1:{port}"
-    finally:
-        _ray("stop", "--force", check=False)
-        shutil.rmtree(temp, ignore_errors=True)
+    """A Ray head with 2 CPUs on 127.0.0.1 (``tests.ray_support``); stopped afterwards."""
+    yield from ray_head()
 
 
 def _same(ray, local) -> None:

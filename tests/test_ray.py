@@ -8,7 +8,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from lesion.experiments import KINDS, Job, Store, run
 from lesion.experiments.jobs import units_job
 from lesion.experiments.shards import merge
 from lesion.report.reproduce import reproduce
+from tests.ray_support import ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Job("train", {
@@ -42,25 +42,10 @@ MODEL = Job("train", {
 })  # fmt: skip
 
 
-def _ray(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def head():
-    """A Ray head with 2 CPUs on 127.0.0.1 (a free port, a private temp dir); stopped afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    temp = tempfile.mkdtemp(prefix="lesion-ray-", dir="/tmp")  # Ray's socket paths must stay short
-    try:
-        _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}")  # fmt: skip
-        yield f"127.0.0.1:{port}"
-    finally:
-        _ray("stop", "--force", check=False)
-        shutil.rmtree(temp, ignore_errors=True)
+    """A Ray head with 2 CPUs on 127.0.0.1 (``tests.ray_support``); stopped afterwards."""
+    yield from ray_head()
 
 
 @pytest.fixture(scope="module")
