@@ -92,7 +92,7 @@ def _scores(key: str, candidates: list[Unit], units, model, metric: Metric) -> n
         score = np.array([table.loc[(u.layer, u.index)] for u in candidates], dtype=np.float64)
     except KeyError as exc:
         raise LesionError(f"the unit table has no row for candidate unit {exc}") from None
-    return -score if key == "importance" and metric.higher_is_better else score
+    return metric.harm(score) if key == "importance" else score
 
 
 def incoming_weight_norms(model: nn.Module, layer: str) -> np.ndarray:

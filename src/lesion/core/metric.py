@@ -106,6 +106,11 @@ class Metric:
             "Scalar(fn) with a differentiable fn"
         )
 
+    def harm(self, delta):
+        """How much worse a change ``delta`` of the ``main`` value makes the model: ``delta`` for a loss,
+        ``-delta`` where higher is better (a unit's importance, the order curves delete by)."""
+        return -delta if self.higher_is_better else delta
+
     def losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The differentiable mean ``main`` value of each of k copies of the model's output (k, batch, ...)
         -> (k,), as ``loss`` gives it copy by copy; a metric may compute all copies at once."""

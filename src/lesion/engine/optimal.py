@@ -305,12 +305,11 @@ def _saved_bytes(on: bool = True):
 
 
 def metric_loss(metric) -> LossFn:
-    """A metric's differentiable loss as a ``LossFn``: the mean ``main`` value of each of k copies,
-    negated where higher is better (the optimal constant seeks the better end)."""
-    sign = -1.0 if metric.higher_is_better else 1.0
+    """A metric's differentiable loss as a ``LossFn``: the mean ``main`` value of each of k copies, as
+    ``metric.harm`` turns it (negated where higher is better: the optimal constant seeks the better end)."""
 
     def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:  # (k, batch, ...) -> (k,)
-        return sign * metric.losses(out, batch)
+        return metric.harm(metric.losses(out, batch))
 
     return loss
 

@@ -160,7 +160,7 @@ class Explorer:
             "layer": unit.layer, "unit": unit.index, "address": str(unit),
             **{k: row[k] for k in UNIT_COLUMNS[2:]},
             "main": row[main], "delta_main": row[f"delta_{main}"],
-            "importance": -row[f"delta_{main}"] if self.metric.higher_is_better else row[f"delta_{main}"],
+            "importance": self.metric.harm(row[f"delta_{main}"]),
             "per_class_delta_accuracy": drops,
             "class_means": act.class_means[:, unit.index].tolist(),
             "top_examples": top,
@@ -187,8 +187,7 @@ class Explorer:
     def importance(self):
         """Each unit's harm when deleted alone, in the metric's ``main`` column: its delta, negated where
         higher is better (Classification: ``delta_loss``)."""
-        delta = self.units[f"delta_{self.metric.main}"]
-        return -delta if self.metric.higher_is_better else delta
+        return self.metric.harm(self.units[f"delta_{self.metric.main}"])
 
     def unit_rows(self) -> list[dict]:
         """One dict per unit with the columns of ``UNIT_COLUMNS`` (per-class drops left out), ``importance``
