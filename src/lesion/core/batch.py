@@ -71,6 +71,10 @@ class Batch:
     def slice(self, i: int, j: int) -> Batch:
         return self.map(lambda v: v[i:j]).with_ids(self.ids[i:j])
 
+    def take(self, idx: torch.Tensor) -> Batch:
+        """The examples at positions ``idx`` (a 1-D index tensor)."""
+        return self.map(lambda v: v[idx.to(v.device)]).with_ids(self.ids[idx.to(self.ids.device)])
+
     def with_ids(self, ids: torch.Tensor) -> Batch:
         return replace(self, ids=ids)
 

@@ -23,6 +23,17 @@ from lesion.util import Precision
 from lesion.util.modules import eval_mode, model_device
 
 CHECKS = 2  # lesions per layer (and per cumulative order) re-run on the slow path before trusting the engine
+SPREAD = 8  # a check on a spread subset (check_examples) re-runs 1 example in SPREAD of every batch, at least
+# SPREAD of each (all of a smaller batch)
+
+
+def check_examples(b: Batch) -> torch.Tensor:
+    """Positions of the spread subset of batch ``b`` that a subset check re-runs: ``max(SPREAD,
+    ceil(len(b) / SPREAD))`` examples evenly spaced from the first to the last (every example of a batch of
+    ``SPREAD`` or fewer)."""
+    n = len(b)
+    m = min(n, max(SPREAD, -(-n // SPREAD)))
+    return torch.linspace(0, n - 1, m).round().long().unique() if n else torch.zeros(0, dtype=torch.long)
 
 
 class Mismatch(Exception):
@@ -116,9 +127,21 @@ class Runner:
                 stacklevel=4,
             )
 
-    def run(self, lesions: Sequence[Lesion | Sequence[Lesion] | None], *, bar=None) -> dict[str, np.ndarray]:
+    def run(
+        self, lesions: Sequence[Lesion | Sequence[Lesion] | None], *, bar=None, subset: bool = False
+    ) -> dict[str, np.ndarray]:
         """The slow path: each lesion (None: intact; a list: applied together) with hooks, one full pass;
-        the intact model is measured once per runner, and a None among ``lesions`` takes those values."""
+        the intact model is measured once per runner, and a None among ``lesions`` takes those values.
+        ``subset``: on the spread subset of every batch only (``check_examples``; a subset check of an
+        engine, which scores the same examples; constant replacements only, since a replacement drawn from
+        the batch would draw from other examples)."""
+        if subset:
+            if not all(isinstance(les, Lesion) and les.replacement.constant for les in lesions):
+                raise LesionError("a subset check takes single lesions with constant replacements")
+            metric = self.fresh(len(lesions))
+            for i, les in enumerate(lesions):
+                self._into(metric, les, i, subset=True)
+            return metric.compute()
         intact = getattr(self, "intact", None)
         if intact is not None and any(les is None for les in lesions):
             keep = [i for i, les in enumerate(lesions) if les is not None]
@@ -146,13 +169,16 @@ class Runner:
                 bar.update(1)
         return metric.compute()  # merged draws add sums and counts alike: values average over draws
 
-    def _into(self, metric: Metric, lesion: Lesion | None, i: int) -> None:
+    def _into(self, metric: Metric, lesion: Lesion | None, i: int, *, subset: bool = False) -> None:
         state = Applied()
         state.sites = dict(self.sites)
         n = 0
         together = [] if lesion is None else list(lesion) if isinstance(lesion, list | tuple) else [lesion]
         with torch.no_grad(), eval_mode(self.model), apply(self.model, together, state):
             for k, b in enumerate(self.batches()):
+                if subset:
+                    n += len(b)
+                    b = b.take(check_examples(b))
                 state.batch, state.batch_index = b, k
                 out = output_tensor(self._forward(b, k))
                 intact = None
@@ -160,7 +186,7 @@ class Runner:
                     with aside():
                         intact = output_tensor(self._forward(b, k))
                 metric.update(out[None], b, slice(i, i + 1), intact=intact)
-                n += len(b)
+                n += 0 if subset else len(b)
         if self.n is not None and n != self.n:
             raise DataError(
                 f"the data yielded {n} examples on this pass and {self.n} before; expected the same"
@@ -191,15 +217,16 @@ class Runner:
         """bf16 autocast for the engine's work when asked for (AMX on CPUs, tensor cores on GPUs)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-    def agree(self, ref: dict[str, np.ndarray], fast: dict[str, np.ndarray]) -> None:
-        """Check fast results against the reference; in bf16 record the deviation instead."""
+    def agree(self, ref: dict[str, np.ndarray], fast: dict[str, np.ndarray], n: int | None = None) -> None:
+        """Check fast results against the reference (on ``n`` examples, default all); in bf16 record the
+        deviation instead."""
         if self.precision == "bf16":
             d = max(
                 (float(np.nanmax(np.abs(ref[k] - fast[k]))) for k in ref if ref[k].ndim == 1), default=0.0
             )
             self.deviation["loss"] = max(self.deviation.get("loss", 0.0), d)
             return
-        why = self.metric.close(ref, fast, self.n)
+        why = self.metric.close(ref, fast, self.n if n is None else n)
         if why is not None:
             raise Mismatch(why)
 

@@ -20,6 +20,11 @@ from lesion.util.modules import eval_mode
 # the last block's MLP neurons through the final norm and the unembedding in closed form (lesion.engine.
 # lastblock; checked like every fast path); False leaves them to the module-prefix engine
 CLOSED_FORM = True
+# the module-prefix engine's checks re-run their lesions on a spread subset of every batch
+# (lesion.core.runner.check_examples) and compare them with the engine's numbers on the same examples;
+# False re-runs them on every example
+SUBSET_CHECKS = True
+_N = "__n__"  # the subset's number of examples, beside its check values
 CACHE_BYTES = 512 << 20  # recorded outputs the module-prefix engine keeps at once for sites sharing passes
 
 
@@ -345,7 +350,11 @@ def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Ite
             try:
                 if got is None:
                     raise Unsupported(eng.last_error)
-                runner.agree(runner.run(chosen[:CHECKS]), {k: v[:CHECKS] for k, v in got.items()})
+                got, sub = got
+                if sub is not None:  # on the spread subset of every batch the engine also scored
+                    runner.agree(runner.run(chosen[:CHECKS], subset=True), sub, sub.pop(_N))
+                else:
+                    runner.agree(runner.run(chosen[:CHECKS]), {k: v[:CHECKS] for k, v in got.items()})
             except (Unsupported, Mismatch) as exc:
                 runner.fallbacks[f"prefix:{first}"] = str(exc)
                 if bar is not None and got is not None:
@@ -367,6 +376,12 @@ def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
     sizes = [len(chosen) for _, chosen in members]
     offsets = [sum(sizes[:j]) for j in range(len(sizes))]
     metric = runner.fresh(sum(sizes))
+    # each member's first CHECKS lesions also scored on a spread subset of the examples, for a check that
+    # re-runs only those on the slow path (constant replacements: nothing drawn from other examples)
+    firsts = [les for _, chosen in members for les in chosen[:CHECKS]]
+    subset = SUBSET_CHECKS and all(les.replacement.constant for les in firsts)
+    counts = [min(CHECKS, n) for n in sizes]
+    check = (runner.fresh(sum(counts)), counts) if subset else None
     shown, done = [0], [0.0]  # whole lesions shown on the bar; lesions x (share of the examples) done
 
     def progress(k: int, examples: int) -> None:  # every batch moves the bar by its share of the data
@@ -378,8 +393,9 @@ def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
 
     try:
         with torch.no_grad(), eval_mode(runner.model), runner.autocast():
-            eng.evaluate(members, metric, offsets=offsets, progress=progress)
+            eng.evaluate(members, metric, offsets=offsets, progress=progress, check=check)
         values = metric.compute()
+        checked = check[0].compute() if check is not None else None
     except Unsupported as exc:
         eng.last_error = str(exc)
         if bar is not None:
@@ -387,7 +403,14 @@ def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
         return None
     if bar is not None and shown[0] < sum(sizes):  # the rounding left over
         bar.update(sum(sizes) - shown[0])
-    return [{k: v[o : o + n] for k, v in values.items()} for o, n in zip(offsets, sizes, strict=True)]
+    out = []
+    for j, (o, n) in enumerate(zip(offsets, sizes, strict=True)):
+        sub = None
+        if checked is not None:
+            at = sum(counts[:j])
+            sub = {k: v[at : at + counts[j]] for k, v in checked.items()} | {_N: eng.checked}
+        out.append(({k: v[o : o + n] for k, v in values.items()}, sub))
+    return out
 
 
 def first_k(seq: Sequence[Lesion], k: int) -> Lesion | None:

@@ -29,6 +29,7 @@ from torch import nn
 from lesion.core.batch import Batch, output_tensor
 from lesion.core.lesions import Applied, Lesion, replace_units
 from lesion.core.metric import Metric
+from lesion.core.runner import check_examples
 from lesion.core.sites import Site, hook_site
 from lesion.engine.graph import Unsupported
 from lesion.engine.prefixstubs import (
@@ -67,6 +68,7 @@ class PrefixEngine:
         self.named = dict(model.named_modules())
         self.order: dict[str, _Call] | None = None
         self.batched: dict[str, list[bool]] = {}  # per stubbed module: which output leaves carry the batch
+        self.checked = 0  # examples of the spread subsets the last evaluate scored for a check
         self.last_error = ""  # why the last pass the caller tried could not run (set by the caller)
 
     # ------------------------------------------------------------------------------------------ planning
@@ -238,11 +240,17 @@ class PrefixEngine:
     # ------------------------------------------------------------------------------------------ passes
     def evaluate(
         self, groups: Sequence[tuple[Site, Sequence[Lesion]]], metric: Metric, *, offsets: Sequence[int],
-        progress=None,
+        progress=None, check: tuple[Metric, Sequence[int]] | None = None,
     ) -> None:  # fmt: skip
         """Score each group's lesions (all of whose units start at its site) into ``metric``;
-        ``progress(lesions, examples)`` after each pass."""
+        ``progress(lesions, examples)`` after each pass. ``check = (metric, counts)``: the first
+        ``counts[g]`` lesions of group ``g`` are also scored on each batch's spread subset
+        (``check_examples``) into the check metric, group after group, for a subset check; ``self.checked``
+        then counts the subset's examples."""
+        self.checked = 0
         for k, b in enumerate(self._batches()):
+            pick = check_examples(b) if check is not None else None
+            self.checked += 0 if pick is None else len(pick)
             self._plan(b, [site for site, _ in groups])
             stub_names = {n for site, _ in groups for n in self.stubs(site)}
             proj = [p for site, _ in groups if (p := self.rank1(site)) is not None]
@@ -250,15 +258,20 @@ class PrefixEngine:
             with torch.no_grad():
                 cache = self._capture(b, stub_names | set(heads.values()), proj + list(heads))
             intact = output_tensor(cache["__output__"]) if metric.needs_intact else None
-            for (site, lesions), offset in zip(groups, offsets, strict=True):
+            for g, ((site, lesions), offset) in enumerate(zip(groups, offsets, strict=True)):
                 step = _chunk(cache["__output__"], len(lesions))
                 for i in range(0, len(lesions), step):
                     part = lesions[i : i + step]
                     out = self._pass(b, k, site, part, cache)
-                    metric.update(
-                        out.reshape(len(part), len(b), *out.shape[1:]), b,
-                        slice(offset + i, offset + i + len(part)), intact=intact,
-                    )  # fmt: skip
+                    out = out.reshape(len(part), len(b), *out.shape[1:])
+                    metric.update(out, b, slice(offset + i, offset + i + len(part)), intact=intact)
+                    if check is not None and i < check[1][g]:
+                        j = min(len(part), check[1][g] - i)
+                        at = sum(check[1][:g]) + i
+                        check[0].update(
+                            out[:j, pick], b.take(pick), slice(at, at + j),
+                            intact=None if intact is None else intact[pick],
+                        )  # fmt: skip
                     if progress is not None:
                         progress(len(part), len(b))
 
