@@ -238,3 +238,13 @@ def test_cli_analyze_triage_on_a_classifier_and_a_language_model(tmp_path):
     assert {"kind", "estimate", "source", "delta_loss"} <= set(units.columns)
     assert (units["source"] == "exact").sum() == math.ceil(0.1 * len(units))
     assert "triage" in json.loads((tmp_path / "lm" / "summary.json").read_text())
+
+
+def test_the_claim_gives_a_lower_bound_only_where_the_sample_bounds_the_recall():
+    from lesion.analyses.triage import recall_claim
+
+    base = {"k": 40, "high": 1.0, "level": 0.95, "sampled": 1850, "recall": 1.0}
+    bounded = recall_claim(base | {"low": 0.82})
+    assert bounded.startswith("recall of the true top 40 >= 0.82 at 95% confidence")
+    loose = recall_claim(base | {"low": 0.0, "sampled": 190})
+    assert "not bounded" in loose and ">=" not in loose and "no evidence of high recall" in loose

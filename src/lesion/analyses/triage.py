@@ -214,13 +214,31 @@ def triage_sweep(
         "heads_first": len(always),
         "sampled": len(sampled), "seed": seed, "k": k, "top_share": top, "level": level, **stats,
         "seconds": time.perf_counter() - start,
-        "claim": f"recall of the top {k} >= {stats['low']:.2f} at {level:.0%} confidence (point "
-        f"{stats['recall']:.2f}; the point is unreliable when the sample holds no top-{k} unit)",
+        "bounded": stats["low"] > 0,
         "method": "exact hypergeometric test inverted over the number of top-k units left unexamined, "
         "from the uniform random sample of the units outside the top block (lesion.analyses.triage); "
         "attention heads examined exactly first where they take at most half the budget",
     }  # fmt: skip
+    df.attrs["triage"]["claim"] = recall_claim(df.attrs["triage"])
     return df
+
+
+def recall_claim(tri: dict) -> str:
+    """What a triage's recall interval supports, in words: a lower bound where the random sample gives one;
+    where it cannot rule out that every top-k unit went unexamined (``low`` = 0: too few sampled units
+    for the top share, or a poor estimate), that the recall is not bounded, so a point of 1.0 is never read
+    as high recall."""
+    k, low, high, level = tri["k"], tri["low"], tri["high"], tri["level"]
+    if low > 0:
+        return (
+            f"recall of the true top {k} >= {low:.2f} at {level:.0%} confidence (interval [{low:.2f}, "
+            f"{high:.2f}], point {tri['recall']:.2f})"
+        )
+    return (
+        f"recall of the true top {k} not bounded: the random sample of {tri['sampled']} cannot rule out that "
+        f"the top units went unexamined (interval [0.00, {high:.2f}] at {level:.0%}); the point "
+        f"{tri['recall']:.2f} is no evidence of high recall: a larger budget or sample share would bound it"
+    )
 
 
 def _single_units(lesions, sites: Sequence[Site]) -> tuple[list[tuple[str, int]], Any]:
@@ -283,4 +301,4 @@ def _table(every, units, est, done, runner: Runner, col: str) -> pd.DataFrame:
     return df
 
 
-__all__ = ["choose", "heads_first", "parse_budget", "recall_interval", "triage_sweep"]
+__all__ = ["choose", "heads_first", "parse_budget", "recall_claim", "recall_interval", "triage_sweep"]

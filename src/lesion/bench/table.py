@@ -61,7 +61,10 @@ def _row_note(w: dict, method: str) -> str:
         ups = next(v for k, v in w["units_per_second"].items() if k.startswith("lesion"))
         recall = w.get("recall")
         said = (
-            f", recall {recall['recall']:.2f} [{recall['low']:.2f}, {recall['high']:.2f}]" if recall else ""
+            f", recall {recall['recall']:.2f} [{recall['low']:.2f}, {recall['high']:.2f}]"
+            + (" (not bounded by the sample)" if recall["low"] <= 0 else "")
+            if recall
+            else ""
         )
         gpu = w["gpu"]
         where = f"on {gpu['name']}, {gpu['precision']}" if gpu["status"] == "measured" else "GPU not measured"

@@ -33,7 +33,7 @@ def w10(ctx: _Context) -> dict:
         "seconds": {"lesion": seconds, "hook_loop": t_hook}, "floor_seconds": {},
         "ratios": {"hook_loop/lesion": t_hook / seconds, "lesion/floor": None},
         "units_per_second": {"lesion_triaged": len(df) / seconds, "hook_loop": 1 / per_unit},
-        "recall": {k: tri[k] for k in ("k", "recall", "low", "high", "level")},
+        "recall": {k: tri[k] for k in ("k", "recall", "low", "high", "level", "sampled", "claim")},
         "max_abs_diff": {"hook_loop": {"loss": diff}}, **on_device(ctx),
         "notes": "hook_loop: one full pass per unit for every unit, extrapolated from the units timed; "
                  "lesion: the triaged sweep (its exact rows equal the hook loop on the units timed)",

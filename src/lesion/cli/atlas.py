@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from lesion.analyses.triage import recall_claim
 from lesion.cli import text as T
 from lesion.errors import LesionError
 from lesion.util.outputs import MANIFEST, OutputError, check_dir_target, read_manifest
@@ -137,8 +138,7 @@ def print_summary(summary: dict, out: Path) -> None:
         T.out().print(
             f"  effects by triage (budget {tri['budget']}): exact for {tri['exact']} units (the top "
             f"{tri['top']} by attribution estimate and a random sample of {tri['sampled']}), estimated for "
-            f"the rest; recall of the true top {tri['k']} estimated {tri['recall']:.2f} "
-            f"[{tri['low']:.2f}, {tri['high']:.2f}] ({tri['level']:.0%})",
+            f"the rest; {recall_claim(tri)}",
             soft_wrap=True,
         )
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.get("stages", {}).items())

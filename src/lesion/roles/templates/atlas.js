@@ -18,8 +18,7 @@
       : `${meta.n_examples} examples` + (meta.labels ? "" : " (no labels)")) +
     `; ${meta.pairs_tried} pairs tried. Click a unit for its card; click a heading to sort.` +
     (tri ? ` Effects by triage: exact for ${tri.exact} units (the top ${tri.top} by attribution estimate and ` +
-      `a random sample of ${tri.sampled}), estimated for the rest (≈, no interval); recall of the true top ` +
-      `${tri.k} estimated ${fmt(tri.recall, 2)} [${fmt(tri.low, 2)}, ${fmt(tri.high, 2)}] (${Math.round(tri.level * 100)}%).` : "");
+      `a random sample of ${tri.sampled}), estimated for the rest (≈, no interval); ${tri.claim}.` : "");
   // The cards by column (lesion.roles.page.page_cards): a value for all in `const`, repeated texts as
   // {texts, index}, omissions as indices into `omitted`.
   function decode(d) {
