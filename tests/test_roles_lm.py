@@ -85,6 +85,21 @@ def test_the_causal_test_per_token_on_a_model_whose_answer_is_known():
         assert c.causal_lo <= c.causal_named - c.causal_random <= c.causal_hi
 
 
+def test_a_token_that_is_never_a_target_gets_no_causal_test_and_the_atlas_finishes():
+    """Token 3 opens every sequence and appears nowhere else: its neurons prefer it, but no position
+    predicts it, so their group has nothing to score (it was a DataError: no sequences); the other
+    tokens' groups are still tested."""
+    net, body = RunModel(), runs(24, seq=16, run=4) % 3  # tokens 0-2 in runs
+    x = torch.cat([torch.full((24, 1), 3), body[:, 1:]], dim=1)
+    atlas = build(net, {"input_ids": x}, pair_units=0, causal_draws=4, batch_size=8)
+    cards = {c.unit: c for c in atlas.cards}
+    for j in range(3 * PER, 4 * PER):
+        c = cards[f"act:{j}"]
+        assert c.preferred_token == 3 and c.token_selectivity == pytest.approx(1.0)
+        assert c.causal_token == -1 and math.isnan(c.causal_named)
+    assert cards["act:0"].causal_token == 0 and cards["act:0"].causal_named > 0
+
+
 def test_pushes_of_neurons_and_heads_are_weight_products():
     pytest.importorskip("transformers")
     from tests.text_support import pattern, tiny_gpt

@@ -143,12 +143,15 @@ def causal_tokens(model, data, sites, token_parts, vocab, draws, seed, batch_siz
     from lesion.roles.stages import necessity
 
     groups = []
+    scored = _targets(data, batch_size)  # a token that is never a target has no position to score
     for s in sites:
         parts = token_parts.get(s.name, {})
         if "selectivity" not in parts:
             continue
         named_all = np.nan_to_num(parts["selectivity"], nan=-1) >= THRESHOLDS["selective"]
         for t in np.unique(parts["preferred"][named_all]):
+            if scored is not None and int(t) not in scored:
+                continue  # e.g. a token found only at the first position: the test has nothing to score
             named = np.flatnonzero(named_all & (parts["preferred"] == t))
             others = np.setdiff1d(np.arange(s.width), named)
             if len(others) >= len(named):
@@ -172,6 +175,17 @@ def causal_tokens(model, data, sites, token_parts, vocab, draws, seed, batch_siz
         with np.errstate(invalid="ignore", divide="ignore"):
             m[idx] = v["dsum_token"][:, 0] / v["count_token"][:, 0]
     return necessity(rows, m, draws)
+
+
+def _targets(data: Data, batch_size: int) -> set[int] | None:
+    """The tokens that are a target somewhere in ``data`` (follow another token), where the batches carry
+    ``input_ids`` alone; else None (every token counts as present)."""
+    seen: set[int] = set()
+    for b in batches(data, batch_size=batch_size):
+        if b.args or set(b.kwargs) != {"input_ids"}:
+            return None
+        seen.update(torch.unique(b.kwargs["input_ids"][:, 1:]).tolist())
+    return seen
 
 
 def _with_target(data: Data, t: int, batch_size: int) -> Data:
