@@ -35,6 +35,7 @@ from lesion.engine.graph import Unsupported
 from lesion.engine.prefixstubs import (
     _forwards,
     _leaves,
+    _rebuild,
     _recorded,
     attention_of,
     head_output,
@@ -202,21 +203,37 @@ class PrefixEngine:
         return found
 
     def _capture(self, batch: Batch, names: Iterable[str], extra: Sequence[str] = ()) -> dict:
+        """The recorded outputs of ``names`` (and the (input, output) of each ``extra`` projection) on one
+        intact pass. A recorded tensor the model later changes in place (``hidden += residual`` after a
+        ResNet block's convolutions) would be replayed with the change in it: such outputs are recorded
+        again as copies, in a second pass."""
+        names, copied = list(names), set()
+        for _ in range(2):
+            got, seen = self._record(batch, names, extra, copied)
+            changed = {n for n, versions in seen.items() if versions != _versions(got[n])}
+            if not changed:
+                return got
+            copied |= changed
+        raise Unsupported(f"the recorded outputs of {sorted(changed)[:3]} change after a copy was taken")
+
+    def _record(self, batch: Batch, names, extra, copied: set) -> tuple[dict, dict]:
         got: dict[str, object] = {}
-        handles = [
-            self.named[n].register_forward_hook(lambda _m, _a, out, n=n: got.__setitem__(n, out))
-            for n in names
-        ]
+        seen: dict[str, list[int] | None] = {}
+
+        def keep(n, out):
+            if n in copied:
+                out = _rebuild(out, [False] * len(_leaves(out)), 1)  # fresh copies of every tensor
+            got[n], seen[n] = out, _versions(out)
+
+        handles = [self.named[n].register_forward_hook(lambda _m, _a, out, n=n: keep(n, out)) for n in names]
         for n in extra:  # a rank-1 projection: its intact input and output
-            handles.append(self.named[n].register_forward_hook(
-                lambda _m, a, out, n=n: got.__setitem__(n, (a[0], out))
-            ))  # fmt: skip
+            handles.append(self.named[n].register_forward_hook(lambda _m, a, out, n=n: keep(n, (a[0], out))))
         try:
             got["__output__"] = batch.run(self.model)
         finally:
             for h in handles:
                 h.remove()
-        return got
+        return got, seen
 
     def stubbing(self, site: Site, batch: Batch) -> tuple[Callable[[int], object], int]:
         """For passes over ``n`` copies of ``batch`` lesioned at ``site`` by the caller's own hook: a
@@ -369,3 +386,12 @@ def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
         if not les.replacement.constant or les.replacement.edit is not None:
             return False
     return True
+
+
+def _versions(out) -> list[int] | None:
+    """The version counters of the tensor leaves of ``out`` (in-place changes move them); None where a
+    leaf does not keep one (an inference-mode tensor): nothing to compare."""
+    try:
+        return [x._version for x in _leaves(out) if isinstance(x, torch.Tensor)]
+    except RuntimeError:
+        return None
