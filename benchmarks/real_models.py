@@ -173,7 +173,7 @@ def main() -> None:
         lines = run.stdout.strip().splitlines()
         print("\n".join(lines[:-1]))
         if run.returncode != 0:
-            sys.exit(f"{name} failed: {run.stderr[-3000:]}")
+            sys.exit(f"{name} failed (exit {run.returncode}): {run.stderr[-3000:]}")
         results["models"][name] = json.loads(lines[-1])
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -149,3 +149,16 @@ def test_gpt2_small_sweep_under_2gb_peaks_below_2gb():
     print("\nGPT-2 small under max_memory=2GB:", got)
     assert got["peak"] < 2e9 and got["memory"]["budget"] == 2e9
     assert all(np.isfinite(got["delta"]))
+
+
+def test_a_pass_of_the_prefix_engine_is_bounded_by_its_activations_not_only_its_output():
+    """A classifier's output is small (1,000 x 10 logits): the output alone would allow 838 lesions a pass;
+    the widest recorded tensor (1,000 x 17 x 32 floats, 2.2 MB) times the MLP's 4x bounds it at 256 MB."""
+    from lesion.engine.prefix import EXPANSION, MAX_ACT_BYTES, _chunk
+
+    cache = {"__output__": torch.zeros(1000, 10), "blocks.0": (torch.zeros(1000, 17, 32), None)}
+    per_lesion = EXPANSION * 1000 * 17 * 32 * 4
+    assert _chunk(cache, 800) == MAX_ACT_BYTES // per_lesion == 30
+    assert _chunk(cache, 5) == 5  # fewer lesions than fit
+    logits = {"__output__": torch.zeros(64, 128, 1024), "h.0": torch.zeros(64, 128, 256)}
+    assert _chunk(logits, 32) == 1  # 32 MB of logits a lesion: one a pass, as before

@@ -47,6 +47,10 @@ from lesion.engine.prefixstubs import (
 # at one lesion per pass (32 MB) against 14.4 s at eight (256 MB), 256 neurons 36.6 s against 44.0 s - the
 # k-fold MLP temporaries fall out of cache; small models still pass many lesions at once.
 MAX_PASS_BYTES = 32 << 20
+# ... and of its activations: each lesion's copy of the widest recorded tensor, times EXPANSION (an MLP
+# widens the residual stream 4x), at most MAX_ACT_BYTES a pass. A classifier's output is small, so the
+# output alone let a ViT on 1,000 images take 800 lesions a pass (6.9 GB peak for a 264-unit atlas).
+MAX_ACT_BYTES, EXPANSION = 256 << 20, 4
 # heads deleted in closed form through the attention's output projection (``lesion.engine.prefixstubs``;
 # W6 at 16 x 128 tokens, 1 thread, alternately: see docs/engine.md); False: the attention re-runs
 HEAD_STUB = True
@@ -276,7 +280,7 @@ class PrefixEngine:
                 cache = self._capture(b, stub_names | set(heads.values()), proj + list(heads))
             intact = output_tensor(cache["__output__"]) if metric.needs_intact else None
             for g, ((site, lesions), offset) in enumerate(zip(groups, offsets, strict=True)):
-                step = _chunk(cache["__output__"], len(lesions))
+                step = _chunk(cache, len(lesions))
                 for i in range(0, len(lesions), step):
                     part = lesions[i : i + step]
                     out = self._pass(b, k, site, part, cache)
@@ -372,9 +376,16 @@ class PrefixEngine:
             yield
 
 
-def _chunk(out, lesions: int) -> int:
-    """Lesions per pass: as many as keep the pass's output under ``MAX_PASS_BYTES``."""
-    return max(1, min(lesions, MAX_PASS_BYTES // max(1, output_tensor(out).numel() * 4)))
+def _chunk(cache: dict, lesions: int) -> int:
+    """Lesions per pass: as many as keep the pass's output under ``MAX_PASS_BYTES`` and its activations
+    (``EXPANSION`` x the widest tensor recorded on the batch, per lesion) under ``MAX_ACT_BYTES``."""
+    out = output_tensor(cache["__output__"]).numel() * 4
+    widest = max(
+        (x.numel() * x.element_size() for key, v in cache.items() if key != "__output__"
+         for x in _leaves(v) if isinstance(x, torch.Tensor)),
+        default=0,
+    )  # fmt: skip
+    return max(1, min(lesions, MAX_PASS_BYTES // max(1, out), MAX_ACT_BYTES // max(1, EXPANSION * widest)))
 
 
 def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
