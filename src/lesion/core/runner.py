@@ -176,8 +176,8 @@ class Runner:
         together = [] if lesion is None else list(lesion) if isinstance(lesion, list | tuple) else [lesion]
         with torch.no_grad(), eval_mode(self.model), apply(self.model, together, state):
             for k, b in enumerate(self.batches()):
+                n += len(b)  # every example of the data, also where only a subset is scored
                 if subset:
-                    n += len(b)
                     b = b.take(check_examples(b))
                 state.batch, state.batch_index = b, k
                 out = output_tensor(self._forward(b, k))
@@ -186,7 +186,6 @@ class Runner:
                     with aside():
                         intact = output_tensor(self._forward(b, k))
                 metric.update(out[None], b, slice(i, i + 1), intact=intact)
-                n += 0 if subset else len(b)
         if self.n is not None and n != self.n:
             raise DataError(
                 f"the data yielded {n} examples on this pass and {self.n} before; expected the same"

@@ -24,7 +24,6 @@ CLOSED_FORM = True
 # (lesion.core.runner.check_examples) and compare them with the engine's numbers on the same examples;
 # False re-runs them on every example
 SUBSET_CHECKS = True
-_N = "__n__"  # the subset's number of examples, beside its check values
 CACHE_BYTES = 512 << 20  # recorded outputs the module-prefix engine keeps at once for sites sharing passes
 
 
@@ -352,7 +351,7 @@ def prefix_groups(runner: Runner, lesions: Sequence[Lesion], *, bar=None) -> Ite
                     raise Unsupported(eng.last_error)
                 got, sub = got
                 if sub is not None:  # on the spread subset of every batch the engine also scored
-                    runner.agree(runner.run(chosen[:CHECKS], subset=True), sub, sub.pop(_N))
+                    runner.agree(runner.run(chosen[:CHECKS], subset=True), sub, eng.checked)
                 else:
                     runner.agree(runner.run(chosen[:CHECKS]), {k: v[:CHECKS] for k, v in got.items()})
             except (Unsupported, Mismatch) as exc:
@@ -408,7 +407,7 @@ def _prefix_run(runner: Runner, eng, members, bar) -> list[dict] | None:
         sub = None
         if checked is not None:
             at = sum(counts[:j])
-            sub = {k: v[at : at + counts[j]] for k, v in checked.items()} | {_N: eng.checked}
+            sub = {k: v[at : at + counts[j]] for k, v in checked.items()}
         out.append(({k: v[o : o + n] for k, v in values.items()}, sub))
     return out
 

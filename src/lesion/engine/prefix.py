@@ -37,6 +37,7 @@ from lesion.engine.prefixstubs import (
     _leaves,
     _rebuild,
     _recorded,
+    _versions,
     attention_of,
     head_output,
     stub_fits,
@@ -397,12 +398,3 @@ def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
         if not les.replacement.constant or les.replacement.edit is not None:
             return False
     return True
-
-
-def _versions(out) -> list[int] | None:
-    """The version counters of the tensor leaves of ``out`` (in-place changes move them); None where a
-    leaf does not keep one (an inference-mode tensor): nothing to compare."""
-    try:
-        return [x._version for x in _leaves(out) if isinstance(x, torch.Tensor)]
-    except RuntimeError:
-        return None

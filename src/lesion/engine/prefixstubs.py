@@ -141,4 +141,13 @@ def _rebuild(out, flags: list[bool], n: int):
     return walk(out)
 
 
+def _versions(out) -> list[int] | None:
+    """The version counters of the tensor leaves of ``out`` (in-place changes move them); None where a
+    leaf does not keep one (an inference-mode tensor): nothing to compare."""
+    try:
+        return [x._version for x in _leaves(out) if isinstance(x, torch.Tensor)]
+    except RuntimeError:
+        return None
+
+
 __all__ = ["attention_of", "head_output", "stub_fits"]  # and the stubbing helpers of lesion.engine.prefix
