@@ -13,8 +13,9 @@ from lesion.core.metric import Metric, MetricError
 from lesion.errors import DataError
 
 
-def _next_token(outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (k, m, V) at predicting positions, their target tokens (m,) and the valid mask (m,)."""
+def _positions(outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (k, batch, seq - 1, V) at predicting positions (a view), their target tokens and the
+    valid mask (batch, seq - 1)."""
     if "labels" in batch.fields:
         tokens, ignore = batch.fields["labels"], batch.fields["labels"] == -100
     else:
@@ -31,8 +32,13 @@ def _next_token(outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torc
     if "attention_mask" in batch.fields:
         mask = batch.fields["attention_mask"].bool()
         valid = valid & mask[:, 1:] & mask[:, :-1]
-    logits = outputs[:, :, :-1].reshape(outputs.shape[0], -1, outputs.shape[-1])
-    return logits, tokens[:, 1:].reshape(-1), valid.reshape(-1)
+    return outputs[:, :, :-1], tokens[:, 1:], valid
+
+
+def _next_token(outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (k, m, V) at predicting positions, their target tokens (m,) and the valid mask (m,)."""
+    logits, target, valid = _positions(outputs, batch)
+    return logits.reshape(outputs.shape[0], -1, outputs.shape[-1]), target.reshape(-1), valid.reshape(-1)
 
 
 class NextTokenLoss(Metric):
@@ -42,13 +48,16 @@ class NextTokenLoss(Metric):
     main, curve, discrete, unscored_last = "loss", "loss", ("accuracy",), True
 
     def update(self, outputs, batch, lesions, intact=None):
-        logits, target, valid = _next_token(outputs, batch)
-        k = logits.shape[0]
-        sel = logits[:, valid].float()  # (k, m, V)
-        t = target[valid].long()
-        ce = F.cross_entropy(sel.flatten(0, 1), t.repeat(k), reduction="none").double().reshape(k, -1)
-        self._add("loss", lesions, ce.sum(1).cpu().numpy())
-        self._add("correct", lesions, (sel.argmax(-1) == t).sum(1).cpu().numpy().astype(np.float64))
+        # On the logits in place (no copy of the valid positions): the cross-entropy of each position is
+        # logsumexp - the target's logit, and ``max`` gives argmax's index (the first of equal maxima).
+        logits, target, valid = _positions(outputs, batch)
+        x = logits if logits.dtype == torch.float32 else logits.float()
+        k, t = x.shape[0], target.long().clamp(min=0)  # -100 labels: any index; masked below
+        picked = x.gather(-1, t.expand(k, *t.shape).unsqueeze(-1)).squeeze(-1)
+        ce = torch.where(valid, (torch.logsumexp(x, -1) - picked).double(), 0.0)
+        hit = (x.max(-1).indices == t) & valid
+        self._add("loss", lesions, ce.sum((1, 2)).cpu().numpy())
+        self._add("correct", lesions, hit.sum((1, 2)).cpu().numpy().astype(np.float64))
         self._add("count", lesions, np.full(k, int(valid.sum()), dtype=np.float64))
 
     def compute(self):

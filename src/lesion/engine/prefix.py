@@ -32,6 +32,7 @@ from lesion.core.metric import Metric
 from lesion.core.runner import check_examples
 from lesion.core.sites import Site, hook_site
 from lesion.engine.graph import Unsupported
+from lesion.engine.kernels import lean_forwards
 from lesion.engine.prefixstubs import (
     _forwards,
     _leaves,
@@ -305,7 +306,7 @@ class PrefixEngine:
         state.batch, state.batch_index = b, k
         projection = self.rank1(site) if _single_constant(lesions, site) else None
         attn = self._heads.get(site.name) if HEAD_STUB and _single_constant(lesions, site) else None
-        with self._stubbed(site, n, cache):
+        with self._stubbed(site, n, cache), _forwards(lean_forwards(self.model)):
             if projection is not None:  # the site and its projection: intact output + rank-1 updates
                 with self._rank1_stub(projection, site, lesions, n, cache):
                     out = output_tensor(big.run(self.model))
