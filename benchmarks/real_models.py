@@ -1,22 +1,26 @@
-"""Real sizes from configs (issue 28, item 3): BERT-base, ViT-B/16 and ResNet-50 (Hugging Face, random
-weights: no hub is reachable here, and the work does not depend on the weights). For each model, in a
-process of its own (so its peak memory is its own):
+"""Real sizes from configs (issue 28, item 3): BERT-base, ViT-B/16, ResNet-50 and the Llama-3.2-1B-shaped
+model of W11 (Hugging Face, random weights: no hub is reachable here, and the work does not depend on the
+weights). For each model, in a process of its own (so its peak memory is its own):
 
 - its sites, as ``lesion layers`` lists them (``find_sites``);
-- every attention head deleted alone, exactly (BERT, ViT: 144 heads);
+- every attention head deleted alone, exactly (BERT, ViT: 144 heads; Llama: W11 times its 512 heads);
 - every neuron (channel) of one block deleted alone, exactly: the last block's MLP (3,072 neurons) of BERT
-  and ViT; the last bottleneck of ResNet-50 (its three ReLU sites: 512 + 512 + 2,048 channels);
-- every unit of the model by triage (``sweep(..., triage="1%")``: the estimate for all, exact for 1%);
+  and ViT, 8,192 of Llama (closed form); the last bottleneck of ResNet-50 (its three ReLU sites: 512 + 512
+  + 2,048 channels);
+- every unit of the model by triage (``sweep(..., triage=...)``: the estimate for all, exact for the
+  budget: 1% by default, ``--llama-triage`` for Llama, 20 minutes by default);
 - a hook loop (one full pass per unit, ``lesion.ablate``) on a spread subset of each exact list, checked
   against lesion's numbers and timed, extrapolated to the whole list.
 
 Zero replacement; the metric is ``Classification`` (cross-entropy and accuracy) against seeded random
-labels; data: 8 seeded random sequences of 128 tokens (BERT) or 8 random 224 x 224 images (ViT, ResNet).
+labels, next-token loss for Llama; data: 8 seeded random sequences of 128 tokens (BERT) or 8 random
+224 x 224 images (ViT, ResNet); for Llama ``--llama-sequences`` (1 by default) of 128 tokens: every exact
+Llama lesion scores 128,256 logits per token, about 1.3 s a neuron on 8 sequences on 2 cores.
 Time (wall, ``time.perf_counter``) and the process's peak resident memory after each part
 (``ru_maxrss``: the peak so far) are recorded, with the load average.
 
-Usage: python benchmarks/real_models.py --out benchmarks/results/DATE-real-models.json [--models bert,vit,resnet]
-       [--quick]  (2-block stand-ins, seconds: to check the script)
+Usage: python benchmarks/real_models.py --out benchmarks/results/DATE-real-models.json
+       [--models bert,vit,resnet,llama] [--quick]  (2-block stand-ins, seconds: to check the script)
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ PEERS = 6  # units of each exact list the hook loop is timed on
 def build(name: str, quick: bool):
     import transformers as tf
 
+    if name == "llama":
+        from lesion.bench._common import FULL, QUICK
+        from lesion.bench._real import llama_1b
+
+        return llama_1b(QUICK if quick else FULL)
     torch.manual_seed(0)
     blocks = 2 if quick else 12
     if name == "bert":
@@ -59,9 +68,15 @@ def build(name: str, quick: bool):
     return tf.ResNetForImageClassification(cfg).eval()
 
 
-def data_for(name: str, model, quick: bool) -> dict:
+def data_for(name: str, model, quick: bool, sequences: int = 1) -> dict:
     g = torch.Generator().manual_seed(0)
     n = 4 if quick else 8
+    if name == "llama":
+        return {
+            "input_ids": torch.randint(
+                0, model.config.vocab_size, (sequences, 16 if quick else 128), generator=g
+            )
+        }
     classes = model.config.num_labels
     labels = torch.randint(0, classes, (n,), generator=g)
     if name == "bert":
@@ -83,7 +98,7 @@ def parts(name: str, sites) -> dict[str, list[str]]:
         mlp = [s for s in sites if not s.heads and ("intermediate" in s.name or ".mlp." in s.name)]
         block = [f"{mlp[-1].name}:{j}" for j in range(mlp[-1].width)]
     out = {"block": block}
-    if heads:
+    if heads and name != "llama":  # Llama's 512 heads: W11, on 8 sequences
         out = {"heads": heads, **out}
     return out
 
@@ -95,8 +110,14 @@ def hook_loop(model, data, units, sites) -> np.ndarray:
     for k, u in enumerate(units):
         with torch.no_grad(), lesion.ablate(model, u, sites=sites):
             inputs = {key: v for key, v in data.items() if key != "labels"}
-            logits = model(**inputs).logits
-            out[k] = float(torch.nn.functional.cross_entropy(logits.float(), data["labels"]))
+            logits = model(**inputs).logits.float()
+            if "labels" in data:
+                out[k] = float(torch.nn.functional.cross_entropy(logits, data["labels"]))
+            else:  # next-token loss
+                ids = data["input_ids"]
+                out[k] = float(
+                    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+                )
     return out
 
 
@@ -104,25 +125,28 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(name: str, quick: bool) -> dict:
+def one(name: str, quick: bool, sequences: int, llama_triage: str) -> dict:
     import lesion
+    from lesion.util.alloc import tune_allocator
 
+    tune_allocator()  # as the command line does
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     model = build(name, quick)
-    data = data_for(name, model, quick)
+    data = data_for(name, model, quick, sequences)
     sites = lesion.find_sites(model, data)
     result = {
         "model": name, "parameters": sum(p.numel() for p in model.parameters()),
         "build_seconds": time.perf_counter() - t0, "rss_after_build_mb": peak_mb(),
-        "examples": len(data["labels"]), "input_shape": list(next(iter(data.values())).shape),
+        "examples": len(data["input_ids" if name == "llama" else "labels"]), "input_shape": list(next(iter(data.values())).shape),
         "sites": [{"name": s.name, "width": s.width, "heads": bool(s.heads)} for s in sites],
         "units": sum(s.width for s in sites), "load_at_start": list(os.getloadavg()),
     }  # fmt: skip
-    metric = lesion.metrics.Classification()
+    metric = lesion.metrics.NextTokenLoss() if name == "llama" else lesion.metrics.Classification()
+    budget = llama_triage if name == "llama" else "1%"
     for part, units in parts(name, sites).items():
         start = time.perf_counter()
-        df = lesion.sweep(model, data, units, metric, sites=sites, batch_size=len(data["labels"]))
+        df = lesion.sweep(model, data, units, metric, sites=sites, batch_size=result["examples"])
         seconds = time.perf_counter() - start
         idx = list(range(0, len(units), max(1, len(units) // PEERS)))
         start = time.perf_counter()
@@ -140,10 +164,10 @@ def one(name: str, quick: bool) -> dict:
         print(f"{name} {part}: {len(units)} units in {seconds:.1f} s, hook loop {t_hook:.1f} s (extrapolated)",
               flush=True)  # fmt: skip
     start = time.perf_counter()
-    df = lesion.sweep(model, data, metric=metric, sites=sites, triage="1%", batch_size=len(data["labels"]))
+    df = lesion.sweep(model, data, metric=metric, sites=sites, triage=budget, batch_size=result["examples"])
     tri = df.attrs["triage"]
     result["triage"] = {
-        "units": len(df), "budget": "1%", "exact": int(tri["exact"]), "seconds": time.perf_counter() - start,
+        "units": len(df), "budget": budget, "exact": int(tri["exact"]), "seconds": time.perf_counter() - start,
         "k": tri["k"], "recall": tri["recall"], "low": tri["low"], "high": tri["high"], "claim": tri["claim"],
         "peak_rss_mb": peak_mb(),
     }  # fmt: skip
@@ -157,17 +181,30 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--models", default="bert,vit,resnet")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--llama-sequences", type=int, default=1)
+    ap.add_argument("--llama-triage", default="20min")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one model, JSON on stdout's last line
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.quick)))
+        print(json.dumps(one(args.one, args.quick, args.llama_sequences, args.llama_triage)))
         return
     if os.path.exists(args.out):
         sys.exit(f"{args.out} exists; expected a new file")
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                            "threads": 2}, "quick": args.quick, "models": {}}  # fmt: skip
     for name in args.models.split(","):
-        cmd = [sys.executable, __file__, "--out", args.out, "--one", name] + (["--quick"] if args.quick else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--out",
+            args.out,
+            "--one",
+            name,
+            "--llama-sequences",
+            str(args.llama_sequences),
+            "--llama-triage",
+            args.llama_triage,
+        ] + (["--quick"] if args.quick else [])
         run = subprocess.run(cmd, capture_output=True, text=True, check=False)
         sys.stderr.write(run.stderr[-2000:])
         lines = run.stdout.strip().splitlines()

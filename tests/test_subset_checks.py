@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lesion
-import lesion.engine.dispatch as dispatch
 import lesion.engine.prefix as prefix
+import lesion.engine.prefixserve as prefixserve
 from lesion.core.batch import Batch
 from lesion.core.runner import SPREAD, check_examples
 from lesion.core.sites import find_sites
@@ -75,7 +75,7 @@ def test_the_checks_run_on_the_subset_and_the_numbers_do_not_depend_on_it(replac
     handle.remove()
     checks_on_subset = [k for k in seen if k == SPREAD]  # 2 batches of 20: 8 of each re-run
     assert len(checks_on_subset) == 2 * 2 * 2  # 2 sites x CHECKS lesions x 2 batches
-    monkeypatch.setattr(dispatch, "SUBSET_CHECKS", False)
+    monkeypatch.setattr(prefixserve, "SUBSET_CHECKS", False)
     seen, handle = forwarded(model)
     whole = lesion.sweep(model, data, lesions, metric, batch_size=20)
     handle.remove()

@@ -458,7 +458,9 @@ def test_sites_share_passes_within_the_cache_budget_and_equal_each_site_alone(mo
     chosen = [s for s in eng_sites if s.name in ordered]
     assert eng.share(chosen, 1 << 30) == [ordered]  # one run: a single capture per batch serves all four
     assert eng.share(chosen, 0) == [[n] for n in ordered]
-    monkeypatch.setattr(fast, "CACHE_BYTES", 0)
+    import lesion.engine.prefixserve as prefixserve
+
+    monkeypatch.setattr(prefixserve, "CACHE_BYTES", 0)
     alone = lesion.sweep(model, data, units, lesion.metrics.NextTokenLoss(), batch_size=7)
     fast = lambda df: df.attrs["served"]["prefix"] + df.attrs["served"].get("closed", 0)  # noqa: E731
     assert fast(shared) == fast(alone) == len(units)  # the last block's neurons in closed form

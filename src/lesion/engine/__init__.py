@@ -3,7 +3,8 @@
 Words: a **prefix** is the part of the network before a lesioned site, run once and reused (the
 module-prefix engine, ``prefix.py``; ``Plan.run_until`` on a traced graph); ``batched.py`` holds the
 traced graph's engine (many lesions per pass), ``dispatch.py`` decides which engine serves a lesion and
-checks it; a cumulative curve deletes the ``first_k`` units of a deletion order."""
+checks it (``prefixserve.py`` for the module-prefix engine, whose passes run ``kernels.py``'s lean
+activations); a cumulative curve deletes the ``first_k`` units of a deletion order."""
 
 from lesion.engine.batched import Engine
 from lesion.engine.graph import Plan, Unsupported

@@ -349,3 +349,14 @@ def _tensor_out(out):
         return output_tensor(out)
     except Exception as exc:
         raise Unsupported(f"cannot read the traced graph's output: {exc}") from exc
+
+
+def engine_of(runner):
+    """The fast engine for the runner's model and data (made once, kept on the runner), or None where it
+    cannot be used (the reason is kept in ``runner.fallbacks["*"]``)."""
+    if runner.use_engine and runner._engine is None and "*" not in runner.fallbacks:
+        try:
+            runner._engine = Engine(runner.model, runner.batches, list(runner.sites.values()))
+        except Unsupported as exc:
+            runner.fallbacks["*"] = str(exc)
+    return runner._engine

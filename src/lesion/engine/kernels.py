@@ -6,8 +6,8 @@ lesions x every token x 4 d_model floats) they took a fifth of a head sweep's ti
 moving memory. The forms here run the same operations on the same operands in the same order, in place
 on one small temporary, a cache-sized chunk at a time, so every result is the same float as the model's
 own forward (``tests/test_kernels.py`` checks it for every form and float dtype). They are used only
-where that holds: no gradient, no autocast (which may cast some operations and not others), floating-
-point input, and the module's exact class (a subclass may compute something else). Anywhere else, and
+where that holds: no gradient, no autocast (which may cast some operations and not others), contiguous
+floating-point input, and the module's exact class (a subclass may compute something else). Anywhere else, and
 outside the engine's passes, the model's own forward runs; the passes' checks against the hook path run
 that own forward, so they would see a difference. ``LEAN = False`` turns them off.
 """
@@ -44,7 +44,7 @@ def _fast_gelu(x: torch.Tensor, out: torch.Tensor, p: torch.Tensor) -> None:
 def _chunked(form: Callable, x: torch.Tensor) -> torch.Tensor:
     """``form`` over ``x`` a chunk of ``CHUNK`` elements at a time on a CPU (its operations then run
     in the cache, not through memory), in one piece elsewhere."""
-    flat = x.contiguous().view(-1)
+    flat = x.view(-1)
     out = torch.empty_like(flat)
     step = CHUNK if x.device.type == "cpu" else max(1, flat.numel())
     p = torch.empty(min(step, flat.numel()), dtype=x.dtype, device=x.device)
@@ -79,8 +79,8 @@ def _guarded(form: Callable, own: Callable) -> Callable:
     def forward(x, *args, **kwargs):
         if args or kwargs or not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES:
             return own(x, *args, **kwargs)
-        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
-            return own(x)
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or not x.is_contiguous():
+            return own(x)  # (a strided input keeps its own layout in the module's own output)
         return _chunked(form, x)
 
     return forward

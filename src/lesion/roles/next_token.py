@@ -177,24 +177,25 @@ def causal_tokens(model, data, sites, token_parts, vocab, draws, seed, batch_siz
     return necessity(rows, m, draws)
 
 
-def _targets(data: Data, batch_size: int) -> set[int] | None:
-    """The tokens that are a target somewhere in ``data`` (follow another token), where the batches carry
-    ``input_ids`` alone; else None (every token counts as present)."""
-    seen: set[int] = set()
+def _ids(data: Data, batch_size: int) -> list[torch.Tensor] | None:
+    """Each batch's ``input_ids`` where the batches carry ``input_ids`` alone; else None."""
+    out = []
     for b in batches(data, batch_size=batch_size):
         if b.args or set(b.kwargs) != {"input_ids"}:
             return None
-        seen.update(torch.unique(b.kwargs["input_ids"][:, 1:]).tolist())
-    return seen
+        out.append(b.kwargs["input_ids"])
+    return out
+
+
+def _targets(data: Data, batch_size: int) -> set[int] | None:
+    """The tokens that are a target somewhere in ``data`` (follow another token), where the batches carry
+    ``input_ids`` alone; else None (every token counts as present)."""
+    ids = _ids(data, batch_size)
+    return None if ids is None else {t for x in ids for t in torch.unique(x[:, 1:]).tolist()}
 
 
 def _with_target(data: Data, t: int, batch_size: int) -> Data:
     """The sequences of ``data`` in which token ``t`` is a target (follows another token), where the
     batches carry ``input_ids`` alone; else ``data`` itself (the other positions count for nothing)."""
-    keep = []
-    for b in batches(data, batch_size=batch_size):
-        if b.args or set(b.kwargs) != {"input_ids"}:
-            return data
-        ids = b.kwargs["input_ids"]
-        keep.append(ids[(ids[:, 1:] == t).any(1)])
-    return {"input_ids": torch.cat(keep)}
+    ids = _ids(data, batch_size)
+    return data if ids is None else {"input_ids": torch.cat([x[(x[:, 1:] == t).any(1)] for x in ids])}
