@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import lesion
 import lesion.engine.kernels as kernels
 from lesion.core.batch import Batch
+from tests.test_subset_checks import gpt2
 
 transformers = pytest.importorskip("transformers")
 from transformers.activations import FastGELUActivation, NewGELUActivation  # noqa: E402
@@ -71,16 +72,8 @@ def test_lean_forms_step_aside_where_they_could_differ(monkeypatch):
     assert kernels.lean_forwards(model) == {}
 
 
-def tiny_gpt2():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_inner=64, vocab_size=40,
-                                     n_positions=16, bos_token_id=0, eos_token_id=0,
-                                     use_cache=False)  # fmt: skip
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
 def test_a_sweep_gives_the_same_numbers_with_and_without_the_lean_forms(monkeypatch):
-    model = tiny_gpt2()
+    model = gpt2()
     data = [{"input_ids": torch.randint(0, 40, (6, 12), generator=torch.Generator().manual_seed(s))}
             for s in range(2)]  # fmt: skip
     units = [f"transformer.h.{b}.attn:{h}" for b in range(2) for h in range(4)]
