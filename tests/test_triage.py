@@ -248,3 +248,41 @@ def test_the_claim_gives_a_lower_bound_only_where_the_sample_bounds_the_recall()
     assert bounded.startswith("recall of the true top 40 >= 0.82 at 95% confidence")
     loose = recall_claim(base | {"low": 0.0, "sampled": 190})
     assert "not bounded" in loose and ">=" not in loose and "no evidence of high recall" in loose
+
+
+def test_a_time_budget_is_filled_in_rounds_and_not_overrun(monkeypatch):
+    """A time budget: the pilot's rate (which carries each call's fixed cost: checks, planning) sets the
+    first count; later rounds fill the time left at the rate just measured, planning for 90% of it, so the
+    run uses most of its time and never more. A fake clock makes each call to ``evaluate`` cost 10 s plus
+    1 s a lesion."""
+    import types
+
+    import lesion.analyses.triage as triage
+
+    clock = [0.0]
+    monkeypatch.setattr(triage, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    real = triage.evaluate
+    calls = []
+
+    def costly(runner, lesions, **kw):
+        clock[0] += 10.0 + len(lesions)
+        calls.append(len(lesions))
+        return real(runner, lesions, **kw)
+
+    monkeypatch.setattr(triage, "evaluate", costly)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 400), nn.ReLU(), nn.Linear(400, 3))
+    x = torch.randn(64, 6)
+    data = (x, model(x).argmax(1))
+    df = lesion.sweep(model, data, triage="120s")
+    tri = df.attrs["triage"]
+    print("\ncalls", calls, "clock", clock[0], "exact", tri["exact"])
+    assert len(calls) >= 3, calls  # the pilot, then more than one round
+    assert clock[0] <= 120.0, (clock[0], calls)
+    assert clock[0] >= 0.75 * 120.0, (clock[0], calls)  # most of the time used
+    first = 8 + int((120.0 - 18.0) / (18.0 / 8))  # what the pilot's rate alone would have examined
+    assert tri["exact"] > first and tri["exact"] == (df["source"] == "exact").sum() == sum(calls)
+    assert tri["top"] + tri["sampled"] <= tri["exact"]
+    full = lesion.sweep(model, data, [f"1:{j}" for j in range(400)])  # the exact numbers are exact
+    got = df[df["source"] == "exact"]
+    np.testing.assert_allclose(got["loss"], full["loss"].to_numpy()[got.index], rtol=1e-6, atol=1e-7)

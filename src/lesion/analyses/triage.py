@@ -43,6 +43,8 @@ TOP = 0.01  # the recall is of the top 1% of units by |exact effect|
 SAMPLE = 0.5  # share of the exact budget spent on the random sample of the rest (the recall's evidence)
 LEVEL = 0.95  # confidence of the recall interval
 PILOT = 8  # lesions timed to turn a time budget into a number of lesions
+ROUNDS = 3  # a time budget: rounds of exact lesions, each sized by the rate the one before measured
+SAFETY = 0.9  # share of the time left that a further round may plan for
 _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 
 
@@ -197,13 +199,27 @@ def triage_sweep(
     done: dict[int, dict[str, np.ndarray]] = {}
     if seconds is not None:
         count = _timed_count(runner, every, est, seconds - (time.perf_counter() - start), done, spread)
-    always = heads_first(units, used, count) if exhaust_heads else np.zeros(0, dtype=np.int64)
-    top_idx, sampled = choose(est, count, sample=sample, seed=seed, always=always)
-    todo = [i for i in np.concatenate([top_idx, sampled]).tolist() if i not in done]
-    with progress_bar(None, "exact lesions", progress, total=len(todo)) as bar:
-        values = evaluate(runner, [every[i] for i in todo], bar=bar, **spread) if todo else {}
-    for j, i in enumerate(todo):
-        done[i] = {key: v[j] for key, v in values.items()}
+
+    def picked(c: int) -> tuple[np.ndarray, ...]:  # (always, top, sampled, not yet evaluated)
+        always = heads_first(units, used, c) if exhaust_heads else np.zeros(0, dtype=np.int64)
+        top_idx, sampled = choose(est, c, sample=sample, seed=seed, always=always)
+        todo = [i for i in np.concatenate([top_idx, sampled]).tolist() if i not in done]
+        return always, top_idx, sampled, np.array(todo, dtype=np.int64)
+
+    for _ in range(ROUNDS):  # a time budget: later rounds fill what is left at the rate just measured
+        always, top_idx, sampled, todo = picked(count)
+        t0 = time.perf_counter()
+        with progress_bar(None, "exact lesions", progress, total=len(todo)) as bar:
+            values = evaluate(runner, [every[i] for i in todo], bar=bar, **spread) if len(todo) else {}
+        for j, i in enumerate(todo.tolist()):
+            done[i] = {key: v[j] for key, v in values.items()}
+        if seconds is None or not len(todo):
+            break
+        per = (time.perf_counter() - t0) / len(todo)
+        grown = _grown(count, len(units), SAFETY * (seconds - (time.perf_counter() - start)), per, picked)
+        if grown is None:
+            break
+        count = grown
     df = _table(every, units, est, done, runner, col)
     k = max(1, math.ceil(top * len(units)))
     exact = df[f"delta_{col}"].to_numpy()
@@ -275,6 +291,18 @@ def _timed_count(runner, every, est, seconds, done, spread) -> int:
     extra = int(max(0.0, seconds - per * len(order)) / per) if per > 0 else len(est)
     # at least twice the pilot: the top block (half the budget) then holds the pilot's units
     return min(len(est), max(len(order) + extra, 2 * len(order)))
+
+
+def _grown(count: int, total: int, seconds: float, per: float, picked) -> int | None:
+    """The largest count above ``count`` whose lesions not yet evaluated (``picked(c)[3]``) fit
+    ``seconds`` at ``per`` seconds each; None where that adds fewer than ``count / 20`` lesions (another
+    round would cost more in checks than it adds)."""
+    fits = lambda c: len(picked(c)[3]) * per <= seconds  # noqa: E731
+    lo, hi = count, total
+    while lo < hi:  # the lesions left to evaluate grow with the count (a new sample may replace the old)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo if lo > count and len(picked(lo)[3]) >= max(1, count // 20) else None
 
 
 def _table(every, units, est, done, runner: Runner, col: str) -> pd.DataFrame:
