@@ -21,6 +21,7 @@ Time (wall, ``time.perf_counter``) and the process's peak resident memory after 
 
 Usage: python benchmarks/real_models.py --out benchmarks/results/DATE-real-models.json
        [--models bert,vit,resnet,llama] [--quick]  (2-block stand-ins, seconds: to check the script)
+       [--triage-only]  (skip the exact heads and block)
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(name: str, quick: bool, sequences: int, llama_triage: str) -> dict:
+def one(name: str, quick: bool, sequences: int, llama_triage: str, triage_only: bool = False) -> dict:
     import lesion
     from lesion.util.alloc import tune_allocator
 
@@ -144,7 +145,7 @@ def one(name: str, quick: bool, sequences: int, llama_triage: str) -> dict:
     }  # fmt: skip
     metric = lesion.metrics.NextTokenLoss() if name == "llama" else lesion.metrics.Classification()
     budget = llama_triage if name == "llama" else "1%"
-    for part, units in parts(name, sites).items():
+    for part, units in ({} if triage_only else parts(name, sites)).items():
         start = time.perf_counter()
         df = lesion.sweep(model, data, units, metric, sites=sites, batch_size=result["examples"])
         seconds = time.perf_counter() - start
@@ -183,10 +184,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--llama-sequences", type=int, default=1)
     ap.add_argument("--llama-triage", default="20min")
+    ap.add_argument("--triage-only", action="store_true", help="skip the exact heads and block")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one model, JSON on stdout's last line
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.quick, args.llama_sequences, args.llama_triage)))
+        print(json.dumps(one(args.one, args.quick, args.llama_sequences, args.llama_triage, args.triage_only)))
         return
     if os.path.exists(args.out):
         sys.exit(f"{args.out} exists; expected a new file")
@@ -204,7 +206,7 @@ def main() -> None:
             str(args.llama_sequences),
             "--llama-triage",
             args.llama_triage,
-        ] + (["--quick"] if args.quick else [])
+        ] + (["--quick"] if args.quick else []) + (["--triage-only"] if args.triage_only else [])
         run = subprocess.run(cmd, capture_output=True, text=True, check=False)
         sys.stderr.write(run.stderr[-2000:])
         lines = run.stdout.strip().splitlines()
