@@ -200,20 +200,20 @@ def triage_sweep(
     if seconds is not None:
         count = _timed_count(runner, every, est, seconds - (time.perf_counter() - start), done, spread)
 
-    def picked(c: int) -> tuple[np.ndarray, ...]:  # (always, top, sampled, not yet evaluated)
+    def picked(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:  # (.., not yet evaluated)
         always = heads_first(units, used, c) if exhaust_heads else np.zeros(0, dtype=np.int64)
         top_idx, sampled = choose(est, c, sample=sample, seed=seed, always=always)
         todo = [i for i in np.concatenate([top_idx, sampled]).tolist() if i not in done]
-        return always, top_idx, sampled, np.array(todo, dtype=np.int64)
+        return always, top_idx, sampled, todo
 
     for _ in range(ROUNDS):  # a time budget: later rounds fill what is left at the rate just measured
         always, top_idx, sampled, todo = picked(count)
         t0 = time.perf_counter()
         with progress_bar(None, "exact lesions", progress, total=len(todo)) as bar:
-            values = evaluate(runner, [every[i] for i in todo], bar=bar, **spread) if len(todo) else {}
-        for j, i in enumerate(todo.tolist()):
+            values = evaluate(runner, [every[i] for i in todo], bar=bar, **spread) if todo else {}
+        for j, i in enumerate(todo):
             done[i] = {key: v[j] for key, v in values.items()}
-        if seconds is None or not len(todo):
+        if seconds is None or not todo:
             break
         per = (time.perf_counter() - t0) / len(todo)
         grown = _grown(count, len(units), SAFETY * (seconds - (time.perf_counter() - start)), per, picked)

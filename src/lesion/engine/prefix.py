@@ -38,6 +38,7 @@ from lesion.engine.prefixstubs import (
     _leaves,
     _rebuild,
     _recorded,
+    _single_constant,
     _versions,
     attention_of,
     head_output,
@@ -77,6 +78,7 @@ class PrefixEngine:
         self.batched: dict[str, list[bool]] = {}  # per stubbed module: which output leaves carry the batch
         self.checked = 0  # examples of the spread subsets the last evaluate scored for a check
         self.last_error = ""  # why the last pass the caller tried could not run (set by the caller)
+        self.lean = lean_forwards(model)  # activations its passes run in a lean form (engine.kernels)
 
     # ------------------------------------------------------------------------------------------ planning
     def _record_order(self, batch: Batch) -> dict[str, _Call]:
@@ -306,7 +308,7 @@ class PrefixEngine:
         state.batch, state.batch_index = b, k
         projection = self.rank1(site) if _single_constant(lesions, site) else None
         attn = self._heads.get(site.name) if HEAD_STUB and _single_constant(lesions, site) else None
-        with self._stubbed(site, n, cache), _forwards(lean_forwards(self.model)):
+        with _forwards(self.lean), self._stubbed(site, n, cache):  # a stubbed module stays stubbed
             if projection is not None:  # the site and its projection: intact output + rank-1 updates
                 with self._rank1_stub(projection, site, lesions, n, cache):
                     out = output_tensor(big.run(self.model))
@@ -388,14 +390,3 @@ def _chunk(cache: dict, lesions: int) -> int:
         default=0,
     )  # fmt: skip
     return max(1, min(lesions, MAX_PASS_BYTES // max(1, out), MAX_ACT_BYTES // max(1, EXPANSION * widest)))
-
-
-def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
-    """Every lesion deletes one unit of ``site`` at every position with a constant replacement."""
-    for les in lesions:
-        idx = les.units.get(site.name)
-        if len(les.units) != 1 or idx is None or len(idx) != 1 or les.units.positional:
-            return False
-        if not les.replacement.constant or les.replacement.edit is not None:
-            return False
-    return True

@@ -150,4 +150,15 @@ def _versions(out) -> list[int] | None:
         return None
 
 
+def _single_constant(lesions: Sequence[Lesion], site: Site) -> bool:
+    """Every lesion deletes one unit of ``site`` at every position with a constant replacement."""
+    for les in lesions:
+        idx = les.units.get(site.name)
+        if len(les.units) != 1 or idx is None or len(idx) != 1 or les.units.positional:
+            return False
+        if not les.replacement.constant or les.replacement.edit is not None:
+            return False
+    return True
+
+
 __all__ = ["attention_of", "head_output", "stub_fits"]  # and the stubbing helpers of lesion.engine.prefix
